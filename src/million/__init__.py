@@ -1,0 +1,30 @@
+"""million: a product-quantized KV cache for long-context LLM inference.
+
+``import million`` initializes neither CUDA nor triton.
+"""
+
+from .config import PQConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["PQConfig", "Codebooks", "MillionCache", "calibrate", "register", "__version__"]
+
+
+def __getattr__(name):  # lazy: keep the import light
+    if name == "Codebooks":
+        from .codebook import Codebooks
+
+        return Codebooks
+    if name == "MillionCache":
+        from .cache import MillionCache
+
+        return MillionCache
+    if name == "calibrate":
+        from .calibrate import calibrate
+
+        return calibrate
+    if name == "register":
+        from .attention import register
+
+        return register
+    raise AttributeError(f"module 'million' has no attribute {name!r}")

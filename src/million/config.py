@@ -1,0 +1,111 @@
+"""PQ configuration: the few numbers that fix a product-quantized KV cache.
+
+Vocabulary (as in faiss): a head vector of ``head_dim`` elements is split into ``M`` subvectors of
+``dsub = head_dim // M`` elements; each is replaced by the index of its nearest centroid among
+``ksub = 2 ** nbits`` centroids. Bits per element = ``nbits / dsub``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+GRANULARITIES = ("merged", "layer", "layer_head")
+CONFIG_VERSION = 1
+
+
+@dataclass
+class PQConfig:
+    """Validated product-quantization settings for one model's KV cache.
+
+    Parameters
+    ----------
+    head_dim : int
+        Size of one attention head (``d``).
+    M : int
+        Number of subspaces; must divide ``head_dim``.
+    nbits : int
+        Bits per code, 4..12 (``ksub = 2**nbits`` centroids per subspace).
+    residual_length : int
+        Most recent tokens kept in full precision; flushed to codes every ``residual_length`` tokens.
+    granularity : str
+        ``merged`` (one codebook for all layers and heads, as in the MILLION paper), ``layer``
+        (one per layer) or ``layer_head`` (one per layer and KV head).
+    sink_length : int
+        First tokens of every sequence kept in full precision (attention sinks).
+    """
+
+    head_dim: int
+    M: int
+    nbits: int = 8
+    residual_length: int = 128
+    granularity: str = "layer"
+    sink_length: int = 0
+    version: int = CONFIG_VERSION
+    # derived
+    dsub: int = field(init=False)
+    ksub: int = field(init=False)
+
+    def __post_init__(self):
+        for name in ("head_dim", "M", "nbits", "residual_length", "sink_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if self.head_dim <= 0:
+            raise ValueError(f"head_dim must be positive, got {self.head_dim}")
+        if self.M <= 0 or self.head_dim % self.M != 0:
+            divisors = [m for m in range(1, self.head_dim + 1) if self.head_dim % m == 0]
+            raise ValueError(f"M={self.M} must divide head_dim={self.head_dim}; allowed: {divisors}")
+        if not 4 <= self.nbits <= 12:
+            raise ValueError(f"nbits={self.nbits} is out of range; allowed: 4..12")
+        if self.residual_length < 1:
+            raise ValueError(f"residual_length={self.residual_length} must be >= 1")
+        if self.sink_length < 0:
+            raise ValueError(f"sink_length={self.sink_length} must be >= 0")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={self.granularity!r} is not one of {GRANULARITIES}")
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"PQConfig version {self.version} is not supported; this million reads {CONFIG_VERSION}")
+        self.dsub = self.head_dim // self.M
+        self.ksub = 2**self.nbits
+
+    @classmethod
+    def from_bits(cls, head_dim: int, bits: float, nbits: int = 8, **kw) -> "PQConfig":
+        """Config for a target ``bits`` per element: ``M = head_dim * bits / nbits``."""
+        m = head_dim * bits / nbits
+        if m != int(m) or int(m) <= 0:
+            raise ValueError(
+                f"bits={bits} with nbits={nbits} and head_dim={head_dim} gives M={m}, which is not a whole "
+                f"number of subspaces; pick bits so that head_dim*bits/nbits divides head_dim"
+            )
+        return cls(head_dim=head_dim, M=int(m), nbits=nbits, **kw)
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        """uint8 up to 8 bits, uint16 above."""
+        return torch.uint8 if self.nbits <= 8 else torch.uint16
+
+    @property
+    def bits_per_element(self) -> float:
+        """Bits of code storage per K or V element (codebooks, windows and sinks not counted)."""
+        return self.nbits / self.dsub
+
+    @property
+    def code_bytes_per_element(self) -> float:
+        """Bytes actually stored per element (codes are whole uint8/uint16 words)."""
+        return (1 if self.nbits <= 8 else 2) / self.dsub
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PQConfig":
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = set(d) - known - {"dsub", "ksub"}
+        if unknown:
+            raise ValueError(f"unknown PQConfig fields {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def __repr__(self):
+        return "PQConfig(" + ", ".join(f"{k}={v!r}" for k, v in asdict(self).items()) + ")"

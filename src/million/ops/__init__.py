@@ -1,0 +1,58 @@
+"""PQ operations.
+
+``naive`` is the CPU-runnable specification. The public functions below dispatch to the Triton
+kernels for CUDA tensors when triton is installed, and to ``naive`` otherwise. Triton is imported
+lazily, so ``import million`` needs neither CUDA nor triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import naive
+from .naive import dense_attention_partial, inner_prod_table, merge_state, pq_decode
+
+__all__ = [
+    "pq_encode",
+    "pq_decode",
+    "pq_decode_attention",
+    "inner_prod_table",
+    "merge_state",
+    "dense_attention_partial",
+    "use_kernels",
+]
+
+
+def use_kernels(t: torch.Tensor) -> bool:
+    """True when ``t`` lives on a CUDA device and the Triton kernels can be imported."""
+    if not t.is_cuda:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid codes; see :func:`million.ops.naive.pq_encode` for shapes."""
+    if use_kernels(x):
+        try:
+            from .triton_encode import pq_encode as kernel
+        except ImportError:
+            kernel = None
+        if kernel is not None:
+            return kernel(x, centroids)
+    return naive.pq_encode(x, centroids)
+
+
+def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts=None, scale=None):
+    """Decode attention on codes plus residual window; see :func:`million.ops.naive.pq_decode_attention`."""
+    if use_kernels(q):
+        try:
+            from .triton_attention import pq_decode_attention as kernel
+        except ImportError:
+            kernel = None
+        if kernel is not None:
+            return kernel(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
+    return naive.pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)

@@ -1,0 +1,249 @@
+"""Reference PQ operations in plain torch: the specification every GPU kernel is tested against.
+
+One canonical layout everywhere:
+
+- keys / values ``x``: ``[B, H, T, D]``
+- codes: ``[B, H_kv, T, M]``, uint8 (nbits <= 8) or uint16 (nbits 9..12)
+- centroids: ``[Hc, M, ksub, dsub]`` with ``Hc`` 1 (shared by all KV heads) or ``H_kv``
+- decode queries: ``[B, H_q, D]`` with ``H_q = G * H_kv`` (query head ``h`` reads KV head ``h // G``)
+
+All arithmetic is float32; results are cast back to the query dtype at the very end. Partial
+attention results travel as ``(out, lse)`` with the log-sum-exp ``lse`` in float32 (natural log).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_ENCODE_CHUNK_ELEMS = 1 << 25  # distances materialized at once by pq_encode
+
+
+def _expand_heads(centroids: torch.Tensor, H: int) -> torch.Tensor:
+    # centroids: [Hc, M, ksub, dsub] -> [H, M, ksub, dsub] (view when Hc == 1)
+    if centroids.shape[0] == H:
+        return centroids
+    return centroids.expand(H, *centroids.shape[1:])
+
+
+def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid codes of ``x``, subspace by subspace.
+
+    Parameters
+    ----------
+    x : Tensor ``[B, H, T, D]``
+    centroids : Tensor ``[Hc, M, ksub, dsub]``, ``Hc`` in ``{1, H}``, ``M * dsub == D``
+
+    Returns
+    -------
+    codes : Tensor ``[B, H, T, M]``, uint8 if ``ksub <= 256`` else uint16
+    """
+    B, H, T, D = x.shape
+    Hc, M, ksub, dsub = centroids.shape
+    code_dtype = torch.uint8 if ksub <= 256 else torch.uint16
+    codes = torch.empty(B, H, T, M, dtype=code_dtype, device=x.device)
+    if x.numel() == 0:
+        return codes
+    c = _expand_heads(centroids.float(), H)  # [H, M, ksub, dsub]
+    c_sq = (c * c).sum(-1)  # [H, M, ksub]
+    step = max(1, _ENCODE_CHUNK_ELEMS // max(1, B * H * M * ksub))
+    for t0 in range(0, T, step):
+        xs = x[:, :, t0 : t0 + step].float().reshape(B, H, -1, M, dsub)  # [B, H, t, M, dsub]
+        # argmin_k ||x - c_k||^2 = argmin_k (||c_k||^2 - 2 x.c_k)
+        dots = torch.einsum("bhtmd,hmkd->bhtmk", xs, c)
+        dist = c_sq[None, :, None] - 2 * dots
+        codes[:, :, t0 : t0 + step] = dist.argmin(-1).to(code_dtype)
+    return codes
+
+
+def pq_decode(codes: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reconstruct vectors from codes.
+
+    codes ``[B, H, T, M]``, centroids ``[Hc, M, ksub, dsub]`` -> ``[B, H, T, M * dsub]`` in ``dtype``.
+    """
+    B, H, T, M = codes.shape
+    Hc, M2, ksub, dsub = centroids.shape
+    c = _expand_heads(centroids, H)
+    idx = codes.long()  # [B, H, T, M]
+    h_idx = torch.arange(H, device=codes.device).view(1, H, 1, 1)
+    m_idx = torch.arange(M, device=codes.device).view(1, 1, 1, M)
+    out = c[h_idx, m_idx, idx]  # [B, H, T, M, dsub]
+    return out.reshape(B, H, T, M * dsub).to(dtype)
+
+
+def inner_prod_table(q: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Lookup table of ``q . centroid`` for every subspace and centroid.
+
+    Parameters
+    ----------
+    q : Tensor ``[B, H_q, D]``
+    centroids : Tensor ``[Hc, M, ksub, dsub]``, ``Hc`` in ``{1, H_kv}`` with ``H_q % H_kv == 0``
+
+    Returns
+    -------
+    lut : float32 Tensor ``[B, H_q, M, ksub]``
+    """
+    B, Hq, D = q.shape
+    Hc, M, ksub, dsub = centroids.shape
+    qs = q.float().reshape(B, Hq, M, dsub)
+    if Hc == 1:
+        c = centroids.float()[0].unsqueeze(0).expand(Hq, M, ksub, dsub)
+    else:
+        c = centroids.float().repeat_interleave(Hq // Hc, dim=0)  # [Hq, M, ksub, dsub]
+    return torch.einsum("bhmd,hmkd->bhmk", qs, c)
+
+
+def merge_state(
+    v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial attention results over disjoint key sets.
+
+    ``v_*``: ``[..., D]`` normalized outputs; ``s_*``: ``[...]`` float32 log-sum-exp of the scores
+    (``-inf`` for an empty set). Returns ``(v, s)``; an all-empty merge gives ``v = 0, s = -inf``.
+    """
+    s_a = s_a.float()
+    s_b = s_b.float()
+    s_max = torch.maximum(s_a, s_b)
+    s_max_safe = torch.where(torch.isinf(s_max), torch.zeros_like(s_max), s_max)
+    w_a = torch.exp(s_a - s_max_safe)
+    w_b = torch.exp(s_b - s_max_safe)
+    denom = w_a + w_b
+    s = torch.where(denom > 0, s_max_safe + torch.log(denom), torch.full_like(s_max, float("-inf")))
+    denom_safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    v = (v_a.float() * w_a[..., None] + v_b.float() * w_b[..., None]) / denom_safe[..., None]
+    return v, s
+
+
+def _softmax_partial(scores: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # scores, valid: [..., T] -> probabilities [..., T] (0 where invalid) and lse [...] (-inf if none valid)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(scores - lse_safe[..., None]).masked_fill(~valid, 0.0)
+    return p, lse
+
+
+def pq_attention_partial(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    v_codes: torch.Tensor,
+    k_centroids: torch.Tensor,
+    v_centroids: torch.Tensor,
+    pq_lens: torch.Tensor,
+    starts: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention of one query per head over PQ codes, straight from the codes.
+
+    Scores come from the lookup table ``q . centroid`` summed over subspaces; the output is the sum
+    over subspaces and centroids of (softmax mass that chose the centroid) * centroid.
+
+    Parameters
+    ----------
+    q : ``[B, H_q, D]``
+    k_codes, v_codes : ``[B, H_kv, T, M]`` (``T`` may exceed the valid length: capacity)
+    k_centroids, v_centroids : ``[Hc, M, ksub, dsub]``
+    pq_lens : int ``[B]``: token ``t`` of sequence ``b`` is valid iff ``starts[b] <= t < pq_lens[b]``
+    starts : int ``[B]`` or None (zeros): first valid token (left padding)
+    scale : softmax scale, default ``D ** -0.5``
+
+    Returns
+    -------
+    out : float32 ``[B, H_q, D]`` (zeros where no token is valid), lse : float32 ``[B, H_q]``
+    """
+    B, Hq, D = q.shape
+    _, Hkv, T, M = k_codes.shape
+    G = Hq // Hkv
+    ksub, dsub = v_centroids.shape[2], v_centroids.shape[3]
+    scale = D**-0.5 if scale is None else scale
+    dev = q.device
+    if starts is None:
+        starts = torch.zeros(B, dtype=torch.int32, device=dev)
+    t = torch.arange(T, device=dev)
+    valid = (t[None, :] >= starts.long()[:, None]) & (t[None, :] < pq_lens.long()[:, None])  # [B, T]
+
+    # scores[b, hkv, g, t] = sum_m lut[b, hkv, g, m, k_codes[b, hkv, t, m]]
+    lut = inner_prod_table(q, k_centroids).view(B, Hkv, G, M, ksub)
+    lut = lut.permute(0, 1, 3, 4, 2)  # [B, Hkv, M, ksub, G]
+    b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
+    h_idx = torch.arange(Hkv, device=dev).view(1, Hkv, 1, 1)
+    m_idx = torch.arange(M, device=dev).view(1, 1, 1, M)
+    picked = lut[b_idx, h_idx, m_idx, k_codes.long()]  # [B, Hkv, T, M, G]
+    scores = picked.sum(3).permute(0, 1, 3, 2) * scale  # [B, Hkv, G, T]
+    p, lse = _softmax_partial(scores, valid[:, None, None, :])
+
+    # mass[b, hkv, g, m, k] = sum_t p[b, hkv, g, t] * [v_codes[b, hkv, t, m] == k]
+    idx = v_codes.long().permute(0, 1, 3, 2).unsqueeze(2).expand(B, Hkv, G, M, T)
+    mass = torch.zeros(B, Hkv, G, M, ksub, device=dev, dtype=torch.float32)
+    mass.scatter_add_(-1, idx, p.unsqueeze(3).expand(B, Hkv, G, M, T).contiguous())
+    vc = _expand_heads(v_centroids.float(), Hkv)  # [Hkv, M, ksub, dsub]
+    out = torch.einsum("bhgmk,hmkd->bhgmd", mass, vc).reshape(B, Hq, D)
+    return out, lse.reshape(B, Hq)
+
+
+def dense_attention_partial(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention over full-precision keys ``[B, H_kv, T, D]`` with a mask ``valid [B, T]``.
+
+    Returns float32 ``out [B, H_q, D]`` and ``lse [B, H_q]``.
+    """
+    B, Hq, D = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = D**-0.5 if scale is None else scale
+    qg = q.float().view(B, Hkv, G, D)
+    scores = torch.einsum("bhgd,bhtd->bhgt", qg, k.float()) * scale
+    p, lse = _softmax_partial(scores, valid[:, None, None, :])
+    out = torch.einsum("bhgt,bhtd->bhgd", p, v.float())
+    return out.reshape(B, Hq, D), lse.reshape(B, Hq)
+
+
+def pq_decode_attention(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    v_codes: torch.Tensor,
+    k_centroids: torch.Tensor,
+    v_centroids: torch.Tensor,
+    pq_lens: torch.Tensor,
+    k_res: torch.Tensor,
+    v_res: torch.Tensor,
+    res_lens: torch.Tensor,
+    starts: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """One decode step of attention over a PQ cache plus its full-precision residual window.
+
+    Token positions: codes hold positions ``[0, pq_lens[b])``; residual slot ``j`` holds position
+    ``pq_lens[b] + j`` and is valid iff ``j < res_lens[b]``; any position below ``starts[b]`` is
+    padding and is ignored. The two parts are merged through a float32 log-sum-exp.
+
+    Parameters
+    ----------
+    q : ``[B, H_q, D]``
+    k_codes, v_codes : ``[B, H_kv, T, M]``
+    k_centroids, v_centroids : ``[Hc, M, ksub, dsub]``
+    pq_lens, res_lens : int32 ``[B]``
+    k_res, v_res : ``[B, H_kv, R, D]``
+    starts : int32 ``[B]`` or None
+    scale : float or None (``D ** -0.5``)
+
+    Returns
+    -------
+    out : ``[B, H_q, D]`` in ``q.dtype`` (zeros for a sequence with no valid token)
+    """
+    B = q.shape[0]
+    if starts is None:
+        starts = torch.zeros(B, dtype=torch.int32, device=q.device)
+    o_pq, s_pq = pq_attention_partial(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, starts, scale)
+    R = k_res.shape[2]
+    j = torch.arange(R, device=q.device)
+    valid_res = (j[None, :] < res_lens.long()[:, None]) & (
+        (pq_lens.long()[:, None] + j[None, :]) >= starts.long()[:, None]
+    )
+    o_res, s_res = dense_attention_partial(q, k_res, v_res, valid_res, scale)
+    out, _ = merge_state(o_pq, s_pq, o_res, s_res)
+    return out.to(q.dtype)
