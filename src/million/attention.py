@@ -1,0 +1,63 @@
+"""The ``million`` attention function, registered through transformers' ``AttentionInterface``.
+
+Prefill and any call that receives full-precision keys go to transformers' SDPA path unchanged. A
+decode step whose cache layer returned a :class:`~million.cache.PQState` attends straight on the
+PQ codes plus the full-precision window (:func:`million.ops.pq_decode_attention`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ops
+
+NAME = "million"
+
+
+def _starts_from_mask(attention_mask: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+    """First valid key position of every sequence (left padding) from a 4D mask ``[B, 1, q, kv]``."""
+    if attention_mask is None:
+        return None
+    row = attention_mask[:, 0, -1, :]
+    valid = row if row.dtype == torch.bool else row == 0
+    if valid.shape[0] == 1 and batch > 1:
+        valid = valid.expand(batch, -1)
+    return valid.to(torch.int32).argmax(-1).to(torch.int32)
+
+
+def million_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """``AttentionInterface`` function: ``query [B, H_q, q_len, D]`` -> ``([B, q_len, H_q, D], None)``."""
+    from .cache import PQState
+
+    if isinstance(key, PQState):
+        st = key
+        B, Hq, q_len, D = query.shape
+        if q_len != 1:
+            raise ValueError(f"PQ decode attention takes one query token, got {q_len}")
+        starts = _starts_from_mask(attention_mask, B, query.device)
+        out = ops.pq_decode_attention(
+            query[:, :, 0],
+            st.k_codes,
+            st.v_codes,
+            st.k_centroids,
+            st.v_centroids,
+            st.pq_lens,
+            st.k_window,
+            st.v_window,
+            st.res_lens,
+            starts,
+            scaling,
+        )
+        return out.unsqueeze(1), None
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def register() -> None:
+    """Register ``attn_implementation="million"`` (attention function and its mask) with transformers."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, million_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -1,0 +1,334 @@
+"""MillionCache: a transformers ``Cache`` that stores K/V as product-quantized codes.
+
+Each layer keeps
+
+- ``k_codes``, ``v_codes``: ``[B, H_kv, capacity, M]`` uint8/uint16 codes of positions ``[0, pq_len)``;
+- ``k_window``, ``v_window``: ``[B, H_kv, 2R, D]`` full-precision window of the most recent tokens,
+  positions ``[pq_len, pq_len + res_len)``, ``R = config.residual_length``.
+
+Once the window holds ``R`` tokens its oldest ``R`` are encoded, on a side CUDA stream when on a GPU
+(off the critical path), while attention keeps reading them in full precision from the window; they
+are committed to the codes (``pq_len += R``) only when the window is full, so the last ``R..2R``
+tokens are always attended in full precision. As long as nothing has been committed, decoding is
+exactly what ``DynamicCache`` does.
+
+Prefill (more than one query token) attends in full precision, then encodes. A decode step hands
+the attention function a :class:`PQState` so attention runs on the codes without dequantizing the
+cache (see :mod:`million.attention`; the model must use ``attn_implementation="million"``).
+
+The layout is static-friendly: codes grow by doubling (or are preallocated with ``max_cache_len``),
+the window has a fixed size, and the per-sequence lengths the kernels read live in device tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from . import ops
+from .codebook import Codebooks
+from .config import PQConfig
+
+
+@dataclass
+class PQState:
+    """What a decode step's attention needs from one layer (all tensors, no copies).
+
+    k_codes, v_codes: ``[B, H_kv, capacity, M]``; k_centroids, v_centroids: ``[Hc, M, ksub, dsub]``;
+    pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``.
+    """
+
+    k_codes: torch.Tensor
+    v_codes: torch.Tensor
+    k_centroids: torch.Tensor
+    v_centroids: torch.Tensor
+    pq_lens: torch.Tensor
+    k_window: torch.Tensor
+    v_window: torch.Tensor
+    res_lens: torch.Tensor
+
+
+class MillionLayer(CacheLayerMixin):
+    """One layer of a :class:`MillionCache`."""
+
+    is_compileable = False
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, config: PQConfig, k_centroids: torch.Tensor, v_centroids: torch.Tensor, max_cache_len: int | None = None):
+        super().__init__()
+        self.config = config
+        self._kc_src, self._vc_src = k_centroids, v_centroids
+        self.max_cache_len = max_cache_len
+        self.pq_len = 0  # committed code positions
+        self.res_len = 0  # tokens in the full-precision window
+        self.pending = False  # the window's first R tokens are being encoded
+        self._event = None
+        self._stream = None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        B, H, _, D = key_states.shape
+        if D != self.config.head_dim:
+            raise ValueError(f"model head_dim {D} != codebook head_dim {self.config.head_dim}")
+        Hc = self._kc_src.shape[0]
+        if Hc not in (1, H):
+            raise ValueError(f"codebooks have {Hc} heads per layer but the model has {H} KV heads")
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.batch_size, self.num_heads = B, H
+        cent_dtype = torch.float32 if key_states.dtype == torch.float32 else key_states.dtype
+        self.k_centroids = self._kc_src.to(self.device, cent_dtype).contiguous()
+        self.v_centroids = self._vc_src.to(self.device, cent_dtype).contiguous()
+        R, M = self.config.residual_length, self.config.M
+        cap = self.max_cache_len if self.max_cache_len is not None else 4 * R
+        cdt = self.config.code_dtype
+        self.k_codes = torch.zeros(B, H, cap, M, dtype=cdt, device=self.device)
+        self.v_codes = torch.zeros(B, H, cap, M, dtype=cdt, device=self.device)
+        self.k_window = torch.zeros(B, H, 2 * R, D, dtype=self.dtype, device=self.device)
+        self.v_window = torch.zeros(B, H, 2 * R, D, dtype=self.dtype, device=self.device)
+        self.pq_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
+        self.res_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
+        if self.device.type == "cuda":
+            self._stream = torch.cuda.Stream(device=self.device)
+        self.is_initialized = True
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def get_seq_length(self) -> int:
+        return self.pq_len + self.res_len
+
+    def get_max_length(self) -> int:
+        return -1 if self.max_cache_len is None else self.max_cache_len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    @property
+    def keys(self):  # transformers reads `.keys` in a few generic helpers; expose the full-precision view
+        return self.dequantize()[0] if getattr(self, "is_initialized", False) else None
+
+    @keys.setter
+    def keys(self, v):
+        pass
+
+    @property
+    def values(self):
+        return self.dequantize()[1] if getattr(self, "is_initialized", False) else None
+
+    @values.setter
+    def values(self, v):
+        pass
+
+    def _ensure_capacity(self, n: int) -> None:
+        cap = self.k_codes.shape[2]
+        if n <= cap:
+            return
+        if self.max_cache_len is not None:
+            raise ValueError(f"cache is full: {n} tokens do not fit max_cache_len={self.max_cache_len}")
+        new_cap = max(n, 2 * cap)
+        grow = new_cap - cap
+        B, H, _, M = self.k_codes.shape
+        pad = torch.zeros(B, H, grow, M, dtype=self.k_codes.dtype, device=self.device)
+        self.k_codes = torch.cat([self.k_codes, pad], 2)
+        self.v_codes = torch.cat([self.v_codes, pad], 2)
+
+    def _encode_into(self, k: torch.Tensor, v: torch.Tensor, at: int) -> None:
+        n = k.shape[2]
+        self.k_codes[:, :, at : at + n] = ops.pq_encode(k, self.k_centroids)
+        self.v_codes[:, :, at : at + n] = ops.pq_encode(v, self.v_centroids)
+
+    def _launch_pending(self) -> None:
+        """Start encoding the window's first R tokens into codes[pq_len : pq_len + R]."""
+        R = self.config.residual_length
+        self._ensure_capacity(self.pq_len + R)
+        if self._stream is None:
+            self._encode_into(self.k_window[:, :, :R], self.v_window[:, :, :R], self.pq_len)
+        else:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                self._encode_into(self.k_window[:, :, :R], self.v_window[:, :, :R], self.pq_len)
+                self._event = torch.cuda.Event()
+                self._event.record(self._stream)
+        self.pending = True
+
+    def _commit_pending(self) -> None:
+        """Make the pending block's codes visible and drop it from the window."""
+        R = self.config.residual_length
+        if self._event is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._event)
+            self._event = None
+        self.pq_len += R
+        self.pq_lens += R
+        rest = self.res_len - R
+        if rest > 0:
+            self.k_window[:, :, :rest] = self.k_window[:, :, R : R + rest].clone()
+            self.v_window[:, :, :rest] = self.v_window[:, :, R : R + rest].clone()
+        self.res_len = rest
+        self.res_lens -= R
+        self.pending = False
+
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Add new tokens ``[B, H_kv, n, D]``; encode whatever leaves the window."""
+        R = self.config.residual_length
+        n = key_states.shape[2]
+        if n == 0:
+            return
+        if self.res_len + n <= 2 * R:
+            self.k_window[:, :, self.res_len : self.res_len + n] = key_states
+            self.v_window[:, :, self.res_len : self.res_len + n] = value_states
+            self.res_len += n
+            self.res_lens += n
+        else:
+            if self.pending:
+                self._commit_pending()
+            ks = torch.cat([self.k_window[:, :, : self.res_len], key_states.to(self.dtype)], 2)
+            vs = torch.cat([self.v_window[:, :, : self.res_len], value_states.to(self.dtype)], 2)
+            total = ks.shape[2]
+            enc = max(0, (total - R) // R * R)  # leave R..2R-1 tokens in the window
+            if enc:
+                self._ensure_capacity(self.pq_len + enc)
+                self._encode_into(ks[:, :, :enc], vs[:, :, :enc], self.pq_len)
+                self.pq_len += enc
+                self.pq_lens += enc
+            r = total - enc
+            self.k_window[:, :, :r] = ks[:, :, enc:]
+            self.v_window[:, :, :r] = vs[:, :, enc:]
+            self.res_lens += r - self.res_len
+            self.res_len = r
+        if not self.pending and self.res_len >= R:
+            self._launch_pending()
+
+    def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection)."""
+        kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, self.dtype)
+        vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, self.dtype)
+        k = torch.cat([kd, self.k_window[:, :, : self.res_len]], 2)
+        v = torch.cat([vd, self.v_window[:, :, : self.res_len]], 2)
+        return k, v
+
+    # -- the transformers entry point --------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        q_len = key_states.shape[2]
+        if q_len != 1:
+            # prefill (or a multi-token chunk): full-precision attention, then encode
+            if self.get_seq_length() == 0:
+                k_out, v_out = key_states, value_states
+            else:
+                k_past, v_past = self.dequantize()
+                k_out = torch.cat([k_past, key_states.to(self.dtype)], 2)
+                v_out = torch.cat([v_past, value_states.to(self.dtype)], 2)
+            self.append(key_states, value_states)
+            return k_out, v_out
+        self.append(key_states, value_states)
+        if self.pq_len == 0:
+            # nothing committed to codes yet: plain full-precision attention, as DynamicCache
+            return self.k_window[:, :, : self.res_len], self.v_window[:, :, : self.res_len]
+        state = PQState(
+            self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window, self.res_lens
+        )
+        return state, state
+
+    def reset(self) -> None:
+        if self.is_initialized:
+            if self._event is not None:
+                torch.cuda.current_stream(self.device).wait_event(self._event)
+                self._event = None
+            self.pq_len = self.res_len = 0
+            self.pending = False
+            self.pq_lens.zero_()
+            self.res_lens.zero_()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if not self.is_initialized:
+            return
+        if self._event is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._event)
+            self._event = None
+        idx = indices.to(self.device)
+        for name in ("k_codes", "v_codes", "k_window", "v_window", "pq_lens", "res_lens"):
+            setattr(self, name, getattr(self, name).index_select(0, idx))
+        self.batch_size = int(idx.numel())
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if not self.is_initialized:
+            return
+        self.batch_select_indices(torch.arange(self.batch_size, device=self.device).repeat_interleave(repeats))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("MillionCache cannot be cropped: quantized tokens cannot be un-quantized")
+
+    def offload(self):
+        raise NotImplementedError("MillionCache does not support offloading")
+
+    def prefetch(self):
+        pass
+
+    def kv_bytes(self) -> int:
+        """Bytes held now: committed codes of all tokens plus the full-precision window."""
+        if not self.is_initialized:
+            return 0
+        B, H = self.batch_size, self.num_heads
+        code_b = self.k_codes.element_size() * self.config.M
+        return 2 * B * H * (self.pq_len * code_b + self.res_len * self.config.head_dim * self.k_window.element_size())
+
+
+class MillionCache(Cache):
+    """A product-quantized KV cache to pass as ``past_key_values``.
+
+    Parameters
+    ----------
+    codebooks : Codebooks (from :func:`million.calibrate` or ``Codebooks.load``)
+    config : the model's HF config (``model.config``); checked against the codebooks. The model
+        must run with ``attn_implementation="million"``.
+    max_cache_len : preallocate codes for this many tokens (static layout); default grows by doubling.
+
+    Example
+    -------
+    >>> model.set_attn_implementation("million")  # after million.register()
+    >>> cache = MillionCache(codebooks, model.config)
+    >>> model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+    """
+
+    def __init__(self, codebooks: Codebooks, config, max_cache_len: int | None = None):
+        codebooks.check_model(config)
+        impl = getattr(config, "_attn_implementation", None)
+        if impl != "million":
+            raise ValueError(
+                f"MillionCache needs the model's attention implementation 'million', got {impl!r}: call "
+                "million.register() and model.set_attn_implementation('million') (or load the model with "
+                "attn_implementation='million')"
+            )
+        if codebooks.config.sink_length:
+            raise NotImplementedError("sink tokens are not supported by MillionCache yet (sink_length must be 0)")
+        n = config.num_hidden_layers
+        if codebooks.key_centroids.shape[0] not in (1, n):
+            raise ValueError(f"codebooks hold {codebooks.key_centroids.shape[0]} layers, the model has {n}")
+        self.codebooks = codebooks
+        layers = []
+        for i in range(n):
+            kc, vc = codebooks.for_layer(i)
+            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len))
+        super().__init__(layers=layers)
+
+    def kv_bytes(self) -> int:
+        """Bytes of K/V held now (codes and full-precision windows; codebooks not counted)."""
+        return sum(layer.kv_bytes() for layer in self.layers)
+
+
+def fp16_bytes_per_token(config) -> int:
+    """Bytes one token's K and V take in an fp16 cache."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    H = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * H * head_dim * 2
+
+
+def pq_bytes_per_token(config, pq: PQConfig) -> float:
+    """Bytes one token's K and V codes take (codebooks and the full-precision window not counted)."""
+    H = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * H * pq.M * (1 if pq.nbits <= 8 else 2)

@@ -1,0 +1,187 @@
+"""PQ codebooks: key and value centroids for every layer / KV head, saved as safetensors + JSON.
+
+Layout: ``key_centroids`` and ``value_centroids`` are ``[Lg, Hg, M, ksub, dsub]`` where the
+granularity fixes ``(Lg, Hg)``: ``merged`` -> ``(1, 1)``, ``layer`` -> ``(L, 1)``,
+``layer_head`` -> ``(L, H_kv)``. ``for_layer(l)`` gives the ``[Hc, M, ksub, dsub]`` slices the ops take.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import PQConfig
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "codebooks.safetensors"
+META_FILE = "codebooks.json"
+
+
+def model_identity(config) -> dict:
+    """What a set of codebooks must match in a model: architecture and attention geometry."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", None)) if isinstance(rope, dict) else None
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+    arch = (getattr(config, "architectures", None) or [getattr(config, "model_type", "unknown")])[0]
+    return {
+        "architecture": arch,
+        "model_type": getattr(config, "model_type", None),
+        "num_hidden_layers": int(config.num_hidden_layers),
+        "num_attention_heads": int(config.num_attention_heads),
+        "num_key_value_heads": int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+        "head_dim": int(head_dim),
+        "rope_theta": float(theta) if theta is not None else None,
+        "rope_type": rope_type,
+    }
+
+
+_MUST_MATCH = ("num_hidden_layers", "num_key_value_heads", "head_dim", "rope_theta", "rope_type")
+
+
+def granularity_shape(granularity: str, num_layers: int, num_kv_heads: int) -> tuple[int, int]:
+    return {"merged": (1, 1), "layer": (num_layers, 1), "layer_head": (num_layers, num_kv_heads)}[granularity]
+
+
+@dataclass
+class Codebooks:
+    """Trained PQ codebooks for one model.
+
+    Attributes
+    ----------
+    config : PQConfig
+    key_centroids, value_centroids : float32 ``[Lg, Hg, M, ksub, dsub]``
+    model : dict, the :func:`model_identity` of the model they were trained on (plus ``name``)
+    calibration : dict, how they were trained (text, tokens, samples, seed, iterations, distortion, pre_rope)
+    """
+
+    config: PQConfig
+    key_centroids: torch.Tensor
+    value_centroids: torch.Tensor
+    model: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        c = self.config
+        for name in ("key_centroids", "value_centroids"):
+            t = getattr(self, name)
+            if t.dim() != 5 or tuple(t.shape[2:]) != (c.M, c.ksub, c.dsub):
+                raise ValueError(
+                    f"{name} must be [Lg, Hg, M={c.M}, ksub={c.ksub}, dsub={c.dsub}], got {tuple(t.shape)}"
+                )
+        if self.key_centroids.shape != self.value_centroids.shape:
+            raise ValueError(
+                f"key and value centroids differ in shape: {tuple(self.key_centroids.shape)} vs "
+                f"{tuple(self.value_centroids.shape)}"
+            )
+        Lg, Hg = self.key_centroids.shape[:2]
+        if self.model:
+            want = granularity_shape(c.granularity, self.model["num_hidden_layers"], self.model["num_key_value_heads"])
+            if (Lg, Hg) != want:
+                raise ValueError(f"granularity {c.granularity!r} needs centroids [{want[0]}, {want[1]}, ...], got [{Lg}, {Hg}, ...]")
+
+    @property
+    def num_layers(self) -> int | None:
+        return self.model.get("num_hidden_layers")
+
+    def for_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(key, value)`` centroids of one layer, each ``[Hc, M, ksub, dsub]`` (``Hc`` 1 or ``H_kv``)."""
+        Lg = self.key_centroids.shape[0]
+        if Lg == 1:
+            li = 0
+        else:
+            if not 0 <= layer_idx < Lg:
+                raise ValueError(f"layer_idx={layer_idx} out of range; codebooks have {Lg} layers")
+            li = layer_idx
+        return self.key_centroids[li], self.value_centroids[li]
+
+    def to(self, device=None, dtype=None) -> "Codebooks":
+        return Codebooks(
+            self.config,
+            self.key_centroids.to(device=device, dtype=dtype),
+            self.value_centroids.to(device=device, dtype=dtype),
+            dict(self.model),
+            dict(self.calibration),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of both codebooks as stored on the accelerator (fp16)."""
+        return 2 * (self.key_centroids.numel() + self.value_centroids.numel())
+
+    def check_model(self, config) -> None:
+        """Raise ``ValueError`` if these codebooks do not fit the model with HF ``config``."""
+        have = model_identity(config)
+        bad = [
+            f"{k}: codebooks {self.model.get(k)!r} vs model {have[k]!r}"
+            for k in _MUST_MATCH
+            if k in self.model and self.model.get(k) != have[k]
+        ]
+        if bad:
+            raise ValueError(
+                f"codebooks trained for {self.model.get('name') or self.model.get('architecture')} do not fit this model ("
+                + "; ".join(bad)
+                + ")"
+            )
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"key_centroids": self.key_centroids.float().contiguous().cpu(), "value_centroids": self.value_centroids.float().contiguous().cpu()},
+            str(d / TENSORS_FILE),
+        )
+        meta = {
+            "format": "million-codebooks",
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "model": self.model,
+            "calibration": self.calibration,
+        }
+        (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, device="cpu") -> "Codebooks":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"codebook directory {str(directory)!r} does not exist")
+        if not (d / META_FILE).is_file() or not (d / TENSORS_FILE).is_file():
+            raise FileNotFoundError(f"{str(directory)!r} is not a codebook directory (needs {META_FILE} and {TENSORS_FILE}); make one with `million calibrate`")
+        try:
+            meta = json.loads((d / META_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{d / META_FILE} is not valid JSON: {e}") from None
+        if meta.get("format") != "million-codebooks":
+            raise ValueError(f"{d / META_FILE} is not a million codebook file")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"codebook format version {meta.get('format_version')} is not supported; this million reads {FORMAT_VERSION}")
+        t = load_file(str(d / TENSORS_FILE), device=str(device))
+        return cls(PQConfig.from_dict(meta["config"]), t["key_centroids"], t["value_centroids"], meta.get("model", {}), meta.get("calibration", {}))
+
+    def describe(self) -> str:
+        c = self.config
+        lines = [
+            f"model        : {self.model.get('name', '?')} ({self.model.get('architecture', '?')}, "
+            f"{self.model.get('num_hidden_layers')} layers, {self.model.get('num_key_value_heads')} KV heads, head_dim {c.head_dim})",
+            f"PQ           : M={c.M} subspaces x dsub={c.dsub}, nbits={c.nbits} (ksub={c.ksub}), {c.bits_per_element:g} bits/element",
+            f"granularity  : {c.granularity}  centroids {list(self.key_centroids.shape)} (K and V)",
+            f"residual     : {c.residual_length} tokens fp16;  sinks: {c.sink_length}",
+            f"codebook size: {self.nbytes / 2**20:.2f} MiB (fp16)",
+        ]
+        cal = self.calibration
+        if cal:
+            lines.append(
+                f"calibration  : {cal.get('text', '?')}, {cal.get('tokens', '?')} tokens, {cal.get('samples', '?')} samples/codebook, "
+                f"{cal.get('iters', '?')} iters, seed {cal.get('seed', '?')}, keys {'pre' if cal.get('pre_rope') else 'post'}-RoPE"
+            )
+            if "distortion_k" in cal:
+                lines.append(f"distortion   : K {cal['distortion_k']:.4g}  V {cal['distortion_v']:.4g} (relative MSE)")
+        return "\n".join(lines)
