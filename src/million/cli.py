@@ -1,0 +1,204 @@
+"""The ``million`` command line: calibrate codebooks, generate with a PQ cache, inspect codebooks,
+and evaluate quality. Libraries return values; this module does the I/O."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+GRANULARITIES = ("merged", "layer", "layer_head")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"--dtype {name!r} is not one of {sorted(table)}")
+    return table[name]
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but no CUDA GPU is available; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device {name!r} is not one of cpu, cuda, cuda:N, auto")
+    return name
+
+
+def _positive(name):
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}")
+        return v
+
+    return conv
+
+
+def cmd_calibrate(args) -> int:
+    import torch
+
+    from .calibrate import calibrate
+    from .config import PQConfig
+    from .data import load_text
+    from .models import load_model, resolve_model
+
+    src = resolve_model(args.model)
+    device = _device(args.device)
+    # validate the PQ settings before the slow work
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
+    text = load_text(args.text)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    model, tok = load_model(src, dtype=torch.float32 if device == "cpu" else torch.float16, device=device)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual)
+    print(f"calibrating {src.name}: {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = {pq.bits_per_element:g} bits/element, "
+          f"{pq.granularity} codebooks, on {args.tokens} tokens of {args.text}", file=sys.stderr)
+    cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,
+                   seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name)
+    cb.save(out)
+    print(cb.describe())
+    print(f"saved to {out} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from transformers import DynamicCache
+
+    from .cache import MillionCache, fp16_bytes_per_token, pq_bytes_per_token
+    from .codebook import Codebooks
+    from .models import load_model, resolve_model
+
+    src = resolve_model(args.model)
+    cb = Codebooks.load(args.codebooks)
+    device = _device(args.device)
+    dtype = _dtype(args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
+    model, tok = load_model(src, dtype=dtype, device=device, attn_implementation="million")
+    cb.check_model(model.config)
+    if args.residual is not None:
+        from dataclasses import replace
+
+        cb.config = replace(cb.config, residual_length=args.residual)
+        cb.config.__post_init__()
+    prompt = args.prompt
+    if not args.raw and getattr(tok, "chat_template", None):
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=args.raw).to(device)
+    gen_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, pad_token_id=tok.pad_token_id)
+    if args.sample:
+        gen_kw.update(temperature=args.temperature, top_p=args.top_p)
+    outs = {}
+    for name, cache in (("fp16", DynamicCache(config=model.config)), ("pq", MillionCache(cb, model.config))):
+        torch.manual_seed(args.seed)
+        t0 = time.time()
+        with torch.no_grad():
+            o = model.generate(**inputs, past_key_values=cache, **gen_kw)
+        outs[name] = (tok.decode(o[0, inputs.input_ids.shape[1]:], skip_special_tokens=True), time.time() - t0, cache)
+    n_prompt = inputs.input_ids.shape[1]
+    c = cb.config
+    fp16_b = fp16_bytes_per_token(model.config)
+    pq_b = pq_bytes_per_token(model.config, c)
+    print(f"prompt: {n_prompt} tokens; PQ {c.M}x{c.nbits}-bit codes ({c.bits_per_element:g} bits/element), "
+          f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens")
+    print(f"\n--- fp16 KV cache ({fp16_b} bytes/token) [{outs['fp16'][1]:.1f} s]\n{outs['fp16'][0].strip()}")
+    print(f"\n--- million PQ KV cache ({pq_b:g} bytes/token = {pq_b / fp16_b:.3f} x fp16; "
+          f"codebooks {cb.nbytes / 2**20:.2f} MiB once) [{outs['pq'][1]:.1f} s]\n{outs['pq'][0].strip()}")
+    lay = outs["pq"][2].layers[0]
+    print(f"\nPQ cache now: {lay.pq_len} tokens as codes + {lay.res_len} in the full-precision window per layer")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .codebook import Codebooks
+
+    print(Codebooks.load(args.dir).describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="million", description="Product-quantized KV cache for long-context LLM inference.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("calibrate", help="train PQ codebooks for a model from calibration text")
+    c.add_argument("--model", default="smollm2", help="'smollm2' (embedded default), a HF model directory or a .gguf file")
+    c.add_argument("--bits", type=float, default=4, help="bits per K/V element (default 4)")
+    c.add_argument("--nbits", type=int, default=8, help="bits per code, 4..12 (default 8: M = head_dim*bits/8 subspaces)")
+    c.add_argument("--out", required=True, help="codebook directory to write")
+    c.add_argument("--text", default="squad", help="'squad' (default), 'essays' or a UTF-8 text file")
+    c.add_argument("--tokens", type=_positive("--tokens"), default=16384, help="calibration tokens (default 16384)")
+    c.add_argument("--window", type=_positive("--window"), default=2048, help="tokens per forward (default 2048)")
+    c.add_argument("--samples", type=_positive("--samples"), default=8192, help="vectors per codebook for k-means (default 8192)")
+    c.add_argument("--iters", type=_positive("--iters"), default=12, help="k-means iterations (default 12)")
+    c.add_argument("--granularity", choices=GRANULARITIES, default="layer", help="codebook sharing (default layer)")
+    c.add_argument("--residual", type=_positive("--residual"), default=128, help="full-precision window length R (default 128)")
+    c.add_argument("--pre-rope", action="store_true", help="capture keys before RoPE (for comparisons)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    c.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    c.set_defaults(func=cmd_calibrate)
+
+    g = sub.add_parser("generate", help="generate with an fp16 and a PQ cache, side by side")
+    g.add_argument("prompt")
+    g.add_argument("--model", default="smollm2")
+    g.add_argument("--codebooks", required=True, help="directory written by `million calibrate`")
+    g.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=64)
+    g.add_argument("--residual", type=_positive("--residual"), default=None, help="override the window length R")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.add_argument("--device", default=None)
+    g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPU)")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="what a codebook directory holds")
+    i.add_argument("dir")
+    i.set_defaults(func=cmd_info)
+
+    try:
+        from .eval.cli import add_eval_parser
+    except ImportError:
+        add_eval_parser = None
+    if add_eval_parser is not None:
+        add_eval_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("million: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"million: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
