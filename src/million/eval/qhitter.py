@@ -1,0 +1,191 @@
+"""Q-Hitter-style sparse-quantized KV cache (Zhang et al., MLSys 2024), at matched memory.
+
+Tokens are kept or evicted per layer and KV head: a ``recent`` share of the budget keeps the most
+recent tokens; the rest keeps the tokens with the highest accumulated attention, discounted by
+their quantization error ("quantization friendliness": ``score / (1 + err / mean err)``). Kept
+tokens are stored 4-bit (asymmetric uniform, per-token groups of 32, fp16 scale and zero point).
+The budget grows with the sequence, ``ceil(keep * t)`` tokens at ``t`` tokens seen, with ``keep``
+chosen so that the bits per element of the whole sequence equal the target (``bits / bits per
+kept element``, counting codes, scales, zero points and the fp16 score of each kept token).
+
+Evaluation runs the window in chunks of ``chunk`` tokens (eviction after every chunk: within a
+chunk tokens see each other, as in a chunked prefill); decoding evicts after every token.
+Accumulated attention is computed from the post-RoPE queries (a forward hook on ``q_proj`` and on
+the rotary embedding module) against the keys the cache returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .calibdata import attention_modules, geometry, rope, rotary_module
+from .methods import KVMethod
+from .quant import uniform_qdq
+
+
+class _QHLayer(DynamicLayer):
+    def __init__(self, layer_idx: int, owner: "QHitterRunner"):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.owner = owner
+        self.k = self.v = self.score = self.err = self.pos = None
+
+    def get_seq_length(self) -> int:
+        return self.owner.seen
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        o = self.owner
+        m = o.method
+        kq = m.qdq_key(self.layer_idx, key_states, o.seen)
+        vq = m.qdq_value(self.layer_idx, value_states, o.seen)
+        B, H, C, D = key_states.shape
+        err = ((kq - key_states).float().pow(2).sum(-1) / key_states.float().pow(2).sum(-1).clamp_min(1e-12)
+               + (vq - value_states).float().pow(2).sum(-1) / value_states.float().pow(2).sum(-1).clamp_min(1e-12)) / 2
+        pos = torch.arange(o.seen, o.seen + C, device=key_states.device).view(1, 1, C).expand(B, H, C)
+        if self.k is None:
+            K, V, score, errs, P = kq, vq, torch.zeros(B, H, C, device=kq.device), err, pos
+        else:
+            K, V = torch.cat([self.k, kq], 2), torch.cat([self.v, vq], 2)
+            score = torch.cat([self.score, torch.zeros(B, H, C, device=kq.device)], 2)
+            errs, P = torch.cat([self.err, err], 2), torch.cat([self.pos, pos], 2)
+        # accumulated attention of this chunk's queries (post-RoPE) on every key returned
+        q = o.taps.pop(self.layer_idx)  # [B, C, Hq * D]
+        cos, sin = o.taps["rope"]
+        Hq = q.shape[-1] // D
+        q = rope(q.view(B, C, Hq, D).transpose(1, 2).float(), cos[:, None].float(), sin[:, None].float())
+        G = Hq // H
+        s = torch.einsum("bhgcd,bhnd->bhgcn", q.view(B, H, G, C, D), K.float()) * D**-0.5
+        n_old = K.shape[2] - C
+        causal = torch.ones(C, C, dtype=torch.bool, device=K.device).tril()
+        allowed = torch.cat([torch.ones(C, n_old, dtype=torch.bool, device=K.device), causal], 1)
+        p = s.masked_fill(~allowed, float("-inf")).softmax(-1)
+        score = score + p.sum((2, 3))
+        # evict down to the budget at seen + C tokens
+        budget = m.budget(o.seen + C)
+        n = K.shape[2]
+        if n > budget:
+            n_recent = min(budget, int(m.recent * budget))
+            n_heavy = budget - n_recent
+            old = n - n_recent
+            adj = score[..., :old] / (1 + errs[..., :old] / errs[..., :old].mean(-1, keepdim=True).clamp_min(1e-12))
+            heavy = adj.topk(n_heavy, -1).indices.sort(-1).values if n_heavy > 0 else adj[..., :0].long()
+            idx = torch.cat([heavy, torch.arange(old, n, device=K.device).expand(B, H, n_recent)], -1)  # [B, H, budget]
+            g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+            self.k, self.v = g(K), g(V)
+            self.score, self.err, self.pos = score.gather(2, idx), errs.gather(2, idx), P.gather(2, idx)
+        else:
+            self.k, self.v, self.score, self.err, self.pos = K, V, score, errs, P
+        return K, V
+
+
+class QHitterRunner:
+    """Chunked evaluation and greedy decoding with a :class:`QHitter` cache."""
+
+    def __init__(self, model, method: "QHitter", protocol: str = "all-quantized"):
+        if protocol != "all-quantized":
+            raise ValueError(f"qhitter runs only its own chunked-eviction protocol; allowed: all-quantized, got {protocol!r}")
+        self.model, self.method = model, method
+        self.L = model.config.num_hidden_layers
+        self.taps: dict = {}
+        self.seen = 0
+
+    def _hooks(self):
+        hs = [rotary_module(self.model).register_forward_hook(lambda m, i, o: self.taps.__setitem__("rope", o))]
+        for a in attention_modules(self.model):
+            hs.append(a.q_proj.register_forward_hook(lambda m, i, o, li=a.layer_idx: self.taps.__setitem__(li, o)))
+        return hs
+
+    def _step(self, cache, ids):
+        # one chunk: kept tokens all visible, the chunk causal
+        C = ids.shape[1]
+        n_old = cache.layers[0].k.shape[2] if cache.layers[0].k is not None else 0
+        mask = torch.cat([torch.ones(C, n_old, dtype=torch.bool), torch.ones(C, C, dtype=torch.bool).tril()], 1)
+        pos = torch.arange(self.seen, self.seen + C, device=ids.device)[None]
+        out = self.model(input_ids=ids, attention_mask=mask[None, None].to(ids.device), position_ids=pos,
+                         past_key_values=cache, use_cache=True).logits
+        self.seen += C
+        return out
+
+    def _cache(self):
+        self.seen = 0
+        self.taps.clear()
+        return Cache(layers=[_QHLayer(i, self) for i in range(self.L)])
+
+    @torch.no_grad()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        cache = self._cache()
+        hs = self._hooks()
+        try:
+            outs = [self._step(cache, ids[:, t : t + self.method.chunk]) for t in range(0, ids.shape[1], self.method.chunk)]
+        finally:
+            for h in hs:
+                h.remove()
+        return torch.cat(outs, 1).float()
+
+    @torch.no_grad()
+    def greedy(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
+        cache = self._cache()
+        hs = self._hooks()
+        out: list[int] = []
+        try:
+            for t in range(0, ids.shape[1], self.method.chunk):
+                logits = self._step(cache, ids[:, t : t + self.method.chunk])[:, -1]
+            for _ in range(max_new_tokens):
+                nxt = int(logits.argmax(-1))
+                out.append(nxt)
+                if eos_token_id is not None and nxt == eos_token_id:
+                    break
+                logits = self._step(cache, torch.tensor([[nxt]], device=ids.device))[:, -1]
+        finally:
+            for h in hs:
+                h.remove()
+        return out
+
+
+class QHitter(KVMethod):
+    """Q-Hitter-style: heavy hitters by accumulated attention and quantization friendliness, 4-bit."""
+
+    name = "qhitter"
+
+    def __init__(self, bits: int, qbits: int = 4, group: int = 32, recent: float = 0.5, chunk: int = 128, head_dim: int = 64):
+        super().__init__(bits)
+        self.qbits, self.group, self.recent, self.chunk = qbits, group, recent, chunk
+        self.head_dim = head_dim
+        self.keep = min(1.0, bits / self.kept_bits(head_dim))
+
+    def kept_bits(self, D: int) -> float:
+        """Bits per element of a kept token: codes, fp16 scale + zero per group, fp16 score per (token, head) for K+V."""
+        return self.qbits + 32.0 / min(self.group, D) + 16.0 / (2 * D)
+
+    def budget(self, t: int) -> int:
+        return max(1, math.ceil(self.keep * t))
+
+    def qdq_key(self, layer, k, pos0):
+        return uniform_qdq(k, self.qbits, "token", self.group)
+
+    qdq_value = qdq_key
+
+    def make_runner(self, model, protocol="all-quantized"):
+        D = geometry(model.config)[3]
+        if D != self.head_dim:
+            self.head_dim = D
+            self.keep = min(1.0, self.bits / self.kept_bits(D))
+        return QHitterRunner(model, self, protocol)
+
+    def bits_breakdown(self, shape, context, protocol="all-quantized"):
+        f = self.budget(context) / context
+        D = shape.D
+        parts = {
+            "codes": self.qbits * f,
+            "scales_zeros_fp16": 32.0 / min(self.group, D) * f,
+            "scores_fp16": 16.0 / (2 * D) * f,
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def describe(self):
+        return {**super().describe(), "keep_fraction": self.keep, "kept_bits": self.qbits, "group": self.group,
+                "recent_share": self.recent, "chunk": self.chunk}

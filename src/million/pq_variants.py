@@ -1,0 +1,369 @@
+"""PQ beyond the published MILLION recipe: the options, their training, and their storage cost.
+
+Options (every one can be switched on alone; :class:`PQVariant` holds them):
+
+- ``granularity``: one codebook for all layers and heads (``merged``, as published), one per layer
+  (``layer``) or one per layer and KV head (``layer_head``).
+- ``transform`` applied to K and V before PQ, per layer and KV head, that attention can absorb so
+  it still runs on codes: ``hadamard`` (orthonormal), ``metric`` (keys: ``A A^T = E[q^T q]``, so
+  that the k-means error is the error of the attention scores ``q.k``; values:
+  ``A A^T = sum_g W_o[g]^T W_o[g]``, so that it is the error that ``o_proj`` passes on),
+  ``metric_hadamard`` (both), ``opq`` (a rotation learned by alternating k-means and Procrustes).
+  With keys quantized as ``k' = k A``, a query uses ``q' = q A^-T`` (one ``D x D`` product per
+  query head and step, after RoPE); for values the inverse folds into ``o_proj``.
+- ``sinks``: the first tokens of a sequence stay in fp16 (and are left out of k-means).
+- ``weighting``: ``attn`` weights each calibration vector in k-means by the attention its key
+  received (mean probability over the queries that saw it); ``none`` is plain k-means.
+- ``k_nbits/k_dsub`` and ``v_nbits/v_dsub``: bits per code (4..12) and subvector size for keys and
+  values separately (9..12-bit codes, or more bits to keys than to values at the same average).
+
+Bits per element are ``nbits / dsub`` for the codes; codebooks (fp16), transforms (fp16) and sinks
+are counted by :meth:`PQVariant.bits_breakdown` at a stated context length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .eval.quant import hadamard, pq_qdq
+from .kmeans import kmeans
+
+TRANSFORMS = ("none", "hadamard", "metric", "metric_hadamard", "opq")
+WEIGHTINGS = ("none", "attn")
+GRANULARITIES = ("merged", "layer", "layer_head")
+VARIANT_VERSION = 1
+
+
+@dataclass
+class PQVariant:
+    """One PQ recipe (validated)."""
+
+    k_nbits: int = 8
+    k_dsub: int = 4
+    v_nbits: int = 8
+    v_dsub: int = 4
+    granularity: str = "layer_head"
+    transform: str = "none"
+    sinks: int = 0
+    weighting: str = "none"
+    samples: int = 8192
+    iters: int = 16
+    seed: int = 0
+    version: int = VARIANT_VERSION
+
+    def __post_init__(self):
+        for n in ("k_nbits", "v_nbits"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or not 4 <= v <= 12:
+                raise ValueError(f"{n}={v!r} is out of range; allowed: 4..12")
+        for n in ("k_dsub", "v_dsub", "samples", "iters"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{n}={v!r} must be a positive integer")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={self.granularity!r} is not one of {GRANULARITIES}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform={self.transform!r} is not one of {TRANSFORMS}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting={self.weighting!r} is not one of {WEIGHTINGS}")
+        if not isinstance(self.sinks, int) or self.sinks < 0:
+            raise ValueError(f"sinks={self.sinks!r} must be an integer >= 0")
+        if self.version != VARIANT_VERSION:
+            raise ValueError(f"PQVariant version {self.version} is not supported; this million reads {VARIANT_VERSION}")
+
+    @property
+    def k_bits(self) -> float:
+        return self.k_nbits / self.k_dsub
+
+    @property
+    def v_bits(self) -> float:
+        return self.v_nbits / self.v_dsub
+
+    @property
+    def code_bits(self) -> float:
+        """Code bits per element, keys and values averaged."""
+        return (self.k_bits + self.v_bits) / 2
+
+    def check_head_dim(self, D: int) -> None:
+        for n in ("k_dsub", "v_dsub"):
+            if D % getattr(self, n):
+                divisors = [m for m in range(1, D + 1) if D % m == 0]
+                raise ValueError(f"{n}={getattr(self, n)} must divide head_dim={D}; allowed: {divisors}")
+        if self.transform in ("hadamard", "metric_hadamard") and D & (D - 1):
+            raise ValueError(f"transform {self.transform!r} needs a power-of-two head_dim, got {D}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PQVariant":
+        known = {f.name for f in fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise ValueError(f"unknown PQVariant fields {sorted(bad)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def bits_breakdown(self, L: int, H: int, D: int, context: int) -> dict:
+        """Bits per K/V element of one sequence of ``context`` tokens, by component.
+
+        ``codebooks`` and ``transforms`` are per model (shared by every sequence); they are charged
+        to this one sequence here, the worst case.
+        """
+        elems = 2 * L * H * D * context
+        Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[self.granularity]
+        cb_vals = Lg * Hg * ((2**self.k_nbits) * D + (2**self.v_nbits) * D)  # M * ksub * dsub = ksub * D
+        n_t = {"none": 0, "hadamard": 0, "metric": 3, "metric_hadamard": 3, "opq": 3}[self.transform]
+        # keys: A and A^-T per (layer, head); values: A (its inverse folds into o_proj); Hadamard is implicit
+        tr_vals = n_t * L * H * D * D
+        s = min(self.sinks, context)
+        out = {
+            "codes": self.code_bits * (context - s) / context,
+            "sinks_fp16": 16.0 * s / context,
+            "codebooks_fp16": 16.0 * cb_vals / elems,
+            "transforms_fp16": 16.0 * tr_vals / elems,
+        }
+        out["total"] = sum(out.values())
+        return out
+
+
+@dataclass
+class PQVariantCodebooks:
+    """Trained codebooks (and transforms) of a :class:`PQVariant`, per layer.
+
+    key_centroids[l], value_centroids[l] : ``[Hc, M, ksub, dsub]`` (``Hc`` 1 or ``H_kv``)
+    key_transform[l], key_inverse[l], value_transform[l], value_inverse[l] : ``[H_kv, D, D]`` or None
+    """
+
+    variant: PQVariant
+    key_centroids: list
+    value_centroids: list
+    key_transform: list | None = None
+    key_inverse: list | None = None
+    value_transform: list | None = None
+    value_inverse: list | None = None
+    info: dict | None = None
+
+    def qdq_keys(self, layer: int, k: torch.Tensor, pos0: int = 0) -> torch.Tensor:
+        """Quantize-dequantize post-RoPE keys ``[B, H, T, D]`` whose first token has position ``pos0``."""
+        t = self.key_transform[layer] if self.key_transform else None
+        ti = self.key_inverse[layer] if self.key_inverse else None
+        return _with_sinks(k, pos0, self.variant.sinks, lambda x: pq_qdq(x, self.key_centroids[layer], t, ti))
+
+    def qdq_values(self, layer: int, v: torch.Tensor, pos0: int = 0) -> torch.Tensor:
+        t = self.value_transform[layer] if self.value_transform else None
+        ti = self.value_inverse[layer] if self.value_inverse else None
+        return _with_sinks(v, pos0, self.variant.sinks, lambda x: pq_qdq(x, self.value_centroids[layer], t, ti))
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for name in ("key_centroids", "value_centroids", "key_transform", "key_inverse", "value_transform", "value_inverse"):
+            xs = getattr(self, name)
+            if xs:
+                for i, x in enumerate(xs):
+                    tensors[f"{name}.{i}"] = x.float().contiguous()
+        save_file(tensors, str(d / "pq_variant.safetensors"))
+        meta = {"format": "million-pq-variant", "variant": self.variant.to_dict(), "layers": len(self.key_centroids), "info": self.info or {}}
+        (d / "pq_variant.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PQVariantCodebooks":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "pq_variant.json").is_file():
+            raise FileNotFoundError(f"{str(directory)!r} is not a PQ variant directory (needs pq_variant.json)")
+        meta = json.loads((d / "pq_variant.json").read_text())
+        if meta.get("format") != "million-pq-variant":
+            raise ValueError(f"{d / 'pq_variant.json'} is not a million PQ variant file")
+        t = load_file(str(d / "pq_variant.safetensors"))
+        L = meta["layers"]
+        get = lambda name: [t[f"{name}.{i}"] for i in range(L)] if f"{name}.0" in t else None  # noqa: E731
+        return cls(PQVariant.from_dict(meta["variant"]), get("key_centroids"), get("value_centroids"), get("key_transform"),
+                   get("key_inverse"), get("value_transform"), get("value_inverse"), meta.get("info"))
+
+
+def _with_sinks(x: torch.Tensor, pos0: int, sinks: int, fn) -> torch.Tensor:
+    # positions [pos0, pos0 + T): the ones below `sinks` pass through unquantized
+    n = max(0, min(sinks - pos0, x.shape[2]))
+    if n == 0:
+        return fn(x)
+    if n == x.shape[2]:
+        return x
+    return torch.cat([x[:, :, :n], fn(x[:, :, n:])], 2)
+
+
+def _sqrtm(S: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric square root of SPD ``[..., D, D]`` and its inverse, with a relative ridge."""
+    D = S.shape[-1]
+    S = S.double()
+    tr = S.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None] / D
+    S = S + ridge * tr * torch.eye(D, dtype=S.dtype)
+    e, U = torch.linalg.eigh(S)
+    e = e.clamp_min(1e-12)
+    A = U @ torch.diag_embed(e.sqrt()) @ U.transpose(-1, -2)
+    Ai = U @ torch.diag_embed(e.rsqrt()) @ U.transpose(-1, -2)
+    return A.float(), Ai.float()
+
+
+def _transforms(calib, variant: PQVariant, D: int):
+    """Per layer ``(A_k, A_k^-1, A_v, A_v^-1)``, each ``[H, D, D]`` or None (row-vector convention)."""
+    L = calib.num_layers
+    H = calib.keys_pre[0].shape[0]
+    t = variant.transform
+    if t in ("none", "opq"):
+        return None
+    ks, kis, vs, vis = [], [], [], []
+    Hd = hadamard(D)
+    for l in range(L):
+        if t == "hadamard":
+            A_k = A_v = Hd.expand(H, D, D)
+            Ai_k = Ai_v = Hd.t().expand(H, D, D)
+        else:
+            A_k, Ai_k = _sqrtm(calib.q_moment[l])
+            A_v, Ai_v = _sqrtm(calib.o_moment[l])
+            if t == "metric_hadamard":
+                A_k, Ai_k = A_k @ Hd, Hd.t() @ Ai_k
+                A_v, Ai_v = A_v @ Hd, Hd.t() @ Ai_v
+        ks.append(A_k.contiguous())
+        kis.append(Ai_k.contiguous())
+        vs.append(A_v.contiguous())
+        vis.append(Ai_v.contiguous())
+    return ks, kis, vs, vis
+
+
+def _train_group(x: torch.Tensor, w: torch.Tensor | None, nbits: int, dsub: int, variant: PQVariant, seed: int,
+                 progress: bool = False) -> torch.Tensor:
+    """k-means codebooks for groups of samples: ``x [G, n, D]`` -> ``[G, M, ksub, dsub]``."""
+    G, n, D = x.shape
+    M, ksub = D // dsub, 2**nbits
+    if n < ksub:
+        raise ValueError(f"too few calibration vectors ({n}) for ksub={ksub} centroids; give more calibration tokens")
+    data = x.view(G, n, M, dsub).permute(0, 2, 1, 3).reshape(G * M, n, dsub)
+    ww = None if w is None else w[:, None, :].expand(G, M, n).reshape(G * M, n)
+    per_chunk = max(1, (1 << 27) // max(1, n * ksub))
+    out = []
+    for c0 in range(0, G * M, per_chunk):
+        r = kmeans(data[c0 : c0 + per_chunk], ksub, iters=variant.iters, seed=seed + c0,
+                   weights=None if ww is None else ww[c0 : c0 + per_chunk], progress=progress)
+        out.append(r.centroids)
+    return torch.cat(out, 0).view(G, M, ksub, dsub)
+
+
+def _groups(xs: list, ws: list | None, granularity: str, samples: int, gen: torch.Generator):
+    """Per-layer ``[H, N, D]`` samples -> ``([G, n, D], [G, n] or None)`` by granularity, subsampled to ``samples``."""
+    def pick(x, w):
+        N = x.shape[1]
+        if N <= samples:
+            return x, w
+        idx = torch.randperm(N, generator=gen)[:samples]
+        return x[:, idx], None if w is None else w[:, idx]
+
+    D = xs[0].shape[-1]
+    if granularity == "merged":
+        x = torch.cat([x.reshape(-1, D) for x in xs])[None]
+        w = None if ws is None else torch.cat([w.reshape(-1) for w in ws])[None]
+        return pick(x, w)
+    if granularity == "layer":
+        parts = [pick(x.reshape(1, -1, D), None if w is None else w.reshape(1, -1)) for x, w in zip(xs, ws or [None] * len(xs))]
+    else:
+        parts = [pick(x, w) for x, w in zip(xs, ws or [None] * len(xs))]
+    x = torch.cat([p[0] for p in parts])
+    w = None if ws is None else torch.cat([p[1] for p in parts])
+    return x, w
+
+
+def _opq(x: torch.Tensor, w, nbits: int, dsub: int, variant: PQVariant, seed: int, outer: int = 4):
+    """OPQ (non-parametric): rotation ``R [G, D, D]`` and codebooks for ``x [G, n, D]``."""
+    G, n, D = x.shape
+    # init: PCA with eigenvalues dealt round-robin over subspaces (balanced variance)
+    C = torch.einsum("gnd,gne->gde", x, x) / n
+    e, U = torch.linalg.eigh(C.double())
+    U = U.flip(-1).float()  # descending variance
+    M = D // dsub
+    order = torch.arange(D).view(dsub, M).t().reshape(-1)  # component j -> subspace j % M
+    R = U[:, :, order]
+    v = PQVariant(**{**variant.to_dict(), "iters": max(4, variant.iters // 2)})
+    for it in range(outer):
+        xr = torch.einsum("gnd,gde->gne", x, R)
+        cent = _train_group(xr, w, nbits, dsub, v, seed + 7919 * it)
+        rec = torch.stack([pq_qdq(xr[g][None, None], cent[g][None])[0, 0] for g in range(G)])  # [G, n, D]
+        # R = argmin ||x R - rec|| over rotations: Procrustes on x^T rec
+        Uu, _, Vh = torch.linalg.svd(torch.einsum("gnd,gne->gde", x, rec).double())
+        R = (Uu @ Vh).float()
+    xr = torch.einsum("gnd,gde->gne", x, R)
+    return R, _train_group(xr, w, nbits, dsub, variant, seed + 104729)
+
+
+def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVariantCodebooks:
+    """Train the codebooks (and transforms) of ``variant`` on :class:`~million.eval.calibdata.CalibData`."""
+    L = calib.num_layers
+    H, _, D = calib.keys_pre[0].shape
+    variant.check_head_dim(D)
+    gen = torch.Generator().manual_seed(variant.seed)
+    keep = calib.positions >= variant.sinks  # sinks stay fp16: not trained on
+    keys = [calib.keys_post(l)[:, keep] for l in range(L)]
+    vals = [calib.values[l][:, keep] for l in range(L)]
+    ws = None
+    if variant.weighting == "attn":
+        ws = [a[:, keep] for a in calib.attn]
+        ws = [w / w.mean().clamp_min(1e-12) for w in ws]
+    tr = _transforms(calib, variant, D)
+    if tr is not None:
+        ks, kis, vs, vis = tr
+        keys = [torch.einsum("hnd,hde->hne", x, A) for x, A in zip(keys, ks)]
+        vals = [torch.einsum("hnd,hde->hne", x, A) for x, A in zip(vals, vs)]
+    else:
+        ks = kis = vs = vis = None
+    Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[variant.granularity]
+
+    def train(xs, nbits, dsub, salt):
+        x, w = _groups(xs, ws, variant.granularity, variant.samples, gen)
+        if variant.transform == "opq":
+            if variant.granularity != "layer_head":
+                raise ValueError("transform 'opq' needs granularity 'layer_head' (one rotation per layer and head)")
+            R, cent = _opq(x, w, nbits, dsub, variant, variant.seed + salt)
+            return cent.view(Lg, Hg, *cent.shape[1:]), R.view(L, H, D, D)
+        cent = _train_group(x, w, nbits, dsub, variant, variant.seed + salt, progress)
+        return cent.view(Lg, Hg, *cent.shape[1:]), None
+
+    kc, kR = train(keys, variant.k_nbits, variant.k_dsub, 0)
+    vc, vR = train(vals, variant.v_nbits, variant.v_dsub, 1 << 20)
+    if kR is not None:
+        ks = [kR[l] for l in range(L)]
+        kis = [kR[l].transpose(-1, -2) for l in range(L)]
+        vs = [vR[l] for l in range(L)]
+        vis = [vR[l].transpose(-1, -2) for l in range(L)]
+    per_layer = lambda c: [c[l if Lg > 1 else 0] for l in range(L)]  # noqa: E731
+    cb = PQVariantCodebooks(variant, per_layer(kc), per_layer(vc), ks, kis, vs, vis)
+    cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, **distortion(cb, calib)}
+    return cb
+
+
+@torch.no_grad()
+def distortion(cb: PQVariantCodebooks, calib, max_tokens: int = 2048) -> dict:
+    """Relative errors on (the first ``max_tokens`` of) the calibration data: plain MSE of K and V,
+    and the error that matters (scores ``q.dk`` via ``E[q^T q]``; ``o_proj`` output via its metric)."""
+    L = calib.num_layers
+    n = min(max_tokens, calib.tokens)
+    ek = ev = sk = sv = 0.0
+    for l in range(L):
+        k = calib.keys_post(l)[:, :n][None]
+        v = calib.values[l][:, :n][None]
+        dk = (cb.qdq_keys(l, k) - k)[0]
+        dv = (cb.qdq_values(l, v) - v)[0]
+        ek += float(dk.pow(2).sum() / k.pow(2).sum())
+        ev += float(dv.pow(2).sum() / v.pow(2).sum())
+        Qm, Om = calib.q_moment[l], calib.o_moment[l]
+        sk += float(torch.einsum("hnd,hde,hne->", dk, Qm, dk) / torch.einsum("hnd,hde,hne->", k[0], Qm, k[0]))
+        sv += float(torch.einsum("hnd,hde,hne->", dv, Om, dv) / torch.einsum("hnd,hde,hne->", v[0], Om, v[0]))
+    return {"rel_mse_k": ek / L, "rel_mse_v": ev / L, "rel_score_err_k": sk / L, "rel_out_err_v": sv / L}
