@@ -1,0 +1,151 @@
+"""MillionCache inside transformers: exactness inside the window, PQ decode attention equal to
+dequantize-then-attention, batching with left padding, sampling, and the model families."""
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import million
+from million import MillionCache, PQConfig
+from million.calibrate import train_codebooks, collect_kv
+from million.codebook import Codebooks, model_identity
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def tiny_model(family="llama", kv_heads=2):
+    cfg_cls, model_cls = FAMILIES[family]
+    cfg = cfg_cls(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, head_dim=16, max_position_embeddings=512,
+    )
+    million.register()
+    cfg._attn_implementation = "million"
+    torch.manual_seed(0)
+    return model_cls(cfg).eval()
+
+
+def tiny_codebooks(model, residual=4, granularity="layer", nbits=6, M=8):
+    pq = PQConfig(head_dim=16, M=M, nbits=nbits, residual_length=residual, granularity=granularity)
+    ids = torch.randint(0, 96, (1, 256), generator=torch.Generator().manual_seed(1))
+    rec = collect_kv(model, [ids], progress=False)
+    kc, vc, stats = train_codebooks(rec.keys, rec.values, pq, samples=256, iters=4, progress=False)
+    ident = model_identity(model.config)
+    return Codebooks(pq, kc, vc, ident, stats)
+
+
+def left_padded(batch=2, length=12, pad=(0, 5)):
+    ids = torch.randint(0, 96, (batch, length), generator=torch.Generator().manual_seed(2))
+    am = torch.ones_like(ids)
+    for b, p in enumerate(pad[:batch]):
+        am[b, :p] = 0
+    return ids, am
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_inside_window_generation_equals_dynamic_cache(family):
+    model = tiny_model(family)
+    cb = tiny_codebooks(model, residual=64)
+    ids, am = left_padded()
+    kw = dict(attention_mask=am, max_new_tokens=20, do_sample=False)
+    ref = model.generate(ids, past_key_values=DynamicCache(config=model.config), **kw)
+    cache = MillionCache(cb, model.config)
+    out = model.generate(ids, past_key_values=cache, **kw)
+    assert cache.layers[0].pq_len == 0  # nothing was quantized
+    assert torch.equal(ref, out)
+
+
+def _step_logits(model, cache, tok, am):
+    with torch.no_grad():
+        return model(input_ids=tok, attention_mask=am, past_key_values=cache, use_cache=True).logits[:, -1].float()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("granularity", ["merged", "layer", "layer_head"])
+def test_pq_decode_equals_dequantize_then_attention(family, granularity):
+    model = tiny_model(family)
+    cb = tiny_codebooks(model, residual=4, granularity=granularity)
+    ids, am = left_padded(length=23, pad=(0, 7))
+    cache = MillionCache(cb, model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True)
+    # decode a few steps so that blocks are flushed while decoding, then compare one step
+    tok = torch.randint(0, 96, (2, 1))
+    for _ in range(6):
+        am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+        _step_logits(model, cache, tok, am)
+    lay = cache.layers[0]
+    assert lay.pq_len > 0 and lay.res_len >= 1
+    # reference: a DynamicCache holding exactly the dequantized cache contents
+    ref_cache = DynamicCache(config=model.config)
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.dequantize()
+        ref_cache.update(k, v, i)
+    am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+    got = _step_logits(model, cache, tok, am)
+    model.config._attn_implementation = "sdpa"
+    try:
+        want = _step_logits(model, ref_cache, tok, am)
+    finally:
+        model.config._attn_implementation = "million"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_window_bookkeeping_and_device_lengths():
+    model = tiny_model()
+    cb = tiny_codebooks(model, residual=4)
+    cache = MillionCache(cb, model.config)
+    ids = torch.randint(0, 96, (1, 10))
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        n = 10
+        for _ in range(13):
+            model(input_ids=torch.randint(0, 96, (1, 1)), past_key_values=cache, use_cache=True)
+            n += 1
+            for lay in cache.layers:
+                assert lay.pq_len + lay.res_len == n
+                assert lay.pq_len % 4 == 0
+                assert 1 <= lay.res_len <= 8
+                assert int(lay.pq_lens[0]) == lay.pq_len and int(lay.res_lens[0]) == lay.res_len
+                assert cache.get_seq_length() == n
+
+
+def test_quantized_generation_sampling_batch_and_return_sequences():
+    model = tiny_model()
+    cb = tiny_codebooks(model, residual=4)
+    ids, am = left_padded(length=9, pad=(3, 0))
+    torch.manual_seed(0)
+    out = model.generate(ids, attention_mask=am, max_new_tokens=12, do_sample=True, top_k=20,
+                         num_return_sequences=2, past_key_values=MillionCache(cb, model.config))
+    assert out.shape == (4, 21)
+    assert int(out.min()) >= 0 and int(out.max()) < 96
+
+
+def test_kv_bytes_quarter_of_fp16_at_4_bits():
+    model = tiny_model()
+    pq = PQConfig.from_bits(16, 4, nbits=8, residual_length=4)
+    rec = collect_kv(model, [torch.randint(0, 96, (1, 300))], progress=False)
+    kc, vc, _ = train_codebooks(rec.keys, rec.values, pq, samples=300, iters=2, progress=False)
+    cb = Codebooks(pq, kc, vc, model_identity(model.config))
+    cache = MillionCache(cb, model.config)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 96, (1, 200)), past_key_values=cache, use_cache=True)
+    lay = cache.layers[0]
+    fp16 = 2 * 2 * 2 * 16 * 2  # layers * (K,V) * heads * head_dim * bytes
+    codes_per_token = cache.kv_bytes() - 2 * 2 * 2 * lay.res_len * 16 * 4  # window is fp32 here
+    assert codes_per_token / lay.pq_len == pytest.approx(fp16 / 4)
+
+
+def test_cache_rejects_wrong_attention_and_wrong_model():
+    model = tiny_model()
+    cb = tiny_codebooks(model)
+    model.config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match="million"):
+        MillionCache(cb, model.config)
+    other = tiny_model(kv_heads=4)
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        MillionCache(cb, other.config)
