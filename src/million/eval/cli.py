@@ -1,0 +1,162 @@
+"""``million eval ppl`` and ``million eval needle``.
+
+The main CLI calls :func:`add_eval_parser` and then ``args.func(args)``; bad input raises
+``ValueError`` with one line naming the bad value and the allowed ones (the main CLI prints it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .methods import METHOD_BITS
+from .runners import PROTOCOLS
+
+TEXTS = ("squad", "essays")
+
+
+def _bits(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError(f"--bits {s!r} is not a number; allowed: e.g. 16, 4, 3, 2") from None
+    return int(v) if v == int(v) else v
+
+
+def _int_list(name: str, s: str) -> list[int]:
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {s!r} is not a comma-separated list of integers; allowed: e.g. 1024,2048,4096,8192") from None
+    if not out or any(x < 32 for x in out):
+        raise ValueError(f"{name} {s!r} must list token counts >= 32")
+    return out
+
+
+def _float_list(name: str, s: str) -> list[float]:
+    try:
+        out = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {s!r} is not a comma-separated list of numbers in [0, 1]; allowed: e.g. 0.1,0.5,0.9") from None
+    if not out or any(not 0 <= x <= 1 for x in out):
+        raise ValueError(f"{name} {s!r} must list depths in [0, 1]")
+    return out
+
+
+def _validate_common(args) -> None:
+    if args.method not in METHOD_BITS:
+        raise ValueError(f"--method {args.method!r} is not one of {sorted(METHOD_BITS)}")
+    if args.protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {args.protocol!r} is not one of {PROTOCOLS}")
+    allowed = METHOD_BITS[args.method]
+    if allowed is not None and args.bits not in allowed:
+        raise ValueError(f"--bits {args.bits:g} is not available for {args.method}; allowed: {allowed}")
+    if args.codebooks is not None and not Path(args.codebooks).is_dir():
+        raise ValueError(f"--codebooks {args.codebooks!r} is not a directory; give one written by `million calibrate`")
+
+
+def _setup(args):
+    """Load the model, build and fit the method. Returns ``(model, tokenizer, method, model_name)``."""
+    import torch
+
+    from ..models import load_model, resolve_model
+    from .calibdata import load_or_collect
+    from .methods import make_method
+
+    torch.set_num_threads(args.threads)
+    src = resolve_model(args.model)
+    method = make_method(args.method, args.bits, args.codebooks)
+    model, tok = load_model(src, dtype=torch.float32, device="cpu")
+    method.fit(model, lambda: load_or_collect(model, tok, args.calib_text, args.calib_tokens, 2048, model_name=src.name,
+                                              progress=not args.quiet))
+    return model, tok, method, src.name
+
+
+def _write(result: dict, path: str | None) -> None:
+    if path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_ppl(args) -> int:
+    from ..data import load_text
+    from .ppl import default_offset, perplexity
+
+    _validate_common(args)
+    if args.window < 2:
+        raise ValueError(f"--window {args.window} must be >= 2")
+    if args.max_windows < 1:
+        raise ValueError(f"--max-windows {args.max_windows} must be >= 1")
+    text = load_text(args.text)  # raises FileNotFoundError naming the allowed corpora
+    model, tok, method, model_name = _setup(args)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    offset = default_offset(args.text) if args.offset is None else args.offset
+    prog = None if args.quiet else (lambda i, n, p: print(f"  window {i}/{n}: running ppl {p:.4f}", file=sys.stderr, flush=True))
+    r = perplexity(model, ids, method, args.protocol, args.window, args.max_windows, offset, args.text, prog)
+    r.update({"model": model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    print(f"{r['label']} [{r['protocol']}] on {args.text}: ppl {r['ppl']:.4f} over {r['tokens']} tokens "
+          f"({r['windows']} x {r['window']}), {r['bits_per_element']:.3f} bits/element at {r['window']} tokens, "
+          f"{r['bits_per_element_32k']:.3f} at 32K")
+    _write(r, args.json)
+    return 0
+
+
+def cmd_needle(args) -> int:
+    from ..data import load_text
+    from .needle import needle_eval
+
+    _validate_common(args)
+    contexts = _int_list("--contexts", args.contexts)
+    depths = _float_list("--depths", args.depths)
+    hay = load_text(args.haystack)
+    model, tok, method, model_name = _setup(args)
+    hay_ids = tok(hay[: 60 * max(contexts)], return_tensors="pt", add_special_tokens=False).input_ids[0]
+    prog = None if args.quiet else (lambda c: print(f"  ctx {c['context']} depth {c['depth']}: expected {c['expected']} "
+                                                    f"got {c['answer'].strip()!r} {'ok' if c['correct'] else 'MISS'}",
+                                                    file=sys.stderr, flush=True))
+    r = needle_eval(model, tok, method, hay_ids, contexts, depths, args.protocol, args.max_new_tokens, args.seed, prog)
+    r.update({"model": model_name, "haystack": args.haystack, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    acc = ", ".join(f"{c}: {a:.2f}" for c, a in r["accuracy_by_context"].items())
+    print(f"{r['label']} [{r['protocol']}] needle accuracy {r['accuracy']:.3f} ({acc})")
+    _write(r, args.json)
+    return 0
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default="smollm2", help="'smollm2' (embedded default), a HF model directory or a .gguf file")
+    p.add_argument("--method", default="fp16", help=f"one of {sorted(METHOD_BITS)} (default fp16)")
+    p.add_argument("--bits", type=_bits, default=16, help="bits per element of the method (default 16)")
+    p.add_argument("--codebooks", default=None, help="PQ codebook directory (million calibrate or a PQ variant) for pq/million")
+    p.add_argument("--protocol", default="all-quantized", help=f"one of {PROTOCOLS} (default all-quantized)")
+    p.add_argument("--calib-text", default="squad", help="text for methods that calibrate in-process (default squad)")
+    p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (first part of the text; default 16384)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--json", default=None, help="write the result as JSON here")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_eval_parser(subparsers) -> None:
+    """Register ``eval`` with subcommands ``ppl`` and ``needle`` on the main CLI's subparsers."""
+    e = subparsers.add_parser("eval", help="quality: perplexity and needle-in-a-haystack per KV method")
+    es = e.add_subparsers(dest="eval_command", required=True, parser_class=type(e))
+
+    p = es.add_parser("ppl", help="perplexity over non-overlapping windows")
+    _common(p)
+    p.add_argument("--text", default="squad", help=f"one of {TEXTS} or a UTF-8 file (default squad)")
+    p.add_argument("--window", type=int, default=2048, help="tokens per window (default 2048)")
+    p.add_argument("--max-windows", type=int, default=8, help="windows to score (default 8)")
+    p.add_argument("--offset", type=int, default=None,
+                   help="first token scored (default: 65536 for squad, held out from calibration; 0 otherwise)")
+    p.set_defaults(func=cmd_ppl)
+
+    n = es.add_parser("needle", help="needle-in-a-haystack accuracy on the essays")
+    _common(n)
+    n.add_argument("--contexts", default="1024,2048,4096,8192", help="prompt lengths in tokens (default 1024,2048,4096,8192)")
+    n.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths in [0, 1] (default 0.1,0.5,0.9)")
+    n.add_argument("--haystack", default="essays", help="haystack text (default essays)")
+    n.add_argument("--max-new-tokens", type=int, default=10)
+    n.add_argument("--seed", type=int, default=0)
+    n.set_defaults(func=cmd_needle)

@@ -1,0 +1,308 @@
+"""The evaluation harness: protocols, the deployed simulation against real caches decoding token by
+token, perplexity, needle prompts, Q-Hitter eviction and the CLI. Tiny random LLaMA, no download;
+the real-model checks are marked slow."""
+
+import json
+import math
+
+import pytest
+import torch
+from eval_helpers import TEXT, CharTokenizer, tiny_model
+
+import million
+from million.eval.calibdata import collect
+from million.eval.methods import FP16, KIVI, KVQuant, PQMethod, Quanto, make_method
+from million.eval.needle import build_prompt, first_number, needle_eval
+from million.eval.ppl import perplexity, token_windows
+from million.eval.qhitter import QHitter
+from million.eval.runners import (QDQCache, Runner, deployed_mask, million_fp_start, quanto_fp_start)
+from million.pq_variants import PQVariant
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def calib(model):
+    return collect(model, CharTokenizer(), TEXT, tokens=1024, window=256)
+
+
+def ids_(T=64, seed=3):
+    return torch.randint(0, 128, (1, T), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def plain_logits(model, ids):
+    return model(input_ids=ids).logits.float()
+
+
+# -- all-quantized --------------------------------------------------------------------------------
+def test_all_quantized_fp16_keeps_logits_and_quantizers_change_them(model, calib):
+    ids = ids_()
+    ref = plain_logits(model, ids)
+    fp = Runner(model, FP16(16), "all-quantized").logits(ids)
+    assert (fp - ref).abs().max() < 2e-3
+    for m in (KIVI(2), KVQuant(2, samples=256, iters=3).fit(model, lambda: calib),
+              PQMethod(1.5, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, iters=3, samples=512)).fit(model, lambda: calib)):
+        q = Runner(model, m, "all-quantized").logits(ids)
+        assert q.shape == ref.shape
+        assert (q - ref).abs().max() > 1e-2, m.name
+
+
+def test_qdq_cache_sees_positions():
+    seen = []
+    cache = QDQCache(1, lambda l, k, p: seen.append(p) or k, None)
+    x = torch.zeros(1, 2, 5, 16)
+    cache.update(x, x, 0)
+    cache.update(x[:, :, :1], x[:, :, :1], 0)
+    assert seen == [0, 5]
+    assert cache.get_seq_length() == 6
+
+
+def test_pre_rope_hook_equals_quantizing_unrotated_keys(model, calib):
+    """KVQuant quantizes keys at k_proj: all-quantized (hook returns the quantized projection) and
+    deployed without a window (hook stashes re-rotated keys) must agree."""
+    m = KVQuant(3, samples=256, iters=3).fit(model, lambda: calib)
+    ids = ids_(48)
+    a = Runner(model, m, "all-quantized").logits(ids)
+    d = Runner(model, m, "deployed").logits(ids)
+    assert (a - d).abs().max() < 1e-4
+
+
+def test_greedy_matches_argmax(model):
+    ids = ids_(20)
+    out = Runner(model, FP16(16), "all-quantized").greedy(ids, 4)
+    cur = ids
+    for t in out:
+        nxt = int(plain_logits(model, cur)[0, -1].argmax())
+        assert nxt == t
+        cur = torch.cat([cur, torch.tensor([[nxt]])], 1)
+
+
+# -- deployed simulation vs real caches --------------------------------------------------------------
+def test_deployed_mask_rules():
+    t = torch.arange(12)
+    assert million_fp_start(t, 4).tolist() == [0] * 8 + [4] * 4
+    assert quanto_fp_start(t, 4).tolist() == [0, 1, 1, 1, 1, 5, 5, 5, 5, 9, 9, 9]
+    m = deployed_mask(12, million_fp_start(t, 4))[0, 0]
+    assert m.shape == (12, 24)
+    assert m.sum(1).tolist() == list(range(1, 13))  # every query sees each earlier token exactly once
+
+
+def _million_codebooks(model, residual):
+    from million import PQConfig
+    from million.calibrate import collect_kv, train_codebooks
+    from million.codebook import Codebooks, model_identity
+
+    pq = PQConfig(head_dim=16, M=8, nbits=6, residual_length=residual, granularity="layer")
+    rec = collect_kv(model, [torch.randint(0, 128, (1, 256), generator=torch.Generator().manual_seed(1))], progress=False)
+    kc, vc, st = train_codebooks(rec.keys, rec.values, pq, samples=256, iters=4, progress=False)
+    return Codebooks(pq, kc, vc, model_identity(model.config), st)
+
+
+@torch.no_grad()
+def _token_by_token(model, cache, ids):
+    out = []
+    for t in range(ids.shape[1]):
+        out.append(model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits.float())
+    return torch.cat(out, 1)
+
+
+def test_deployed_equals_million_cache_token_by_token(tmp_path):
+    from million.cache import MillionCache
+
+    model = tiny_model()
+    R = 4
+    cb = _million_codebooks(model, R)
+    cb.save(tmp_path / "cb")
+    method = make_method("pq", cb.config.bits_per_element, str(tmp_path / "cb")).fit(model, lambda: None)
+    method.window = R
+    ids = ids_(29)
+    sim = Runner(model, method, "deployed").logits(ids)
+    million.register()
+    model.set_attn_implementation("million")
+    try:
+        real = _token_by_token(model, MillionCache(cb, model.config), ids)
+    finally:
+        model.set_attn_implementation("sdpa")
+    ref = plain_logits(model, ids)
+    assert (real - ref).abs().max() > 1e-3  # codes were read
+    assert (sim - real).abs().max() < 1e-4
+
+
+def test_deployed_equals_quanto_cache_token_by_token(model):
+    pytest.importorskip("optimum.quanto")
+    from transformers import QuantizedCache
+
+    R = 5
+    # groups of head_dim elements: one group per token and head (SmolLM2: the default 64 = head_dim)
+    method = Quanto(2, group=16, window=R)
+    ids = ids_(23)
+    sim = Runner(model, method, "deployed").logits(ids)
+    real = _token_by_token(model, QuantizedCache(backend="quanto", config=model.config, nbits=2, residual_length=R,
+                                                 q_group_size=16), ids)
+    assert (real - plain_logits(model, ids)).abs().max() > 1e-3
+    assert (sim - real).abs().max() < 1e-4
+
+
+def test_deployed_inside_window_is_exact(model):
+    ids = ids_(40)
+    sim = Runner(model, KIVI(2, window=128), "deployed").logits(ids)
+    assert (sim - plain_logits(model, ids)).abs().max() < 1e-4
+
+
+# -- perplexity --------------------------------------------------------------------------------------
+def test_token_windows():
+    ids = torch.arange(100)
+    w = token_windows(ids, 30, None, 5)
+    assert len(w) == 3 and w[0][0, 0] == 5 and w[-1].shape == (1, 30)
+    assert len(token_windows(ids, 30, 2, 0)) == 2
+    with pytest.raises(ValueError, match="not one window"):
+        token_windows(ids, 200, None, 0)
+
+
+def test_perplexity_result(model):
+    ids = torch.randint(0, 128, (400,), generator=torch.Generator().manual_seed(5))
+    r = perplexity(model, ids, FP16(16), "all-quantized", window=128, max_windows=2, offset=10, text_name="rand")
+    for k in ("ppl", "method", "bits_per_element", "window", "tokens", "protocol", "text"):
+        assert k in r
+    assert r["tokens"] == 2 * 127 and r["method"] == "fp16" and r["bits_per_element"] == 16
+    with torch.no_grad():
+        lg = model(input_ids=ids[10:138][None]).logits[0, :-1]
+    nll = float(torch.nn.functional.cross_entropy(lg, ids[11:138]))
+    assert r["nll_per_window"][0] == pytest.approx(nll, rel=1e-3)
+    q = perplexity(model, ids, KIVI(2), "all-quantized", window=128, max_windows=2, text_name="rand")
+    assert q["ppl"] != pytest.approx(r["ppl"], rel=1e-4) and math.isfinite(q["ppl"])
+    assert q["bits_per_element"] == pytest.approx(3.0)
+
+
+# -- Q-Hitter ----------------------------------------------------------------------------------------
+def test_qhitter_keeps_budget_and_is_exact_when_keeping_all(model):
+    ids = ids_(200)
+    q = QHitter(16, qbits=8, chunk=32)
+    r = q.make_runner(model)
+    q.keep = 1.0
+    lg = r.logits(ids)
+    assert (lg - plain_logits(model, ids)).abs().max() < 0.05
+    q2 = QHitter(2, chunk=32)
+    r2 = q2.make_runner(model)
+    lg2 = r2.logits(ids)
+    assert lg2.shape == lg.shape
+    assert r2.seen == 200
+    out = r2.greedy(ids[:, :64], 3)
+    assert len(out) == 3
+
+
+def test_qhitter_cache_respects_budget(model):
+    q = QHitter(2, chunk=16)
+    r = q.make_runner(model)
+    cache = r._cache()
+    hs = r._hooks()
+    try:
+        ids = ids_(100)
+        for t in range(0, 100, 16):
+            r._step(cache, ids[:, t : t + 16])
+            assert cache.layers[0].k.shape[2] <= q.budget(r.seen)
+    finally:
+        for h in hs:
+            h.remove()
+
+
+# -- needle ------------------------------------------------------------------------------------------
+def test_needle_prompt():
+    tok = CharTokenizer()
+    hay = tok(TEXT).input_ids[0]
+    for d in (0.0, 0.5, 1.0):
+        ids, num = build_prompt(tok, hay, 900, d)
+        text = tok.decode(ids[0])
+        assert ids.shape == (1, 900)
+        assert f"The special magic number is: {num}." in text
+        assert text.endswith("The special magic number is:")
+    a, _ = build_prompt(tok, hay, 900, 0.5)
+    b, _ = build_prompt(tok, hay, 900, 0.5)
+    assert torch.equal(a, b)
+    assert first_number(" 1,234,567. ") == "1234567" and first_number("none") is None
+
+
+def test_needle_eval_runs(model):
+    tok = CharTokenizer()
+    hay = tok(TEXT).input_ids[0]
+    r = needle_eval(model, tok, FP16(16), hay, contexts=(300,), depths=(0.5,), max_new_tokens=3)
+    assert r["accuracy"] in (0.0, 1.0) and len(r["cases"]) == 1 and r["accuracy_by_context"]["300"] == r["accuracy"]
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def _parse(argv):
+    from million.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_cli_parses_and_validates(monkeypatch):
+    from million.eval import cli as ecli
+
+    a = _parse(["eval", "ppl", "--method", "kivi", "--bits", "2", "--text", "essays", "--max-windows", "3", "--json", "x.json"])
+    assert a.func is ecli.cmd_ppl and a.bits == 2 and a.max_windows == 3 and a.window == 2048
+    n = _parse(["eval", "needle", "--method", "pq", "--bits", "2", "--contexts", "1024,2048", "--depths", "0.5"])
+    assert n.func is ecli.cmd_needle
+    for argv, msg in [
+        (["eval", "ppl", "--method", "gptq"], "--method 'gptq' is not one of"),
+        (["eval", "ppl", "--method", "kivi", "--bits", "3"], "allowed: (4, 2)"),
+        (["eval", "ppl", "--protocol", "fast"], "--protocol 'fast' is not one of"),
+        (["eval", "ppl", "--method", "pq", "--bits", "2", "--codebooks", "/nonexistent"], "is not a directory"),
+        (["eval", "needle", "--contexts", "1k"], "--contexts '1k'"),
+        (["eval", "needle", "--depths", "2"], "--depths '2'"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            _parse(argv).func(_parse(argv))
+        assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_main_prints_one_line_error(capsys):
+    from million.cli import main
+
+    assert main(["eval", "ppl", "--method", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "fp16" in err[0]
+
+
+# -- real model ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_deployed_sim_equals_million_cache_decoding(tmp_path):
+    """SmolLM2 with merged 2-bit codebooks trained by `million calibrate` code: the deployed
+    simulation equals token-by-token decoding through MillionCache on a short SQuAD text."""
+    from million.cache import MillionCache
+    from million.calibrate import calibrate
+    from million.data import load_text
+    from million.models import load_model
+
+    torch.set_num_threads(2)
+    model, tok = load_model("smollm2")
+    text = load_text("squad")
+    cb = calibrate(model, tok, text, bits=2, granularity="layer", tokens=2048, samples=2048, iters=4, progress=False)
+    cb.config.residual_length = 16
+    cb.save(tmp_path / "cb")
+    method = make_method("pq", 2, str(tmp_path / "cb")).fit(model, lambda: None)
+    method.window = 16
+    ids = tok(text[200000:210000], return_tensors="pt", add_special_tokens=False).input_ids[:, :80]
+    sim = Runner(model, method, "deployed").logits(ids)
+    million.register()
+    model.set_attn_implementation("million")
+    real = _token_by_token(model, MillionCache(cb, model.config), ids)
+    assert (sim - real).abs().max() < 2e-3
+    nll = lambda lg: float(torch.nn.functional.cross_entropy(lg[0, :-1], ids[0, 1:]))  # noqa: E731
+    assert nll(sim) == pytest.approx(nll(real), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_real_fp16_perplexity_is_sane():
+    from million.data import load_text
+    from million.models import load_model
+
+    torch.set_num_threads(2)
+    model, tok = load_model("smollm2")
+    ids = tok(load_text("squad")[:400000], return_tensors="pt", add_special_tokens=False).input_ids[0]
+    r = perplexity(model, ids, FP16(16), "all-quantized", window=1024, max_windows=1, offset=60000, text_name="squad")
+    assert 5 < r["ppl"] < 60
