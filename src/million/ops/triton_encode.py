@@ -1,0 +1,133 @@
+"""Fused PQ encoding (nearest centroid per subspace) in Triton.
+
+Same contract as :func:`million.ops.naive.pq_encode` (the specification): ``x [B, H, T, D]`` (any
+strides, fp16/bf16/fp32), ``centroids [Hc, M, ksub, dsub]`` with ``Hc`` in ``{1, H}``; returns
+``codes [B, H, T, M]``, uint8 for ``ksub <= 256`` else uint16 (up to 4096 centroids).
+
+One program encodes ``BT`` tokens of one head for ``MB`` subspaces. Distances are
+``||x||^2 + ||c||^2 - 2 x.c`` in float32 over blocks of ``KB`` centroids, with a running minimum
+across blocks. The argmin of a block is one integer ``min`` over keys that carry the distance in
+their high bits and the centroid's index in their low ``log2(KB)`` bits: exact ties go to the lowest
+index (as ``torch.argmin``); distances closer than ``2**-(23 - log2(KB))`` relative may be ordered
+either way (near-ties also flip under fp16 inputs and any change of summation order).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pq_encode_kernel(
+    x_ptr, c_ptr, codes_ptr,
+    T, H, M,
+    stride_xb, stride_xh, stride_xt, stride_xd,
+    stride_ch, stride_cm, stride_ck,
+    stride_ob, stride_oh, stride_ot,
+    DSUB: tl.constexpr, KS: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, MB: tl.constexpr,
+    LOG2_KB: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    m_t = offs_t < T
+    offs_k = tl.arange(0, KB)
+    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t * stride_xt  # [BT]
+    c_base = c_ptr + h * stride_ch
+    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t * stride_ot
+    for mi in range(MB):
+        m = pid_m * MB + mi
+        if m < M:
+            best_d = tl.full([BT], float("inf"), dtype=tl.float32)
+            best_i = tl.zeros([BT], dtype=tl.int32)
+            for k0 in range(0, KS, KB):
+                kk = k0 + offs_k
+                m_k = kk < KS
+                # dist[t, k] = ||x_t||^2 + ||c_k||^2 - 2 x_t . c_k  (>= 0 up to rounding; a rounded
+                # negative value still sorts below every positive one)
+                x_sq = tl.zeros([BT], dtype=tl.float32)
+                c_sq = tl.zeros([KB], dtype=tl.float32)
+                for j in tl.static_range(DSUB):
+                    x_j = tl.load(x_base + (m * DSUB + j) * stride_xd, mask=m_t, other=0.0).to(tl.float32)
+                    c_j = tl.load(c_base + m * stride_cm + kk * stride_ck + j, mask=m_k, other=0.0).to(tl.float32)
+                    x_sq += x_j * x_j
+                    c_sq += c_j * c_j
+                dist = x_sq[:, None] + c_sq[None, :]
+                for j in tl.static_range(DSUB):
+                    x_j = tl.load(x_base + (m * DSUB + j) * stride_xd, mask=m_t, other=0.0).to(tl.float32)
+                    c_j = tl.load(c_base + m * stride_cm + kk * stride_ck + j, mask=m_k, other=0.0).to(tl.float32)
+                    dist += (-2.0 * x_j)[:, None] * c_j[None, :]
+                # pack (distance, local index) into one sortable int32 key
+                key = (dist.to(tl.int32, bitcast=True) & ~(KB - 1)) | offs_k[None, :]
+                if KS % KB != 0:
+                    key = tl.where(m_k[None, :], key, 0x7FFFFFFF)
+                kmin = tl.min(key, 1)
+                d_blk = (kmin & ~(KB - 1)).to(tl.float32, bitcast=True)
+                i_blk = k0 + (kmin & (KB - 1))
+                better = d_blk < best_d
+                best_i = tl.where(better, i_blk, best_i)
+                best_d = tl.where(better, d_blk, best_d)
+            tl.store(o_base + m, best_i.to(codes_ptr.dtype.element_ty), mask=m_t)
+
+
+def _pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = None, KB: int | None = None,
+                     MB: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """Launch the encode kernel (no validation; see :func:`pq_encode`). Keyword sizes override the
+    defaults (benchmarks)."""
+    B, H, T, D = x.shape
+    Hc, M, ksub, dsub = centroids.shape
+    code_dtype = torch.uint8 if ksub <= 256 else torch.uint16
+    codes = torch.empty(B, H, T, M, dtype=code_dtype, device=x.device)
+    if codes.numel() == 0:
+        return codes
+    c = centroids.contiguous()
+    KB = KB or min(_pow2(ksub), 128)
+    BT = BT or 64
+    MB = MB or min(M, 8)
+    num_warps = num_warps or 4
+    grid = (triton.cdiv(T, BT), B * H, triton.cdiv(M, MB))
+    _pq_encode_kernel[grid](
+        x, c, codes,
+        T, H, M,
+        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+        c.stride(0) if Hc > 1 else 0, c.stride(1), c.stride(2),
+        codes.stride(0), codes.stride(1), codes.stride(2),
+        DSUB=dsub, KS=ksub, KB=KB, BT=BT, MB=MB, LOG2_KB=KB.bit_length() - 1,
+        num_warps=num_warps,
+    )
+    return codes
+
+
+def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid codes on the GPU; see :func:`million.ops.naive.pq_encode`.
+
+    x ``[B, H, T, D]`` (fp16/bf16/fp32, any strides), centroids ``[Hc, M, ksub, dsub]`` with ``Hc``
+    in ``{1, H}``, ``M * dsub == D``, ``ksub <= 4096``. Returns ``[B, H, T, M]`` uint8
+    (``ksub <= 256``) or uint16. Runs as the opaque custom op ``million::pq_encode``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, H, T, D], got shape {tuple(x.shape)}")
+    if centroids.dim() != 4:
+        raise ValueError(f"centroids must be [Hc, M, ksub, dsub], got shape {tuple(centroids.shape)}")
+    B, H, T, D = x.shape
+    Hc, M, ksub, dsub = centroids.shape
+    if Hc not in (1, H):
+        raise ValueError(f"centroids have Hc={Hc} heads; allowed: 1 or H={H}")
+    if M * dsub != D:
+        raise ValueError(f"centroids [.., M={M}, ksub, dsub={dsub}] do not split D={D} (need M * dsub == D)")
+    if not 1 <= ksub <= 4096:
+        raise ValueError(f"ksub={ksub} is not allowed; 1..4096 (at most 12 bits)")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"x dtype {x.dtype} is not allowed; use float16, bfloat16 or float32")
+    from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
+
+    return torch.ops.million.pq_encode(x, centroids)
