@@ -1,0 +1,136 @@
+"""PQ encoding speed: throughput of the Triton encode kernel, and its cost when a 32K-token prefill of
+a LLaMA-2-7B-shaped model encodes K and V of all 32 layers, against that prefill's own time.
+
+The 7B-shaped model has RANDOM weights (speed does not depend on weight values), is built directly on
+the GPU in fp16 and runs the prefill with ``attn_implementation="sdpa"``, ``use_cache=False`` and
+``logits_to_keep=1`` (what generation needs). Timings are CUDA-event medians after warm-up.
+
+    PYTHONPATH=src python benchmarks/bench_encode.py --out encode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+
+def cuda_time(fn, warmup: int = 2, iters: int = 5) -> float:
+    """Median seconds of ``fn()`` measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e-3)
+    return statistics.median(ts)
+
+
+def check_encode(gen) -> dict:
+    """Kernel vs naive on a random fp16 input: fraction of equal codes, worst distance gap."""
+    from million.ops import naive
+    from million.ops.triton_encode import pq_encode_launch
+
+    x = torch.randn(2, 4, 999, 128, device="cuda", dtype=torch.float16, generator=gen)
+    out = {}
+    for M, ksub in ((64, 256), (32, 256), (64, 1024)):
+        c = torch.randn(4, M, ksub, 128 // M, device="cuda", generator=gen)
+        ref = naive.pq_encode(x, c)
+        got = pq_encode_launch(x, c)
+        dec_ref = naive.pq_decode(ref, c)
+        dec_got = naive.pq_decode(got, c)
+        xs = x.float().view(2, 4, 999, M, -1)
+        d_ref = ((xs - dec_ref.view_as(xs)) ** 2).sum(-1)
+        d_got = ((xs - dec_got.view_as(xs)) ** 2).sum(-1)
+        out[f"M{M}_k{ksub}"] = dict(match=(got == ref).float().mean().item(),
+                                   max_excess_dist=(d_got - d_ref).max().item())
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--variants", default="", help="JSON list of encode launch overrides (BT, KB, MB, num_warps)")
+    ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--out", default="bench_encode.json")
+    args = ap.parse_args(argv)
+
+    import triton
+
+    from million.ops.triton_encode import pq_encode_launch
+
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(0)
+    meta = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, triton=triton.__version__,
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), argv=sys.argv)
+    print(f"# {meta['device']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
+    checks = check_encode(gen)
+    print("check", json.dumps(checks), flush=True)
+
+    T, H, D = args.tokens, args.heads, args.head_dim
+    x = torch.randn(1, H, T, D, device="cuda", dtype=torch.float16, generator=gen)
+    variants = [{}] + (json.loads(args.variants) if args.variants else [])
+    enc = {}
+    for bits, M in ((4, D // 2), (2, D // 4)):
+        for Hc in (1, H):
+            c = torch.randn(Hc, M, 256, D // M, device="cuda", dtype=torch.float16, generator=gen)
+            best = None
+            for v in variants:
+                try:
+                    t = cuda_time(lambda: pq_encode_launch(x, c, **v), warmup=2, iters=5)
+                except Exception as e:
+                    print(f"  {bits}b Hc={Hc} {v}: {type(e).__name__}: {str(e)[:150]}", flush=True)
+                    continue
+                print(f"encode {bits}b M={M} Hc={Hc} {v}: {t * 1e3:.3f} ms per [1,{H},{T},{D}] tensor, "
+                      f"{T / t / 1e6:.2f} M tokens/s ({T * H / t / 1e6:.1f} M token-heads/s)", flush=True)
+                if best is None or t < best[0]:
+                    best = (t, v)
+            enc[f"{bits}b_Hc{Hc}"] = dict(seconds=best[0], config=best[1], tokens_per_s=T / best[0],
+                                          all_layers_kv_seconds=2 * args.layers * best[0])
+    result = dict(meta=meta, checks=checks, encode=enc)
+
+    if not args.no_prefill:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers,
+                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                          max_position_embeddings=max(4096, T), attn_implementation="sdpa")
+        torch.set_default_dtype(torch.float16)
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg)
+        torch.set_default_dtype(torch.float32)
+        model.eval()
+        ids = torch.randint(0, 32000, (1, T), device="cuda", generator=gen)
+        with torch.no_grad():
+            model(ids[:, :1024], use_cache=False, logits_to_keep=1)
+            try:
+                t_pre = cuda_time(lambda: model(ids, use_cache=False, logits_to_keep=1), warmup=1, iters=3)
+                prefill = dict(tokens=T, seconds=t_pre, tokens_per_s=T / t_pre)
+            except torch.OutOfMemoryError as e:
+                prefill = dict(tokens=T, error="OOM: " + str(e)[:200])
+        print("prefill (random-weight LLaMA-2-7B shape, fp16, sdpa):", json.dumps(prefill), flush=True)
+        result["prefill"] = prefill
+        if "seconds" in prefill:
+            for k, v in enc.items():
+                v["fraction_of_prefill"] = v["all_layers_kv_seconds"] / prefill["seconds"]
+                print(f"encode {k}: all {args.layers} layers K+V {v['all_layers_kv_seconds'] * 1e3:.1f} ms = "
+                      f"{100 * v['fraction_of_prefill']:.1f}% of the {T}-token prefill ({prefill['seconds'] * 1e3:.0f} ms)")
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"# wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
