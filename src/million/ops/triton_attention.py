@@ -371,6 +371,7 @@ def pq_decode_attention_launch(
         k_codes.stride(0), k_codes.stride(1), k_codes.stride(2), k_codes.stride(3),
         v_codes.stride(0), v_codes.stride(1), v_codes.stride(2), v_codes.stride(3),
         kcen.stride(0) if kcen.shape[0] > 1 else 0, vcen.stride(0) if vcen.shape[0] > 1 else 0,
+        kcen.stride(1), kcen.stride(2),
         G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KS=ksub, KSP=_pow2(ksub), BT=cfg["BT"],
         K_LUT=cfg["K_LUT"], USE_DOT=use_dot, SMEM_GATHER=cfg["SMEM_GATHER"], TAB_DTYPE=tab_dtype,
         IEEE_DOT=q.dtype == torch.float32,
