@@ -46,56 +46,44 @@ _LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _expand_codes(c, BT: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr):
-    # c: [BT, M] -> [BT, M * DSUB] with column d holding c[:, d // DSUB]
-    if DSUB == 1:
-        e = c
-    elif DSUB == 2:
-        e = tl.reshape(tl.join(c, c), [BT, M * DSUB])
-    elif DSUB == 4:
-        c2 = tl.join(c, c)
-        e = tl.reshape(tl.join(c2, c2), [BT, M * DSUB])
-    elif DSUB == 8:
-        c2 = tl.join(c, c)
-        c4 = tl.join(c2, c2)
-        e = tl.reshape(tl.join(c4, c4), [BT, M * DSUB])
-    else:
-        c2 = tl.join(c, c)
-        c4 = tl.join(c2, c2)
-        c8 = tl.join(c4, c4)
-        e = tl.reshape(tl.join(c8, c8), [BT, M * DSUB])
-    return e
-
-
-@triton.jit
-def _gather_tile(
-    table, cen_base, codes, offs_d, stride_cm, stride_ck,
-    BT: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr, KS: tl.constexpr, SMEM_GATHER: tl.constexpr,
+def _pq_lut_kernel(
+    q_ptr, kcen_ptr, lut_ptr,
+    Hq, qk_scale,
+    stride_qb, stride_qh, stride_qd,
+    stride_kch, stride_cm, stride_ck,
+    G: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr, KS: tl.constexpr, KSP: tl.constexpr,
+    MB: tl.constexpr,
 ):
-    # codes: [BT, M] int32 -> decoded tile [BT, D], D = M * DSUB
-    idx = _expand_codes(codes, BT, M, DSUB)
-    if SMEM_GATHER:
-        # table: [KS, D] register tensor; tl.gather goes through shared memory
-        tile = tl.gather(table, idx, 0)
-    else:
-        # centroids [M, KS, DSUB] in global memory (L1/L2 resident): pointer gather
-        p_c = cen_base + (offs_d // DSUB)[None, :] * stride_cm + idx * stride_ck + (offs_d % DSUB)[None, :]
-        tile = tl.load(p_c)
-    return tile
+    # lut[b, hq, m, k] = scale * log2(e) * (m-th subvector of q[b, hq]) . k_centroids[hc, m, k]
+    bhq = tl.program_id(0)
+    b = bhq // Hq
+    hq = bhq % Hq
+    offs_m = tl.program_id(1) * MB + tl.arange(0, MB)
+    offs_k = tl.arange(0, KSP)
+    m_m = offs_m < M
+    m_mk = m_m[:, None] & (offs_k < KS)[None, :]
+    c_base = kcen_ptr + (hq // G) * stride_kch + offs_m[:, None] * stride_cm + offs_k[None, :] * stride_ck
+    acc = tl.zeros([MB, KSP], dtype=tl.float32)
+    for j in tl.static_range(DSUB):
+        q_j = tl.load(q_ptr + b * stride_qb + hq * stride_qh + (offs_m * DSUB + j) * stride_qd, mask=m_m, other=0.0)
+        c_j = tl.load(c_base + j, mask=m_mk, other=0.0)
+        acc += q_j.to(tl.float32)[:, None] * c_j.to(tl.float32)
+    acc = acc * qk_scale
+    tl.store(lut_ptr + bhq * (M * KSP) + offs_m[:, None] * KSP + offs_k[None, :],
+             acc.to(lut_ptr.dtype.element_ty), mask=m_m[:, None])
 
 
 @triton.jit
 def _pq_attn_partial_kernel(
-    q_ptr, kc_ptr, vc_ptr, kcen_ptr, vcen_ptr, pq_lens_ptr, starts_ptr, o_ptr, lse_ptr,
+    q_ptr, kc_ptr, vc_ptr, kcen_ptr, vcen_ptr, lut_ptr, pq_lens_ptr, starts_ptr, o_ptr, lse_ptr,
     T, S, qk_scale,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_km,
     stride_vb, stride_vh, stride_vt, stride_vm,
     stride_kch, stride_vch, stride_cm, stride_ck,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr,
-    KS: tl.constexpr, KSP: tl.constexpr, BT: tl.constexpr,
-    K_LUT: tl.constexpr, USE_DOT: tl.constexpr, SMEM_GATHER: tl.constexpr, TAB_DTYPE: tl.constexpr,
-    IEEE_DOT: tl.constexpr,
+    KSP: tl.constexpr, BT: tl.constexpr,
+    K_LUT: tl.constexpr, USE_DOT: tl.constexpr, IEEE_DOT: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     hk = tl.program_id(1)
@@ -113,56 +101,43 @@ def _pq_attn_partial_kernel(
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, D)
     offs_m = tl.arange(0, M)
-    offs_k = tl.arange(0, KSP)
-    m_k = offs_k < KS
+    offs_j = tl.arange(0, DSUB)
     offs_bt = tl.arange(0, BT)
     m_g = offs_g < G
-    q_base = q_ptr + b * stride_qb + (hk * G + offs_g) * stride_qh  # [GP]
-    kcen_base = kcen_ptr + hk * stride_kch
-    vcen_base = vcen_ptr + hk * stride_vch
     kc_base = kc_ptr + b * stride_kb + hk * stride_kh
     vc_base = vc_ptr + b * stride_vb + hk * stride_vh
-
-    # on-chip tables
+    # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j
+    kcen_mj = kcen_ptr + hk * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
+    vcen_mj = vcen_ptr + hk * stride_vch + offs_m[:, None, None] * stride_cm + offs_j[None, None, :]  # [M, 1, DSUB]
     if K_LUT:
-        # lut[g, k, m] = sum_j q[g, m * DSUB + j] * c_k[m, k, j], with the softmax scale folded in
-        lut = tl.zeros([GP, KSP, M], dtype=tl.float32)
-        for j in tl.static_range(DSUB):
-            q_j = tl.load(q_base[:, None] + (offs_m * DSUB + j)[None, :] * stride_qd, mask=m_g[:, None], other=0.0)
-            c_j = tl.load(kcen_base + offs_m[None, :] * stride_cm + offs_k[:, None] * stride_ck + j, mask=m_k[:, None], other=0.0)
-            lut += (q_j.to(tl.float32) * qk_scale)[:, None, :] * c_j.to(tl.float32)[None, :, :]
-        k_table = lut  # unused on this path
+        # lut[b, hq, m, k] (scaled, log2 units) from _pq_lut_kernel; looked up through L1
+        lut_g = lut_ptr + (b * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
+        q_t = tl.zeros([GP, D], dtype=tl.float32)  # unused
     else:
-        q_t = tl.load(q_base[:, None] + offs_d[None, :] * stride_qd, mask=m_g[:, None], other=0.0)
+        q_t = tl.load(q_ptr + b * stride_qb + (hk * G + offs_g)[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                      mask=m_g[:, None], other=0.0)
         q_t = q_t.to(tl.float32) * qk_scale  # [GP, D]
-        if SMEM_GATHER:
-            k_table = tl.load(
-                kcen_base + (offs_d // DSUB)[None, :] * stride_cm + offs_k[:, None] * stride_ck + (offs_d % DSUB)[None, :],
-                mask=m_k[:, None], other=0.0,
-            ).to(TAB_DTYPE)  # [KSP, D]
-        else:
-            k_table = q_t  # unused
-    if SMEM_GATHER:
-        v_table = tl.load(
-            vcen_base + (offs_d // DSUB)[None, :] * stride_cm + offs_k[:, None] * stride_ck + (offs_d % DSUB)[None, :],
-            mask=m_k[:, None], other=0.0,
-        ).to(TAB_DTYPE)  # [KSP, D]
-    else:
-        v_table = offs_d  # unused
 
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
-    acc = tl.zeros([GP, D], dtype=tl.float32)
-    for t0 in range(lo, hi, BT):
+    if USE_DOT:
+        acc = tl.zeros([GP, D], dtype=tl.float32)
+    else:
+        acc = tl.zeros([M, DSUB], dtype=tl.float32)  # G == 1
+    for t0 in tl.range(lo, hi, BT, num_stages=NUM_STAGES):
         offs_t = t0 + offs_bt
         m_t = offs_t < hi
         kc = tl.load(kc_base + offs_t[:, None] * stride_kt + offs_m[None, :] * stride_km, mask=m_t[:, None], other=0)
         kc = kc.to(tl.int32)  # [BT, M]
         if K_LUT:
-            idx = tl.broadcast_to(kc[None, :, :], [GP, BT, M])
-            s = tl.sum(tl.gather(lut, idx, 1), 2)  # [GP, BT], already scaled (log2 units)
+            if GP == 1:
+                s = tl.sum(tl.load(lut_ptr + (b * Hq + hk) * (M * KSP) + offs_m[None, :] * KSP + kc).to(tl.float32), 1)
+                s = s[None, :]
+            else:
+                p_l = lut_g[:, None, None] + (offs_m * KSP)[None, None, :] + kc[None, :, :]
+                s = tl.sum(tl.load(p_l, mask=m_g[:, None, None], other=0.0).to(tl.float32), 2)  # [GP, BT]
         else:
-            k_tile = _gather_tile(k_table, kcen_base, kc, offs_d, stride_cm, stride_ck, BT, M, DSUB, KS, SMEM_GATHER)
+            k_tile = tl.reshape(tl.load(kcen_mj + kc[:, :, None] * stride_ck), [BT, D])
             if USE_DOT:
                 if IEEE_DOT:
                     s = tl.dot(q_t, tl.trans(k_tile.to(tl.float32)), input_precision="ieee")
@@ -176,22 +151,32 @@ def _pq_attn_partial_kernel(
         p = tl.exp2(s - m_new[:, None])  # [GP, BT]
         l_i = l_i * alpha + tl.sum(p, 1)
         vc = tl.load(vc_base + offs_t[:, None] * stride_vt + offs_m[None, :] * stride_vm, mask=m_t[:, None], other=0)
-        v_tile = _gather_tile(v_table, vcen_base, vc.to(tl.int32), offs_d, stride_cm, stride_ck, BT, M, DSUB, KS, SMEM_GATHER)
+        # [M, BT, DSUB]: subspaces on dim 0 so that lanes run along subspaces (Triton 3.6 puts the
+        # lanes of a gather without contiguity on dim 0) and the sum over tokens stays in-thread
+        v_tile = tl.load(vcen_mj + tl.trans(vc.to(tl.int32))[:, :, None] * stride_ck)
         if USE_DOT:
+            v2 = tl.reshape(tl.permute(v_tile, (1, 0, 2)), [BT, D])
             if IEEE_DOT:
-                pv = tl.dot(p, v_tile.to(tl.float32), input_precision="ieee")
+                pv = tl.dot(p, v2.to(tl.float32), input_precision="ieee")
             else:
-                pv = tl.dot(p.to(v_tile.dtype), v_tile)
+                pv = tl.dot(p.to(v2.dtype), v2)
+            acc = acc * alpha[:, None] + pv
         else:
-            pv = tl.sum(p[:, :, None] * v_tile.to(tl.float32)[None, :, :], 1)
-        acc = acc * alpha[:, None] + pv
+            p1 = tl.sum(p, 0)  # [BT] (GP == 1)
+            pv = tl.sum(p1[None, :, None] * v_tile.to(tl.float32), 1)  # [M, DSUB]
+            acc = acc * tl.sum(alpha, 0) + pv
         m_i = m_new
 
     has = l_i > 0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    l_safe = tl.where(has, l_i, 1.0)
+    lse = tl.where(has, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
     row = (b * Hq + hk * G + offs_g) * S + pid_s  # [GP]
-    tl.store(o_ptr + row[:, None] * D + offs_d[None, :], out, mask=m_g[:, None])
+    if USE_DOT:
+        out = acc / l_safe[:, None]
+        tl.store(o_ptr + row[:, None] * D + offs_d[None, :], out, mask=m_g[:, None])
+    else:
+        out = tl.reshape(acc / tl.sum(l_safe, 0), [D])
+        tl.store(o_ptr + tl.sum(row, 0) * D + offs_d, out)
     tl.store(lse_ptr + row, lse, mask=m_g)
 
 
@@ -280,29 +265,27 @@ def _pow2(n: int) -> int:
 def choose_config(B: int, Hkv: int, G: int, T: int, D: int, M: int, ksub: int, dtype: torch.dtype, device) -> dict:
     """Launch parameters for one shape: design, tile size, warps and number of splits.
 
-    The grid is ``S * H_kv * B`` programs; ``S`` is picked so that it covers the SMs about twice,
-    while every split keeps at least a few tiles of tokens.
+    ``K_LUT``: scores from the per-query-head lookup table (else from K centroid tiles and ``tl.dot``);
+    ``USE_DOT``: values through ``tl.dot`` (needed when ``G > 1``). The grid is ``S * H_kv * B``
+    programs; ``S`` is picked so that it covers the SMs several times while every split keeps at
+    least a few tiles of tokens.
     """
-    dsub = D // M
-    GP = _pow2(G)
-    smem_ok = ksub <= 256 and D <= 256
-    lut_ok = smem_ok and GP * ksub * M * 4 <= 64 * 1024 and G <= 2
-    use_dot = dtype != torch.float32 and G > 2
     cfg = dict(
-        K_LUT=lut_ok,
-        USE_DOT=use_dot,
-        SMEM_GATHER=smem_ok,
-        BT=64 if D <= 64 else 32,
+        K_LUT=G == 1,
+        USE_DOT=G > 1,
+        LUT_FP16=dtype == torch.float16,
+        BT=64,
         num_warps=4,
+        NUM_STAGES=2,
     )
-    if not smem_ok:
-        cfg["BT"] = 16
-    sms = _sm_count(device)
-    bh = B * Hkv
-    s = max(1, math.ceil(2 * sms / bh))
-    s = min(s, max(1, T // (4 * cfg["BT"])))
-    cfg["S"] = s
+    cfg["S"] = num_splits(B, Hkv, T, cfg["BT"], 4, device)
     return cfg
+
+
+def num_splits(B: int, Hkv: int, T: int, BT: int, s_mult: float, device) -> int:
+    """Splits of the token range: about ``s_mult`` programs per SM, at least 4 tiles per split."""
+    s = max(1, math.ceil(s_mult * _sm_count(device) / (B * Hkv)))
+    return min(s, max(1, T // (4 * BT)))
 
 
 def _validate(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts):
@@ -353,6 +336,8 @@ def pq_decode_attention_launch(
     cfg = choose_config(B, Hkv, G, T, D, M, ksub, q.dtype, dev)
     if config:
         cfg.update(config)
+        if "S" not in config and ("S_MULT" in config or "BT" in config):
+            cfg["S"] = num_splits(B, Hkv, T, cfg["BT"], config.get("S_MULT", 4), dev)
     S = cfg["S"]
     kcen = k_centroids.contiguous()
     vcen = v_centroids.contiguous()
@@ -362,19 +347,34 @@ def pq_decode_attention_launch(
     if B == 0 or Hq == 0:
         return out
     use_dot = cfg["USE_DOT"]
+    if G > 1 and not use_dot:
+        raise ValueError("G > 1 needs USE_DOT")
     gp_kernel = max(16, GP) if use_dot else GP
-    tab_dtype = tl.float32 if q.dtype == torch.float32 else (tl.float16 if q.dtype == torch.float16 else tl.bfloat16)
+    KSP = _pow2(ksub)
+    stride_kch = kcen.stride(0) if kcen.shape[0] > 1 else 0
+    if cfg["K_LUT"]:
+        lut_dtype = torch.float16 if cfg.get("LUT_FP16") else torch.float32
+        lut = torch.empty(B * Hq, M, KSP, dtype=lut_dtype, device=dev)
+        MB = min(_pow2(M), max(1, 4096 // KSP))
+        _pq_lut_kernel[(B * Hq, triton.cdiv(M, MB))](
+            q, kcen, lut, Hq, scale * _LOG2E,
+            q.stride(0), q.stride(1), q.stride(2),
+            stride_kch, kcen.stride(1), kcen.stride(2),
+            G=G, M=M, DSUB=dsub, KS=ksub, KSP=KSP, MB=MB,
+            num_warps=4,
+        )
+    else:
+        lut = o_part  # unused
     _pq_attn_partial_kernel[(S, Hkv, B)](
-        q, k_codes, v_codes, kcen, vcen, pq_lens, starts, o_part, lse_part,
+        q, k_codes, v_codes, kcen, vcen, lut, pq_lens, starts, o_part, lse_part,
         T, S, scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k_codes.stride(0), k_codes.stride(1), k_codes.stride(2), k_codes.stride(3),
         v_codes.stride(0), v_codes.stride(1), v_codes.stride(2), v_codes.stride(3),
-        kcen.stride(0) if kcen.shape[0] > 1 else 0, vcen.stride(0) if vcen.shape[0] > 1 else 0,
+        stride_kch, vcen.stride(0) if vcen.shape[0] > 1 else 0,
         kcen.stride(1), kcen.stride(2),
-        G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KS=ksub, KSP=_pow2(ksub), BT=cfg["BT"],
-        K_LUT=cfg["K_LUT"], USE_DOT=use_dot, SMEM_GATHER=cfg["SMEM_GATHER"], TAB_DTYPE=tab_dtype,
-        IEEE_DOT=q.dtype == torch.float32,
+        G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KSP=KSP, BT=cfg["BT"],
+        K_LUT=cfg["K_LUT"], USE_DOT=use_dot, IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=cfg["NUM_STAGES"],
         num_warps=cfg["num_warps"],
     )
     BR = 16
