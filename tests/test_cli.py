@@ -1,0 +1,279 @@
+"""The ``million`` command line, run in-process through ``million.cli.main`` (plus one run of the
+console script): bad input ends with exit status 2 and exactly one stderr line; calibrate / info /
+generate work end to end on a tiny random Llama saved in a temporary directory (no real model)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from million import PQConfig
+from million.cli import main
+from million.codebook import Codebooks
+from million.models import ModelNotFoundError, resolve_model
+
+VENV_SCRIPT = Path(sys.executable).with_name("million")
+TINY_HEAD_DIM = 64
+
+
+def run(argv, capsys):
+    """(exit status, stdout, stderr) of ``million argv`` run in this process."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm bars (transformers' "Loading weights") are not error output
+
+
+def one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip() and not PROGRESS_BAR.search(ln)]
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A local HF model directory: random 2-layer Llama with head_dim 64 and a word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{f"w{i}": i + 2 for i in range(126)}}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="[EOS]").save_pretrained(d)
+    cfg = LlamaConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=TINY_HEAD_DIM, max_position_embeddings=2048, architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("text") / "calib.txt"
+    g = torch.Generator().manual_seed(0)
+    p.write_text(" ".join(f"w{int(i)}" for i in torch.randint(0, 126, (2000,), generator=g)), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny_codebooks_dir(tmp_path_factory):
+    from transformers import LlamaConfig
+
+    from million.codebook import model_identity
+
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    pq = PQConfig(head_dim=16, M=8, nbits=6, granularity="layer_head", residual_length=32)
+    kc = torch.randn(2, 2, 8, 64, 2)
+    d = tmp_path_factory.mktemp("cb") / "codebooks"
+    Codebooks(pq, kc, kc + 1, {**model_identity(cfg), "name": "tiny"}, {"text": "t", "tokens": 9}).save(d)
+    return d
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line
+
+
+@pytest.mark.parametrize("cmd", ["calibrate", "generate"])
+def test_bad_model_path(cmd, tmp_path, capsys):
+    bad = str(tmp_path / "no-such-model")
+    argv = ["calibrate", "--model", bad, "--out", str(tmp_path / "out")] if cmd == "calibrate" else ["generate", "hello", "--model", bad, "--codebooks", str(tmp_path)]
+    rc, out, err = run(argv, capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert line.startswith("million: error:") and bad in line
+    assert out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_model_path_console_script(tmp_path):
+    bad = str(tmp_path / "missing-model-dir")
+    cmd = [str(VENV_SCRIPT)] if VENV_SCRIPT.is_file() else [sys.executable, "-m", "million.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([*cmd, "calibrate", "--model", bad, "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line = one_line(r.stderr)
+    assert line.startswith("million: error:") and bad in line
+    assert r.stdout == ""
+
+
+def test_model_file_that_is_not_gguf(tmp_path, capsys):
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"\0")
+    rc, _, err = run(["calibrate", "--model", str(f), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and ".gguf" in one_line(err) and str(f) in one_line(err)
+
+
+def test_model_dir_without_config(tmp_path, capsys):
+    rc, _, err = run(["calibrate", "--model", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "config.json" in one_line(err)
+
+
+def test_info_missing_dir(tmp_path, capsys):
+    missing = str(tmp_path / "nothing-here")
+    rc, out, err = run(["info", missing], capsys)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("million: error:") and missing in line
+
+
+def test_info_on_a_dir_without_codebooks(tmp_path, capsys):
+    rc, _, err = run(["info", str(tmp_path)], capsys)
+    assert rc == 2 and "million calibrate" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    "extra,needles",
+    [
+        (["--granularity", "foo"], ["--granularity", "'foo'", "merged", "layer", "layer_head"]),
+        (["--tokens", "0"], ["--tokens", "'0'"]),
+        (["--samples", "-3"], ["--samples", "'-3'"]),
+        (["--iters", "two"], ["--iters", "'two'"]),
+        (["--bits", "four"], ["--bits", "'four'"]),
+    ],
+    ids=["granularity_foo", "tokens_0", "samples_negative", "iters_word", "bits_word"],
+)
+def test_calibrate_argument_errors(extra, needles, tmp_path, capsys):
+    rc, out, err = run(["calibrate", "--out", str(tmp_path / "o"), *extra], capsys)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert "error" in line
+    for n in needles:
+        assert n in line, line
+
+
+def test_missing_required_arguments(capsys):
+    rc, _, err = run(["calibrate"], capsys)
+    assert rc == 2 and "--out" in one_line(err)
+    rc, _, err = run([], capsys)
+    assert rc == 2 and one_line(err)
+    rc, _, err = run(["frobnicate"], capsys)
+    assert rc == 2 and "frobnicate" in one_line(err)
+
+
+def test_device_cuda_without_gpu(tiny_model_dir, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--device", "cuda", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--device cuda" in one_line(err)
+
+
+def test_out_not_empty_without_force(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "--force" in one_line(err)
+    assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_missing_text_file(tiny_model_dir, tmp_path, capsys):
+    missing = str(tmp_path / "no-text.txt")
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", missing, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and missing in one_line(err)
+
+
+@pytest.mark.parametrize("extra", [["--bits", "3"], ["--bits", "4", "--nbits", "13"], ["--bits", "0.1"]], ids=["bits3", "nbits13", "bits0.1"])
+def test_impossible_pq_settings_give_one_line(extra, tiny_model_dir, text_file, tmp_path, capsys):
+    """head_dim 64: 3 bits -> M = 24 does not divide 64; nbits 13 is out of range."""
+    out_dir = tmp_path / "o"
+    rc, out, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--out", str(out_dir), *extra], capsys)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("million: error:")
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_impossible_bits_fail_before_loading_text_or_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The PQ settings are checked before the slow work (the default text is fetched from a registry and the
+    model loaded): ``--bits 3`` must not wait for either, nor fail with their errors instead."""
+    import million.data
+    import million.models
+
+    def no_text(*a, **k):
+        raise RuntimeError("load_text was called before the PQ settings were checked")
+
+    def no_model(*a, **k):
+        raise RuntimeError("load_model was called before the PQ settings were checked")
+
+    monkeypatch.setattr(million.data, "load_text", no_text)
+    monkeypatch.setattr(million.models, "load_model", no_model)
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--bits", "3", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert "called before" not in line, line
+    assert "bits" in line or "M=24" in line, line
+
+
+# ---------------------------------------------------------------- info / calibrate / generate that work
+
+
+def test_info_prints_the_settings(tiny_codebooks_dir, capsys):
+    rc, out, err = run(["info", str(tiny_codebooks_dir)], capsys)
+    assert rc == 0
+    for part in ("M=8", "nbits=6", "granularity", "layer_head", "tiny", "residual"):
+        assert part in out, part
+
+
+def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_path, capsys):
+    out_dir = tmp_path / "cb"
+    rc, out, err = run(
+        ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
+         "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4",
+         "--granularity", "layer_head", "--device", "cpu", "--out", str(out_dir)],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "saved to" in out and "M=32" in out
+    cb = Codebooks.load(out_dir)
+    assert (cb.config.M, cb.config.nbits, cb.config.granularity, cb.config.residual_length) == (32, 4, "layer_head", 4)
+    assert cb.key_centroids.shape == (2, 1, 32, 16, 2)
+    assert cb.calibration["tokens"] == 512 and cb.calibration["text"] == str(text_file)
+
+    rc, out, _ = run(["info", str(out_dir)], capsys)
+    assert rc == 0 and "M=32" in out and "nbits=4" in out and "layer_head" in out
+
+    # a second calibrate into the same directory needs --force
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--out", str(out_dir)], capsys)
+    assert rc == 2 and "--force" in one_line(err)
+
+    prompt = " ".join(f"w{i}" for i in range(1, 15))
+    rc, out, err = run(
+        ["generate", prompt, "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir), "--max-new-tokens", "6",
+         "--residual", "2", "--device", "cpu"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "--- fp16 KV cache" in out and "--- million PQ KV cache" in out and "bytes/token" in out
+    assert "PQ cache now:" in out
+
+
+def test_generate_with_codebooks_of_another_model(tiny_model_dir, tiny_codebooks_dir, capsys):
+    rc, out, err = run(["generate", "w1 w2", "--raw", "--model", str(tiny_model_dir), "--codebooks", str(tiny_codebooks_dir), "--device", "cpu"], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert "head_dim" in line and "do not fit" in line
+
+
+# ---------------------------------------------------------------- resolve_model
+
+
+def test_resolve_model_paths(tiny_model_dir, tmp_path):
+    src = resolve_model(str(tiny_model_dir))
+    assert src.path == str(tiny_model_dir) and src.gguf_file is None and src.kwargs() == {}
+    g = tmp_path / "m.gguf"
+    g.write_bytes(b"GGUF")
+    src = resolve_model(str(g))
+    assert (src.name, src.path, src.gguf_file) == ("m", str(tmp_path), "m.gguf")
+    assert src.kwargs() == {"gguf_file": "m.gguf"}
+    with pytest.raises(ModelNotFoundError) as ei:
+        resolve_model("definitely-not-a-model")
+    assert isinstance(ei.value, ValueError) and "smollm2" in str(ei.value)
