@@ -59,19 +59,21 @@ def cmd_calibrate(args) -> int:
 
     src = resolve_model(args.model)
     device = _device(args.device)
-    # validate the PQ settings before the slow work
     from pathlib import Path
 
+    from transformers import AutoConfig
+
+    # validate everything cheap before the slow work (text download, model load)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
+    cfg = AutoConfig.from_pretrained(src.path, **src.kwargs())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual)
     text = load_text(args.text)
     torch.manual_seed(args.seed)
     t0 = time.time()
     model, tok = load_model(src, dtype=torch.float32 if device == "cpu" else torch.float16, device=device)
-    cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual)
     print(f"calibrating {src.name}: {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = {pq.bits_per_element:g} bits/element, "
           f"{pq.granularity} codebooks, on {args.tokens} tokens of {args.text}", file=sys.stderr)
     cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,

@@ -74,7 +74,7 @@ class PQConfig:
     def from_bits(cls, head_dim: int, bits: float, nbits: int = 8, **kw) -> "PQConfig":
         """Config for a target ``bits`` per element: ``M = head_dim * bits / nbits``."""
         m = head_dim * bits / nbits
-        if m != int(m) or int(m) <= 0:
+        if m != int(m) or int(m) <= 0 or head_dim % int(m) != 0:
             raise ValueError(
                 f"bits={bits} with nbits={nbits} and head_dim={head_dim} gives M={m}, which is not a whole "
                 f"number of subspaces; pick bits so that head_dim*bits/nbits divides head_dim"

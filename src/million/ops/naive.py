@@ -198,7 +198,8 @@ def dense_attention_partial(
     qg = q.float().view(B, Hkv, G, D)
     scores = torch.einsum("bhgd,bhtd->bhgt", qg, k.float()) * scale
     p, lse = _softmax_partial(scores, valid[:, None, None, :])
-    out = torch.einsum("bhgt,bhtd->bhgd", p, v.float())
+    v = v.float().masked_fill(~valid[:, None, :, None], 0.0)  # 0 * inf would be NaN
+    out = torch.einsum("bhgt,bhtd->bhgd", p, v)
     return out.reshape(B, Hq, D), lse.reshape(B, Hq)
 
 
