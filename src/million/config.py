@@ -76,8 +76,9 @@ class PQConfig:
         m = head_dim * bits / nbits
         if m != int(m) or int(m) <= 0 or head_dim % int(m) != 0:
             raise ValueError(
-                f"bits={bits} with nbits={nbits} and head_dim={head_dim} gives M={m}, which is not a whole "
-                f"number of subspaces; pick bits so that head_dim*bits/nbits divides head_dim"
+                f"bits={bits:g} with nbits={nbits} and head_dim={head_dim} gives M={m:g} subspaces, which does not "
+                f"divide head_dim; allowed bits with nbits={nbits}: "
+                f"{sorted(nbits * M / head_dim for M in range(1, head_dim + 1) if head_dim % M == 0)}"
             )
         return cls(head_dim=head_dim, M=int(m), nbits=nbits, **kw)
 

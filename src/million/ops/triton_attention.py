@@ -84,7 +84,9 @@ def _pq_attn_partial_kernel(
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr,
     KSP: tl.constexpr, BT: tl.constexpr,
     K_LUT: tl.constexpr, USE_DOT: tl.constexpr, IEEE_DOT: tl.constexpr, NUM_STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr = False, V_ACC3: tl.constexpr = False, PART: tl.constexpr = 0,
 ):
+    # PART (benchmarks only): 0 = full kernel, 1 = score side only, 2 = value side only
     pid_s = tl.program_id(0)
     hk = tl.program_id(1)
     b = tl.program_id(2)
@@ -109,6 +111,7 @@ def _pq_attn_partial_kernel(
     # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j
     kcen_mj = kcen_ptr + hk * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
     vcen_mj = vcen_ptr + hk * stride_vch + offs_m[:, None, None] * stride_cm + offs_j[None, None, :]  # [M, 1, DSUB]
+    vcen_mj2 = vcen_ptr + hk * stride_vch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
     if K_LUT:
         # lut[b, hq, m, k] (scaled, log2 units) from _pq_lut_kernel; looked up through L1
         lut_g = lut_ptr + (b * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
@@ -122,14 +125,34 @@ def _pq_attn_partial_kernel(
     l_i = tl.zeros([GP], dtype=tl.float32)
     if USE_DOT:
         acc = tl.zeros([GP, D], dtype=tl.float32)
+    elif V_ACC3:
+        acc = tl.zeros([BT, M, DSUB], dtype=tl.float32)  # G == 1, summed over tokens after the loop
     else:
         acc = tl.zeros([M, DSUB], dtype=tl.float32)  # G == 1
+    if PREFETCH:
+        # codes of the next tile are loaded into registers one iteration ahead
+        p_kc = kc_base + (lo + offs_bt)[:, None] * stride_kt + offs_m[None, :] * stride_km
+        p_vc = vc_base + (lo + offs_bt)[:, None] * stride_vt + offs_m[None, :] * stride_vm
+        m_nt = (lo + offs_bt) < hi
+        kc_next = tl.load(p_kc, mask=m_nt[:, None], other=0)
+        vc_next = tl.load(p_vc, mask=m_nt[:, None], other=0)
     for t0 in tl.range(lo, hi, BT, num_stages=NUM_STAGES):
         offs_t = t0 + offs_bt
         m_t = offs_t < hi
-        kc = tl.load(kc_base + offs_t[:, None] * stride_kt + offs_m[None, :] * stride_km, mask=m_t[:, None], other=0)
+        if PREFETCH:
+            kc = kc_next
+            vc_pf = vc_next
+            p_kc += BT * stride_kt
+            p_vc += BT * stride_vt
+            m_nt = (offs_t + BT) < hi
+            kc_next = tl.load(p_kc, mask=m_nt[:, None], other=0)
+            vc_next = tl.load(p_vc, mask=m_nt[:, None], other=0)
+        else:
+            kc = tl.load(kc_base + offs_t[:, None] * stride_kt + offs_m[None, :] * stride_km, mask=m_t[:, None], other=0)
         kc = kc.to(tl.int32)  # [BT, M]
-        if K_LUT:
+        if PART == 2:
+            s = tl.zeros([GP, BT], dtype=tl.float32) + tl.sum(kc, 1).to(tl.float32)[None, :] * 1e-9
+        elif K_LUT:
             if GP == 1:
                 s = tl.sum(tl.load(lut_ptr + (b * Hq + hk) * (M * KSP) + offs_m[None, :] * KSP + kc).to(tl.float32), 1)
                 s = s[None, :]
@@ -150,21 +173,32 @@ def _pq_attn_partial_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])  # [GP, BT]
         l_i = l_i * alpha + tl.sum(p, 1)
-        vc = tl.load(vc_base + offs_t[:, None] * stride_vt + offs_m[None, :] * stride_vm, mask=m_t[:, None], other=0)
-        # [M, BT, DSUB]: subspaces on dim 0 so that lanes run along subspaces (Triton 3.6 puts the
-        # lanes of a gather without contiguity on dim 0) and the sum over tokens stays in-thread
-        v_tile = tl.load(vcen_mj + tl.trans(vc.to(tl.int32))[:, :, None] * stride_ck)
-        if USE_DOT:
-            v2 = tl.reshape(tl.permute(v_tile, (1, 0, 2)), [BT, D])
-            if IEEE_DOT:
-                pv = tl.dot(p, v2.to(tl.float32), input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v2.dtype), v2)
-            acc = acc * alpha[:, None] + pv
+        if PREFETCH:
+            vc = vc_pf
         else:
+            vc = tl.load(vc_base + offs_t[:, None] * stride_vt + offs_m[None, :] * stride_vm, mask=m_t[:, None], other=0)
+        if PART == 1:
+            vc = vc * 0
+        if V_ACC3:
+            # [BT, M, DSUB] in the layout of the codes; the sum over tokens waits until after the loop
+            v3 = tl.load(vcen_mj2 + vc.to(tl.int32)[:, :, None] * stride_ck).to(tl.float32)
             p1 = tl.sum(p, 0)  # [BT] (GP == 1)
-            pv = tl.sum(p1[None, :, None] * v_tile.to(tl.float32), 1)  # [M, DSUB]
-            acc = acc * tl.sum(alpha, 0) + pv
+            acc = acc * tl.sum(alpha, 0) + p1[:, None, None] * v3
+        else:
+            # [M, BT, DSUB]: subspaces on dim 0 so that lanes run along subspaces (Triton 3.6 puts the
+            # lanes of a gather without contiguity on dim 0) and the sum over tokens stays in-thread
+            v_tile = tl.load(vcen_mj + tl.trans(vc.to(tl.int32))[:, :, None] * stride_ck)
+            if USE_DOT:
+                v2 = tl.reshape(tl.permute(v_tile, (1, 0, 2)), [BT, D])
+                if IEEE_DOT:
+                    pv = tl.dot(p, v2.to(tl.float32), input_precision="ieee")
+                else:
+                    pv = tl.dot(p.to(v2.dtype), v2)
+                acc = acc * alpha[:, None] + pv
+            else:
+                p1 = tl.sum(p, 0)  # [BT] (GP == 1)
+                pv = tl.sum(p1[None, :, None] * v_tile.to(tl.float32), 1)  # [M, DSUB]
+                acc = acc * tl.sum(alpha, 0) + pv
         m_i = m_new
 
     has = l_i > 0
@@ -174,6 +208,9 @@ def _pq_attn_partial_kernel(
     if USE_DOT:
         out = acc / l_safe[:, None]
         tl.store(o_ptr + row[:, None] * D + offs_d[None, :], out, mask=m_g[:, None])
+    elif V_ACC3:
+        out = tl.reshape(tl.sum(acc, 0) / tl.sum(l_safe, 0), [D])
+        tl.store(o_ptr + tl.sum(row, 0) * D + offs_d, out)
     else:
         out = tl.reshape(acc / tl.sum(l_safe, 0), [D])
         tl.store(o_ptr + tl.sum(row, 0) * D + offs_d, out)
@@ -375,7 +412,8 @@ def pq_decode_attention_launch(
         kcen.stride(1), kcen.stride(2),
         G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KSP=KSP, BT=cfg["BT"],
         K_LUT=cfg["K_LUT"], USE_DOT=use_dot, IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=cfg["NUM_STAGES"],
-        num_warps=cfg["num_warps"],
+        PREFETCH=cfg.get("PREFETCH", False), V_ACC3=cfg.get("V_ACC3", False) and not use_dot,
+        PART=cfg.get("PART", 0), num_warps=cfg["num_warps"],
     )
     BR = 16
     _pq_attn_combine_kernel[(Hkv, B)](
