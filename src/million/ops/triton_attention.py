@@ -2,30 +2,26 @@
 
 Same contract as :func:`million.ops.naive.pq_decode_attention` (the specification): one query per
 head attends to the PQ-coded tokens ``starts[b] <= t < pq_lens[b]`` plus the full-precision residual
-window; lengths are read from device memory, so a launch can be captured in a CUDA graph.
+window; lengths are read from device memory (never synchronized), so a call can be captured in a
+CUDA graph.
 
-Two launches:
+Launches:
 
-1. ``_pq_attn_partial_kernel``, grid ``(S, H_kv, B)``: program ``s`` attends to its ``1/S`` share
-   of the valid code tokens of one KV head, for all ``G`` query heads of that KV head at once (the
-   codes are loaded once per GQA group), and writes a normalized partial output and its float32
-   log-sum-exp.
-2. ``_pq_attn_combine_kernel``, grid ``(H_kv, B)``: merges the ``S`` partials and the residual window
-   (dense attention over at most ``R`` full-precision tokens) and writes ``out`` in ``q.dtype``.
+1. ``_pq_lut_kernel`` (MHA only), grid ``(B * H_q, M / MB)``: the lookup table
+   ``lut[b, h, m, k] = scale * log2(e) * q[b, h, m-th subvector] . k_centroids[m, k]``.
+2. ``_pq_attn_partial_kernel``, grid ``(S + 1, H_kv, B)``: program ``s < S`` attends to its ``1/S``
+   share of the valid code tokens of one KV head, for all ``G`` query heads of that head at once
+   (codes are loaded once per GQA group); program ``s == S`` attends to the residual window. Each
+   writes a normalized partial output and its float32 log-sum-exp.
+3. ``_pq_attn_combine_kernel``, grid ``(B, H_q)``: merges the ``S + 1`` partials, writes ``q.dtype``.
 
-Scores and outputs never materialize the decoded K/V in device memory. The centroid tables of a
-KV head are small (``M * ksub * dsub`` values), so each program keeps them on chip and looks them
-up by code. Two designs for the score side (``K_LUT``):
-
-- LUT (as in MILLION): ``lut[g, k, m] = q_g[m] . c_m[k]`` computed once per program, then a score is
-  ``sum_m lut[g, code[t, m], m]``: one lookup per subspace and query head, no multiply.
-- centroid tiles: the K centroids are gathered by code into a ``[BT, D]`` tile that all ``G`` query
-  heads share (``tl.dot`` on tensor cores when ``USE_DOT``, else FMAs).
-
-The value side always gathers V centroids by code into a ``[BT, D]`` tile weighted by the softmax
-probabilities. Lookups go through shared memory (``tl.gather``) when the table fits
-(``SMEM_GATHER``), else through the L1/L2 cache with pointer loads (any ``ksub`` up to 4096).
-"""
+Decoded K/V never reach device memory: every code is looked up in a small per-subspace table
+(``M x ksub`` entries) that stays in the L1/L2 cache. Scores: MHA sums ``M`` LUT entries per token
+(no multiply, as in MILLION); GQA gathers K centroids into a ``[BT, D]`` tile shared by the ``G``
+query heads and uses ``tl.dot``. Values: V centroids gathered by code, weighted by the softmax
+probabilities (a ``[BT, M, dsub]`` register accumulator for MHA, ``tl.dot`` for GQA). The lookups
+are plain pointer loads: with Triton 3.6 a 2-D ``tl.gather`` lowers to warp shuffles and a 1-D one
+re-stores its table to shared memory at every call, both measured slower (docs/kernel_notes.md).
 
 from __future__ import annotations
 
@@ -37,7 +33,6 @@ import triton
 import triton.language as tl
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,209 +69,215 @@ def _pq_lut_kernel(
 
 
 @triton.jit
+def _online_update(s, m_i, l_i, acc, ACC_RANK: tl.constexpr, TAU: tl.constexpr):
+    # Lazy online softmax (log2 units): the running max moves only when a score exceeds it by more
+    # than TAU, so probabilities stay <= 2**TAU and the accumulator is rescaled rarely.
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if tl.max(m_new - m_i, 0) > TAU:
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha
+        if ACC_RANK == 2:
+            acc = acc * alpha[:, None]
+        else:
+            acc = acc * tl.sum(alpha, 0)  # G == 1
+        m_i = m_new
+    p = tl.exp2(s - m_i[:, None])  # [GP, BT]
+    l_i = l_i + tl.sum(p, 1)
+    return p, m_i, l_i, acc
+
+
+@triton.jit
+def _store_partial(o_ptr, lse_ptr, acc, m_i, l_i, b, hk, pid_s, Hq, S1,
+                   G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, ACC_RANK: tl.constexpr):
+    # normalized partial output and its natural-log lse (-inf and zeros when no token was seen)
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, D)
+    has = l_i > 0
+    l_safe = tl.where(has, l_i, 1.0)
+    lse = tl.where(has, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    row = (b * Hq + hk * G + offs_g) * S1 + pid_s  # [GP]
+    if ACC_RANK == 2:
+        tl.store(o_ptr + row[:, None] * D + offs_d[None, :], acc / l_safe[:, None], mask=(offs_g < G)[:, None])
+    else:
+        tl.store(o_ptr + tl.sum(row, 0) * D + offs_d, tl.reshape(acc, [D]) / tl.sum(l_safe, 0))
+    tl.store(lse_ptr + row, lse, mask=offs_g < G)
+
+
+@triton.jit
 def _pq_attn_partial_kernel(
-    q_ptr, kc_ptr, vc_ptr, kcen_ptr, vcen_ptr, lut_ptr, pq_lens_ptr, starts_ptr, o_ptr, lse_ptr,
-    T, S, qk_scale,
+    q_ptr, kc_ptr, vc_ptr, kcen_ptr, vcen_ptr, lut_ptr, kr_ptr, vr_ptr,
+    pq_lens_ptr, res_lens_ptr, starts_ptr, o_ptr, lse_ptr,
+    T, R, S, qk_scale,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_km,
     stride_vb, stride_vh, stride_vt, stride_vm,
     stride_kch, stride_vch, stride_cm, stride_ck,
+    stride_krb, stride_krh, stride_krt, stride_krd,
+    stride_vrb, stride_vrh, stride_vrt, stride_vrd,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr,
-    KSP: tl.constexpr, BT: tl.constexpr,
+    KSP: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr,
     K_LUT: tl.constexpr, USE_DOT: tl.constexpr, IEEE_DOT: tl.constexpr, NUM_STAGES: tl.constexpr,
-    PREFETCH: tl.constexpr = False, V_ACC3: tl.constexpr = False, PART: tl.constexpr = 0,
+    PREFETCH: tl.constexpr, TAU: tl.constexpr, PART: tl.constexpr,
 ):
-    # PART (benchmarks only): 0 = full kernel, 1 = score side only, 2 = value side only
+    # Programs pid_s < S attend to 1/S of the code tokens; program pid_s == S to the residual window.
+    # PART (benchmarks only): 0 = full kernel, 1 = score side only, 2 = value side only.
     pid_s = tl.program_id(0)
     hk = tl.program_id(1)
     b = tl.program_id(2)
     Hq = tl.num_programs(1) * G
+    S1 = S + 1
 
-    # this program's share of the valid code tokens [start, end) of sequence b
     start = tl.maximum(tl.load(starts_ptr + b).to(tl.int32), 0)
     end = tl.minimum(tl.load(pq_lens_ptr + b).to(tl.int32), T)
-    n = tl.maximum(end - start, 0)
-    chunk = tl.cdiv(tl.cdiv(n, S), BT) * BT
-    lo = start + pid_s * chunk
-    hi = tl.minimum(lo + chunk, end)
 
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, D)
-    offs_m = tl.arange(0, M)
-    offs_j = tl.arange(0, DSUB)
-    offs_bt = tl.arange(0, BT)
     m_g = offs_g < G
-    kc_base = kc_ptr + b * stride_kb + hk * stride_kh
-    vc_base = vc_ptr + b * stride_vb + hk * stride_vh
-    # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j
-    kcen_mj = kcen_ptr + hk * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
-    vcen_mj = vcen_ptr + hk * stride_vch + offs_m[:, None, None] * stride_cm + offs_j[None, None, :]  # [M, 1, DSUB]
-    vcen_mj2 = vcen_ptr + hk * stride_vch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
-    if K_LUT:
-        # lut[b, hq, m, k] (scaled, log2 units) from _pq_lut_kernel; looked up through L1
-        lut_g = lut_ptr + (b * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
-        q_t = tl.zeros([GP, D], dtype=tl.float32)  # unused
-    else:
-        q_t = tl.load(q_ptr + b * stride_qb + (hk * G + offs_g)[:, None] * stride_qh + offs_d[None, :] * stride_qd,
-                      mask=m_g[:, None], other=0.0)
-        q_t = q_t.to(tl.float32) * qk_scale  # [GP, D]
-
+    q_t = tl.load(q_ptr + b * stride_qb + (hk * G + offs_g)[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                  mask=m_g[:, None], other=0.0)
+    q_t = q_t.to(tl.float32) * qk_scale  # [GP, D], log2 units
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GP], dtype=tl.float32)
-    if USE_DOT:
-        acc = tl.zeros([GP, D], dtype=tl.float32)
-    elif V_ACC3:
-        acc = tl.zeros([BT, M, DSUB], dtype=tl.float32)  # G == 1, summed over tokens after the loop
+
+    if pid_s == S:
+        # residual window: slot j (position end + j) is valid iff j < res_lens[b] and end + j >= start
+        offs_r = tl.arange(0, BR)
+        r_end = tl.minimum(tl.load(res_lens_ptr + b).to(tl.int32), R)
+        r_lo = tl.maximum(start - tl.load(pq_lens_ptr + b).to(tl.int32), 0)
+        r_acc = tl.zeros([GP, D], dtype=tl.float32)
+        r_m = m_i
+        r_l = l_i
+        kr_base = kr_ptr + b * stride_krb + hk * stride_krh
+        vr_base = vr_ptr + b * stride_vrb + hk * stride_vrh
+        for r0 in range(r_lo, r_end, BR):
+            rr = r0 + offs_r
+            m_r = rr < r_end
+            kr = tl.load(kr_base + rr[:, None] * stride_krt + offs_d[None, :] * stride_krd, mask=m_r[:, None], other=0.0)
+            vr = tl.load(vr_base + rr[:, None] * stride_vrt + offs_d[None, :] * stride_vrd, mask=m_r[:, None], other=0.0)
+            if USE_DOT:
+                if IEEE_DOT:
+                    r_s = tl.dot(q_t, tl.trans(kr.to(tl.float32)), input_precision="ieee")
+                else:
+                    r_s = tl.dot(q_t.to(kr.dtype), tl.trans(kr))
+            else:
+                r_s = tl.sum(q_t[:, None, :] * kr.to(tl.float32)[None, :, :], 2)  # [GP, BR]
+            r_s = tl.where(m_r[None, :], r_s, float("-inf"))
+            r_p, r_m, r_l, r_acc = _online_update(r_s, r_m, r_l, r_acc, 2, TAU)
+            if USE_DOT:
+                if IEEE_DOT:
+                    r_acc += tl.dot(r_p, vr.to(tl.float32), input_precision="ieee")
+                else:
+                    r_acc += tl.dot(r_p.to(vr.dtype), vr)
+            else:
+                r_acc += tl.sum(r_p[:, :, None] * vr.to(tl.float32)[None, :, :], 1)
+        _store_partial(o_ptr, lse_ptr, r_acc, r_m, r_l, b, hk, pid_s, Hq, S1, G, GP, D, 2)
     else:
-        acc = tl.zeros([M, DSUB], dtype=tl.float32)  # G == 1
-    if PREFETCH:
-        # codes of the next tile are loaded into registers one iteration ahead
-        p_kc = kc_base + (lo + offs_bt)[:, None] * stride_kt + offs_m[None, :] * stride_km
-        p_vc = vc_base + (lo + offs_bt)[:, None] * stride_vt + offs_m[None, :] * stride_vm
-        m_nt = (lo + offs_bt) < hi
-        kc_next = tl.load(p_kc, mask=m_nt[:, None], other=0)
-        vc_next = tl.load(p_vc, mask=m_nt[:, None], other=0)
-    for t0 in tl.range(lo, hi, BT, num_stages=NUM_STAGES):
-        offs_t = t0 + offs_bt
-        m_t = offs_t < hi
+        # this program's share of the valid code tokens [start, end) of sequence b
+        n = tl.maximum(end - start, 0)
+        chunk = tl.cdiv(tl.cdiv(n, S), BT) * BT
+        lo = start + pid_s * chunk
+        hi = tl.minimum(lo + chunk, end)
+        offs_m = tl.arange(0, M)
+        offs_j = tl.arange(0, DSUB)
+        offs_bt = tl.arange(0, BT)
+        kc_base = kc_ptr + b * stride_kb + hk * stride_kh
+        vc_base = vc_ptr + b * stride_vb + hk * stride_vh
+        # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j
+        kcen_mj = kcen_ptr + hk * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
+        vcen_mj2 = vcen_ptr + hk * stride_vch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
+        # lut[b, hq, m, k] (scaled, log2 units) from _pq_lut_kernel; looked up through L1
+        lut_g = lut_ptr + (b * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
+        if USE_DOT:
+            acc = tl.zeros([GP, D], dtype=tl.float32)
+        else:
+            acc = tl.zeros([BT, M, DSUB], dtype=tl.float32)  # G == 1, summed over tokens after the loop
         if PREFETCH:
-            kc = kc_next
-            vc_pf = vc_next
-            p_kc += BT * stride_kt
-            p_vc += BT * stride_vt
-            m_nt = (offs_t + BT) < hi
+            # the codes of the next tile are loaded into registers one iteration ahead
+            p_kc = kc_base + (lo + offs_bt)[:, None] * stride_kt + offs_m[None, :] * stride_km
+            p_vc = vc_base + (lo + offs_bt)[:, None] * stride_vt + offs_m[None, :] * stride_vm
+            m_nt = (lo + offs_bt) < hi
             kc_next = tl.load(p_kc, mask=m_nt[:, None], other=0)
             vc_next = tl.load(p_vc, mask=m_nt[:, None], other=0)
-        else:
-            kc = tl.load(kc_base + offs_t[:, None] * stride_kt + offs_m[None, :] * stride_km, mask=m_t[:, None], other=0)
-        kc = kc.to(tl.int32)  # [BT, M]
-        if PART == 2:
-            s = tl.zeros([GP, BT], dtype=tl.float32) + tl.sum(kc, 1).to(tl.float32)[None, :] * 1e-9
-        elif K_LUT:
-            if GP == 1:
-                s = tl.sum(tl.load(lut_ptr + (b * Hq + hk) * (M * KSP) + offs_m[None, :] * KSP + kc).to(tl.float32), 1)
-                s = s[None, :]
+        for t0 in tl.range(lo, hi, BT, num_stages=NUM_STAGES):
+            offs_t = t0 + offs_bt
+            m_t = offs_t < hi
+            if PREFETCH:
+                kc = kc_next
+                vc = vc_next
+                p_kc += BT * stride_kt
+                p_vc += BT * stride_vt
+                m_nt = (offs_t + BT) < hi
+                kc_next = tl.load(p_kc, mask=m_nt[:, None], other=0)
+                vc_next = tl.load(p_vc, mask=m_nt[:, None], other=0)
             else:
-                p_l = lut_g[:, None, None] + (offs_m * KSP)[None, None, :] + kc[None, :, :]
-                s = tl.sum(tl.load(p_l, mask=m_g[:, None, None], other=0.0).to(tl.float32), 2)  # [GP, BT]
-        else:
-            k_tile = tl.reshape(tl.load(kcen_mj + kc[:, :, None] * stride_ck), [BT, D])
-            if USE_DOT:
-                if IEEE_DOT:
-                    s = tl.dot(q_t, tl.trans(k_tile.to(tl.float32)), input_precision="ieee")
+                kc = tl.load(kc_base + offs_t[:, None] * stride_kt + offs_m[None, :] * stride_km,
+                             mask=m_t[:, None], other=0)
+                vc = tl.load(vc_base + offs_t[:, None] * stride_vt + offs_m[None, :] * stride_vm,
+                             mask=m_t[:, None], other=0)
+            kc = kc.to(tl.int32)  # [BT, M]
+            vc = vc.to(tl.int32)
+            if PART == 1:
+                vc = vc * 0
+            if PART == 2:
+                s = tl.zeros([GP, BT], dtype=tl.float32) + tl.sum(kc, 1).to(tl.float32)[None, :] * 1e-9
+            elif K_LUT:
+                if GP == 1:
+                    s = tl.sum(tl.load(lut_ptr + (b * Hq + hk) * (M * KSP) + offs_m[None, :] * KSP + kc).to(tl.float32), 1)
+                    s = s[None, :]
                 else:
-                    s = tl.dot(q_t.to(k_tile.dtype), tl.trans(k_tile))
+                    p_l = lut_g[:, None, None] + (offs_m * KSP)[None, None, :] + kc[None, :, :]
+                    s = tl.sum(tl.load(p_l, mask=m_g[:, None, None], other=0.0).to(tl.float32), 2)  # [GP, BT]
             else:
-                s = tl.sum(q_t[:, None, :] * k_tile.to(tl.float32)[None, :, :], 2)
-        s = tl.where(m_t[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])  # [GP, BT]
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if PREFETCH:
-            vc = vc_pf
-        else:
-            vc = tl.load(vc_base + offs_t[:, None] * stride_vt + offs_m[None, :] * stride_vm, mask=m_t[:, None], other=0)
-        if PART == 1:
-            vc = vc * 0
-        if V_ACC3:
-            # [BT, M, DSUB] in the layout of the codes; the sum over tokens waits until after the loop
-            v3 = tl.load(vcen_mj2 + vc.to(tl.int32)[:, :, None] * stride_ck).to(tl.float32)
-            p1 = tl.sum(p, 0)  # [BT] (GP == 1)
-            acc = acc * tl.sum(alpha, 0) + p1[:, None, None] * v3
-        else:
-            # [M, BT, DSUB]: subspaces on dim 0 so that lanes run along subspaces (Triton 3.6 puts the
-            # lanes of a gather without contiguity on dim 0) and the sum over tokens stays in-thread
-            v_tile = tl.load(vcen_mj + tl.trans(vc.to(tl.int32))[:, :, None] * stride_ck)
-            if USE_DOT:
-                v2 = tl.reshape(tl.permute(v_tile, (1, 0, 2)), [BT, D])
-                if IEEE_DOT:
-                    pv = tl.dot(p, v2.to(tl.float32), input_precision="ieee")
+                k_tile = tl.reshape(tl.load(kcen_mj + kc[:, :, None] * stride_ck), [BT, D])
+                if USE_DOT:
+                    if IEEE_DOT:
+                        s = tl.dot(q_t, tl.trans(k_tile.to(tl.float32)), input_precision="ieee")
+                    else:
+                        s = tl.dot(q_t.to(k_tile.dtype), tl.trans(k_tile))
                 else:
-                    pv = tl.dot(p.to(v2.dtype), v2)
-                acc = acc * alpha[:, None] + pv
+                    s = tl.sum(q_t[:, None, :] * k_tile.to(tl.float32)[None, :, :], 2)
+            s = tl.where(m_t[None, :], s, float("-inf"))
+            if USE_DOT:
+                p, m_i, l_i, acc = _online_update(s, m_i, l_i, acc, 2, TAU)
+                v2 = tl.reshape(tl.load(vcen_mj2 + vc[:, :, None] * stride_ck), [BT, D])
+                if IEEE_DOT:
+                    acc += tl.dot(p, v2.to(tl.float32), input_precision="ieee")
+                else:
+                    acc += tl.dot(p.to(v2.dtype), v2)
             else:
-                p1 = tl.sum(p, 0)  # [BT] (GP == 1)
-                pv = tl.sum(p1[None, :, None] * v_tile.to(tl.float32), 1)  # [M, DSUB]
-                acc = acc * tl.sum(alpha, 0) + pv
-        m_i = m_new
-
-    has = l_i > 0
-    l_safe = tl.where(has, l_i, 1.0)
-    lse = tl.where(has, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-    row = (b * Hq + hk * G + offs_g) * S + pid_s  # [GP]
-    if USE_DOT:
-        out = acc / l_safe[:, None]
-        tl.store(o_ptr + row[:, None] * D + offs_d[None, :], out, mask=m_g[:, None])
-    elif V_ACC3:
-        out = tl.reshape(tl.sum(acc, 0) / tl.sum(l_safe, 0), [D])
-        tl.store(o_ptr + tl.sum(row, 0) * D + offs_d, out)
-    else:
-        out = tl.reshape(acc / tl.sum(l_safe, 0), [D])
-        tl.store(o_ptr + tl.sum(row, 0) * D + offs_d, out)
-    tl.store(lse_ptr + row, lse, mask=m_g)
+                p, m_i, l_i, acc = _online_update(s, m_i, l_i, acc, 3, TAU)
+                # [BT, M, DSUB] in the layout of the codes; the sum over tokens waits for the loop's end
+                v3 = tl.load(vcen_mj2 + vc[:, :, None] * stride_ck).to(tl.float32)
+                acc += tl.sum(p, 0)[:, None, None] * v3
+        if USE_DOT:
+            _store_partial(o_ptr, lse_ptr, acc, m_i, l_i, b, hk, pid_s, Hq, S1, G, GP, D, 2)
+        else:
+            _store_partial(o_ptr, lse_ptr, tl.sum(acc, 0), m_i, l_i, b, hk, pid_s, Hq, S1, G, GP, D, 3)
 
 
 @triton.jit
 def _pq_attn_combine_kernel(
-    q_ptr, o_part_ptr, lse_part_ptr, kr_ptr, vr_ptr, pq_lens_ptr, res_lens_ptr, starts_ptr, out_ptr,
-    S, R, qk_scale,
-    stride_qb, stride_qh, stride_qd,
-    stride_krb, stride_krh, stride_krt, stride_krd,
-    stride_vrb, stride_vrh, stride_vrt, stride_vrd,
+    o_part_ptr, lse_part_ptr, out_ptr, S1,
     stride_ob, stride_oh, stride_od,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SP: tl.constexpr, BR: tl.constexpr,
+    D: tl.constexpr, SP: tl.constexpr,
 ):
-    hk = tl.program_id(0)
-    b = tl.program_id(1)
-    Hq = tl.num_programs(0) * G
-    offs_g = tl.arange(0, GP)
+    # out[b, hq] = merge of the S1 partials of (b, hq); one program per (b, hq)
+    bhq = tl.program_id(0)
+    Hq = tl.num_programs(1)
+    hq = tl.program_id(1)
+    b = bhq
+    row = b * Hq + hq
     offs_s = tl.arange(0, SP)
     offs_d = tl.arange(0, D)
-    offs_r = tl.arange(0, BR)
-    m_g = offs_g < G
-    hq = hk * G + offs_g
-
-    # merge the S partials (natural-log lse -> log2 units)
-    row = (b * Hq + hq)[:, None] * S + offs_s[None, :]  # [GP, SP]
-    m_gs = m_g[:, None] & (offs_s < S)[None, :]
-    lse = tl.load(lse_part_ptr + row, mask=m_gs, other=float("-inf")) * 1.4426950408889634
-    m_i = tl.max(lse, 1)  # [GP]
-    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-    w = tl.exp2(lse - m_safe[:, None])  # 0 for empty partials
-    l_i = tl.sum(w, 1)
-    o_p = tl.load(o_part_ptr + row[:, :, None] * D + offs_d[None, None, :], mask=m_gs[:, :, None], other=0.0)
-    acc = tl.sum(w[:, :, None] * o_p, 1)  # [GP, D], unnormalized with max m_safe
-    m_i = m_safe
-    # l_i == 0 means nothing so far; the -inf-safe max of 0 then only shifts the residual exponents
-
-    # residual window: slot j valid iff j < res_lens[b] and pq_lens[b] + j >= starts[b]
-    res_len = tl.load(res_lens_ptr + b).to(tl.int32)
-    pq_len = tl.load(pq_lens_ptr + b).to(tl.int32)
-    start = tl.load(starts_ptr + b).to(tl.int32)
-    q = tl.load(q_ptr + b * stride_qb + hq[:, None] * stride_qh + offs_d[None, :] * stride_qd, mask=m_g[:, None], other=0.0)
-    q = q.to(tl.float32) * qk_scale  # [GP, D]
-    r_end = tl.minimum(res_len, R)
-    r_lo = tl.maximum(start - pq_len, 0)
-    for r0 in range(r_lo, r_end, BR):
-        rr = r0 + offs_r
-        m_r = rr < r_end
-        kr = tl.load(kr_ptr + b * stride_krb + hk * stride_krh + rr[:, None] * stride_krt + offs_d[None, :] * stride_krd,
-                     mask=m_r[:, None], other=0.0).to(tl.float32)  # [BR, D]
-        s = tl.sum(q[:, None, :] * kr[None, :, :], 2)  # [GP, BR]
-        s = tl.where(m_r[None, :], s, float("-inf"))
-        m_new = tl.where(l_i > 0, tl.maximum(m_i, tl.max(s, 1)), tl.max(s, 1))
-        alpha = tl.where(l_i > 0, tl.exp2(m_i - m_new), 0.0)
-        p = tl.exp2(s - m_new[:, None])
-        vr = tl.load(vr_ptr + b * stride_vrb + hk * stride_vrh + rr[:, None] * stride_vrt + offs_d[None, :] * stride_vrd,
-                     mask=m_r[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vr[None, :, :], 1)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + b * stride_ob + hq[:, None] * stride_oh + offs_d[None, :] * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=m_g[:, None])
+    m_s = offs_s < S1
+    lse = tl.load(lse_part_ptr + row * S1 + offs_s, mask=m_s, other=float("-inf")) * 1.4426950408889634
+    o = tl.load(o_part_ptr + (row * S1 + offs_s)[:, None] * D + offs_d[None, :], mask=m_s[:, None], other=0.0)
+    mx = tl.max(lse, 0)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    w = tl.exp2(lse - mx)  # 0 for empty partials
+    den = tl.sum(w, 0)
+    out = tl.sum(w[:, None] * o, 0) / tl.where(den > 0, den, 1.0)
+    tl.store(out_ptr + b * stride_ob + hq * stride_oh + offs_d * stride_od, out.to(out_ptr.dtype.element_ty))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,22 +301,28 @@ def _pow2(n: int) -> int:
 
 
 def choose_config(B: int, Hkv: int, G: int, T: int, D: int, M: int, ksub: int, dtype: torch.dtype, device) -> dict:
-    """Launch parameters for one shape: design, tile size, warps and number of splits.
+    """Launch parameters for one shape (measured on an H100, see docs/kernel_notes.md).
 
-    ``K_LUT``: scores from the per-query-head lookup table (else from K centroid tiles and ``tl.dot``);
-    ``USE_DOT``: values through ``tl.dot`` (needed when ``G > 1``). The grid is ``S * H_kv * B``
-    programs; ``S`` is picked so that it covers the SMs several times while every split keeps at
-    least a few tiles of tokens.
+    - ``K_LUT``: scores from the per-query-head lookup table (MHA); else from K centroid tiles
+      gathered by code and ``tl.dot`` with the ``G`` query heads of the group (GQA).
+    - ``USE_DOT``: values through ``tl.dot`` (required when ``G > 1``); else (``G == 1``) a
+      ``[BT, M, dsub]`` accumulator in the layout of the lookups, summed over tokens at the end.
+    - ``PREFETCH``: codes of the next tile loaded one iteration ahead (``NUM_STAGES=1``: Triton's
+      own pipelining turns the lookups into cp.async copies through shared memory, slower here).
+    - ``S``: splits of the token range, about ``S_MULT`` programs per SM.
     """
     cfg = dict(
         K_LUT=G == 1,
         USE_DOT=G > 1,
         LUT_FP16=dtype == torch.float16,
-        BT=64,
+        PREFETCH=True,
+        NUM_STAGES=1,
+        BT=32 if ksub <= 256 else 16,
         num_warps=4,
-        NUM_STAGES=2,
+        S_MULT=8 if G == 1 else 2,
+        TAU=8.0,
     )
-    cfg["S"] = num_splits(B, Hkv, T, cfg["BT"], 4, device)
+    cfg["S"] = num_splits(B, Hkv, T, cfg["BT"], cfg["S_MULT"], device)
     return cfg
 
 
@@ -374,15 +381,15 @@ def pq_decode_attention_launch(
     if config:
         cfg.update(config)
         if "S" not in config and ("S_MULT" in config or "BT" in config):
-            cfg["S"] = num_splits(B, Hkv, T, cfg["BT"], config.get("S_MULT", 4), dev)
+            cfg["S"] = num_splits(B, Hkv, T, cfg["BT"], cfg["S_MULT"], dev)
     S = cfg["S"]
     kcen = k_centroids.contiguous()
     vcen = v_centroids.contiguous()
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
-    o_part = torch.empty(B, Hq, S, D, dtype=torch.float32, device=dev)
-    lse_part = torch.empty(B, Hq, S, dtype=torch.float32, device=dev)
     if B == 0 or Hq == 0:
         return out
+    o_part = torch.empty(B, Hq, S + 1, D, dtype=torch.float32, device=dev)
+    lse_part = torch.empty(B, Hq, S + 1, dtype=torch.float32, device=dev)
     use_dot = cfg["USE_DOT"]
     if G > 1 and not use_dot:
         raise ValueError("G > 1 needs USE_DOT")
@@ -402,28 +409,28 @@ def pq_decode_attention_launch(
         )
     else:
         lut = o_part  # unused
-    _pq_attn_partial_kernel[(S, Hkv, B)](
-        q, k_codes, v_codes, kcen, vcen, lut, pq_lens, starts, o_part, lse_part,
-        T, S, scale * _LOG2E,
+    BR = 16 if use_dot else max(1, min(32, 4096 // (GP * D)))
+    _pq_attn_partial_kernel[(S + 1, Hkv, B)](
+        q, k_codes, v_codes, kcen, vcen, lut, k_res, v_res,
+        pq_lens, res_lens, starts, o_part, lse_part,
+        T, R, S, scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k_codes.stride(0), k_codes.stride(1), k_codes.stride(2), k_codes.stride(3),
         v_codes.stride(0), v_codes.stride(1), v_codes.stride(2), v_codes.stride(3),
         stride_kch, vcen.stride(0) if vcen.shape[0] > 1 else 0,
         kcen.stride(1), kcen.stride(2),
-        G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KSP=KSP, BT=cfg["BT"],
-        K_LUT=cfg["K_LUT"], USE_DOT=use_dot, IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=cfg["NUM_STAGES"],
-        PREFETCH=cfg.get("PREFETCH", False), V_ACC3=cfg.get("V_ACC3", False) and not use_dot,
-        PART=cfg.get("PART", 0), num_warps=cfg["num_warps"],
-    )
-    BR = 16
-    _pq_attn_combine_kernel[(Hkv, B)](
-        q, o_part, lse_part, k_res, v_res, pq_lens, res_lens, starts, out,
-        S, R, scale * _LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
         k_res.stride(0), k_res.stride(1), k_res.stride(2), k_res.stride(3),
         v_res.stride(0), v_res.stride(1), v_res.stride(2), v_res.stride(3),
+        G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KSP=KSP, BT=cfg["BT"], BR=BR,
+        K_LUT=cfg["K_LUT"], USE_DOT=use_dot, IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=cfg["NUM_STAGES"],
+        PREFETCH=cfg["PREFETCH"],
+        TAU=cfg["TAU"], PART=cfg.get("PART", 0),
+        num_warps=cfg["num_warps"],
+    )
+    _pq_attn_combine_kernel[(B, Hq)](
+        o_part, lse_part, out, S + 1,
         out.stride(0), out.stride(1), out.stride(2),
-        G=G, GP=GP, D=D, SP=_pow2(S), BR=BR,
+        D=D, SP=_pow2(S + 1),
         num_warps=4,
     )
     return out
