@@ -22,6 +22,7 @@ query heads and uses ``tl.dot``. Values: V centroids gathered by code, weighted 
 probabilities (a ``[BT, M, dsub]`` register accumulator for MHA, ``tl.dot`` for GQA). The lookups
 are plain pointer loads: with Triton 3.6 a 2-D ``tl.gather`` lowers to warp shuffles and a 1-D one
 re-stores its table to shared memory at every call, both measured slower (docs/kernel_notes.md).
+"""
 
 from __future__ import annotations
 
@@ -348,6 +349,8 @@ def _validate(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_r
             raise ValueError(f"{name} must be [Hc, M, ksub, dsub] with Hc in (1, {Hkv}), M={M}, M*dsub={D}; got {tuple(c.shape)}")
         if c.shape[2] > 4096:
             raise ValueError(f"{name}: ksub={c.shape[2]} is not allowed; at most 4096 (12 bits)")
+    if D < 1 or D & (D - 1):
+        raise ValueError(f"head_dim D={D} is not allowed; the kernels need a power of two (16, 32, 64, 128, 256)")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q dtype {q.dtype} is not allowed; use float16, bfloat16 or float32")
     for name, r in (("k_res", k_res), ("v_res", v_res)):

@@ -1,0 +1,132 @@
+"""Triton PQ encode vs the naive specification.
+
+Without a GPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors); with one
+it is compiled. Codes must match ``naive.pq_encode`` except at near-ties: at least 99% equal, and
+every mismatch must be as close to ``x`` as the reference centroid (within float rounding).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton decorates the kernels
+pytest.importorskip("triton")
+
+from million.ops import naive  # noqa: E402
+from million.ops import triton_encode as te  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Codes buffers start as 0xAB... (an invalid code for ksub <= 171), floats as NaN."""
+    real_empty = torch.empty
+
+    def poisoned(*size, **kw):
+        t = real_empty(*size, **kw)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.numel():
+            t.fill_(0xAB if t.dtype == torch.uint8 else 0xABCD)
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+
+
+def check_codes(x, c, got, min_match=0.99, rtol=1e-4):
+    ref = naive.pq_encode(x.float().cpu(), c.float().cpu())
+    got = got.cpu()
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    if ref.numel() == 0:
+        return
+    assert int(got.long().max()) < c.shape[2], "code out of range (unwritten?)"
+    match = (got == ref).float().mean().item()
+    assert match >= min_match
+    B, H, T, D = x.shape
+    M, dsub = c.shape[1], c.shape[3]
+    xs = x.float().cpu().reshape(B, H, T, M, dsub)
+    dist = lambda codes: ((xs - naive.pq_decode(codes, c.float().cpu()).reshape(B, H, T, M, dsub)) ** 2).sum(-1)
+    d_ref, d_got = dist(ref), dist(got)
+    assert torch.all(d_got <= d_ref + rtol * (1 + d_ref)), "a mismatch is not a near-tie"
+
+
+# (name, B, H, T, D, M, ksub, Hc)
+CASES = [
+    ("basic", 2, 3, 37, 16, 8, 256, 3),
+    ("T0", 2, 3, 0, 16, 8, 256, 3),
+    ("T1_shared", 1, 2, 1, 16, 8, 256, 1),
+    ("dsub1", 1, 2, 21, 8, 8, 64, 2),
+    ("dsub4_nbits4", 2, 2, 45, 32, 8, 16, 1),
+    ("nbits10_uint16", 1, 2, 19, 16, 8, 1024, 2),
+    ("odd_ksub", 1, 2, 23, 8, 4, 100, 2),
+    ("nonpow2_M", 1, 1, 17, 12, 6, 32, 1),
+    ("many_tokens", 1, 1, 300, 16, 8, 256, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_naive(case, poisoned_empty):
+    name, B, H, T, D, M, ksub, Hc = case
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    x = torch.randn(B, H, T, D, generator=g).to(DEV)
+    c = torch.randn(Hc, M, ksub, D // M, generator=g).to(DEV)
+    check_codes(x, c, te.pq_encode(x, c))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_and_strides(dtype, poisoned_empty):
+    g = torch.Generator().manual_seed(1)
+    # x as a [B, H, T, D] view of a [B, T, H, D] buffer: non-contiguous in T and H
+    x = torch.randn(2, 29, 3, 16, generator=g).to(dtype).to(DEV).transpose(1, 2)
+    c = torch.randn(3, 8, 256, 2, generator=g).to(dtype).to(DEV)
+    check_codes(x, c, te.pq_encode(x, c))
+
+
+def test_ties_pick_lowest_index(poisoned_empty):
+    # duplicated centroids: every distance ties between k and k + 8
+    g = torch.Generator().manual_seed(2)
+    c = torch.randn(1, 4, 8, 2, generator=g).repeat(1, 1, 2, 1).to(DEV)  # ksub 16, c[k] == c[k + 8]
+    x = torch.randn(1, 2, 13, 8, generator=g).to(DEV)
+    got = te.pq_encode(x, c).cpu()
+    assert int(got.max()) < 8
+    check_codes(x, c, got, min_match=1.0)
+
+
+def test_validation_errors():
+    x = torch.randn(1, 2, 3, 16)
+    with pytest.raises(ValueError, match="Hc"):
+        te.pq_encode(x, torch.randn(3, 8, 16, 2))
+    with pytest.raises(ValueError, match="M \\* dsub"):
+        te.pq_encode(x, torch.randn(1, 4, 16, 2))
+    with pytest.raises(ValueError, match="ksub"):
+        te.pq_encode(x, torch.randn(1, 8, 5000, 2))
+
+
+def test_custom_op_opcheck():
+    from million.ops import custom_ops  # noqa: F401
+
+    x = torch.randn(1, 2, 5, 16).to(DEV)
+    c = torch.randn(2, 8, 32, 2).to(DEV)
+    torch.library.opcheck(torch.ops.million.pq_encode.default, (x, c), test_utils=("test_schema", "test_faketensor"))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU sweeps (pytest -m gpu)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("M,ksub", [(64, 256), (32, 256), (64, 16), (64, 4096), (32, 1024)])
+@pytest.mark.parametrize("Hc", [1, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gpu_sweep(M, ksub, Hc, dtype):
+    g = torch.Generator(device="cuda").manual_seed(M + ksub + Hc)
+    x = torch.randn(2, 8, 1500, 128, device="cuda", generator=g).to(dtype)
+    c = torch.randn(Hc, M, ksub, 128 // M, device="cuda", generator=g).to(dtype)
+    check_codes(x, c, te.pq_encode(x, c))
