@@ -87,6 +87,15 @@ def test_half_inputs_and_strides(dtype, poisoned_empty):
     check_codes(x, c, te.pq_encode(x, c))
 
 
+@pytest.mark.parametrize("tc", [False, True], ids=["cuda_cores", "tensor_cores"])
+@pytest.mark.parametrize("dsub,ksub", [(2, 256), (4, 16), (1, 64)])
+def test_fp16_kernels(tc, dsub, ksub, poisoned_empty):
+    g = torch.Generator().manual_seed(dsub * 1000 + ksub)
+    x = torch.randn(1, 2, 70, 32, generator=g).half().to(DEV)
+    c = torch.randn(2, 32 // dsub, ksub, dsub, generator=g).half().to(DEV)
+    check_codes(x, c, te.pq_encode_launch(x, c, tc=tc))
+
+
 def test_ties_pick_lowest_index(poisoned_empty):
     # duplicated centroids: every distance ties between k and k + 8
     g = torch.Generator().manual_seed(2)

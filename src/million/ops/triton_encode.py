@@ -75,14 +75,80 @@ def _pq_encode_kernel(
             tl.store(o_base + m, best_i.to(codes_ptr.dtype.element_ty), mask=m_t)
 
 
+@triton.jit
+def _pq_encode_tc_kernel(
+    x_ptr, c_ptr, codes_ptr,
+    T, H, M,
+    stride_xb, stride_xh, stride_xt, stride_xd,
+    stride_ch, stride_cm, stride_ck,
+    stride_ob, stride_oh, stride_ot,
+    DSUB: tl.constexpr, KS: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, KR: tl.constexpr,
+):
+    # Tensor-core distances: the 16 rows of the MMA's inner dimension hold MG = 16 // KR subspaces,
+    # KR rows each:  A = [x_0 .. x_{dsub-1}, 1, 1, ||x||^2, 0..]  and  B = [-2 c_0 .. -2 c_{dsub-1},
+    # hi(||c||^2), lo(||c||^2), 1, 0..] for the subspace being searched (zeros for the others), so
+    # one fp16 tl.dot gives ||x - c||^2 for a [BT, KB] block (||c||^2 split in two fp16 halves).
+    MG: tl.constexpr = 16 // KR
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1)
+    pid_g = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    m_t = offs_t < T
+    offs_r = tl.arange(0, 16)
+    sub = offs_r // KR  # subspace (within the group) of each inner row
+    u = offs_r % KR  # slot within the subspace
+    m_r = pid_g * MG + sub
+    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t * stride_xt  # [BT]
+    xv = tl.load(x_base[:, None] + (m_r * DSUB + u)[None, :] * stride_xd,
+                 mask=m_t[:, None] & ((u < DSUB) & (m_r < M))[None, :], other=0.0).to(tl.float32)  # [BT, 16]
+    x_sq = tl.sum(tl.reshape(xv * xv, [BT, MG, KR]), 2)  # [BT, MG]
+    x_sq = tl.reshape(tl.broadcast_to(x_sq[:, :, None], [BT, MG, KR]), [BT, 16])
+    a = tl.where((u < DSUB)[None, :], xv, 0.0)
+    a = tl.where(((u == DSUB) | (u == DSUB + 1))[None, :], 1.0, a)
+    a = tl.where((u == DSUB + 2)[None, :], x_sq, a).to(tl.float16)
+    offs_k = tl.arange(0, KB)
+    c_base = c_ptr + h * stride_ch
+    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t * stride_ot
+    for mi in tl.static_range(MG):
+        m = pid_g * MG + mi
+        if m < M:
+            best = tl.full([BT], float("inf"), dtype=tl.float32)
+            best_i = tl.zeros([BT], dtype=tl.int32)
+            row_m = (sub == mi)[:, None]  # [16, 1]
+            for k0 in range(0, KS, KB):
+                kk = k0 + offs_k
+                m_k = kk < KS
+                cv = tl.load(c_base + m * stride_cm + kk[None, :] * stride_ck + u[:, None],
+                             mask=(row_m & (u < DSUB)[:, None]) & m_k[None, :], other=0.0).to(tl.float32)  # [16, KB]
+                c_sq = tl.sum(cv * cv, 0)  # [KB]
+                c_hi = c_sq.to(tl.float16).to(tl.float32)
+                bm = -2.0 * cv
+                bm = tl.where(row_m & (u == DSUB)[:, None], c_hi[None, :], bm)
+                bm = tl.where(row_m & (u == DSUB + 1)[:, None], (c_sq - c_hi)[None, :], bm)
+                bm = tl.where(row_m & (u == DSUB + 2)[:, None], 1.0, bm)
+                d = tl.dot(a, bm.to(tl.float16))  # [BT, KB] = ||x - c||^2 (>= 0 up to rounding)
+                key = ((d.to(tl.int32, bitcast=True) & ~(KB - 1)) | offs_k[None, :]).to(tl.float32, bitcast=True)
+                if KS % KB != 0:
+                    key = tl.where(m_k[None, :], key, float("inf"))
+                kmin = tl.min(key, 1).to(tl.int32, bitcast=True)
+                d_blk = (kmin & ~(KB - 1)).to(tl.float32, bitcast=True)
+                better = d_blk < best
+                best_i = tl.where(better, k0 + (kmin & (KB - 1)), best_i)
+                best = tl.where(better, d_blk, best)
+            tl.store(o_base + m, best_i.to(codes_ptr.dtype.element_ty), mask=m_t)
+
+
 def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = None, KB: int | None = None,
-                     MB: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """Launch the encode kernel (no validation; see :func:`pq_encode`). Keyword sizes override the
-    defaults (benchmarks)."""
+                     MB: int | None = None, num_warps: int | None = None, tc: bool | None = None) -> torch.Tensor:
+    """Launch an encode kernel (no validation; see :func:`pq_encode`). Keyword sizes override the
+    defaults (benchmarks); ``tc`` picks the tensor-core kernel (default: fp16 inputs with
+    ``dsub <= 13``)."""
     B, H, T, D = x.shape
     Hc, M, ksub, dsub = centroids.shape
     code_dtype = torch.uint8 if ksub <= 256 else torch.uint16
@@ -90,6 +156,23 @@ def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = 
     if codes.numel() == 0:
         return codes
     c = centroids.contiguous()
+    if tc is None:
+        tc = x.dtype == torch.float16 and dsub + 3 <= 16
+    if tc:
+        KR = _pow2(dsub + 3)
+        KB = KB or min(max(_pow2(ksub), 16), 64)
+        BT = BT or 128
+        grid = (triton.cdiv(T, BT), B * H, triton.cdiv(M, 16 // KR))
+        _pq_encode_tc_kernel[grid](
+            x, c, codes,
+            T, H, M,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            c.stride(0) if Hc > 1 else 0, c.stride(1), c.stride(2),
+            codes.stride(0), codes.stride(1), codes.stride(2),
+            DSUB=dsub, KS=ksub, KB=KB, BT=BT, KR=KR,
+            num_warps=num_warps or 4,
+        )
+        return codes
     # [BT, KB] = [128, 32] with 4 warps: a warp reduces a row with one redux, no spills (sm_90)
     KB = KB or min(_pow2(ksub), 32)
     BT = BT or 128
