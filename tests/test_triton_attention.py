@@ -204,6 +204,28 @@ def test_gpu_uint16_codes():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_codes_past_2_31_elements():
+    # [3, 32, 2**22 + 5, 64] uint8 codes: batch offsets pass 2**31; only the last 150 tokens are
+    # valid, so the reference runs on that slice
+    B, Hkv, T, M, D = 3, 32, 2**22 + 5, 64, 128
+    g = torch.Generator(device="cuda").manual_seed(9)
+    kc = torch.randint(0, 256, (B, Hkv, T, M), dtype=torch.uint8, device="cuda", generator=g)
+    vc = torch.randint(0, 256, (B, Hkv, T, M), dtype=torch.uint8, device="cuda", generator=g)
+    q = torch.randn(B, Hkv, D, device="cuda", dtype=torch.float16, generator=g)
+    kcen = torch.randn(1, M, 256, 2, device="cuda", dtype=torch.float16, generator=g)
+    vcen = torch.randn(1, M, 256, 2, device="cuda", dtype=torch.float16, generator=g)
+    kr = torch.randn(B, Hkv, 4, D, device="cuda", dtype=torch.float16, generator=g)
+    vr = torch.randn_like(kr)
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32, device="cuda")
+    out = ta.pq_decode_attention(q, kc, vc, kcen, vcen, i32([T] * B), kr, vr, i32([2] * B), i32([T - 150] * B))
+    sl = slice(T - 150, T)
+    ref = naive.pq_decode_attention(q.float(), kc[:, :, sl].contiguous(), vc[:, :, sl].contiguous(), kcen.float(),
+                                    vcen.float(), i32([150] * B), kr.float(), vr.float(), i32([2] * B))
+    assert rel_rms(out.float(), ref) < 3e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_cuda_graph_reads_lengths_on_device():
     args, _ = make_case(2, 8, 4, 4096, 128, 64, 8, 1, 64, [4096, 4096], [0, 0], [64, 64], torch.float16, seed=4)
     pq_lens, res_lens = args[5], args[8]

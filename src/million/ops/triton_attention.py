@@ -51,7 +51,7 @@ def _pq_lut_kernel(
     MB: tl.constexpr,
 ):
     # lut[b, hq, m, k] = scale * log2(e) * (m-th subvector of q[b, hq]) . k_centroids[hc, m, k]
-    bhq = tl.program_id(0)
+    bhq = tl.program_id(0).to(tl.int64)
     b = bhq // Hq
     hq = bhq % Hq
     offs_m = tl.program_id(1) * MB + tl.arange(0, MB)
@@ -127,6 +127,8 @@ def _pq_attn_partial_kernel(
     b = tl.program_id(2)
     Hq = tl.num_programs(1) * G
     S1 = S + 1
+    b64 = b.to(tl.int64)  # batch/head offsets of the code tensors can pass 2**31 elements
+    hk64 = hk.to(tl.int64)
 
     start = tl.maximum(tl.load(starts_ptr + b).to(tl.int32), 0)
     end = tl.minimum(tl.load(pq_lens_ptr + b).to(tl.int32), T)
@@ -134,7 +136,7 @@ def _pq_attn_partial_kernel(
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, D)
     m_g = offs_g < G
-    q_t = tl.load(q_ptr + b * stride_qb + (hk * G + offs_g)[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+    q_t = tl.load(q_ptr + b64 * stride_qb + (hk * G + offs_g)[:, None] * stride_qh + offs_d[None, :] * stride_qd,
                   mask=m_g[:, None], other=0.0)
     q_t = q_t.to(tl.float32) * qk_scale  # [GP, D], log2 units
     m_i = tl.full([GP], float("-inf"), dtype=tl.float32)
@@ -148,8 +150,8 @@ def _pq_attn_partial_kernel(
         r_acc = tl.zeros([GP, D], dtype=tl.float32)
         r_m = m_i
         r_l = l_i
-        kr_base = kr_ptr + b * stride_krb + hk * stride_krh
-        vr_base = vr_ptr + b * stride_vrb + hk * stride_vrh
+        kr_base = kr_ptr + b64 * stride_krb + hk64 * stride_krh
+        vr_base = vr_ptr + b64 * stride_vrb + hk64 * stride_vrh
         for r0 in range(r_lo, r_end, BR):
             rr = r0 + offs_r
             m_r = rr < r_end
@@ -181,13 +183,13 @@ def _pq_attn_partial_kernel(
         offs_m = tl.arange(0, M)
         offs_j = tl.arange(0, DSUB)
         offs_bt = tl.arange(0, BT)
-        kc_base = kc_ptr + b * stride_kb + hk * stride_kh
-        vc_base = vc_ptr + b * stride_vb + hk * stride_vh
+        kc_base = kc_ptr + b64 * stride_kb + hk64 * stride_kh
+        vc_base = vc_ptr + b64 * stride_vb + hk64 * stride_vh
         # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j
-        kcen_mj = kcen_ptr + hk * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
-        vcen_mj2 = vcen_ptr + hk * stride_vch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
+        kcen_mj = kcen_ptr + hk64 * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
+        vcen_mj2 = vcen_ptr + hk64 * stride_vch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
         # lut[b, hq, m, k] (scaled, log2 units) from _pq_lut_kernel; looked up through L1
-        lut_g = lut_ptr + (b * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
+        lut_g = lut_ptr + (b64 * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
         if USE_DOT:
             acc = tl.zeros([GP, D], dtype=tl.float32)
         else:
@@ -223,7 +225,7 @@ def _pq_attn_partial_kernel(
                 s = tl.zeros([GP, BT], dtype=tl.float32) + tl.sum(kc, 1).to(tl.float32)[None, :] * 1e-9
             elif K_LUT:
                 if GP == 1:
-                    s = tl.sum(tl.load(lut_ptr + (b * Hq + hk) * (M * KSP) + offs_m[None, :] * KSP + kc).to(tl.float32), 1)
+                    s = tl.sum(tl.load(lut_ptr + (b64 * Hq + hk) * (M * KSP) + offs_m[None, :] * KSP + kc).to(tl.float32), 1)
                     s = s[None, :]
                 else:
                     p_l = lut_g[:, None, None] + (offs_m * KSP)[None, None, :] + kc[None, :, :]
@@ -266,7 +268,7 @@ def _pq_attn_combine_kernel(
     bhq = tl.program_id(0)
     Hq = tl.num_programs(1)
     hq = tl.program_id(1)
-    b = bhq
+    b = bhq.to(tl.int64)
     row = b * Hq + hq
     offs_s = tl.arange(0, SP)
     offs_d = tl.arange(0, D)

@@ -30,16 +30,16 @@ def _pq_encode_kernel(
     LOG2_KB: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # offsets can pass 2**31 elements
     pid_m = tl.program_id(2)
     b = bh // H
     h = bh % H
     offs_t = pid_t * BT + tl.arange(0, BT)
     m_t = offs_t < T
     offs_k = tl.arange(0, KB)
-    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t * stride_xt  # [BT]
+    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t.to(tl.int64) * stride_xt  # [BT]
     c_base = c_ptr + h * stride_ch
-    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t * stride_ot
+    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t.to(tl.int64) * stride_ot
     for mi in range(MB):
         m = pid_m * MB + mi
         if m < M:
@@ -90,7 +90,7 @@ def _pq_encode_tc_kernel(
     # one fp16 tl.dot gives ||x - c||^2 for a [BT, KB] block (||c||^2 split in two fp16 halves).
     MG: tl.constexpr = 16 // KR
     pid_t = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # offsets can pass 2**31 elements
     pid_g = tl.program_id(2)
     b = bh // H
     h = bh % H
@@ -100,7 +100,7 @@ def _pq_encode_tc_kernel(
     sub = offs_r // KR  # subspace (within the group) of each inner row
     u = offs_r % KR  # slot within the subspace
     m_r = pid_g * MG + sub
-    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t * stride_xt  # [BT]
+    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t.to(tl.int64) * stride_xt  # [BT]
     xv = tl.load(x_base[:, None] + (m_r * DSUB + u)[None, :] * stride_xd,
                  mask=m_t[:, None] & ((u < DSUB) & (m_r < M))[None, :], other=0.0).to(tl.float32)  # [BT, 16]
     x_sq = tl.sum(tl.reshape(xv * xv, [BT, MG, KR]), 2)  # [BT, MG]
@@ -110,7 +110,7 @@ def _pq_encode_tc_kernel(
     a = tl.where((u == DSUB + 2)[None, :], x_sq, a).to(tl.float16)
     offs_k = tl.arange(0, KB)
     c_base = c_ptr + h * stride_ch
-    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t * stride_ot
+    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t.to(tl.int64) * stride_ot
     for mi in tl.static_range(MG):
         m = pid_g * MG + mi
         if m < M:
