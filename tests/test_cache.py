@@ -29,8 +29,8 @@ def tiny_model(family="llama", kv_heads=2):
     return model_cls(cfg).eval()
 
 
-def tiny_codebooks(model, residual=4, granularity="layer", nbits=6, M=8):
-    pq = PQConfig(head_dim=16, M=M, nbits=nbits, residual_length=residual, granularity=granularity)
+def tiny_codebooks(model, residual=4, granularity="layer", nbits=6, M=8, sinks=0):
+    pq = PQConfig(head_dim=16, M=M, nbits=nbits, residual_length=residual, granularity=granularity, sink_length=sinks)
     ids = torch.randint(0, 96, (1, 256), generator=torch.Generator().manual_seed(1))
     rec = collect_kv(model, [ids], progress=False)
     kc, vc, stats = train_codebooks(rec.keys, rec.values, pq, samples=256, iters=4, progress=False)
@@ -65,11 +65,14 @@ def _step_logits(model, cache, tok, am):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("granularity", ["merged", "layer", "layer_head"])
-def test_pq_decode_equals_dequantize_then_attention(family, granularity):
+@pytest.mark.parametrize("granularity,sinks,pads", [
+    ("merged", 0, (0, 7)), ("layer", 0, (0, 7)), ("layer_head", 0, (0, 7)),
+    ("layer", 3, (0, 2)), ("layer_head", 4, (9, 0)),
+], ids=["merged", "layer", "layer_head", "sinks3-pad2", "sinks4-pad9"])
+def test_pq_decode_equals_dequantize_then_attention(family, granularity, sinks, pads):
     model = tiny_model(family)
-    cb = tiny_codebooks(model, residual=4, granularity=granularity)
-    ids, am = left_padded(length=23, pad=(0, 7))
+    cb = tiny_codebooks(model, residual=4, granularity=granularity, sinks=sinks)
+    ids, am = left_padded(length=23, pad=pads)
     cache = MillionCache(cb, model.config)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True)
@@ -149,3 +152,19 @@ def test_cache_rejects_wrong_attention_and_wrong_model():
     other = tiny_model(kv_heads=4)
     with pytest.raises(ValueError, match="num_key_value_heads"):
         MillionCache(cb, other.config)
+
+
+def test_sinks_are_kept_in_full_precision():
+    model = tiny_model()
+    cb = tiny_codebooks(model, residual=4, sinks=2)
+    cache = MillionCache(cb, model.config)
+    ids = torch.randint(0, 96, (1, 30))
+    ref = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model.config._attn_implementation = "sdpa"
+        model(input_ids=ids, past_key_values=ref, use_cache=True)
+        model.config._attn_implementation = "million"
+    k, v = cache.layers[1].dequantize()
+    assert torch.equal(k[:, :, :2], ref.layers[1].keys[:, :, :2])  # sinks exact
+    assert not torch.equal(k[:, :, 2:10], ref.layers[1].keys[:, :, 2:10])  # the rest quantized

@@ -35,19 +35,21 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
         if q_len != 1:
             raise ValueError(f"PQ decode attention takes one query token, got {q_len}")
         starts = _starts_from_mask(attention_mask, B, query.device)
-        out = ops.pq_decode_attention(
-            query[:, :, 0],
-            st.k_codes,
-            st.v_codes,
-            st.k_centroids,
-            st.v_centroids,
-            st.pq_lens,
-            st.k_window,
-            st.v_window,
-            st.res_lens,
-            starts,
-            scaling,
-        )
+        q = query[:, :, 0]
+        args = (q, st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens, st.k_window, st.v_window, st.res_lens)
+        if not st.sink_length:
+            out = ops.pq_decode_attention(*args, starts, scaling)
+        else:
+            # positions [0, S) come from the full-precision sink buffers, the rest from codes + window
+            if starts is None:
+                starts = torch.zeros(B, dtype=torch.int32, device=query.device)
+            main_starts = torch.clamp(starts, min=st.sink_length)
+            o_main, s_main = ops.pq_decode_attention(*args, main_starts, scaling, return_lse=True)
+            i = torch.arange(st.sink_length, device=query.device)
+            valid = (i[None, :] < st.sink_lens[:, None]) & (i[None, :] >= starts[:, None])
+            o_sink, s_sink = ops.dense_attention_partial(q, st.k_sink, st.v_sink, valid, scaling)
+            out, _ = ops.merge_state(o_main, s_main, o_sink, s_sink)
+            out = out.to(query.dtype)
         return out.unsqueeze(1), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -37,7 +37,9 @@ class PQState:
     """What a decode step's attention needs from one layer (all tensors, no copies).
 
     k_codes, v_codes: ``[B, H_kv, capacity, M]``; k_centroids, v_centroids: ``[Hc, M, ksub, dsub]``;
-    pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``.
+    pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``; k_sink, v_sink:
+    ``[B, H_kv, S, D]`` full-precision copies of positions ``[0, S)`` (``S = sink_length``, may be 0),
+    of which the first ``sink_lens[b]`` are filled.
     """
 
     k_codes: torch.Tensor
@@ -48,6 +50,10 @@ class PQState:
     k_window: torch.Tensor
     v_window: torch.Tensor
     res_lens: torch.Tensor
+    k_sink: torch.Tensor | None = None
+    v_sink: torch.Tensor | None = None
+    sink_lens: torch.Tensor | None = None
+    sink_length: int = 0
 
 
 class MillionLayer(CacheLayerMixin):
@@ -63,6 +69,7 @@ class MillionLayer(CacheLayerMixin):
         self._kc_src, self._vc_src = k_centroids, v_centroids
         self.max_cache_len = max_cache_len
         self.pq_len = 0  # committed code positions
+        self.sink_len = 0  # positions [0, sink_len) copied to the sink buffers
         self.res_len = 0  # tokens in the full-precision window
         self.pending = False  # the window's first R tokens are being encoded
         self._event = None
@@ -90,6 +97,10 @@ class MillionLayer(CacheLayerMixin):
         self.v_window = torch.zeros(B, H, 2 * R, D, dtype=self.dtype, device=self.device)
         self.pq_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self.res_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
+        S = self.config.sink_length
+        self.k_sink = torch.zeros(B, H, S, D, dtype=self.dtype, device=self.device)
+        self.v_sink = torch.zeros(B, H, S, D, dtype=self.dtype, device=self.device)
+        self.sink_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self.device)
         self.is_initialized = True
@@ -174,6 +185,16 @@ class MillionLayer(CacheLayerMixin):
         n = key_states.shape[2]
         if n == 0:
             return
+        S = self.config.sink_length
+        if self.sink_len < S:
+            # the first S positions are also kept in full precision (attention sinks)
+            pos0 = self.get_seq_length()
+            take = min(S - pos0, n)
+            if take > 0:
+                self.k_sink[:, :, pos0 : pos0 + take] = key_states[:, :, :take]
+                self.v_sink[:, :, pos0 : pos0 + take] = value_states[:, :, :take]
+                self.sink_len = pos0 + take
+                self.sink_lens.fill_(self.sink_len)
         if self.res_len + n <= 2 * R:
             self.k_window[:, :, self.res_len : self.res_len + n] = key_states
             self.v_window[:, :, self.res_len : self.res_len + n] = value_states
@@ -203,6 +224,10 @@ class MillionLayer(CacheLayerMixin):
         """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection)."""
         kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, self.dtype)
         vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, self.dtype)
+        s = min(self.sink_len, self.pq_len)
+        if s:  # sink positions are attended in full precision
+            kd[:, :, :s] = self.k_sink[:, :, :s]
+            vd[:, :, :s] = self.v_sink[:, :, :s]
         k = torch.cat([kd, self.k_window[:, :, : self.res_len]], 2)
         v = torch.cat([vd, self.v_window[:, :, : self.res_len]], 2)
         return k, v
@@ -227,7 +252,8 @@ class MillionLayer(CacheLayerMixin):
             # nothing committed to codes yet: plain full-precision attention, as DynamicCache
             return self.k_window[:, :, : self.res_len], self.v_window[:, :, : self.res_len]
         state = PQState(
-            self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window, self.res_lens
+            self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
+            self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
         )
         return state, state
 
@@ -236,10 +262,11 @@ class MillionLayer(CacheLayerMixin):
             if self._event is not None:
                 torch.cuda.current_stream(self.device).wait_event(self._event)
                 self._event = None
-            self.pq_len = self.res_len = 0
+            self.pq_len = self.res_len = self.sink_len = 0
             self.pending = False
             self.pq_lens.zero_()
             self.res_lens.zero_()
+            self.sink_lens.zero_()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
@@ -251,7 +278,7 @@ class MillionLayer(CacheLayerMixin):
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
         idx = indices.to(self.device)
-        for name in ("k_codes", "v_codes", "k_window", "v_window", "pq_lens", "res_lens"):
+        for name in ("k_codes", "v_codes", "k_window", "v_window", "pq_lens", "res_lens", "k_sink", "v_sink", "sink_lens"):
             setattr(self, name, getattr(self, name).index_select(0, idx))
         self.batch_size = int(idx.numel())
 
@@ -275,7 +302,8 @@ class MillionLayer(CacheLayerMixin):
             return 0
         B, H = self.batch_size, self.num_heads
         code_b = self.k_codes.element_size() * self.config.M
-        return 2 * B * H * (self.pq_len * code_b + self.res_len * self.config.head_dim * self.k_window.element_size())
+        fp_tokens = self.res_len + self.sink_len
+        return 2 * B * H * (self.pq_len * code_b + fp_tokens * self.config.head_dim * self.k_window.element_size())
 
 
 class MillionCache(Cache):
@@ -304,8 +332,6 @@ class MillionCache(Cache):
                 "million.register() and model.set_attn_implementation('million') (or load the model with "
                 "attn_implementation='million')"
             )
-        if codebooks.config.sink_length:
-            raise NotImplementedError("sink tokens are not supported by MillionCache yet (sink_length must be 0)")
         n = config.num_hidden_layers
         if codebooks.key_centroids.shape[0] not in (1, n):
             raise ValueError(f"codebooks hold {codebooks.key_centroids.shape[0]} layers, the model has {n}")

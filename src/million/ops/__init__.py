@@ -46,13 +46,18 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return naive.pq_encode(x, centroids)
 
 
-def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts=None, scale=None):
+def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts=None, scale=None, return_lse=False):
     """Decode attention on codes plus residual window; see :func:`million.ops.naive.pq_decode_attention`."""
+    args = (q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
     if use_kernels(q):
         try:
-            from .triton_attention import pq_decode_attention as kernel
+            from . import triton_attention
         except ImportError:
-            kernel = None
-        if kernel is not None:
-            return kernel(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
-    return naive.pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
+            triton_attention = None
+        if triton_attention is not None:
+            if not return_lse:
+                return triton_attention.pq_decode_attention(*args)
+            lse_kernel = getattr(triton_attention, "pq_decode_attention_lse", None)
+            if lse_kernel is not None:
+                return lse_kernel(*args)
+    return naive.pq_decode_attention(*args, return_lse=return_lse)

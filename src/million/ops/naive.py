@@ -215,7 +215,8 @@ def pq_decode_attention(
     res_lens: torch.Tensor,
     starts: torch.Tensor | None = None,
     scale: float | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+):
     """One decode step of attention over a PQ cache plus its full-precision residual window.
 
     Token positions: codes hold positions ``[0, pq_lens[b])``; residual slot ``j`` holds position
@@ -232,9 +233,12 @@ def pq_decode_attention(
     starts : int32 ``[B]`` or None
     scale : float or None (``D ** -0.5``)
 
+    return_lse : also return the float32 log-sum-exp ``[B, H_q]`` (``-inf`` where nothing is valid)
+
     Returns
     -------
-    out : ``[B, H_q, D]`` in ``q.dtype`` (zeros for a sequence with no valid token)
+    out : ``[B, H_q, D]`` in ``q.dtype`` (zeros for a sequence with no valid token); ``(out, lse)``
+    with ``return_lse``
     """
     B = q.shape[0]
     if starts is None:
@@ -246,5 +250,7 @@ def pq_decode_attention(
         (pq_lens.long()[:, None] + j[None, :]) >= starts.long()[:, None]
     )
     o_res, s_res = dense_attention_partial(q, k_res, v_res, valid_res, scale)
-    out, _ = merge_state(o_pq, s_pq, o_res, s_res)
+    out, lse = merge_state(o_pq, s_pq, o_res, s_res)
+    if return_lse:
+        return out.to(q.dtype), lse
     return out.to(q.dtype)
