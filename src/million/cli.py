@@ -69,7 +69,8 @@ def cmd_calibrate(args) -> int:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
     cfg = AutoConfig.from_pretrained(src.path, **src.kwargs())
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual)
+    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual,
+                            sink_length=args.sinks)
     text = load_text(args.text)
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -98,11 +99,15 @@ def cmd_generate(args) -> int:
     dtype = _dtype(args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
     model, tok = load_model(src, dtype=dtype, device=device, attn_implementation="million")
     cb.check_model(model.config)
-    if args.residual is not None:
-        from dataclasses import replace
+    if args.residual is not None or args.sinks is not None:
+        from .config import PQConfig
 
-        cb.config = replace(cb.config, residual_length=args.residual)
-        cb.config.__post_init__()
+        d = cb.config.to_dict()
+        if args.residual is not None:
+            d["residual_length"] = args.residual
+        if args.sinks is not None:
+            d["sink_length"] = args.sinks
+        cb.config = PQConfig.from_dict(d)
     prompt = args.prompt
     if not args.raw and getattr(tok, "chat_template", None):
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
@@ -122,7 +127,7 @@ def cmd_generate(args) -> int:
     fp16_b = fp16_bytes_per_token(model.config)
     pq_b = pq_bytes_per_token(model.config, c)
     print(f"prompt: {n_prompt} tokens; PQ {c.M}x{c.nbits}-bit codes ({c.bits_per_element:g} bits/element), "
-          f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens")
+          f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens, {c.sink_length} sink tokens")
     print(f"\n--- fp16 KV cache ({fp16_b} bytes/token) [{outs['fp16'][1]:.1f} s]\n{outs['fp16'][0].strip()}")
     print(f"\n--- million PQ KV cache ({pq_b:g} bytes/token = {pq_b / fp16_b:.3f} x fp16; "
           f"codebooks {cb.nbytes / 2**20:.2f} MiB once) [{outs['pq'][1]:.1f} s]\n{outs['pq'][0].strip()}")
@@ -154,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--iters", type=_positive("--iters"), default=12, help="k-means iterations (default 12)")
     c.add_argument("--granularity", choices=GRANULARITIES, default="layer", help="codebook sharing (default layer)")
     c.add_argument("--residual", type=_positive("--residual"), default=128, help="full-precision window length R (default 128)")
+    c.add_argument("--sinks", type=int, default=0, help="first tokens kept in full precision (attention sinks, default 0)")
     c.add_argument("--pre-rope", action="store_true", help="capture keys before RoPE (for comparisons)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
@@ -166,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--codebooks", required=True, help="directory written by `million calibrate`")
     g.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=64)
     g.add_argument("--residual", type=_positive("--residual"), default=None, help="override the window length R")
+    g.add_argument("--sinks", type=int, default=None, help="override the number of full-precision sink tokens")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=0.9)
