@@ -10,6 +10,10 @@ across blocks. The argmin of a block is one integer ``min`` over keys that carry
 their high bits and the centroid's index in their low ``log2(KB)`` bits: exact ties go to the lowest
 index (as ``torch.argmin``); distances closer than ``2**-(23 - log2(KB))`` relative may be ordered
 either way (near-ties also flip under fp16 inputs and any change of summation order).
+
+Two kernels: ``_pq_encode_kernel`` (CUDA cores, fp32 arithmetic, any input) and, for fp16 ``x`` and
+fp16 centroids, ``_pq_encode_tc_kernel``, which gets a whole ``[BT, KB]`` block of squared
+distances from one fp16 ``tl.dot`` with fp32 accumulation (measured 1.3x-1.9x faster on an H100).
 """
 
 from __future__ import annotations
@@ -147,8 +151,9 @@ def _pow2(n: int) -> int:
 def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = None, KB: int | None = None,
                      MB: int | None = None, num_warps: int | None = None, tc: bool | None = None) -> torch.Tensor:
     """Launch an encode kernel (no validation; see :func:`pq_encode`). Keyword sizes override the
-    defaults (benchmarks); ``tc`` picks the tensor-core kernel (default: fp16 inputs with
-    ``dsub <= 13``)."""
+    defaults (benchmarks); ``tc`` picks the tensor-core kernel (default: fp16 ``x`` and fp16
+    centroids with ``dsub <= 13``; with fp32 centroids it rounds ``-2c`` to fp16 and flips ~1-5% of
+    codes to near-tie neighbours, measured on an H100)."""
     B, H, T, D = x.shape
     Hc, M, ksub, dsub = centroids.shape
     code_dtype = torch.uint8 if ksub <= 256 else torch.uint16
@@ -157,7 +162,8 @@ def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = 
         return codes
     c = centroids.contiguous()
     if tc is None:
-        tc = x.dtype == torch.float16 and dsub + 3 <= 16
+        # fp16 operands are exact only for fp16 x and centroids; otherwise the exact fp32 kernel
+        tc = x.dtype == torch.float16 and c.dtype == torch.float16 and dsub + 3 <= 16
     if tc:
         KR = _pow2(dsub + 3)
         KB = KB or min(max(_pow2(ksub), 16), 64)
