@@ -8,6 +8,7 @@ makes the test fail.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -23,6 +24,37 @@ from million.ops import naive  # noqa: E402
 from million.ops import triton_attention as ta  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+if DEV == "cpu":
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(ta._pq_attn_partial_kernel, InterpretedFunction):  # imported before TRITON_INTERPRET was set
+        ta = importlib.reload(ta)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpret_triton_library():
+    """TRITON_INTERPRET is read when triton decorates its own library (tl.sum, tl.zeros, ...). If
+    another test module imported triton before this one set it, those are compiled-mode functions:
+    interpret them when an interpreted kernel calls them."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    if DEV == "cuda" or not isinstance(triton.language.standard.zeros, JITFunction):
+        yield
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    wrapped = {}
+
+    def call(self, *args, **kwargs):
+        if self.fn not in wrapped:
+            wrapped[self.fn] = InterpretedFunction(self.fn)
+        return wrapped[self.fn](*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(JITFunction, "__call__", call)
+        yield
 
 
 def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
