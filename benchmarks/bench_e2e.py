@@ -24,10 +24,11 @@ def main():
     ap.add_argument("--bits", type=float, default=4)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--residual", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=8, help="untimed decode steps first (kernel compilation)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
 
     import million
     from million import MillionCache, PQConfig
@@ -51,8 +52,13 @@ def main():
     rows = []
     for ctx in [int(c) for c in args.contexts.split(",")]:
         res = {"context": ctx, "shape": args.shape, "layers": args.layers, "bits": args.bits}
-        for name in ("fp16", "pq"):
-            cache = DynamicCache(config=cfg) if name == "fp16" else MillionCache(cb, cfg)
+        for name in ("fp16", "fp16static", "pq"):
+            if name == "fp16":
+                cache = DynamicCache(config=cfg)
+            elif name == "fp16static":
+                cache = StaticCache(config=cfg, max_cache_len=ctx + args.steps + args.warmup + 1)
+            else:
+                cache = MillionCache(cb, cfg)
             ids = torch.randint(0, vocab, (1, ctx), device="cuda")
             with torch.no_grad():
                 torch.cuda.synchronize()
@@ -61,6 +67,8 @@ def main():
                 torch.cuda.synchronize()
                 res[f"{name}_prefill_s"] = time.perf_counter() - t0
                 tok = torch.randint(0, vocab, (1, 1), device="cuda")
+                for _ in range(args.warmup):
+                    model(input_ids=tok, past_key_values=cache, use_cache=True)
                 times = []
                 for _ in range(args.steps):
                     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -74,12 +82,16 @@ def main():
             del cache
             torch.cuda.empty_cache()
         res["speedup"] = res["fp16_step_ms"] / res["pq_step_ms"]
+        res["speedup_vs_static"] = res["fp16static_step_ms"] / res["pq_step_ms"]
         rows.append(res)
-        print(f"ctx {ctx:>6}: fp16 {res['fp16_step_ms']:.2f} ms/step, PQ {res['pq_step_ms']:.2f} ms/step "
-              f"(mean {res['pq_step_mean_ms']:.2f}), speedup {res['speedup']:.2f}x; prefill fp16 {res['fp16_prefill_s']:.2f} s, PQ {res['pq_prefill_s']:.2f} s", flush=True)
-    print(f"\n| context | fp16 ms/step | PQ ms/step | speedup |\n|---|---|---|---|")
+        print(f"ctx {ctx:>6}: DynamicCache {res['fp16_step_ms']:.2f} ms/step, StaticCache {res['fp16static_step_ms']:.2f}, "
+              f"PQ {res['pq_step_ms']:.2f} (mean {res['pq_step_mean_ms']:.2f}); prefill fp16 {res['fp16_prefill_s']:.2f} s, "
+              f"PQ {res['pq_prefill_s']:.2f} s", flush=True)
+    print("\n| context | DynamicCache fp16 ms/step | StaticCache fp16 ms/step | PQ ms/step (median) | PQ mean | x Dynamic | x Static |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['context']} | {r['fp16_step_ms']:.2f} | {r['pq_step_ms']:.2f} | {r['speedup']:.2f}x |")
+        print(f"| {r['context']} | {r['fp16_step_ms']:.2f} | {r['fp16static_step_ms']:.2f} | {r['pq_step_ms']:.2f} | "
+              f"{r['pq_step_mean_ms']:.2f} | {r['speedup']:.2f}x | {r['speedup_vs_static']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=2)
