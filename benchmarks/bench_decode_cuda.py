@@ -1,0 +1,213 @@
+"""CUDA shared-memory PQ decode kernel: correctness vs the naive spec, then timing vs Triton and SDPA.
+
+    PYTHONPATH=src MILLION_CUDA_LIB=.carry/million_pq.so python3 benchmarks/bench_decode_cuda.py --out $OUT/cuda.json
+
+Timing: median of triton.testing.do_bench over CUDA-graph replays; one replay runs 20 calls that
+rotate over enough input copies to exceed 4x the L2, so the codes come from HBM (same method as
+benchmarks/bench_decode.py). PQ inputs: random uint8 codes, ksub 256, fp16 centroids shared by all
+heads, residual window capacity 128 with 64 valid tokens, pq_len = context - 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from million.ops import cuda_attention as ca
+from million.ops import naive
+
+CALLS = 20
+
+
+def make(B, Hq, Hkv, D, bits, T, R, dtype, dev, Hc=1, gen=None):
+    M = D // 2 if bits == 4 else D // 4
+    dsub = D // M
+    q = torch.randn(B, Hq, D, device=dev, dtype=dtype)
+    kc = torch.randint(0, 256, (B, Hkv, T, M), device=dev, dtype=torch.uint8)
+    vc = torch.randint(0, 256, (B, Hkv, T, M), device=dev, dtype=torch.uint8)
+    kcen = torch.randn(Hc, M, 256, dsub, device=dev, dtype=dtype)
+    vcen = torch.randn(Hc, M, 256, dsub, device=dev, dtype=dtype)
+    kr = torch.randn(B, Hkv, R, D, device=dev, dtype=dtype)
+    vr = torch.randn(B, Hkv, R, D, device=dev, dtype=dtype)
+    return q, kc, vc, kcen, vcen, kr, vr
+
+
+def poison():
+    x = torch.full((1 << 26,), float("nan"), device="cuda")
+    del x
+
+
+def check(dev):
+    cases = []
+    # (B, Hq, Hkv, D, bits, T, R, dtype, pq_lens, res_lens, starts, Hc)
+    for dtype in (torch.float16, torch.bfloat16):
+        for (Hq, Hkv) in ((4, 4), (6, 2), (8, 2), (16, 2), (5, 5), (12, 4)):
+            for D in (64, 128):
+                for bits in (4, 2):
+                    cases.append((3, Hq, Hkv, D, bits, 1000, 64, dtype, [1000, 517, 0], [64, 10, 0], [0, 37, 0], 1))
+    cases += [
+        (2, 32, 8, 128, 4, 4096, 256, torch.float16, [4096, 1], [256, 256], [5, 0], 8),
+        (4, 8, 8, 128, 4, 333, 16, torch.float16, [333, 1, 0, 200], [0, 16, 3, 5], [0, 0, 0, 210], 1),
+        (2, 9, 3, 64, 4, 5000, 128, torch.bfloat16, [5000, 4000], [128, 0], [100, 4000], 3),
+        (2, 9, 3, 64, 2, 5000, 0, torch.float16, [4999, 3], [0, 0], [0, 1], 1),
+        (1, 32, 32, 128, 2, 70000, 128, torch.float16, [70000], [100], [0], 1),
+        (2, 16, 2, 128, 4, 2048, 32, torch.bfloat16, [0, 2048], [0, 1], [0, 2049], 1),
+    ]
+    results = []
+    ok_all = True
+    for (B, Hq, Hkv, D, bits, T, R, dtype, pl, rl, st, Hc) in cases:
+        torch.manual_seed(len(results))
+        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, T, R, dtype, dev, Hc=Hc)
+        # slots past res_lens hold NaN: they must never be read
+        for b in range(B):
+            kr[b, :, rl[b]:] = float("nan")
+            vr[b, :, rl[b]:] = float("nan")
+        pq_lens = torch.tensor(pl, dtype=torch.int32, device=dev)
+        res_lens = torch.tensor(rl, dtype=torch.int32, device=dev)
+        starts = torch.tensor(st, dtype=torch.int32, device=dev)
+        poison()
+        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True)
+        torch.cuda.synchronize()
+        ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                                 vr.float(), res_lens, starts, return_lse=True)
+        err = ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+        fin = torch.isfinite(ref_lse)
+        lerr = (lse[fin] - ref_lse[fin]).abs().max().item() if fin.any() else 0.0
+        inf_ok = bool((lse[~fin] == float("-inf")).all()) and bool((out.float()[~fin] == 0).all())
+        ok = bool(torch.isfinite(out.float()).all()) and err < 1e-2 and lerr < 2e-3 and inf_ok
+        ok_all &= ok
+        results.append(dict(B=B, Hq=Hq, Hkv=Hkv, D=D, bits=bits, T=T, R=R, dtype=str(dtype), pq_lens=pl,
+                            res_lens=rl, starts=st, Hc=Hc, rel_err=err, lse_err=lerr, ok=ok))
+        print(f"check B={B} Hq={Hq} Hkv={Hkv} D={D} bits={bits} T={T} R={R} {dtype} Hc={Hc}: "
+              f"rel {err:.2e} lse {lerr:.2e} {'ok' if ok else 'FAIL'}", flush=True)
+    # CUDA graph: capture once, change lengths on the device, replay
+    q, kc, vc, kcen, vcen, kr, vr = make(2, 8, 2, 128, 4, 3000, 64, torch.float16, dev)
+    pq_lens = torch.tensor([3000, 1000], dtype=torch.int32, device=dev)
+    res_lens = torch.tensor([64, 3], dtype=torch.int32, device=dev)
+    starts = torch.zeros(2, dtype=torch.int32, device=dev)
+    ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            gout = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    torch.cuda.current_stream().wait_stream(s)
+    pq_lens.copy_(torch.tensor([17, 2999], dtype=torch.int32))
+    res_lens.copy_(torch.tensor([0, 64], dtype=torch.int32))
+    g.replay()
+    torch.cuda.synchronize()
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
+                                    res_lens, starts)
+    gerr = ((gout.float() - ref).abs().max() / ref.abs().max()).item()
+    gok = gerr < 1e-2
+    ok_all &= gok
+    print(f"check cuda-graph replay with changed lengths: rel {gerr:.2e} {'ok' if gok else 'FAIL'}", flush=True)
+    results.append(dict(case="graph", rel_err=gerr, ok=gok))
+    return ok_all, results
+
+
+def bench_graph(fn, copies):
+    n = len(copies)
+    fn(*copies[0])
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(2):
+            fn(*copies[i % n])
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(CALLS):
+                fn(*copies[i % n])
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    import triton
+
+    return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS
+
+
+def bench(dev, contexts, batches, shapes, bits_list):
+    from million.ops import triton_attention as ta
+
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    rows = []
+    for name, Hq, Hkv, D in shapes:
+        for B in batches:
+            for ctx in contexts:
+                R, rv = 128, 64
+                kv_bytes = 2 * B * Hkv * ctx * D * 2
+                if kv_bytes > 40e9:
+                    continue
+                # SDPA fp16
+                ncop = max(1, min(CALLS, math.ceil(4 * l2 / kv_bytes)))
+                sd = [(torch.randn(B, Hq, 1, D, device=dev, dtype=torch.float16),
+                       torch.randn(B, Hkv, ctx, D, device=dev, dtype=torch.float16),
+                       torch.randn(B, Hkv, ctx, D, device=dev, dtype=torch.float16)) for _ in range(ncop)]
+                gqa = Hq != Hkv
+                t_sdpa = bench_graph(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa), sd)
+                del sd
+                for bits in bits_list:
+                    M = D // 2 if bits == 4 else D // 4
+                    code_bytes = 2 * B * Hkv * ctx * M
+                    ncop = max(1, min(CALLS, math.ceil(4 * l2 / code_bytes)))
+                    copies = []
+                    for _ in range(ncop):
+                        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, ctx, R, torch.float16, dev)
+                        pl = torch.full((B,), ctx - rv, dtype=torch.int32, device=dev)
+                        rl = torch.full((B,), rv, dtype=torch.int32, device=dev)
+                        copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
+                    t_cuda = bench_graph(ca.pq_decode_attention, copies)
+                    t_tri = bench_graph(ta.pq_decode_attention, copies)
+                    floor_us = (code_bytes + 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
+                    row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
+                               triton_us=t_tri, x_sdpa=t_sdpa / t_cuda, triton_x_sdpa=t_sdpa / t_tri,
+                               floor_us_at_3TBps=floor_us)
+                    rows.append(row)
+                    print(f"bench {name} B={B} ctx={ctx} bits={bits}: sdpa {t_sdpa:.1f} cuda {t_cuda:.1f} "
+                          f"triton {t_tri:.1f} us  x{t_sdpa / t_cuda:.2f} (triton x{t_sdpa / t_tri:.2f}) "
+                          f"floor {floor_us:.1f}", flush=True)
+                    del copies
+                torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="cuda_decode.json")
+    ap.add_argument("--contexts", default="4096,16384,32768,131072")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--bits", default="4,2")
+    ap.add_argument("--shapes", default="mha,gqa,smollm2")
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--skip-bench", action="store_true")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
+               torch=torch.__version__)
+    if not args.skip_check:
+        ok, checks = check(dev)
+        res["check_ok"] = ok
+        res["checks"] = checks
+        print(f"CHECK {'PASSED' if ok else 'FAILED'}", flush=True)
+    if not args.skip_bench:
+        allshapes = dict(mha=("mha", 32, 32, 128), gqa=("gqa", 32, 8, 128), smollm2=("smollm2", 9, 3, 64))
+        shapes = [allshapes[s] for s in args.shapes.split(",")]
+        res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
+                             shapes, [int(b) for b in args.bits.split(",")])
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    if "bench" in res:
+        print("\nshape    B  context bits   SDPA   CUDA  Triton  xSDPA  floor")
+        for r in res["bench"]:
+            print(f"{r['shape']:8s} {r['B']:2d} {r['context']:7d} {r['bits']:4d} {r['sdpa_us']:7.1f} {r['cuda_us']:6.1f} "
+                  f"{r['triton_us']:7.1f} {r['x_sdpa']:6.2f} {r['floor_us_at_3TBps']:6.1f}")
+
+
+if __name__ == "__main__":
+    main()

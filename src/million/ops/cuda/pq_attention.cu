@@ -1,0 +1,507 @@
+// PQ decode attention with the centroid tables resident in shared memory (sm_90).
+//
+// Kernel 1 (pq_partial_kernel), grid (S, H_kv * ngroups, B): one block per split of the valid code
+// tokens of one KV head and GB query heads of its GQA group. Prologue: both centroid tables of the
+// head (K and V, [ksub=256][M] entries of dsub fp16/bf16 each, 64 KB apiece at d=128) go to shared
+// memory in a swizzled layout. Main loop: each warp takes 32-token chunks; lane l = (i, h) with
+// i = l % W, h = l / W, W = M/4 reads word i (4 codes, subspaces 4i..4i+3) of token h of every
+// step (TPI = 32/W tokens per 128-byte coalesced warp load). At sub-step bb the lane looks up
+// subspace m = 4i + ((bb + sel(h)) & 3): together with the swizzle this makes every table lookup of
+// a warp hit 32 distinct banks (one wavefront; 2 half-warp wavefronts for 8-byte entries).
+// Scores: K centroid entry . q (q in registers, scale*log2e folded in), per-lane partial sums
+// reduced over the W lanes of a token by a transposing butterfly (W-1 shuffles for W tokens), so
+// that every lane ends with one token's score. Online softmax per warp (log2 units). Values:
+// p of the token (shuffle) times the V centroid entry, accumulated in registers per lane/subspace.
+// Warps merged through shared memory; the block writes a normalized partial and its lse.
+// Kernel 2 (pq_merge_kernel), grid (H_q, B): dense attention over the residual window and the
+// float32 log-sum-exp merge of the S partials; writes q.dtype output (and lse).
+// All lengths are read on the device (CUDA-graph capturable).
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <math.h>
+
+struct PQArgs {
+  const void* q; const uint8_t* kc; const uint8_t* vc; const void* kcen; const void* vcen;
+  const int* pq_lens; const int* res_lens; const int* starts;
+  const void* kres; const void* vres; void* out; float* lse_out; float* o_part; float* lse_part;
+  long long sq_b, sq_h, sq_d;
+  long long sk_b, sk_h, sk_t;
+  long long sv_b, sv_h, sv_t;
+  long long kcen_h, vcen_h;           // element stride between centroid heads (0 when shared)
+  long long skr_b, skr_h, skr_t;      // residual K (last dim contiguous)
+  long long svr_b, svr_h, svr_t;
+  long long so_b, so_h, so_d;
+  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps;
+  float scale_log2;
+};
+
+#define FULL 0xffffffffu
+static constexpr float LOG2E = 1.4426950408889634f;
+static constexpr float LN2 = 0.6931471805599453f;
+
+template <typename T> struct Cvt;
+template <> struct Cvt<__half> {
+  static __device__ __forceinline__ float2 pair(uint32_t w) {
+    __half2 h = *reinterpret_cast<__half2*>(&w);
+    return __half22float2(h);
+  }
+  static __device__ __forceinline__ float f(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half to(float x) { return __float2half_rn(x); }
+};
+template <> struct Cvt<__nv_bfloat16> {
+  static __device__ __forceinline__ float2 pair(uint32_t w) {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+  }
+  static __device__ __forceinline__ float f(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 to(float x) { return __float2bfloat16_rn(x); }
+};
+
+// entry position of subspace m inside a table row (bank-conflict-free for the access pattern above)
+template <int M, int DSUB> __device__ __forceinline__ int swz(int m) {
+  if (M == 64) return (m >> 2) + 16 * ((m >> 1) & 1) + 32 * (m & 1);
+  if (M == 32 && DSUB == 2) return (m >> 2) + 8 * (m & 3);
+  if (M == 32) return (m >> 2) + 8 * (m & 1) + 16 * ((m >> 1) & 1);
+  return (m >> 2) + 4 * (m & 3);  // M == 16
+}
+template <int M> __device__ __forceinline__ int selh(int h) {
+  if (M == 64) return 2 * h;
+  if (M == 32) return h;
+  return h & 3;
+}
+
+template <int DSUB> struct EntryT;
+template <> struct EntryT<2> { using type = uint32_t; };
+template <> struct EntryT<4> { using type = uint2; };
+
+template <typename T, int DSUB>
+__device__ __forceinline__ void entry_to_float(const typename EntryT<DSUB>::type& e, float* out) {
+  if constexpr (DSUB == 2) {
+    float2 a = Cvt<T>::pair(e); out[0] = a.x; out[1] = a.y;
+  } else {
+    float2 a = Cvt<T>::pair(e.x), c = Cvt<T>::pair(e.y);
+    out[0] = a.x; out[1] = a.y; out[2] = c.x; out[3] = c.y;
+  }
+}
+
+template <typename T, int D, int DSUB, int GB, int NW>
+__global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
+  constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
+  using Entry = typename EntryT<DSUB>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  Entry* tabK = reinterpret_cast<Entry*>(smem);
+  Entry* tabV = tabK + 256 * M;
+
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
+  const int G = a.Hq / a.Hkv;
+  const int hq0 = hkv * G + grp * GB;
+  const int start = max(a.starts[b], 0);
+  const int end = min(a.pq_lens[b], a.T);
+  const int n = max(end - start, 0);
+  int per = (n + a.S - 1) / a.S;
+  per = (per + 31) & ~31;
+  const int lo = start + split * per;
+  const int hi = min(lo + per, end);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
+
+  if (lo >= hi) {
+    for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
+    if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    return;
+  }
+
+  // ---- prologue: centroid tables -> shared memory (swizzled) ----
+  {
+    const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
+    const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
+    constexpr int VEC = 16 / (DSUB * 2);
+    for (int idx = tid; idx < M * 256 / VEC; idx += NT) {
+      const int m = idx % M, k0 = (idx / M) * VEC;
+      const long long off = ((long long)m * 256 + k0) * DSUB;
+      uint4 vk = __ldg(reinterpret_cast<const uint4*>(kcen + off));
+      uint4 vv = __ldg(reinterpret_cast<const uint4*>(vcen + off));
+      const Entry* ek = reinterpret_cast<const Entry*>(&vk);
+      const Entry* ev = reinterpret_cast<const Entry*>(&vv);
+      const int s = swz<M, DSUB>(m);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        tabK[(k0 + v) * M + s] = ek[v];
+        tabV[(k0 + v) * M + s] = ev[v];
+      }
+    }
+  }
+
+  // ---- per-lane constants ----
+  const int i = lane % W, h = lane / W;
+  const int sh = selh<M>(h);
+  uint32_t selb[4];
+  int off[4];
+  float qr[4][GB][DSUB];
+  {
+    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
+#pragma unroll
+    for (int bb = 0; bb < 4; ++bb) {
+      const int c = (bb + sh) & 3;
+      const int m = 4 * i + c;
+      selb[bb] = 0x4440u | (uint32_t)c;
+      off[bb] = swz<M, DSUB>(m);
+#pragma unroll
+      for (int g = 0; g < GB; ++g)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j)
+          qr[bb][g][j] = Cvt<T>::f(qb[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
+    }
+  }
+  __syncthreads();
+
+  float m_run[GB], l_run[GB], acc[4][GB][DSUB];
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    m_run[g] = -INFINITY; l_run[g] = 0.f;
+#pragma unroll
+    for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+      for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
+  }
+
+  const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + 4 * i;
+  const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
+  const int nchunks = (hi - lo + 31) / 32;
+  uint32_t kw[NS], vw[NS], kn[NS], vn[NS];
+
+  auto load = [&](int c, uint32_t* kd, uint32_t* vd) {
+    const int t0 = lo + c * 32 + h;
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      const int t = t0 + s * TPI;
+      if (t < hi) {
+        kd[s] = __ldg(reinterpret_cast<const uint32_t*>(kbase + (long long)t * a.sk_t));
+        vd[s] = __ldg(reinterpret_cast<const uint32_t*>(vbase + (long long)t * a.sv_t));
+      } else {
+        kd[s] = 0u; vd[s] = 0u;
+      }
+    }
+  };
+
+  int c = warp;
+  if (c < nchunks) load(c, kw, vw);
+  for (; c < nchunks; c += NW) {
+    if (c + NW < nchunks) load(c + NW, kn, vn);
+    // ---- scores: per-lane partial sums over its subspaces, step s = token s*TPI + h ----
+    float part[NS][GB];
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+#pragma unroll
+      for (int g = 0; g < GB; ++g) part[s][g] = 0.f;
+#pragma unroll
+      for (int bb = 0; bb < 4; ++bb) {
+        const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
+        const Entry e = tabK[code * M + off[bb]];
+        float ef[DSUB];
+        entry_to_float<T, DSUB>(e, ef);
+#pragma unroll
+        for (int g = 0; g < GB; ++g)
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) part[s][g] = fmaf(qr[bb][g][j], ef[j], part[s][g]);
+      }
+    }
+    // transposing butterfly over the W lanes of a token: lane i ends with step i's total
+#pragma unroll
+    for (int mask = W / 2; mask >= 1; mask >>= 1) {
+      const bool up = (lane & mask) != 0;
+#pragma unroll
+      for (int k = 0; k < mask; ++k)
+#pragma unroll
+        for (int g = 0; g < GB; ++g) {
+          const float send = up ? part[k][g] : part[k + mask][g];
+          const float keep = up ? part[k + mask][g] : part[k][g];
+          part[k][g] = keep + __shfl_xor_sync(FULL, send, mask);
+        }
+    }
+    const bool valid = (lo + c * 32 + i * TPI + h) < hi;
+    float p[GB];
+#pragma unroll
+    for (int g = 0; g < GB; ++g) {
+      const float sc = valid ? part[0][g] : -INFINITY;
+      float cmax = sc;
+#pragma unroll
+      for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
+      if (cmax > m_run[g]) {
+        const float alpha = exp2f(m_run[g] - cmax);
+        l_run[g] *= alpha;
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) acc[bb][g][j] *= alpha;
+        m_run[g] = cmax;
+      }
+      p[g] = exp2f(sc - m_run[g]);
+      l_run[g] += p[g];
+    }
+    // ---- values ----
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      float ps[GB];
+#pragma unroll
+      for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
+#pragma unroll
+      for (int bb = 0; bb < 4; ++bb) {
+        const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
+        const Entry e = tabV[code * M + off[bb]];
+        float ef[DSUB];
+        entry_to_float<T, DSUB>(e, ef);
+#pragma unroll
+        for (int g = 0; g < GB; ++g)
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = fmaf(ps[g], ef[j], acc[bb][g][j]);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < NS; ++s) { kw[s] = kn[s]; vw[s] = vn[s]; }
+  }
+
+  // ---- epilogue: canonical subspace order, reduce over the token lanes h, merge warps ----
+  float accc[4][GB][DSUB];
+#pragma unroll
+  for (int cc = 0; cc < 4; ++cc)
+#pragma unroll
+    for (int g = 0; g < GB; ++g)
+#pragma unroll
+      for (int j = 0; j < DSUB; ++j) {
+        float v = 0.f;
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) v = (((bb + sh) & 3) == cc) ? acc[bb][g][j] : v;
+        accc[cc][g][j] = v;
+      }
+#pragma unroll
+  for (int mask = W; mask < 32; mask <<= 1)
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc)
+#pragma unroll
+      for (int g = 0; g < GB; ++g)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j) accc[cc][g][j] += __shfl_xor_sync(FULL, accc[cc][g][j], mask);
+#pragma unroll
+  for (int g = 0; g < GB; ++g)
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) l_run[g] += __shfl_xor_sync(FULL, l_run[g], o);
+
+  __syncthreads();  // tables are dead: reuse shared memory
+  float* red = reinterpret_cast<float*>(smem);  // [NW][GB][D]
+  float* wm = red + NW * GB * D;                // [NW][GB]
+  float* wl = wm + NW * GB;                     // [NW][GB]
+  if (h == 0) {
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc)
+#pragma unroll
+      for (int g = 0; g < GB; ++g)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j) red[(warp * GB + g) * D + (4 * i + cc) * DSUB + j] = accc[cc][g][j];
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int g = 0; g < GB; ++g) { wm[warp * GB + g] = m_run[g]; wl[warp * GB + g] = l_run[g]; }
+  }
+  __syncthreads();
+  for (int x = tid; x < GB * D; x += NT) {
+    const int g = x / D, d = x % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
+    float L = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = exp2f(wm[w * GB + g] - mx);  // 0 for warps without tokens
+      L += wl[w * GB + g] * f;
+      o += red[(w * GB + g) * D + d] * f;
+    }
+    a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
+    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
+  }
+}
+
+// residual window (dense) + merge of the S partials; one block of 128 threads per (head, batch)
+template <typename T, int D>
+__global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
+  constexpr int E = D / 32;
+  const int hq = blockIdx.x, b = blockIdx.y;
+  const int G = a.Hq / a.Hkv, hkv = hq / G;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  __shared__ float qs[D];
+  __shared__ float wacc[4][D];
+  __shared__ float wm[4], wl[4];
+  __shared__ float ws[1025];
+  __shared__ float red[4];
+  const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq * a.sq_h;
+  for (int d = tid; d < D; d += 128) qs[d] = Cvt<T>::f(qb[(long long)d * a.sq_d]) * a.scale_log2;
+  __syncthreads();
+
+  const int plen = a.pq_lens[b];
+  const int r_end = min(a.res_lens[b], a.R);
+  const int r_lo = max(a.starts[b] - plen, 0);
+  float m = -INFINITY, l = 0.f, acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
+  const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
+  for (int j0 = r_lo + warp * 32; j0 < r_end; j0 += 128) {
+    const int j = j0 + lane;
+    float s = -INFINITY;
+    if (j < r_end) {
+      const uint4* row = reinterpret_cast<const uint4*>(kr + (long long)j * a.skr_t);
+      float dot = 0.f;
+#pragma unroll
+      for (int u = 0; u < D / 8; ++u) {
+        uint4 w = __ldg(row + u);
+        const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int z = 0; z < 4; ++z) {
+          float2 f = Cvt<T>::pair(ww[z]);
+          dot = fmaf(f.x, qs[u * 8 + 2 * z], dot);
+          dot = fmaf(f.y, qs[u * 8 + 2 * z + 1], dot);
+        }
+      }
+      s = dot;
+    }
+    float cmax = s;
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
+    if (cmax > m) {
+      const float alpha = exp2f(m - cmax);
+      l *= alpha;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] *= alpha;
+      m = cmax;
+    }
+    const float p = (j < r_end) ? exp2f(s - m) : 0.f;
+    l += p;
+    const int nv = min(32, r_end - j0);
+    for (int tt = 0; tt < nv; ++tt) {
+      const float pt = __shfl_sync(FULL, p, tt);
+      const T* vrow = vr + (long long)(j0 + tt) * a.svr_t;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = fmaf(pt, Cvt<T>::f(vrow[lane + 32 * e]), acc[e]);
+    }
+  }
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) l += __shfl_xor_sync(FULL, l, o);
+#pragma unroll
+  for (int e = 0; e < E; ++e) wacc[warp][lane + 32 * e] = acc[e];
+  if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+  __syncthreads();
+
+  // residual part as (lse2_res, o_res); splits as (lse2_s, o_s)
+  float mres = -INFINITY;
+  for (int w = 0; w < 4; ++w) mres = fmaxf(mres, wm[w]);
+  float lres = 0.f;
+  for (int w = 0; w < 4; ++w) lres += wl[w] * exp2f(wm[w] - mres);
+  const float lse2_res = lres > 0.f ? mres + log2f(lres) : -INFINITY;
+
+  const int S = a.S;
+  const long long row = (long long)b * a.Hq + hq;
+  float mx = lse2_res;
+  for (int s = tid; s < S; s += 128) {
+    const float v = a.lse_part[row * S + s] * LOG2E;
+    ws[s] = v;
+    mx = fmaxf(mx, v);
+  }
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+  const bool any = mx > -INFINITY;
+  const float mxs = any ? mx : 0.f;
+  float den = 0.f;
+  for (int s = tid; s < S; s += 128) {
+    const float w = exp2f(ws[s] - mxs);
+    ws[s] = w;
+    den += w;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) den += __shfl_xor_sync(FULL, den, o);
+  __syncthreads();
+  if (lane == 0) red[warp] = den;
+  __syncthreads();
+  const float wres = exp2f(lse2_res - mxs);
+  den = red[0] + red[1] + red[2] + red[3] + wres;
+  T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
+  for (int d = tid; d < D; d += 128) {
+    float o = 0.f;
+    if (any) {
+      for (int s = 0; s < S; ++s) {
+        const float w = ws[s];
+        if (w > 0.f) o = fmaf(w, a.o_part[(row * S + s) * D + d], o);
+      }
+      if (wres > 0.f) {
+        float ores = 0.f;
+        for (int w = 0; w < 4; ++w) ores += wacc[w][d] * exp2f(wm[w] - mres);
+        o = fmaf(wres, ores / lres, o);
+      }
+      o = o / den;
+    }
+    ob[(long long)d * a.so_d] = Cvt<T>::to(o);
+  }
+  if (tid == 0 && a.lse_out) a.lse_out[row] = any ? (mx + log2f(den)) * LN2 : -INFINITY;
+}
+
+// ---------------------------------------------------------------------------------------------
+static char g_err[512] = "";
+
+template <typename T, int D, int DSUB, int GB, int NW>
+static int launch_t(const PQArgs& a, cudaStream_t st) {
+  constexpr int SMEM = 2 * 256 * D * 2;  // two tables, 2-byte elements
+  static bool configured = false;
+  auto kern = pq_partial_kernel<T, D, DSUB, GB, NW>;
+  if (!configured) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+    if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 1; }
+    configured = true;
+  }
+  if (a.B > 0 && a.Hq > 0) {
+    dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
+    kern<<<grid, NW * 32, SMEM, st>>>(a);
+    pq_merge_kernel<T, D><<<dim3(a.Hq, a.B), 128, 0, st>>>(a);
+  }
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
+  return 0;
+}
+
+template <typename T, int D, int DSUB>
+static int launch_g(const PQArgs& a, cudaStream_t st) {
+  switch (a.GB) {
+    case 1: return launch_t<T, D, DSUB, 1, 16>(a, st);
+    case 2: return launch_t<T, D, DSUB, 2, 8>(a, st);
+    case 3: return launch_t<T, D, DSUB, 3, 8>(a, st);
+    case 4: return launch_t<T, D, DSUB, 4, 8>(a, st);
+  }
+  snprintf(g_err, sizeof g_err, "unsupported GB=%d", a.GB);
+  return 3;
+}
+
+template <typename T>
+static int launch_d(const PQArgs& a, cudaStream_t st) {
+  if (a.D == 128 && a.M == 64) return launch_g<T, 128, 2>(a, st);
+  if (a.D == 128 && a.M == 32) return launch_g<T, 128, 4>(a, st);
+  if (a.D == 64 && a.M == 32) return launch_g<T, 64, 2>(a, st);
+  if (a.D == 64 && a.M == 16) return launch_g<T, 64, 4>(a, st);
+  snprintf(g_err, sizeof g_err, "unsupported D=%d M=%d", a.D, a.M);
+  return 3;
+}
+
+extern "C" {
+int million_pq_abi_version() { return 1; }
+int million_pq_args_size() { return (int)sizeof(PQArgs); }
+const char* million_pq_last_error() { return g_err; }
+int million_pq_decode_attention(const PQArgs* a, void* stream) {
+  if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  return a->dtype == 0 ? launch_d<__half>(*a, st) : launch_d<__nv_bfloat16>(*a, st);
+}
+}

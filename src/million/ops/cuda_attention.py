@@ -1,0 +1,250 @@
+"""PQ decode attention in CUDA C++ with the centroid tables resident in shared memory.
+
+Same contract as :func:`million.ops.naive.pq_decode_attention` (plus ``return_lse``). The kernels
+live in ``ops/cuda/pq_attention.cu``; the shared library is found through ``MILLION_CUDA_LIB``
+(a path to a prebuilt ``.so``) or built on first use with ``nvcc`` into
+``~/.cache/million/cuda/`` (keyed by a hash of the source and flags), then loaded with ctypes.
+Importing this module touches neither CUDA nor nvcc.
+
+Covered: fp16 / bf16 ``q`` (centroids and residual window of the same dtype), head_dim 64 or 128,
+uint8 codes with ``ksub == 256`` and ``dsub`` 2 (4-bit, ``M = d/2``) or 4 (2-bit, ``M = d/4``).
+Everything else is routed to the Triton kernel (or the naive reference).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SRC = Path(__file__).with_name("cuda") / "pq_attention.cu"
+_FLAGS = [
+    "-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90",
+    "-Xcompiler", "-fPIC", "-shared",
+]
+_LOG2E = 1.4426950408889634
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_void_p) for n in (
+        "q", "kc", "vc", "kcen", "vcen", "pq_lens", "res_lens", "starts", "kres", "vres", "out",
+        "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
+        "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
+        "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
+        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps")] + [
+        ("scale_log2", ctypes.c_float)]
+
+
+def _nvcc() -> str | None:
+    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+def _cache_path() -> Path:
+    h = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "million" / "cuda"
+    return base / f"million_pq_{h}.so"
+
+
+def build(path: str | os.PathLike | None = None) -> Path:
+    """Compile the kernels with nvcc into ``path`` (default: the user cache) and return the path."""
+    out = Path(path) if path is not None else _cache_path()
+    nvcc = _nvcc()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found (set NVCC or MILLION_CUDA_LIB)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([nvcc, *_FLAGS, "-o", tmp, str(_SRC)], check=True, capture_output=True, text=True)
+        os.replace(tmp, out)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"nvcc failed:\n{e.stderr}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _lib():
+    env = os.environ.get("MILLION_CUDA_LIB")
+    if env:
+        path = Path(env)
+    else:
+        path = _cache_path()
+        if not path.exists():
+            build(path)
+    lib = ctypes.CDLL(str(path))
+    lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+    lib.million_pq_decode_attention.restype = ctypes.c_int
+    lib.million_pq_last_error.restype = ctypes.c_char_p
+    lib.million_pq_args_size.restype = ctypes.c_int
+    if lib.million_pq_args_size() != ctypes.sizeof(_Args):
+        raise RuntimeError(f"{path}: argument struct size mismatch (stale library?)")
+    return lib
+
+
+def available() -> bool:
+    """True when a CUDA device of compute capability >= 9.0 is present and the library can be
+    loaded or built (MILLION_CUDA_LIB set, a cached build, or nvcc on the PATH)."""
+    try:
+        if not torch.cuda.is_available():
+            return False
+        if torch.cuda.get_device_capability()[0] < 9:
+            return False
+    except Exception:
+        return False
+    env = os.environ.get("MILLION_CUDA_LIB")
+    if env:
+        return os.path.exists(env)
+    return _cache_path().exists() or _nvcc() is not None
+
+
+def supports(q, k_codes, v_codes, k_centroids, v_centroids, k_res, v_res) -> bool:
+    """Whether the CUDA kernel handles these inputs (else :func:`pq_decode_attention` falls back)."""
+    if not (q.is_cuda and q.dim() == 3 and k_codes.dim() == 4):
+        return False
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if any(t.dtype != q.dtype for t in (k_centroids, v_centroids, k_res, v_res)):
+        return False
+    if k_codes.dtype != torch.uint8 or v_codes.dtype != torch.uint8 or v_codes.shape != k_codes.shape:
+        return False
+    B, Hq, D = q.shape
+    _, Hkv, T, M = k_codes.shape
+    if D not in (64, 128) or M * 2 != D and M * 4 != D:
+        return False
+    if Hkv == 0 or Hq % Hkv or k_codes.shape[0] != B:
+        return False
+    for c in (k_centroids, v_centroids):
+        if c.dim() != 4 or c.shape[1] != M or c.shape[2] != 256 or c.shape[3] * M != D or c.shape[0] not in (1, Hkv):
+            return False
+    for r in (k_res, v_res):
+        if r.dim() != 4 or r.shape[0] != B or r.shape[1] != Hkv or r.shape[3] != D:
+            return False
+    return k_res.shape[2] == v_res.shape[2]
+
+
+def _group(G: int) -> int:
+    for gb in (4, 3, 2):
+        if G % gb == 0:
+            return gb
+    return 1
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device) -> int:
+    """About one block per SM (the tables take 64-128 KB of shared memory: one block per SM)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    s = max(1, _sms(idx) // max(1, B * Hkv * ngroups))
+    return max(1, min(s, T // 256, 1024))
+
+
+def _codes_ok(c: torch.Tensor) -> torch.Tensor:
+    if c.stride(3) != 1 or c.stride(2) % 4 or c.data_ptr() % 4:
+        c = c.contiguous()
+    return c
+
+
+def _rows_ok(r: torch.Tensor) -> torch.Tensor:
+    if r.shape[2] > 0 and (r.stride(3) != 1 or r.stride(2) % 8 or r.data_ptr() % 16):
+        r = r.contiguous()
+    return r
+
+
+def _fallback(args, return_lse):
+    try:
+        from . import triton_attention
+    except ImportError:
+        triton_attention = None
+    if triton_attention is not None:
+        if not return_lse:
+            return triton_attention.pq_decode_attention(*args)
+        lse_kernel = getattr(triton_attention, "pq_decode_attention_lse", None)
+        if lse_kernel is not None:
+            return lse_kernel(*args)
+    from . import naive
+
+    return naive.pq_decode_attention(*args, return_lse=return_lse)
+
+
+def pq_decode_attention(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    v_codes: torch.Tensor,
+    k_centroids: torch.Tensor,
+    v_centroids: torch.Tensor,
+    pq_lens: torch.Tensor,
+    k_res: torch.Tensor,
+    v_res: torch.Tensor,
+    res_lens: torch.Tensor,
+    starts: torch.Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    num_splits_override: int | None = None,
+):
+    """Decode attention over PQ codes plus the residual window (CUDA, shared-memory tables).
+
+    Shapes and semantics of :func:`million.ops.naive.pq_decode_attention`. Lengths are read on the
+    device (no host synchronization; CUDA-graph capturable). Unsupported inputs go to the Triton
+    kernel (or the naive reference).
+    """
+    args = (q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
+    if not supports(q, k_codes, v_codes, k_centroids, v_centroids, k_res, v_res):
+        return _fallback(args, return_lse)
+    lib = _lib()
+    B, Hq, D = q.shape
+    _, Hkv, T, M = k_codes.shape
+    G = Hq // Hkv
+    GB = _group(G)
+    ngroups = G // GB
+    dev = q.device
+    scale = D**-0.5 if scale is None else float(scale)
+    if starts is None:
+        starts = torch.zeros(B, dtype=torch.int32, device=dev)
+    pq_lens, res_lens, starts = (t.to(device=dev, dtype=torch.int32).contiguous() for t in (pq_lens, res_lens, starts))
+    k_codes, v_codes = _codes_ok(k_codes), _codes_ok(v_codes)
+    kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
+    k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
+    S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev)
+    out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
+    lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
+    o_part = torch.empty(B, Hq, S, D, dtype=torch.float32, device=dev)
+    lse_part = torch.empty(B, Hq, S, dtype=torch.float32, device=dev)
+    if B > 0 and Hq > 0:
+        cen_stride = M * 256 * (D // M)
+        a = _Args(
+            q.data_ptr(), k_codes.data_ptr(), v_codes.data_ptr(), kcen.data_ptr(), vcen.data_ptr(),
+            pq_lens.data_ptr(), res_lens.data_ptr(), starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
+            out.data_ptr(), lse.data_ptr() if lse is not None else None, o_part.data_ptr(), lse_part.data_ptr(),
+            *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
+            cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
+            *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
+            B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, 0,
+            scale * _LOG2E,
+        )
+        with torch.cuda.device(dev):
+            stream = torch.cuda.current_stream(dev).cuda_stream
+            rc = lib.million_pq_decode_attention(ctypes.byref(a), ctypes.c_void_p(stream))
+        if rc != 0:
+            raise RuntimeError(f"million CUDA kernel failed ({rc}): {lib.million_pq_last_error().decode()}")
+    elif lse is not None:
+        lse.fill_(float("-inf"))
+    if return_lse:
+        return out, lse
+    return out
