@@ -306,3 +306,29 @@ def test_real_fp16_perplexity_is_sane():
     ids = tok(load_text("squad")[:400000], return_tensors="pt", add_special_tokens=False).input_ids[0]
     r = perplexity(model, ids, FP16(16), "all-quantized", window=1024, max_windows=1, offset=60000, text_name="squad")
     assert 5 < r["ppl"] < 60
+
+
+def test_fisher_equals_autograd_through_the_cache(model):
+    """Fisher statistics (gradients at k_proj/v_proj, RoPE-rotated) equal the gradient of the
+    summed loss with respect to the post-RoPE keys and the values the cache receives."""
+    from million.eval.calibdata import collect_fisher
+
+    tok = CharTokenizer()
+    ids = tok(TEXT[:128]).input_ids
+    dk = torch.zeros(1, 2, 128, 16, requires_grad=True)
+    dv = torch.zeros(1, 2, 128, 16, requires_grad=True)
+    cache = QDQCache(2, lambda l, k, p: k + dk if l == 1 else k, lambda l, v, p: v + dv if l == 1 else v)
+    req = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        out = model(input_ids=ids, labels=ids, past_key_values=cache)
+        (out.loss * 127).backward()
+    finally:
+        for p, r in zip(model.parameters(), req):
+            p.requires_grad_(r)
+    f = collect_fisher(model, tok, TEXT[:128], tokens=128, window=128)
+    assert torch.allclose(f.weight_k[1], dk.grad[0].pow(2).sum(-1), rtol=1e-3, atol=1e-12)
+    assert torch.allclose(f.weight_v[1], dv.grad[0].pow(2).sum(-1), rtol=1e-3, atol=1e-12)
+    g = dk.grad[0]
+    assert torch.allclose(f.metric_k[1], torch.einsum("htd,hte->hde", g, g) / 128, rtol=1e-3, atol=1e-14)

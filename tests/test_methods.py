@@ -249,3 +249,45 @@ def test_registry_errors():
     for name, bits in METHOD_BITS.items():
         for b in bits or (4, 2):
             assert make_method(name, b).bits == b
+
+
+def test_water_fill():
+    from million.pq_variants import water_fill
+
+    b = water_fill(torch.tensor([100.0, 10.0, 1.0, 0.01]), 4, 32, max_bits=12)
+    assert int(b.sum()) == 32 and int(b.max()) <= 12
+    assert b.tolist() == sorted(b.tolist(), reverse=True)  # more variance, more bits
+    assert water_fill(torch.ones(4), 4, 32).tolist() == [8, 8, 8, 8]
+
+
+def test_pq_alloc_variant(calib, tmp_path):
+    from million.pq_variants import PQVariantCodebooks
+
+    v = PQVariant(k_nbits=5, k_dsub=4, v_nbits=5, v_dsub=4, alloc="pca", alloc_max_bits=8, transform="metric",
+                  sinks=1, iters=3, samples=256)
+    cb = train_variant(calib, v)
+    assert all(int(a.sum(-1).max()) == 5 * 4 and int(a.min()) >= 0 and int(a.max()) <= 8 for a in cb.key_alloc)
+    k = calib.keys_post(0)[None, :, :40]
+    kq = cb.qdq_keys(0, k)
+    assert kq.shape == k.shape and torch.equal(kq[:, :, 0], k[:, :, 0])
+    assert rel_err(kq, k) < 1
+    cb.save(tmp_path / "a")
+    assert torch.equal(PQVariantCodebooks.load(tmp_path / "a").qdq_keys(0, k), kq)
+    b = v.bits_breakdown(30, 3, 64, 2048, cb.info["centroid_values"])
+    assert b["codes"] == pytest.approx(1.25 * 2047 / 2048)
+    with pytest.raises(ValueError, match="alloc 'pca' needs"):
+        PQVariant(alloc="pca", granularity="merged")
+
+
+def test_fisher_variants_need_fisher(model, calib):
+    from million.eval.calibdata import collect_fisher
+
+    v = PQVariant(k_nbits=4, k_dsub=4, v_nbits=4, v_dsub=4, transform="fisher", weighting="fisher", iters=2, samples=256)
+    with pytest.raises(ValueError, match="Fisher"):
+        train_variant(calib, v)
+    calib.fisher = collect_fisher(model, CharTokenizer(), TEXT, tokens=1024, window=256)
+    try:
+        cb = train_variant(calib, v)
+        assert cb.info["pred_dnll_k"] > 0 and cb.info["pred_dnll_v"] > 0
+    finally:
+        del calib.fisher

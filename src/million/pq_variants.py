@@ -8,14 +8,23 @@ Options (every one can be switched on alone; :class:`PQVariant` holds them):
   it still runs on codes: ``hadamard`` (orthonormal), ``metric`` (keys: ``A A^T = E[q^T q]``, so
   that the k-means error is the error of the attention scores ``q.k``; values:
   ``A A^T = sum_g W_o[g]^T W_o[g]``, so that it is the error that ``o_proj`` passes on),
-  ``metric_hadamard`` (both), ``opq`` (a rotation learned by alternating k-means and Procrustes).
+  ``metric_hadamard`` (both), ``opq`` (a rotation learned by alternating k-means and Procrustes),
+  ``fisher`` (``A A^T = E[g g^T]``, ``g`` the gradient of the next-token loss with respect to the
+  post-RoPE key or the value: the second-order loss metric of a K/V error).
   With keys quantized as ``k' = k A``, a query uses ``q' = q A^-T`` (one ``D x D`` product per
   query head and step, after RoPE); for values the inverse folds into ``o_proj``.
 - ``sinks``: the first tokens of a sequence stay in fp16 (and are left out of k-means).
 - ``weighting``: ``attn`` weights each calibration vector in k-means by the attention its key
-  received (mean probability over the queries that saw it); ``none`` is plain k-means.
+  received (mean probability over the queries that saw it); ``fisher`` by the squared norm of
+  the loss gradient with respect to it (keys and values separately); ``none`` is plain k-means.
 - ``k_nbits/k_dsub`` and ``v_nbits/v_dsub``: bits per code (4..12) and subvector size for keys and
   values separately (9..12-bit codes, or more bits to keys than to values at the same average).
+- ``alloc="pca"``: rotate every head's (transformed) vectors onto their principal axes (one more
+  rotation, absorbed like the others), cut them into subspaces of consecutive components, and
+  give each subspace its own code width, 0..12 bits, by reverse water-filling on the component
+  variances, keeping the average at ``nbits`` per subspace (so the bits per element are
+  unchanged). High-variance subspaces get up to ``alloc_max_bits`` (9..12-bit codes), near-empty
+  ones few or none.
 
 Bits per element are ``nbits / dsub`` for the codes; codebooks (fp16), transforms (fp16) and sinks
 are counted by :meth:`PQVariant.bits_breakdown` at a stated context length.
@@ -33,8 +42,9 @@ import torch
 from .eval.quant import hadamard, pq_qdq
 from .kmeans import kmeans
 
-TRANSFORMS = ("none", "hadamard", "metric", "metric_hadamard", "opq")
-WEIGHTINGS = ("none", "attn")
+TRANSFORMS = ("none", "hadamard", "metric", "metric_hadamard", "opq", "fisher")
+WEIGHTINGS = ("none", "attn", "fisher")
+ALLOCS = ("uniform", "pca")
 GRANULARITIES = ("merged", "layer", "layer_head")
 VARIANT_VERSION = 1
 
@@ -51,6 +61,8 @@ class PQVariant:
     transform: str = "none"
     sinks: int = 0
     weighting: str = "none"
+    alloc: str = "uniform"
+    alloc_max_bits: int = 10
     samples: int = 8192
     iters: int = 16
     seed: int = 0
@@ -71,6 +83,12 @@ class PQVariant:
             raise ValueError(f"transform={self.transform!r} is not one of {TRANSFORMS}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting={self.weighting!r} is not one of {WEIGHTINGS}")
+        if not isinstance(self.alloc_max_bits, int) or not 1 <= self.alloc_max_bits <= 12:
+            raise ValueError(f"alloc_max_bits={self.alloc_max_bits!r} is out of range; allowed: 1..12")
+        if self.alloc not in ALLOCS:
+            raise ValueError(f"alloc={self.alloc!r} is not one of {ALLOCS}")
+        if self.alloc == "pca" and (self.granularity != "layer_head" or self.transform == "opq"):
+            raise ValueError("alloc 'pca' needs granularity 'layer_head' and a transform other than 'opq'")
         if not isinstance(self.sinks, int) or self.sinks < 0:
             raise ValueError(f"sinks={self.sinks!r} must be an integer >= 0")
         if self.version != VARIANT_VERSION:
@@ -108,7 +126,7 @@ class PQVariant:
             raise ValueError(f"unknown PQVariant fields {sorted(bad)}; allowed: {sorted(known)}")
         return cls(**d)
 
-    def bits_breakdown(self, L: int, H: int, D: int, context: int) -> dict:
+    def bits_breakdown(self, L: int, H: int, D: int, context: int, alloc_sizes: int | None = None) -> dict:
         """Bits per K/V element of one sequence of ``context`` tokens, by component.
 
         ``codebooks`` and ``transforms`` are per model (shared by every sequence); they are charged
@@ -117,7 +135,11 @@ class PQVariant:
         elems = 2 * L * H * D * context
         Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[self.granularity]
         cb_vals = Lg * Hg * ((2**self.k_nbits) * D + (2**self.v_nbits) * D)  # M * ksub * dsub = ksub * D
-        n_t = {"none": 0, "hadamard": 0, "metric": 3, "metric_hadamard": 3, "opq": 3}[self.transform]
+        if self.alloc == "pca" and alloc_sizes is not None:
+            cb_vals = alloc_sizes  # exact count of centroid values, from the trained widths
+        n_t = {"none": 0, "hadamard": 0, "metric": 3, "metric_hadamard": 3, "opq": 3, "fisher": 3}[self.transform]
+        if self.alloc == "pca":
+            n_t = 3  # the PCA rotation makes every transform a dense matrix
         # keys: A and A^-T per (layer, head); values: A (its inverse folds into o_proj); Hadamard is implicit
         tr_vals = n_t * L * H * D * D
         s = min(self.sinks, context)
@@ -147,17 +169,26 @@ class PQVariantCodebooks:
     value_transform: list | None = None
     value_inverse: list | None = None
     info: dict | None = None
+    key_alloc: list | None = None  # alloc "pca": per layer [H, M] code widths; centroids padded to 2**max
+    value_alloc: list | None = None
+
+    def _qdq(self, x, cents, alloc, t, ti):
+        if alloc is None:
+            return pq_qdq(x, cents, t, ti)
+        return pq_alloc_qdq(x, cents, alloc, t, ti)
 
     def qdq_keys(self, layer: int, k: torch.Tensor, pos0: int = 0) -> torch.Tensor:
         """Quantize-dequantize post-RoPE keys ``[B, H, T, D]`` whose first token has position ``pos0``."""
         t = self.key_transform[layer] if self.key_transform else None
         ti = self.key_inverse[layer] if self.key_inverse else None
-        return _with_sinks(k, pos0, self.variant.sinks, lambda x: pq_qdq(x, self.key_centroids[layer], t, ti))
+        a = self.key_alloc[layer] if self.key_alloc else None
+        return _with_sinks(k, pos0, self.variant.sinks, lambda x: self._qdq(x, self.key_centroids[layer], a, t, ti))
 
     def qdq_values(self, layer: int, v: torch.Tensor, pos0: int = 0) -> torch.Tensor:
         t = self.value_transform[layer] if self.value_transform else None
         ti = self.value_inverse[layer] if self.value_inverse else None
-        return _with_sinks(v, pos0, self.variant.sinks, lambda x: pq_qdq(x, self.value_centroids[layer], t, ti))
+        a = self.value_alloc[layer] if self.value_alloc else None
+        return _with_sinks(v, pos0, self.variant.sinks, lambda x: self._qdq(x, self.value_centroids[layer], a, t, ti))
 
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -165,11 +196,11 @@ class PQVariantCodebooks:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {}
-        for name in ("key_centroids", "value_centroids", "key_transform", "key_inverse", "value_transform", "value_inverse"):
+        for name in _TENSOR_LISTS:
             xs = getattr(self, name)
             if xs:
                 for i, x in enumerate(xs):
-                    tensors[f"{name}.{i}"] = x.float().contiguous()
+                    tensors[f"{name}.{i}"] = x.contiguous() if name.endswith("alloc") else x.float().contiguous()
         save_file(tensors, str(d / "pq_variant.safetensors"))
         meta = {"format": "million-pq-variant", "variant": self.variant.to_dict(), "layers": len(self.key_centroids), "info": self.info or {}}
         (d / "pq_variant.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -189,7 +220,51 @@ class PQVariantCodebooks:
         L = meta["layers"]
         get = lambda name: [t[f"{name}.{i}"] for i in range(L)] if f"{name}.0" in t else None  # noqa: E731
         return cls(PQVariant.from_dict(meta["variant"]), get("key_centroids"), get("value_centroids"), get("key_transform"),
-                   get("key_inverse"), get("value_transform"), get("value_inverse"), meta.get("info"))
+                   get("key_inverse"), get("value_transform"), get("value_inverse"), meta.get("info"),
+                   get("key_alloc"), get("value_alloc"))
+
+
+_TENSOR_LISTS = ("key_centroids", "value_centroids", "key_transform", "key_inverse", "value_transform", "value_inverse",
+                 "key_alloc", "value_alloc")
+
+
+def pq_alloc_qdq(x: torch.Tensor, centroids: torch.Tensor, alloc: torch.Tensor, transform=None, inverse=None) -> torch.Tensor:
+    """PQ round trip with a code width per head and subspace.
+
+    ``x [B, H, T, D]``; ``centroids [H, M, 2**max_bits, dsub]`` (subspace ``(h, m)`` uses its first
+    ``2**alloc[h, m]``); ``alloc [H, M]`` int; ``transform``/``inverse`` ``[H, D, D]`` or None.
+    """
+    if x.shape[2] == 0:
+        return x
+    B, H, T, D = x.shape
+    M, dsub = centroids.shape[1], centroids.shape[3]
+    xf = x.float()
+    if transform is not None:
+        xf = torch.einsum("bhtd,hde->bhte", xf, transform.float())
+    rec = torch.empty_like(xf)
+    for h in range(H):
+        for m in range(M):
+            c = centroids[h, m, : 2 ** int(alloc[h, m])].float()  # [k, dsub]
+            xs = xf[:, h, :, m * dsub : (m + 1) * dsub].reshape(-1, dsub)
+            d = (c * c).sum(-1)[None] - 2 * xs @ c.t()
+            rec[:, h, :, m * dsub : (m + 1) * dsub] = c[d.argmin(-1)].view(B, T, dsub)
+    if inverse is not None:
+        rec = torch.einsum("bhtd,hde->bhte", rec, inverse.float())
+    return rec.to(x.dtype)
+
+
+def water_fill(var: torch.Tensor, dsub: int, total: int, max_bits: int = 12) -> torch.Tensor:
+    """Code widths for subspaces of variance ``var [M]`` summing to ``total`` bits (greedy reverse
+    water-filling on the high-rate model ``D(b) = var * 2**(-2b/dsub)``)."""
+    M = var.numel()
+    b = torch.zeros(M, dtype=torch.long)
+    dist = var.double().clone()
+    for _ in range(min(total, M * max_bits)):
+        gain = torch.where(b < max_bits, dist, torch.full_like(dist, -1.0))
+        m = int(gain.argmax())
+        b[m] += 1
+        dist[m] *= 2.0 ** (-2.0 / dsub)
+    return b
 
 
 def _with_sinks(x: torch.Tensor, pos0: int, sinks: int, fn) -> torch.Tensor:
@@ -215,6 +290,14 @@ def _sqrtm(S: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Te
     return A.float(), Ai.float()
 
 
+def _fisher(calib):
+    f = getattr(calib, "fisher", None)
+    if f is None:
+        raise ValueError("this PQ variant needs Fisher statistics: calibration data from "
+                         "million.eval.calibdata.load_or_collect(..., fisher=True)")
+    return f
+
+
 def _transforms(calib, variant: PQVariant, D: int):
     """Per layer ``(A_k, A_k^-1, A_v, A_v^-1)``, each ``[H, D, D]`` or None (row-vector convention)."""
     L = calib.num_layers
@@ -228,6 +311,10 @@ def _transforms(calib, variant: PQVariant, D: int):
         if t == "hadamard":
             A_k = A_v = Hd.expand(H, D, D)
             Ai_k = Ai_v = Hd.t().expand(H, D, D)
+        elif t == "fisher":
+            f = _fisher(calib)
+            A_k, Ai_k = _sqrtm(f.metric_k[l])
+            A_v, Ai_v = _sqrtm(f.metric_v[l])
         else:
             A_k, Ai_k = _sqrtm(calib.q_moment[l])
             A_v, Ai_v = _sqrtm(calib.o_moment[l])
@@ -313,10 +400,14 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
     keep = calib.positions >= variant.sinks  # sinks stay fp16: not trained on
     keys = [calib.keys_post(l)[:, keep] for l in range(L)]
     vals = [calib.values[l][:, keep] for l in range(L)]
-    ws = None
+    ws = wv = None
     if variant.weighting == "attn":
         ws = [a[:, keep] for a in calib.attn]
-        ws = [w / w.mean().clamp_min(1e-12) for w in ws]
+        ws = wv = [w / w.mean().clamp_min(1e-12) for w in ws]
+    elif variant.weighting == "fisher":
+        f = _fisher(calib)
+        ws = [w[:, keep] / w[:, keep].mean().clamp_min(1e-30) for w in f.weight_k]
+        wv = [w[:, keep] / w[:, keep].mean().clamp_min(1e-30) for w in f.weight_v]
     tr = _transforms(calib, variant, D)
     if tr is not None:
         ks, kis, vs, vis = tr
@@ -325,8 +416,22 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
     else:
         ks = kis = vs = vis = None
     Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[variant.granularity]
+    if variant.alloc == "pca":
+        kc, ka, kU = _train_alloc(keys, ws, variant.k_nbits, variant.k_dsub, variant, gen, 0)
+        vc, va, vU = _train_alloc(vals, wv, variant.v_nbits, variant.v_dsub, variant, gen, 1 << 20)
+        eye = torch.eye(D).expand(H, D, D)
+        ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
+        ks = [(ks[l] @ kU[l]).contiguous() for l in range(L)]
+        kis = [(kU[l].transpose(-1, -2) @ kis[l]).contiguous() for l in range(L)]
+        vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
+        vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
+        cb = PQVariantCodebooks(variant, kc, vc, ks, kis, vs, vis, key_alloc=ka, value_alloc=va)
+        cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, **distortion(cb, calib),
+                   "centroid_values": sum(int((2**a).sum()) for a in ka) * variant.k_dsub
+                   + sum(int((2**a).sum()) for a in va) * variant.v_dsub}
+        return cb
 
-    def train(xs, nbits, dsub, salt):
+    def train(xs, ws, nbits, dsub, salt):
         x, w = _groups(xs, ws, variant.granularity, variant.samples, gen)
         if variant.transform == "opq":
             if variant.granularity != "layer_head":
@@ -336,8 +441,8 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
         cent = _train_group(x, w, nbits, dsub, variant, variant.seed + salt, progress)
         return cent.view(Lg, Hg, *cent.shape[1:]), None
 
-    kc, kR = train(keys, variant.k_nbits, variant.k_dsub, 0)
-    vc, vR = train(vals, variant.v_nbits, variant.v_dsub, 1 << 20)
+    kc, kR = train(keys, ws, variant.k_nbits, variant.k_dsub, 0)
+    vc, vR = train(vals, wv, variant.v_nbits, variant.v_dsub, 1 << 20)
     if kR is not None:
         ks = [kR[l] for l in range(L)]
         kis = [kR[l].transpose(-1, -2) for l in range(L)]
@@ -349,12 +454,53 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
     return cb
 
 
+def _train_alloc(xs: list, ws: list | None, nbits: int, dsub: int, variant: PQVariant, gen: torch.Generator, salt: int):
+    """PCA rotation, water-filled code widths and codebooks per layer and head.
+
+    Returns per layer: centroids ``[H, M, 2**max_bits, dsub]`` (zero-padded), widths ``[H, M]``,
+    rotation ``[H, D, D]``."""
+    L = len(xs)
+    H, N, D = xs[0].shape
+    M = D // dsub
+    rots, allocs, rotated = [], [], []
+    for x in xs:
+        C = torch.einsum("hnd,hne->hde", x, x).double() / N
+        e, U = torch.linalg.eigh(C)
+        e, U = e.flip(-1).clamp_min(0).float(), U.flip(-1).float()  # descending variance
+        rots.append(U)
+        rotated.append(torch.einsum("hnd,hde->hne", x, U))
+        allocs.append(torch.stack([water_fill(e[h].view(M, dsub).sum(-1), dsub, M * nbits, variant.alloc_max_bits)
+                                   for h in range(H)]))
+    A = torch.stack(allocs)  # [L, H, M]
+    kmax = 2 ** int(A.max())
+    cents = torch.zeros(L, H, M, kmax, dsub)
+    for b in sorted(set(A.flatten().tolist())):
+        k = 2**b
+        where = (A == b).nonzero().tolist()
+        n = min(N, max(variant.samples, 4 * k))
+        idx = torch.randperm(N, generator=gen)[:n]
+        data = torch.stack([rotated[l][h, idx, m * dsub : (m + 1) * dsub] for l, h, m in where])  # [P, n, dsub]
+        w = None if ws is None else torch.stack([ws[l][h, idx] for l, h, m in where])
+        per_chunk = max(1, (1 << 27) // max(1, n * k))
+        out = []
+        for c0 in range(0, len(where), per_chunk):
+            r = kmeans(data[c0 : c0 + per_chunk], k, iters=variant.iters, seed=variant.seed + salt + 131 * b + c0,
+                       weights=None if w is None else w[c0 : c0 + per_chunk])
+            out.append(r.centroids)
+        res = torch.cat(out)
+        for (l, h, m), c in zip(where, res):
+            cents[l, h, m, :k] = c
+    return [cents[l] for l in range(L)], [A[l] for l in range(L)], rots
+
+
 @torch.no_grad()
 def distortion(cb: PQVariantCodebooks, calib, max_tokens: int = 2048) -> dict:
     """Relative errors on (the first ``max_tokens`` of) the calibration data: plain MSE of K and V,
     and the error that matters (scores ``q.dk`` via ``E[q^T q]``; ``o_proj`` output via its metric)."""
     L = calib.num_layers
     n = min(max_tokens, calib.tokens)
+    f = getattr(calib, "fisher", None)
+    pk = pv = 0.0
     ek = ev = sk = sv = 0.0
     for l in range(L):
         k = calib.keys_post(l)[:, :n][None]
@@ -366,4 +512,11 @@ def distortion(cb: PQVariantCodebooks, calib, max_tokens: int = 2048) -> dict:
         Qm, Om = calib.q_moment[l], calib.o_moment[l]
         sk += float(torch.einsum("hnd,hde,hne->", dk, Qm, dk) / torch.einsum("hnd,hde,hne->", k[0], Qm, k[0]))
         sv += float(torch.einsum("hnd,hde,hne->", dv, Om, dv) / torch.einsum("hnd,hde,hne->", v[0], Om, v[0]))
-    return {"rel_mse_k": ek / L, "rel_mse_v": ev / L, "rel_score_err_k": sk / L, "rel_out_err_v": sv / L}
+        if f is not None:
+            # second-order loss model: dNLL ~ 1/2 E_tokens[d^T F d], summed over heads and layers
+            pk += 0.5 * float(torch.einsum("hnd,hde,hne->", dk, f.metric_k[l], dk)) / n
+            pv += 0.5 * float(torch.einsum("hnd,hde,hne->", dv, f.metric_v[l], dv)) / n
+    out = {"rel_mse_k": ek / L, "rel_mse_v": ev / L, "rel_score_err_k": sk / L, "rel_out_err_v": sv / L}
+    if f is not None:
+        out.update({"pred_dnll_k": pk, "pred_dnll_v": pv})
+    return out

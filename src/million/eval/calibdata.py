@@ -169,9 +169,17 @@ def o_moments(model) -> list:
 
 
 def load_or_collect(model, tokenizer, text_name: str = "squad", tokens: int = 16384, window: int = 2048,
-                    model_name: str = "model", cache: bool = True, progress: bool = False) -> CalibData:
+                    model_name: str = "model", cache: bool = True, progress: bool = False, fisher: bool = False) -> CalibData:
     """:func:`collect` on the first ``tokens`` tokens of a named text, memoized on disk under the
-    user cache directory (``$MILLION_CACHE`` or ``~/.cache/million``)."""
+    user cache directory (``$MILLION_CACHE`` or ``~/.cache/million``). With ``fisher`` the result
+    also carries ``.fisher`` (:class:`FisherData` on the same tokens)."""
+    data = _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress)
+    if fisher:
+        data.fisher = load_or_collect_fisher(model, tokenizer, text_name, tokens, window, model_name, cache, progress)
+    return data
+
+
+def _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress) -> CalibData:
     from dataclasses import asdict
 
     from ..data import cache_dir, load_text
@@ -180,6 +188,99 @@ def load_or_collect(model, tokenizer, text_name: str = "squad", tokens: int = 16
     if cache and path.is_file():
         return CalibData(**torch.load(path, weights_only=True))
     data = collect(model, tokenizer, load_text(text_name), tokens=tokens, window=window, text_name=text_name, progress=progress)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(asdict(data), path)
+    return data
+
+
+@dataclass
+class FisherData:
+    """Empirical Fisher of the loss with respect to post-RoPE keys and values, per layer.
+
+    metric_k, metric_v : ``[H_kv, D, D]``: ``E[g g^T]`` over tokens (``g = dLoss/dk``, ``dLoss/dv``)
+    weight_k, weight_v : ``[H_kv, N]``: ``|g|^2`` of every calibration token (aligned with
+        :class:`CalibData` samples when computed on the same tokens and windows)
+    """
+
+    metric_k: list
+    metric_v: list
+    weight_k: list
+    weight_v: list
+
+
+def collect_fisher(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048, progress: bool = False) -> FisherData:
+    """Gradients of the next-token loss with respect to every K and V (one backward per window).
+
+    The gradient with respect to the ``k_proj`` output (pre-RoPE) is rotated by RoPE to give the
+    gradient with respect to the post-RoPE key (RoPE is orthogonal). Model weights get no grads.
+    """
+    L, H, Hq, D = geometry(model.config)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0][:tokens]
+    mods = attention_modules(model)
+    taps: dict = {}
+
+    def keep(key):
+        def hook(mod, i, o):
+            o.retain_grad()
+            taps[key] = o
+        return hook
+
+    hooks = [rotary_module(model).register_forward_hook(lambda m, i, o: taps.__setitem__("rope", o)),
+             model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.detach().requires_grad_(True))]
+    for m in mods:
+        hooks.append(m.k_proj.register_forward_hook(keep((m.layer_idx, "k"))))
+        hooks.append(m.v_proj.register_forward_hook(keep((m.layer_idx, "v"))))
+    req = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dev = next(model.parameters()).device
+    mk = [torch.zeros(H, D, D) for _ in range(L)]
+    mv = [torch.zeros(H, D, D) for _ in range(L)]
+    wk = [[] for _ in range(L)]
+    wv = [[] for _ in range(L)]
+    n = 0
+    try:
+        wins = [ids[i : i + window] for i in range(0, ids.numel(), window)]
+        for w in tqdm(wins, desc="fisher pass", disable=not progress):
+            if w.numel() < 2:
+                continue
+            T = w.numel()
+            with torch.enable_grad():
+                out = model(input_ids=w[None].to(dev), labels=w[None].to(dev), use_cache=False)
+                # sum (not mean) of token losses: per-token gradients on the scale of one prediction
+                (out.loss * (T - 1)).backward()
+            cos, sin = (t[0].detach().float().cpu() for t in taps["rope"])
+            for m in mods:
+                li = m.layer_idx
+                gk = taps[(li, "k")].grad[0].float().cpu().view(T, H, D).transpose(0, 1)
+                gv = taps[(li, "v")].grad[0].float().cpu().view(T, H, D).transpose(0, 1)
+                gk = rope(gk, cos, sin)
+                mk[li] += torch.einsum("htd,hte->hde", gk, gk)
+                mv[li] += torch.einsum("htd,hte->hde", gv, gv)
+                wk[li].append(gk.pow(2).sum(-1))
+                wv[li].append(gv.pow(2).sum(-1))
+            n += T
+            taps.clear()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, r in zip(model.parameters(), req):
+            p.requires_grad_(r)
+    return FisherData([x / n for x in mk], [x / n for x in mv], [torch.cat(x, 1) for x in wk], [torch.cat(x, 1) for x in wv])
+
+
+def load_or_collect_fisher(model, tokenizer, text_name: str = "squad", tokens: int = 16384, window: int = 2048,
+                           model_name: str = "model", cache: bool = True, progress: bool = False) -> FisherData:
+    """:func:`collect_fisher`, memoized like :func:`load_or_collect`."""
+    from dataclasses import asdict
+
+    from ..data import cache_dir, load_text
+
+    path = cache_dir() / "calib" / f"{model_name}-{Path(text_name).name}-{tokens}-{window}-fisher.pt"
+    if cache and path.is_file():
+        return FisherData(**torch.load(path, weights_only=True))
+    data = collect_fisher(model, tokenizer, load_text(text_name), tokens=tokens, window=window, progress=progress)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(asdict(data), path)

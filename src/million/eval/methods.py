@@ -379,7 +379,8 @@ class PQMethod(KVMethod):
         return self.cb.qdq_values(layer, v, pos0)
 
     def bits_breakdown(self, shape, context, protocol="all-quantized"):
-        parts = self.variant.bits_breakdown(shape.L, shape.H, shape.D, context)
+        sizes = (self.cb.info or {}).get("centroid_values") if self.cb is not None else None
+        parts = self.variant.bits_breakdown(shape.L, shape.H, shape.D, context, sizes)
         parts.pop("total")
         w = self.window_tokens(context) if protocol == "deployed" else 0
         f = w / context

@@ -1,0 +1,330 @@
+"""Quality benchmark: every KV method side by side on SmolLM2-135M (CPU, minutes to hours).
+
+    python benchmarks/bench_quality.py --out runs/quality                       # everything
+    python benchmarks/bench_quality.py --out runs/quality --parts ppl,deployed  # a subset
+    python benchmarks/bench_quality.py --out runs/quality --report-only         # tables + plot from saved runs
+
+Parts:
+  ppl       all-quantized perplexity of every method, SQuAD (held-out windows after token 65536) and
+            the Paul Graham essays
+  ablation  the PQ options one at a time (SQuAD)
+  deployed  the deployed protocol (fp16 residual windows as the real caches keep them)
+  needle    needle-in-a-haystack accuracy, contexts 1K..8K
+
+Every run writes ``OUT/<part>/<label>-<text>.json`` and is skipped when that file exists, so an
+interrupted benchmark resumes. Codebooks are trained once into ``OUT/codebooks/``: the published
+MILLION baseline with ``million.calibrate`` (merged granularity), the variants with
+``million.pq_variants``. At the end a table is printed, ``OUT/summary.json`` written and (with
+``--plot``) Delta-ppl against bits per element is plotted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from million.pq_variants import PQVariant
+
+
+def V(bits, **kw):
+    """A PQ variant at 4 (dsub 2) or 2 (dsub 4) bits with 8-bit codes, then ``kw``."""
+    d = {4: 2, 2: 4}[bits]
+    return PQVariant(**{**dict(k_nbits=8, k_dsub=d, v_nbits=8, v_dsub=d, samples=4096, iters=10), **kw})
+
+
+# label -> (method, bits, extra): extra is {"variant": PQVariant} or {"calibrate": granularity} or {}
+MAIN = [
+    ("fp16", "fp16", 16, {}),
+    ("million-4", "million", 4, {"calibrate": "merged"}),
+    ("million-2", "million", 2, {"calibrate": "merged"}),
+    ("pq-4", "pq", 4, {"variant": "best"}),
+    ("pq-2", "pq", 2, {"variant": "best"}),
+    ("kivi-4", "kivi", 4, {}),
+    ("kivi-2", "kivi", 2, {}),
+    ("kvquant-4", "kvquant", 4, {}),
+    ("kvquant-3", "kvquant", 3, {}),
+    ("kvquant-2", "kvquant", 2, {}),
+    ("quanto-4", "quanto", 4, {}),
+    ("quanto-2", "quanto", 2, {}),
+    ("qhitter-4", "qhitter", 4, {}),
+    ("qhitter-2", "qhitter", 2, {}),
+]
+
+ABLATION = [
+    # one option at a time, from the published recipe towards the chosen default (2 bits, then 4)
+    ("pq2-merged", 2, V(2, granularity="merged", samples=65536)),
+    ("pq2-layer", 2, V(2, granularity="layer", samples=16384)),
+    ("pq2-layer_head", 2, V(2)),
+    ("pq2-lh-sink1", 2, V(2, sinks=1)),
+    ("pq2-lh-hadamard-sink1", 2, V(2, transform="hadamard", sinks=1)),
+    ("pq2-lh-metric-sink1", 2, V(2, transform="metric", sinks=1)),
+    ("pq2-lh-metric-sink1-attnw", 2, V(2, transform="metric", sinks=1, weighting="attn")),
+    ("pq2-lh-opq-sink1", 2, V(2, transform="opq", sinks=1)),
+    ("pq2-lh-metric-sink1-k10v6", 2, V(2, transform="metric", sinks=1, k_nbits=10, v_nbits=6)),
+    ("pq3-lh-metric-sink1-12bit", 3, V(2, transform="metric", sinks=1, k_nbits=12, v_nbits=12, samples=16384)),
+    ("pq4-merged", 4, V(4, granularity="merged", samples=65536)),
+    ("pq4-layer_head", 4, V(4)),
+    ("pq4-lh-metric-sink1", 4, V(4, transform="metric", sinks=1)),
+]
+
+DEPLOYED = ["fp16", "million-4", "million-2", "pq-4", "pq-2", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
+NEEDLE = ["fp16", "pq-2", "million-2", "kivi-2", "kvquant-2", "quanto-2", "qhitter-2", "pq-4"]
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.model = self.tok = None
+        self._ids = {}
+        self._calib = None
+
+    # -- lazy resources ----------------------------------------------------------------------------
+    def load(self):
+        if self.model is None:
+            from million.models import load_model
+
+            torch.set_num_threads(self.args.threads)
+            self.model, self.tok = load_model("smollm2")
+        return self.model, self.tok
+
+    def ids(self, name):
+        if name not in self._ids:
+            from million.data import load_text
+
+            self._ids[name] = self.tok(load_text(name), return_tensors="pt", add_special_tokens=False).input_ids[0]
+        return self._ids[name]
+
+    def calib(self):
+        if self._calib is None:
+            from million.eval.calibdata import load_or_collect
+
+            self._calib = load_or_collect(self.model, self.tok, "squad", 16384, 2048, model_name="smollm2")
+        return self._calib
+
+    # -- methods -------------------------------------------------------------------------------------
+    def codebooks(self, label, bits, extra):
+        """Directory of trained codebooks for a PQ label (trained once)."""
+        d = self.out / "codebooks" / label
+        if (d / "pq_variant.json").is_file() or (d / "codebooks.json").is_file():
+            return d
+        if "calibrate" in extra:
+            from million.calibrate import calibrate
+            from million.data import load_text
+
+            log(f"million calibrate ({extra['calibrate']}, {bits} bits) -> {d}")
+            cb = calibrate(self.model, self.tok, load_text("squad"), bits=bits, granularity=extra["calibrate"],
+                           tokens=16384, samples=65536, iters=10, text_name="squad", model_name="smollm2", progress=False)
+            cb.save(d)
+            return d
+        from million.eval.methods import best_variant
+        from million.pq_variants import train_variant
+
+        v = extra["variant"]
+        if v == "best":
+            v = best_variant(bits)
+        log(f"training PQ variant {label}: {v.to_dict()}")
+        train_variant(self.calib(), v).save(d)
+        return d
+
+    def method(self, label, name, bits, extra):
+        from million.eval.methods import make_method
+
+        cbdir = str(self.codebooks(label, bits, extra)) if name in ("pq", "million") else None
+        m = make_method(name, bits, cbdir)
+        return m.fit(self.model, self.calib)
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def ppl(self, part, label, method_fn, text, windows, protocol="all-quantized"):
+        from million.eval.ppl import default_offset, perplexity
+
+        f = self.out / part / f"{label}-{text}.json"
+        if f.is_file():
+            return json.loads(f.read_text())
+        self.load()
+        m = method_fn()
+        log(f"{part}: {label} on {text} ({windows} windows, {protocol})")
+        r = perplexity(self.model, self.ids(text), m, protocol, 2048, windows, default_offset(text), text)
+        r.update({"label": label, "part": part, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(r, indent=2) + "\n")
+        log(f"  ppl {r['ppl']:.4f}  bits {r['bits_per_element']:.3f}  ({r['seconds']:.0f} s)")
+        return r
+
+    def needle(self, label, method_fn):
+        from million.eval.needle import needle_eval
+
+        f = self.out / "needle" / f"{label}-essays.json"
+        if f.is_file():
+            return json.loads(f.read_text())
+        self.load()
+        m = method_fn()
+        a = self.args
+        contexts = [int(x) for x in a.needle_contexts.split(",")]
+        depths = [float(x) for x in a.needle_depths.split(",")]
+        from million.data import load_text
+
+        hay = self.tok(load_text("essays")[: 60 * max(contexts)], return_tensors="pt", add_special_tokens=False).input_ids[0]
+        log(f"needle: {label}")
+        r = needle_eval(self.model, self.tok, m, hay, contexts, depths, "all-quantized", 10,
+                        progress=lambda c: log(f"  {c['context']} @ {c['depth']}: {'ok' if c['correct'] else 'MISS'} {c['answer'].strip()!r}"))
+        r.update({"label": label, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(r, indent=2) + "\n")
+        log(f"  accuracy {r['accuracy']:.3f} {r['accuracy_by_context']}")
+        return r
+
+    def run(self):
+        a = self.args
+        parts = a.parts.split(",")
+        only = set(a.only.split(",")) if a.only else None
+        main = {lab: (n, b, e) for lab, n, b, e in MAIN}
+        mk = lambda lab: (lambda: (self.load(), self.method(lab, *main[lab]))[1])  # noqa: E731
+        if "ppl" in parts:
+            for text, nw in (("squad", a.squad_windows), ("essays", a.essays_windows)):
+                for lab in main:
+                    if only is None or lab in only:
+                        self.ppl("ppl", lab, mk(lab), text, nw)
+        if "ablation" in parts:
+            for lab, bits, v in ABLATION:
+                if only is None or lab in only:
+                    fn = lambda lab=lab, bits=bits, v=v: (self.load(), self.method(lab, "pq", v.code_bits, {"variant": v}))[1]
+                    self.ppl("ablation", lab, fn, "squad", a.ablation_windows)
+        if "deployed" in parts:
+            for lab in DEPLOYED:
+                if only is None or lab in only:
+                    self.ppl("deployed", lab, mk(lab), "squad", a.squad_windows, "deployed")
+        if "needle" in parts:
+            for lab in NEEDLE:
+                if only is None or lab in only:
+                    self.needle(lab, mk(lab))
+
+
+# -- report ------------------------------------------------------------------------------------------
+def load_runs(out: Path) -> dict:
+    runs = {}
+    for f in sorted(out.glob("*/*.json")):
+        if f.parent.name == "codebooks":
+            continue
+        runs[(f.parent.name, f.stem)] = json.loads(f.read_text())
+    return runs
+
+
+def report(out: Path, plot: str | None) -> dict:
+    runs = load_runs(out)
+    lines = []
+    summary = {"ppl": [], "ablation": [], "deployed": [], "needle": []}
+
+    def ref(part_text):
+        r = runs.get(("ppl", f"fp16-{part_text}"))
+        return r["ppl"] if r else None
+
+    for part in ("ppl", "ablation", "deployed"):
+        rows = [(k[1], r) for k, r in runs.items() if k[0] == part]
+        if not rows:
+            continue
+        lines.append(f"\n## {part}\n")
+        lines.append("| method | text | windows x tokens | ppl | Δppl vs fp16 | bits/elem @2K | bits/elem @32K |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, r in rows:
+            base = ref(r["text"])
+            if part == "deployed":
+                base = runs.get(("deployed", f"fp16-{r['text']}"), {}).get("ppl", base)
+            if base and r.get("windows") != runs.get(("ppl", f"fp16-{r['text']}"), {}).get("windows"):
+                # compare on the same windows only
+                n = r["windows"]
+                fr = runs.get(("ppl", f"fp16-{r['text']}"))
+                base = math.exp(sum(fr["nll_per_window"][:n]) / n) if fr and len(fr["nll_per_window"]) >= n else None
+            d = 100 * (r["ppl"] / base - 1) if base else float("nan")
+            lines.append(f"| {r['label']} | {r['text']} | {r['windows']} x {r['window']} | {r['ppl']:.3f} | {d:+.2f}% | "
+                         f"{r['bits_per_element']:.3f} | {r['bits_per_element_32k']:.3f} |")
+            summary[part].append({k: r[k] for k in ("label", "method", "bits", "text", "protocol", "ppl", "windows", "window",
+                                                    "tokens", "bits_per_element", "bits_per_element_32k")} | {"delta_ppl_pct": d})
+    nrows = [r for k, r in runs.items() if k[0] == "needle"]
+    if nrows:
+        ctxs = nrows[0]["contexts"]
+        lines.append("\n## needle (essays, all-quantized)\n")
+        lines.append("| method | " + " | ".join(str(c) for c in ctxs) + " | all |")
+        lines.append("|---|" + "---|" * (len(ctxs) + 1))
+        for r in nrows:
+            lines.append(f"| {r['label']} | " + " | ".join(f"{r['accuracy_by_context'][str(c)]:.2f}" for c in ctxs)
+                         + f" | {r['accuracy']:.2f} |")
+            summary["needle"].append({k: r[k] for k in ("label", "accuracy", "accuracy_by_context", "depths", "contexts")})
+    text = "\n".join(lines)
+    print(text)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(text + "\n")
+    if plot:
+        make_plot(summary, plot)
+    return summary
+
+
+def make_plot(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["ppl"] if r["method"] != "fp16"]
+    texts = sorted({r["text"] for r in rows})
+    fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.5), squeeze=False)
+    markers = {"million": "s", "pq": "*", "kivi": "o", "kvquant": "^", "quanto": "D", "qhitter": "v"}
+    for ax, text in zip(axes[0], texts):
+        for meth in sorted({r["method"] for r in rows}):
+            pts = sorted((r["bits_per_element_32k"], r["delta_ppl_pct"], r["label"]) for r in rows if r["text"] == text and r["method"] == meth)
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [max(p[1], 1e-2) for p in pts], marker=markers.get(meth, "x"), label=meth,
+                    markersize=11 if meth == "pq" else 7)
+            for x, y, lab in pts:
+                ax.annotate(lab, (x, max(y, 1e-2)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.axhline(5, color="gray", ls="--", lw=0.8)
+        ax.axhline(0.5, color="gray", ls=":", lw=0.8)
+        ax.set_xlabel("bits per K/V element (true; codebooks/levels amortized at 32K tokens)")
+        ax.set_ylabel("Δppl vs fp16 (%)")
+        ax.set_title(f"SmolLM2-135M, {text}, 2048-token windows, all-quantized")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    log(f"plot -> {path}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--parts", default="ppl,ablation,deployed,needle")
+    p.add_argument("--only", default=None, help="comma-separated labels to run")
+    p.add_argument("--squad-windows", type=int, default=8)
+    p.add_argument("--essays-windows", type=int, default=4)
+    p.add_argument("--ablation-windows", type=int, default=4)
+    p.add_argument("--needle-contexts", default="1024,2048,4096,8192")
+    p.add_argument("--needle-depths", default="0.1,0.5,0.9")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plot", default=None, help="write the Δppl-vs-bits plot here (e.g. docs/quality_ppl_vs_bits.png)")
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args(argv)
+    for part in a.parts.split(","):
+        if part not in ("ppl", "ablation", "deployed", "needle"):
+            raise SystemExit(f"--parts: {part!r} is not one of ppl, ablation, deployed, needle")
+    out = Path(a.out)
+    if not a.report_only:
+        Bench(a).run()
+    report(out, a.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
