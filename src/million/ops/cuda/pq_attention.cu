@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <math.h>
+#include <type_traits>
 
 struct PQArgs {
   const void* q; const uint8_t* kc; const uint8_t* vc; const void* kcen; const void* vcen;
@@ -86,13 +87,36 @@ __device__ __forceinline__ void entry_to_float(const typename EntryT<DSUB>::type
   }
 }
 
+// one stage of the transposing butterfly: lanes with bit MASK set keep the upper half of the
+// values and receive the partner's upper half; recursion keeps every array index static
+template <int MASK, int NS, int GB>
+__device__ __forceinline__ void butterfly(float (&part)[NS][GB], int lane) {
+  if constexpr (MASK >= 1) {
+    const uint32_t upm = (lane & MASK) ? 0xffffffffu : 0u;
+#pragma unroll
+    for (int k = 0; k < MASK; ++k)
+#pragma unroll
+      for (int g = 0; g < GB; ++g) {
+        const uint32_t lo_ = __float_as_uint(part[k][g]), hi_ = __float_as_uint(part[k + MASK][g]);
+        const float send = __uint_as_float((lo_ & upm) | (hi_ & ~upm));
+        const float keep = __uint_as_float((hi_ & upm) | (lo_ & ~upm));
+        part[k][g] = keep + __shfl_xor_sync(FULL, send, MASK);
+      }
+    butterfly<MASK / 2, NS, GB>(part, lane);
+  }
+}
+
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
   using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
-  Entry* tabK = reinterpret_cast<Entry*>(smem);
+  Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
+  float* lut = reinterpret_cast<float*>(smem);    // GB == 1: LUT [256][M] (same or fewer bytes)
   Entry* tabV = tabK + 256 * M;
+  const char* lutB = reinterpret_cast<const char*>(lut);
+  const char* tabKB = reinterpret_cast<const char*>(tabK);
+  const char* tabVB = reinterpret_cast<const char*>(tabV);
 
   const int split = blockIdx.x, b = blockIdx.z;
   const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
@@ -114,23 +138,56 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     return;
   }
 
-  // ---- prologue: centroid tables -> shared memory (swizzled) ----
+  // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
+  // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   {
     const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
     const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
+    const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
     constexpr int VEC = 16 / (DSUB * 2);
-    for (int idx = tid; idx < M * 256 / VEC; idx += NT) {
-      const int m = idx % M, k0 = (idx / M) * VEC;
-      const long long off = ((long long)m * 256 + k0) * DSUB;
-      uint4 vk = __ldg(reinterpret_cast<const uint4*>(kcen + off));
-      uint4 vv = __ldg(reinterpret_cast<const uint4*>(vcen + off));
-      const Entry* ek = reinterpret_cast<const Entry*>(&vk);
-      const Entry* ev = reinterpret_cast<const Entry*>(&vv);
-      const int s = swz<M, DSUB>(m);
+    constexpr int TOTAL = M * 256 / VEC;
+    constexpr int ITERS = (TOTAL + NT - 1) / NT;
+    constexpr int UNR = ITERS < 4 ? ITERS : 4;
+    for (int it0 = 0; it0 < ITERS; it0 += UNR) {
+      uint4 vk[UNR], vv[UNR];
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        tabK[(k0 + v) * M + s] = ek[v];
-        tabV[(k0 + v) * M + s] = ev[v];
+      for (int u = 0; u < UNR; ++u) {
+        const int idx = tid + (it0 + u) * NT;
+        if (idx < TOTAL) {
+          const int m = idx % M, k0 = (idx / M) * VEC;
+          const long long off = ((long long)m * 256 + k0) * DSUB;
+          vk[u] = __ldg(reinterpret_cast<const uint4*>(kcen + off));
+          vv[u] = __ldg(reinterpret_cast<const uint4*>(vcen + off));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int idx = tid + (it0 + u) * NT;
+        if (idx < TOTAL) {
+          const int m = idx % M, k0 = (idx / M) * VEC;
+          const int sw = swz<M, DSUB>(m);
+          const Entry* ek = reinterpret_cast<const Entry*>(&vk[u]);
+          const Entry* ev = reinterpret_cast<const Entry*>(&vv[u]);
+          if constexpr (GB == 1) {
+            float qm[DSUB];
+#pragma unroll
+            for (int j = 0; j < DSUB; ++j) qm[j] = Cvt<T>::f(qh[(long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) {
+              float ef[DSUB];
+              entry_to_float<T, DSUB>(ek[v], ef);
+              float acc = 0.f;
+#pragma unroll
+              for (int j = 0; j < DSUB; ++j) acc = fmaf(qm[j], ef[j], acc);
+              lut[(k0 + v) * M + sw] = acc;
+            }
+          } else {
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) tabK[(k0 + v) * M + sw] = ek[v];
+          }
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) tabV[(k0 + v) * M + sw] = ev[v];
+        }
       }
     }
   }
@@ -168,21 +225,30 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
   }
 
+  // (a.sk_t == a.sv_t == M: the launcher makes the codes contiguous over (t, m))
   const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + 4 * i;
   const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
   const int nchunks = (hi - lo + 31) / 32;
   uint32_t kw[NS], vw[NS], kn[NS], vn[NS];
 
+  // codes are contiguous over (t, m): step s of a chunk is 128 bytes further (immediate offsets);
+  // the last, partial chunk clamps its tokens to hi - 1 (their scores are masked).
   auto load = [&](int c, uint32_t* kd, uint32_t* vd) {
     const int t0 = lo + c * 32 + h;
+    if (lo + c * 32 + 32 <= hi) {
+      const uint32_t* kp = reinterpret_cast<const uint32_t*>(kbase + (long long)t0 * M);
+      const uint32_t* vp = reinterpret_cast<const uint32_t*>(vbase + (long long)t0 * M);
 #pragma unroll
-    for (int s = 0; s < NS; ++s) {
-      const int t = t0 + s * TPI;
-      if (t < hi) {
-        kd[s] = __ldg(reinterpret_cast<const uint32_t*>(kbase + (long long)t * a.sk_t));
-        vd[s] = __ldg(reinterpret_cast<const uint32_t*>(vbase + (long long)t * a.sv_t));
-      } else {
-        kd[s] = 0u; vd[s] = 0u;
+      for (int s = 0; s < NS; ++s) {
+        kd[s] = __ldg(kp + s * TPI * M / 4);
+        vd[s] = __ldg(vp + s * TPI * M / 4);
+      }
+    } else {
+#pragma unroll
+      for (int s = 0; s < NS; ++s) {
+        const long long t = min(t0 + s * TPI, hi - 1);
+        kd[s] = __ldg(reinterpret_cast<const uint32_t*>(kbase + t * M));
+        vd[s] = __ldg(reinterpret_cast<const uint32_t*>(vbase + t * M));
       }
     }
   };
@@ -200,28 +266,21 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
-        const Entry e = tabK[code * M + off[bb]];
-        float ef[DSUB];
-        entry_to_float<T, DSUB>(e, ef);
+        if constexpr (GB == 1) {
+          part[s][0] += *reinterpret_cast<const float*>(lutB + code * (M * 4) + off[bb] * 4);
+        } else {
+          const Entry e = *reinterpret_cast<const Entry*>(tabKB + code * (M * sizeof(Entry)) + off[bb] * sizeof(Entry));
+          float ef[DSUB];
+          entry_to_float<T, DSUB>(e, ef);
 #pragma unroll
-        for (int g = 0; g < GB; ++g)
+          for (int g = 0; g < GB; ++g)
 #pragma unroll
-          for (int j = 0; j < DSUB; ++j) part[s][g] = fmaf(qr[bb][g][j], ef[j], part[s][g]);
+            for (int j = 0; j < DSUB; ++j) part[s][g] = fmaf(qr[bb][g][j], ef[j], part[s][g]);
+        }
       }
     }
     // transposing butterfly over the W lanes of a token: lane i ends with step i's total
-#pragma unroll
-    for (int mask = W / 2; mask >= 1; mask >>= 1) {
-      const bool up = (lane & mask) != 0;
-#pragma unroll
-      for (int k = 0; k < mask; ++k)
-#pragma unroll
-        for (int g = 0; g < GB; ++g) {
-          const float send = up ? part[k][g] : part[k + mask][g];
-          const float keep = up ? part[k + mask][g] : part[k][g];
-          part[k][g] = keep + __shfl_xor_sync(FULL, send, mask);
-        }
-    }
+    butterfly<W / 2, NS, GB>(part, lane);
     const bool valid = (lo + c * 32 + i * TPI + h) < hi;
     float p[GB];
 #pragma unroll
@@ -251,7 +310,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
-        const Entry e = tabV[code * M + off[bb]];
+        const Entry e = *reinterpret_cast<const Entry*>(tabVB + code * (M * sizeof(Entry)) + off[bb] * sizeof(Entry));
         float ef[DSUB];
         entry_to_float<T, DSUB>(e, ef);
 #pragma unroll
@@ -324,49 +383,47 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   }
 }
 
-// residual window (dense) + merge of the S partials; one block of 128 threads per (head, batch)
+// residual window (dense) + merge of the S partials; one block of 256 threads per (head, batch)
 template <typename T, int D>
-__global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
-  constexpr int E = D / 32;
+__global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
+  constexpr int NWM = 8, EV = D / 32;  // each lane owns EV consecutive output elements
+  using VT = typename std::conditional<EV == 4, uint2, uint32_t>::type;
   const int hq = blockIdx.x, b = blockIdx.y;
   const int G = a.Hq / a.Hkv, hkv = hq / G;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   __shared__ float qs[D];
-  __shared__ float wacc[4][D];
-  __shared__ float wm[4], wl[4];
-  __shared__ float ws[1025];
-  __shared__ float red[4];
+  __shared__ float wacc[NWM][D];
+  __shared__ float wm[NWM], wl[NWM];
+  __shared__ float ws[1024];
+  __shared__ float red[NWM];
   const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq * a.sq_h;
-  for (int d = tid; d < D; d += 128) qs[d] = Cvt<T>::f(qb[(long long)d * a.sq_d]) * a.scale_log2;
+  for (int d = tid; d < D; d += 256) qs[d] = Cvt<T>::f(qb[(long long)d * a.sq_d]) * a.scale_log2;
   __syncthreads();
 
   const int plen = a.pq_lens[b];
   const int r_end = min(a.res_lens[b], a.R);
   const int r_lo = max(a.starts[b] - plen, 0);
-  float m = -INFINITY, l = 0.f, acc[E];
+  float m = -INFINITY, l = 0.f, acc[EV];
 #pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  for (int e = 0; e < EV; ++e) acc[e] = 0.f;
   const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
   const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
-  for (int j0 = r_lo + warp * 32; j0 < r_end; j0 += 128) {
+  for (int j0 = r_lo + warp * 32; j0 < r_end; j0 += NWM * 32) {
     const int j = j0 + lane;
-    float s = -INFINITY;
-    if (j < r_end) {
-      const uint4* row = reinterpret_cast<const uint4*>(kr + (long long)j * a.skr_t);
-      float dot = 0.f;
+    const uint4* row = reinterpret_cast<const uint4*>(kr + (long long)min(j, r_end - 1) * a.skr_t);
+    float dot = 0.f;
 #pragma unroll
-      for (int u = 0; u < D / 8; ++u) {
-        uint4 w = __ldg(row + u);
-        const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+    for (int u = 0; u < D / 8; ++u) {
+      uint4 w = __ldg(row + u);
+      const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int z = 0; z < 4; ++z) {
-          float2 f = Cvt<T>::pair(ww[z]);
-          dot = fmaf(f.x, qs[u * 8 + 2 * z], dot);
-          dot = fmaf(f.y, qs[u * 8 + 2 * z + 1], dot);
-        }
+      for (int z = 0; z < 4; ++z) {
+        float2 f = Cvt<T>::pair(ww[z]);
+        dot = fmaf(f.x, qs[u * 8 + 2 * z], dot);
+        dot = fmaf(f.y, qs[u * 8 + 2 * z + 1], dot);
       }
-      s = dot;
     }
+    const float s = j < r_end ? dot : -INFINITY;
     float cmax = s;
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
@@ -374,37 +431,47 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
       const float alpha = exp2f(m - cmax);
       l *= alpha;
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] *= alpha;
+      for (int e = 0; e < EV; ++e) acc[e] *= alpha;
       m = cmax;
     }
-    const float p = (j < r_end) ? exp2f(s - m) : 0.f;
+    const float p = exp2f(s - m);
     l += p;
-    const int nv = min(32, r_end - j0);
-    for (int tt = 0; tt < nv; ++tt) {
-      const float pt = __shfl_sync(FULL, p, tt);
-      const T* vrow = vr + (long long)(j0 + tt) * a.svr_t;
+    VT vv[32];
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = fmaf(pt, Cvt<T>::f(vrow[lane + 32 * e]), acc[e]);
+    for (int tt = 0; tt < 32; ++tt)
+      vv[tt] = __ldg(reinterpret_cast<const VT*>(vr + (long long)min(j0 + tt, r_end - 1) * a.svr_t) + lane);
+#pragma unroll
+    for (int tt = 0; tt < 32; ++tt) {
+      const float pt = __shfl_sync(FULL, p, tt);
+      if constexpr (EV == 4) {
+        float2 x = Cvt<T>::pair(vv[tt].x), y = Cvt<T>::pair(vv[tt].y);
+        acc[0] = fmaf(pt, x.x, acc[0]); acc[1] = fmaf(pt, x.y, acc[1]);
+        acc[2] = fmaf(pt, y.x, acc[2]); acc[3] = fmaf(pt, y.y, acc[3]);
+      } else {
+        float2 x = Cvt<T>::pair(vv[tt]);
+        acc[0] = fmaf(pt, x.x, acc[0]); acc[1] = fmaf(pt, x.y, acc[1]);
+      }
     }
   }
 #pragma unroll
   for (int o = 16; o >= 1; o >>= 1) l += __shfl_xor_sync(FULL, l, o);
 #pragma unroll
-  for (int e = 0; e < E; ++e) wacc[warp][lane + 32 * e] = acc[e];
+  for (int e = 0; e < EV; ++e) wacc[warp][lane * EV + e] = acc[e];
   if (lane == 0) { wm[warp] = m; wl[warp] = l; }
   __syncthreads();
 
-  // residual part as (lse2_res, o_res); splits as (lse2_s, o_s)
   float mres = -INFINITY;
-  for (int w = 0; w < 4; ++w) mres = fmaxf(mres, wm[w]);
+#pragma unroll
+  for (int w = 0; w < NWM; ++w) mres = fmaxf(mres, wm[w]);
   float lres = 0.f;
-  for (int w = 0; w < 4; ++w) lres += wl[w] * exp2f(wm[w] - mres);
+#pragma unroll
+  for (int w = 0; w < NWM; ++w) lres += wl[w] * exp2f(wm[w] - mres);
   const float lse2_res = lres > 0.f ? mres + log2f(lres) : -INFINITY;
 
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
   float mx = lse2_res;
-  for (int s = tid; s < S; s += 128) {
+  for (int s = tid; s < S; s += 256) {
     const float v = a.lse_part[row * S + s] * LOG2E;
     ws[s] = v;
     mx = fmaxf(mx, v);
@@ -413,25 +480,28 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, o));
   if (lane == 0) red[warp] = mx;
   __syncthreads();
-  mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+  mx = red[0];
+#pragma unroll
+  for (int w = 1; w < NWM; ++w) mx = fmaxf(mx, red[w]);
   const bool any = mx > -INFINITY;
   const float mxs = any ? mx : 0.f;
   float den = 0.f;
-  for (int s = tid; s < S; s += 128) {
+  for (int s = tid; s < S; s += 256) {
     const float w = exp2f(ws[s] - mxs);
     ws[s] = w;
     den += w;
   }
-  __syncthreads();
 #pragma unroll
   for (int o = 16; o >= 1; o >>= 1) den += __shfl_xor_sync(FULL, den, o);
   __syncthreads();
   if (lane == 0) red[warp] = den;
   __syncthreads();
   const float wres = exp2f(lse2_res - mxs);
-  den = red[0] + red[1] + red[2] + red[3] + wres;
+  den = wres;
+#pragma unroll
+  for (int w = 0; w < NWM; ++w) den += red[w];
   T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
-  for (int d = tid; d < D; d += 128) {
+  for (int d = tid; d < D; d += 256) {
     float o = 0.f;
     if (any) {
       for (int s = 0; s < S; ++s) {
@@ -440,7 +510,8 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
       }
       if (wres > 0.f) {
         float ores = 0.f;
-        for (int w = 0; w < 4; ++w) ores += wacc[w][d] * exp2f(wm[w] - mres);
+#pragma unroll
+        for (int w = 0; w < NWM; ++w) ores += wacc[w][d] * exp2f(wm[w] - mres);
         o = fmaf(wres, ores / lres, o);
       }
       o = o / den;
@@ -466,7 +537,7 @@ static int launch_t(const PQArgs& a, cudaStream_t st) {
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
     kern<<<grid, NW * 32, SMEM, st>>>(a);
-    pq_merge_kernel<T, D><<<dim3(a.Hq, a.B), 128, 0, st>>>(a);
+    pq_merge_kernel<T, D><<<dim3(a.Hq, a.B), 256, 0, st>>>(a);
   }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
@@ -496,10 +567,11 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 1; }
+int million_pq_abi_version() { return 2; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
+  if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   return a->dtype == 0 ? launch_d<__half>(*a, st) : launch_d<__nv_bfloat16>(*a, st);
