@@ -46,9 +46,31 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return naive.pq_encode(x, centroids)
 
 
+def _cuda_kernel(args):
+    """The CUDA shared-memory kernel when it is built/buildable and handles these inputs, else None."""
+    try:
+        from . import cuda_attention
+    except ImportError:
+        return None
+    try:
+        if cuda_attention.available() and cuda_attention.supports(*args[:5], args[6], args[7]):
+            return cuda_attention.pq_decode_attention
+    except (OSError, RuntimeError):
+        return None
+    return None
+
+
 def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts=None, scale=None, return_lse=False):
-    """Decode attention on codes plus residual window; see :func:`million.ops.naive.pq_decode_attention`."""
+    """Decode attention on codes plus residual window; see :func:`million.ops.naive.pq_decode_attention`.
+
+    On CUDA: the shared-memory CUDA kernel (Hopper, fp16/bf16, uint8 codes with 256 centroids) when
+    available, else the Triton kernel; on the CPU the naive reference.
+    """
     args = (q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
+    if use_kernels(q) or q.is_cuda:
+        kernel = _cuda_kernel(args) if q.is_cuda else None
+        if kernel is not None:
+            return kernel(*args, return_lse=return_lse)
     if use_kernels(q):
         try:
             from . import triton_attention
