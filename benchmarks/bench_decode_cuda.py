@@ -177,6 +177,32 @@ def bench(dev, contexts, batches, shapes, bits_list):
     return rows
 
 
+def profile(dev):
+    """Per-kernel GPU times (torch.profiler, no graph) for a few shapes: partial vs merge kernel."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprof
+
+    out = []
+    for name, Hq, Hkv, D, ctx, bits in (("mha", 32, 32, 128, 4096, 4), ("mha", 32, 32, 128, 32768, 4),
+                                        ("gqa", 32, 8, 128, 32768, 4), ("smollm2", 9, 3, 64, 4096, 4)):
+        q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, bits, ctx, 128, torch.float16, dev)
+        pl = torch.full((1,), ctx - 64, dtype=torch.int32, device=dev)
+        rl = torch.full((1,), 64, dtype=torch.int32, device=dev)
+        for _ in range(3):
+            ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl)
+        torch.cuda.synchronize()
+        with tprof(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl)
+            torch.cuda.synchronize()
+        for ev in prof.key_averages():
+            if "pq_" in ev.key:
+                us = ev.device_time_total / max(1, ev.count)
+                out.append(dict(shape=name, context=ctx, kernel=ev.key[:40], us=us))
+                print(f"profile {name} ctx={ctx}: {ev.key[:40]} {us:.1f} us", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="cuda_decode.json")
@@ -186,6 +212,7 @@ def main():
     ap.add_argument("--shapes", default="mha,gqa,smollm2")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
@@ -195,6 +222,8 @@ def main():
         res["check_ok"] = ok
         res["checks"] = checks
         print(f"CHECK {'PASSED' if ok else 'FAILED'}", flush=True)
+    if args.profile:
+        res["profile"] = profile(dev)
     if not args.skip_bench:
         allshapes = dict(mha=("mha", 32, 32, 128), gqa=("gqa", 32, 8, 128), smollm2=("smollm2", 9, 3, 64))
         shapes = [allshapes[s] for s in args.shapes.split(",")]

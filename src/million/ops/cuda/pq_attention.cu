@@ -138,6 +138,39 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     return;
   }
 
+  const int i = lane % W, h = lane / W;
+  const int sh = selh<M>(h);
+  // (a.sk_t == a.sv_t == M: the launcher makes the codes contiguous over (t, m))
+  const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + 4 * i;
+  const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
+  const int nchunks = (hi - lo + 31) / 32;
+  uint32_t kw[NS], vw[NS], kn[NS], vn[NS];
+
+  // codes are contiguous over (t, m): step s of a chunk is 128 bytes further (immediate offsets);
+  // the last, partial chunk clamps its tokens to hi - 1 (their scores are masked).
+  auto load = [&](int c, uint32_t* kd, uint32_t* vd) {
+    const int t0 = lo + c * 32 + h;
+    if (lo + c * 32 + 32 <= hi) {
+      const uint32_t* kp = reinterpret_cast<const uint32_t*>(kbase + (long long)t0 * M);
+      const uint32_t* vp = reinterpret_cast<const uint32_t*>(vbase + (long long)t0 * M);
+#pragma unroll
+      for (int s = 0; s < NS; ++s) {
+        kd[s] = __ldg(kp + s * TPI * M / 4);
+        vd[s] = __ldg(vp + s * TPI * M / 4);
+      }
+    } else {
+#pragma unroll
+      for (int s = 0; s < NS; ++s) {
+        const long long t = min(t0 + s * TPI, hi - 1);
+        kd[s] = __ldg(reinterpret_cast<const uint32_t*>(kbase + t * M));
+        vd[s] = __ldg(reinterpret_cast<const uint32_t*>(vbase + t * M));
+      }
+    }
+  };
+
+  // the first chunk's codes are in flight while the tables are built
+  int c = warp;
+  if (c < nchunks) load(c, kw, vw);
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   {
@@ -193,8 +226,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   }
 
   // ---- per-lane constants ----
-  const int i = lane % W, h = lane / W;
-  const int sh = selh<M>(h);
   uint32_t selb[4];
   int off[4];
   float qr[4][GB][DSUB];
@@ -225,36 +256,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
   }
 
-  // (a.sk_t == a.sv_t == M: the launcher makes the codes contiguous over (t, m))
-  const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + 4 * i;
-  const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
-  const int nchunks = (hi - lo + 31) / 32;
-  uint32_t kw[NS], vw[NS], kn[NS], vn[NS];
-
-  // codes are contiguous over (t, m): step s of a chunk is 128 bytes further (immediate offsets);
-  // the last, partial chunk clamps its tokens to hi - 1 (their scores are masked).
-  auto load = [&](int c, uint32_t* kd, uint32_t* vd) {
-    const int t0 = lo + c * 32 + h;
-    if (lo + c * 32 + 32 <= hi) {
-      const uint32_t* kp = reinterpret_cast<const uint32_t*>(kbase + (long long)t0 * M);
-      const uint32_t* vp = reinterpret_cast<const uint32_t*>(vbase + (long long)t0 * M);
-#pragma unroll
-      for (int s = 0; s < NS; ++s) {
-        kd[s] = __ldg(kp + s * TPI * M / 4);
-        vd[s] = __ldg(vp + s * TPI * M / 4);
-      }
-    } else {
-#pragma unroll
-      for (int s = 0; s < NS; ++s) {
-        const long long t = min(t0 + s * TPI, hi - 1);
-        kd[s] = __ldg(reinterpret_cast<const uint32_t*>(kbase + t * M));
-        vd[s] = __ldg(reinterpret_cast<const uint32_t*>(vbase + t * M));
-      }
-    }
-  };
-
-  int c = warp;
-  if (c < nchunks) load(c, kw, vw);
   for (; c < nchunks; c += NW) {
     if (c + NW < nchunks) load(c + NW, kn, vn);
     // ---- scores: per-lane partial sums over its subspaces, step s = token s*TPI + h ----
@@ -504,10 +505,8 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
   for (int d = tid; d < D; d += 256) {
     float o = 0.f;
     if (any) {
-      for (int s = 0; s < S; ++s) {
-        const float w = ws[s];
-        if (w > 0.f) o = fmaf(w, a.o_part[(row * S + s) * D + d], o);
-      }
+#pragma unroll 8
+      for (int s = 0; s < S; ++s) o = fmaf(ws[s], a.o_part[(row * S + s) * D + d], o);  // empty splits hold 0
       if (wres > 0.f) {
         float ores = 0.f;
 #pragma unroll

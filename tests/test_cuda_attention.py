@@ -1,0 +1,131 @@
+"""CUDA shared-memory PQ decode attention vs the naive specification.
+
+CPU: the module imports without touching CUDA and reports itself unavailable. GPU (``-m gpu``):
+odd shapes (B > 1 with unequal lengths and starts, GQA 1/3/4/8, residual empty/partial/full,
+lengths 0 and 1, d 64 and 128, 4-bit and 2-bit, fp16 and bf16), NaN-poisoned outputs and NaN past
+the residual lengths, fallback for unsupported inputs, and a CUDA-graph replay with new lengths.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from million.ops import naive
+
+CUDA = torch.cuda.is_available()
+
+
+def test_import_without_cuda_and_unavailable_on_cpu():
+    code = (
+        "import torch, sys\n"
+        "from million.ops import cuda_attention as ca\n"
+        "assert callable(ca.pq_decode_attention) and callable(ca.available)\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print(ca.available())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if not CUDA:
+        assert r.stdout.strip() == "False"
+
+
+def _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    M = D // 2 if bits == 4 else D // 4
+    dsub = D // M
+
+    def rn(*shape):
+        return torch.randn(*shape, device="cuda", generator=g).to(dtype)
+
+    kc = torch.randint(0, 256, (B, Hkv, T, M), device="cuda", generator=g, dtype=torch.uint8)
+    vc = torch.randint(0, 256, (B, Hkv, T, M), device="cuda", generator=g, dtype=torch.uint8)
+    return rn(B, Hq, D), kc, vc, rn(Hc, M, 256, dsub), rn(Hc, M, 256, dsub), rn(B, Hkv, R, D), rn(B, Hkv, R, D)
+
+
+CASES = [
+    # B, Hq, Hkv, D, bits, T, R, pq_lens, res_lens, starts, Hc
+    (3, 4, 4, 128, 4, 1000, 64, [1000, 517, 0], [64, 10, 0], [0, 37, 0], 1),
+    (3, 6, 2, 64, 4, 999, 32, [999, 1, 500], [0, 32, 7], [0, 0, 499], 1),
+    (2, 8, 2, 128, 2, 3000, 128, [3000, 2000], [128, 1], [0, 2100], 2),
+    (2, 16, 2, 64, 2, 777, 16, [777, 0], [16, 16], [3, 0], 1),
+    (2, 9, 3, 64, 4, 5000, 128, [5000, 4000], [128, 0], [100, 4000], 3),
+    (4, 8, 8, 128, 4, 333, 16, [333, 1, 0, 200], [0, 16, 3, 5], [0, 0, 0, 210], 1),
+    (1, 32, 8, 128, 4, 4096, 256, [4096], [256], [0], 8),
+    (2, 5, 5, 128, 2, 2048, 8, [0, 2048], [0, 1], [0, 2049], 1),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_naive(case, dtype):
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = CASES[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=case)
+    for b in range(B):  # never read past the residual lengths
+        kr[b, :, rl[b]:] = float("nan")
+        vr[b, :, rl[b]:] = float("nan")
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    torch.full((1 << 24,), float("nan"), device="cuda")  # poison the allocator's free blocks
+    out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True)
+    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                             vr.float(), res_lens, starts, return_lse=True)
+    assert out.dtype == dtype and torch.isfinite(out.float()).all()
+    tol = 1e-2 * ref.abs().max().item() + 1e-6
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
+    assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+    out2 = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    torch.testing.assert_close(out2, out, atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_fallback_unsupported_float32():
+    from million.ops import cuda_attention as ca
+
+    q, kc, vc, kcen, vcen, kr, vr = _make(2, 4, 2, 64, 4, 100, 8, torch.float32, 1, seed=0)
+    pl = torch.tensor([100, 50], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([8, 3], dtype=torch.int32, device="cuda")
+    assert not ca.supports(q, kc, vc, kcen, vcen, kr, vr)
+    out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl)
+    ref = naive.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl)
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_cuda_graph_replay_reads_lengths_on_device():
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    q, kc, vc, kcen, vcen, kr, vr = _make(2, 8, 2, 128, 4, 3000, 64, torch.float16, 1, seed=1)
+    pl = torch.tensor([3000, 1000], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([64, 3], dtype=torch.int32, device="cuda")
+    st = torch.zeros(2, dtype=torch.int32, device="cuda")
+    ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, st)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, st)
+    torch.cuda.current_stream().wait_stream(s)
+    pl.copy_(torch.tensor([17, 2999], dtype=torch.int32))
+    rl.copy_(torch.tensor([0, 64], dtype=torch.int32))
+    g.replay()
+    torch.cuda.synchronize()
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pl, kr.float(), vr.float(), rl, st)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
