@@ -54,7 +54,9 @@ def _cuda_kernel(args):
         return None
     try:
         if cuda_attention.available() and cuda_attention.supports(*args[:5], args[6], args[7]):
-            return cuda_attention.pq_decode_attention
+            from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
+
+            return torch.ops.million.pq_decode_attention_cuda
     except (OSError, RuntimeError):
         return None
     return None
@@ -70,7 +72,8 @@ def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, 
     if use_kernels(q) or q.is_cuda:
         kernel = _cuda_kernel(args) if q.is_cuda else None
         if kernel is not None:
-            return kernel(*args, return_lse=return_lse)
+            out, lse = kernel(*args[:10], None if scale is None else float(scale))
+            return (out, lse) if return_lse else out
     if use_kernels(q):
         try:
             from . import triton_attention

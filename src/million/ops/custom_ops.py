@@ -49,3 +49,29 @@ def pq_decode_attention(
 @pq_decode_attention.register_fake
 def _pq_decode_attention_fake(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale):
     return torch.empty_like(q)
+
+
+@torch.library.custom_op("million::pq_decode_attention_cuda", mutates_args=())
+def pq_decode_attention_cuda(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    v_codes: torch.Tensor,
+    k_centroids: torch.Tensor,
+    v_centroids: torch.Tensor,
+    pq_lens: torch.Tensor,
+    k_res: torch.Tensor,
+    v_res: torch.Tensor,
+    res_lens: torch.Tensor,
+    starts: torch.Tensor | None,
+    scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA shared-memory kernel: ``(out [B, H_q, D], lse [B, H_q] float32)``; see
+    :func:`million.ops.cuda_attention.pq_decode_attention`."""
+    from .cuda_attention import pq_decode_attention as kernel
+
+    return kernel(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale, return_lse=True)
+
+
+@pq_decode_attention_cuda.register_fake
+def _pq_decode_attention_cuda_fake(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
