@@ -54,6 +54,15 @@ def _interpret_triton_library():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _cpu_default_kernel(monkeypatch):
+    """The interpreter runs v2's scalar centroid loop slowly (~0.1 ms per op): on CPU the generic
+    cases take the older kernels and ``test_v2_*`` cover v2 at small shapes; on a GPU every case
+    takes the real default."""
+    if DEV == "cpu":
+        monkeypatch.setattr(te, "DEFAULT_KERNEL", None)
+
+
 @pytest.fixture
 def poisoned_empty(monkeypatch):
     """Codes buffers start as 0xAB... (an invalid code for ksub <= 171), floats as NaN."""
@@ -126,6 +135,46 @@ def test_fp16_kernels(tc, dsub, ksub, poisoned_empty):
     x = torch.randn(1, 2, 70, 32, generator=g).half().to(DEV)
     c = torch.randn(2, 32 // dsub, ksub, dsub, generator=g).half().to(DEV)
     check_codes(x, c, te.pq_encode_launch(x, c, tc=tc))
+
+
+# (name, B, H, T, D, M, ksub, Hc): dsub 1..4, nbits 4/8/10, odd ksub, T 0/1/non-multiple of BT
+V2_CASES = [
+    ("v2_dsub2_k256", 2, 1, 9, 4, 2, 256, 1),
+    ("v2_T0", 1, 2, 0, 8, 4, 16, 1),
+    ("v2_T1_shared", 1, 2, 1, 8, 4, 64, 1),
+    ("v2_dsub1", 1, 2, 21, 4, 4, 64, 2),
+    ("v2_dsub4_nbits4", 2, 2, 45, 16, 4, 16, 1),
+    ("v2_dsub3", 1, 1, 13, 6, 2, 16, 1),
+    ("v2_nbits10", 1, 1, 5, 2, 1, 1024, 1),
+    ("v2_odd_ksub", 1, 2, 23, 8, 4, 100, 2),
+    ("v2_tail", 1, 1, 70, 4, 2, 16, 1),  # 70 tokens over BT 32: a partial last tile
+]
+
+
+@pytest.mark.parametrize("case", V2_CASES, ids=[c[0] for c in V2_CASES])
+def test_v2_matches_naive(case, poisoned_empty):
+    name, B, H, T, D, M, ksub, Hc = case
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    x = torch.randn(B, H, T, D, generator=g).to(DEV)
+    c = torch.randn(Hc, M, ksub, D // M, generator=g).to(DEV)
+    check_codes(x, c, te.pq_encode_launch(x, c, kernel="v2", BT=32, MB=3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_v2_half_strided(dtype, poisoned_empty):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 11, 2, 8, generator=g).to(dtype).to(DEV).transpose(1, 2)
+    c = torch.randn(2, 4, 32, 2, generator=g).to(dtype).to(DEV)
+    check_codes(x, c, te.pq_encode_launch(x, c, kernel="v2"))
+
+
+def test_v2_ties_pick_lowest_index(poisoned_empty):
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(1, 2, 8, 2, generator=g).repeat(1, 1, 2, 1).to(DEV)  # c[k] == c[k + 8]
+    x = torch.randn(1, 1, 13, 4, generator=g).to(DEV)
+    got = te.pq_encode_launch(x, c, kernel="v2").cpu()
+    assert int(got.max()) < 8
+    check_codes(x, c, got, min_match=1.0)
 
 
 def test_ties_pick_lowest_index(poisoned_empty):

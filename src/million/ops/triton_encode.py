@@ -11,7 +11,11 @@ their high bits and the centroid's index in their low ``log2(KB)`` bits: exact t
 index (as ``torch.argmin``); distances closer than ``2**-(23 - log2(KB))`` relative may be ordered
 either way (near-ties also flip under fp16 inputs and any change of summation order).
 
-Two kernels: ``_pq_encode_kernel`` (CUDA cores, fp32 arithmetic, any input) and, for fp16 ``x`` and
+Encode v2 (default for ``dsub <= 4``): ``_pq_encode_v2_kernel`` loops over centroids as
+program-uniform scalars (table ``(-2c, ||c||^2)`` in fp32), so each candidate costs ``dsub`` FMAs, a
+compare and two selects per token, with no cross-lane argmin; exact fp32, ties to the lowest index.
+
+Older kernels: ``_pq_encode_kernel`` (CUDA cores, fp32 arithmetic, any input) and, for fp16 ``x`` and
 fp16 centroids, ``_pq_encode_tc_kernel``, which gets a whole ``[BT, KB]`` block of squared
 distances from one fp16 ``tl.dot`` with fp32 accumulation (measured 1.3x-1.9x faster on an H100).
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+DEFAULT_KERNEL: str | None = "v2"  # for dsub <= 4; None = the older tc/cuda choice (tests override on CPU)
 
 
 @triton.jit
@@ -144,23 +150,123 @@ def _pq_encode_tc_kernel(
             tl.store(o_base + m, best_i.to(codes_ptr.dtype.element_ty), mask=m_t)
 
 
+@triton.jit
+def _pq_encode_v2_kernel(
+    x_ptr, tab_ptr, codes_ptr,
+    T, H, M,
+    stride_xb, stride_xh, stride_xt, stride_xd,
+    stride_th,
+    stride_ob, stride_oh, stride_ot,
+    DSUB: tl.constexpr, KSP: tl.constexpr, KU: tl.constexpr, BT: tl.constexpr, MB: tl.constexpr,
+):
+    # "Encode v2": one program owns BT tokens of one head and MB subspaces; the centroid loop is
+    # scalar (program-uniform), so each candidate costs DSUB FMAs + compare + min + select per token
+    # and no cross-lane reduction. tab [Hc, M, KSP, DSUB + 1] fp32 = (-2 c_0 .. -2 c_{d-1}, ||c||^2)
+    # (padding rows: ||c||^2 = +inf); dist' = ||c||^2 - 2 x.c (the naive formula). Ascending k with a
+    # strict '<' keeps the lowest index on exact ties.
+    W: tl.constexpr = DSUB + 1
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # offsets can pass 2**31 elements
+    pid_m = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    m_t = offs_t < T
+    x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t.to(tl.int64) * stride_xt  # [BT]
+    o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t.to(tl.int64) * stride_ot
+    for mi in range(MB):
+        m = pid_m * MB + mi
+        if m < M:
+            x0 = tl.load(x_base + (m * DSUB) * stride_xd, mask=m_t, other=0.0).to(tl.float32)
+            if DSUB > 1:
+                x1 = tl.load(x_base + (m * DSUB + 1) * stride_xd, mask=m_t, other=0.0).to(tl.float32)
+            else:
+                x1 = x0
+            if DSUB > 2:
+                x2 = tl.load(x_base + (m * DSUB + 2) * stride_xd, mask=m_t, other=0.0).to(tl.float32)
+            else:
+                x2 = x0
+            if DSUB > 3:
+                x3 = tl.load(x_base + (m * DSUB + 3) * stride_xd, mask=m_t, other=0.0).to(tl.float32)
+            else:
+                x3 = x0
+            tb = tab_ptr + h * stride_th + m * (KSP * W)
+            best = tl.full([BT], float("inf"), dtype=tl.float32)
+            best_i = tl.zeros([BT], dtype=tl.int32)
+            for k0 in range(0, KSP, KU):
+                for kk in tl.static_range(KU):
+                    p = tb + (k0 + kk) * W
+                    d = tl.load(p + DSUB) + x0 * tl.load(p)
+                    if DSUB > 1:
+                        d += x1 * tl.load(p + 1)
+                    if DSUB > 2:
+                        d += x2 * tl.load(p + 2)
+                    if DSUB > 3:
+                        d += x3 * tl.load(p + 3)
+                    better = d < best
+                    best = tl.where(better, d, best)
+                    best_i = tl.where(better, k0 + kk, best_i)
+            tl.store(o_base + m, best_i.to(codes_ptr.dtype.element_ty), mask=m_t)
+
+
 def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+def _v2_table(c: torch.Tensor, KU: int) -> torch.Tensor:
+    """[Hc, M, KSP, dsub + 1] fp32: (-2 c, ||c||^2), KSP = ksub rounded up to KU (pad: ||c||^2 = inf)."""
+    Hc, M, ksub, dsub = c.shape
+    cf = c.float()
+    ksp = -(-ksub // KU) * KU
+    tab = torch.zeros(Hc, M, ksp, dsub + 1, dtype=torch.float32, device=c.device)
+    tab[:, :, :ksub, :dsub] = -2.0 * cf
+    tab[:, :, :ksub, dsub] = (cf * cf).sum(-1)
+    if ksp > ksub:
+        tab[:, :, ksub:, dsub] = float("inf")
+    return tab
+
+
 def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = None, KB: int | None = None,
-                     MB: int | None = None, num_warps: int | None = None, tc: bool | None = None) -> torch.Tensor:
+                     MB: int | None = None, num_warps: int | None = None, tc: bool | None = None,
+                     kernel: str | None = None) -> torch.Tensor:
     """Launch an encode kernel (no validation; see :func:`pq_encode`). Keyword sizes override the
-    defaults (benchmarks); ``tc`` picks the tensor-core kernel (default: fp16 ``x`` and fp16
-    centroids with ``dsub <= 13``; with fp32 centroids it rounds ``-2c`` to fp16 and flips ~1-5% of
-    codes to near-tie neighbours, measured on an H100)."""
+    defaults (benchmarks). ``kernel``: ``"v2"`` (scalar centroid loop, exact fp32, dsub <= 4),
+    ``"tc"`` (tensor cores; with fp32 centroids it rounds ``-2c`` to fp16 and flips ~1-5% of codes
+    to near-tie neighbours, measured on an H100) or ``"cuda"`` (fp32 block kernel); ``tc=True/False``
+    is the older spelling of ``"tc"`` / ``"cuda"``. Default: ``"v2"`` when ``dsub <= 4``, except
+    fp16 ``x`` and centroids with ``ksub <= 16`` (tensor cores, faster there)."""
     B, H, T, D = x.shape
     Hc, M, ksub, dsub = centroids.shape
     code_dtype = torch.uint8 if ksub <= 256 else torch.uint16
     codes = torch.empty(B, H, T, M, dtype=code_dtype, device=x.device)
     if codes.numel() == 0:
         return codes
+    if kernel is None and tc is not None:
+        kernel = "tc" if tc else "cuda"
+    if kernel is None and dsub <= 4:
+        # measured on an H100 (docs/kernel_notes.md, "Encode v2"): v2 beats the tensor-core kernel
+        # at ksub 256 (dsub 2) and the fp32 block kernel everywhere; at ksub 16 (dsub 4) with fp16
+        # x and centroids the tensor-core kernel is faster (2.83 vs 3.8 ms per 32K x 32-head tensor)
+        half = x.dtype == torch.float16 and centroids.dtype == torch.float16
+        kernel = None if (half and ksub <= 16) else DEFAULT_KERNEL
+    if kernel == "v2":
+        KU = 8
+        tab = _v2_table(centroids, KU)
+        BT = BT or 512
+        MB = MB or min(M, 8)
+        grid = (triton.cdiv(T, BT), B * H, triton.cdiv(M, MB))
+        _pq_encode_v2_kernel[grid](
+            x, tab, codes,
+            T, H, M,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            tab.stride(0) if Hc > 1 else 0,
+            codes.stride(0), codes.stride(1), codes.stride(2),
+            DSUB=dsub, KSP=tab.shape[2], KU=KU, BT=BT, MB=MB,
+            num_warps=num_warps or 4,
+        )
+        return codes
     c = centroids.contiguous()
+    tc = kernel == "tc" if kernel is not None else None
     if tc is None:
         # fp16 operands are exact only for fp16 x and centroids; otherwise the exact fp32 kernel
         tc = x.dtype == torch.float16 and c.dtype == torch.float16 and dsub + 3 <= 16
