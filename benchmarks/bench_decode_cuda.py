@@ -132,7 +132,7 @@ def bench_graph(fn, copies):
     return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS
 
 
-def bench(dev, contexts, batches, shapes, bits_list):
+def bench(dev, contexts, batches, shapes, bits_list, triton=True):
     from million.ops import triton_attention as ta
 
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
@@ -163,7 +163,7 @@ def bench(dev, contexts, batches, shapes, bits_list):
                         rl = torch.full((B,), rv, dtype=torch.int32, device=dev)
                         copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
                     t_cuda = bench_graph(ca.pq_decode_attention, copies)
-                    t_tri = bench_graph(ta.pq_decode_attention, copies)
+                    t_tri = bench_graph(ta.pq_decode_attention, copies) if triton else float("nan")
                     floor_us = (code_bytes + 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
                     row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
                                triton_us=t_tri, x_sdpa=t_sdpa / t_cuda, triton_x_sdpa=t_sdpa / t_tri,
@@ -213,6 +213,7 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-triton", action="store_true", help="skip the Triton column (saves compile time)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
@@ -228,7 +229,8 @@ def main():
         allshapes = dict(mha=("mha", 32, 32, 128), gqa=("gqa", 32, 8, 128), smollm2=("smollm2", 9, 3, 64))
         shapes = [allshapes[s] for s in args.shapes.split(",")]
         res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
-                             shapes, [int(b) for b in args.bits.split(",")])
+                             shapes, [int(b) for b in args.bits.split(",")],
+                             triton=not args.no_triton)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if "bench" in res:

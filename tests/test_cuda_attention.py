@@ -129,3 +129,32 @@ def test_cuda_graph_replay_reads_lengths_on_device():
     torch.cuda.synchronize()
     ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pl, kr.float(), vr.float(), rl, st)
     torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("splits", [1, 7, 64])
+def test_ticket_merge_many_splits_and_repeats(splits):
+    """One launch: the last block of each (batch, kv head, group) merges; many (partly empty) splits,
+    then repeated calls of other shapes on the same stream (the ticket counters must reset)."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    for rep, (B, Hq, Hkv, D, bits, T, R, pl, rl, st) in enumerate([
+        (2, 12, 4, 128, 4, 600, 32, [600, 40], [32, 5], [0, 10]),
+        (3, 8, 8, 64, 2, 300, 16, [0, 300, 1], [16, 0, 16], [0, 0, 0]),
+        (2, 12, 4, 128, 4, 600, 32, [599, 600], [0, 32], [3, 0]),
+    ]):
+        q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, 1, seed=10 + rep)
+        pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+        res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+        starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+        for _ in range(3):
+            out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts,
+                                              return_lse=True, num_splits_override=splits)
+            ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens,
+                                                     kr.float(), vr.float(), res_lens, starts, return_lse=True)
+            torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+            fin = torch.isfinite(ref_lse)
+            torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)

@@ -14,13 +14,15 @@
 // p of the token (shuffle) times the V centroid entry, accumulated in registers per lane/subspace.
 // Warps merged through shared memory; the block writes a normalized partial and its lse.
 // Kernel 2 (pq_merge_kernel), grid (H_q, B): dense attention over the residual window and the
-// float32 log-sum-exp merge of the S partials; writes q.dtype output (and lse).
+// float32 log-sum-exp merge of the S partials; writes q.dtype output (and lse). Launched as a
+// programmatic dependent grid: q and the residual window are read before griddepcontrol.wait.
 // All lengths are read on the device (CUDA-graph capturable).
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <math.h>
 #include <type_traits>
 
@@ -106,6 +108,16 @@ __device__ __forceinline__ void butterfly(float (&part)[NS][GB], int lane) {
   }
 }
 
+// prologue work item idx -> (subspace m, first centroid k0) of one 16-byte table load. dsub 2: lane
+// pairs take adjacent 16-byte halves of one 32-byte sector (full sector use; measured faster);
+// dsub 4: one lane per subspace (the paired order measured slower at 32K).
+template <int M, int DSUB> __device__ __forceinline__ int pro_m(int idx) {
+  return DSUB == 2 ? (idx >> 1) % M : idx % M;
+}
+template <int M, int DSUB, int VEC> __device__ __forceinline__ int pro_k0(int idx) {
+  return DSUB == 2 ? (((idx >> 1) / M) * 2 + (idx & 1)) * VEC : (idx / M) * VEC;
+}
+
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
@@ -118,6 +130,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   const char* tabKB = reinterpret_cast<const char*>(tabK);
   const char* tabVB = reinterpret_cast<const char*>(tabV);
 
+  // programmatic dependent launch: the merge grid may be scheduled as soon as every block of this
+  // grid has started (it waits with griddepcontrol.wait before reading the partials)
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int split = blockIdx.x, b = blockIdx.z;
   const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
   const int G = a.Hq / a.Hkv;
@@ -187,7 +202,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int u = 0; u < UNR; ++u) {
         const int idx = tid + (it0 + u) * NT;
         if (idx < TOTAL) {
-          const int m = idx % M, k0 = (idx / M) * VEC;
+          const int m = pro_m<M, DSUB>(idx), k0 = pro_k0<M, DSUB, VEC>(idx);
           const long long off = ((long long)m * 256 + k0) * DSUB;
           vk[u] = __ldg(reinterpret_cast<const uint4*>(kcen + off));
           vv[u] = __ldg(reinterpret_cast<const uint4*>(vcen + off));
@@ -197,7 +212,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int u = 0; u < UNR; ++u) {
         const int idx = tid + (it0 + u) * NT;
         if (idx < TOTAL) {
-          const int m = idx % M, k0 = (idx / M) * VEC;
+          const int m = pro_m<M, DSUB>(idx), k0 = pro_k0<M, DSUB, VEC>(idx);
           const int sw = swz<M, DSUB>(m);
           const Entry* ek = reinterpret_cast<const Entry*>(&vk[u]);
           const Entry* ev = reinterpret_cast<const Entry*>(&vv[u]);
@@ -469,6 +484,8 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
   for (int w = 0; w < NWM; ++w) lres += wl[w] * exp2f(wm[w] - mres);
   const float lse2_res = lres > 0.f ? mres + log2f(lres) : -INFINITY;
 
+  // everything above (q, residual window) is independent of the partial kernel; wait for it here
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
   float mx = lse2_res;
@@ -522,6 +539,7 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
 
 // ---------------------------------------------------------------------------------------------
 static char g_err[512] = "";
+static int g_pdl = 1;  // MILLION_CUDA_PDL=0 turns programmatic dependent launch off (A/B timing)
 
 template <typename T, int D, int DSUB, int GB, int NW>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
@@ -536,7 +554,20 @@ static int launch_t(const PQArgs& a, cudaStream_t st) {
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
     kern<<<grid, NW * 32, SMEM, st>>>(a);
-    pq_merge_kernel<T, D><<<dim3(a.Hq, a.B), 256, 0, st>>>(a);
+    // merge kernel as a programmatic dependent launch (overlaps its launch, q and residual-window
+    // work with the partial kernel's tail; captured into CUDA graphs as a programmatic edge)
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(a.Hq, a.B);
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = g_pdl;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaError_t le = cudaLaunchKernelEx(&cfg, pq_merge_kernel<T, D>, a);
+    if (le != cudaSuccess) { snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le)); return 2; }
   }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
@@ -570,6 +601,8 @@ int million_pq_abi_version() { return 2; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
+  static int init = 0;
+  if (!init) { const char* e = getenv("MILLION_CUDA_PDL"); g_pdl = (e && e[0] == '0') ? 0 : 1; init = 1; }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
