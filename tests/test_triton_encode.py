@@ -158,6 +158,7 @@ def test_v2_matches_naive(case, poisoned_empty):
     x = torch.randn(B, H, T, D, generator=g).to(DEV)
     c = torch.randn(Hc, M, ksub, D // M, generator=g).to(DEV)
     check_codes(x, c, te.pq_encode_launch(x, c, kernel="v2", BT=32, MB=3))
+    check_codes(x, c, te.pq_encode_launch(x, c, kernel="v3", BT=16, MB=2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -166,15 +167,17 @@ def test_v2_half_strided(dtype, poisoned_empty):
     x = torch.randn(2, 11, 2, 8, generator=g).to(dtype).to(DEV).transpose(1, 2)
     c = torch.randn(2, 4, 32, 2, generator=g).to(dtype).to(DEV)
     check_codes(x, c, te.pq_encode_launch(x, c, kernel="v2"))
+    check_codes(x, c, te.pq_encode_launch(x, c, kernel="v3"))
 
 
 def test_v2_ties_pick_lowest_index(poisoned_empty):
     g = torch.Generator().manual_seed(4)
     c = torch.randn(1, 2, 8, 2, generator=g).repeat(1, 1, 2, 1).to(DEV)  # c[k] == c[k + 8]
     x = torch.randn(1, 1, 13, 4, generator=g).to(DEV)
-    got = te.pq_encode_launch(x, c, kernel="v2").cpu()
-    assert int(got.max()) < 8
-    check_codes(x, c, got, min_match=1.0)
+    for kernel in ("v2", "v3"):
+        got = te.pq_encode_launch(x, c, kernel=kernel).cpu()
+        assert int(got.max()) < 8
+        check_codes(x, c, got, min_match=1.0)
 
 
 def test_ties_pick_lowest_index(poisoned_empty):

@@ -209,6 +209,63 @@ def _pq_encode_v2_kernel(
             tl.store(o_base + m, best_i.to(codes_ptr.dtype.element_ty), mask=m_t)
 
 
+@triton.jit
+def _pq_encode_v3_kernel(
+    x_ptr, tab_ptr, codes_ptr,
+    T, H, M,
+    stride_xb, stride_xh, stride_xt, stride_xd,
+    stride_th,
+    stride_ob, stride_oh, stride_ot,
+    DSUB: tl.constexpr, KSP: tl.constexpr, KU: tl.constexpr, BT: tl.constexpr, MB: tl.constexpr,
+):
+    # Encode v2, tiled: a [BT, MB] tile (tokens x subspaces) per program, all MB subspaces searched
+    # at once; per centroid k one contiguous [MB] load per row of tab [Hc, KSP, DSUB + 1, M]
+    # (-2 c_j ... , ||c||^2), and codes stored as [BT, MB] rows of contiguous bytes.
+    W: tl.constexpr = DSUB + 1
+    pid_t = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    pid_m = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_m = pid_m * MB + tl.arange(0, MB)
+    m_t = offs_t < T
+    m_m = offs_m < M
+    mask = m_t[:, None] & m_m[None, :]
+    xp = x_ptr + b * stride_xb + h * stride_xh + offs_t.to(tl.int64)[:, None] * stride_xt + (offs_m * DSUB)[None, :] * stride_xd
+    x0 = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
+    if DSUB > 1:
+        x1 = tl.load(xp + stride_xd, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x1 = x0
+    if DSUB > 2:
+        x2 = tl.load(xp + 2 * stride_xd, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x2 = x0
+    if DSUB > 3:
+        x3 = tl.load(xp + 3 * stride_xd, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x3 = x0
+    tb = tab_ptr + h * stride_th + offs_m  # [MB]
+    best = tl.full([BT, MB], float("inf"), dtype=tl.float32)
+    best_i = tl.zeros([BT, MB], dtype=tl.int32)
+    for k0 in range(0, KSP, KU):
+        for kk in tl.static_range(KU):
+            p = tb + ((k0 + kk) * W) * M
+            d = tl.load(p + DSUB * M, mask=m_m, other=0.0)[None, :] + x0 * tl.load(p, mask=m_m, other=0.0)[None, :]
+            if DSUB > 1:
+                d += x1 * tl.load(p + M, mask=m_m, other=0.0)[None, :]
+            if DSUB > 2:
+                d += x2 * tl.load(p + 2 * M, mask=m_m, other=0.0)[None, :]
+            if DSUB > 3:
+                d += x3 * tl.load(p + 3 * M, mask=m_m, other=0.0)[None, :]
+            better = d < best
+            best = tl.where(better, d, best)
+            best_i = tl.where(better, k0 + kk, best_i)
+    op = codes_ptr + b * stride_ob + h * stride_oh + offs_t.to(tl.int64)[:, None] * stride_ot + offs_m[None, :]
+    tl.store(op, best_i.to(codes_ptr.dtype.element_ty), mask=mask)
+
+
 def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
@@ -262,6 +319,22 @@ def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = 
             tab.stride(0) if Hc > 1 else 0,
             codes.stride(0), codes.stride(1), codes.stride(2),
             DSUB=dsub, KSP=tab.shape[2], KU=KU, BT=BT, MB=MB,
+            num_warps=num_warps or 4,
+        )
+        return codes
+    if kernel == "v3":
+        KU = 4
+        tab = _v2_table(centroids, KU).permute(0, 2, 3, 1).contiguous()  # [Hc, KSP, dsub + 1, M]
+        BT = BT or 128
+        MB = MB or min(_pow2(M), 16)
+        grid = (triton.cdiv(T, BT), B * H, triton.cdiv(M, MB))
+        _pq_encode_v3_kernel[grid](
+            x, tab, codes,
+            T, H, M,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            tab.stride(0) if Hc > 1 else 0,
+            codes.stride(0), codes.stride(1), codes.stride(2),
+            DSUB=dsub, KSP=tab.shape[1], KU=KU, BT=BT, MB=MB,
             num_warps=num_warps or 4,
         )
         return codes
