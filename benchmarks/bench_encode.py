@@ -6,6 +6,10 @@ the GPU in fp16 and runs the prefill with ``attn_implementation="sdpa"``, ``use_
 ``logits_to_keep=1`` (what generation needs). Timings are CUDA-event medians after warm-up.
 
     PYTHONPATH=src python benchmarks/bench_encode.py --out encode.json
+    PYTHONPATH=src python benchmarks/bench_encode.py --no-prefill --variants '[{"kernel":"tc"},{"kernel":"v2","BT":1024,"num_warps":8}]'
+
+``--variants`` entries are keyword overrides of ``pq_encode_launch``: ``kernel`` ("v2", "v3", "tc",
+"cuda"), ``BT``, ``KB``, ``MB``, ``num_warps``; ``{}`` (always first) is the default dispatch.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--variants", default="", help="JSON list of encode launch overrides (BT, KB, MB, num_warps)")
+    ap.add_argument("--variants", default="", help="JSON list of encode launch overrides (kernel, BT, KB, MB, num_warps)")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--out", default="bench_encode.json")
     args = ap.parse_args(argv)
