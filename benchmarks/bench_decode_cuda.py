@@ -177,6 +177,31 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True):
     return rows
 
 
+def sweep_splits(dev):
+    """Time the CUDA kernel at B=1 for several num_splits (same graph method) vs the default rule."""
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    out = []
+    for name, Hq, Hkv, D in (("mha", 32, 32, 128), ("gqa", 32, 8, 128), ("smollm2", 9, 3, 64)):
+        for ctx in (4096, 16384, 32768):
+            M = D // 2
+            ncop = max(1, min(CALLS, math.ceil(4 * l2 / (2 * Hkv * ctx * M))))
+            copies = []
+            for _ in range(ncop):
+                q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, 4, ctx, 128, torch.float16, dev)
+                pl = torch.full((1,), ctx - 64, dtype=torch.int32, device=dev)
+                rl = torch.full((1,), 64, dtype=torch.int32, device=dev)
+                copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
+            G = Hq // Hkv
+            gb = ca._group(G)
+            s0 = ca.num_splits(1, Hkv, G // gb, ctx, dev)
+            for s in sorted({max(1, s0 // 4), max(1, s0 // 2), s0, 2 * s0, 4 * s0}):
+                t = bench_graph(lambda *a, s=s: ca.pq_decode_attention(*a, num_splits_override=s), copies)
+                out.append(dict(shape=name, context=ctx, splits=s, default=s == s0, us=t))
+                print(f"splits {name} ctx={ctx} S={s}{'*' if s == s0 else ''}: {t:.1f} us", flush=True)
+            del copies
+    return out
+
+
 def profile(dev):
     """Per-kernel GPU times (torch.profiler, no graph) for a few shapes: partial vs merge kernel."""
     from torch.profiler import ProfilerActivity
@@ -213,6 +238,7 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--sweep-splits", action="store_true", help="B=1 timings at several num_splits")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton column (saves compile time)")
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -225,6 +251,8 @@ def main():
         print(f"CHECK {'PASSED' if ok else 'FAILED'}", flush=True)
     if args.profile:
         res["profile"] = profile(dev)
+    if args.sweep_splits:
+        res["splits"] = sweep_splits(dev)
     if not args.skip_bench:
         allshapes = dict(mha=("mha", 32, 32, 128), gqa=("gqa", 32, 8, 128), smollm2=("smollm2", 9, 3, 64))
         shapes = [allshapes[s] for s in args.shapes.split(",")]
