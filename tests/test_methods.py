@@ -266,7 +266,8 @@ def test_pq_alloc_variant(calib, tmp_path):
     v = PQVariant(k_nbits=5, k_dsub=4, v_nbits=5, v_dsub=4, alloc="pca", alloc_max_bits=8, transform="metric",
                   sinks=1, iters=3, samples=256)
     cb = train_variant(calib, v)
-    assert all(int(a.sum(-1).max()) == 5 * 4 and int(a.min()) >= 0 and int(a.max()) <= 8 for a in cb.key_alloc)
+    assert all(int(a[..., 0].sum(-1).max()) == 5 * 4 and int(a[..., 0].min()) >= 0 and int(a[..., 0].max()) <= 8
+               and bool((a[..., 1] == 4).all()) for a in cb.key_alloc)
     k = calib.keys_post(0)[None, :, :40]
     kq = cb.qdq_keys(0, k)
     assert kq.shape == k.shape and torch.equal(kq[:, :, 0], k[:, :, 0])
@@ -277,6 +278,26 @@ def test_pq_alloc_variant(calib, tmp_path):
     assert b["codes"] == pytest.approx(1.25 * 2047 / 2048)
     with pytest.raises(ValueError, match="alloc 'pca' needs"):
         PQVariant(alloc="pca", granularity="merged")
+    va = PQVariant(k_nbits=5, k_dsub=4, v_nbits=5, v_dsub=4, alloc="pca_adaptive", alloc_max_bits=8, iters=3, samples=256)
+    cba = train_variant(calib, va)
+    for a in cba.key_alloc:
+        used = a[..., 0] >= 0
+        assert int((a[..., 1] * used).sum(-1).max()) == 16 and int((a[..., 0] * used).sum(-1).max()) == 20
+    assert cba.qdq_values(1, calib.values[1][None, :, :30]).shape == (1, 2, 30, 16)
+    vk = PQVariant(k_nbits=5, k_dsub=4, v_nbits=4, v_dsub=4, alloc="pca_k", alloc_max_bits=8, iters=2, samples=256)
+    cbk = train_variant(calib, vk)
+    assert cbk.value_alloc is None and cbk.value_centroids[0].shape == (2, 4, 16, 4)
+    assert cbk.info["centroid_values"] == sum(int(((2 ** a[..., 0]) * a[..., 1] * (a[..., 0] >= 0)).sum())
+                                              for a in cbk.key_alloc) + 2 * 2 * 16 * 16
+
+
+def test_adaptive_partition():
+    from million.pq_variants import adaptive_partition
+
+    var = torch.tensor([64.0, 8, 4, 2] + [0.01] * 12)
+    p = adaptive_partition(var, 32, max_bits=10)
+    assert sum(d for _, d in p) == 16 and sum(b for b, _ in p) == 32
+    assert p[0][1] == 1 and p[0][0] >= p[-1][0]  # the dominant component alone, with the most bits
 
 
 def test_fisher_variants_need_fisher(model, calib):

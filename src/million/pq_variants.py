@@ -20,11 +20,14 @@ Options (every one can be switched on alone; :class:`PQVariant` holds them):
 - ``k_nbits/k_dsub`` and ``v_nbits/v_dsub``: bits per code (4..12) and subvector size for keys and
   values separately (9..12-bit codes, or more bits to keys than to values at the same average).
 - ``alloc="pca"``: rotate every head's (transformed) vectors onto their principal axes (one more
-  rotation, absorbed like the others), cut them into subspaces of consecutive components, and
-  give each subspace its own code width, 0..12 bits, by reverse water-filling on the component
-  variances, keeping the average at ``nbits`` per subspace (so the bits per element are
-  unchanged). High-variance subspaces get up to ``alloc_max_bits`` (9..12-bit codes), near-empty
-  ones few or none.
+  rotation, absorbed like the others), cut them into subspaces of ``dsub`` consecutive
+  components, and give each subspace its own code width by reverse water-filling on the
+  component variances, keeping the total at ``nbits`` per ``dsub`` elements (so the bits per
+  element are unchanged). High-variance subspaces get up to ``alloc_max_bits`` (9..12-bit
+  codes), near-empty ones few or none. ``alloc="pca_adaptive"`` also sizes the subspaces (8, 4,
+  2 or 1 components, the high-variance ones small) from the water-filling rates. The ``_k``
+  forms (``pca_k``, ``pca_adaptive_k``) do this for keys only (values keep uniform subspaces:
+  their spectrum is nearly flat, so there is little to gain for the training time).
 
 Bits per element are ``nbits / dsub`` for the codes; codebooks (fp16), transforms (fp16) and sinks
 are counted by :meth:`PQVariant.bits_breakdown` at a stated context length.
@@ -44,7 +47,7 @@ from .kmeans import kmeans
 
 TRANSFORMS = ("none", "hadamard", "metric", "metric_hadamard", "opq", "fisher")
 WEIGHTINGS = ("none", "attn", "fisher")
-ALLOCS = ("uniform", "pca")
+ALLOCS = ("uniform", "pca", "pca_adaptive", "pca_k", "pca_adaptive_k")
 GRANULARITIES = ("merged", "layer", "layer_head")
 VARIANT_VERSION = 1
 
@@ -87,8 +90,8 @@ class PQVariant:
             raise ValueError(f"alloc_max_bits={self.alloc_max_bits!r} is out of range; allowed: 1..12")
         if self.alloc not in ALLOCS:
             raise ValueError(f"alloc={self.alloc!r} is not one of {ALLOCS}")
-        if self.alloc == "pca" and (self.granularity != "layer_head" or self.transform == "opq"):
-            raise ValueError("alloc 'pca' needs granularity 'layer_head' and a transform other than 'opq'")
+        if self.alloc != "uniform" and (self.granularity != "layer_head" or self.transform == "opq"):
+            raise ValueError(f"alloc {self.alloc!r} needs granularity 'layer_head' and a transform other than 'opq'")
         if not isinstance(self.sinks, int) or self.sinks < 0:
             raise ValueError(f"sinks={self.sinks!r} must be an integer >= 0")
         if self.version != VARIANT_VERSION:
@@ -135,10 +138,10 @@ class PQVariant:
         elems = 2 * L * H * D * context
         Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[self.granularity]
         cb_vals = Lg * Hg * ((2**self.k_nbits) * D + (2**self.v_nbits) * D)  # M * ksub * dsub = ksub * D
-        if self.alloc == "pca" and alloc_sizes is not None:
+        if self.alloc != "uniform" and alloc_sizes is not None:
             cb_vals = alloc_sizes  # exact count of centroid values, from the trained widths
         n_t = {"none": 0, "hadamard": 0, "metric": 3, "metric_hadamard": 3, "opq": 3, "fisher": 3}[self.transform]
-        if self.alloc == "pca":
+        if self.alloc != "uniform":
             n_t = 3  # the PCA rotation makes every transform a dense matrix
         # keys: A and A^-T per (layer, head); values: A (its inverse folds into o_proj); Hadamard is implicit
         tr_vals = n_t * L * H * D * D
@@ -169,7 +172,7 @@ class PQVariantCodebooks:
     value_transform: list | None = None
     value_inverse: list | None = None
     info: dict | None = None
-    key_alloc: list | None = None  # alloc "pca": per layer [H, M] code widths; centroids padded to 2**max
+    key_alloc: list | None = None  # alloc "pca*": per layer [H, M, 2] (bits, dims); centroids padded
     value_alloc: list | None = None
 
     def _qdq(self, x, cents, alloc, t, ti):
@@ -229,28 +232,69 @@ _TENSOR_LISTS = ("key_centroids", "value_centroids", "key_transform", "key_inver
 
 
 def pq_alloc_qdq(x: torch.Tensor, centroids: torch.Tensor, alloc: torch.Tensor, transform=None, inverse=None) -> torch.Tensor:
-    """PQ round trip with a code width per head and subspace.
+    """PQ round trip with a code width and a subspace size per head and subspace.
 
-    ``x [B, H, T, D]``; ``centroids [H, M, 2**max_bits, dsub]`` (subspace ``(h, m)`` uses its first
-    ``2**alloc[h, m]``); ``alloc [H, M]`` int; ``transform``/``inverse`` ``[H, D, D]`` or None.
+    ``x [B, H, T, D]``; ``alloc [H, M, 2]`` int: ``(bits, dims)`` of subspace ``m`` of head ``h``
+    (subspaces tile ``D`` in order; ``bits = -1`` marks padding); ``centroids [H, M, 2**max_bits,
+    max_dims]`` (subspace ``(h, m)`` uses its first ``2**bits`` rows and ``dims`` columns);
+    ``transform``/``inverse`` ``[H, D, D]`` or None.
     """
     if x.shape[2] == 0:
         return x
     B, H, T, D = x.shape
-    M, dsub = centroids.shape[1], centroids.shape[3]
     xf = x.float()
     if transform is not None:
         xf = torch.einsum("bhtd,hde->bhte", xf, transform.float())
     rec = torch.empty_like(xf)
     for h in range(H):
-        for m in range(M):
-            c = centroids[h, m, : 2 ** int(alloc[h, m])].float()  # [k, dsub]
-            xs = xf[:, h, :, m * dsub : (m + 1) * dsub].reshape(-1, dsub)
-            d = (c * c).sum(-1)[None] - 2 * xs @ c.t()
-            rec[:, h, :, m * dsub : (m + 1) * dsub] = c[d.argmin(-1)].view(B, T, dsub)
+        o = 0
+        for m in range(alloc.shape[1]):
+            b, d = int(alloc[h, m, 0]), int(alloc[h, m, 1])
+            if b < 0:
+                break
+            c = centroids[h, m, : 2**b, :d].float()  # [k, d]
+            xs = xf[:, h, :, o : o + d].reshape(-1, d)
+            dist = (c * c).sum(-1)[None] - 2 * xs @ c.t()
+            rec[:, h, :, o : o + d] = c[dist.argmin(-1)].view(B, T, d)
+            o += d
     if inverse is not None:
         rec = torch.einsum("bhtd,hde->bhte", rec, inverse.float())
     return rec.to(x.dtype)
+
+
+def adaptive_partition(var: torch.Tensor, total: int, max_bits: int = 10, sizes=(8, 4, 2, 1)) -> list[tuple[int, int]]:
+    """Subspaces ``[(bits, dims), ...]`` tiling components of variances ``var [D]`` (descending).
+
+    Reverse water-filling gives each component a rate ``max(0, log2(var / theta) / 2)`` with the
+    rates summing to ``total``; components are then grouped in order into the largest subspace
+    (8, 4, 2 or 1 dims) whose rate fits ``max_bits``, and integer widths are set greedily on the
+    high-rate model ``D(b) = var * 2**(-2b/dims)`` so that they sum to ``total``.
+    """
+    v = var.double().clamp_min(1e-30)
+    D = v.numel()
+    lo, hi = float(v.min()) * 2.0 ** (-2 * total), float(v.max())
+    for _ in range(200):  # bisection on theta (geometric)
+        th = (lo * hi) ** 0.5
+        r = (0.5 * torch.log2(v / th)).clamp_min(0)
+        lo, hi = (th, hi) if r.sum() > total else (lo, th)
+    r = (0.5 * torch.log2(v / ((lo * hi) ** 0.5))).clamp_min(0)
+    parts, i = [], 0
+    while i < D:
+        for s in sizes:
+            if i + s <= D and (float(r[i : i + s].sum()) <= max_bits or s == 1):
+                parts.append((i, s))
+                i += s
+                break
+    var_p = torch.tensor([float(v[i : i + s].sum()) for i, s in parts])
+    dims = torch.tensor([s for _, s in parts], dtype=torch.float64)
+    bits = torch.zeros(len(parts), dtype=torch.long)
+    dist = var_p.double().clone()
+    for _ in range(min(total, len(parts) * max_bits)):
+        gain = torch.where(bits < max_bits, dist * (1 - 2.0 ** (-2.0 / dims)), torch.full_like(dist, -1.0))
+        m = int(gain.argmax())
+        bits[m] += 1
+        dist[m] *= 2.0 ** (-2.0 / float(dims[m]))
+    return [(int(b), s) for b, (_, s) in zip(bits, parts)]
 
 
 def water_fill(var: torch.Tensor, dsub: int, total: int, max_bits: int = 12) -> torch.Tensor:
@@ -416,19 +460,24 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
     else:
         ks = kis = vs = vis = None
     Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[variant.granularity]
-    if variant.alloc == "pca":
+    if variant.alloc != "uniform":
         kc, ka, kU = _train_alloc(keys, ws, variant.k_nbits, variant.k_dsub, variant, gen, 0)
-        vc, va, vU = _train_alloc(vals, wv, variant.v_nbits, variant.v_dsub, variant, gen, 1 << 20)
         eye = torch.eye(D).expand(H, D, D)
         ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
         ks = [(ks[l] @ kU[l]).contiguous() for l in range(L)]
         kis = [(kU[l].transpose(-1, -2) @ kis[l]).contiguous() for l in range(L)]
-        vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
-        vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
+        if variant.alloc.endswith("_k"):  # values: uniform subspaces
+            x, w = _groups(vals, wv, "layer_head", variant.samples, gen)
+            cent = _train_group(x, w, variant.v_nbits, variant.v_dsub, variant, variant.seed + (1 << 20))
+            vc, va = [cent.view(L, H, *cent.shape[1:])[l] for l in range(L)], None
+        else:
+            vc, va, vU = _train_alloc(vals, wv, variant.v_nbits, variant.v_dsub, variant, gen, 1 << 20)
+            vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
+            vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
         cb = PQVariantCodebooks(variant, kc, vc, ks, kis, vs, vis, key_alloc=ka, value_alloc=va)
         cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, **distortion(cb, calib),
-                   "centroid_values": sum(int((2**a).sum()) for a in ka) * variant.k_dsub
-                   + sum(int((2**a).sum()) for a in va) * variant.v_dsub}
+                   "centroid_values": sum(int(((2 ** a[..., 0]) * a[..., 1] * (a[..., 0] >= 0)).sum()) for a in ka + (va or []))
+                   + (0 if va else L * H * (2**variant.v_nbits) * D)}
         return cb
 
     def train(xs, ws, nbits, dsub, salt):
@@ -455,42 +504,57 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
 
 
 def _train_alloc(xs: list, ws: list | None, nbits: int, dsub: int, variant: PQVariant, gen: torch.Generator, salt: int):
-    """PCA rotation, water-filled code widths and codebooks per layer and head.
+    """PCA rotation, subspaces with water-filled code widths, and their codebooks, per layer and head.
 
-    Returns per layer: centroids ``[H, M, 2**max_bits, dsub]`` (zero-padded), widths ``[H, M]``,
-    rotation ``[H, D, D]``."""
+    Returns per layer: centroids ``[H, M, 2**max_bits, max_dims]`` (zero-padded), ``alloc [H, M, 2]``
+    (bits, dims; -1 padding) and the rotation ``[H, D, D]``.
+    """
     L = len(xs)
     H, N, D = xs[0].shape
-    M = D // dsub
-    rots, allocs, rotated = [], [], []
+    total = D * nbits // dsub  # bits per head vector, as with uniform subspaces
+    rots, plans, rotated = [], [], []
     for x in xs:
         C = torch.einsum("hnd,hne->hde", x, x).double() / N
         e, U = torch.linalg.eigh(C)
         e, U = e.flip(-1).clamp_min(0).float(), U.flip(-1).float()  # descending variance
         rots.append(U)
         rotated.append(torch.einsum("hnd,hde->hne", x, U))
-        allocs.append(torch.stack([water_fill(e[h].view(M, dsub).sum(-1), dsub, M * nbits, variant.alloc_max_bits)
-                                   for h in range(H)]))
-    A = torch.stack(allocs)  # [L, H, M]
-    kmax = 2 ** int(A.max())
-    cents = torch.zeros(L, H, M, kmax, dsub)
-    for b in sorted(set(A.flatten().tolist())):
+        row = []
+        for h in range(H):
+            if variant.alloc == "pca":
+                b = water_fill(e[h].view(D // dsub, dsub).sum(-1), dsub, total, variant.alloc_max_bits)
+                row.append([(int(bb), dsub) for bb in b])
+            else:
+                row.append(adaptive_partition(e[h], total, variant.alloc_max_bits))
+        plans.append(row)
+    M = max(len(p) for row in plans for p in row)
+    dmax = max(d for row in plans for p in row for _, d in p)
+    bmax = max(b for row in plans for p in row for b, _ in p)
+    alloc = torch.full((L, H, M, 2), -1, dtype=torch.long)
+    jobs: dict = {}  # (bits, dims) -> [(l, h, m, offset)]
+    for l, row in enumerate(plans):
+        for h, p in enumerate(row):
+            o = 0
+            for m, (b, d) in enumerate(p):
+                alloc[l, h, m] = torch.tensor([b, d])
+                jobs.setdefault((b, d), []).append((l, h, m, o))
+                o += d
+    cents = torch.zeros(L, H, M, 2**bmax, dmax)
+    for (b, d), where in sorted(jobs.items()):
         k = 2**b
-        where = (A == b).nonzero().tolist()
         n = min(N, max(variant.samples, 4 * k))
         idx = torch.randperm(N, generator=gen)[:n]
-        data = torch.stack([rotated[l][h, idx, m * dsub : (m + 1) * dsub] for l, h, m in where])  # [P, n, dsub]
-        w = None if ws is None else torch.stack([ws[l][h, idx] for l, h, m in where])
-        per_chunk = max(1, (1 << 27) // max(1, n * k))
+        data = torch.stack([rotated[l][h, idx, o : o + d] for l, h, m, o in where])  # [P, n, d]
+        w = None if ws is None else torch.stack([ws[l][h, idx] for l, h, m, o in where])
+        per_chunk = max(1, (1 << 27) // max(1, n * k * max(1, d // 4)))
         out = []
         for c0 in range(0, len(where), per_chunk):
-            r = kmeans(data[c0 : c0 + per_chunk], k, iters=variant.iters, seed=variant.seed + salt + 131 * b + c0,
-                       weights=None if w is None else w[c0 : c0 + per_chunk])
-            out.append(r.centroids)
-        res = torch.cat(out)
-        for (l, h, m), c in zip(where, res):
-            cents[l, h, m, :k] = c
-    return [cents[l] for l in range(L)], [A[l] for l in range(L)], rots
+            seed = variant.seed + salt + 131 * b + 7 * d + c0
+            wc = None if w is None else w[c0 : c0 + per_chunk]
+            out.append(kmeans(data[c0 : c0 + per_chunk], k, iters=variant.iters, seed=seed, weights=wc).centroids)
+        for (l, h, m, o), c in zip(where, torch.cat(out)):
+            cents[l, h, m, :k, :d] = c
+    return [cents[l] for l in range(L)], [alloc[l] for l in range(L)], rots
 
 
 @torch.no_grad()

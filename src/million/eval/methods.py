@@ -199,15 +199,19 @@ class Quanto(KVMethod):
         return self._with_window(parts, 0, context, protocol)
 
 
+KVQUANT_WEIGHTINGS = ("fisher", "sq", "attn", "none")
+
+
 class KVQuant(KVMethod):
     """KVQuant-style (Hooper et al. 2024).
 
     Keys: pre-RoPE, per-channel non-uniform levels (``2**bits`` per layer, head and channel) from
-    1-D weighted k-means on calibration keys (weights: squared activations, ``weighting="sq"``,
-    or attention received, ``"attn"``), after removing per-channel outliers (calibrated
+    1-D weighted k-means on calibration keys (weights: the Fisher proxy ``|dLoss/dk|^2`` of each
+    token, ``weighting="fisher"``; squared activations, ``"sq"``; attention received, ``"attn"``;
+    or none), after removing per-channel outliers (calibrated
     thresholds at the ``outlier/2`` and ``1 - outlier/2`` quantiles), which stay fp16.
     Values: per-token, normalized by the token's own min/max over inliers (fp16 scale and offset
-    per head vector), non-uniform levels per layer from k-means; the ``outlier`` largest-magnitude
+    per head vector), non-uniform levels per layer from k-means with the same weighting; the ``outlier`` largest-magnitude
     elements of each token (over all heads) stay fp16. The first token stays fp16.
     """
 
@@ -218,8 +222,8 @@ class KVQuant(KVMethod):
     def __init__(self, bits: int, outlier: float = 0.01, sinks: int = 1, weighting: str = "sq", iters: int = 20,
                  samples: int = 16384):
         super().__init__(bits)
-        if weighting not in ("sq", "attn", "none"):
-            raise ValueError(f"weighting={weighting!r} is not one of ('sq', 'attn', 'none')")
+        if weighting not in KVQUANT_WEIGHTINGS:
+            raise ValueError(f"weighting={weighting!r} is not one of {KVQUANT_WEIGHTINGS}")
         self.outlier, self.sinks, self.weighting, self.iters, self.samples = outlier, sinks, weighting, iters, samples
         self.k_levels = self.k_lo = self.k_hi = self.v_levels = None
         self._count = {"k_out": 0, "k_all": 0, "v_out": 0, "v_all": 0}
@@ -242,7 +246,7 @@ class KVQuant(KVMethod):
             lo, hi = lohi[0], lohi[1]
             x = ks.permute(0, 2, 1).reshape(H * D, -1)  # [H*D, n]
             inl = (x >= lo.reshape(-1, 1)) & (x <= hi.reshape(-1, 1))
-            w = self._weights(calib, l, keep, idx, x, H, D)
+            w = self._weights(calib, l, keep, idx, x, H, D, "k")
             w = w * inl  # outliers do not train the levels
             r = kmeans(x[..., None], n_lv, iters=self.iters, seed=l, weights=w)
             self.k_levels.append(r.centroids[..., 0].sort(-1).values.view(H, D, n_lv))
@@ -253,18 +257,36 @@ class KVQuant(KVMethod):
             vv = v.permute(1, 0, 2)[None]  # [1, n, H, D]
             z, inl_v = self._normalize_values(vv)
             zs = z[inl_v].reshape(1, -1, 1)
-            wv = zs[..., 0].pow(2) if self.weighting == "sq" else torch.ones_like(zs[..., 0])
+            if self.weighting == "sq":
+                wv = zs[..., 0].pow(2)
+            elif self.weighting in ("fisher", "attn"):
+                tw = self._token_weights(calib, l, keep, idx, "v")  # [H, n]
+                wv = tw.t()[None, :, :, None].expand(1, -1, -1, D)[inl_v].reshape(1, -1)
+            else:
+                wv = torch.ones_like(zs[..., 0])
             sub = torch.randperm(zs.shape[1], generator=gen)[: 8 * self.samples]
             rv = kmeans(zs[:, sub], n_lv, iters=self.iters, seed=1000 + l, weights=wv[:, sub] + 1e-6)
             self.v_levels.append(rv.centroids[0, :, 0].sort().values)
         return self
 
-    def _weights(self, calib, l, keep, idx, x, H, D):
+    def _token_weights(self, calib, l, keep, idx, which):
+        """Per-token sensitivity ``[H, n]``: the squared loss gradient (Fisher) or the attention received."""
+        if self.weighting == "fisher":
+            f = getattr(calib, "fisher", None)
+            if f is None:
+                raise ValueError("kvquant weighting 'fisher' needs calibration data with Fisher statistics "
+                                 "(load_or_collect(..., fisher=True))")
+            a = (f.weight_k if which == "k" else f.weight_v)[l][:, keep][:, idx]
+        else:
+            a = calib.attn[l][:, keep][:, idx]
+        return a / a.mean().clamp_min(1e-30)
+
+    def _weights(self, calib, l, keep, idx, x, H, D, which):
+        # x: [H*D, n] channel-major samples
         if self.weighting == "sq":
             return x.pow(2) + 1e-6
-        if self.weighting == "attn":
-            a = calib.attn[l][:, keep][:, idx]  # [H, n]
-            return (a / a.mean()).repeat_interleave(D, 0) + 1e-6
+        if self.weighting in ("fisher", "attn"):
+            return self._token_weights(calib, l, keep, idx, which).repeat_interleave(D, 0) + 1e-6
         return torch.ones_like(x)
 
     def _value_outliers(self, v):
