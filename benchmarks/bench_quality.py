@@ -109,7 +109,7 @@ class Bench:
         if self._calib is None:
             from million.eval.calibdata import load_or_collect
 
-            self._calib = load_or_collect(self.model, self.tok, "squad", 16384, 2048, model_name="smollm2")
+            self._calib = load_or_collect(self.model, self.tok, "squad", 16384, 2048, model_name="smollm2", fisher=True)
         return self._calib
 
     # -- methods -------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_all_quantized_fp16_keeps_logits_and_quantizers_change_them(model, calib
     ref = plain_logits(model, ids)
     fp = Runner(model, FP16(16), "all-quantized").logits(ids)
     assert (fp - ref).abs().max() < 2e-3
-    for m in (KIVI(2), KVQuant(2, samples=256, iters=3).fit(model, lambda: calib),
+    for m in (KIVI(2), KVQuant(2, weighting="none", samples=256, iters=3).fit(model, lambda: calib),
               PQMethod(1.5, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, iters=3, samples=512)).fit(model, lambda: calib)):
         q = Runner(model, m, "all-quantized").logits(ids)
         assert q.shape == ref.shape
@@ -64,7 +64,7 @@ def test_qdq_cache_sees_positions():
 def test_pre_rope_hook_equals_quantizing_unrotated_keys(model, calib):
     """KVQuant quantizes keys at k_proj: all-quantized (hook returns the quantized projection) and
     deployed without a window (hook stashes re-rotated keys) must agree."""
-    m = KVQuant(3, samples=256, iters=3).fit(model, lambda: calib)
+    m = KVQuant(3, weighting="none", samples=256, iters=3).fit(model, lambda: calib)
     ids = ids_(48)
     a = Runner(model, m, "all-quantized").logits(ids)
     d = Runner(model, m, "deployed").logits(ids)

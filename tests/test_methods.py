@@ -103,7 +103,7 @@ def test_kvquant_error_shrinks_and_keeps_outliers_and_sink(model, calib):
     v = calib.values[0][None, :, :200]
     errs = []
     for b in (2, 3, 4):
-        m = KVQuant(b, samples=512, iters=6).fit(model, lambda: calib)
+        m = KVQuant(b, weighting="none", samples=512, iters=6).fit(model, lambda: calib)
         kq = m.qdq_key(0, k, 0)
         assert torch.equal(kq[:, :, 0], k[:, :, 0])  # first token stays fp16
         errs.append((rel_err(kq, k), rel_err(m.qdq_value(0, v, 0), v)))
@@ -226,7 +226,7 @@ def test_bits_qhitter_matched_memory():
 
 
 def test_bits_kvquant(model, calib):
-    m = KVQuant(2, samples=256, iters=2).fit(model, lambda: calib)
+    m = KVQuant(2, weighting="none", samples=256, iters=2).fit(model, lambda: calib)
     b = m.bits_breakdown(S, 2048)
     assert b["codes"] == pytest.approx(2 * 2047 / 2048)
     assert b["scales_zeros_fp16"] == pytest.approx(0.25 * 2047 / 2048)
@@ -306,9 +306,15 @@ def test_fisher_variants_need_fisher(model, calib):
     v = PQVariant(k_nbits=4, k_dsub=4, v_nbits=4, v_dsub=4, transform="fisher", weighting="fisher", iters=2, samples=256)
     with pytest.raises(ValueError, match="Fisher"):
         train_variant(calib, v)
+    with pytest.raises(ValueError, match="Fisher"):
+        KVQuant(2, samples=256, iters=2).fit(model, lambda: calib)
     calib.fisher = collect_fisher(model, CharTokenizer(), TEXT, tokens=1024, window=256)
     try:
         cb = train_variant(calib, v)
         assert cb.info["pred_dnll_k"] > 0 and cb.info["pred_dnll_v"] > 0
+        kq = KVQuant(2, samples=256, iters=2).fit(model, lambda: calib)  # default: Fisher-weighted levels
+        assert kq.weighting == "fisher" and kq.needs_fisher
+        k = calib.keys_pre[0][None, :, :64]
+        assert rel_err(kq.qdq_key(0, k, 0), k) < 0.5
     finally:
         del calib.fisher

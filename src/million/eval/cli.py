@@ -70,7 +70,7 @@ def _setup(args):
     method = make_method(args.method, args.bits, args.codebooks)
     model, tok = load_model(src, dtype=torch.float32, device="cpu")
     method.fit(model, lambda: load_or_collect(model, tok, args.calib_text, args.calib_tokens, 2048, model_name=src.name,
-                                              progress=not args.quiet))
+                                              progress=not args.quiet, fisher=method.needs_fisher))
     return model, tok, method, src.name
 
 

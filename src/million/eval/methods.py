@@ -76,6 +76,7 @@ class KVMethod:
     name = "base"
     key_space = "post_rope"
     needs_calibration = False
+    needs_fisher = False  # calibration data must carry Fisher statistics
     window = 0  # fp16 residual window of the deployed cache (tokens)
 
     def __init__(self, bits: float):
@@ -219,12 +220,13 @@ class KVQuant(KVMethod):
     key_space = "pre_rope"
     needs_calibration = True
 
-    def __init__(self, bits: int, outlier: float = 0.01, sinks: int = 1, weighting: str = "sq", iters: int = 20,
+    def __init__(self, bits: int, outlier: float = 0.01, sinks: int = 1, weighting: str = "fisher", iters: int = 20,
                  samples: int = 16384):
         super().__init__(bits)
         if weighting not in KVQUANT_WEIGHTINGS:
             raise ValueError(f"weighting={weighting!r} is not one of {KVQUANT_WEIGHTINGS}")
         self.outlier, self.sinks, self.weighting, self.iters, self.samples = outlier, sinks, weighting, iters, samples
+        self.needs_fisher = weighting == "fisher"
         self.k_levels = self.k_lo = self.k_hi = self.v_levels = None
         self._count = {"k_out": 0, "k_all": 0, "v_out": 0, "v_all": 0}
 
@@ -373,6 +375,7 @@ class PQMethod(KVMethod):
     def __init__(self, bits: float, variant=None, codebooks_dir: str | None = None, label: str | None = None):
         super().__init__(bits)
         self.variant = variant
+        self.needs_fisher = codebooks_dir is None and variant is not None and "fisher" in (variant.transform, variant.weighting)
         self.codebooks_dir = codebooks_dir
         self.cb = None  # PQVariantCodebooks
         self._label = label
