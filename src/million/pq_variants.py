@@ -178,7 +178,11 @@ class PQVariantCodebooks:
     def _qdq(self, x, cents, alloc, t, ti):
         if alloc is None:
             return pq_qdq(x, cents, t, ti)
-        return pq_alloc_qdq(x, cents, alloc, t, ti)
+        plans = self.__dict__.setdefault("_plans", {})
+        key = id(alloc)
+        if key not in plans:
+            plans[key] = _alloc_plan(cents, alloc)
+        return pq_alloc_qdq(x, cents, alloc, t, ti, plans[key])
 
     def qdq_keys(self, layer: int, k: torch.Tensor, pos0: int = 0) -> torch.Tensor:
         """Quantize-dequantize post-RoPE keys ``[B, H, T, D]`` whose first token has position ``pos0``."""
@@ -231,13 +235,29 @@ _TENSOR_LISTS = ("key_centroids", "value_centroids", "key_transform", "key_inver
                  "key_alloc", "value_alloc")
 
 
-def pq_alloc_qdq(x: torch.Tensor, centroids: torch.Tensor, alloc: torch.Tensor, transform=None, inverse=None) -> torch.Tensor:
+def _alloc_plan(centroids: torch.Tensor, alloc: torch.Tensor) -> list:
+    """Group the subspaces of all heads by (bits, dims): ``[(heads [P], offsets [P], centroids [P, k, d])]``."""
+    groups: dict = {}
+    for h in range(alloc.shape[0]):
+        o = 0
+        for m in range(alloc.shape[1]):
+            b, d = int(alloc[h, m, 0]), int(alloc[h, m, 1])
+            if b < 0:
+                break
+            groups.setdefault((b, d), []).append((h, o, centroids[h, m, : 2**b, :d]))
+            o += d
+    return [(torch.tensor([g[0] for g in v]), torch.tensor([g[1] for g in v]), torch.stack([g[2] for g in v]).float())
+            for (b, d), v in sorted(groups.items())]
+
+
+def pq_alloc_qdq(x: torch.Tensor, centroids: torch.Tensor, alloc: torch.Tensor, transform=None, inverse=None,
+                 plan: list | None = None) -> torch.Tensor:
     """PQ round trip with a code width and a subspace size per head and subspace.
 
     ``x [B, H, T, D]``; ``alloc [H, M, 2]`` int: ``(bits, dims)`` of subspace ``m`` of head ``h``
     (subspaces tile ``D`` in order; ``bits = -1`` marks padding); ``centroids [H, M, 2**max_bits,
     max_dims]`` (subspace ``(h, m)`` uses its first ``2**bits`` rows and ``dims`` columns);
-    ``transform``/``inverse`` ``[H, D, D]`` or None.
+    ``transform``/``inverse`` ``[H, D, D]`` or None; ``plan``: :func:`_alloc_plan` (computed if None).
     """
     if x.shape[2] == 0:
         return x
@@ -246,17 +266,16 @@ def pq_alloc_qdq(x: torch.Tensor, centroids: torch.Tensor, alloc: torch.Tensor, 
     if transform is not None:
         xf = torch.einsum("bhtd,hde->bhte", xf, transform.float())
     rec = torch.empty_like(xf)
-    for h in range(H):
-        o = 0
-        for m in range(alloc.shape[1]):
-            b, d = int(alloc[h, m, 0]), int(alloc[h, m, 1])
-            if b < 0:
-                break
-            c = centroids[h, m, : 2**b, :d].float()  # [k, d]
-            xs = xf[:, h, :, o : o + d].reshape(-1, d)
-            dist = (c * c).sum(-1)[None] - 2 * xs @ c.t()
-            rec[:, h, :, o : o + d] = c[dist.argmin(-1)].view(B, T, d)
-            o += d
+    xt = xf.permute(1, 0, 2, 3).reshape(H, B * T, D)
+    for heads, offs, c in plan if plan is not None else _alloc_plan(centroids, alloc):
+        d = c.shape[-1]
+        cols = offs[:, None] + torch.arange(d)[None]  # [P, d]
+        xs = xt[heads[:, None, None], torch.arange(B * T)[None, :, None], cols[:, None, :]]  # [P, BT, d]
+        dist = torch.baddbmm((c * c).sum(-1)[:, None, :], xs, c.transpose(1, 2), alpha=-2)  # [P, BT, k]
+        q = torch.gather(c, 1, dist.argmin(-1)[..., None].expand(-1, -1, d))  # [P, BT, d]
+        rec_t = q.view(len(heads), B, T, d)
+        for i in range(len(heads)):
+            rec[:, int(heads[i]), :, int(offs[i]) : int(offs[i]) + d] = rec_t[i]
     if inverse is not None:
         rec = torch.einsum("bhtd,hde->bhte", rec, inverse.float())
     return rec.to(x.dtype)
