@@ -1,0 +1,432 @@
+// PQ encoding (nearest centroid per subspace, ksub = 256, uint8 codes) in CUDA C++ (sm_90).
+//
+// x [B, H, T, D] (fp16 / bf16 / fp32, last dim contiguous, rows 16-byte aligned); codes
+// [B, H, T, M] uint8 contiguous. Tables are prepared on the host side (million/ops/cuda_encode.py)
+// per (centroid head hc, subspace m) = "table subspace" s = hc * M + m, and cached per codebook.
+//
+// Grid (chunks, ceil(M / MG), H): a block owns one head h, MG consecutive subspaces and one chunk of
+// the B * T tokens of that head; its subspaces' tables are copied to shared memory once.
+//
+// kind 0, "pruned" (dsub 2, exact fp32): a G x G grid over the centroids' bounding box (border cells
+//   extended to infinity); per cell a list of candidate centroids that provably contains the nearest
+//   centroid of every point of the cell (cells widened by a margin, so fp32 cell assignment near a
+//   border is safe). A point scans only its cell's list: per candidate dist' = ||c||^2 - 2 x.c in
+//   fp32 (two FFMA), strict '<' in ascending index order (ties: lowest index, as torch.argmin).
+// kind 1, "brute" (dsub 2 or 4, exact fp32): every centroid, program-uniform shared-memory loads,
+//   R tokens per thread.
+// kind 2, "mma" (dsub 4): mma.sync m16n8k16 fp16 -> fp32 per 16 tokens x 8 centroids with
+//   A = [x_hi(4), x_hi(4), x_lo(4), 1, 1, 0, 0], B = [-2c_hi(4), -2c_lo(4), -2c_hi(4), n_hi, n_lo, 0, 0]
+//   and C = ||x||^2, i.e. D = ||x - c||^2 to ~22 bits; argmin as a float min over keys with the
+//   6-bit (block, parity) index in the low mantissa bits (near-ties within ~2^-17 relative may
+//   flip). Tokens whose |x| exceeds the fp16 range are redone exactly from the fp32 table.
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct EncArgs {
+  const void* x; uint8_t* codes;
+  const void* tab;        // kind 0: float4 [S][256] (-2c0, -2c1, ||c||^2, 0); kind 1/2: float [S][256][8]
+  const uint32_t* cells;  // kind 0: [S][G*G] (offset | len << 16)
+  const uint8_t* lists;   // kind 0: [S][lcap]
+  const float* grid;      // kind 0: [S][4] (lo0, lo1, 1/w0, 1/w1)
+  const uint2* frags;     // kind 2: [S][32 blocks][32 lanes] B fragments
+  long long sx_b, sx_h, sx_t;  // element strides of x
+  long long so_b, so_h, so_t;  // element strides of codes
+  int B, H, T, M, Hc, dsub, dtype, kind, chunks, G, lcap;
+};
+
+static char g_err[512];
+
+template <typename TX> struct Ld;
+template <> struct Ld<__half> {
+  static constexpr int PER16 = 8;
+  static __device__ __forceinline__ void cvt(uint4 v, float* o) {
+    const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) { float2 f = __half22float2(h[i]); o[2 * i] = f.x; o[2 * i + 1] = f.y; }
+  }
+  static __device__ __forceinline__ float one(const void* p) { return __half2float(*reinterpret_cast<const __half*>(p)); }
+};
+template <> struct Ld<__nv_bfloat16> {
+  static constexpr int PER16 = 8;
+  static __device__ __forceinline__ void cvt(uint4 v, float* o) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) { o[2 * i] = __uint_as_float(w[i] << 16); o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u); }
+  }
+  static __device__ __forceinline__ float one(const void* p) {
+    return __uint_as_float(((uint32_t)*reinterpret_cast<const uint16_t*>(p)) << 16);
+  }
+};
+template <> struct Ld<float> {
+  static constexpr int PER16 = 4;
+  static __device__ __forceinline__ void cvt(uint4 v, float* o) {
+    o[0] = __uint_as_float(v.x); o[1] = __uint_as_float(v.y); o[2] = __uint_as_float(v.z); o[3] = __uint_as_float(v.w);
+  }
+  static __device__ __forceinline__ float one(const void* p) { return *reinterpret_cast<const float*>(p); }
+};
+
+// token n in [0, B*T) of head h -> element offset of its row in x / codes
+__device__ __forceinline__ long long xrow(const EncArgs& a, int h, long long n) {
+  long long b = n / a.T, t = n - b * a.T;
+  return b * a.sx_b + (long long)h * a.sx_h + t * a.sx_t;
+}
+__device__ __forceinline__ long long orow(const EncArgs& a, int h, long long n) {
+  long long b = n / a.T, t = n - b * a.T;
+  return b * a.so_b + (long long)h * a.so_h + t * a.so_t;
+}
+
+__device__ __forceinline__ void chunk_range(const EncArgs& a, long long& n0, long long& n1) {
+  long long N = (long long)a.B * a.T;
+  long long per = (N + a.chunks - 1) / a.chunks;
+  n0 = per * blockIdx.x;
+  n1 = min(N, n0 + per);
+}
+
+// ---------------------------------------------------------------------------------------------
+// kind 0: grid-pruned exact search, dsub 2. MG = 8 subspaces per block (x slice: 16 values).
+template <typename TX, int MG>
+__global__ void __launch_bounds__(256) enc_pruned_kernel(EncArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int GG = a.G * a.G;
+  float4* cen = reinterpret_cast<float4*>(smem);                      // [MG][256]
+  uint32_t* cells = reinterpret_cast<uint32_t*>(cen + MG * 256);      // [MG][GG]
+  float4* grd = reinterpret_cast<float4*>(cells + MG * GG);           // [MG]
+  uint8_t* lists = reinterpret_cast<uint8_t*>(grd + MG);              // [MG][lcap]
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  {
+    const float4* gc = reinterpret_cast<const float4*>(a.tab) + s0 * 256;
+    for (int i = threadIdx.x; i < mg * 256; i += blockDim.x) cen[i] = gc[i];
+    const uint32_t* gl = a.cells + s0 * GG;
+    for (int i = threadIdx.x; i < mg * GG; i += blockDim.x) cells[i] = gl[i];
+    const float4* gg = reinterpret_cast<const float4*>(a.grid) + s0;
+    for (int i = threadIdx.x; i < mg; i += blockDim.x) grd[i] = gg[i];
+    const uint4* li = reinterpret_cast<const uint4*>(a.lists + s0 * a.lcap);
+    uint4* ls = reinterpret_cast<uint4*>(lists);
+    for (int i = threadIdx.x; i < mg * a.lcap / 16; i += blockDim.x) ls[i] = li[i];
+  }
+  __syncthreads();
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  constexpr int NV = MG * 2;
+  constexpr int NL = NV / Ld<TX>::PER16;
+  const int Gm1 = a.G - 1;
+  const float gmax = (float)Gm1;
+  for (long long n = n0 + threadIdx.x; n < n1; n += blockDim.x) {
+    float xv[NV];
+    const TX* xp = X + xrow(a, h, n) + m0 * 2;
+    if (mg == MG) {
+      uint4 raw[NL];
+#pragma unroll
+      for (int i = 0; i < NL; ++i) raw[i] = __ldg(reinterpret_cast<const uint4*>(xp) + i);
+#pragma unroll
+      for (int i = 0; i < NL; ++i) Ld<TX>::cvt(raw[i], xv + i * Ld<TX>::PER16);
+    } else {
+#pragma unroll
+      for (int i = 0; i < NV; ++i) xv[i] = i < mg * 2 ? Ld<TX>::one(xp + i) : 0.f;
+    }
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int j = 0; j < MG; ++j) {
+      if (j < mg) {
+        const float x0 = xv[2 * j], x1 = xv[2 * j + 1];
+        const float4 g = grd[j];
+        const float fx = fminf(fmaxf((x0 - g.x) * g.z, 0.f), gmax);
+        const float fy = fminf(fmaxf((x1 - g.y) * g.w, 0.f), gmax);
+        const int cell = (int)fy * a.G + (int)fx;
+        const uint32_t ci = cells[j * GG + cell];
+        const uint8_t* lp = lists + j * a.lcap + (ci & 0xffffu);
+        const int len = (int)(ci >> 16);
+        const float4* cj = cen + j * 256;
+        float best = __int_as_float(0x7f800000);
+        int bi = 0;
+        for (int t = 0; t < len; ++t) {
+          const int k = lp[t];
+          const float4 c = cj[k];
+          const float d = fmaf(x1, c.y, fmaf(x0, c.x, c.z));
+          if (d < best) { best = d; bi = k; }
+        }
+        if (j < 4) lo |= (uint32_t)bi << (8 * j); else hi |= (uint32_t)bi << (8 * (j - 4));
+      }
+    }
+    uint8_t* op = a.codes + orow(a, h, n) + m0;
+    if (mg == MG && MG == 8) {
+      *reinterpret_cast<uint2*>(op) = make_uint2(lo, hi);
+    } else {
+      for (int j = 0; j < mg; ++j) op[j] = (uint8_t)((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) & 0xff);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kind 1: brute force, exact fp32, dsub 2 or 4; R tokens per thread, MG subspaces per block.
+template <typename TX, int DSUB, int MG, int R>
+__global__ void __launch_bounds__(256) enc_brute_kernel(EncArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float4* cen = reinterpret_cast<float4*>(smem);  // [MG][256][2] (-2c0..3, ||c||^2 ...)
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  {
+    const float4* gc = reinterpret_cast<const float4*>(a.tab) + s0 * 512;
+    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) cen[i] = gc[i];
+  }
+  __syncthreads();
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  for (long long nb = n0 + threadIdx.x; nb < n1; nb += (long long)blockDim.x * R) {
+    long long xo[R], oo[R];
+    bool ok[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      long long n = nb + (long long)r * blockDim.x;
+      ok[r] = n < n1;
+      xo[r] = ok[r] ? xrow(a, h, n) + m0 * DSUB : 0;
+      oo[r] = ok[r] ? orow(a, h, n) + m0 : 0;
+    }
+    for (int j = 0; j < mg; ++j) {
+      float xv[R][DSUB];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < DSUB; ++e) xv[r][e] = ok[r] ? Ld<TX>::one(X + xo[r] + j * DSUB + e) : 0.f;
+      float best[R];
+      int bi[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) { best[r] = __int_as_float(0x7f800000); bi[r] = 0; }
+      const float4* cj = cen + j * 512;
+#pragma unroll 4
+      for (int k = 0; k < 256; ++k) {
+        const float4 c = cj[2 * k];
+        float nc;
+        if (DSUB == 2) nc = c.z; else nc = cj[2 * k + 1].x;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float d = fmaf(xv[r][1], c.y, fmaf(xv[r][0], c.x, nc));
+          if (DSUB == 4) d = fmaf(xv[r][3], c.w, fmaf(xv[r][2], c.z, d));
+          if (d < best[r]) { best[r] = d; bi[r] = k; }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (ok[r]) a.codes[oo[r] + j] = (uint8_t)bi[r];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kind 2: tensor cores, dsub 4. A warp encodes 16 tokens x MG subspaces per step.
+__device__ __forceinline__ uint32_t pack_h2(float a, float b) {
+  __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ void mma16816(float* d, const uint32_t* A, uint2 b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(b.x), "r"(b.y));
+}
+
+template <typename TX, int MG>
+__device__ __forceinline__ void mma_finish(const EncArgs& a, const TX* X, const float* tab, int h, long long n,
+                                           long long s0, int m0, int mg, bool bad, uint32_t (&cw)[MG / 4]) {
+  if (bad) {
+    const TX* xr = X + xrow(a, h, n) + m0 * 4;
+    for (int j = 0; j < mg; ++j) {
+      const float x0 = Ld<TX>::one(xr + 4 * j), x1 = Ld<TX>::one(xr + 4 * j + 1);
+      const float x2 = Ld<TX>::one(xr + 4 * j + 2), x3 = Ld<TX>::one(xr + 4 * j + 3);
+      const float* tj = tab + (s0 + j) * 256 * 8;
+      float best = __int_as_float(0x7f800000);
+      int bi = 0;
+      for (int k = 0; k < 256; ++k) {
+        const float* c = tj + k * 8;
+        const float d = fmaf(x3, c[3], fmaf(x2, c[2], fmaf(x1, c[1], fmaf(x0, c[0], c[4]))));
+        if (d < best) { best = d; bi = k; }
+      }
+#pragma unroll
+      for (int i = 0; i < MG / 4; ++i)
+        if (i == (j >> 2)) cw[i] = (cw[i] & ~(0xffu << (8 * (j & 3)))) | ((uint32_t)bi << (8 * (j & 3)));
+    }
+  }
+  uint8_t* op = a.codes + orow(a, h, n) + m0;
+  if (mg == MG && MG == 8) {
+    *reinterpret_cast<uint2*>(op) = make_uint2(cw[0], cw[1]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < MG; ++j)
+      if (j < mg) op[j] = (uint8_t)(cw[j >> 2] >> (8 * (j & 3)));
+  }
+}
+
+template <typename TX, int MG>
+__global__ void __launch_bounds__(256) enc_mma_kernel(EncArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint2* fr = reinterpret_cast<uint2*>(smem);  // [MG][32 blocks][32 lanes]
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  {
+    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
+    uint4* sf = reinterpret_cast<uint4*>(fr);
+    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
+    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int g = lane >> 2, q = lane & 3, half = q & 1;
+  const float* tab = reinterpret_cast<const float*>(a.tab);
+  for (long long tb = n0 + 16LL * warp; tb < n1; tb += 16LL * nw) {
+    const long long na = tb + g, nb = tb + g + 8;
+    const bool oka = na < n1, okb = nb < n1;
+    const TX* xa = X + (oka ? xrow(a, h, na) : 0) + m0 * 4 + 2 * half;
+    const TX* xb = X + (okb ? xrow(a, h, nb) : 0) + m0 * 4 + 2 * half;
+    float va[MG][2], vb[MG][2];
+#pragma unroll
+    for (int j = 0; j < MG; ++j) {
+      const bool in = j < mg;
+      va[j][0] = (oka && in) ? Ld<TX>::one(xa + 4 * j) : 0.f;
+      va[j][1] = (oka && in) ? Ld<TX>::one(xa + 4 * j + 1) : 0.f;
+      vb[j][0] = (okb && in) ? Ld<TX>::one(xb + 4 * j) : 0.f;
+      vb[j][1] = (okb && in) ? Ld<TX>::one(xb + 4 * j + 1) : 0.f;
+    }
+    static_assert(MG % 4 == 0, "MG must be a multiple of 4");
+    uint32_t ca[MG / 4], cb[MG / 4];
+#pragma unroll
+    for (int i = 0; i < MG / 4; ++i) { ca[i] = 0; cb[i] = 0; }
+    bool bad_a = false, bad_b = false;
+#pragma unroll
+    for (int j = 0; j < MG; ++j) {
+      // A fragment: rows g (a) and g+8 (b); cols 2q,2q+1 -> x_hi(dims 2*half, +1); cols 2q+8,+9 ->
+      // q<2: x_lo(dims 2*half, +1), q==2: (1, 1), q==3: 0
+      const __half2 ha = __floats2half2_rn(va[j][0], va[j][1]);
+      const __half2 hb = __floats2half2_rn(vb[j][0], vb[j][1]);
+      const float2 fa = __half22float2(ha), fb = __half22float2(hb);
+      bad_a |= !(fabsf(fa.x) < 65504.f && fabsf(fa.y) < 65504.f);
+      bad_b |= !(fabsf(fb.x) < 65504.f && fabsf(fb.y) < 65504.f);
+      uint32_t A[4];
+      A[0] = *reinterpret_cast<const uint32_t*>(&ha);
+      A[1] = *reinterpret_cast<const uint32_t*>(&hb);
+      if (q < 2) {
+        A[2] = pack_h2(va[j][0] - fa.x, va[j][1] - fa.y);
+        A[3] = pack_h2(vb[j][0] - fb.x, vb[j][1] - fb.y);
+      } else if (q == 2) {
+        A[2] = A[3] = 0x3c003c00u;
+      } else {
+        A[2] = A[3] = 0u;
+      }
+      float sa = va[j][0] * va[j][0] + va[j][1] * va[j][1];
+      float sb = vb[j][0] * vb[j][0] + vb[j][1] * vb[j][1];
+      sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+      sb += __shfl_xor_sync(0xffffffffu, sb, 1);
+      float ka = __int_as_float(0x7f800000), kb = ka;
+      const uint2* fj = fr + j * 1024 + lane;
+#pragma unroll
+      for (int blk = 0; blk < 32; ++blk) {
+        float d[4] = {sa, sa, sb, sb};
+        mma16816(d, A, fj[blk * 32]);
+        const uint32_t tag = (uint32_t)(blk * 2);
+        ka = fminf(ka, __uint_as_float((__float_as_uint(d[0]) & ~63u) | tag));
+        ka = fminf(ka, __uint_as_float((__float_as_uint(d[1]) & ~63u) | (tag + 1)));
+        kb = fminf(kb, __uint_as_float((__float_as_uint(d[2]) & ~63u) | tag));
+        kb = fminf(kb, __uint_as_float((__float_as_uint(d[3]) & ~63u) | (tag + 1)));
+      }
+      // reduce over the quad (q = 0..3 hold columns 2q, 2q+1 of every block)
+      // index of the min: compare (key, q) pairs so that exact key ties go to the lowest index
+      float kq = ka; int qa = q;
+      float kr = kb; int qb = q;
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        float ok_ = __shfl_xor_sync(0xffffffffu, kq, off);
+        int oq = __shfl_xor_sync(0xffffffffu, qa, off);
+        if (ok_ < kq || (ok_ == kq && oq < qa)) { kq = ok_; qa = oq; }
+        float ok2 = __shfl_xor_sync(0xffffffffu, kr, off);
+        int oq2 = __shfl_xor_sync(0xffffffffu, qb, off);
+        if (ok2 < kr || (ok2 == kr && oq2 < qb)) { kr = ok2; qb = oq2; }
+      }
+      const uint32_t ta = __float_as_uint(kq) & 63u, tb2 = __float_as_uint(kr) & 63u;
+      const uint32_t code_a = (ta >> 1) * 8 + 2 * qa + (ta & 1);
+      const uint32_t code_b = (tb2 >> 1) * 8 + 2 * qb + (tb2 & 1);
+      ca[j >> 2] |= code_a << (8 * (j & 3));
+      cb[j >> 2] |= code_b << (8 * (j & 3));
+    }
+    // exact redo for tokens with values outside the fp16 range (rare; fp32 table from global)
+    bad_a = __any_sync(0xffffffffu, bad_a) && (__shfl_xor_sync(0xffffffffu, (int)bad_a, 1) | (int)bad_a);
+    bad_b = __any_sync(0xffffffffu, bad_b) && (__shfl_xor_sync(0xffffffffu, (int)bad_b, 1) | (int)bad_b);
+    if (q == 0) {
+      if (oka) mma_finish<TX, MG>(a, X, tab, h, na, s0, m0, mg, bad_a, ca);
+      if (okb) mma_finish<TX, MG>(a, X, tab, h, nb, s0, m0, mg, bad_b, cb);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+static int g_max_smem = 0;
+
+template <typename K>
+static int launch(K kernel, const EncArgs& a, int MG, size_t smem, cudaStream_t st) {
+  if (g_max_smem == 0) {
+    int dev; cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&g_max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  }
+  if ((int)smem > g_max_smem) { snprintf(g_err, sizeof g_err, "shared memory %zu > %d", smem, g_max_smem); return 4; }
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 5; }
+  dim3 grid(a.chunks, (a.M + MG - 1) / MG, a.H);
+  kernel<<<grid, 256, smem, st>>>(a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 6; }
+  return 0;
+}
+
+template <typename TX>
+static int launch_t(const EncArgs& a, cudaStream_t st) {
+  constexpr int MG = 8;
+  if (a.kind == 0) {
+    if (a.dsub != 2) { snprintf(g_err, sizeof g_err, "pruned kernel needs dsub 2, got %d", a.dsub); return 3; }
+    size_t smem = (size_t)MG * 256 * 16 + (size_t)MG * a.G * a.G * 4 + MG * 16 + (size_t)MG * a.lcap;
+    return launch(enc_pruned_kernel<TX, MG>, a, MG, smem, st);
+  }
+  if (a.kind == 1) {
+    size_t smem = (size_t)MG * 256 * 32;
+    if (a.dsub == 2) return launch(enc_brute_kernel<TX, 2, MG, 4>, a, MG, smem, st);
+    if (a.dsub == 4) return launch(enc_brute_kernel<TX, 4, MG, 4>, a, MG, smem, st);
+    snprintf(g_err, sizeof g_err, "brute kernel needs dsub 2 or 4, got %d", a.dsub);
+    return 3;
+  }
+  if (a.kind == 2) {
+    if (a.dsub != 4) { snprintf(g_err, sizeof g_err, "mma kernel needs dsub 4, got %d", a.dsub); return 3; }
+    size_t smem = (size_t)MG * 1024 * 8;
+    return launch(enc_mma_kernel<TX, MG>, a, MG, smem, st);
+  }
+  snprintf(g_err, sizeof g_err, "unknown kind %d", a.kind);
+  return 3;
+}
+
+extern "C" {
+int million_pq_encode_args_size() { return (int)sizeof(EncArgs); }
+const char* million_pq_encode_last_error() { return g_err; }
+int million_pq_encode(const EncArgs* a, void* stream) {
+  if ((long long)a->B * a->T == 0 || a->H == 0 || a->M == 0) return 0;
+  if (a->chunks < 1) { snprintf(g_err, sizeof g_err, "chunks=%d < 1", a->chunks); return 3; }
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  switch (a->dtype) {
+    case 0: return launch_t<__half>(*a, st);
+    case 1: return launch_t<__nv_bfloat16>(*a, st);
+    case 2: return launch_t<float>(*a, st);
+  }
+  snprintf(g_err, sizeof g_err, "unknown dtype code %d", a->dtype);
+  return 3;
+}
+}

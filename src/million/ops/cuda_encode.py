@@ -1,0 +1,374 @@
+"""PQ encoding (nearest centroid per subspace) in CUDA C++: ``ops/cuda/pq_encode.cu``.
+
+Same contract as :func:`million.ops.naive.pq_encode`: ``x [B, H, T, D]`` (fp16 / bf16 / fp32),
+``centroids [Hc, M, ksub, dsub]`` with ``Hc`` in ``{1, H}``; returns uint8 codes ``[B, H, T, M]``.
+Covered here: ``ksub == 256`` and ``dsub`` 2 (4-bit) or 4 (2-bit); everything else is left to the
+Triton kernel (:func:`supports` says False).
+
+Kernels (``kind``):
+
+- ``"pruned"`` (default for dsub 2): exact fp32 search restricted, per point, to the candidate list
+  of its cell in a ``G x G`` grid over the subspace's centroids (:func:`build_grid_lists`).
+- ``"mma"`` (default for dsub 4): tensor-core distances (fp16 hi/lo split operands, fp32
+  accumulation, ~22-bit exact) and a packed-key float min.
+- ``"brute"``: exact fp32 over all 256 centroids (any dsub 2/4; the fallback and the reference).
+
+The per-codebook tables (grid lists, fragments) are built with torch on the centroids' device on
+first use (tens of ms for a shared codebook, about a second for 32 per-head codebooks) and cached
+per centroid tensor (keyed by address, version counter, shape, strides and dtype; an entry keeps its
+centroids alive, so the address cannot be reused while cached): build them before CUDA-graph
+capture (one eager call). The shared library is found through ``MILLION_CUDA_ENCODE_LIB`` (a
+prebuilt ``.so``) or built with ``nvcc`` on first use into ``~/.cache/million/cuda/`` (keyed by a
+hash of the source and flags). Importing this module touches neither CUDA nor nvcc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+_SRC = Path(__file__).with_name("cuda") / "pq_encode.cu"
+_FLAGS = [
+    "-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90",
+    "-Xcompiler", "-fPIC", "-shared",
+]
+_ENV = "MILLION_CUDA_ENCODE_LIB"
+KINDS = ("pruned", "brute", "mma")
+GRID = 32  # cells per axis of the dsub-2 pruning grid
+_MG = 8  # subspaces per block (pq_encode.cu)
+_SMEM_MAX = 227 * 1024
+_DTYPES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_void_p) for n in ("x", "codes", "tab", "cells", "lists", "grid", "frags")] + [
+        (n, ctypes.c_longlong) for n in ("sx_b", "sx_h", "sx_t", "so_b", "so_h", "so_t")] + [
+        (n, ctypes.c_int) for n in ("B", "H", "T", "M", "Hc", "dsub", "dtype", "kind", "chunks", "G", "lcap")]
+
+
+def _nvcc() -> str | None:
+    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+def _cache_path() -> Path:
+    h = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "million" / "cuda"
+    return base / f"million_pq_encode_{h}.so"
+
+
+def build(path: str | os.PathLike | None = None) -> Path:
+    """Compile ``pq_encode.cu`` with nvcc into ``path`` (default: the user cache); returns the path."""
+    out = Path(path) if path is not None else _cache_path()
+    nvcc = _nvcc()
+    if nvcc is None:
+        raise RuntimeError(f"nvcc not found (set NVCC or {_ENV})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run([nvcc, *_FLAGS, "-o", tmp, str(_SRC)], check=True, capture_output=True, text=True)
+        os.replace(tmp, out)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"nvcc failed:\n{e.stderr}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _lib():
+    env = os.environ.get(_ENV)
+    if env:
+        path = Path(env)
+    else:
+        path = _cache_path()
+        if not path.exists():
+            build(path)
+    lib = ctypes.CDLL(str(path))
+    lib.million_pq_encode.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+    lib.million_pq_encode.restype = ctypes.c_int
+    lib.million_pq_encode_last_error.restype = ctypes.c_char_p
+    lib.million_pq_encode_args_size.restype = ctypes.c_int
+    if lib.million_pq_encode_args_size() != ctypes.sizeof(_Args):
+        raise RuntimeError(f"{path}: argument struct size mismatch (stale library?)")
+    return lib
+
+
+def available() -> bool:
+    """True when a CUDA device of compute capability >= 9.0 is present and the library can be loaded
+    or built (``MILLION_CUDA_ENCODE_LIB`` set, a cached build, or nvcc on the PATH)."""
+    try:
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+            return False
+    except Exception:
+        return False
+    env = os.environ.get(_ENV)
+    if env:
+        return os.path.exists(env)
+    return _cache_path().exists() or _nvcc() is not None
+
+
+def supports(x: torch.Tensor, centroids: torch.Tensor) -> bool:
+    """Whether the CUDA kernels handle ``x [B, H, T, D]`` with ``centroids [Hc, M, ksub, dsub]``:
+    CUDA tensors on one device, x fp16/bf16/fp32, float centroids, ``ksub == 256``, dsub 2 or 4."""
+    if not (x.is_cuda and centroids.is_cuda and x.device == centroids.device):
+        return False
+    if x.dim() != 4 or centroids.dim() != 4:
+        return False
+    if x.dtype not in _DTYPES or centroids.dtype not in _DTYPES:
+        return False
+    B, H, T, D = x.shape
+    Hc, M, ksub, dsub = centroids.shape
+    return ksub == 256 and dsub in (2, 4) and M * dsub == D and Hc in (1, H) and H > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# dsub 2: exact grid pruning
+
+
+def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: float = 0.02,
+                     tol: float = 1e-5, chunk: int | None = None):
+    """Per-cell candidate lists for exact nearest-centroid search in 2-D.
+
+    ``c [S, K, 2]`` (S independent subspaces of K centroids). Each subspace gets a ``G x G`` grid over
+    its centroids' bounding box; cell ``(gx, gy)`` (id ``gy * G + gx``, ``gx`` along dim 0) covers
+    ``[lo + w (g - margin), lo + w (g + 1 + margin)]`` per axis, the first and last cells extended to
+    -inf / +inf. Centroid ``c`` is dropped from a cell when one of the ``n_dom`` centroids nearest
+    to the cell's centre, ``c'``, is strictly closer to every point of the cell:
+    ``min_p 2 p.(c' - c) + ||c||^2 - ||c'||^2 > tol * scale`` (linear in p: checked at the box's
+    corners; an unbounded side in a direction where the form decreases, or is nearly flat, keeps c).
+    So the exact argmin of any point of the cell is in its list (fp32 cell assignment within the
+    margin, distance rounding within ``tol``).
+
+    Returns ``(kept [S, G*G, K] bool, lo [S, 2] fp32, inv_w [S, 2] fp32)``; a point ``p`` lies in cell
+    ``clamp(floor((p - lo) * inv_w), 0, G - 1)`` computed in fp32 (as the kernel does).
+    """
+    S, K, two = c.shape
+    if two != 2:
+        raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={two}")
+    dev = c.device
+    if chunk is None:
+        chunk = 16 if c.is_cuda else 4
+    cd64 = c.double()
+    lo = cd64.amin(1)
+    span = cd64.amax(1) - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    lo32 = lo.float()
+    inv_w32 = (G / span).float()
+    w = 1.0 / inv_w32.double()  # the kernel's cell width
+    lo = lo32.double()
+    gi = torch.arange(G, dtype=torch.float64, device=dev)
+    gx = torch.arange(G, device=dev).repeat(G)
+    gy = torch.arange(G, device=dev).repeat_interleave(G)
+    unb_lo = torch.stack([gx == 0, gy == 0], -1)  # [GG, 2]
+    unb_hi = torch.stack([gx == G - 1, gy == G - 1], -1)
+    kept = torch.empty(S, G * G, K, dtype=torch.bool, device=dev)
+    for s0 in range(0, S, chunk):
+        s1 = min(S, s0 + chunk)
+        cc = cd64[s0:s1]  # [s, K, 2]
+        e0 = lo[s0:s1, None, :] + w[s0:s1, None, :] * (gi[None, :, None] - margin)  # [s, G, 2]
+        e1 = lo[s0:s1, None, :] + w[s0:s1, None, :] * (gi[None, :, None] + 1 + margin)
+        clo = torch.stack([e0[:, gx, 0], e0[:, gy, 1]], -1)  # [s, GG, 2]
+        chi = torch.stack([e1[:, gx, 0], e1[:, gy, 1]], -1)
+        ctr = 0.5 * (clo + chi)
+        d2 = ((ctr[:, :, None, :] - cc[:, None, :, :]) ** 2).sum(-1)  # [s, GG, K]
+        dom = d2.topk(min(n_dom, K), dim=-1, largest=False).indices  # [s, GG, D]
+        cp = torch.gather(cc[:, None].expand(-1, G * G, -1, -1), 2, dom[..., None].expand(-1, -1, -1, 2))  # [s, GG, D, 2]
+        nc = (cc * cc).sum(-1)  # [s, K]
+        ncp = (cp * cp).sum(-1)  # [s, GG, D]
+        amax_c = cc.abs().amax(-1)  # [s, K]
+        amax_p = cp.abs().amax(-1)  # [s, GG, D]
+        g = nc[:, None, :, None] - ncp[:, :, None, :]  # [s, GG, K, D]
+        free = torch.zeros_like(g, dtype=torch.bool)
+        box = torch.zeros_like(g)
+        for d in range(2):
+            a = cp[:, :, None, :, d] - cc[:, None, :, None, d]  # [s, GG, K, D]  (c' - c)
+            l = clo[:, :, None, None, d]
+            h = chi[:, :, None, None, d]
+            g = g + torch.minimum(2 * l * a, 2 * h * a)
+            box = torch.maximum(box, torch.maximum(l.abs(), h.abs()).expand_as(box))
+            eps = 1e-5 * (amax_c[:, None, :, None] + amax_p[:, :, None, :])
+            free |= unb_lo[None, :, None, None, d] & (a > -eps)
+            free |= unb_hi[None, :, None, None, d] & (a < eps)
+        scale = nc[:, None, :, None] + ncp[:, :, None, :] + 2 * box * (amax_c[:, None, :, None] + amax_p[:, :, None, :])
+        dropped = ((g > tol * scale) & ~free).any(-1)
+        kept[s0:s1] = ~dropped
+    return kept, lo32, inv_w32
+
+
+def grid_cells(points: torch.Tensor, lo: torch.Tensor, inv_w: torch.Tensor, G: int = GRID) -> torch.Tensor:
+    """Cell ids ``[S, N]`` of ``points [S, N, 2]`` exactly as the kernel computes them (fp32)."""
+    p = points.float()
+    f = ((p - lo[:, None, :]) * inv_w[:, None, :]).clamp(0, G - 1).nan_to_num(0.0)
+    ij = f.to(torch.int64)
+    return ij[..., 1] * G + ij[..., 0]
+
+
+def _pack_lists(kept: torch.Tensor):
+    """kept ``[S, GG, K]`` -> cells ``[S, GG]`` int32 (offset | len << 16), lists ``[S, lcap]`` uint8."""
+    S, GG, K = kept.shape
+    lens = kept.sum(-1)  # [S, GG]
+    offs = lens.cumsum(-1) - lens
+    total = int(lens.sum(-1).max().item()) if S else 0
+    lcap = max(16, -(-total // 16) * 16)
+    flat = kept.reshape(S, -1)
+    pos = flat.to(torch.int32).cumsum(-1) - 1
+    si, fi = flat.nonzero(as_tuple=True)
+    lists = torch.zeros(S, lcap, dtype=torch.uint8, device=kept.device)
+    lists[si, pos[si, fi].long()] = (fi % K).to(torch.uint8)
+    cells = (offs | (lens << 16)).to(torch.int32)
+    return cells, lists, lcap
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def _tab8(c: torch.Tensor) -> torch.Tensor:
+    """``[S, 256, 8]`` fp32: (-2c (dsub values), ||c||^2 at 4, and at 2 for dsub 2)."""
+    S, K, dsub = c.shape
+    cf = c.float()
+    t = torch.zeros(S, K, 8, dtype=torch.float32, device=c.device)
+    t[..., :dsub] = -2.0 * cf
+    n = (cf * cf).sum(-1)
+    t[..., 4] = n
+    if dsub == 2:
+        t[..., 2] = n
+    return t
+
+
+def _frags(c: torch.Tensor) -> torch.Tensor | None:
+    """mma B fragments ``[S, 32 blocks, 32 lanes, 2]`` int32 for dsub 4, or None if fp16 overflows."""
+    S, K, dsub = c.shape
+    m2 = -2.0 * c.float()
+    hi = m2.half()
+    lo = (m2 - hi.float()).half()
+    n = (c.float() ** 2).sum(-1)
+    nhi = n.half()
+    nlo = (n - nhi.float()).half()
+    if not (torch.isfinite(hi).all() and torch.isfinite(nhi).all()):
+        return None
+    z = torch.zeros_like(nhi)
+    # [S, K, q=4, reg=2, 2 halves]
+    q0 = torch.stack([hi[..., 0:2], hi[..., 0:2]], -2)
+    q1 = torch.stack([hi[..., 2:4], hi[..., 2:4]], -2)
+    q2 = torch.stack([lo[..., 0:2], torch.stack([nhi, nlo], -1)], -2)
+    q3 = torch.stack([lo[..., 2:4], torch.stack([z, z], -1)], -2)
+    f = torch.stack([q0, q1, q2, q3], 2)  # [S, K, 4, 2, 2]
+    f = f.view(S, 32, 8, 4, 2, 2)  # k = 8 blk + g; lane = 4 g + q
+    return f.contiguous().view(torch.int32).reshape(S, 32, 32, 2)
+
+
+_TABLES: OrderedDict = OrderedDict()
+_TABLES_MAX = 16
+
+
+def tables(centroids: torch.Tensor, kind: str) -> dict:
+    """Device tables of ``centroids [Hc, M, 256, dsub]`` for ``kind`` (cached per centroid tensor)."""
+    try:
+        version = centroids._version
+    except RuntimeError:  # inference tensors carry no version counter
+        version = -1
+    key = (centroids.data_ptr(), version, tuple(centroids.shape), centroids.stride(), centroids.dtype,
+           str(centroids.device), kind)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        _TABLES.move_to_end(key)
+        return hit
+    Hc, M, K, dsub = centroids.shape
+    c = centroids.detach().reshape(Hc * M, K, dsub)
+    # the entry holds the centroids, so their storage (and data_ptr) cannot be reused while cached
+    t: dict = {"tab": _tab8(c), "kind": kind, "centroids": centroids}
+    if kind == "pruned":
+        kept, lo, inv_w = build_grid_lists(c, GRID)
+        cells, lists, lcap = _pack_lists(kept)
+        smem = _MG * (256 * 16 + GRID * GRID * 4 + lcap) + _MG * 16
+        if lcap > 65535 or smem > _SMEM_MAX:
+            t["kind"] = "brute"
+        else:
+            t.update(tab=t["tab"][..., :4].contiguous(), cells=cells, lists=lists, lcap=lcap,
+                     grid=torch.cat([lo, inv_w], -1).contiguous())
+    elif kind == "mma":
+        f = _frags(c)
+        if f is None:
+            t["kind"] = "brute"
+        else:
+            t["frags"] = f
+    _TABLES[key] = t
+    while len(_TABLES) > _TABLES_MAX:
+        _TABLES.popitem(last=False)
+    return t
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _x_ok(x: torch.Tensor) -> torch.Tensor:
+    es = x.element_size()
+    if x.stride(3) != 1 or x.data_ptr() % 16 or any((s * es) % 16 for s in x.stride()[:3]):
+        x = x.contiguous()
+    return x
+
+
+def default_kind(dsub: int) -> str:
+    return "pruned" if dsub == 2 else "mma"
+
+
+def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None, chunks: int | None = None) -> torch.Tensor:
+    """Nearest-centroid codes ``[B, H, T, M]`` uint8 of ``x [B, H, T, D]`` for ``centroids
+    [Hc, M, 256, dsub]`` (see :func:`million.ops.naive.pq_encode`). ``kind``: ``"pruned"`` (dsub 2),
+    ``"mma"`` (dsub 4) or ``"brute"``; default by dsub. ``chunks``: token chunks per (head, group)."""
+    if x.dim() != 4 or centroids.dim() != 4:
+        raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
+    if not supports(x, centroids):
+        raise ValueError(
+            f"CUDA encode does not handle x {tuple(x.shape)} {x.dtype} on {x.device} with centroids "
+            f"{tuple(centroids.shape)} {centroids.dtype}: needs CUDA tensors, ksub == 256, dsub in (2, 4), "
+            f"Hc in (1, H), M * dsub == D, dtypes float16/bfloat16/float32")
+    B, H, T, D = x.shape
+    Hc, M, K, dsub = centroids.shape
+    kind = kind or default_kind(dsub)
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not allowed; use one of {KINDS}")
+    if (kind == "pruned" and dsub != 2) or (kind == "mma" and dsub != 4):
+        raise ValueError(f"kind={kind!r} does not handle dsub={dsub}")
+    codes = torch.empty(B, H, T, M, dtype=torch.uint8, device=x.device)
+    if codes.numel() == 0:
+        return codes
+    t = tables(centroids, kind)
+    x = _x_ok(x)
+    dev = x.device
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    N = B * T
+    groups = -(-M // _MG)
+    if chunks is None:
+        chunks = max(1, min(-(-8 * _sms(idx) // (H * groups)), -(-N // 512)))
+    null = lambda k: t[k].data_ptr() if k in t else None  # noqa: E731
+    a = _Args(
+        x.data_ptr(), codes.data_ptr(), t["tab"].data_ptr(), null("cells"), null("lists"), null("grid"), null("frags"),
+        *x.stride()[:3], *codes.stride()[:3],
+        B, H, T, M, Hc, dsub, _DTYPES[x.dtype], KINDS.index(t["kind"]), int(chunks), GRID, int(t.get("lcap", 0)),
+    )
+    lib = _lib()
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        rc = lib.million_pq_encode(ctypes.byref(a), ctypes.c_void_p(stream))
+    if rc != 0:
+        raise RuntimeError(f"million CUDA encode failed ({rc}): {lib.million_pq_encode_last_error().decode()}")
+    return codes
