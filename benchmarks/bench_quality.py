@@ -64,13 +64,32 @@ ABLATION = [
     ("pq2-lh-sink1", 2, V(2, sinks=1)),
     ("pq2-lh-hadamard-sink1", 2, V(2, transform="hadamard", sinks=1)),
     ("pq2-lh-metric-sink1", 2, V(2, transform="metric", sinks=1)),
+    ("pq2-lh-fisher-sink1", 2, V(2, transform="fisher", sinks=1)),
     ("pq2-lh-metric-sink1-attnw", 2, V(2, transform="metric", sinks=1, weighting="attn")),
+    ("pq2-lh-metric-sink1-fisherw", 2, V(2, transform="metric", sinks=1, weighting="fisher")),
     ("pq2-lh-opq-sink1", 2, V(2, transform="opq", sinks=1)),
+    ("pq2-lh-metric-sink1-s16k", 2, V(2, transform="metric", sinks=1, samples=16384, iters=25)),
+    ("pq2-lh-metric-sink4", 2, V(2, transform="metric", sinks=4)),
+    ("pq2-lh-metric-sink1-pcak", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384)),
+    ("pq2-lh-metric-sink1-pca", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive", samples=16384)),
     ("pq2-lh-metric-sink1-k10v6", 2, V(2, transform="metric", sinks=1, k_nbits=10, v_nbits=6)),
-    ("pq3-lh-metric-sink1-12bit", 3, V(2, transform="metric", sinks=1, k_nbits=12, v_nbits=12, samples=16384)),
     ("pq4-merged", 4, V(4, granularity="merged", samples=65536)),
+    ("pq4-layer", 4, V(4, granularity="layer", samples=16384)),
     ("pq4-layer_head", 4, V(4)),
+    ("pq4-lh-sink1", 4, V(4, sinks=1)),
     ("pq4-lh-metric-sink1", 4, V(4, transform="metric", sinks=1)),
+    ("pq4-lh-fisher-sink1", 4, V(4, transform="fisher", sinks=1)),
+    ("pq4-lh-metric-sink1-fisherw", 4, V(4, transform="metric", sinks=1, weighting="fisher")),
+    ("pq4-lh-metric-sink1-s16k", 4, V(4, transform="metric", sinks=1, samples=16384, iters=25)),
+    ("pq4-lh-metric-sink4", 4, V(4, transform="metric", sinks=4)),
+    ("pq4-lh-metric-sink1-pcak", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384)),
+    ("pq4-lh-metric-sink1-pca", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive", samples=16384)),
+    ("pq4-lh-metric-sink1-k10v6", 4, V(4, transform="metric", sinks=1, k_nbits=10, v_nbits=6)),
+    # more calibration data (61440 tokens, still held out: scoring starts at token 65536)
+    ("pq4-lh-metric-sink1-c60k", 4, V(4, transform="metric", sinks=1, samples=61440, iters=20), 61440),
+    ("pq4-lh-metric-sink1-pcak-c60k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=61440, iters=20), 61440),
+    ("pq4-lh-metric-sink1-pca-c60k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive", samples=61440, iters=20), 61440),
+    ("pq2-lh-metric-sink1-pcak-c60k", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=61440, iters=20), 61440),
 ]
 
 DEPLOYED = ["fp16", "million-4", "million-2", "pq-4", "pq-2", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
@@ -87,7 +106,7 @@ class Bench:
         self.out = Path(args.out)
         self.model = self.tok = None
         self._ids = {}
-        self._calib = None
+        self._calib = {}
 
     # -- lazy resources ----------------------------------------------------------------------------
     def load(self):
@@ -95,7 +114,8 @@ class Bench:
             from million.models import load_model
 
             torch.set_num_threads(self.args.threads)
-            self.model, self.tok = load_model("smollm2")
+            self.model, self.tok = load_model(self.args.model, dtype=torch.float32, device=self.args.device)
+            log(f"model {self.args.model} on {self.args.device} (float32)")
         return self.model, self.tok
 
     def ids(self, name):
@@ -105,12 +125,13 @@ class Bench:
             self._ids[name] = self.tok(load_text(name), return_tensors="pt", add_special_tokens=False).input_ids[0]
         return self._ids[name]
 
-    def calib(self):
-        if self._calib is None:
+    def calib(self, tokens: int = 16384):
+        """Calibration statistics on the first ``tokens`` SQuAD tokens (all held out from the scored windows)."""
+        if tokens not in self._calib:
             from million.eval.calibdata import load_or_collect
 
-            self._calib = load_or_collect(self.model, self.tok, "squad", 16384, 2048, model_name="smollm2", fisher=True)
-        return self._calib
+            self._calib[tokens] = load_or_collect(self.model, self.tok, "squad", tokens, 2048, model_name="smollm2", fisher=True)
+        return self._calib[tokens]
 
     # -- methods -------------------------------------------------------------------------------------
     def codebooks(self, label, bits, extra):
@@ -133,8 +154,11 @@ class Bench:
         v = extra["variant"]
         if v == "best":
             v = best_variant(bits)
-        log(f"training PQ variant {label}: {v.to_dict()}")
-        train_variant(self.calib(), v).save(d)
+        tokens = extra.get("calib_tokens", 16384)
+        log(f"training PQ variant {label} on {tokens} calibration tokens: {v.to_dict()}")
+        t0 = time.time()
+        train_variant(self.calib(tokens), v, device=self.args.device).save(d)
+        log(f"  trained in {time.time() - t0:.0f} s")
         return d
 
     def method(self, label, name, bits, extra):
@@ -142,7 +166,7 @@ class Bench:
 
         cbdir = str(self.codebooks(label, bits, extra)) if name in ("pq", "million") else None
         m = make_method(name, bits, cbdir)
-        return m.fit(self.model, self.calib)
+        return m.fit(self.model, lambda: self.calib())
 
     # -- runs ----------------------------------------------------------------------------------------
     def ppl(self, part, label, method_fn, text, windows, protocol="all-quantized"):
@@ -184,30 +208,51 @@ class Bench:
         log(f"  accuracy {r['accuracy']:.3f} {r['accuracy_by_context']}")
         return r
 
+    def _guard(self, fn, *args, **kw):
+        """Run one measurement; with --keep-going a failure is logged (and written) instead of raised."""
+        if not self.args.keep_going:
+            return fn(*args, **kw)
+        try:
+            return fn(*args, **kw)
+        except Exception as e:  # noqa: BLE001 - a benchmark sweep reports and goes on
+            import traceback
+
+            log(f"FAILED {args[:2]}: {type(e).__name__}: {e}")
+            traceback.print_exc()
+            self.failures.append({"run": [str(a) for a in args[:2]], "error": f"{type(e).__name__}: {e}"})
+            return None
+
     def run(self):
         a = self.args
         parts = a.parts.split(",")
         only = set(a.only.split(",")) if a.only else None
+        skip = set(a.exclude.split(",")) if a.exclude else set()
+        want = lambda lab: (only is None or lab in only) and lab not in skip  # noqa: E731
+        self.failures = []
         main = {lab: (n, b, e) for lab, n, b, e in MAIN}
         mk = lambda lab: (lambda: (self.load(), self.method(lab, *main[lab]))[1])  # noqa: E731
-        if "ppl" in parts:
-            for text, nw in (("squad", a.squad_windows), ("essays", a.essays_windows)):
-                for lab in main:
-                    if only is None or lab in only:
-                        self.ppl("ppl", lab, mk(lab), text, nw)
-        if "ablation" in parts:
-            for lab, bits, v in ABLATION:
-                if only is None or lab in only:
-                    fn = lambda lab=lab, bits=bits, v=v: (self.load(), self.method(lab, "pq", v.code_bits, {"variant": v}))[1]
-                    self.ppl("ablation", lab, fn, "squad", a.ablation_windows)
-        if "deployed" in parts:
-            for lab in DEPLOYED:
-                if only is None or lab in only:
-                    self.ppl("deployed", lab, mk(lab), "squad", a.squad_windows, "deployed")
-        if "needle" in parts:
-            for lab in NEEDLE:
-                if only is None or lab in only:
-                    self.needle(lab, mk(lab))
+        for part in parts:  # in the order given
+            if part == "ppl":
+                for text, nw in (("squad", a.squad_windows), ("essays", a.essays_windows)):
+                    for lab in main:
+                        if want(lab):
+                            self._guard(self.ppl, "ppl", lab, mk(lab), text, nw)
+            elif part == "ablation":
+                for lab, bits, v, *ct in sorted(ABLATION, key=lambda r: -r[1]):  # 4 bits first
+                    if want(lab):
+                        extra = {"variant": v, "calib_tokens": ct[0] if ct else 16384}
+                        fn = lambda lab=lab, v=v, extra=extra: (self.load(), self.method(lab, "pq", v.code_bits, extra))[1]
+                        self._guard(self.ppl, "ablation", lab, fn, "squad", a.ablation_windows)
+            elif part == "deployed":
+                for lab in DEPLOYED:
+                    if want(lab):
+                        self._guard(self.ppl, "deployed", lab, mk(lab), "squad", a.squad_windows, "deployed")
+            elif part == "needle":
+                for lab in NEEDLE:
+                    if want(lab):
+                        self._guard(self.needle, lab, mk(lab))
+        if self.failures:
+            (self.out / "failures.json").write_text(json.dumps(self.failures, indent=2) + "\n")
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -313,6 +358,10 @@ def main(argv=None) -> int:
     p.add_argument("--needle-contexts", default="1024,2048,4096,8192")
     p.add_argument("--needle-depths", default="0.1,0.5,0.9")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default="smollm2", help="'smollm2' or a path to its .gguf file")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default) or cuda; codebooks train on the CPU")
+    p.add_argument("--exclude", default=None, help="comma-separated labels to skip (e.g. quanto-4,quanto-2 where optimum-quanto is missing)")
+    p.add_argument("--keep-going", action="store_true", help="log a failing run and go on with the next")
     p.add_argument("--plot", default=None, help="write the Δppl-vs-bits plot here (e.g. docs/quality_ppl_vs_bits.png)")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)

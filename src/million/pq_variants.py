@@ -175,7 +175,18 @@ class PQVariantCodebooks:
     key_alloc: list | None = None  # alloc "pca*": per layer [H, M, 2] (bits, dims); centroids padded
     value_alloc: list | None = None
 
+    def _on(self, t, device):
+        """``t`` on ``device``, copied once and memoized (codebooks are stored on the CPU)."""
+        if t is None or t.device == device:
+            return t
+        memo = self.__dict__.setdefault("_device_copies", {})
+        key = (id(t), str(device))
+        if key not in memo:
+            memo[key] = t.to(device)
+        return memo[key]
+
     def _qdq(self, x, cents, alloc, t, ti):
+        cents, alloc, t, ti = (self._on(a, x.device) for a in (cents, alloc, t, ti))
         if alloc is None:
             return pq_qdq(x, cents, t, ti)
         plans = self.__dict__.setdefault("_plans", {})
@@ -207,7 +218,8 @@ class PQVariantCodebooks:
             xs = getattr(self, name)
             if xs:
                 for i, x in enumerate(xs):
-                    tensors[f"{name}.{i}"] = x.contiguous() if name.endswith("alloc") else x.float().contiguous()
+                    t = x if name.endswith("alloc") else x.float()
+                    tensors[f"{name}.{i}"] = t.contiguous().clone()  # merged codebooks are views of one tensor
         save_file(tensors, str(d / "pq_variant.safetensors"))
         meta = {"format": "million-pq-variant", "variant": self.variant.to_dict(), "layers": len(self.key_centroids), "info": self.info or {}}
         (d / "pq_variant.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -391,8 +403,16 @@ def _transforms(calib, variant: PQVariant, D: int):
     return ks, kis, vs, vis
 
 
+def _kmeans_on(device, data: torch.Tensor, k: int, weights=None, **kw) -> torch.Tensor:
+    """k-means centroids of ``data [P, n, d]`` computed on ``device`` (None: where ``data`` is), returned on the CPU."""
+    if device is not None:
+        data = data.to(device)
+        weights = None if weights is None else weights.to(device)
+    return kmeans(data, k, weights=weights, **kw).centroids.cpu()
+
+
 def _train_group(x: torch.Tensor, w: torch.Tensor | None, nbits: int, dsub: int, variant: PQVariant, seed: int,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, device=None) -> torch.Tensor:
     """k-means codebooks for groups of samples: ``x [G, n, D]`` -> ``[G, M, ksub, dsub]``."""
     G, n, D = x.shape
     M, ksub = D // dsub, 2**nbits
@@ -403,9 +423,8 @@ def _train_group(x: torch.Tensor, w: torch.Tensor | None, nbits: int, dsub: int,
     per_chunk = max(1, (1 << 27) // max(1, n * ksub))
     out = []
     for c0 in range(0, G * M, per_chunk):
-        r = kmeans(data[c0 : c0 + per_chunk], ksub, iters=variant.iters, seed=seed + c0,
-                   weights=None if ww is None else ww[c0 : c0 + per_chunk], progress=progress)
-        out.append(r.centroids)
+        out.append(_kmeans_on(device, data[c0 : c0 + per_chunk], ksub, iters=variant.iters, seed=seed + c0,
+                              weights=None if ww is None else ww[c0 : c0 + per_chunk], progress=progress))
     return torch.cat(out, 0).view(G, M, ksub, dsub)
 
 
@@ -432,7 +451,7 @@ def _groups(xs: list, ws: list | None, granularity: str, samples: int, gen: torc
     return x, w
 
 
-def _opq(x: torch.Tensor, w, nbits: int, dsub: int, variant: PQVariant, seed: int, outer: int = 4):
+def _opq(x: torch.Tensor, w, nbits: int, dsub: int, variant: PQVariant, seed: int, outer: int = 4, device=None):
     """OPQ (non-parametric): rotation ``R [G, D, D]`` and codebooks for ``x [G, n, D]``."""
     G, n, D = x.shape
     # init: PCA with eigenvalues dealt round-robin over subspaces (balanced variance)
@@ -445,17 +464,20 @@ def _opq(x: torch.Tensor, w, nbits: int, dsub: int, variant: PQVariant, seed: in
     v = PQVariant(**{**variant.to_dict(), "iters": max(4, variant.iters // 2)})
     for it in range(outer):
         xr = torch.einsum("gnd,gde->gne", x, R)
-        cent = _train_group(xr, w, nbits, dsub, v, seed + 7919 * it)
+        cent = _train_group(xr, w, nbits, dsub, v, seed + 7919 * it, device=device)
         rec = torch.stack([pq_qdq(xr[g][None, None], cent[g][None])[0, 0] for g in range(G)])  # [G, n, D]
         # R = argmin ||x R - rec|| over rotations: Procrustes on x^T rec
         Uu, _, Vh = torch.linalg.svd(torch.einsum("gnd,gne->gde", x, rec).double())
         R = (Uu @ Vh).float()
     xr = torch.einsum("gnd,gde->gne", x, R)
-    return R, _train_group(xr, w, nbits, dsub, variant, seed + 104729)
+    return R, _train_group(xr, w, nbits, dsub, variant, seed + 104729, device=device)
 
 
-def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVariantCodebooks:
-    """Train the codebooks (and transforms) of ``variant`` on :class:`~million.eval.calibdata.CalibData`."""
+def train_variant(calib, variant: PQVariant, progress: bool = False, device=None) -> PQVariantCodebooks:
+    """Train the codebooks (and transforms) of ``variant`` on :class:`~million.eval.calibdata.CalibData`.
+
+    ``device``: where k-means runs (e.g. ``"cuda"``; default: the CPU, where the calibration data
+    lives); the codebooks are returned on the CPU either way."""
     L = calib.num_layers
     H, _, D = calib.keys_pre[0].shape
     variant.check_head_dim(D)
@@ -480,17 +502,17 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
         ks = kis = vs = vis = None
     Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[variant.granularity]
     if variant.alloc != "uniform":
-        kc, ka, kU = _train_alloc(keys, ws, variant.k_nbits, variant.k_dsub, variant, gen, 0)
+        kc, ka, kU = _train_alloc(keys, ws, variant.k_nbits, variant.k_dsub, variant, gen, 0, device)
         eye = torch.eye(D).expand(H, D, D)
         ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
         ks = [(ks[l] @ kU[l]).contiguous() for l in range(L)]
         kis = [(kU[l].transpose(-1, -2) @ kis[l]).contiguous() for l in range(L)]
         if variant.alloc.endswith("_k"):  # values: uniform subspaces
             x, w = _groups(vals, wv, "layer_head", variant.samples, gen)
-            cent = _train_group(x, w, variant.v_nbits, variant.v_dsub, variant, variant.seed + (1 << 20))
+            cent = _train_group(x, w, variant.v_nbits, variant.v_dsub, variant, variant.seed + (1 << 20), device=device)
             vc, va = [cent.view(L, H, *cent.shape[1:])[l] for l in range(L)], None
         else:
-            vc, va, vU = _train_alloc(vals, wv, variant.v_nbits, variant.v_dsub, variant, gen, 1 << 20)
+            vc, va, vU = _train_alloc(vals, wv, variant.v_nbits, variant.v_dsub, variant, gen, 1 << 20, device)
             vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
             vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
         cb = PQVariantCodebooks(variant, kc, vc, ks, kis, vs, vis, key_alloc=ka, value_alloc=va)
@@ -504,9 +526,9 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
         if variant.transform == "opq":
             if variant.granularity != "layer_head":
                 raise ValueError("transform 'opq' needs granularity 'layer_head' (one rotation per layer and head)")
-            R, cent = _opq(x, w, nbits, dsub, variant, variant.seed + salt)
+            R, cent = _opq(x, w, nbits, dsub, variant, variant.seed + salt, device=device)
             return cent.view(Lg, Hg, *cent.shape[1:]), R.view(L, H, D, D)
-        cent = _train_group(x, w, nbits, dsub, variant, variant.seed + salt, progress)
+        cent = _train_group(x, w, nbits, dsub, variant, variant.seed + salt, progress, device)
         return cent.view(Lg, Hg, *cent.shape[1:]), None
 
     kc, kR = train(keys, ws, variant.k_nbits, variant.k_dsub, 0)
@@ -522,7 +544,8 @@ def train_variant(calib, variant: PQVariant, progress: bool = False) -> PQVarian
     return cb
 
 
-def _train_alloc(xs: list, ws: list | None, nbits: int, dsub: int, variant: PQVariant, gen: torch.Generator, salt: int):
+def _train_alloc(xs: list, ws: list | None, nbits: int, dsub: int, variant: PQVariant, gen: torch.Generator, salt: int,
+                 device=None):
     """PCA rotation, subspaces with water-filled code widths, and their codebooks, per layer and head.
 
     Returns per layer: centroids ``[H, M, 2**max_bits, max_dims]`` (zero-padded), ``alloc [H, M, 2]``
@@ -570,7 +593,7 @@ def _train_alloc(xs: list, ws: list | None, nbits: int, dsub: int, variant: PQVa
         for c0 in range(0, len(where), per_chunk):
             seed = variant.seed + salt + 131 * b + 7 * d + c0
             wc = None if w is None else w[c0 : c0 + per_chunk]
-            out.append(kmeans(data[c0 : c0 + per_chunk], k, iters=variant.iters, seed=seed, weights=wc).centroids)
+            out.append(_kmeans_on(device, data[c0 : c0 + per_chunk], k, iters=variant.iters, seed=seed, weights=wc))
         for (l, h, m, o), c in zip(where, torch.cat(out)):
             cents[l, h, m, :k, :d] = c
     return [cents[l] for l in range(L)], [alloc[l] for l in range(L)], rots

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Quality benchmark on the GPU box, where the model file (98 MB) travels in two halves.
+#   bash benchmarks/gpu_quality.sh stash           # call 1: carry .qa (first half, sha256, data, gguf wheel)
+#   bash benchmarks/gpu_quality.sh run [ARGS...]   # call 2, while the machine is warm: carry .qb (second half)
+# Prepare .qa/.qb on the CPU machine with `python benchmarks/gpu_quality_prep.py`.
+# ARGS go to benchmarks/bench_quality.py (its results come back as $OUT/quality.tgz).
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+Q=/tmp/million_q
+mkdir -p "$OUT" "$Q"
+case ${1:-run} in
+stash)
+  cp -r .qa/. "$Q/" && ls -la "$Q" ;;
+run)
+  shift
+  [ -f "$Q/model.part0" ] || { echo "no first half in $Q: run 'stash' first (machine went cold?)"; exit 3; }
+  cat "$Q/model.part0" .qb/model.part1 > "$Q/SmolLM2-135M-Instruct.Q4_1.gguf"
+  echo "$(cat "$Q/model.sha256" | tr -d '\n')  $Q/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 4
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$Q"/gguf-*.whl || exit 5
+  export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 MILLION_CACHE=$Q/cache
+  mkdir -p "$OUT/quality"
+  timeout ${QTIME:-520} python3 benchmarks/bench_quality.py --model "$Q/SmolLM2-135M-Instruct.Q4_1.gguf" --device cuda \
+    --threads 16 --keep-going --out "$OUT/quality" "$@" 2>&1 | tee "$OUT/quality.log" | grep -v Warning | tail -60
+  tar czf "$OUT/quality.tgz" --exclude=codebooks -C "$OUT" quality && rm -rf "$OUT/quality" ;;
+esac
