@@ -132,7 +132,7 @@ def bench_graph(fn, copies):
     return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS
 
 
-def bench(dev, contexts, batches, shapes, bits_list, triton=True):
+def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=()):
     from million.ops import triton_attention as ta
 
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
@@ -163,15 +163,20 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True):
                         rl = torch.full((B,), rv, dtype=torch.int32, device=dev)
                         copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
                     t_cuda = bench_graph(ca.pq_decode_attention, copies)
+                    # other partial kernels for GQA shapes (0 = FFMA kernel, 8/12/16 = packed-LUT kernel warps)
+                    var = {}
+                    if gqa:
+                        for w in warps:
+                            var[w] = bench_graph(lambda *a, w=w: ca.pq_decode_attention(*a, num_warps_override=w), copies)
                     t_tri = bench_graph(ta.pq_decode_attention, copies) if triton else float("nan")
                     floor_us = (code_bytes + 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
                     row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
                                triton_us=t_tri, x_sdpa=t_sdpa / t_cuda, triton_x_sdpa=t_sdpa / t_tri,
-                               floor_us_at_3TBps=floor_us)
+                               floor_us_at_3TBps=floor_us, warps_us=var)
                     rows.append(row)
                     print(f"bench {name} B={B} ctx={ctx} bits={bits}: sdpa {t_sdpa:.1f} cuda {t_cuda:.1f} "
                           f"triton {t_tri:.1f} us  x{t_sdpa / t_cuda:.2f} (triton x{t_sdpa / t_tri:.2f}) "
-                          f"floor {floor_us:.1f}", flush=True)
+                          f"floor {floor_us:.1f}" + "".join(f" w{w}={t:.1f}" for w, t in var.items()), flush=True)
                     del copies
                 torch.cuda.empty_cache()
     return rows
@@ -240,6 +245,7 @@ def main():
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sweep-splits", action="store_true", help="B=1 timings at several num_splits")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton column (saves compile time)")
+    ap.add_argument("--warps", default="", help="GQA shapes: also time num_warps_override values, e.g. 0,12,16")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
@@ -258,14 +264,15 @@ def main():
         shapes = [allshapes[s] for s in args.shapes.split(",")]
         res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
                              shapes, [int(b) for b in args.bits.split(",")],
-                             triton=not args.no_triton)
+                             triton=not args.no_triton, warps=[int(w) for w in args.warps.split(",") if w])
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if "bench" in res:
         print("\nshape    B  context bits   SDPA   CUDA  Triton  xSDPA  floor")
         for r in res["bench"]:
             print(f"{r['shape']:8s} {r['B']:2d} {r['context']:7d} {r['bits']:4d} {r['sdpa_us']:7.1f} {r['cuda_us']:6.1f} "
-                  f"{r['triton_us']:7.1f} {r['x_sdpa']:6.2f} {r['floor_us_at_3TBps']:6.1f}")
+                  f"{r['triton_us']:7.1f} {r['x_sdpa']:6.2f} {r['floor_us_at_3TBps']:6.1f}"
+                  + "".join(f" w{w}={t:.1f}" for w, t in r["warps_us"].items()))
 
 
 if __name__ == "__main__":

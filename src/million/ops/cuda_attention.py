@@ -155,6 +155,20 @@ def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device) -> 
     return max(1, min(s, T // 256, 1024))
 
 
+def lut_warps(q_dtype: torch.dtype, GB: int, D: int, M: int) -> int:
+    """Warps per block of the packed-fp16-LUT partial kernel, or 0 for the FFMA kernel.
+
+    The LUT kernel (K: one 8-byte lookup of GB <= 4 packed fp16 scores per subspace; V: half2 FMAs
+    flushed to float32 per 32-token chunk) covers fp16 with GB >= 2 query heads per block. bf16 and
+    MHA (GB == 1, float32 LUT) stay on the FFMA kernel.
+    """
+    if q_dtype != torch.float16 or GB < 2:
+        return 0
+    if D == 64 and D // M == 2:
+        return 0  # SmolLM2-like 4-bit: measured no faster (fixed cost dominates); keep the FFMA kernel
+    return 16 if D // M == 2 else 12
+
+
 def _codes_ok(c: torch.Tensor) -> torch.Tensor:
     if c.stride(3) != 1 or c.stride(2) % 4 or c.data_ptr() % 4:
         c = c.contiguous()
@@ -197,12 +211,14 @@ def pq_decode_attention(
     scale: float | None = None,
     return_lse: bool = False,
     num_splits_override: int | None = None,
+    num_warps_override: int | None = None,
 ):
     """Decode attention over PQ codes plus the residual window (CUDA, shared-memory tables).
 
     Shapes and semantics of :func:`million.ops.naive.pq_decode_attention`. Lengths are read on the
     device (no host synchronization; CUDA-graph capturable). Unsupported inputs go to the Triton
-    kernel (or the naive reference).
+    kernel (or the naive reference). ``num_warps_override`` (tests, benchmarks): 0 forces the FFMA
+    partial kernel, 8 / 12 / 16 the packed-LUT kernel with that many warps (fp16 GQA only).
     """
     args = (q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
     if not supports(q, k_codes, v_codes, k_centroids, v_centroids, k_res, v_res):
@@ -222,6 +238,11 @@ def pq_decode_attention(
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
     S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev)
+    nw = lut_warps(q.dtype, GB, D, M)
+    if num_warps_override is not None and nw:
+        nw = int(num_warps_override)
+        if nw not in (0, 8, 12, 16):
+            raise ValueError(f"num_warps_override={nw}: expected 0, 8, 12 or 16")
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
     o_part = torch.empty(B, Hq, S, D, dtype=torch.float32, device=dev)
@@ -235,7 +256,7 @@ def pq_decode_attention(
             *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
-            B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, 0,
+            B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

@@ -89,6 +89,23 @@ __device__ __forceinline__ void entry_to_float(const typename EntryT<DSUB>::type
   }
 }
 
+// shared-memory loads by 32-bit shared-window address (base + code * row bytes: one IMAD per lookup;
+// generic pointers made the compiler add the CTA's shared window base at every lookup)
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
+  return v;
+}
+__device__ __forceinline__ uint2 lds64(uint32_t a) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(a));
+  return v;
+}
+template <typename E> __device__ __forceinline__ E lds_entry(uint32_t a);
+template <> __device__ __forceinline__ uint32_t lds_entry<uint32_t>(uint32_t a) { return lds32(a); }
+template <> __device__ __forceinline__ uint2 lds_entry<uint2>(uint32_t a) { return lds64(a); }
+
 // one stage of the transposing butterfly: lanes with bit MASK set keep the upper half of the
 // values and receive the partner's upper half; recursion keeps every array index static
 template <int MASK, int NS, int GB>
@@ -126,9 +143,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
   float* lut = reinterpret_cast<float*>(smem);    // GB == 1: LUT [256][M] (same or fewer bytes)
   Entry* tabV = tabK + 256 * M;
-  const char* lutB = reinterpret_cast<const char*>(lut);
-  const char* tabKB = reinterpret_cast<const char*>(tabK);
-  const char* tabVB = reinterpret_cast<const char*>(tabV);
 
   // programmatic dependent launch: the merge grid may be scheduled as soon as every block of this
   // grid has started (it waits with griddepcontrol.wait before reading the partials)
@@ -243,6 +257,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // ---- per-lane constants ----
   uint32_t selb[4];
   int off[4];
+  uint32_t baseK[4], baseV[4];  // shared addresses of this lane's entry in table row 0, per sub-step
   float qr[4][GB][DSUB];
   {
     const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
@@ -252,6 +267,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       const int m = 4 * i + c;
       selb[bb] = 0x4440u | (uint32_t)c;
       off[bb] = swz<M, DSUB>(m);
+      baseK[bb] = smem_addr(smem) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
+      baseV[bb] = smem_addr(tabV) + off[bb] * (uint32_t)sizeof(Entry);
 #pragma unroll
       for (int g = 0; g < GB; ++g)
 #pragma unroll
@@ -283,9 +300,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
         if constexpr (GB == 1) {
-          part[s][0] += *reinterpret_cast<const float*>(lutB + code * (M * 4) + off[bb] * 4);
+          part[s][0] += __uint_as_float(lds32(baseK[bb] + code * (M * 4)));
         } else {
-          const Entry e = *reinterpret_cast<const Entry*>(tabKB + code * (M * sizeof(Entry)) + off[bb] * sizeof(Entry));
+          const Entry e = lds_entry<Entry>(baseK[bb] + code * (M * (uint32_t)sizeof(Entry)));
           float ef[DSUB];
           entry_to_float<T, DSUB>(e, ef);
 #pragma unroll
@@ -326,7 +343,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
-        const Entry e = *reinterpret_cast<const Entry*>(tabVB + code * (M * sizeof(Entry)) + off[bb] * sizeof(Entry));
+        const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
         float ef[DSUB];
         entry_to_float<T, DSUB>(e, ef);
 #pragma unroll
@@ -391,6 +408,350 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
     for (int w = 0; w < NW; ++w) {
       const float f = exp2f(wm[w * GB + g] - mx);  // 0 for warps without tokens
+      L += wl[w * GB + g] * f;
+      o += red[(w * GB + g) * D + d] * f;
+    }
+    a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
+    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GQA partial kernel with a packed fp16 LUT (fp16 inputs, GB = 2..4 query heads per block).
+// K side: lut[k][swz8(m)] = 4 fp16 scores scale*log2e * q_g,m . kcen[m][k] of the GB heads (padded to
+// 8 bytes): one LDS.64 per (subspace, token) instead of 2*GB FFMAs on a looked-up centroid; the 4
+// lookups of a sub-step are summed in half2 (HADD2), then in float32 (butterfly over the W lanes of a
+// token, in passes of P <= 8 steps to halve the live partial sums). V side: p of the GB heads packed as
+// half2 pairs, HFMA2 on the broadcast centroid halves into a per-chunk fp16 accumulator (16 tokens per
+// lane at most), flushed into float32 after each chunk. Codes: no register double buffer; the next
+// chunk's K codes are loaded once this chunk's scores are done, its V codes once the values are done
+// (each load has half a chunk of other warps' work to hide under), so 16 warps fit in 128 registers.
+template <int M> __device__ __forceinline__ int swz8(int m) {
+  const int i = m >> 2, c = m & 3;
+  if (M == 64) return ((i + 4 * c) & 15) + 16 * c;
+  if (M == 32) return 8 * (c & 1) + (i ^ (4 * (c >> 1))) + 16 * (c >> 1);
+  return i + 4 * c;  // M == 16
+}
+
+template <int D, int DSUB, int GB, int NW>
+__global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs a) {
+  using T = __half;
+  constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
+  constexpr int P = W < 8 ? W : 8, NU = W / P;  // steps per score pass, passes per chunk
+  constexpr int GP = (GB + 1) / 2;              // head pairs (half2)
+  constexpr int MB = M / 16;                    // 16-subspace blocks (LUT prologue order)
+  static_assert(NW % MB == 0, "prologue: subspace of a thread must not change between iterations");
+  using VEntry = typename EntryT<DSUB>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint2* lut = reinterpret_cast<uint2*>(smem);                          // [256][M] x 4 fp16
+  VEntry* tabV = reinterpret_cast<VEntry*>(smem + 256 * M * sizeof(uint2));
+
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
+  const int G = a.Hq / a.Hkv;
+  const int hq0 = hkv * G + grp * GB;
+  const int start = max(a.starts[b], 0);
+  const int end = min(a.pq_lens[b], a.T);
+  const int n = max(end - start, 0);
+  int per = (n + a.S - 1) / a.S;
+  per = (per + 31) & ~31;
+  const int lo = start + split * per;
+  const int hi = min(lo + per, end);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
+
+  if (lo >= hi) {
+    for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
+    if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    return;
+  }
+
+  const int i = lane % W, h = lane / W;
+  const int sh = selh<M>(h);
+  const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + 4 * i;
+  const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
+  const int nchunks = (hi - lo + 31) / 32;
+  uint32_t kw[NS], vw[NS];
+
+  auto load = [&](int c, const uint8_t* base, uint32_t* d) {
+    const int t0 = lo + c * 32 + h;
+    if (lo + c * 32 + 32 <= hi) {
+      const uint32_t* p = reinterpret_cast<const uint32_t*>(base + (long long)t0 * M);
+#pragma unroll
+      for (int s = 0; s < NS; ++s) d[s] = __ldg(p + s * TPI * M / 4);
+    } else {
+#pragma unroll
+      for (int s = 0; s < NS; ++s) {
+        const long long t = min(t0 + s * TPI, hi - 1);
+        d[s] = __ldg(reinterpret_cast<const uint32_t*>(base + t * M));
+      }
+    }
+  };
+
+  int c = warp;
+  if (c < nchunks) { load(c, kbase, kw); load(c, vbase, vw); }
+  // ---- prologue: packed fp16 LUT (K) and V centroid table -> shared memory ----
+  {
+    const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
+    const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
+    constexpr int VEC = 16 / (DSUB * 2);
+    constexpr int TOTAL = M * 256 / VEC;
+    constexpr int ITERS = (TOTAL + NT - 1) / NT;
+    constexpr int UNR = ITERS < 4 ? ITERS : 4;
+    // LUT order: lanes l and l+16 read the two 16-byte halves of one 32-byte sector of subspace m;
+    // the 16 lanes of a half-warp hold 16 different subspaces (conflict-free 8-byte stores with swz8)
+    const int lm = ((tid >> 5) % MB) * 16 + (lane & 15);
+    float qm[GB][DSUB];
+    {
+      const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
+#pragma unroll
+      for (int g = 0; g < GB; ++g)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j)
+          qm[g][j] = Cvt<T>::f(qh[(long long)(hq0 + g) * a.sq_h + (long long)(lm * DSUB + j) * a.sq_d]) * a.scale_log2;
+    }
+    for (int it0 = 0; it0 < ITERS; it0 += UNR) {
+      uint4 vk[UNR], vv[UNR];
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int idx = tid + (it0 + u) * NT;
+        if (idx < TOTAL) {
+          const int k0 = (((idx >> 5) / MB) * 2 + (lane >> 4)) * VEC;
+          vk[u] = __ldg(reinterpret_cast<const uint4*>(kcen + ((long long)lm * 256 + k0) * DSUB));
+          const int m = pro_m<M, DSUB>(idx), kv0 = pro_k0<M, DSUB, VEC>(idx);
+          vv[u] = __ldg(reinterpret_cast<const uint4*>(vcen + ((long long)m * 256 + kv0) * DSUB));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int idx = tid + (it0 + u) * NT;
+        if (idx < TOTAL) {
+          const int k0 = (((idx >> 5) / MB) * 2 + (lane >> 4)) * VEC;
+          const VEntry* ek = reinterpret_cast<const VEntry*>(&vk[u]);
+          const int slot = swz8<M>(lm);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            float ef[DSUB];
+            entry_to_float<T, DSUB>(ek[v], ef);
+            float sg[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int g = 0; g < GB; ++g)
+#pragma unroll
+              for (int j = 0; j < DSUB; ++j) sg[g] = fmaf(qm[g][j], ef[j], sg[g]);
+            __half2 h01 = __floats2half2_rn(sg[0], sg[1]), h23 = __floats2half2_rn(sg[2], sg[3]);
+            uint2 e;
+            e.x = *reinterpret_cast<uint32_t*>(&h01);
+            e.y = *reinterpret_cast<uint32_t*>(&h23);
+            lut[(k0 + v) * M + slot] = e;
+          }
+          const int m = pro_m<M, DSUB>(idx), kv0 = pro_k0<M, DSUB, VEC>(idx);
+          const int sw = swz<M, DSUB>(m);
+          const VEntry* ev = reinterpret_cast<const VEntry*>(&vv[u]);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) tabV[(kv0 + v) * M + sw] = ev[v];
+        }
+      }
+    }
+  }
+
+  uint32_t selb[4];
+  uint32_t baseK[4], baseV[4];  // shared addresses of this lane's entry in table row 0, per sub-step
+#pragma unroll
+  for (int bb = 0; bb < 4; ++bb) {
+    const int cc = (bb + sh) & 3;
+    const int m = 4 * i + cc;
+    selb[bb] = 0x4440u | (uint32_t)cc;
+    baseK[bb] = smem_addr(lut) + swz8<M>(m) * 8;
+    baseV[bb] = smem_addr(tabV) + swz<M, DSUB>(m) * (uint32_t)sizeof(VEntry);
+  }
+  __syncthreads();
+
+  float m_run[GB], l_run[GB], acc[4][GB][DSUB];
+#pragma unroll
+  for (int g = 0; g < GB; ++g) {
+    m_run[g] = -INFINITY; l_run[g] = 0.f;
+#pragma unroll
+    for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+      for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
+  }
+
+  for (; c < nchunks; c += NW) {
+    // ---- scores: NU passes of P steps; step s = token s*TPI + h ----
+    float sc[NU][GB];
+#pragma unroll
+    for (int u = 0; u < NU; ++u) {
+      float part[P][GB];
+#pragma unroll
+      for (int r = 0; r < P; ++r) {
+        const int s = u * P + r;
+        __half2 a01, a23;
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) {
+          const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
+          const uint2 e = lds64(baseK[bb] + code * (M * 8));
+          const __half2 e01 = *reinterpret_cast<const __half2*>(&e.x);
+          const __half2 e23 = *reinterpret_cast<const __half2*>(&e.y);
+          if (bb == 0) { a01 = e01; if (GB > 2) a23 = e23; }
+          else { a01 = __hadd2(a01, e01); if (GB > 2) a23 = __hadd2(a23, e23); }
+        }
+        const float2 f01 = __half22float2(a01);
+        part[r][0] = f01.x;
+        part[r][1] = f01.y;
+        if constexpr (GB > 2) {
+          const float2 f23 = __half22float2(a23);
+          part[r][2] = f23.x;
+          if constexpr (GB > 3) part[r][3] = f23.y;
+        }
+      }
+      butterfly<P / 2, P, GB>(part, lane);
+#pragma unroll
+      for (int mask = P; mask < W; mask <<= 1)
+#pragma unroll
+        for (int g = 0; g < GB; ++g) part[0][g] += __shfl_xor_sync(FULL, part[0][g], mask);
+#pragma unroll
+      for (int g = 0; g < GB; ++g) sc[u][g] = part[0][g];
+    }
+    if (c + NW < nchunks) load(c + NW, kbase, kw);
+    // ---- online softmax (log2 units); lanes i and i^P hold the same token when W > P ----
+    uint32_t p2[NU][GP];
+    {
+      float p[NU][4];
+#pragma unroll
+      for (int g = 0; g < GB; ++g) {
+        float sv[NU];
+        float cmax = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < NU; ++u) {
+          const int tok = (u * P + (i % P)) * TPI + h;
+          sv[u] = (lo + c * 32 + tok < hi) ? sc[u][g] : -INFINITY;
+          cmax = fmaxf(cmax, sv[u]);
+        }
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
+        if (cmax > m_run[g]) {
+          const float alpha = exp2f(m_run[g] - cmax);
+          l_run[g] *= alpha;
+#pragma unroll
+          for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+            for (int j = 0; j < DSUB; ++j) acc[bb][g][j] *= alpha;
+          m_run[g] = cmax;
+        }
+#pragma unroll
+        for (int u = 0; u < NU; ++u) {
+          p[u][g] = exp2f(sv[u] - m_run[g]);
+          l_run[g] += (W == P || i < P) ? p[u][g] : 0.f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < NU; ++u)
+#pragma unroll
+        for (int gp = 0; gp < GP; ++gp) {
+          const __half2 hp = __floats2half2_rn(p[u][2 * gp], 2 * gp + 1 < GB ? p[u][2 * gp + 1] : 0.f);
+          p2[u][gp] = *reinterpret_cast<const uint32_t*>(&hp);
+        }
+    }
+    // ---- values: fp16 accumulation over this chunk's tokens, then float32 ----
+    __half2 hacc[4][GP][DSUB];
+#pragma unroll
+    for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+      for (int gp = 0; gp < GP; ++gp)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j) hacc[bb][gp][j] = __float2half2_rn(0.f);
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      __half2 ps[GP];
+#pragma unroll
+      for (int gp = 0; gp < GP; ++gp) {
+        const uint32_t x = __shfl_sync(FULL, p2[s / P][gp], h * W + (s % P));
+        ps[gp] = *reinterpret_cast<const __half2*>(&x);
+      }
+#pragma unroll
+      for (int bb = 0; bb < 4; ++bb) {
+        const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
+        const VEntry e = lds_entry<VEntry>(baseV[bb] + code * (M * (uint32_t)sizeof(VEntry)));
+        __half2 cv[DSUB];
+        if constexpr (DSUB == 2) {
+          const __half2 x = *reinterpret_cast<const __half2*>(&e);
+          cv[0] = __low2half2(x); cv[1] = __high2half2(x);
+        } else {
+          const __half2 x = *reinterpret_cast<const __half2*>(&e.x), y = *reinterpret_cast<const __half2*>(&e.y);
+          cv[0] = __low2half2(x); cv[1] = __high2half2(x); cv[2] = __low2half2(y); cv[3] = __high2half2(y);
+        }
+#pragma unroll
+        for (int gp = 0; gp < GP; ++gp)
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) hacc[bb][gp][j] = __hfma2(ps[gp], cv[j], hacc[bb][gp][j]);
+      }
+    }
+    if (c + NW < nchunks) load(c + NW, vbase, vw);
+#pragma unroll
+    for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+      for (int gp = 0; gp < GP; ++gp)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j) {
+          const float2 f = __half22float2(hacc[bb][gp][j]);
+          acc[bb][2 * gp][j] += f.x;
+          if (2 * gp + 1 < GB) acc[bb][2 * gp + 1 < GB ? 2 * gp + 1 : 0][j] += f.y;
+        }
+  }
+
+  // ---- epilogue (as pq_partial_kernel) ----
+  float accc[4][GB][DSUB];
+#pragma unroll
+  for (int cc = 0; cc < 4; ++cc)
+#pragma unroll
+    for (int g = 0; g < GB; ++g)
+#pragma unroll
+      for (int j = 0; j < DSUB; ++j) {
+        float v = 0.f;
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) v = (((bb + sh) & 3) == cc) ? acc[bb][g][j] : v;
+        accc[cc][g][j] = v;
+      }
+#pragma unroll
+  for (int mask = W; mask < 32; mask <<= 1)
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc)
+#pragma unroll
+      for (int g = 0; g < GB; ++g)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j) accc[cc][g][j] += __shfl_xor_sync(FULL, accc[cc][g][j], mask);
+#pragma unroll
+  for (int g = 0; g < GB; ++g)
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) l_run[g] += __shfl_xor_sync(FULL, l_run[g], o);
+
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem);  // [NW][GB][D]
+  float* wm = red + NW * GB * D;
+  float* wl = wm + NW * GB;
+  if (h == 0) {
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc)
+#pragma unroll
+      for (int g = 0; g < GB; ++g)
+#pragma unroll
+        for (int j = 0; j < DSUB; ++j) red[(warp * GB + g) * D + (4 * i + cc) * DSUB + j] = accc[cc][g][j];
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int g = 0; g < GB; ++g) { wm[warp * GB + g] = m_run[g]; wl[warp * GB + g] = l_run[g]; }
+  }
+  __syncthreads();
+  for (int x = tid; x < GB * D; x += NT) {
+    const int g = x / D, d = x % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
+    float L = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = exp2f(wm[w * GB + g] - mx);
       L += wl[w * GB + g] * f;
       o += red[(w * GB + g) * D + d] * f;
     }
@@ -541,19 +902,17 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
 static char g_err[512] = "";
 static int g_pdl = 1;  // MILLION_CUDA_PDL=0 turns programmatic dependent launch off (A/B timing)
 
-template <typename T, int D, int DSUB, int GB, int NW>
-static int launch_t(const PQArgs& a, cudaStream_t st) {
-  constexpr int SMEM = 2 * 256 * D * 2;  // two tables, 2-byte elements
-  static bool configured = false;
-  auto kern = pq_partial_kernel<T, D, DSUB, GB, NW>;
+template <typename T, int D>
+static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& configured, const PQArgs& a,
+                    cudaStream_t st) {
   if (!configured) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 1; }
     configured = true;
   }
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
-    kern<<<grid, NW * 32, SMEM, st>>>(a);
+    kern<<<grid, nthreads, smem, st>>>(a);
     // merge kernel as a programmatic dependent launch (overlaps its launch, q and residual-window
     // work with the partial kernel's tail; captured into CUDA graphs as a programmatic edge)
     cudaLaunchConfig_t cfg = {};
@@ -574,8 +933,42 @@ static int launch_t(const PQArgs& a, cudaStream_t st) {
   return 0;
 }
 
+template <typename T, int D, int DSUB, int GB, int NW>
+static int launch_t(const PQArgs& a, cudaStream_t st) {
+  static bool configured = false;
+  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2, NW * 32, configured, a, st);
+}
+
+// packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
+template <int D, int DSUB, int GB, int NW>
+static int launch_lut(const PQArgs& a, cudaStream_t st) {
+  static bool configured = false;
+  constexpr int M = D / DSUB;
+  return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB), NW * 32, configured,
+                             a, st);
+}
+
+template <int D, int DSUB, int GB>
+static int launch_lut_nw(const PQArgs& a, cudaStream_t st) {
+  if (a.num_warps == 8) return launch_lut<D, DSUB, GB, 8>(a, st);
+  if (a.num_warps == 12) return launch_lut<D, DSUB, GB, 12>(a, st);
+  if (a.num_warps == 16) return launch_lut<D, DSUB, GB, 16>(a, st);
+  snprintf(g_err, sizeof g_err, "unsupported num_warps=%d", a.num_warps);
+  return 3;
+}
+
 template <typename T, int D, int DSUB>
 static int launch_g(const PQArgs& a, cudaStream_t st) {
+  // num_warps > 0 selects the packed-LUT kernel (fp16 GQA only); 0 the FFMA kernel
+  if constexpr (std::is_same<T, __half>::value) {
+    if (a.num_warps > 0 && a.GB >= 2) {
+      switch (a.GB) {
+        case 2: return launch_lut_nw<D, DSUB, 2>(a, st);
+        case 3: return launch_lut_nw<D, DSUB, 3>(a, st);
+        case 4: return launch_lut_nw<D, DSUB, 4>(a, st);
+      }
+    }
+  }
   switch (a.GB) {
     case 1: return launch_t<T, D, DSUB, 1, 16>(a, st);
     case 2: return launch_t<T, D, DSUB, 2, 8>(a, st);
