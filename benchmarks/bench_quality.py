@@ -54,6 +54,9 @@ MAIN = [
     ("quanto-2", "quanto", 2, {}),
     ("qhitter-4", "qhitter", 4, {}),
     ("qhitter-2", "qhitter", 2, {}),
+    # heavy-hitter eviction with the kept tokens as 4-bit PQ codes (evaluation-only: MillionCache does not evict)
+    ("pqsparse-2", "pqsparse", 2, {"variant": "best", "codebook_bits": 4}),
+    ("pqsparse-3", "pqsparse", 3, {"variant": "best", "codebook_bits": 4}),
 ]
 
 ABLATION = [
@@ -93,7 +96,7 @@ ABLATION = [
 ]
 
 DEPLOYED = ["fp16", "million-4", "million-2", "pq-4", "pq-2", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
-NEEDLE = ["fp16", "pq-2", "million-2", "kivi-2", "kvquant-2", "quanto-2", "qhitter-2", "pq-4"]
+NEEDLE = ["fp16", "pq-2", "pqsparse-2", "million-2", "kivi-2", "kvquant-2", "quanto-2", "qhitter-2", "pq-4"]
 
 
 def log(*a):
@@ -164,7 +167,11 @@ class Bench:
     def method(self, label, name, bits, extra):
         from million.eval.methods import make_method
 
-        cbdir = str(self.codebooks(label, bits, extra)) if name in ("pq", "million") else None
+        if name == "pqsparse":  # shares the dense PQ run's codebooks of the same width
+            b = extra["codebook_bits"]
+            cbdir = str(self.codebooks(f"pq-{b}", b, extra))
+        else:
+            cbdir = str(self.codebooks(label, bits, extra)) if name in ("pq", "million") else None
         m = make_method(name, bits, cbdir)
         return m.fit(self.model, lambda: self.calib())
 
@@ -323,7 +330,7 @@ def make_plot(summary: dict, path: str) -> None:
     rows = [r for r in summary["ppl"] if r["method"] != "fp16"]
     texts = sorted({r["text"] for r in rows})
     fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.5), squeeze=False)
-    markers = {"million": "s", "pq": "*", "kivi": "o", "kvquant": "^", "quanto": "D", "qhitter": "v"}
+    markers = {"million": "s", "pq": "*", "pqsparse": "P", "kivi": "o", "kvquant": "^", "quanto": "D", "qhitter": "v"}
     for ax, text in zip(axes[0], texts):
         for meth in sorted({r["method"] for r in rows}):
             pts = sorted((r["bits_per_element_32k"], r["delta_ppl_pct"], r["label"]) for r in rows if r["text"] == text and r["method"] == meth)

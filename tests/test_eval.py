@@ -210,6 +210,40 @@ def test_qhitter_cache_respects_budget(model):
             h.remove()
 
 
+def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib):
+    from million.eval.qhitter import PQHitter
+
+    pq = PQMethod(1.5, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, iters=3, samples=512, sinks=1))
+    m = PQHitter(1, pq, chunk=16)
+    m.fit(model, lambda: calib)
+    from million.eval.calibdata import geometry
+
+    D = geometry(model.config)[3]
+    assert m.keep == pytest.approx(1 / (1.5 + 16 / (2 * D)))
+    assert m.keep > QHitter(1, chunk=16, head_dim=D).keep  # 1.5-bit codes vs 4-bit + scales
+    x = torch.randn(1, 2, 9, D)
+    assert torch.equal(m.qdq_key(0, x, 0), pq.qdq_key(0, x, 0))  # kept tokens are the PQ round trip
+    assert torch.equal(m.qdq_key(0, x, 0)[:, :, 0], x[:, :, 0])  # the sink stays exact
+    r = m.make_runner(model)
+    cache = r._cache()
+    hs = r._hooks()
+    try:
+        ids = ids_(100)
+        for t in range(0, 100, 16):
+            r._step(cache, ids[:, t : t + 16])
+            assert cache.layers[0].k.shape[2] <= m.budget(r.seen)
+    finally:
+        for h in hs:
+            h.remove()
+    from million.eval.methods import Shape
+
+    b = m.bits_breakdown(Shape.of(model.config), 2048)
+    assert b["codes"] == pytest.approx(1.5 * m.budget(2048) / 2048 * (2047 / 2048))
+    assert b["total"] > b["codes"] + b["scores_fp16"]  # codebooks and the sink are charged too
+    with pytest.raises(ValueError, match="at most 1.5"):
+        PQHitter(2, PQMethod(1.5, pq.variant)).fit(model, lambda: calib)
+
+
 # -- needle ------------------------------------------------------------------------------------------
 def test_needle_prompt():
     tok = CharTokenizer()

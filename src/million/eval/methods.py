@@ -45,6 +45,7 @@ METHOD_BITS = {
     "kvquant": (4, 3, 2),
     "quanto": (4, 2),
     "qhitter": (4, 2),
+    "pqsparse": None,  # up to the kept tokens' PQ code bits (4-bit codebooks by default)
 }
 
 
@@ -487,8 +488,8 @@ def make_method(name: str, bits: float, codebooks: str | None = None, **kw) -> K
     allowed = METHOD_BITS[name]
     if allowed is not None and bits not in allowed:
         raise ValueError(f"--bits {bits:g} is not available for {name}; allowed: {allowed}")
-    if codebooks is not None and name not in ("pq", "million"):
-        raise ValueError(f"--codebooks applies to methods pq and million, not {name!r}")
+    if codebooks is not None and name not in ("pq", "million", "pqsparse"):
+        raise ValueError(f"--codebooks applies to methods pq, million and pqsparse, not {name!r}")
     if name == "fp16":
         return FP16(16)
     if name == "kivi":
@@ -503,6 +504,14 @@ def make_method(name: str, bits: float, codebooks: str | None = None, **kw) -> K
         from .qhitter import QHitter
 
         return QHitter(int(bits), **kw)
+    if name == "pqsparse":
+        from .qhitter import PQHitter
+
+        if not 0 < bits <= 12:
+            raise ValueError(f"--bits {bits:g} is out of range for pqsparse; allowed: (0, 12] (at most the codebooks' code bits)")
+        pq_bits = kw.pop("pq_bits", 4)
+        inner = PQMethod(pq_bits, None, codebooks) if codebooks is not None else PQMethod(pq_bits, best_variant(pq_bits), None)
+        return PQHitter(bits, inner, **kw)
     # pq
     if codebooks is not None:
         return PQMethod(bits, None, codebooks)

@@ -189,3 +189,50 @@ class QHitter(KVMethod):
     def describe(self):
         return {**super().describe(), "keep_fraction": self.keep, "kept_bits": self.qbits, "group": self.group,
                 "recent_share": self.recent, "chunk": self.chunk}
+
+
+class PQHitter(QHitter):
+    """Heavy-hitter eviction (as :class:`QHitter`) with the kept tokens stored as PQ codes.
+
+    The same token selection as Q-Hitter-style (accumulated attention discounted by the
+    quantization error, a recent share), but a kept token costs only its PQ code bits (and the fp16
+    score used for the selection), so at the same total bits more tokens are kept. ``pq`` is a fitted
+    :class:`~million.eval.methods.PQMethod` (its codebooks, sinks and transforms). Evaluation-only:
+    :class:`million.MillionCache` does not evict.
+    """
+
+    name = "pqsparse"
+
+    def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64):
+        self.pq = pq
+        super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim)
+        self.bits = bits
+
+    def kept_bits(self, D: int) -> float:
+        return (self.pq.variant.code_bits if self.pq.variant is not None else self.pq.bits) + 16.0 / (2 * D)
+
+    def fit(self, model, calib_fn):
+        self.pq.fit(model, calib_fn)
+        if self.pq.variant.code_bits < self.bits:
+            raise ValueError(f"--bits {self.bits:g} is above the kept tokens' {self.pq.variant.code_bits:g} code bits; "
+                             f"allowed: at most {self.pq.variant.code_bits:g}")
+        self.head_dim = geometry(model.config)[3]
+        self.keep = min(1.0, self.bits / self.kept_bits(self.head_dim))
+        return self
+
+    def qdq_key(self, layer, k, pos0):
+        return self.pq.qdq_key(layer, k, pos0)
+
+    def qdq_value(self, layer, v, pos0):
+        return self.pq.qdq_value(layer, v, pos0)
+
+    def bits_breakdown(self, shape, context, protocol="all-quantized"):
+        f = self.budget(context) / context
+        pq = self.pq.bits_breakdown(shape, context, "all-quantized")
+        parts = {"codes": pq["codes"] * f, "scores_fp16": 16.0 / (2 * shape.D) * f}
+        parts.update({k: v for k, v in pq.items() if k not in ("codes", "total", "window_fp16")})
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def describe(self):
+        return {**super().describe(), "kept_quantizer": self.pq.describe()}
