@@ -13,5 +13,7 @@ echo "build $(( $(date +%s) - t0 )) s"
 grep -E "registers|spill" "$OUT/ptxas.txt" | sort | uniq -c | head -20
 timeout ${TEST_TIMEOUT:-120} python3 -m pytest tests/test_cuda_encode.py -m gpu -q --maxfail=30 -p no:cacheprovider > "$OUT/tests.txt" 2>&1; tail -40 "$OUT/tests.txt"
 PRE=--no-prefill; [ "$1" = "--prefill" ] && PRE=""
+DEFAULT_VARIANTS='[{"kernel":"cuda","kind":"brute"},{"kernel":"v2"}]'
+VARIANTS=${VARIANTS:-$DEFAULT_VARIANTS}
 timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/bench_encode.py $PRE --out "$OUT/bench_encode.json" \
-  --variants "${VARIANTS:-[{\"kernel\":\"cuda\",\"kind\":\"brute\"},{\"kernel\":\"v2\"}]}" 2>&1 | tee "$OUT/bench.txt"
+  --variants "$VARIANTS" 2>&1 | tee "$OUT/bench.txt"

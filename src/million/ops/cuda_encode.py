@@ -53,7 +53,7 @@ _DTYPES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 class _Args(ctypes.Structure):
     _fields_ = [(n, ctypes.c_void_p) for n in ("x", "codes", "tab", "cells", "lists", "grid", "frags")] + [
         (n, ctypes.c_longlong) for n in ("sx_b", "sx_h", "sx_t", "so_b", "so_h", "so_t")] + [
-        (n, ctypes.c_int) for n in ("B", "H", "T", "M", "Hc", "dsub", "dtype", "kind", "chunks", "G", "lcap")]
+        (n, ctypes.c_int) for n in ("B", "H", "T", "M", "Hc", "dsub", "dtype", "kind", "chunks", "G", "lcap", "opt")]
 
 
 def _nvcc() -> str | None:
@@ -330,10 +330,12 @@ def default_kind(dsub: int) -> str:
     return "pruned" if dsub == 2 else "mma"
 
 
-def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None, chunks: int | None = None) -> torch.Tensor:
+def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None, chunks: int | None = None,
+              opt: int = 0) -> torch.Tensor:
     """Nearest-centroid codes ``[B, H, T, M]`` uint8 of ``x [B, H, T, D]`` for ``centroids
     [Hc, M, 256, dsub]`` (see :func:`million.ops.naive.pq_encode`). ``kind``: ``"pruned"`` (dsub 2),
-    ``"mma"`` (dsub 4) or ``"brute"``; default by dsub. ``chunks``: token chunks per (head, group)."""
+    ``"mma"`` (dsub 4) or ``"brute"``; default by dsub. ``chunks``: token chunks per (head, group);
+    ``opt`` bit 0: the pruned kernel scans one subspace's list at a time (default: two interleaved)."""
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):
@@ -363,7 +365,7 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     a = _Args(
         x.data_ptr(), codes.data_ptr(), t["tab"].data_ptr(), null("cells"), null("lists"), null("grid"), null("frags"),
         *x.stride()[:3], *codes.stride()[:3],
-        B, H, T, M, Hc, dsub, _DTYPES[x.dtype], KINDS.index(t["kind"]), int(chunks), GRID, int(t.get("lcap", 0)),
+        B, H, T, M, Hc, dsub, _DTYPES[x.dtype], KINDS.index(t["kind"]), int(chunks), GRID, int(t.get("lcap", 0)), int(opt),
     )
     lib = _lib()
     with torch.cuda.device(dev):

@@ -35,6 +35,7 @@ struct EncArgs {
   long long sx_b, sx_h, sx_t;  // element strides of x
   long long so_b, so_h, so_t;  // element strides of codes
   int B, H, T, M, Hc, dsub, dtype, kind, chunks, G, lcap;
+  int opt;  // bit 0: kind 0 scans one subspace per loop (default: two interleaved)
 };
 
 static char g_err[512];
@@ -87,7 +88,7 @@ __device__ __forceinline__ void chunk_range(const EncArgs& a, long long& n0, lon
 
 // ---------------------------------------------------------------------------------------------
 // kind 0: grid-pruned exact search, dsub 2. MG = 8 subspaces per block (x slice: 16 values).
-template <typename TX, int MG>
+template <typename TX, int MG, bool PAIR>
 __global__ void __launch_bounds__(256) enc_pruned_kernel(EncArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int GG = a.G * a.G;
@@ -132,6 +133,44 @@ __global__ void __launch_bounds__(256) enc_pruned_kernel(EncArgs a) {
       for (int i = 0; i < NV; ++i) xv[i] = i < mg * 2 ? Ld<TX>::one(xp + i) : 0.f;
     }
     uint32_t lo = 0, hi = 0;
+    if (PAIR && mg == MG) {
+      // two subspaces per loop: independent dependency chains (list byte -> centroid -> FFMA) interleave
+#pragma unroll
+      for (int j = 0; j < MG; j += 2) {
+        const uint8_t* lp[2];
+        const float4* cj[2];
+        int len[2];
+        float best[2], x0[2], x1[2];
+        int bi[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          x0[u] = xv[2 * (j + u)]; x1[u] = xv[2 * (j + u) + 1];
+          const float4 g = grd[j + u];
+          const float fx = fminf(fmaxf((x0[u] - g.x) * g.z, 0.f), gmax);
+          const float fy = fminf(fmaxf((x1[u] - g.y) * g.w, 0.f), gmax);
+          const uint32_t ci = cells[(j + u) * GG + (int)fy * a.G + (int)fx];
+          lp[u] = lists + (j + u) * a.lcap + (ci & 0xffffu);
+          len[u] = (int)(ci >> 16);
+          cj[u] = cen + (j + u) * 256;
+          best[u] = __int_as_float(0x7f800000);
+          bi[u] = 0;
+        }
+        const int n2 = max(len[0], len[1]);
+        for (int t = 0; t < n2; ++t) {
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int k = lp[u][min(t, len[u] - 1)];
+            const float4 c = cj[u][k];
+            const float d = fmaf(x1[u], c.y, fmaf(x0[u], c.x, c.z));
+            if (d < best[u]) { best[u] = d; bi[u] = k; }  // a repeated last candidate never wins twice
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          if (j + u < 4) lo |= (uint32_t)bi[u] << (8 * (j + u)); else hi |= (uint32_t)bi[u] << (8 * (j + u - 4));
+        }
+      }
+    } else
 #pragma unroll
     for (int j = 0; j < MG; ++j) {
       if (j < mg) {
@@ -396,7 +435,8 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
   if (a.kind == 0) {
     if (a.dsub != 2) { snprintf(g_err, sizeof g_err, "pruned kernel needs dsub 2, got %d", a.dsub); return 3; }
     size_t smem = (size_t)MG * 256 * 16 + (size_t)MG * a.G * a.G * 4 + MG * 16 + (size_t)MG * a.lcap;
-    return launch(enc_pruned_kernel<TX, MG>, a, MG, smem, st);
+    if (a.opt & 1) return launch(enc_pruned_kernel<TX, MG, false>, a, MG, smem, st);
+    return launch(enc_pruned_kernel<TX, MG, true>, a, MG, smem, st);
   }
   if (a.kind == 1) {
     size_t smem = (size_t)MG * 256 * 32;
