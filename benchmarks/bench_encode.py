@@ -1,4 +1,4 @@
-"""PQ encoding speed: throughput of the Triton encode kernel, and its cost when a 32K-token prefill of
+"""PQ encoding speed: throughput of the encode kernels (CUDA C++ and Triton), and its cost when a 32K-token prefill of
 a LLaMA-2-7B-shaped model encodes K and V of all 32 layers, against that prefill's own time.
 
 The 7B-shaped model has RANDOM weights (speed does not depend on weight values), is built directly on
@@ -8,8 +8,14 @@ the GPU in fp16 and runs the prefill with ``attn_implementation="sdpa"``, ``use_
     PYTHONPATH=src python benchmarks/bench_encode.py --out encode.json
     PYTHONPATH=src python benchmarks/bench_encode.py --no-prefill --variants '[{"kernel":"tc"},{"kernel":"v2","BT":1024,"num_warps":8}]'
 
-``--variants`` entries are keyword overrides of ``pq_encode_launch``: ``kernel`` ("v2", "v3", "tc",
-"cuda"), ``BT``, ``KB``, ``MB``, ``num_warps``; ``{}`` (always first) is the default dispatch.
+``--variants`` entries: ``{"kernel": "cuda", "kind": "pruned" | "mma" | "brute", "chunks": n, "opt": 0|1}`` runs
+the CUDA C++ kernel (``million.ops.cuda_encode``); other entries are keyword overrides of the Triton
+``pq_encode_launch``: ``kernel`` ("v2", "v3", "tc", "triton-cuda" = Triton's fp32 block kernel),
+``BT``, ``KB``, ``MB``, ``num_warps``; ``{}`` (always first) is the default dispatch
+(``million.ops.pq_encode``: the CUDA kernel where supported). Without a prefill run (``--no-prefill``)
+the share is computed against ``--prefill-ms`` (default: the 1425 ms measured on the H100).
+
+    PYTHONPATH=src python benchmarks/bench_encode.py --no-prefill --variants '[{"kernel":"cuda","kind":"brute"},{"kernel":"v2"}]'
 """
 
 from __future__ import annotations
@@ -39,10 +45,28 @@ def cuda_time(fn, warmup: int = 2, iters: int = 5) -> float:
     return statistics.median(ts)
 
 
-def check_encode(gen) -> dict:
-    """Kernel vs naive on a random fp16 input: fraction of equal codes, worst distance gap."""
-    from million.ops import naive
+def run_variant(x: torch.Tensor, c: torch.Tensor, v: dict) -> torch.Tensor:
+    """Encode ``x [B, H, T, D]`` with ``c [Hc, M, ksub, dsub]`` by the kernel variant ``v`` (see module doc)."""
+    v = dict(v)
+    if not v:
+        from million.ops import pq_encode
+
+        return pq_encode(x, c)
+    if v.get("kernel") == "cuda":
+        from million.ops import cuda_encode
+
+        return cuda_encode.pq_encode(x, c, kind=v.get("kind"), chunks=v.get("chunks"), opt=v.get("opt", 0))
     from million.ops.triton_encode import pq_encode_launch
+
+    if v.get("kernel") == "triton-cuda":
+        v["kernel"] = "cuda"
+    return pq_encode_launch(x, c, **v)
+
+
+def check_encode(gen) -> dict:
+    """Default dispatch vs naive on a random fp16 input: fraction of equal codes, worst distance gap."""
+    from million.ops import naive
+    from million.ops import pq_encode as pq_encode_launch
 
     x = torch.randn(2, 4, 999, 128, device="cuda", dtype=torch.float16, generator=gen)
     out = {}
@@ -68,12 +92,11 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--variants", default="", help="JSON list of encode launch overrides (kernel, BT, KB, MB, num_warps)")
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--prefill-ms", type=float, default=1425.0, help="prefill time for the share when --no-prefill")
     ap.add_argument("--out", default="bench_encode.json")
     args = ap.parse_args(argv)
 
     import triton
-
-    from million.ops.triton_encode import pq_encode_launch
 
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
@@ -93,17 +116,21 @@ def main(argv=None):
             best = None
             for v in variants:
                 try:
-                    t = cuda_time(lambda: pq_encode_launch(x, c, **v), warmup=2, iters=5)
+                    t = cuda_time(lambda: run_variant(x, c, v), warmup=2, iters=5)
                 except Exception as e:
                     print(f"  {bits}b Hc={Hc} {v}: {type(e).__name__}: {str(e)[:150]}", flush=True)
                     continue
+                share = 2 * args.layers * t / (args.prefill_ms * 1e-3)
                 print(f"encode {bits}b M={M} Hc={Hc} {v}: {t * 1e3:.3f} ms per [1,{H},{T},{D}] tensor, "
-                      f"{T / t / 1e6:.2f} M tokens/s ({T * H / t / 1e6:.1f} M token-heads/s)", flush=True)
+                      f"{T / t / 1e6:.2f} M tokens/s ({T * H / t / 1e6:.1f} M token-heads/s); all layers K+V "
+                      f"{100 * share:.1f}% of a {args.prefill_ms:.0f} ms prefill", flush=True)
                 if best is None or t < best[0]:
                     best = (t, v)
             enc[f"{bits}b_Hc{Hc}"] = dict(seconds=best[0], config=best[1], tokens_per_s=T / best[0],
                                           all_layers_kv_seconds=2 * args.layers * best[0])
-    result = dict(meta=meta, checks=checks, encode=enc)
+    for v in enc.values():
+        v["fraction_of_prefill_ms"] = v["all_layers_kv_seconds"] / (args.prefill_ms * 1e-3)
+    result = dict(meta=meta, checks=checks, encode=enc, prefill_ms_reference=args.prefill_ms)
 
     if not args.no_prefill:
         from transformers import LlamaConfig, LlamaForCausalLM

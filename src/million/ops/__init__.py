@@ -35,7 +35,22 @@ def use_kernels(t: torch.Tensor) -> bool:
 
 
 def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Nearest-centroid codes; see :func:`million.ops.naive.pq_encode` for shapes."""
+    """Nearest-centroid codes; see :func:`million.ops.naive.pq_encode` for shapes.
+
+    On CUDA: the CUDA C++ kernel (ksub 256, dsub 2 or 4; Hopper) when available, else the Triton
+    kernel; on the CPU the naive reference."""
+    if x.is_cuda:
+        try:
+            from . import cuda_encode
+        except ImportError:
+            cuda_encode = None
+        try:
+            if cuda_encode is not None and cuda_encode.available() and cuda_encode.supports(x, centroids):
+                from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
+
+                return torch.ops.million.pq_encode_cuda(x, centroids)
+        except (OSError, RuntimeError):
+            pass
     if use_kernels(x):
         try:
             from .triton_encode import pq_encode as kernel

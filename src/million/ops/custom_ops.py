@@ -75,3 +75,18 @@ def pq_decode_attention_cuda(
 @pq_decode_attention_cuda.register_fake
 def _pq_decode_attention_cuda_fake(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("million::pq_encode_cuda", mutates_args=())
+def pq_encode_cuda(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """The CUDA C++ encode kernel: uint8 codes ``[B, H, T, M]``; see
+    :func:`million.ops.cuda_encode.pq_encode` (its tables are cached per centroid tensor)."""
+    from .cuda_encode import pq_encode as kernel
+
+    return kernel(x, centroids)
+
+
+@pq_encode_cuda.register_fake
+def _pq_encode_cuda_fake(x, centroids):
+    B, H, T, _ = x.shape
+    return x.new_empty((B, H, T, centroids.shape[1]), dtype=torch.uint8)
