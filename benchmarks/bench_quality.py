@@ -43,8 +43,9 @@ MAIN = [
     ("fp16", "fp16", 16, {}),
     ("million-4", "million", 4, {"calibrate": "merged"}),
     ("million-2", "million", 2, {"calibrate": "merged"}),
-    ("pq-4", "pq", 4, {"variant": "best"}),
-    ("pq-2", "pq", 2, {"variant": "best"}),
+    # post-RoPE codebooks must see every position the model will be run at: calibrated in 8K windows
+    ("pq-4", "pq", 4, {"variant": "best", "calib_tokens": 32768, "calib_window": 8192}),
+    ("pq-2", "pq", 2, {"variant": "best", "calib_tokens": 32768, "calib_window": 8192}),
     ("kivi-4", "kivi", 4, {}),
     ("kivi-2", "kivi", 2, {}),
     ("kvquant-4", "kvquant", 4, {}),
@@ -55,8 +56,8 @@ MAIN = [
     ("qhitter-4", "qhitter", 4, {}),
     ("qhitter-2", "qhitter", 2, {}),
     # heavy-hitter eviction with the kept tokens as 4-bit PQ codes (evaluation-only: MillionCache does not evict)
-    ("pqsparse-2", "pqsparse", 2, {"variant": "best", "codebook_bits": 4}),
-    ("pqsparse-3", "pqsparse", 3, {"variant": "best", "codebook_bits": 4}),
+    ("pqsparse-2", "pqsparse", 2, {"variant": "best", "codebook_bits": 4, "calib_tokens": 32768, "calib_window": 8192}),
+    ("pqsparse-3", "pqsparse", 3, {"variant": "best", "codebook_bits": 4, "calib_tokens": 32768, "calib_window": 8192}),
 ]
 
 ABLATION = [
@@ -93,6 +94,9 @@ ABLATION = [
     ("pq4-lh-metric-sink1-pcak-c60k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=61440, iters=20), 61440),
     ("pq4-lh-metric-sink1-pca-c60k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive", samples=61440, iters=20), 61440),
     ("pq2-lh-metric-sink1-pcak-c60k", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=61440, iters=20), 61440),
+    # the chosen recipe calibrated on 2K windows (positions < 2048 only), as the 2K rows above
+    ("pq4-lh-metric-sink1-pcak-w2k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384, iters=16)),
+    ("pq2-lh-metric-sink1-pcak-w2k", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384, iters=16)),
 ]
 
 DEPLOYED = ["fp16", "million-4", "million-2", "pq-4", "pq-2", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
@@ -128,13 +132,15 @@ class Bench:
             self._ids[name] = self.tok(load_text(name), return_tensors="pt", add_special_tokens=False).input_ids[0]
         return self._ids[name]
 
-    def calib(self, tokens: int = 16384):
-        """Calibration statistics on the first ``tokens`` SQuAD tokens (all held out from the scored windows)."""
-        if tokens not in self._calib:
+    def calib(self, tokens: int = 16384, window: int = 2048):
+        """Calibration statistics on the first ``tokens`` SQuAD tokens (all held out from the scored
+        windows), run in windows of ``window`` tokens (post-RoPE keys are seen at positions < window)."""
+        if (tokens, window) not in self._calib:
             from million.eval.calibdata import load_or_collect
 
-            self._calib[tokens] = load_or_collect(self.model, self.tok, "squad", tokens, 2048, model_name="smollm2", fisher=True)
-        return self._calib[tokens]
+            self._calib[tokens, window] = load_or_collect(self.model, self.tok, "squad", tokens, window, model_name="smollm2",
+                                                          fisher=True)
+        return self._calib[tokens, window]
 
     # -- methods -------------------------------------------------------------------------------------
     def codebooks(self, label, bits, extra):
@@ -157,10 +163,10 @@ class Bench:
         v = extra["variant"]
         if v == "best":
             v = best_variant(bits)
-        tokens = extra.get("calib_tokens", 16384)
-        log(f"training PQ variant {label} on {tokens} calibration tokens: {v.to_dict()}")
+        tokens, window = extra.get("calib_tokens", 16384), extra.get("calib_window", 2048)
+        log(f"training PQ variant {label} on {tokens} calibration tokens in windows of {window}: {v.to_dict()}")
         t0 = time.time()
-        train_variant(self.calib(tokens), v, device=self.args.device).save(d)
+        train_variant(self.calib(tokens, window), v, device=self.args.device).save(d)
         log(f"  trained in {time.time() - t0:.0f} s")
         return d
 

@@ -204,7 +204,7 @@ def calibrate(
     nbits: int = 8,
     granularity: str = "layer",
     tokens: int = 16384,
-    window: int = 2048,
+    window: int = 8192,
     samples: int = 8192,
     iters: int = 12,
     seed: int = 0,
@@ -216,6 +216,10 @@ def calibrate(
     """Train PQ codebooks for ``model`` on the first ``tokens`` tokens of ``text``.
 
     ``config`` defaults to ``PQConfig.from_bits(head_dim, bits, nbits, granularity=granularity)``.
+    The text runs in windows of ``window`` tokens: post-RoPE keys are only seen at positions below
+    ``window``, and codebooks calibrated on short windows quantize keys at later positions badly
+    (measured: 4-bit needle retrieval fails at 4K and 8K with 2K-token calibration windows), so make
+    it at least the longest context the codebooks will serve.
     """
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

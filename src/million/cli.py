@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="codebook directory to write")
     c.add_argument("--text", default="squad", help="'squad' (default), 'essays' or a UTF-8 text file")
     c.add_argument("--tokens", type=_positive("--tokens"), default=16384, help="calibration tokens (default 16384)")
-    c.add_argument("--window", type=_positive("--window"), default=2048, help="tokens per forward (default 2048)")
+    c.add_argument("--window", type=_positive("--window"), default=8192,
+                   help="tokens per forward (default 8192); post-RoPE keys are calibrated at positions below it, "
+                        "so make it at least the context the codebooks will serve")
     c.add_argument("--samples", type=_positive("--samples"), default=8192, help="vectors per codebook for k-means (default 8192)")
     c.add_argument("--iters", type=_positive("--iters"), default=12, help="k-means iterations (default 12)")
     c.add_argument("--granularity", choices=GRANULARITIES, default="layer", help="codebook sharing (default layer)")

@@ -478,7 +478,7 @@ def best_variant(bits: float):
     # per-layer-head codebooks in the attention metric, one fp16 sink token, key subspaces sized and
     # given code widths by water-filling on their PCA spectrum (docs/quality.md, "PQ options")
     return PQVariant(k_nbits=8, k_dsub=dsub, v_nbits=8, v_dsub=dsub, granularity="layer_head", transform="metric",
-                     sinks=1, weighting="none", alloc="pca_adaptive_k", samples=16384)
+                     sinks=1, weighting="none", alloc="pca_adaptive_k", samples=32768)
 
 
 def make_method(name: str, bits: float, codebooks: str | None = None, **kw) -> KVMethod:
