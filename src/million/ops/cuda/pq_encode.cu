@@ -35,7 +35,7 @@ struct EncArgs {
   long long sx_b, sx_h, sx_t;  // element strides of x
   long long so_b, so_h, so_t;  // element strides of codes
   int B, H, T, M, Hc, dsub, dtype, kind, chunks, G, lcap;
-  int opt;  // bit 0: kind 0 scans one subspace per loop (default: two interleaved)
+  int opt;  // bit 0: kind 0 interleaves two subspaces' scans; bit 1: kind 2 uses enc_mma2_kernel
 };
 
 static char g_err[512];
@@ -410,6 +410,133 @@ __global__ void __launch_bounds__(256) enc_mma_kernel(EncArgs a) {
   }
 }
 
+
+// kind 2, opt bit 1: two 16-token tiles per warp step share each B fragment load; ||x||^2 enters
+// through A columns 14, 15 (hi/lo fp16) against B rows (1, 1), so the accumulator input is zero.
+__device__ __forceinline__ void mma16816_z(float& d0, float& d1, float& d2, float& d3, const uint32_t* A, uint2 b) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(b.x), "r"(b.y), "f"(0.f));
+}
+
+template <typename TX, int MG>
+__global__ void __launch_bounds__(256, 2) enc_mma2_kernel(EncArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint2* fr = reinterpret_cast<uint2*>(smem);  // [MG][32 blocks][32 lanes]
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int g = lane >> 2, q = lane & 3, half = q & 1;
+  {
+    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
+    uint4* sf = reinterpret_cast<uint4*>(fr);
+    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
+    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  // B rows 14, 15 (lane q == 3, second register) = (1, 1): multiplies A's (||x||^2 hi, lo)
+  if (q == 3) {
+    for (int i = warp; i < MG * 32; i += nw) fr[i * 32 + lane].y = 0x3c003c00u;
+  }
+  __syncthreads();
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  const float* tab = reinterpret_cast<const float*>(a.tab);
+  for (long long tb = n0 + 32LL * warp; tb < n1; tb += 32LL * nw) {
+    long long nn[4];
+    bool ok[4];
+    const TX* xp[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {  // rows g, g+8 of tile 0 and of tile 1
+      nn[r] = tb + g + 8 * r;
+      ok[r] = nn[r] < n1;
+      xp[r] = X + (ok[r] ? xrow(a, h, nn[r]) : 0) + m0 * 4 + 2 * half;
+    }
+    float v[4][2], vn[4][2];  // subspace j's and j+1's x (loads one subspace ahead)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      vn[r][0] = ok[r] ? Ld<TX>::one(xp[r]) : 0.f;
+      vn[r][1] = ok[r] ? Ld<TX>::one(xp[r] + 1) : 0.f;
+    }
+    uint32_t cw[4][MG / 4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int i = 0; i < MG / 4; ++i) cw[r][i] = 0;
+    bool bad[4] = {false, false, false, false};
+#pragma unroll
+    for (int j = 0; j < MG; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        v[r][0] = vn[r][0]; v[r][1] = vn[r][1];
+        const bool in = ok[r] && j + 1 < mg;
+        vn[r][0] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1)) : 0.f;
+        vn[r][1] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1) + 1) : 0.f;
+      }
+      uint32_t A[2][4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const __half2 hh = __floats2half2_rn(v[r][0], v[r][1]);
+        const float2 f = __half22float2(hh);
+        float sq = v[r][0] * v[r][0] + v[r][1] * v[r][1];
+        sq += __shfl_xor_sync(0xffffffffu, sq, 1);
+        // fp16 operands: |x| and ||x||^2 must stay inside the fp16 range, else the exact redo
+        bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && sq < 32768.f);
+        const __half sh = __float2half_rn(sq);
+        const float shf = __half2float(sh);
+        uint32_t hi_lo;
+        if (q < 2) hi_lo = pack_h2(v[r][0] - f.x, v[r][1] - f.y);
+        else if (q == 2) hi_lo = 0x3c003c00u;
+        else hi_lo = pack_h2(shf, sq - shf);
+        // r = 0, 1: tile 0 rows g, g+8; r = 2, 3: tile 1
+        A[r >> 1][(r & 1)] = *reinterpret_cast<const uint32_t*>(&hh);
+        A[r >> 1][2 + (r & 1)] = hi_lo;
+      }
+      float k[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) k[r] = __int_as_float(0x7f800000);
+      const uint2* fj = fr + j * 1024 + lane;
+#pragma unroll 8
+      for (int blk = 0; blk < 32; ++blk) {
+        const uint2 b = fj[blk * 32];
+        const uint32_t tag = (uint32_t)(blk * 2);
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          float d0, d1, d2, d3;
+          mma16816_z(d0, d1, d2, d3, A[t], b);
+          k[2 * t] = fminf(k[2 * t], __uint_as_float((__float_as_uint(d0) & ~63u) | tag));
+          k[2 * t] = fminf(k[2 * t], __uint_as_float((__float_as_uint(d1) & ~63u) | (tag + 1)));
+          k[2 * t + 1] = fminf(k[2 * t + 1], __uint_as_float((__float_as_uint(d2) & ~63u) | tag));
+          k[2 * t + 1] = fminf(k[2 * t + 1], __uint_as_float((__float_as_uint(d3) & ~63u) | (tag + 1)));
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float kq = k[r];
+        int qq = q;
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+          const float ok_ = __shfl_xor_sync(0xffffffffu, kq, off);
+          const int oq = __shfl_xor_sync(0xffffffffu, qq, off);
+          if (ok_ < kq || (ok_ == kq && oq < qq)) { kq = ok_; qq = oq; }
+        }
+        const uint32_t t6 = __float_as_uint(kq) & 63u;
+        cw[r][j >> 2] |= ((t6 >> 1) * 8 + 2 * qq + (t6 & 1)) << (8 * (j & 3));
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      bad[r] = __any_sync(0xffffffffu, bad[r]) && (__shfl_xor_sync(0xffffffffu, (int)bad[r], 1) | (int)bad[r]);
+    if (q == 0) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        if (ok[r]) mma_finish<TX, MG>(a, X, tab, h, nn[r], s0, m0, mg, bad[r], cw[r]);
+    }
+  }
+}
 // ---------------------------------------------------------------------------------------------
 static int g_max_smem = 0;
 
@@ -435,8 +562,8 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
   if (a.kind == 0) {
     if (a.dsub != 2) { snprintf(g_err, sizeof g_err, "pruned kernel needs dsub 2, got %d", a.dsub); return 3; }
     size_t smem = (size_t)MG * 256 * 16 + (size_t)MG * a.G * a.G * 4 + MG * 16 + (size_t)MG * a.lcap;
-    if (a.opt & 1) return launch(enc_pruned_kernel<TX, MG, false>, a, MG, smem, st);
-    return launch(enc_pruned_kernel<TX, MG, true>, a, MG, smem, st);
+    if (a.opt & 1) return launch(enc_pruned_kernel<TX, MG, true>, a, MG, smem, st);
+    return launch(enc_pruned_kernel<TX, MG, false>, a, MG, smem, st);
   }
   if (a.kind == 1) {
     size_t smem = (size_t)MG * 256 * 32;
@@ -448,6 +575,7 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
   if (a.kind == 2) {
     if (a.dsub != 4) { snprintf(g_err, sizeof g_err, "mma kernel needs dsub 4, got %d", a.dsub); return 3; }
     size_t smem = (size_t)MG * 1024 * 8;
+    if (a.opt & 2) return launch(enc_mma2_kernel<TX, MG>, a, MG, smem, st);
     return launch(enc_mma_kernel<TX, MG>, a, MG, smem, st);
   }
   snprintf(g_err, sizeof g_err, "unknown kind %d", a.kind);
