@@ -198,7 +198,7 @@ def sweep_splits(dev):
                 copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
             G = Hq // Hkv
             gb = ca._group(G)
-            s0 = ca.num_splits(1, Hkv, G // gb, ctx, dev)
+            s0 = ca.num_splits(1, Hkv, G // gb, ctx, dev, ca.lut_warps(torch.float16, gb, D, M))
             for s in sorted({max(1, s0 // 4), max(1, s0 // 2), s0, 2 * s0, 4 * s0}):
                 t = bench_graph(lambda *a, s=s: ca.pq_decode_attention(*a, num_splits_override=s), copies)
                 out.append(dict(shape=name, context=ctx, splits=s, default=s == s0, us=t))

@@ -42,6 +42,12 @@ struct PQArgs {
 };
 
 #define FULL 0xffffffffu
+#ifndef PRO_UNR
+#define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
+#endif
+#ifndef MERGE_PF
+#define MERGE_PF 16  // merge: partials per output element loaded into registers before the lse reduction
+#endif
 static constexpr float LOG2E = 1.4426950408889634f;
 static constexpr float LN2 = 0.6931471805599453f;
 
@@ -209,7 +215,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     constexpr int VEC = 16 / (DSUB * 2);
     constexpr int TOTAL = M * 256 / VEC;
     constexpr int ITERS = (TOTAL + NT - 1) / NT;
-    constexpr int UNR = ITERS < 4 ? ITERS : 4;
+    constexpr int UNR = ITERS < PRO_UNR ? ITERS : PRO_UNR;
     for (int it0 = 0; it0 < ITERS; it0 += UNR) {
       uint4 vk[UNR], vv[UNR];
 #pragma unroll
@@ -498,18 +504,28 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     constexpr int VEC = 16 / (DSUB * 2);
     constexpr int TOTAL = M * 256 / VEC;
     constexpr int ITERS = (TOTAL + NT - 1) / NT;
-    constexpr int UNR = ITERS < 4 ? ITERS : 4;
+    constexpr int UNR = ITERS < PRO_UNR ? ITERS : PRO_UNR;
     // LUT order: lanes l and l+16 read the two 16-byte halves of one 32-byte sector of subspace m;
     // the 16 lanes of a half-warp hold 16 different subspaces (conflict-free 8-byte stores with swz8)
     const int lm = ((tid >> 5) % MB) * 16 + (lane & 15);
-    float qm[GB][DSUB];
+    // scaled q of this thread's subspace, head pairs packed as half2: an entry's GB scores are
+    // 2*DSUB packed HFMA2 per pair of heads (products and sums in fp16, like the stored entry)
+    __half2 qh2[DSUB][2];
     {
       const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
 #pragma unroll
-      for (int g = 0; g < GB; ++g)
+      for (int j = 0; j < DSUB; ++j)
 #pragma unroll
-        for (int j = 0; j < DSUB; ++j)
-          qm[g][j] = Cvt<T>::f(qh[(long long)(hq0 + g) * a.sq_h + (long long)(lm * DSUB + j) * a.sq_d]) * a.scale_log2;
+        for (int gp = 0; gp < 2; ++gp) {
+          float v2[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int g = 2 * gp + e;
+            v2[e] = g < GB ? Cvt<T>::f(qh[(long long)(hq0 + g) * a.sq_h + (long long)(lm * DSUB + j) * a.sq_d]) * a.scale_log2
+                           : 0.f;
+          }
+          qh2[j][gp] = __floats2half2_rn(v2[0], v2[1]);
+        }
     }
     for (int it0 = 0; it0 < ITERS; it0 += UNR) {
       uint4 vk[UNR], vv[UNR];
@@ -532,17 +548,26 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
           const int slot = swz8<M>(lm);
 #pragma unroll
           for (int v = 0; v < VEC; ++v) {
-            float ef[DSUB];
-            entry_to_float<T, DSUB>(ek[v], ef);
-            float sg[4] = {0.f, 0.f, 0.f, 0.f};
+            __half2 cb[DSUB];  // centroid element j broadcast to both halves
+            if constexpr (DSUB == 2) {
+              const __half2 x = *reinterpret_cast<const __half2*>(&ek[v]);
+              cb[0] = __low2half2(x); cb[1] = __high2half2(x);
+            } else {
+              const __half2 x = *reinterpret_cast<const __half2*>(&ek[v].x);
+              const __half2 y = *reinterpret_cast<const __half2*>(&ek[v].y);
+              cb[0] = __low2half2(x); cb[1] = __high2half2(x); cb[2] = __low2half2(y); cb[3] = __high2half2(y);
+            }
+            __half2 sg[2];
 #pragma unroll
-            for (int g = 0; g < GB; ++g)
+            for (int gp = 0; gp < 2; ++gp) {
+              if (gp == 1 && GB <= 2) { sg[1] = __float2half2_rn(0.f); continue; }
+              sg[gp] = __hmul2(qh2[0][gp], cb[0]);
 #pragma unroll
-              for (int j = 0; j < DSUB; ++j) sg[g] = fmaf(qm[g][j], ef[j], sg[g]);
-            __half2 h01 = __floats2half2_rn(sg[0], sg[1]), h23 = __floats2half2_rn(sg[2], sg[3]);
+              for (int j = 1; j < DSUB; ++j) sg[gp] = __hfma2(qh2[j][gp], cb[j], sg[gp]);
+            }
             uint2 e;
-            e.x = *reinterpret_cast<uint32_t*>(&h01);
-            e.y = *reinterpret_cast<uint32_t*>(&h23);
+            e.x = *reinterpret_cast<uint32_t*>(&sg[0]);
+            e.y = *reinterpret_cast<uint32_t*>(&sg[1]);
             lut[(k0 + v) * M + slot] = e;
           }
           const int m = pro_m<M, DSUB>(idx), kv0 = pro_k0<M, DSUB, VEC>(idx);
@@ -849,6 +874,11 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
+  // the first MERGE_PF partials of this thread's output element are loaded now, in parallel with the
+  // lse reduction below (one global round trip instead of three)
+  float op[MERGE_PF];
+#pragma unroll
+  for (int s = 0; s < MERGE_PF; ++s) op[s] = (tid < D && s < S) ? a.o_part[(row * S + s) * D + tid] : 0.f;
   float mx = lse2_res;
   for (int s = tid; s < S; s += 256) {
     const float v = a.lse_part[row * S + s] * LOG2E;
@@ -880,11 +910,15 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
 #pragma unroll
   for (int w = 0; w < NWM; ++w) den += red[w];
   T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
-  for (int d = tid; d < D; d += 256) {
+  static_assert(D <= 256, "one output element per thread");
+  if (tid < D) {
+    const int d = tid;
     float o = 0.f;
     if (any) {
+#pragma unroll
+      for (int s = 0; s < MERGE_PF; ++s) o = fmaf(s < S ? ws[s] : 0.f, op[s], o);
 #pragma unroll 8
-      for (int s = 0; s < S; ++s) o = fmaf(ws[s], a.o_part[(row * S + s) * D + d], o);  // empty splits hold 0
+      for (int s = MERGE_PF; s < S; ++s) o = fmaf(ws[s], a.o_part[(row * S + s) * D + d], o);  // empty splits hold 0
       if (wres > 0.f) {
         float ores = 0.f;
 #pragma unroll
