@@ -168,3 +168,20 @@ def test_sinks_are_kept_in_full_precision():
     k, v = cache.layers[1].dequantize()
     assert torch.equal(k[:, :, :2], ref.layers[1].keys[:, :, :2])  # sinks exact
     assert not torch.equal(k[:, :, 2:10], ref.layers[1].keys[:, :, 2:10])  # the rest quantized
+
+
+def test_warns_once_past_the_calibration_window():
+    model = tiny_model()
+    cb = tiny_codebooks(model, residual=4)
+    cb.calibration = {**cb.calibration, "window": 16, "pre_rope": False}
+    ids, am = left_padded(batch=1, length=12, pad=(0,))
+    with pytest.warns(UserWarning, match="calibrated on") as rec:
+        model.generate(ids, attention_mask=am, past_key_values=MillionCache(cb, model.config), max_new_tokens=12, do_sample=False)
+    assert sum("calibrated on" in str(w.message) for w in rec) == 1  # once per cache
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the window, or pre-RoPE codebooks: no warning
+        model.generate(ids, attention_mask=am, past_key_values=MillionCache(cb, model.config), max_new_tokens=3, do_sample=False)
+        cb.calibration = {**cb.calibration, "pre_rope": True}
+        model.generate(ids, attention_mask=am, past_key_values=MillionCache(cb, model.config), max_new_tokens=12, do_sample=False)

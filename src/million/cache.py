@@ -336,11 +336,28 @@ class MillionCache(Cache):
         if codebooks.key_centroids.shape[0] not in (1, n):
             raise ValueError(f"codebooks hold {codebooks.key_centroids.shape[0]} layers, the model has {n}")
         self.codebooks = codebooks
+        cal = codebooks.calibration or {}
+        # post-RoPE codebooks only saw key positions below the calibration window
+        self.calibrated_positions = None if cal.get("pre_rope") else cal.get("window")
+        self._warned_positions = False
         layers = []
         for i in range(n):
             kc, vc = codebooks.for_layer(i)
             layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len))
         super().__init__(layers=layers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        w = self.calibrated_positions
+        if layer_idx == 0 and w and not self._warned_positions and self.layers[0].get_seq_length() > w:
+            import warnings
+
+            self._warned_positions = True
+            warnings.warn(
+                f"the sequence passed {w} tokens, the window the codebooks were calibrated on: post-RoPE keys at "
+                f"later positions were never seen by k-means and quantize worse (retrieval can fail); calibrate "
+                f"with --window at least the longest context you serve", stacklevel=2)
+        return out
 
     def kv_bytes(self) -> int:
         """Bytes of K/V held now (codes and full-precision windows; codebooks not counted)."""
