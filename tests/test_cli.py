@@ -256,6 +256,26 @@ def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_
     assert "PQ cache now:" in out
 
 
+def test_calibrate_with_metric_transform_then_generate(tiny_model_dir, text_file, tmp_path, capsys):
+    out_dir = tmp_path / "cbm"
+    rc, out, err = run(
+        ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
+         "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4", "--sinks", "1",
+         "--granularity", "layer_head", "--transform", "metric", "--device", "cpu", "--out", str(out_dir)],
+        capsys,
+    )
+    assert rc == 0, err
+    cb = Codebooks.load(out_dir)
+    assert cb.transforms is not None and cb.transforms["key"].shape == (2, 1, 64, 64)
+    assert cb.config.sink_length == 1 and cb.calibration["variant"]["transform"] == "metric"
+    rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(tiny_model_dir),
+                        "--codebooks", str(out_dir), "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert "PQ cache now:" in out
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--transform", "metric", "--pre-rope", "--out", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "--pre-rope" in one_line(err)
+
+
 def test_generate_with_codebooks_of_another_model(tiny_model_dir, tiny_codebooks_dir, capsys):
     rc, out, err = run(["generate", "w1 w2", "--raw", "--model", str(tiny_model_dir), "--codebooks", str(tiny_codebooks_dir), "--device", "cpu"], capsys)
     assert rc == 2

@@ -36,6 +36,8 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
             raise ValueError(f"PQ decode attention takes one query token, got {q_len}")
         starts = _starts_from_mask(attention_mask, B, query.device)
         q = query[:, :, 0]
+        if st.q_map is not None:
+            return _transformed(st, q, starts, scaling).to(query.dtype).unsqueeze(1), None
         args = (q, st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens, st.k_window, st.v_window, st.res_lens)
         if not st.sink_length:
             out = ops.pq_decode_attention(*args, starts, scaling)
@@ -54,6 +56,35 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _transformed(st, q: torch.Tensor, starts, scaling) -> torch.Tensor:
+    """Decode attention when the codes live in a transformed space (``PQState.q_map``): the codes are
+    attended with mapped queries and their output mapped back, the full-precision window and sinks with
+    the plain query; the three parts merge through their float32 log-sum-exp. Returns ``[B, H_q, D]``."""
+    B, Hq, D = q.shape
+    H = st.k_window.shape[1]
+    G = Hq // H
+    qm = torch.einsum("bhgd,hde->bhge", q.float().view(B, H, G, D), st.q_map.expand(H, D, D)).reshape(B, Hq, D)
+    if starts is None:
+        starts = torch.zeros(B, dtype=torch.int32, device=q.device)
+    main_starts = torch.clamp(starts, min=st.sink_length)
+    no_window = torch.zeros_like(st.res_lens)
+    o_pq, s_pq = ops.pq_decode_attention(qm.to(q.dtype), st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens,
+                                         st.k_window, st.v_window, no_window, main_starts, scaling, return_lse=True)
+    o_pq = torch.einsum("bhgd,hde->bhge", o_pq.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
+    # the window holds positions [pq_len, pq_len + res_len) of each sequence
+    j = torch.arange(st.k_window.shape[2], device=q.device)
+    pos = st.pq_lens[:, None] + j[None, :]
+    valid = (j[None, :] < st.res_lens[:, None]) & (pos >= main_starts[:, None])
+    o_w, s_w = ops.dense_attention_partial(q, st.k_window, st.v_window, valid, scaling)
+    out, s = ops.merge_state(o_pq, s_pq, o_w, s_w)
+    if st.sink_length:
+        i = torch.arange(st.sink_length, device=q.device)
+        valid = (i[None, :] < st.sink_lens[:, None]) & (i[None, :] >= starts[:, None])
+        o_s, s_s = ops.dense_attention_partial(q, st.k_sink, st.v_sink, valid, scaling)
+        out, _ = ops.merge_state(out, s, o_s, s_s)
+    return out
 
 
 def register() -> None:

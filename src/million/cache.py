@@ -39,7 +39,9 @@ class PQState:
     k_codes, v_codes: ``[B, H_kv, capacity, M]``; k_centroids, v_centroids: ``[Hc, M, ksub, dsub]``;
     pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``; k_sink, v_sink:
     ``[B, H_kv, S, D]`` full-precision copies of positions ``[0, S)`` (``S = sink_length``, may be 0),
-    of which the first ``sink_lens[b]`` are filled.
+    of which the first ``sink_lens[b]`` are filled. With transforms (see :class:`~million.codebook.Codebooks`):
+    ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps
+    the codes' attention output back; the window and sinks hold untransformed K/V.
     """
 
     k_codes: torch.Tensor
@@ -54,6 +56,8 @@ class PQState:
     v_sink: torch.Tensor | None = None
     sink_lens: torch.Tensor | None = None
     sink_length: int = 0
+    q_map: torch.Tensor | None = None
+    v_inverse: torch.Tensor | None = None
 
 
 class MillionLayer(CacheLayerMixin):
@@ -63,10 +67,13 @@ class MillionLayer(CacheLayerMixin):
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, config: PQConfig, k_centroids: torch.Tensor, v_centroids: torch.Tensor, max_cache_len: int | None = None):
+    def __init__(self, config: PQConfig, k_centroids: torch.Tensor, v_centroids: torch.Tensor, max_cache_len: int | None = None,
+                 transforms: tuple | None = None):
         super().__init__()
         self.config = config
         self._kc_src, self._vc_src = k_centroids, v_centroids
+        self._tr_src = transforms  # (key, key_inverse, value, value_inverse) [H_kv, D, D] or None
+        self.transforms = None
         self.max_cache_len = max_cache_len
         self.pq_len = 0  # committed code positions
         self.sink_len = 0  # positions [0, sink_len) copied to the sink buffers
@@ -88,6 +95,12 @@ class MillionLayer(CacheLayerMixin):
         cent_dtype = torch.float32 if key_states.dtype == torch.float32 else key_states.dtype
         self.k_centroids = self._kc_src.to(self.device, cent_dtype).contiguous()
         self.v_centroids = self._vc_src.to(self.device, cent_dtype).contiguous()
+        if self._tr_src is not None:
+            kt, kti, vt, vti = (t.to(self.device, torch.float32) for t in self._tr_src)
+            if kt.shape[0] != H:
+                raise ValueError(f"transforms have {kt.shape[0]} heads per layer but the model has {H} KV heads")
+            # q . k = (q @ kti^T) . (k @ kt): queries meet the codes through kti^T
+            self.transforms = (kt, kti, vt, vti, kti.transpose(-1, -2).contiguous())
         R, M = self.config.residual_length, self.config.M
         cap = self.max_cache_len if self.max_cache_len is not None else 4 * R
         cdt = self.config.code_dtype
@@ -146,6 +159,10 @@ class MillionLayer(CacheLayerMixin):
 
     def _encode_into(self, k: torch.Tensor, v: torch.Tensor, at: int) -> None:
         n = k.shape[2]
+        if self.transforms is not None:
+            kt, _, vt, _, _ = self.transforms
+            k = torch.einsum("bhtd,hde->bhte", k.float(), kt)
+            v = torch.einsum("bhtd,hde->bhte", v.float(), vt)
         self.k_codes[:, :, at : at + n] = ops.pq_encode(k, self.k_centroids)
         self.v_codes[:, :, at : at + n] = ops.pq_encode(v, self.v_centroids)
 
@@ -222,8 +239,15 @@ class MillionLayer(CacheLayerMixin):
 
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection)."""
-        kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, self.dtype)
-        vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, self.dtype)
+        if self.transforms is None:
+            kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, self.dtype)
+            vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, self.dtype)
+        else:
+            _, kti, _, vti, _ = self.transforms
+            kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, torch.float32)
+            vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, torch.float32)
+            kd = torch.einsum("bhtd,hde->bhte", kd, kti).to(self.dtype)
+            vd = torch.einsum("bhtd,hde->bhte", vd, vti).to(self.dtype)
         s = min(self.sink_len, self.pq_len)
         if s:  # sink positions are attended in full precision
             kd[:, :, :s] = self.k_sink[:, :, :s]
@@ -254,6 +278,7 @@ class MillionLayer(CacheLayerMixin):
         state = PQState(
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
+            *((self.transforms[4], self.transforms[3]) if self.transforms is not None else ()),
         )
         return state, state
 
@@ -343,7 +368,7 @@ class MillionCache(Cache):
         layers = []
         for i in range(n):
             kc, vc = codebooks.for_layer(i)
-            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len))
+            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i)))
         super().__init__(layers=layers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):

@@ -67,6 +67,8 @@ def cmd_calibrate(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
+    if args.transform != "none" and args.pre_rope:
+        raise ValueError(f"--transform {args.transform} works on post-RoPE keys; drop --pre-rope or use --transform none")
     cfg = AutoConfig.from_pretrained(src.path, **src.kwargs())
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual,
@@ -77,8 +79,18 @@ def cmd_calibrate(args) -> int:
     model, tok = load_model(src, dtype=torch.float32 if device == "cpu" else torch.float16, device=device)
     print(f"calibrating {src.name}: {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = {pq.bits_per_element:g} bits/element, "
           f"{pq.granularity} codebooks, on {args.tokens} tokens of {args.text}", file=sys.stderr)
-    cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,
-                   seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name)
+    if args.transform == "none":
+        cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,
+                       seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name)
+    else:
+        from .eval.calibdata import collect
+        from .pq_variants import PQVariant, to_codebooks, train_variant
+
+        data = collect(model, tok, text, tokens=args.tokens, window=args.window, text_name=args.text, progress=True)
+        var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
+                        transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed)
+        cb = to_codebooks(train_variant(data, var, progress=True, device=device), model.config, pq.residual_length)
+        cb.model["name"] = src.name
     cb.save(out)
     print(cb.describe())
     print(f"saved to {out} in {time.time() - t0:.0f} s")
@@ -163,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--residual", type=_positive("--residual"), default=128, help="full-precision window length R (default 128)")
     c.add_argument("--sinks", type=int, default=0, help="first tokens kept in full precision (attention sinks, default 0)")
     c.add_argument("--pre-rope", action="store_true", help="capture keys before RoPE (for comparisons)")
+    c.add_argument("--transform", choices=("none", "metric", "hadamard"), default="none",
+                   help="train the codes in a transformed space the cache folds into queries and outputs: 'metric' "
+                        "(the error attention and o_proj see; measured better, docs/quality.md) or 'hadamard' (default none)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     c.add_argument("--force", action="store_true", help="overwrite a non-empty --out")

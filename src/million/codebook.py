@@ -56,6 +56,10 @@ class Codebooks:
     key_centroids, value_centroids : float32 ``[Lg, Hg, M, ksub, dsub]``
     model : dict, the :func:`model_identity` of the model they were trained on (plus ``name``)
     calibration : dict, how they were trained (text, tokens, samples, seed, iterations, distortion, pre_rope)
+    transforms : optional dict of float32 ``[L, H_kv, D, D]`` tensors ``key``, ``key_inverse``, ``value``,
+        ``value_inverse`` (row-vector convention): the codes quantize ``k @ key`` and ``v @ value``;
+        attention uses ``q @ key_inverse^T`` on the codes and maps their output back with
+        ``value_inverse`` (e.g. the attention-metric transforms of :mod:`million.pq_variants`)
     """
 
     config: PQConfig
@@ -63,6 +67,7 @@ class Codebooks:
     value_centroids: torch.Tensor
     model: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    transforms: dict | None = None
 
     def __post_init__(self):
         c = self.config
@@ -82,6 +87,17 @@ class Codebooks:
             want = granularity_shape(c.granularity, self.model["num_hidden_layers"], self.model["num_key_value_heads"])
             if (Lg, Hg) != want:
                 raise ValueError(f"granularity {c.granularity!r} needs centroids [{want[0]}, {want[1]}, ...], got [{Lg}, {Hg}, ...]")
+        if self.transforms is not None:
+            names = {"key", "key_inverse", "value", "value_inverse"}
+            if set(self.transforms) != names:
+                raise ValueError(f"transforms must have exactly the keys {sorted(names)}, got {sorted(self.transforms)}")
+            shapes = {tuple(t.shape) for t in self.transforms.values()}
+            sh = next(iter(shapes))
+            if len(shapes) != 1 or len(sh) != 4 or sh[2:] != (c.head_dim, c.head_dim):
+                raise ValueError(f"transforms must all be [L, H_kv, {c.head_dim}, {c.head_dim}], got {sorted(shapes)}")
+            if self.model and sh[:2] != (self.model["num_hidden_layers"], self.model["num_key_value_heads"]):
+                raise ValueError(f"transforms are [{sh[0]}, {sh[1]}, ...] but the model has {self.model['num_hidden_layers']} "
+                                 f"layers and {self.model['num_key_value_heads']} KV heads")
 
     @property
     def num_layers(self) -> int | None:
@@ -98,13 +114,22 @@ class Codebooks:
             li = layer_idx
         return self.key_centroids[li], self.value_centroids[li]
 
+    def transforms_for_layer(self, layer_idx: int) -> tuple | None:
+        """``(key, key_inverse, value, value_inverse)``, each ``[H_kv, D, D]``, or None without transforms."""
+        if self.transforms is None:
+            return None
+        t = self.transforms
+        return tuple(t[n][layer_idx] for n in ("key", "key_inverse", "value", "value_inverse"))
+
     def to(self, device=None, dtype=None) -> "Codebooks":
+        tr = None if self.transforms is None else {n: t.to(device=device) for n, t in self.transforms.items()}
         return Codebooks(
             self.config,
             self.key_centroids.to(device=device, dtype=dtype),
             self.value_centroids.to(device=device, dtype=dtype),
             dict(self.model),
             dict(self.calibration),
+            tr,
         )
 
     @property
@@ -132,10 +157,10 @@ class Codebooks:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"key_centroids": self.key_centroids.float().contiguous().cpu(), "value_centroids": self.value_centroids.float().contiguous().cpu()},
-            str(d / TENSORS_FILE),
-        )
+        tensors = {"key_centroids": self.key_centroids.float().contiguous().cpu(), "value_centroids": self.value_centroids.float().contiguous().cpu()}
+        for n, t in (self.transforms or {}).items():
+            tensors[f"transform_{n}"] = t.float().contiguous().cpu()
+        save_file(tensors, str(d / TENSORS_FILE))
         meta = {
             "format": "million-codebooks",
             "format_version": FORMAT_VERSION,
@@ -164,7 +189,9 @@ class Codebooks:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"codebook format version {meta.get('format_version')} is not supported; this million reads {FORMAT_VERSION}")
         t = load_file(str(d / TENSORS_FILE), device=str(device))
-        return cls(PQConfig.from_dict(meta["config"]), t["key_centroids"], t["value_centroids"], meta.get("model", {}), meta.get("calibration", {}))
+        tr = {n[len("transform_"):]: v for n, v in t.items() if n.startswith("transform_")} or None
+        return cls(PQConfig.from_dict(meta["config"]), t["key_centroids"], t["value_centroids"], meta.get("model", {}),
+                   meta.get("calibration", {}), tr)
 
     def describe(self) -> str:
         c = self.config
@@ -174,6 +201,9 @@ class Codebooks:
             f"PQ           : M={c.M} subspaces x dsub={c.dsub}, nbits={c.nbits} (ksub={c.ksub}), {c.bits_per_element:g} bits/element",
             f"granularity  : {c.granularity}  centroids {list(self.key_centroids.shape)} (K and V)",
             f"residual     : {c.residual_length} tokens fp16;  sinks: {c.sink_length}",
+            f"transforms   : " + ("none" if self.transforms is None else
+                                  f"{(self.calibration.get('variant') or {}).get('transform', 'yes')} "
+                                  f"(per layer and KV head, folded into queries and outputs)"),
             f"codebook size: {self.nbytes / 2**20:.2f} MiB (fp16)",
         ]
         cal = self.calibration

@@ -540,7 +540,8 @@ def train_variant(calib, variant: PQVariant, progress: bool = False, device=None
         vis = [vR[l].transpose(-1, -2) for l in range(L)]
     per_layer = lambda c: [c[l if Lg > 1 else 0] for l in range(L)]  # noqa: E731
     cb = PQVariantCodebooks(variant, per_layer(kc), per_layer(vc), ks, kis, vs, vis)
-    cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, **distortion(cb, calib)}
+    cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, "window": calib.window, "pre_rope": False,
+               **distortion(cb, calib)}
     return cb
 
 
@@ -626,3 +627,41 @@ def distortion(cb: PQVariantCodebooks, calib, max_tokens: int = 2048) -> dict:
     if f is not None:
         out.update({"pred_dnll_k": pk, "pred_dnll_v": pv})
     return out
+
+
+def to_codebooks(cb: PQVariantCodebooks, model_config, residual_length: int = 128) -> "Codebooks":
+    """A :class:`~million.codebook.Codebooks` that :class:`million.MillionCache` serves, from trained variant
+    codebooks: centroids, sinks and the per-(layer, head) transforms (metric, Hadamard, OPQ or Fisher),
+    which the cache applies when it encodes and folds into the query and the output when it attends.
+
+    Needs uniform subspaces (``alloc="uniform"``) with the same code width and subspace size for keys
+    and values (one :class:`~million.config.PQConfig`).
+    """
+    from .codebook import Codebooks, model_identity
+    from .config import PQConfig
+
+    v = cb.variant
+    if v.alloc != "uniform":
+        raise ValueError(f"alloc {v.alloc!r} is evaluation-only: MillionCache needs alloc='uniform' (one subspace size and code width)")
+    if (v.k_nbits, v.k_dsub) != (v.v_nbits, v.v_dsub):
+        raise ValueError(f"keys ({v.k_nbits} bits, dsub {v.k_dsub}) and values ({v.v_nbits} bits, dsub {v.v_dsub}) differ; "
+                         "MillionCache needs the same code width and subspace size for both")
+    L = len(cb.key_centroids)
+    D = cb.key_centroids[0].shape[-1] * cb.key_centroids[0].shape[-3]
+    pq = PQConfig(head_dim=D, M=D // v.k_dsub, nbits=v.k_nbits, residual_length=residual_length, granularity=v.granularity,
+                  sink_length=v.sinks)
+    Lg = 1 if v.granularity == "merged" else L
+    kc = torch.stack([cb.key_centroids[l].float() for l in range(Lg)])
+    vc = torch.stack([cb.value_centroids[l].float() for l in range(Lg)])
+    tr = None
+    if cb.key_transform is not None:
+        H = geometry_heads(model_config)
+        st = lambda xs: torch.stack([x.float().expand(H, D, D) for x in xs]).contiguous()  # noqa: E731
+        tr = {"key": st(cb.key_transform), "key_inverse": st(cb.key_inverse),
+              "value": st(cb.value_transform), "value_inverse": st(cb.value_inverse)}
+    cal = {**(cb.info or {}), "variant": v.to_dict()}
+    return Codebooks(pq, kc, vc, model_identity(model_config), cal, tr)
+
+
+def geometry_heads(config) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
