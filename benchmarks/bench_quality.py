@@ -140,8 +140,9 @@ class Bench:
 
             # Fisher statistics (a backward pass keeping every layer's attention) only on short windows:
             # on 8K windows they need > 80 GB; the variants calibrated there use no Fisher statistics
+            # (and no attention mass there either: only the 'attn'-weighted variants, all on 2K windows, use it)
             self._calib[tokens, window] = load_or_collect(self.model, self.tok, "squad", tokens, window, model_name="smollm2",
-                                                          fisher=window <= 2048)
+                                                          fisher=window <= 2048, attention=window <= 2048)
         return self._calib[tokens, window]
 
     # -- methods -------------------------------------------------------------------------------------

@@ -244,6 +244,17 @@ def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib
         PQHitter(2, PQMethod(1.5, pq.variant)).fit(model, lambda: calib)
 
 
+def test_collect_without_attention_mass_gives_the_same_statistics(model, calib):
+    lean = collect(model, CharTokenizer(), TEXT, tokens=1024, window=256, attention=False)
+    assert lean.attn is None
+    for a, b in zip(lean.q_moment + lean.keys_pre + lean.values, calib.q_moment + calib.keys_pre + calib.values):
+        torch.testing.assert_close(a, b)
+    from million.pq_variants import train_variant
+
+    with pytest.raises(ValueError, match="attention mass"):
+        train_variant(lean, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, weighting="attn", iters=2, samples=512))
+
+
 # -- needle ------------------------------------------------------------------------------------------
 def test_needle_prompt():
     tok = CharTokenizer()

@@ -86,7 +86,7 @@ def cmd_calibrate(args) -> int:
         from .eval.calibdata import collect
         from .pq_variants import PQVariant, to_codebooks, train_variant
 
-        data = collect(model, tok, text, tokens=args.tokens, window=args.window, text_name=args.text, progress=True)
+        data = collect(model, tok, text, tokens=args.tokens, window=args.window, text_name=args.text, progress=True, attention=False)
         var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
                         transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed)
         cb = to_codebooks(train_variant(data, var, progress=True, device=device), model.config, pq.residual_length)

@@ -487,6 +487,8 @@ def train_variant(calib, variant: PQVariant, progress: bool = False, device=None
     vals = [calib.values[l][:, keep] for l in range(L)]
     ws = wv = None
     if variant.weighting == "attn":
+        if calib.attn is None:
+            raise ValueError("weighting 'attn' needs the attention mass of the calibration keys: collect(..., attention=True)")
         ws = [a[:, keep] for a in calib.attn]
         ws = wv = [w / w.mean().clamp_min(1e-12) for w in ws]
     elif variant.weighting == "fisher":

@@ -54,7 +54,7 @@ class CalibData:
     keys_pre, values : per layer ``[H_kv, N, D]``
     positions : ``[N]`` position of each sample inside its window
     cos, sin : ``[N, D]`` RoPE factors of each sample
-    attn : per layer ``[H_kv, N]`` mean attention probability the key received
+    attn : per layer ``[H_kv, N]`` mean attention probability the key received (None if not collected)
     q_moment : per layer ``[H_kv, D, D]`` ``E[q^T q]`` of its post-RoPE queries
     o_moment : per layer ``[H_kv, D, D]`` ``sum_g W_o[g]^T W_o[g]`` over the query heads ``g`` that read
         the KV head (``W_o[g]`` the ``[hidden, D]`` block of ``o_proj`` for head ``g``): the metric in
@@ -87,8 +87,11 @@ class CalibData:
 
 @torch.no_grad()
 def collect(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048, text_name: str = "text",
-            progress: bool = False, query_chunk: int = 512) -> CalibData:
-    """Run ``model`` over the first ``tokens`` tokens of ``text`` and gather :class:`CalibData`."""
+            progress: bool = False, query_chunk: int = 512, attention: bool = True) -> CalibData:
+    """Run ``model`` over the first ``tokens`` tokens of ``text`` and gather :class:`CalibData`.
+
+    ``attention=False`` skips the attention mass each key receives (``attn`` is then None; only the
+    ``weighting="attn"`` PQ variants need it), which is most of the CPU time on long windows."""
     if tokens < 1 or window < 2:
         raise ValueError(f"tokens must be >= 1 and window >= 2, got tokens={tokens}, window={window}")
     L, H, Hq, D = geometry(model.config)
@@ -133,6 +136,8 @@ def collect(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048
                 vs[li].append(v)
                 qg = qr.reshape(H, G * T, D)
                 qm[li] += torch.einsum("htd,hte->hde", qg, qg) / G
+                if not attention:
+                    continue
                 mass = torch.zeros(H, T)
                 krg = kr.repeat_interleave(G, 0)  # [Hq, T, D]
                 for t0 in range(0, T, query_chunk):
@@ -151,7 +156,7 @@ def collect(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048
     cat = lambda xs: [torch.cat(x, 1) for x in xs]  # noqa: E731
     return CalibData(
         keys_pre=cat(kp), values=cat(vs), positions=torch.cat(pos), cos=torch.cat(coss), sin=torch.cat(sins),
-        attn=cat(at), q_moment=[x / nq for x in qm], o_moment=o_moments(model), text=text_name, window=window,
+        attn=cat(at) if attention else None, q_moment=[x / nq for x in qm], o_moment=o_moments(model), text=text_name, window=window,
     )
 
 
@@ -169,25 +174,28 @@ def o_moments(model) -> list:
 
 
 def load_or_collect(model, tokenizer, text_name: str = "squad", tokens: int = 16384, window: int = 2048,
-                    model_name: str = "model", cache: bool = True, progress: bool = False, fisher: bool = False) -> CalibData:
+                    model_name: str = "model", cache: bool = True, progress: bool = False, fisher: bool = False,
+                    attention: bool = True) -> CalibData:
     """:func:`collect` on the first ``tokens`` tokens of a named text, memoized on disk under the
     user cache directory (``$MILLION_CACHE`` or ``~/.cache/million``). With ``fisher`` the result
     also carries ``.fisher`` (:class:`FisherData` on the same tokens)."""
-    data = _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress)
+    data = _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress, attention)
     if fisher:
         data.fisher = load_or_collect_fisher(model, tokenizer, text_name, tokens, window, model_name, cache, progress)
     return data
 
 
-def _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress) -> CalibData:
+def _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress, attention=True) -> CalibData:
     from dataclasses import asdict
 
     from ..data import cache_dir, load_text
 
-    path = cache_dir() / "calib" / f"{model_name}-{Path(text_name).name}-{tokens}-{window}.pt"
+    suffix = "" if attention else "-noattn"
+    path = cache_dir() / "calib" / f"{model_name}-{Path(text_name).name}-{tokens}-{window}{suffix}.pt"
     if cache and path.is_file():
         return CalibData(**torch.load(path, weights_only=True))
-    data = collect(model, tokenizer, load_text(text_name), tokens=tokens, window=window, text_name=text_name, progress=progress)
+    data = collect(model, tokenizer, load_text(text_name), tokens=tokens, window=window, text_name=text_name, progress=progress,
+                   attention=attention)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(asdict(data), path)

@@ -281,6 +281,9 @@ class KVQuant(KVMethod):
                                  "(load_or_collect(..., fisher=True))")
             a = (f.weight_k if which == "k" else f.weight_v)[l][:, keep][:, idx]
         else:
+            if calib.attn is None:
+                raise ValueError("kvquant weighting 'attn' needs the attention mass of the calibration keys "
+                                 "(collect(..., attention=True))")
             a = calib.attn[l][:, keep][:, idx]
         return a / a.mean().clamp_min(1e-30)
 
