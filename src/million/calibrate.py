@@ -204,7 +204,7 @@ def calibrate(
     nbits: int = 8,
     granularity: str = "layer",
     tokens: int = 16384,
-    window: int = 8192,
+    window: int | None = None,
     samples: int = 8192,
     iters: int = 12,
     seed: int = 0,
@@ -216,7 +216,8 @@ def calibrate(
     """Train PQ codebooks for ``model`` on the first ``tokens`` tokens of ``text``.
 
     ``config`` defaults to ``PQConfig.from_bits(head_dim, bits, nbits, granularity=granularity)``.
-    The text runs in windows of ``window`` tokens: post-RoPE keys are only seen at positions below
+    The text runs in windows of ``window`` tokens (default: the model's ``max_position_embeddings``, at
+    most 8192): post-RoPE keys are only seen at positions below
     ``window``, and codebooks calibrated on short windows quantize keys at later positions badly
     (measured: 4-bit needle retrieval fails at 4K and 8K with 2K-token calibration windows), so make
     it at least the longest context the codebooks will serve.
@@ -227,6 +228,8 @@ def calibrate(
         config = PQConfig.from_bits(head_dim, bits, nbits=nbits, granularity=granularity)
     elif config.head_dim != head_dim:
         raise ValueError(f"config.head_dim={config.head_dim} does not match the model's head_dim={head_dim}")
+    if window is None:  # the longest context the model was trained for, up to 8192
+        window = min(8192, getattr(cfg, "max_position_embeddings", None) or 8192)
     if tokens < 1 or window < 1 or samples < 1 or iters < 1:
         raise ValueError(f"tokens, window, samples and iters must be positive (got {tokens}, {window}, {samples}, {iters})")
     windows = tokenize_windows(tokenizer, text, tokens, window)

@@ -86,7 +86,8 @@ def cmd_calibrate(args) -> int:
         from .eval.calibdata import collect
         from .pq_variants import PQVariant, to_codebooks, train_variant
 
-        data = collect(model, tok, text, tokens=args.tokens, window=args.window, text_name=args.text, progress=True, attention=False)
+        window = args.window or min(8192, getattr(model.config, "max_position_embeddings", None) or 8192)
+        data = collect(model, tok, text, tokens=args.tokens, window=window, text_name=args.text, progress=True, attention=False)
         var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
                         transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed)
         cb = to_codebooks(train_variant(data, var, progress=True, device=device), model.config, pq.residual_length)
@@ -166,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="codebook directory to write")
     c.add_argument("--text", default="squad", help="'squad' (default), 'essays' or a UTF-8 text file")
     c.add_argument("--tokens", type=_positive("--tokens"), default=16384, help="calibration tokens (default 16384)")
-    c.add_argument("--window", type=_positive("--window"), default=8192,
-                   help="tokens per forward (default 8192); post-RoPE keys are calibrated at positions below it, "
-                        "so make it at least the context the codebooks will serve")
+    c.add_argument("--window", type=_positive("--window"), default=None,
+                   help="tokens per forward (default: the model's max_position_embeddings, at most 8192); post-RoPE "
+                        "keys are calibrated at positions below it, so make it at least the context the codebooks will serve")
     c.add_argument("--samples", type=_positive("--samples"), default=8192, help="vectors per codebook for k-means (default 8192)")
     c.add_argument("--iters", type=_positive("--iters"), default=12, help="k-means iterations (default 12)")
     c.add_argument("--granularity", choices=GRANULARITIES, default="layer", help="codebook sharing (default layer)")
