@@ -83,12 +83,16 @@ def test_pq_decode_equals_dequantize_then_attention(family, granularity, sinks, 
         _step_logits(model, cache, tok, am)
     lay = cache.layers[0]
     assert lay.pq_len > 0 and lay.res_len >= 1
-    # reference: a DynamicCache holding exactly the dequantized cache contents
+    assert_step_matches_dequantized(model, cache, tok, am)
+
+
+def assert_step_matches_dequantized(model, cache, tok, am):
+    """One more decode step on ``cache`` equals SDPA over a DynamicCache holding exactly its dequantized contents."""
     ref_cache = DynamicCache(config=model.config)
     for i, layer in enumerate(cache.layers):
         k, v = layer.dequantize()
         ref_cache.update(k, v, i)
-    am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+    am = torch.cat([am, torch.ones(am.shape[0], 1, dtype=am.dtype)], 1)
     got = _step_logits(model, cache, tok, am)
     model.config._attn_implementation = "sdpa"
     try:

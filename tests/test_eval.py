@@ -195,19 +195,22 @@ def test_qhitter_keeps_budget_and_is_exact_when_keeping_all(model):
     assert len(out) == 3
 
 
-def test_qhitter_cache_respects_budget(model):
-    q = QHitter(2, chunk=16)
+def assert_cache_respects_budget(q, model, chunk=16):
     r = q.make_runner(model)
     cache = r._cache()
     hs = r._hooks()
     try:
         ids = ids_(100)
-        for t in range(0, 100, 16):
-            r._step(cache, ids[:, t : t + 16])
+        for t in range(0, 100, chunk):
+            r._step(cache, ids[:, t : t + chunk])
             assert cache.layers[0].k.shape[2] <= q.budget(r.seen)
     finally:
         for h in hs:
             h.remove()
+
+
+def test_qhitter_cache_respects_budget(model):
+    assert_cache_respects_budget(QHitter(2, chunk=16), model)
 
 
 def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib):
@@ -224,17 +227,7 @@ def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib
     x = torch.randn(1, 2, 9, D)
     assert torch.equal(m.qdq_key(0, x, 0), pq.qdq_key(0, x, 0))  # kept tokens are the PQ round trip
     assert torch.equal(m.qdq_key(0, x, 0)[:, :, 0], x[:, :, 0])  # the sink stays exact
-    r = m.make_runner(model)
-    cache = r._cache()
-    hs = r._hooks()
-    try:
-        ids = ids_(100)
-        for t in range(0, 100, 16):
-            r._step(cache, ids[:, t : t + 16])
-            assert cache.layers[0].k.shape[2] <= m.budget(r.seen)
-    finally:
-        for h in hs:
-            h.remove()
+    assert_cache_respects_budget(m, model)
     from million.eval.methods import Shape
 
     b = m.bits_breakdown(Shape.of(model.config), 2048)

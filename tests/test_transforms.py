@@ -4,7 +4,7 @@ and against the evaluation-side PQ round trip of the same trained variant."""
 
 import pytest
 import torch
-from test_cache import _step_logits, left_padded, tiny_codebooks, tiny_model
+from test_cache import _step_logits, assert_step_matches_dequantized, left_padded, tiny_codebooks, tiny_model
 from transformers import DynamicCache
 
 from million import MillionCache
@@ -37,18 +37,7 @@ def test_transformed_decode_equals_dequantize_then_attention(granularity, sinks,
         am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
         _step_logits(model, cache, tok, am)
     assert cache.layers[0].pq_len > 0 and cache.layers[0].res_len >= 1
-    ref_cache = DynamicCache(config=model.config)
-    for i, layer in enumerate(cache.layers):
-        k, v = layer.dequantize()
-        ref_cache.update(k, v, i)
-    am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
-    got = _step_logits(model, cache, tok, am)
-    model.config._attn_implementation = "sdpa"
-    try:
-        want = _step_logits(model, ref_cache, tok, am)
-    finally:
-        model.config._attn_implementation = "million"
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_step_matches_dequantized(model, cache, tok, am)
 
 
 def test_transforms_change_the_codes_and_round_trip_through_disk(tmp_path):

@@ -657,13 +657,12 @@ def to_codebooks(cb: PQVariantCodebooks, model_config, residual_length: int = 12
     vc = torch.stack([cb.value_centroids[l].float() for l in range(Lg)])
     tr = None
     if cb.key_transform is not None:
-        H = geometry_heads(model_config)
+        from .eval.calibdata import geometry
+
+        H = geometry(model_config)[1]
         st = lambda xs: torch.stack([x.float().expand(H, D, D) for x in xs]).contiguous()  # noqa: E731
         tr = {"key": st(cb.key_transform), "key_inverse": st(cb.key_inverse),
               "value": st(cb.value_transform), "value_inverse": st(cb.value_inverse)}
     cal = {**(cb.info or {}), "variant": v.to_dict()}
     return Codebooks(pq, kc, vc, model_identity(model_config), cal, tr)
 
-
-def geometry_heads(config) -> int:
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads

@@ -27,23 +27,18 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
 import os
-import shutil
-import subprocess
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from ._nvcc import CudaLibrary
+
 _SRC = Path(__file__).with_name("cuda") / "pq_encode.cu"
-_FLAGS = [
-    "-O3", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90",
-    "-Xcompiler", "-fPIC", "-shared",
-]
 _ENV = "MILLION_CUDA_ENCODE_LIB"
+_LIBRARY = CudaLibrary(_SRC, "million_pq_encode", _ENV)
 KINDS = ("pruned", "brute", "mma")
 GRID = 32  # cells per axis of the dsub-2 pruning grid
 _MG = 8  # subspaces per block (pq_encode.cu)
@@ -57,48 +52,9 @@ class _Args(ctypes.Structure):
         (n, ctypes.c_int) for n in ("B", "H", "T", "M", "Hc", "dsub", "dtype", "kind", "chunks", "G", "lcap", "opt")]
 
 
-def _nvcc() -> str | None:
-    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if cand and os.path.exists(cand):
-            return cand
-    return None
-
-
-def _cache_path() -> Path:
-    h = hashlib.sha256(_SRC.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "million" / "cuda"
-    return base / f"million_pq_encode_{h}.so"
-
-
-def build(path: str | os.PathLike | None = None) -> Path:
-    """Compile ``pq_encode.cu`` with nvcc into ``path`` (default: the user cache); returns the path."""
-    out = Path(path) if path is not None else _cache_path()
-    nvcc = _nvcc()
-    if nvcc is None:
-        raise RuntimeError(f"nvcc not found (set NVCC or {_ENV})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        subprocess.run([nvcc, *_FLAGS, "-o", tmp, str(_SRC)], check=True, capture_output=True, text=True)
-        os.replace(tmp, out)
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"nvcc failed:\n{e.stderr}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
 @functools.lru_cache(maxsize=None)
 def _lib():
-    env = os.environ.get(_ENV)
-    if env:
-        path = Path(env)
-    else:
-        path = _cache_path()
-        if not path.exists():
-            build(path)
+    path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_encode.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
     lib.million_pq_encode.restype = ctypes.c_int
@@ -110,17 +66,14 @@ def _lib():
 
 
 def available() -> bool:
-    """True when a CUDA device of compute capability >= 9.0 is present and the library can be loaded
-    or built (``MILLION_CUDA_ENCODE_LIB`` set, a cached build, or nvcc on the PATH)."""
-    try:
-        if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
-            return False
-    except Exception:
-        return False
-    env = os.environ.get(_ENV)
-    if env:
-        return os.path.exists(env)
-    return _cache_path().exists() or _nvcc() is not None
+    """True when a CUDA device of compute capability >= 9.0 is present and the library can be
+    loaded or built (MILLION_CUDA_ENCODE_LIB set, a cached build, or nvcc on the PATH)."""
+    return _LIBRARY.available()
+
+
+def build(path: str | os.PathLike | None = None) -> Path:
+    """Compile the kernels with nvcc into ``path`` (default: the user cache) and return the path."""
+    return _LIBRARY.build(path)
 
 
 def supports(x: torch.Tensor, centroids: torch.Tensor) -> bool:
