@@ -56,6 +56,9 @@ CASES = [
     (4, 8, 8, 128, 4, 333, 16, [333, 1, 0, 200], [0, 16, 3, 5], [0, 0, 0, 210], 1),
     (1, 32, 8, 128, 4, 4096, 256, [4096], [256], [0], 8),
     (2, 5, 5, 128, 2, 2048, 8, [0, 2048], [0, 1], [0, 2049], 1),
+    # windows that start inside the residual (r_lo > 0), more than one merge round (> 64 tokens)
+    (2, 8, 4, 128, 4, 500, 128, [500, 300], [100, 77], [520, 310], 1),
+    (3, 3, 3, 64, 2, 200, 128, [200, 17, 0], [128, 90, 65], [0, 20, 64], 1),
 ]
 
 
@@ -218,5 +221,59 @@ def test_lut_kernel_large_scores():
     ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
                                              vr.float(), res_lens, return_lse=True)
     out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, return_lse=True)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("warps", [8, 12, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(CASES) + len(LUT_CASES)))
+def test_mma_kernel_matches_naive(case, dtype, warps):
+    """The tensor-core partial kernel (MHA and GQA, fp16 and bf16, dsub 2 and 4, odd lengths, starts,
+    empty sequences), NaN-poisoned residual tails and a NaN-filled allocator, against the naive twin."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = (CASES + LUT_CASES)[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=300 + case)
+    for b in range(B):
+        kr[b, :, rl[b]:] = float("nan")
+        vr[b, :, rl[b]:] = float("nan")
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                             vr.float(), res_lens, starts, return_lse=True)
+    fin = torch.isfinite(ref_lse)
+    for splits in (None, 3):
+        torch.full((1 << 24,), float("nan"), device="cuda")
+        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
+                                          num_splits_override=splits, num_warps_override=warps, kernel_override="mma")
+        assert torch.isfinite(out.float()).all()
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
+        assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mma_kernel_large_scores(dtype):
+    """Peaked attention through the tensor-core kernel (fp32 scores from raw q, P rounded to 16 bits)."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    q, kc, vc, kcen, vcen, kr, vr = _make(1, 32, 8, 128, 4, 8192, 64, dtype, 1, seed=7)
+    q = q * 4
+    pq_lens = torch.tensor([8192], dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor([64], dtype=torch.int32, device="cuda")
+    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                             vr.float(), res_lens, return_lse=True)
+    out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, return_lse=True,
+                                      kernel_override="mma")
     torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=0)

@@ -34,7 +34,7 @@ class _Args(ctypes.Structure):
         "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
-        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps")] + [
+        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind")] + [
         ("scale_log2", ctypes.c_float)]
 
 
@@ -122,10 +122,43 @@ def lut_warps(q_dtype: torch.dtype, GB: int, D: int, M: int) -> int:
     return 16 if D // M == 2 else 12
 
 
-def _codes_ok(c: torch.Tensor) -> torch.Tensor:
-    if c.stride(3) != 1 or c.stride(2) % 4 or c.data_ptr() % 4:
+def _codes_ok(c: torch.Tensor, align: int = 4) -> torch.Tensor:
+    """Codes contiguous over (t, m) with ``align``-byte aligned rows (the tensor-core kernel loads up to
+    16 bytes of one row at once; the other kernels 4)."""
+    if c.stride(3) != 1 or c.stride(2) != c.shape[3] or c.data_ptr() % align or any(x % align for x in c.stride()[:3]):
         c = c.contiguous()
+        if c.data_ptr() % align:
+            c = c.clone()
     return c
+
+
+KERNELS = ("auto", "ffma", "lut", "mma")
+
+
+def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str | None = None) -> tuple[str, int]:
+    """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
+    one of ``ffma`` (float32 LUT / K-centroid FFMA kernel), ``lut`` (packed fp16 LUT, fp16 GQA only),
+    ``mma`` (tensor-core kernel: gathered centroids as mma.sync fragments); ``auto`` the measured
+    default per shape (docs/benchmarks.md)."""
+    kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
+    if kind not in KERNELS:
+        raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
+    mma_warps = int(os.environ.get("MILLION_CUDA_MMA_WARPS", "8"))
+    if kind == "mma":
+        return "mma", mma_warps
+    nw = lut_warps(q_dtype, GB, D, M)
+    if kind == "ffma" or (kind == "lut" and (q_dtype != torch.float16 or GB < 2)):
+        return "ffma", 0
+    if kind == "lut":
+        return "lut", nw or (16 if D // M == 2 else 12)
+    # auto, from the same-run A/B of 2026-11-23 (docs/benchmarks.md, "Tensor-core partial kernel"): MHA
+    # stays on the FFMA kernel (the tensor-core kernel's random-bank gathers make it 1.5x slower there),
+    # fp16 GQA 4-bit at d=128 on the packed LUT (equal within noise), fp16 GQA at 2 bits or d=64 on
+    # the tensor-core kernel (GQA 2-bit 32K 29.6 vs 31.8 us, SmolLM2 shape 2-bit 32K 15.6 vs 18.2 us).
+    # bf16 GQA was not timed and stays on the FFMA kernel.
+    if q_dtype == torch.float16 and GB >= 2 and (D == 64 or D // M == 4):
+        return "mma", mma_warps
+    return ("lut", nw) if nw else ("ffma", 0)
 
 
 def _rows_ok(r: torch.Tensor) -> torch.Tensor:
@@ -165,13 +198,17 @@ def pq_decode_attention(
     return_lse: bool = False,
     num_splits_override: int | None = None,
     num_warps_override: int | None = None,
+    kernel_override: str | None = None,
 ):
     """Decode attention over PQ codes plus the residual window (CUDA, shared-memory tables).
 
     Shapes and semantics of :func:`million.ops.naive.pq_decode_attention`. Lengths are read on the
     device (no host synchronization; CUDA-graph capturable). Unsupported inputs go to the Triton
-    kernel (or the naive reference). ``num_warps_override`` (tests, benchmarks): 0 forces the FFMA
-    partial kernel, 8 / 12 / 16 the packed-LUT kernel with that many warps (fp16 GQA only).
+    kernel (or the naive reference). ``kernel_override`` (tests, benchmarks; also ``$MILLION_CUDA_KERNEL``):
+    ``ffma``, ``lut`` or ``mma`` (see :func:`choose_kernel`). ``num_warps_override`` without a kernel
+    override: 0 forces the FFMA kernel, 8 / 12 / 16 the packed-LUT kernel with that many warps (fp16
+    GQA at d=128; other shapes take the FFMA kernel); with ``lut`` or ``mma``: that kernel's warps
+    (8, 12 or 16).
     """
     args = (q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
     if not supports(q, k_codes, v_codes, k_centroids, v_centroids, k_res, v_res):
@@ -187,14 +224,21 @@ def pq_decode_attention(
     if starts is None:
         starts = torch.zeros(B, dtype=torch.int32, device=dev)
     pq_lens, res_lens, starts = (t.to(device=dev, dtype=torch.int32).contiguous() for t in (pq_lens, res_lens, starts))
-    k_codes, v_codes = _codes_ok(k_codes), _codes_ok(v_codes)
+    kind, nw = choose_kernel(q.dtype, GB, D, M, kernel_override)
+    if num_warps_override is not None:
+        w = int(num_warps_override)
+        if kernel_override in (None, "auto") and not os.environ.get("MILLION_CUDA_KERNEL"):
+            # 0: the FFMA kernel, 8 / 12 / 16: the packed-LUT kernel where it applies (fp16 GQA, d=128)
+            if w not in (0, 8, 12, 16):
+                raise ValueError(f"num_warps_override={w}: expected 0, 8, 12 or 16")
+            kind, nw = ("lut", w) if (w and lut_warps(q.dtype, GB, D, M)) else ("ffma", 0)
+        elif kind in ("mma", "lut"):
+            if w not in (8, 12, 16):
+                raise ValueError(f"num_warps_override={w}: the {kind} kernel takes 8, 12 or 16 warps")
+            nw = w
+    k_codes, v_codes = _codes_ok(k_codes, 16 if kind == "mma" else 4), _codes_ok(v_codes, 16 if kind == "mma" else 4)
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
-    nw = lut_warps(q.dtype, GB, D, M)
-    if num_warps_override is not None and nw:
-        nw = int(num_warps_override)
-        if nw not in (0, 8, 12, 16):
-            raise ValueError(f"num_warps_override={nw}: expected 0, 8, 12 or 16")
     S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev, nw)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
@@ -210,6 +254,7 @@ def pq_decode_attention(
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
             B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
+            1 if kind == "mma" else 0,
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

@@ -37,7 +37,7 @@ struct PQArgs {
   long long skr_b, skr_h, skr_t;      // residual K (last dim contiguous)
   long long svr_b, svr_h, svr_t;
   long long so_b, so_h, so_d;
-  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps;
+  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind;  // kind 1: tensor-core partial kernel
   float scale_log2;
 };
 
@@ -678,50 +678,48 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
           p2[u][gp] = *reinterpret_cast<const uint32_t*>(&hp);
         }
     }
-    // ---- values: fp16 accumulation over this chunk's tokens, then float32 ----
-    __half2 hacc[4][GP][DSUB];
+    // ---- values: fp16 accumulation over this chunk's tokens, then float32. Each head's p is broadcast
+    // to both halves once per step and multiplies the centroid entry as stored (x = dims j, j+1), so
+    // hacc[bb][g][jj] holds head g's dims 2jj, 2jj+1: no per-lookup broadcast of centroid halves ----
+    constexpr int DH = DSUB / 2;  // half2 words per centroid entry
+    __half2 hacc[4][GB][DH];
 #pragma unroll
     for (int bb = 0; bb < 4; ++bb)
 #pragma unroll
-      for (int gp = 0; gp < GP; ++gp)
+      for (int g = 0; g < GB; ++g)
 #pragma unroll
-        for (int j = 0; j < DSUB; ++j) hacc[bb][gp][j] = __float2half2_rn(0.f);
+        for (int jj = 0; jj < DH; ++jj) hacc[bb][g][jj] = __float2half2_rn(0.f);
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
-      __half2 ps[GP];
+      __half2 pb[GB];
 #pragma unroll
       for (int gp = 0; gp < GP; ++gp) {
         const uint32_t x = __shfl_sync(FULL, p2[s / P][gp], h * W + (s % P));
-        ps[gp] = *reinterpret_cast<const __half2*>(&x);
+        const __half2 pp = *reinterpret_cast<const __half2*>(&x);
+        pb[2 * gp] = __low2half2(pp);
+        if (2 * gp + 1 < GB) pb[2 * gp + 1 < GB ? 2 * gp + 1 : 0] = __high2half2(pp);
       }
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
         const VEntry e = lds_entry<VEntry>(baseV[bb] + code * (M * (uint32_t)sizeof(VEntry)));
-        __half2 cv[DSUB];
-        if constexpr (DSUB == 2) {
-          const __half2 x = *reinterpret_cast<const __half2*>(&e);
-          cv[0] = __low2half2(x); cv[1] = __high2half2(x);
-        } else {
-          const __half2 x = *reinterpret_cast<const __half2*>(&e.x), y = *reinterpret_cast<const __half2*>(&e.y);
-          cv[0] = __low2half2(x); cv[1] = __high2half2(x); cv[2] = __low2half2(y); cv[3] = __high2half2(y);
-        }
+        const __half2* cv = reinterpret_cast<const __half2*>(&e);
 #pragma unroll
-        for (int gp = 0; gp < GP; ++gp)
+        for (int g = 0; g < GB; ++g)
 #pragma unroll
-          for (int j = 0; j < DSUB; ++j) hacc[bb][gp][j] = __hfma2(ps[gp], cv[j], hacc[bb][gp][j]);
+          for (int jj = 0; jj < DH; ++jj) hacc[bb][g][jj] = __hfma2(pb[g], cv[jj], hacc[bb][g][jj]);
       }
     }
     if (c + NW < nchunks) load(c + NW, vbase, vw);
 #pragma unroll
     for (int bb = 0; bb < 4; ++bb)
 #pragma unroll
-      for (int gp = 0; gp < GP; ++gp)
+      for (int g = 0; g < GB; ++g)
 #pragma unroll
-        for (int j = 0; j < DSUB; ++j) {
-          const float2 f = __half22float2(hacc[bb][gp][j]);
-          acc[bb][2 * gp][j] += f.x;
-          if (2 * gp + 1 < GB) acc[bb][2 * gp + 1 < GB ? 2 * gp + 1 : 0][j] += f.y;
+        for (int jj = 0; jj < DH; ++jj) {
+          const float2 f = __half22float2(hacc[bb][g][jj]);
+          acc[bb][g][2 * jj] += f.x;
+          acc[bb][g][2 * jj + 1] += f.y;
         }
   }
 
@@ -785,22 +783,358 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   }
 }
 
-// residual window (dense) + merge of the S partials; one block of 256 threads per (head, batch)
+// ---------------------------------------------------------------------------------------------
+// Tensor-core partial kernel (pq_partial_mma_kernel): fp16 or bf16, GB <= 4 query heads per block
+// (MHA too), dsub 2 or 4. Lane l = (gid = l / 4, tig = l % 4), the mma.sync m16n8k16 fragment roles.
+// K side: S^T[16 tokens x 8 heads] = Khat[16 x D] . Q^T[D x 8]: the A fragment of a token is its
+// gathered centroid entries (token gid / gid+8, the dims of subspaces (M/4)*tig + w: a dsub-2 entry
+// is exactly one A register, so a lookup is PRMT + IMAD + LDS and no float math); the B fragment is
+// the raw q of head gid (constant over the loop; scale applied to the fp32 scores); the lane's K
+// codes of a token are M/4 contiguous bytes (one 16-byte load at d=128, 4-bit). V side:
+// O^T[D x 8 heads] += Vhat^T[16 dims x 16 tokens] . P^T[16 tokens x 8 heads]: lane gid gathers the
+// entries of subspaces (M/8)*gid + r for tokens 2tig, 2tig+1, 2tig+8, 2tig+9 (two PRMT per pair of
+// entries build the A registers); P comes from the score fragments by 4 shuffles per 16 tokens.
+// Online softmax per head on the fragments (fp32), accumulators in fp32. Tables: [256][M] entries
+// per row, rows padded by 16 bytes (bank = 4*code + slot mod 32: a warp's gathers spread over
+// banks); slot orders put the 4 tig (K) / 8 gid (V) subspaces of one instruction in distinct banks.
+template <typename T> __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                                uint32_t a3, uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same<T, __half>::value) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+// code words of a lane for one token: NB bytes at byte offset `off` of the token's row
+template <int NB> struct CodeT;
+template <> struct CodeT<16> { using type = uint4; static constexpr int W = 4; };
+template <> struct CodeT<8> { using type = uint2; static constexpr int W = 2; };
+template <> struct CodeT<4> { using type = uint32_t; static constexpr int W = 1; };
+template <> struct CodeT<2> { using type = unsigned short; static constexpr int W = 1; };
+template <int NB> __device__ __forceinline__ void ld_codes(const uint8_t* p, uint32_t* w) {
+  if constexpr (NB == 16) { const uint4 v = __ldg(reinterpret_cast<const uint4*>(p)); w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w; }
+  else if constexpr (NB == 8) { const uint2 v = __ldg(reinterpret_cast<const uint2*>(p)); w[0] = v.x; w[1] = v.y; }
+  else if constexpr (NB == 4) { w[0] = __ldg(reinterpret_cast<const uint32_t*>(p)); }
+  else { w[0] = __ldg(reinterpret_cast<const unsigned short*>(p)); }
+}
+__device__ __forceinline__ uint32_t byte_of(const uint32_t* w, int j) {  // j compile-time after unrolling
+  return __byte_perm(w[j >> 2], 0u, 0x4440u | (uint32_t)(j & 3));
+}
+
+template <typename T, int D, int DSUB, int GB, int NW, bool PF>
+__global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs a) {
+  constexpr int M = D / DSUB, NT = NW * 32;
+  constexpr int ESZ = 2 * DSUB;                 // bytes per centroid entry
+  constexpr int ROWB = M * ESZ + 16;            // padded table row (one code)
+  constexpr int KB = M / 4, VB = M / 8;         // code bytes per lane and token: K, V
+  constexpr int KWN = (KB + 3) / 4, VWN = (VB + 3) / 4;
+  constexpr int NKT = D / 16;                   // K: mma k-tiles (16 dims) per token tile
+  constexpr int NVT = D / 16;                   // V: output dim tiles
+  constexpr int VR = M / 8;                     // V: subspaces per lane (= NVT for dsub 2, NVT/2 for dsub 4)
+  static_assert(GB >= 1 && GB <= 4, "GB");
+  using Entry = typename EntryT<DSUB>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* tabK = smem;
+  unsigned char* tabV = smem + 256 * ROWB;
+
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
+  const int G = a.Hq / a.Hkv;
+  const int hq0 = hkv * G + grp * GB;
+  const int start = max(a.starts[b], 0);
+  const int end = min(a.pq_lens[b], a.T);
+  const int n = max(end - start, 0);
+  int per = (n + a.S - 1) / a.S;
+  per = (per + 31) & ~31;
+  const int lo = start + split * per;
+  const int hi = min(lo + per, end);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
+
+  if (lo >= hi) {
+    for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
+    if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    return;
+  }
+
+  const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + KB * tig;
+  const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + VB * gid;
+  const int nchunks = (hi - lo + 31) / 32;
+  // K codes: token tile tt, rows gid (e=0) / gid+8 (e=1); V codes: tile tt, tokens 2tig, 2tig+1, 2tig+8, 2tig+9
+  // codes of the current chunk (kw, vw) and, with PF, of the warp's next chunk (kn, vn: loaded at the
+  // top of an iteration, a whole chunk of work ahead of their use)
+  uint32_t kw[2][2][KWN], vw[2][4][VWN];
+  uint32_t kn[2][2][KWN], vn[2][4][VWN];
+  auto loadK = [&](int c, uint32_t (&d)[2][2][KWN]) {
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const long long t = min(lo + c * 32 + 16 * tt + 8 * e + gid, hi - 1);
+        ld_codes<KB>(kbase + t * M, d[tt][e]);
+      }
+  };
+  auto loadV = [&](int c, uint32_t (&d)[2][4][VWN]) {
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const long long t = min(lo + c * 32 + 16 * tt + 2 * tig + (j & 1) + 8 * (j >> 1), hi - 1);
+        ld_codes<VB>(vbase + t * M, d[tt][j]);
+      }
+  };
+  int c = warp;
+  if (c < nchunks) { loadK(c, kw); loadV(c, vw); }
+
+  // ---- prologue: both centroid tables -> shared memory rows [code][slot] ----
+  {
+    const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
+    const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
+    constexpr int VEC = 16 / ESZ;
+    constexpr int TOTAL = M * 256 / VEC;
+    constexpr int ITERS = (TOTAL + NT - 1) / NT;
+    constexpr int UNR = ITERS < PRO_UNR ? ITERS : PRO_UNR;
+    for (int it0 = 0; it0 < ITERS; it0 += UNR) {
+      uint4 vk[UNR], vv[UNR];
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int idx = tid + (it0 + u) * NT;
+        if (idx < TOTAL) {
+          const int m = idx % M, k0 = (idx / M) * VEC;
+          const long long off = ((long long)m * 256 + k0) * DSUB;
+          vk[u] = __ldg(reinterpret_cast<const uint4*>(kcen + off));
+          vv[u] = __ldg(reinterpret_cast<const uint4*>(vcen + off));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UNR; ++u) {
+        const int idx = tid + (it0 + u) * NT;
+        if (idx < TOTAL) {
+          const int m = idx % M, k0 = (idx / M) * VEC;
+          const int sk = 4 * (m % KB) + m / KB;  // K: m = KB*tig + w -> slot 4w + tig
+          const int sv = 8 * (m % VB) + m / VB;  // V: m = VB*gid + r -> slot 8r + gid
+          const Entry* ek = reinterpret_cast<const Entry*>(&vk[u]);
+          const Entry* ev = reinterpret_cast<const Entry*>(&vv[u]);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            *reinterpret_cast<Entry*>(tabK + (k0 + v) * ROWB + sk * ESZ) = ek[v];
+            *reinterpret_cast<Entry*>(tabV + (k0 + v) * ROWB + sv * ESZ) = ev[v];
+          }
+        }
+      }
+    }
+  }
+  // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
+  uint32_t bq[D / 8];
+  {
+    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)(hq0 + gid) * a.sq_h;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      if (gid < GB) {
+        const long long d0 = (long long)((D / 4) * tig + 2 * j);
+        const T x0 = qb[d0 * a.sq_d], x1 = qb[(d0 + 1) * a.sq_d];
+        bq[j] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&x0)) |
+                ((uint32_t)(*reinterpret_cast<const unsigned short*>(&x1)) << 16);
+      } else {
+        bq[j] = 0u;
+      }
+    }
+  }
+  const uint32_t baseK = smem_addr(tabK) + tig * ESZ;  // + 4w*ESZ + code*ROWB
+  const uint32_t baseV = smem_addr(tabV) + gid * ESZ;  // + 8r*ESZ + code*ROWB
+  const uint32_t psel = (gid & 1) ? 0x7632u : 0x5410u;
+  const int srcA = (2 * tig) * 4 + (gid >> 1), srcB = srcA + 4;
+  __syncthreads();
+
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // heads 2tig, 2tig+1
+  float o[NVT][4];
+#pragma unroll
+  for (int r = 0; r < NVT; ++r)
+#pragma unroll
+    for (int z = 0; z < 4; ++z) o[r][z] = 0.f;
+
+  for (; c < nchunks; c += NW) {
+    const int t0 = lo + c * 32;
+    const bool more = c + NW < nchunks;
+    if (PF && more) { loadK(c + NW, kn); loadV(c + NW, vn); }
+    // ---- scores (log2 units): sc[tt][z] = token 16tt + gid (+8 for z >= 2), head 2tig + (z & 1) ----
+    float sc[2][4];
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt) {
+      float acc2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};  // even / odd k-tiles: two mma chains
+#pragma unroll
+      for (int r = 0; r < NKT; ++r) {
+        float (&acc)[4] = acc2[r & 1];
+        uint32_t a0, a1, a2, a3;
+        if constexpr (DSUB == 2) {
+          const int w0 = 2 * r, w1 = 2 * r + 1;
+          a0 = lds32(baseK + 4 * w0 * ESZ + byte_of(kw[tt][0], w0) * ROWB);
+          a1 = lds32(baseK + 4 * w0 * ESZ + byte_of(kw[tt][1], w0) * ROWB);
+          a2 = lds32(baseK + 4 * w1 * ESZ + byte_of(kw[tt][0], w1) * ROWB);
+          a3 = lds32(baseK + 4 * w1 * ESZ + byte_of(kw[tt][1], w1) * ROWB);
+        } else {
+          const uint2 e0 = lds64(baseK + 4 * r * ESZ + byte_of(kw[tt][0], r) * ROWB);
+          const uint2 e1 = lds64(baseK + 4 * r * ESZ + byte_of(kw[tt][1], r) * ROWB);
+          a0 = e0.x; a1 = e1.x; a2 = e0.y; a3 = e1.y;
+        }
+        mma_16816<T>(acc, a0, a1, a2, a3, bq[2 * r], bq[2 * r + 1]);
+      }
+#pragma unroll
+      for (int z = 0; z < 4; ++z) {
+        const bool ok = t0 + 16 * tt + gid + 8 * (z >> 1) < hi;
+        sc[tt][z] = ok ? (acc2[0][z] + acc2[1][z]) * a.scale_log2 : -INFINITY;
+      }
+    }
+    if (!PF && more) loadK(c + NW, kw);
+    // ---- online softmax per head (lanes of one tig share heads 2tig, 2tig+1) ----
+    uint32_t pk[2][2];  // [tt][row half]: half2 (head 2tig, head 2tig+1) of token gid / gid+8
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float cmax = fmaxf(fmaxf(sc[0][e], sc[0][e + 2]), fmaxf(sc[1][e], sc[1][e + 2]));
+#pragma unroll
+      for (int o2 = 4; o2 < 32; o2 <<= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o2));
+      const float mnew = fmaxf(m_run[e], cmax);  // finite: token t0 is valid
+      const float alpha = exp2f(m_run[e] - mnew);
+      m_run[e] = mnew;
+      l_run[e] *= alpha;
+#pragma unroll
+      for (int r = 0; r < NVT; ++r) { o[r][e] *= alpha; o[r][e + 2] *= alpha; }
+#pragma unroll
+      for (int tt = 0; tt < 2; ++tt) {
+        sc[tt][e] = exp2f(sc[tt][e] - mnew);
+        sc[tt][e + 2] = exp2f(sc[tt][e + 2] - mnew);
+        l_run[e] += sc[tt][e] + sc[tt][e + 2];
+      }
+    }
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt) {
+      pk[tt][0] = pack2<T>(sc[tt][0], sc[tt][1]);
+      pk[tt][1] = pack2<T>(sc[tt][2], sc[tt][3]);
+    }
+    // ---- values ----
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt) {
+      const uint32_t xa = __shfl_sync(FULL, pk[tt][0], srcA), xb = __shfl_sync(FULL, pk[tt][0], srcB);
+      const uint32_t ya = __shfl_sync(FULL, pk[tt][1], srcA), yb = __shfl_sync(FULL, pk[tt][1], srcB);
+      const uint32_t b0 = gid < GB ? __byte_perm(xa, xb, psel) : 0u;
+      const uint32_t b1 = gid < GB ? __byte_perm(ya, yb, psel) : 0u;
+#pragma unroll
+      for (int r = 0; r < VR; ++r) {
+        if constexpr (DSUB == 2) {
+          const uint32_t e0 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][0], r) * ROWB);
+          const uint32_t e1 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][1], r) * ROWB);
+          const uint32_t e2 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][2], r) * ROWB);
+          const uint32_t e3 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][3], r) * ROWB);
+          mma_16816<T>(o[r], __byte_perm(e0, e1, 0x5410u), __byte_perm(e0, e1, 0x7632u), __byte_perm(e2, e3, 0x5410u),
+                       __byte_perm(e2, e3, 0x7632u), b0, b1);
+        } else {
+          const uint2 e0 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][0], r) * ROWB);
+          const uint2 e1 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][1], r) * ROWB);
+          const uint2 e2 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][2], r) * ROWB);
+          const uint2 e3 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][3], r) * ROWB);
+          mma_16816<T>(o[2 * r], __byte_perm(e0.x, e1.x, 0x5410u), __byte_perm(e0.x, e1.x, 0x7632u),
+                       __byte_perm(e2.x, e3.x, 0x5410u), __byte_perm(e2.x, e3.x, 0x7632u), b0, b1);
+          mma_16816<T>(o[2 * r + 1], __byte_perm(e0.y, e1.y, 0x5410u), __byte_perm(e0.y, e1.y, 0x7632u),
+                       __byte_perm(e2.y, e3.y, 0x5410u), __byte_perm(e2.y, e3.y, 0x7632u), b0, b1);
+        }
+      }
+    }
+    if (PF) {
+      if (more) {
+#pragma unroll
+        for (int tt = 0; tt < 2; ++tt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+#pragma unroll
+            for (int x = 0; x < KWN; ++x) kw[tt][e][x] = kn[tt][e][x];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int x = 0; x < VWN; ++x) vw[tt][j][x] = vn[tt][j][x];
+        }
+      }
+    } else if (more) {
+      loadV(c + NW, vw);
+    }
+  }
+
+  // ---- epilogue: l over the 8 gid lanes; per-warp (o, m, l) through shared memory ----
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+#pragma unroll
+    for (int o2 = 4; o2 < 32; o2 <<= 1) l_run[e] += __shfl_xor_sync(FULL, l_run[e], o2);
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem);  // [NW][GB][D]
+  float* wm = red + NW * GB * D;
+  float* wl = wm + NW * GB;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int g = 2 * tig + e;
+    if (g < GB) {
+#pragma unroll
+      for (int r = 0; r < NVT; ++r) {
+        int d0, d1;  // output dims of rows gid, gid+8 of dim tile r
+        if constexpr (DSUB == 2) { d0 = 2 * (VB * gid + r); d1 = d0 + 1; }
+        else { d0 = 4 * (VB * gid + (r >> 1)) + 2 * (r & 1); d1 = d0 + 1; }
+        red[(warp * GB + g) * D + d0] = o[r][e];
+        red[(warp * GB + g) * D + d1] = o[r][e + 2];
+      }
+      if (gid == 0) { wm[warp * GB + g] = m_run[e]; wl[warp * GB + g] = l_run[e]; }
+    }
+  }
+  __syncthreads();
+  for (int x = tid; x < GB * D; x += NT) {
+    const int g = x / D, d = x % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
+    float L = 0.f, ov = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = exp2f(wm[w * GB + g] - mx);  // 0 for a warp without chunks (m = -inf)
+      L += wl[w * GB + g] * f;
+      ov += red[(w * GB + g) * D + d] * f;
+    }
+    a.o_part[(prow + (long long)g * a.S) * D + d] = ov / L;
+    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
+  }
+}
+
+// residual window (dense) + merge of the S partials; one block of NWM warps per (q head, batch).
+// Residual: warp w takes tokens r_lo + w*RT + k*NWM*RT (RT = 16 per round); lane l owns the EV = D/32
+// consecutive elements l*EV.. of every row, so each token's K and V rows are one coalesced warp load
+// and all 2*RT rows of a round are in flight at once (with q). Scores: per-lane partial dots reduced
+// by a transposing butterfly (lane t & 15 ends with token t's score). 4 warps and <= 128 registers so
+// that a merge block fits beside a 12-warp partial block: with programmatic dependent launch the
+// residual part runs while the partial kernel still runs. After griddepcontrol.wait every thread
+// merges its output element over the S partials on its own (the lse values are broadcast loads):
+// one global round trip and no barrier after the wait.
 template <typename T, int D>
-__global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
-  constexpr int NWM = 8, EV = D / 32;  // each lane owns EV consecutive output elements
+__global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
+  constexpr int NWM = 4, EV = D / 32, RT = 16;
   using VT = typename std::conditional<EV == 4, uint2, uint32_t>::type;
   const int hq = blockIdx.x, b = blockIdx.y;
   const int G = a.Hq / a.Hkv, hkv = hq / G;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  __shared__ float qs[D];
   __shared__ float wacc[NWM][D];
   __shared__ float wm[NWM], wl[NWM];
-  __shared__ float ws[1024];
-  __shared__ float red[NWM];
-  const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq * a.sq_h;
-  for (int d = tid; d < D; d += 256) qs[d] = Cvt<T>::f(qb[(long long)d * a.sq_d]) * a.scale_log2;
-  __syncthreads();
 
   const int plen = a.pq_lens[b];
   const int r_end = min(a.res_lens[b], a.R);
@@ -810,53 +1144,76 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
   for (int e = 0; e < EV; ++e) acc[e] = 0.f;
   const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
   const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
-  for (int j0 = r_lo + warp * 32; j0 < r_end; j0 += NWM * 32) {
-    const int j = j0 + lane;
-    const uint4* row = reinterpret_cast<const uint4*>(kr + (long long)min(j, r_end - 1) * a.skr_t);
-    float dot = 0.f;
+  int j0 = r_lo + warp * RT;
+  if (j0 < r_end) {
+    float qv[EV];
+    {
+      const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq * a.sq_h;
 #pragma unroll
-    for (int u = 0; u < D / 8; ++u) {
-      uint4 w = __ldg(row + u);
-      const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+      for (int e = 0; e < EV; ++e) qv[e] = Cvt<T>::f(qb[(long long)(lane * EV + e) * a.sq_d]) * a.scale_log2;
+    }
+    for (; j0 < r_end; j0 += NWM * RT) {
+      VT kk[RT], vv[RT];
 #pragma unroll
-      for (int z = 0; z < 4; ++z) {
-        float2 f = Cvt<T>::pair(ww[z]);
-        dot = fmaf(f.x, qs[u * 8 + 2 * z], dot);
-        dot = fmaf(f.y, qs[u * 8 + 2 * z + 1], dot);
+      for (int t = 0; t < RT; ++t) {
+        const long long j = min(j0 + t, r_end - 1);
+        kk[t] = __ldg(reinterpret_cast<const VT*>(kr + j * a.skr_t) + lane);
       }
-    }
-    const float s = j < r_end ? dot : -INFINITY;
-    float cmax = s;
 #pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
-    if (cmax > m) {
-      const float alpha = exp2f(m - cmax);
-      l *= alpha;
+      for (int t = 0; t < RT; ++t) {
+        const long long j = min(j0 + t, r_end - 1);
+        vv[t] = __ldg(reinterpret_cast<const VT*>(vr + j * a.svr_t) + lane);
+      }
+      float part[RT][1];
 #pragma unroll
-      for (int e = 0; e < EV; ++e) acc[e] *= alpha;
-      m = cmax;
-    }
-    const float p = exp2f(s - m);
-    l += p;
-    VT vv[32];
+      for (int t = 0; t < RT; ++t) {
+        float x[EV];
+        if constexpr (EV == 4) {
+          const float2 u = Cvt<T>::pair(kk[t].x), w = Cvt<T>::pair(kk[t].y);
+          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
+        } else {
+          const float2 u = Cvt<T>::pair(kk[t]);
+          x[0] = u.x; x[1] = u.y;
+        }
+        float d = 0.f;
 #pragma unroll
-    for (int tt = 0; tt < 32; ++tt)
-      vv[tt] = __ldg(reinterpret_cast<const VT*>(vr + (long long)min(j0 + tt, r_end - 1) * a.svr_t) + lane);
+        for (int e = 0; e < EV; ++e) d = fmaf(x[e], qv[e], d);
+        part[t][0] = d;
+      }
+      butterfly<RT / 2, RT, 1>(part, lane);  // lane holds token (lane & 15) summed over its half-warp
+      const float dot = part[0][0] + __shfl_xor_sync(FULL, part[0][0], 16);
+      const float s = (j0 + (lane & 15) < r_end) ? dot : -INFINITY;
+      float cmax = s;
 #pragma unroll
-    for (int tt = 0; tt < 32; ++tt) {
-      const float pt = __shfl_sync(FULL, p, tt);
-      if constexpr (EV == 4) {
-        float2 x = Cvt<T>::pair(vv[tt].x), y = Cvt<T>::pair(vv[tt].y);
-        acc[0] = fmaf(pt, x.x, acc[0]); acc[1] = fmaf(pt, x.y, acc[1]);
-        acc[2] = fmaf(pt, y.x, acc[2]); acc[3] = fmaf(pt, y.y, acc[3]);
-      } else {
-        float2 x = Cvt<T>::pair(vv[tt]);
-        acc[0] = fmaf(pt, x.x, acc[0]); acc[1] = fmaf(pt, x.y, acc[1]);
+      for (int o = 8; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
+      if (cmax > m) {  // cmax is finite: token j0 is valid
+        const float alpha = exp2f(m - cmax);
+        l *= alpha;
+#pragma unroll
+        for (int e = 0; e < EV; ++e) acc[e] *= alpha;
+        m = cmax;
+      }
+      const float p = exp2f(s - m);
+      float ps = p;
+#pragma unroll
+      for (int o = 8; o >= 1; o >>= 1) ps += __shfl_xor_sync(FULL, ps, o);
+      l += ps;
+#pragma unroll
+      for (int t = 0; t < RT; ++t) {
+        const float pt = __shfl_sync(FULL, p, t);
+        float x[EV];
+        if constexpr (EV == 4) {
+          const float2 u = Cvt<T>::pair(vv[t].x), w = Cvt<T>::pair(vv[t].y);
+          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
+        } else {
+          const float2 u = Cvt<T>::pair(vv[t]);
+          x[0] = u.x; x[1] = u.y;
+        }
+#pragma unroll
+        for (int e = 0; e < EV; ++e) acc[e] = fmaf(pt, x[e], acc[e]);
       }
     }
   }
-#pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) l += __shfl_xor_sync(FULL, l, o);
 #pragma unroll
   for (int e = 0; e < EV; ++e) wacc[warp][lane * EV + e] = acc[e];
   if (lane == 0) { wm[warp] = m; wl[warp] = l; }
@@ -865,69 +1222,52 @@ __global__ void __launch_bounds__(256) pq_merge_kernel(const PQArgs a) {
   float mres = -INFINITY;
 #pragma unroll
   for (int w = 0; w < NWM; ++w) mres = fmaxf(mres, wm[w]);
-  float lres = 0.f;
+  float lres = 0.f, ores = 0.f;
+  const int d = tid;  // this thread's output element (D <= 128 threads)
+  if (mres > -INFINITY) {
 #pragma unroll
-  for (int w = 0; w < NWM; ++w) lres += wl[w] * exp2f(wm[w] - mres);
+    for (int w = 0; w < NWM; ++w) {
+      const float f = exp2f(wm[w] - mres);  // 0 for a warp without tokens
+      lres += wl[w] * f;
+      if (d < D) ores += wacc[w][d] * f;
+    }
+  }
   const float lse2_res = lres > 0.f ? mres + log2f(lres) : -INFINITY;
 
   // everything above (q, residual window) is independent of the partial kernel; wait for it here
   asm volatile("griddepcontrol.wait;" ::: "memory");
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
-  // the first MERGE_PF partials of this thread's output element are loaded now, in parallel with the
-  // lse reduction below (one global round trip instead of three)
-  float op[MERGE_PF];
+  const float* lp = a.lse_part + row * S;
+  const float* op = a.o_part + row * S * D + d;
+  float lv[MERGE_PF], ov[MERGE_PF];
 #pragma unroll
-  for (int s = 0; s < MERGE_PF; ++s) op[s] = (tid < D && s < S) ? a.o_part[(row * S + s) * D + tid] : 0.f;
-  float mx = lse2_res;
-  for (int s = tid; s < S; s += 256) {
-    const float v = a.lse_part[row * S + s] * LOG2E;
-    ws[s] = v;
-    mx = fmaxf(mx, v);
+  for (int s = 0; s < MERGE_PF; ++s) {
+    lv[s] = s < S ? lp[s] * LOG2E : -INFINITY;
+    ov[s] = (s < S && d < D) ? op[(long long)s * D] : 0.f;
   }
+  float mx = lse2_res;
 #pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, o));
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  mx = red[0];
-#pragma unroll
-  for (int w = 1; w < NWM; ++w) mx = fmaxf(mx, red[w]);
+  for (int s = 0; s < MERGE_PF; ++s) mx = fmaxf(mx, lv[s]);
+  for (int s = MERGE_PF; s < S; ++s) mx = fmaxf(mx, lp[s] * LOG2E);
   const bool any = mx > -INFINITY;
   const float mxs = any ? mx : 0.f;
-  float den = 0.f;
-  for (int s = tid; s < S; s += 256) {
-    const float w = exp2f(ws[s] - mxs);
-    ws[s] = w;
-    den += w;
-  }
-#pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) den += __shfl_xor_sync(FULL, den, o);
-  __syncthreads();
-  if (lane == 0) red[warp] = den;
-  __syncthreads();
   const float wres = exp2f(lse2_res - mxs);
-  den = wres;
+  float den = wres, o = lres > 0.f ? wres * (ores / lres) : 0.f;
 #pragma unroll
-  for (int w = 0; w < NWM; ++w) den += red[w];
-  T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
-  static_assert(D <= 256, "one output element per thread");
-  if (tid < D) {
-    const int d = tid;
-    float o = 0.f;
-    if (any) {
-#pragma unroll
-      for (int s = 0; s < MERGE_PF; ++s) o = fmaf(s < S ? ws[s] : 0.f, op[s], o);
-#pragma unroll 8
-      for (int s = MERGE_PF; s < S; ++s) o = fmaf(ws[s], a.o_part[(row * S + s) * D + d], o);  // empty splits hold 0
-      if (wres > 0.f) {
-        float ores = 0.f;
-#pragma unroll
-        for (int w = 0; w < NWM; ++w) ores += wacc[w][d] * exp2f(wm[w] - mres);
-        o = fmaf(wres, ores / lres, o);
-      }
-      o = o / den;
-    }
-    ob[(long long)d * a.so_d] = Cvt<T>::to(o);
+  for (int s = 0; s < MERGE_PF; ++s) {
+    const float w = exp2f(lv[s] - mxs);  // 0 for an empty split (lse -inf, o_part 0)
+    den += w;
+    o = fmaf(w, ov[s], o);
+  }
+  for (int s = MERGE_PF; s < S; ++s) {
+    const float w = exp2f(lp[s] * LOG2E - mxs);
+    den += w;
+    if (d < D) o = fmaf(w, op[(long long)s * D], o);
+  }
+  if (d < D) {
+    T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
+    ob[(long long)d * a.so_d] = Cvt<T>::to(any ? o / den : 0.f);
   }
   if (tid == 0 && a.lse_out) a.lse_out[row] = any ? (mx + log2f(den)) * LN2 : -INFINITY;
 }
@@ -951,7 +1291,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
     // work with the partial kernel's tail; captured into CUDA graphs as a programmatic edge)
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(a.Hq, a.B);
-    cfg.blockDim = dim3(256);
+    cfg.blockDim = dim3(128);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = st;
     cudaLaunchAttribute attr[1];
@@ -982,6 +1322,27 @@ static int launch_lut(const PQArgs& a, cudaStream_t st) {
                              a, st);
 }
 
+// tensor-core kernel: two padded tables [256][M * 2*DSUB + 16 bytes]
+template <typename T, int D, int DSUB, int GB, int NW, bool PF>
+static int launch_mma(const PQArgs& a, cudaStream_t st) {
+  static bool configured = false;
+  constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
+  constexpr int tables = 2 * 256 * ROWB, epi = (NW * GB * D + 2 * NW * GB) * 4;
+  return launch_k<T, D>(pq_partial_mma_kernel<T, D, DSUB, GB, NW, PF>, tables > epi ? tables : epi, NW * 32,
+                        configured, a, st);
+}
+// num_warps 8 / 12: codes of the next chunk prefetched a chunk ahead (registers allow it);
+// 16: loaded after their use (128 registers). Measured (docs/benchmarks.md): 8 warps fastest; the
+// prefetch is within noise of loading after use (8 warps, GQA 32K: 34.8 vs 34.5 us)
+template <typename T, int D, int DSUB, int GB>
+static int launch_mma_nw(const PQArgs& a, cudaStream_t st) {
+  if (a.num_warps == 8) return launch_mma<T, D, DSUB, GB, 8, true>(a, st);
+  if (a.num_warps == 12) return launch_mma<T, D, DSUB, GB, 12, true>(a, st);
+  if (a.num_warps == 16) return launch_mma<T, D, DSUB, GB, 16, false>(a, st);
+  snprintf(g_err, sizeof g_err, "tensor-core kernel: unsupported num_warps=%d (8, 12 or 16)", a.num_warps);
+  return 3;
+}
+
 template <int D, int DSUB, int GB>
 static int launch_lut_nw(const PQArgs& a, cudaStream_t st) {
   if (a.num_warps == 8) return launch_lut<D, DSUB, GB, 8>(a, st);
@@ -993,6 +1354,14 @@ static int launch_lut_nw(const PQArgs& a, cudaStream_t st) {
 
 template <typename T, int D, int DSUB>
 static int launch_g(const PQArgs& a, cudaStream_t st) {
+  if (a.kind == 1) {  // tensor-core kernel (fp16 and bf16, any GB <= 4)
+    switch (a.GB) {
+      case 1: return launch_mma_nw<T, D, DSUB, 1>(a, st);
+      case 2: return launch_mma_nw<T, D, DSUB, 2>(a, st);
+      case 3: return launch_mma_nw<T, D, DSUB, 3>(a, st);
+      case 4: return launch_mma_nw<T, D, DSUB, 4>(a, st);
+    }
+  }
   // num_warps > 0 selects the packed-LUT kernel (fp16 GQA only); 0 the FFMA kernel
   if constexpr (std::is_same<T, __half>::value) {
     if (a.num_warps > 0 && a.GB >= 2) {
@@ -1024,7 +1393,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 2; }
+int million_pq_abi_version() { return 3; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
