@@ -277,3 +277,50 @@ def test_mma_kernel_large_scores(dtype):
                                       kernel_override="mma")
     torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("cluster", ["2", "8"])
+@pytest.mark.parametrize("case", [0, 2, 6, 10, 13, 16])
+def test_mma_kernel_cluster_multicast(case, cluster, monkeypatch):
+    """The opt-in cluster path (tables multicast to the splits of a cluster; empty splits included)."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CLUSTER", cluster)
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = (CASES + LUT_CASES)[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=500 + case)
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                             vr.float(), res_lens, starts, return_lse=True)
+    fin = torch.isfinite(ref_lse)
+    for splits in (None, 16):
+        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
+                                          num_splits_override=splits, kernel_override="mma")
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_mma_tables_follow_the_centroids():
+    """The laid-out tables are rebuilt when the centroids change in place or a new tensor reuses memory."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = LUT_CASES[0]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=9)
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    for _ in range(3):
+        out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, kernel_override="mma")
+        ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
+                                        res_lens)
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+        kcen.mul_(-1.5)  # in place: same object, new version
+        vcen = vcen.flip(2).contiguous()  # a new tensor (may reuse freed memory)

@@ -17,6 +17,7 @@ import ctypes
 import functools
 import math
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ class _Args(ctypes.Structure):
         "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
-        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind")] + [
+        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster")] + [
         ("scale_log2", ctypes.c_float)]
 
 
@@ -134,12 +135,45 @@ def _codes_ok(c: torch.Tensor, align: int = 4) -> torch.Tensor:
 
 KERNELS = ("auto", "ffma", "lut", "mma")
 
+_TABLES: dict = {}  # (id(tensor), role) -> (weakref to the tensor, version, laid-out table)
 
-def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str | None = None) -> tuple[str, int]:
+
+def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
+    """The tensor-core kernel's shared-memory table, laid out once on the device: ``[Hc, 256, M + pad, dsub]``
+    (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding).
+    K slots: subspace ``m = (M/4)*tig + w`` at ``4w + tig``; V: ``m = (M/8)*gid + r`` at ``8r + gid``
+    (``ops/cuda/pq_attention.cu``). Cached per centroid tensor object (alive, same version): codebooks
+    held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
+    once; a fresh tensor (or one modified in place) gets a fresh table."""
+    key = (id(centroids), role)
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0]() is centroids and hit[1] == centroids._version:
+        return hit[2]
+    Hc, M, K, dsub = centroids.shape
+    m = torch.arange(M, device=centroids.device)
+    slot = 4 * (m % (M // 4)) + m // (M // 4) if role == "k" else 8 * (m % (M // 8)) + m // (M // 8)
+    t = torch.zeros(Hc, K, M + 16 // (2 * dsub), dsub, dtype=centroids.dtype, device=centroids.device)
+    t[:, :, slot] = centroids.permute(0, 2, 1, 3)
+    for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop tables of dead tensors
+        del _TABLES[k]
+    _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
+    return t
+
+
+def _cluster(S: int, limit: int = 8) -> tuple[int, int]:
+    """(S, C): splits rounded down to a multiple of the cluster size C (a power of two <= min(limit, 8, S))."""
+    C = 1
+    while C * 2 <= min(8, limit, S):
+        C *= 2
+    return (S // C) * C, C
+
+
+def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str | None = None,
+                  work: int = 0) -> tuple[str, int]:
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
     one of ``ffma`` (float32 LUT / K-centroid FFMA kernel), ``lut`` (packed fp16 LUT, fp16 GQA only),
     ``mma`` (tensor-core kernel: gathered centroids as mma.sync fragments); ``auto`` the measured
-    default per shape (docs/benchmarks.md)."""
+    default per shape (docs/benchmarks.md); ``work`` = batch x code capacity (host-known tokens)."""
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
@@ -151,12 +185,13 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
         return "ffma", 0
     if kind == "lut":
         return "lut", nw or (16 if D // M == 2 else 12)
-    # auto, from the same-run A/B of 2026-11-23 (docs/benchmarks.md, "Tensor-core partial kernel"): MHA
-    # stays on the FFMA kernel (the tensor-core kernel's random-bank gathers make it 1.5x slower there),
-    # fp16 GQA 4-bit at d=128 on the packed LUT (equal within noise), fp16 GQA at 2 bits or d=64 on
-    # the tensor-core kernel (GQA 2-bit 32K 29.6 vs 31.8 us, SmolLM2 shape 2-bit 32K 15.6 vs 18.2 us).
-    # bf16 GQA was not timed and stays on the FFMA kernel.
-    if q_dtype == torch.float16 and GB >= 2 and (D == 64 or D // M == 4):
+    # auto, from the same-run A/Bs of 2026-11-23 (docs/benchmarks.md, "Tensor-core partial kernel"): MHA
+    # stays on the FFMA kernel (at 32K the tensor-core kernel's random-bank gathers make it 1.4x slower);
+    # fp16 GQA takes the tensor-core kernel with tables by bulk copy (GQA B=1 32K 31.1 vs 35.3 us at 4
+    # bits, 25.7 vs 29.8 at 2 bits; SmolLM2 shape 4K 8.5 vs 9.9); at 4 bits and d=128 from 2^17 tokens
+    # of work the packed LUT is ahead (B=8 32K 142.8 vs 154.0 us, B=1 131K 81.7 vs 83.5), at 2 bits the
+    # tensor-core kernel stays ahead (B=8 32K 127.3 vs 133.3). bf16 GQA was not timed: FFMA kernel.
+    if q_dtype == torch.float16 and GB >= 2 and (not nw or D // M == 4 or work < 1 << 17):
         return "mma", mma_warps
     return ("lut", nw) if nw else ("ffma", 0)
 
@@ -224,7 +259,7 @@ def pq_decode_attention(
     if starts is None:
         starts = torch.zeros(B, dtype=torch.int32, device=dev)
     pq_lens, res_lens, starts = (t.to(device=dev, dtype=torch.int32).contiguous() for t in (pq_lens, res_lens, starts))
-    kind, nw = choose_kernel(q.dtype, GB, D, M, kernel_override)
+    kind, nw = choose_kernel(q.dtype, GB, D, M, kernel_override, work=B * T)
     if num_warps_override is not None:
         w = int(num_warps_override)
         if kernel_override in (None, "auto") and not os.environ.get("MILLION_CUDA_KERNEL"):
@@ -240,12 +275,18 @@ def pq_decode_attention(
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
     S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev, nw)
+    C = 1
+    if kind == "mma":
+        kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
+        want = int(os.environ.get("MILLION_CUDA_CLUSTER", "1"))
+        if want > 1:  # opt-in: clusters of splits multicast the tables (measured slower on the H100)
+            S, C = _cluster(S, want)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
     o_part = torch.empty(B, Hq, S, D, dtype=torch.float32, device=dev)
     lse_part = torch.empty(B, Hq, S, dtype=torch.float32, device=dev)
     if B > 0 and Hq > 0:
-        cen_stride = M * 256 * (D // M)
+        cen_stride = kcen[0].numel()  # elements (2 bytes) per centroid head, raw or laid out
         a = _Args(
             q.data_ptr(), k_codes.data_ptr(), v_codes.data_ptr(), kcen.data_ptr(), vcen.data_ptr(),
             pq_lens.data_ptr(), res_lens.data_ptr(), starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
@@ -254,7 +295,7 @@ def pq_decode_attention(
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
             B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
-            1 if kind == "mma" else 0,
+            1 if kind == "mma" else 0, C,
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

@@ -37,7 +37,7 @@ struct PQArgs {
   long long skr_b, skr_h, skr_t;      // residual K (last dim contiguous)
   long long svr_b, svr_h, svr_t;
   long long so_b, so_h, so_d;
-  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind;  // kind 1: tensor-core partial kernel
+  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel
   float scale_log2;
 };
 
@@ -797,6 +797,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
 // Online softmax per head on the fragments (fp32), accumulators in fp32. Tables: [256][M] entries
 // per row, rows padded by 16 bytes (bank = 4*code + slot mod 32: a warp's gathers spread over
 // banks); slot orders put the 4 tig (K) / 8 gid (V) subspaces of one instruction in distinct banks.
+// The host lays the tables out in exactly this form once per codebook (cuda_attention.mma_tables):
+// a.kcen / a.vcen point at them and a.kcen_h / a.vcen_h are their per-head strides in 2-byte units.
 template <typename T> __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                                                 uint32_t a3, uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same<T, __half>::value) {
@@ -847,7 +849,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   constexpr int NVT = D / 16;                   // V: output dim tiles
   constexpr int VR = M / 8;                     // V: subspaces per lane (= NVT for dsub 2, NVT/2 for dsub 4)
   static_assert(GB >= 1 && GB <= 4, "GB");
-  using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* tabK = smem;
   unsigned char* tabV = smem + 256 * ROWB;
@@ -868,9 +869,69 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const int gid = lane >> 2, tig = lane & 3;
   const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
 
+  // ---- prologue: both tables, pre-laid out on the host as the shared-memory rows [code][ROWB bytes]
+  // (entries at their slots, rows padded), arrive by bulk copies (TMA) completing on one mbarrier: no
+  // per-thread loads, stores or registers. Optional (a.cluster > 1, measured slower on the H100): a
+  // cluster of C blocks (splits of the same head) where each block fetches 1/C of the bytes and
+  // multicasts them to all C blocks. Every block, empty ones too, takes part and leaves only after the
+  // cluster's final barrier (no copy may still target its shared memory).
+  __shared__ __align__(8) uint64_t tab_bar;
+  uint32_t crank = 0, csize = 1;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
+  const uint32_t bar = smem_addr(&tab_bar);
+  constexpr uint32_t TB = 256u * ROWB;  // bytes per table
+  if (tid == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  if (csize > 1) {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  } else {
+    __syncthreads();
+  }
+  if (tid == 0) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2u * TB) : "memory");
+    const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
+    const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
+    const uint16_t mask = (uint16_t)((1u << csize) - 1u);
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
+                                 (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
+      const uint32_t dst = smem_addr(t == 0 ? tabK : tabV);
+      for (uint32_t o = p0; o < p1; o += 16384u) {
+        const uint32_t n = min(16384u, p1 - o);
+        if (csize > 1)
+          asm volatile(
+              "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
+              ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar), "h"(mask) : "memory");
+        else
+          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                       ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar) : "memory");
+      }
+    }
+  }
+  auto wait_tables = [&]() {
+    uint32_t done = 0;
+    while (!done)
+      asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+                   : "=r"(done) : "r"(bar) : "memory");
+  };
+  auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
+    if (csize > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  };
+  auto cluster_exit = [&]() {
+    if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  };
+
   if (lo >= hi) {
     for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
     if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    wait_tables();
+    cluster_done();
+    cluster_exit();
     return;
   }
 
@@ -903,44 +964,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   int c = warp;
   if (c < nchunks) { loadK(c, kw); loadV(c, vw); }
 
-  // ---- prologue: both centroid tables -> shared memory rows [code][slot] ----
-  {
-    const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
-    const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
-    constexpr int VEC = 16 / ESZ;
-    constexpr int TOTAL = M * 256 / VEC;
-    constexpr int ITERS = (TOTAL + NT - 1) / NT;
-    constexpr int UNR = ITERS < PRO_UNR ? ITERS : PRO_UNR;
-    for (int it0 = 0; it0 < ITERS; it0 += UNR) {
-      uint4 vk[UNR], vv[UNR];
-#pragma unroll
-      for (int u = 0; u < UNR; ++u) {
-        const int idx = tid + (it0 + u) * NT;
-        if (idx < TOTAL) {
-          const int m = idx % M, k0 = (idx / M) * VEC;
-          const long long off = ((long long)m * 256 + k0) * DSUB;
-          vk[u] = __ldg(reinterpret_cast<const uint4*>(kcen + off));
-          vv[u] = __ldg(reinterpret_cast<const uint4*>(vcen + off));
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < UNR; ++u) {
-        const int idx = tid + (it0 + u) * NT;
-        if (idx < TOTAL) {
-          const int m = idx % M, k0 = (idx / M) * VEC;
-          const int sk = 4 * (m % KB) + m / KB;  // K: m = KB*tig + w -> slot 4w + tig
-          const int sv = 8 * (m % VB) + m / VB;  // V: m = VB*gid + r -> slot 8r + gid
-          const Entry* ek = reinterpret_cast<const Entry*>(&vk[u]);
-          const Entry* ev = reinterpret_cast<const Entry*>(&vv[u]);
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) {
-            *reinterpret_cast<Entry*>(tabK + (k0 + v) * ROWB + sk * ESZ) = ek[v];
-            *reinterpret_cast<Entry*>(tabV + (k0 + v) * ROWB + sv * ESZ) = ev[v];
-          }
-        }
-      }
-    }
-  }
   // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
   uint32_t bq[D / 8];
   {
@@ -961,7 +984,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const uint32_t baseV = smem_addr(tabV) + gid * ESZ;  // + 8r*ESZ + code*ROWB
   const uint32_t psel = (gid & 1) ? 0x7632u : 0x5410u;
   const int srcA = (2 * tig) * 4 + (gid >> 1), srcB = srcA + 4;
-  __syncthreads();
+  wait_tables();
+  cluster_done();
 
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // heads 2tig, 2tig+1
   float o[NVT][4];
@@ -1115,6 +1139,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     a.o_part[(prow + (long long)g * a.S) * D + d] = ov / L;
     if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
   }
+  cluster_exit();
 }
 
 // residual window (dense) + merge of the S partials; one block of NWM warps per (q head, batch).
@@ -1286,7 +1311,25 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
   }
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
-    kern<<<grid, nthreads, smem, st>>>(a);
+    if (a.cluster > 1) {  // tensor-core kernel: clusters of splits share the table loads (multicast)
+      if (a.S % a.cluster) { snprintf(g_err, sizeof g_err, "S=%d not a multiple of cluster=%d", a.S, a.cluster); return 3; }
+      cudaLaunchConfig_t pc = {};
+      pc.gridDim = grid;
+      pc.blockDim = dim3(nthreads);
+      pc.dynamicSmemBytes = smem;
+      pc.stream = st;
+      cudaLaunchAttribute ca[1];
+      ca[0].id = cudaLaunchAttributeClusterDimension;
+      ca[0].val.clusterDim.x = a.cluster;
+      ca[0].val.clusterDim.y = 1;
+      ca[0].val.clusterDim.z = 1;
+      pc.attrs = ca;
+      pc.numAttrs = 1;
+      cudaError_t pe = cudaLaunchKernelEx(&pc, kern, a);
+      if (pe != cudaSuccess) { snprintf(g_err, sizeof g_err, "partial launch: %s", cudaGetErrorString(pe)); return 2; }
+    } else {
+      kern<<<grid, nthreads, smem, st>>>(a);
+    }
     // merge kernel as a programmatic dependent launch (overlaps its launch, q and residual-window
     // work with the partial kernel's tail; captured into CUDA graphs as a programmatic edge)
     cudaLaunchConfig_t cfg = {};
@@ -1393,7 +1436,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 3; }
+int million_pq_abi_version() { return 4; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
@@ -1401,6 +1444,10 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (!init) { const char* e = getenv("MILLION_CUDA_PDL"); g_pdl = (e && e[0] == '0') ? 0 : 1; init = 1; }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
+  if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1)) {
+    snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel", a->cluster);
+    return 3;
+  }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   return a->dtype == 0 ? launch_d<__half>(*a, st) : launch_d<__nv_bfloat16>(*a, st);
 }
