@@ -95,6 +95,14 @@ class MillionLayer(CacheLayerMixin):
         cent_dtype = torch.float32 if key_states.dtype == torch.float32 else key_states.dtype
         self.k_centroids = self._kc_src.to(self.device, cent_dtype).contiguous()
         self.v_centroids = self._vc_src.to(self.device, cent_dtype).contiguous()
+        if self.device.type == "cuda" and cent_dtype in (torch.float16, torch.bfloat16):
+            # lay out the decode kernel's shared-memory tables now, at allocation, so that a decode step
+            # captured into a CUDA graph replays only the attention kernels
+            from .ops import cuda_attention
+
+            if cuda_attention.supports_centroids(self.k_centroids):
+                cuda_attention.mma_tables(self.k_centroids, "k")
+                cuda_attention.mma_tables(self.v_centroids, "v")
         if self._tr_src is not None:
             kt, kti, vt, vti = (t.to(self.device, torch.float32) for t in self._tr_src)
             if kt.shape[0] != H:

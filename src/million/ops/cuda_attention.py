@@ -160,6 +160,11 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     return t
 
 
+def supports_centroids(c: torch.Tensor) -> bool:
+    """Whether centroids of this shape can feed the tensor-core kernel (ksub 256, dsub 2 or 4, d 64 or 128)."""
+    return c.dim() == 4 and c.shape[2] == 256 and c.shape[3] in (2, 4) and c.shape[1] * c.shape[3] in (64, 128)
+
+
 def _cluster(S: int, limit: int = 8) -> tuple[int, int]:
     """(S, C): splits rounded down to a multiple of the cluster size C (a power of two <= min(limit, 8, S))."""
     C = 1
