@@ -133,7 +133,7 @@ def bench_graph(fn, copies):
     return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS
 
 
-def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=()):
+def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtype=torch.float16):
     from million.ops import triton_attention as ta
 
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
@@ -147,9 +147,9 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=()):
                     continue
                 # SDPA fp16
                 ncop = max(1, min(CALLS, math.ceil(4 * l2 / kv_bytes)))
-                sd = [(torch.randn(B, Hq, 1, D, device=dev, dtype=torch.float16),
-                       torch.randn(B, Hkv, ctx, D, device=dev, dtype=torch.float16),
-                       torch.randn(B, Hkv, ctx, D, device=dev, dtype=torch.float16)) for _ in range(ncop)]
+                sd = [(torch.randn(B, Hq, 1, D, device=dev, dtype=dtype),
+                       torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype),
+                       torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype)) for _ in range(ncop)]
                 gqa = Hq != Hkv
                 t_sdpa = bench_graph(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa), sd)
                 del sd
@@ -159,7 +159,7 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=()):
                     ncop = max(1, min(CALLS, math.ceil(4 * l2 / code_bytes)))
                     copies = []
                     for _ in range(ncop):
-                        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, ctx, R, torch.float16, dev)
+                        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, ctx, R, dtype, dev)
                         pl = torch.full((B,), ctx - rv, dtype=torch.int32, device=dev)
                         rl = torch.full((B,), rv, dtype=torch.int32, device=dev)
                         copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
@@ -248,10 +248,11 @@ def main():
     ap.add_argument("--sweep-splits", action="store_true", help="B=1 timings at several num_splits")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton column (saves compile time)")
     ap.add_argument("--warps", default="", help="GQA shapes: also time num_warps_override values, e.g. 0,12,16")
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="q, centroids, window and SDPA dtype")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
-               torch=torch.__version__)
+               torch=torch.__version__, dtype=args.dtype)
     if not args.skip_check:
         ok, checks = check(dev)
         res["check_ok"] = ok
@@ -266,7 +267,8 @@ def main():
         shapes = [allshapes[s] for s in args.shapes.split(",")]
         res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
                              shapes, [int(b) for b in args.bits.split(",")],
-                             triton=not args.no_triton, warps=[int(w) for w in args.warps.split(",") if w])
+                             triton=not args.no_triton, warps=[int(w) for w in args.warps.split(",") if w],
+                             dtype=getattr(torch, args.dtype))
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if "bench" in res:

@@ -178,7 +178,8 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
     one of ``ffma`` (float32 LUT / K-centroid FFMA kernel), ``lut`` (packed fp16 LUT, fp16 GQA only),
     ``mma`` (tensor-core kernel: gathered centroids as mma.sync fragments); ``auto`` the measured
-    default per shape (docs/benchmarks.md); ``work`` = batch x code capacity (host-known tokens)."""
+    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA except fp16 4-bit
+    at d=128 from 2^17 tokens of ``work`` (batch x code capacity), where the packed LUT is faster."""
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
@@ -195,8 +196,9 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     # fp16 GQA takes the tensor-core kernel with tables by bulk copy (GQA B=1 32K 31.1 vs 35.3 us at 4
     # bits, 25.7 vs 29.8 at 2 bits; SmolLM2 shape 4K 8.5 vs 9.9); at 4 bits and d=128 from 2^17 tokens
     # of work the packed LUT is ahead (B=8 32K 142.8 vs 154.0 us, B=1 131K 81.7 vs 83.5), at 2 bits the
-    # tensor-core kernel stays ahead (B=8 32K 127.3 vs 133.3). bf16 GQA was not timed: FFMA kernel.
-    if q_dtype == torch.float16 and GB >= 2 and (not nw or D // M == 4 or work < 1 << 17):
+    # tensor-core kernel stays ahead (B=8 32K 127.3 vs 133.3). bf16 GQA (no LUT kernel): tensor-core kernel
+    # (B=1 32K 31.1 vs 42.7 us on the FFMA kernel, B=8 32K 153.9 vs 229.0).
+    if GB >= 2 and (not nw or D // M == 4 or work < 1 << 17):
         return "mma", mma_warps
     return ("lut", nw) if nw else ("ffma", 0)
 
