@@ -100,13 +100,16 @@ def _sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device, lut_warps: int = 0) -> int:
+def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device, lut_warps: int = 0,
+               chunks_per_warp: int = 1) -> int:
     """About one block per SM (the tables take 64-192 KB of shared memory: one block per SM), at most
-    T/256 splits; for the packed-LUT kernel (``lut_warps`` > 0) at most one split per 32 * lut_warps
-    tokens, so that every warp has a chunk (GQA 4K: S 16 -> 8 measured 21.4 -> 18.8 us)."""
+    T/256 splits; for the LUT and tensor-core kernels (``lut_warps`` > 0 warps) at most one split per
+    ``32 * chunks_per_warp * lut_warps`` tokens, so that every warp has its chunks (LUT, GQA 4K: S 16 -> 8
+    measured 21.4 -> 18.8 us; tensor-core kernel at d=128 takes 2 chunks per warp: GQA 4K S 16 -> 8
+    measured 16.1 -> 13.9 us, docs/benchmarks.md)."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
     s = max(1, _sms(idx) // max(1, B * Hkv * ngroups))
-    return max(1, min(s, T // (32 * lut_warps if lut_warps else 256), 1024))
+    return max(1, min(s, T // (32 * chunks_per_warp * lut_warps if lut_warps else 256), 1024))
 
 
 def lut_warps(q_dtype: torch.dtype, GB: int, D: int, M: int) -> int:
@@ -281,7 +284,7 @@ def pq_decode_attention(
     k_codes, v_codes = _codes_ok(k_codes, 16 if kind == "mma" else 4), _codes_ok(v_codes, 16 if kind == "mma" else 4)
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
-    S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev, nw)
+    S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev, nw, 2 if kind == "mma" and D == 128 else 1)
     C = 1
     if kind == "mma":
         kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
