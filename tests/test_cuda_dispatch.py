@@ -1,0 +1,78 @@
+"""CPU checks of the CUDA decode dispatch: kernel choice per shape, the tensor-core kernel's table layout
+and its cache, cluster sizing. No GPU needed (the layout is plain torch)."""
+
+import pytest
+import torch
+
+from million.ops import cuda_attention as ca
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    for v in ("MILLION_CUDA_KERNEL", "MILLION_CUDA_MMA_WARPS", "MILLION_CUDA_CLUSTER"):
+        monkeypatch.delenv(v, raising=False)
+
+
+def test_kernel_choice_per_shape():
+    f16, bf16 = torch.float16, torch.bfloat16
+    assert ca.choose_kernel(f16, 1, 128, 64) == ("ffma", 0)  # MHA
+    assert ca.choose_kernel(bf16, 1, 64, 16) == ("ffma", 0)
+    assert ca.choose_kernel(f16, 4, 128, 64, work=32768) == ("mma", 8)  # GQA 4-bit, small work
+    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("lut", 16)  # GQA 4-bit, large work
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 8)  # GQA 2-bit
+    assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 8)  # SmolLM2 shape
+    assert ca.choose_kernel(bf16, 4, 128, 64, work=1 << 20) == ("mma", 8)  # bf16 GQA: no LUT kernel
+
+
+def test_kernel_overrides(monkeypatch):
+    f16 = torch.float16
+    assert ca.choose_kernel(f16, 4, 128, 64, "ffma") == ("ffma", 0)
+    assert ca.choose_kernel(f16, 4, 128, 32, "lut") == ("lut", 12)
+    assert ca.choose_kernel(torch.bfloat16, 4, 128, 64, "lut") == ("ffma", 0)  # no bf16 LUT kernel
+    assert ca.choose_kernel(f16, 1, 128, 64, "mma") == ("mma", 8)
+    monkeypatch.setenv("MILLION_CUDA_KERNEL", "mma")
+    monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", "16")
+    assert ca.choose_kernel(f16, 1, 128, 64) == ("mma", 16)
+    with pytest.raises(ValueError, match="'fast'.*expected one of"):
+        ca.choose_kernel(f16, 4, 128, 64, "fast")
+
+
+@pytest.mark.parametrize("M,dsub", [(64, 2), (32, 4), (32, 2), (16, 4)])
+def test_mma_table_layout(M, dsub):
+    c = torch.randn(2, M, 256, dsub, dtype=torch.float16)
+    tk, tv = ca.mma_tables(c, "k"), ca.mma_tables(c, "v")
+    pad = 16 // (2 * dsub)
+    assert tk.shape == tv.shape == (2, 256, M + pad, dsub)
+    assert tk[0, 0].numel() * 2 == M * 2 * dsub + 16  # one padded row of bytes per code
+    KB, VB = M // 4, M // 8
+    for m in range(M):
+        sk = 4 * (m % KB) + m // KB  # K: m = KB*tig + w -> slot 4w + tig
+        sv = 8 * (m % VB) + m // VB  # V: m = VB*gid + r -> slot 8r + gid
+        assert torch.equal(tk[:, :, sk], c[:, m]) and torch.equal(tv[:, :, sv], c[:, m])
+    assert not tk[:, :, M:].any() and not tv[:, :, M:].any()
+
+
+def test_mma_tables_cache_follows_the_tensor():
+    c = torch.randn(1, 64, 256, 2, dtype=torch.float16)
+    t1 = ca.mma_tables(c, "k")
+    assert ca.mma_tables(c, "k") is t1  # same live tensor, same version: cached
+    c.mul_(2)  # in place: new version, new table
+    t2 = ca.mma_tables(c, "k")
+    assert t2 is not t1 and torch.equal(t2[0, :, 0], c[0, 0])
+    d = c.clone()  # another tensor with equal contents gets its own entry
+    assert ca.mma_tables(d, "k") is not t2
+
+
+def test_cluster_sizes():
+    assert ca._cluster(16) == (16, 8)
+    assert ca._cluster(44) == (40, 8)
+    assert ca._cluster(3) == (2, 2)
+    assert ca._cluster(1) == (1, 1)
+    assert ca._cluster(16, 4) == (16, 4)
+
+
+def test_supports_centroids():
+    assert ca.supports_centroids(torch.empty(1, 64, 256, 2))
+    assert ca.supports_centroids(torch.empty(3, 16, 256, 4))
+    assert not ca.supports_centroids(torch.empty(1, 64, 16, 2))  # ksub 16
+    assert not ca.supports_centroids(torch.empty(1, 48, 256, 2))  # d = 96
