@@ -46,7 +46,7 @@ struct PQArgs {
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
 #endif
 #ifndef MERGE_PF
-#define MERGE_PF 16  // merge: partials per output element loaded into registers before the lse reduction
+#define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
 static constexpr float LOG2E = 1.4426950408889634f;
 static constexpr float LN2 = 0.6931471805599453f;
@@ -1265,31 +1265,36 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   const long long row = (long long)b * a.Hq + hq;
   const float* lp = a.lse_part + row * S;
   const float* op = a.o_part + row * S * D + d;
-  float lv[MERGE_PF], ov[MERGE_PF];
-#pragma unroll
-  for (int s = 0; s < MERGE_PF; ++s) {
-    lv[s] = s < S ? lp[s] * LOG2E : -INFINITY;
-    ov[s] = (s < S && d < D) ? op[(long long)s * D] : 0.f;
-  }
+  // partials in groups of MERGE_PF whose loads are all issued before any is used (one global round trip
+  // per group; a plain loop serializes one round trip per split: measured +2.4 us at S = 44), merged
+  // online: running max mx, running denominator den and numerator o
   float mx = lse2_res;
+  float den = lres > 0.f ? 1.f : 0.f, o = lres > 0.f ? ores / lres : 0.f;  // residual part relative to mx
+  for (int s0 = 0; s0 < S; s0 += MERGE_PF) {
+    float lv[MERGE_PF], ov[MERGE_PF];
 #pragma unroll
-  for (int s = 0; s < MERGE_PF; ++s) mx = fmaxf(mx, lv[s]);
-  for (int s = MERGE_PF; s < S; ++s) mx = fmaxf(mx, lp[s] * LOG2E);
+    for (int u = 0; u < MERGE_PF; ++u) {
+      const int s = s0 + u;
+      lv[u] = s < S ? lp[s] * LOG2E : -INFINITY;
+      ov[u] = (s < S && d < D) ? op[(long long)s * D] : 0.f;
+    }
+    float gm = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < MERGE_PF; ++u) gm = fmaxf(gm, lv[u]);
+    const float nm = fmaxf(mx, gm);
+    if (nm == -INFINITY) continue;  // nothing attended so far
+    const float f = exp2f(mx - nm);  // 0 when mx = -inf
+    den *= f;
+    o *= f;
+#pragma unroll
+    for (int u = 0; u < MERGE_PF; ++u) {
+      const float w = exp2f(lv[u] - nm);  // 0 for an empty split (lse -inf, o_part 0)
+      den += w;
+      o = fmaf(w, ov[u], o);
+    }
+    mx = nm;
+  }
   const bool any = mx > -INFINITY;
-  const float mxs = any ? mx : 0.f;
-  const float wres = exp2f(lse2_res - mxs);
-  float den = wres, o = lres > 0.f ? wres * (ores / lres) : 0.f;
-#pragma unroll
-  for (int s = 0; s < MERGE_PF; ++s) {
-    const float w = exp2f(lv[s] - mxs);  // 0 for an empty split (lse -inf, o_part 0)
-    den += w;
-    o = fmaf(w, ov[s], o);
-  }
-  for (int s = MERGE_PF; s < S; ++s) {
-    const float w = exp2f(lp[s] * LOG2E - mxs);
-    den += w;
-    if (d < D) o = fmaf(w, op[(long long)s * D], o);
-  }
   if (d < D) {
     T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
     ob[(long long)d * a.so_d] = Cvt<T>::to(any ? o / den : 0.f);
