@@ -1149,8 +1149,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 // by a transposing butterfly (lane t & 15 ends with token t's score). 4 warps and <= 128 registers so
 // that a merge block fits beside a 12-warp partial block: with programmatic dependent launch the
 // residual part runs while the partial kernel still runs. After griddepcontrol.wait every thread
-// merges its output element over the S partials on its own (the lse values are broadcast loads):
-// one global round trip and no barrier after the wait.
+// merges its output element over the S partials on its own (the lse values are broadcast loads),
+// online in groups of MERGE_PF whose loads are issued together: one global round trip per group, no barrier.
 template <typename T, int D>
 __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   constexpr int NWM = 4, EV = D / 32, RT = 16;
