@@ -35,6 +35,9 @@ def test_kernel_overrides(monkeypatch):
     assert ca.choose_kernel(f16, 1, 128, 64) == ("mma", 16)
     with pytest.raises(ValueError, match="'fast'.*expected one of"):
         ca.choose_kernel(f16, 4, 128, 64, "fast")
+    monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", "10")
+    with pytest.raises(ValueError, match="MILLION_CUDA_MMA_WARPS=10: expected 8, 12 or 16"):
+        ca.choose_kernel(f16, 4, 128, 64)
 
 
 @pytest.mark.parametrize("M,dsub", [(64, 2), (32, 4), (32, 2), (16, 4)])

@@ -122,7 +122,7 @@ def lut_warps(q_dtype: torch.dtype, GB: int, D: int, M: int) -> int:
     if q_dtype != torch.float16 or GB < 2:
         return 0
     if D == 64:
-        return 0  # SmolLM2-like shapes: measured no faster (fixed cost dominates; 2-bit 4K slower); FFMA kernel
+        return 0  # no LUT kernel at d=64 (measured no faster than the FFMA kernel); auto takes the tensor-core kernel
     return 16 if D // M == 2 else 12
 
 
@@ -187,6 +187,8 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
     mma_warps = int(os.environ.get("MILLION_CUDA_MMA_WARPS", "8"))
+    if mma_warps not in (8, 12, 16):
+        raise ValueError(f"MILLION_CUDA_MMA_WARPS={mma_warps}: expected 8, 12 or 16")
     if kind == "mma":
         return "mma", mma_warps
     nw = lut_warps(q_dtype, GB, D, M)
