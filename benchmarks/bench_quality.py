@@ -50,6 +50,10 @@ MAIN = [
     # the same recipe on all 61,440 held-out calibration tokens (scoring starts at token 65,536), 20 k-means iterations
     ("pq-4-c60k", "pq", 4, {"variant": "best-c60k", "calib_tokens": 61440, "calib_window": 8192}),
     ("pq-2-c60k", "pq", 2, {"variant": "best-c60k", "calib_tokens": 61440, "calib_window": 8192}),
+    # 2 bits per element split unevenly between keys and values (retrieval leans on key precision):
+    # keys 12-bit codes per 4 dims (3 bits/element) + values 4-bit per 4 dims (1), or 10 + 6 (2.5 + 1.5)
+    ("pq-2-k12v4", "pq", 2, {"variant": "best-k12v4", "calib_tokens": 32768, "calib_window": 8192}),
+    ("pq-2-k10v6", "pq", 2, {"variant": "best-k10v6", "calib_tokens": 32768, "calib_window": 8192}),
     # the recipe MillionCache serves (million calibrate --granularity layer_head --sinks 1 --transform metric)
     ("pq-4-served", "pq", 4, {"variant": V(4, transform="metric", sinks=1, samples=16384, iters=16)}),
     ("pq-2-served", "pq", 2, {"variant": V(2, transform="metric", sinks=1, samples=16384, iters=16)}),
@@ -107,7 +111,7 @@ ABLATION = [
 ]
 
 DEPLOYED = ["fp16", "million-4", "million-2", "pq-4-served", "pq-2-served", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
-NEEDLE = ["fp16", "pq-2", "pq-2-c60k", "pqsparse-2", "million-2", "kivi-2", "kvquant-2", "quanto-2", "qhitter-2", "pq-4", "pq-4-c60k"]
+NEEDLE = ["fp16", "pq-2", "pq-2-c60k", "pq-2-k12v4", "pq-2-k10v6", "pqsparse-2", "million-2", "kivi-2", "kvquant-2", "quanto-2", "qhitter-2", "pq-4", "pq-4-c60k"]
 
 
 def log(*a):
@@ -175,6 +179,9 @@ class Bench:
             v = best_variant(bits)
         elif v == "best-c60k":
             v = dataclasses.replace(best_variant(bits), samples=61440, iters=20)
+        elif v in ("best-k12v4", "best-k10v6"):
+            kb, vb = (12, 4) if v == "best-k12v4" else (10, 6)
+            v = dataclasses.replace(best_variant(bits), k_nbits=kb, v_nbits=vb)
         tokens, window = extra.get("calib_tokens", 16384), extra.get("calib_window", 2048)
         log(f"training PQ variant {label} on {tokens} calibration tokens in windows of {window}: {v.to_dict()}")
         t0 = time.time()
