@@ -266,6 +266,8 @@ class Bench:
         for part in parts:  # in the order given
             if part == "ppl":
                 for text, nw in (("squad", a.squad_windows), ("essays", a.essays_windows)):
+                    if nw < 1:  # --squad-windows 0 / --essays-windows 0: skip that text
+                        continue
                     for lab in main:
                         if want(lab):
                             self._guard(self.ppl, "ppl", lab, mk(lab), text, nw)

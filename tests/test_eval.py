@@ -161,6 +161,8 @@ def test_token_windows():
     assert len(token_windows(ids, 30, 2, 0)) == 2
     with pytest.raises(ValueError, match="not one window"):
         token_windows(ids, 200, None, 0)
+    with pytest.raises(ValueError, match="--max-windows 0 must be >= 1"):
+        token_windows(ids, 30, 0, 0)
 
 
 def test_perplexity_result(model):

@@ -30,6 +30,8 @@ def token_windows(ids: torch.Tensor, window: int, max_windows: int | None, offse
         raise ValueError(f"--window {window} must be >= 2")
     if offset < 0:
         raise ValueError(f"--offset {offset} must be >= 0")
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"--max-windows {max_windows} must be >= 1 (or omitted for every window)")
     n = (ids.numel() - offset) // window
     if max_windows is not None:
         n = min(n, max_windows)
