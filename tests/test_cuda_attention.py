@@ -163,6 +163,30 @@ def test_ticket_merge_many_splits_and_repeats(splits):
             torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
 
 
+def _check_poisoned(ca, case, dtype, seed, **kernel_args):
+    """One case against the naive twin in fp32: residual tails past each length and the allocator
+    NaN-poisoned, default and 3 splits; empty rows give output 0 and lse -inf."""
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = case
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=seed)
+    for b in range(B):
+        kr[b, :, rl[b]:] = float("nan")
+        vr[b, :, rl[b]:] = float("nan")
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                             vr.float(), res_lens, starts, return_lse=True)
+    fin = torch.isfinite(ref_lse)
+    for splits in (None, 3):
+        torch.full((1 << 24,), float("nan"), device="cuda")
+        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
+                                          num_splits_override=splits, **kernel_args)
+        assert torch.isfinite(out.float()).all()
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
+        assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+
+
 LUT_CASES = [
     # B, Hq, Hkv, D, bits, T, R, pq_lens, res_lens, starts, Hc  (GQA ratios 2/3/4/8, odd lengths)
     (3, 8, 2, 128, 4, 1000, 64, [1000, 517, 0], [64, 10, 0], [0, 37, 0], 1),
@@ -185,25 +209,7 @@ def test_lut_kernel_matches_naive(case, warps):
 
     if not ca.available():
         pytest.skip("CUDA kernel library not available")
-    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = LUT_CASES[case]
-    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=100 + case)
-    for b in range(B):
-        kr[b, :, rl[b]:] = float("nan")
-        vr[b, :, rl[b]:] = float("nan")
-    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
-    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
-    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
-    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
-                                             vr.float(), res_lens, starts, return_lse=True)
-    fin = torch.isfinite(ref_lse)
-    for splits in (None, 3):
-        torch.full((1 << 24,), float("nan"), device="cuda")
-        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
-                                          num_splits_override=splits, num_warps_override=warps)
-        assert torch.isfinite(out.float()).all()
-        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
-        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
-        assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+    _check_poisoned(ca, LUT_CASES[case], torch.float16, 100 + case, num_warps_override=warps)
 
 
 @pytest.mark.gpu
@@ -237,25 +243,7 @@ def test_mma_kernel_matches_naive(case, dtype, warps):
 
     if not ca.available():
         pytest.skip("CUDA kernel library not available")
-    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = (CASES + LUT_CASES)[case]
-    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=300 + case)
-    for b in range(B):
-        kr[b, :, rl[b]:] = float("nan")
-        vr[b, :, rl[b]:] = float("nan")
-    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
-    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
-    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
-    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
-                                             vr.float(), res_lens, starts, return_lse=True)
-    fin = torch.isfinite(ref_lse)
-    for splits in (None, 3):
-        torch.full((1 << 24,), float("nan"), device="cuda")
-        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
-                                          num_splits_override=splits, num_warps_override=warps, kernel_override="mma")
-        assert torch.isfinite(out.float()).all()
-        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
-        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
-        assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+    _check_poisoned(ca, (CASES + LUT_CASES)[case], dtype, 300 + case, num_warps_override=warps, kernel_override="mma")
 
 
 @pytest.mark.gpu

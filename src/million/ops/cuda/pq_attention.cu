@@ -141,6 +141,53 @@ template <int M, int DSUB, int VEC> __device__ __forceinline__ int pro_k0(int id
   return DSUB == 2 ? (((idx >> 1) / M) * 2 + (idx & 1)) * VEC : (idx / M) * VEC;
 }
 
+// ---- shared by the partial kernels ----
+// the block's split of the valid code tokens of (batch b, KV head hkv, query heads hq0..hq0+GB-1):
+// [lo, hi), 32-token aligned starts; prow = row of its partial (o_part / lse_part) for head hq0
+struct SplitRange { int b, hkv, hq0, lo, hi; long long prow; };
+template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs& a) {
+  SplitRange r;
+  const int split = blockIdx.x;
+  r.b = blockIdx.z;
+  r.hkv = blockIdx.y / a.ngroups;
+  r.hq0 = r.hkv * (a.Hq / a.Hkv) + (blockIdx.y % a.ngroups) * GB;
+  const int start = max(a.starts[r.b], 0);
+  const int end = min(a.pq_lens[r.b], a.T);
+  const int n = max(end - start, 0);
+  int per = (n + a.S - 1) / a.S;
+  per = (per + 31) & ~31;
+  r.lo = start + split * per;
+  r.hi = min(r.lo + per, end);
+  r.prow = ((long long)r.b * a.Hq + r.hq0) * a.S + split;
+  return r;
+}
+// an empty split: zero output, lse -inf (the merge gives it weight 0)
+template <int GB, int D, int NT> __device__ __forceinline__ void write_empty_partial(const PQArgs& a, long long prow) {
+  const int tid = threadIdx.x;
+  for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
+  if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+}
+// the block's warps' (o [NW][GB][D], m, l [NW][GB], log2 units) -> one normalized partial and its lse
+template <int GB, int D, int NW>
+__device__ __forceinline__ void merge_warps(const PQArgs& a, const float* red, const float* wm, const float* wl,
+                                            long long prow) {
+  for (int x = threadIdx.x; x < GB * D; x += NW * 32) {
+    const int g = x / D, d = x % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
+    float L = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = exp2f(wm[w * GB + g] - mx);  // 0 for a warp without tokens (m = -inf)
+      L += wl[w * GB + g] * f;
+      o += red[(w * GB + g) * D + d] * f;
+    }
+    a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
+    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
+  }
+}
+
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
@@ -153,23 +200,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // programmatic dependent launch: the merge grid may be scheduled as soon as every block of this
   // grid has started (it waits with griddepcontrol.wait before reading the partials)
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
-  const int G = a.Hq / a.Hkv;
-  const int hq0 = hkv * G + grp * GB;
-  const int start = max(a.starts[b], 0);
-  const int end = min(a.pq_lens[b], a.T);
-  const int n = max(end - start, 0);
-  int per = (n + a.S - 1) / a.S;
-  per = (per + 31) & ~31;
-  const int lo = start + split * per;
-  const int hi = min(lo + per, end);
+  const SplitRange sr = split_range<GB>(a);
+  const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
+  const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
 
   if (lo >= hi) {
-    for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
-    if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
 
@@ -405,21 +442,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     for (int g = 0; g < GB; ++g) { wm[warp * GB + g] = m_run[g]; wl[warp * GB + g] = l_run[g]; }
   }
   __syncthreads();
-  for (int x = tid; x < GB * D; x += NT) {
-    const int g = x / D, d = x % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
-    float L = 0.f, o = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-      const float f = exp2f(wm[w * GB + g] - mx);  // 0 for warps without tokens
-      L += wl[w * GB + g] * f;
-      o += red[(w * GB + g) * D + d] * f;
-    }
-    a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
-    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
-  }
+  merge_warps<GB, D, NW>(a, red, wm, wl, prow);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,23 +476,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   VEntry* tabV = reinterpret_cast<VEntry*>(smem + 256 * M * sizeof(uint2));
 
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
-  const int G = a.Hq / a.Hkv;
-  const int hq0 = hkv * G + grp * GB;
-  const int start = max(a.starts[b], 0);
-  const int end = min(a.pq_lens[b], a.T);
-  const int n = max(end - start, 0);
-  int per = (n + a.S - 1) / a.S;
-  per = (per + 31) & ~31;
-  const int lo = start + split * per;
-  const int hi = min(lo + per, end);
+  const SplitRange sr = split_range<GB>(a);
+  const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
+  const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
 
   if (lo >= hi) {
-    for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
-    if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
 
@@ -766,21 +779,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     for (int g = 0; g < GB; ++g) { wm[warp * GB + g] = m_run[g]; wl[warp * GB + g] = l_run[g]; }
   }
   __syncthreads();
-  for (int x = tid; x < GB * D; x += NT) {
-    const int g = x / D, d = x % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
-    float L = 0.f, o = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-      const float f = exp2f(wm[w * GB + g] - mx);
-      L += wl[w * GB + g] * f;
-      o += red[(w * GB + g) * D + d] * f;
-    }
-    a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
-    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
-  }
+  merge_warps<GB, D, NW>(a, red, wm, wl, prow);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -823,11 +822,6 @@ template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float 
   }
 }
 // code words of a lane for one token: NB bytes at byte offset `off` of the token's row
-template <int NB> struct CodeT;
-template <> struct CodeT<16> { using type = uint4; static constexpr int W = 4; };
-template <> struct CodeT<8> { using type = uint2; static constexpr int W = 2; };
-template <> struct CodeT<4> { using type = uint32_t; static constexpr int W = 1; };
-template <> struct CodeT<2> { using type = unsigned short; static constexpr int W = 1; };
 template <int NB> __device__ __forceinline__ void ld_codes(const uint8_t* p, uint32_t* w) {
   if constexpr (NB == 16) { const uint4 v = __ldg(reinterpret_cast<const uint4*>(p)); w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w; }
   else if constexpr (NB == 8) { const uint2 v = __ldg(reinterpret_cast<const uint2*>(p)); w[0] = v.x; w[1] = v.y; }
@@ -854,20 +848,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   unsigned char* tabV = smem + 256 * ROWB;
 
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  const int split = blockIdx.x, b = blockIdx.z;
-  const int hkv = blockIdx.y / a.ngroups, grp = blockIdx.y % a.ngroups;
-  const int G = a.Hq / a.Hkv;
-  const int hq0 = hkv * G + grp * GB;
-  const int start = max(a.starts[b], 0);
-  const int end = min(a.pq_lens[b], a.T);
-  const int n = max(end - start, 0);
-  int per = (n + a.S - 1) / a.S;
-  per = (per + 31) & ~31;
-  const int lo = start + split * per;
-  const int hi = min(lo + per, end);
+  const SplitRange sr = split_range<GB>(a);
+  const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
+  const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
-  const long long prow = ((long long)b * a.Hq + hq0) * a.S + split;
 
   // ---- prologue: both tables, pre-laid out on the host as the shared-memory rows [code][ROWB bytes]
   // (entries at their slots, rows padded), arrive by bulk copies (TMA) completing on one mbarrier: no
@@ -927,8 +912,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   };
 
   if (lo >= hi) {
-    for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
-    if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
+    write_empty_partial<GB, D, NT>(a, prow);
     wait_tables();
     cluster_done();
     cluster_exit();
@@ -1124,21 +1108,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     }
   }
   __syncthreads();
-  for (int x = tid; x < GB * D; x += NT) {
-    const int g = x / D, d = x % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wm[w * GB + g]);
-    float L = 0.f, ov = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-      const float f = exp2f(wm[w * GB + g] - mx);  // 0 for a warp without chunks (m = -inf)
-      L += wl[w * GB + g] * f;
-      ov += red[(w * GB + g) * D + d] * f;
-    }
-    a.o_part[(prow + (long long)g * a.S) * D + d] = ov / L;
-    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
-  }
+  merge_warps<GB, D, NW>(a, red, wm, wl, prow);
   cluster_exit();
 }
 
