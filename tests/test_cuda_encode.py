@@ -42,7 +42,8 @@ def _check(x, c, got, min_match=0.9999):
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("kind,dsub,opt", [("pruned", 2, 0), ("pruned", 2, 1), ("brute", 2, 0), ("mma", 4, 0),
-                                            ("mma", 4, 2), ("brute", 4, 0)])
+                                            ("mma", 4, 2), ("mma", 4, 4), ("mma", 4, 12), ("mma", 4, 20),
+                                            ("mma", 4, 28), ("brute", 4, 0)])
 @pytest.mark.parametrize("T", [0, 1, 37, 1000, 4099])
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shared", [True, False])
@@ -77,14 +78,14 @@ def test_dispatch_strided_and_outliers():
     for dsub in (2, 4):
         c = torch.randn(6, 128 // dsub, 256, dsub, device="cuda", generator=g)
         _check(x, c, ops.pq_encode(x, c))
-        for opt in (1, 2):
+        for opt in (1, 2, 4):
             _check(x, c, ce.pq_encode(x, c, opt=opt))
     # bf16 / fp32 values outside the fp16 range take the exact fix-up path of the mma kernel
     xf = torch.randn(1, 2, 64, 128, device="cuda", generator=g)
     xf[0, 1, 5, :8] = 1e6
     c = torch.randn(1, 32, 256, 4, device="cuda", generator=g) * 10
     assert ce.tables(c, "mma")["kind"] == "mma"
-    for opt in (0, 2):
+    for opt in (0, 2, 4):
         _check(xf, c, ce.pq_encode(xf, c, kind="mma", opt=opt))
         _check(xf.bfloat16(), c, ce.pq_encode(xf.bfloat16(), c, kind="mma", opt=opt))
     # unsupported inputs fall back (ksub 16)

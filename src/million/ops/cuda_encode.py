@@ -290,11 +290,18 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     [Hc, M, 256, dsub]`` (see :func:`million.ops.naive.pq_encode`). ``kind``: ``"pruned"`` (dsub 2),
     ``"mma"`` (dsub 4) or ``"brute"``; default by dsub. ``chunks``: token chunks per (head, group);
     ``opt`` bit 0: the pruned kernel interleaves two subspaces' scans; bit 1: the mma kernel takes two
-    16-token tiles per B fragment load and ``||x||^2`` through the MMA (``enc_mma2_kernel``).
-    Default ``opt``: 2 (measured on the H100: mma2 2.33 ms vs 2.99 ms per 32K x 32-head tensor; the
-    interleaved pruned scan was no faster, 0.92-0.93 vs 0.92-0.99 ms)."""
+    16-token tiles per B fragment load and ``||x||^2`` through the MMA (``enc_mma2_kernel``);
+    bit 2: ``enc_mma3_kernel`` (mma2 with the candidate keys built by IMAD / LEA and a three-way DPX
+    minimum instead of LOP3 + FMNMX per candidate; takes precedence over bit 1); bit 3 (with bit 2): its
+    subspace loop rolled (1/8 of the code); bit 4 (with bit 2): registers budgeted for 3 blocks per SM.
+    Default ``opt``: 12 = mma3 with the rolled loop (measured on the H100, 2026-11-23: 1.85 ms per 32K x
+    32-head tensor vs 2.26-2.31 for mma2 and 2.04-2.07 for mma3 unrolled; 3 blocks per SM no faster);
+    the pruned kernel ignores bits 2-4 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
+    0.92-0.99 ms)."""
     if opt is None:
-        opt = 2
+        opt = 12
+    if not 0 <= int(opt) < 32:
+        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 32) (see the docstring)")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):

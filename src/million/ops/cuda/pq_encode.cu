@@ -19,6 +19,9 @@
 //   and C = ||x||^2, i.e. D = ||x - c||^2 to ~22 bits; argmin as a float min over keys with the
 //   6-bit (block, parity) index in the low mantissa bits (near-ties within ~2^-17 relative may
 //   flip). Tokens whose |x| exceeds the fp16 range are redone exactly from the fp32 table.
+//   opt bit 1 (mma2): two tiles per B fragment, ||x||^2 through the MMA. opt bit 2 (mma3, the default
+//   with bit 3 = rolled subspace loop): keys built as bits(D) * 64 + tag on the IMAD / LEA pipes with
+//   a per-row accumulator offset that puts every D of a row in one binade, DPX three-way minimum.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -35,7 +38,7 @@ struct EncArgs {
   long long sx_b, sx_h, sx_t;  // element strides of x
   long long so_b, so_h, so_t;  // element strides of codes
   int B, H, T, M, Hc, dsub, dtype, kind, chunks, G, lcap;
-  int opt;  // bit 0: kind 0 interleaves two subspaces' scans; bit 1: kind 2 uses enc_mma2_kernel
+  int opt;  // bit 0: kind 0 interleaves two subspaces' scans; bit 1: kind 2 uses enc_mma2_kernel; bit 2: enc_mma3_kernel
 };
 
 static char g_err[512];
@@ -537,6 +540,158 @@ __global__ void __launch_bounds__(256, 2) enc_mma2_kernel(EncArgs a) {
     }
   }
 }
+// kind 2, opt bit 2 ("mma3"): as mma2, but the candidate keys are built off the ALU pipe. The
+// accumulator input C = 1.25 P per row, P a power of two >= 4 (||x||^2 + max ||c||^2) >= 2 max_c d,
+// so every D = 1.25 P + d of a row lies in one binade [P, 2P) (margin P/4 for rounding below zero),
+// where the float bits order like the values. key = bits(D) * 64 + tag (one IMAD, fmaheavy pipe)
+// keeps the whole mantissa: bits(D) * 64 mod 2^32 = (E & 7) << 29 | mant << 6 never wraps, E is
+// common to the row. Minimum over three keys per DPX VIMNMX3 (__vimin3_u32): 1.5 issued
+// instructions per candidate pair instead of 4 ALU ones (LOP3 + FMNMX per candidate, the
+// measured bottleneck of mma2: ALU pipe 64% busy, ncu 2026-11-23). Resolution: P * 2^-23.
+__device__ __forceinline__ void mma16816_c(float& d0, float& d1, float& d2, float& d3, const uint32_t* A, uint2 b,
+                                           float c01, float c23) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%11,%11};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(b.x), "r"(b.y), "f"(c01), "f"(c23));
+}
+__device__ __forceinline__ uint32_t key64(float d, uint32_t tag) { return __float_as_uint(d) * 64u + tag; }
+// 1.25 * (smallest power of two >= 4 * (sq + cmax)); sq + cmax >= 0
+__device__ __forceinline__ float big_of(float s) {
+  const uint32_t b = __float_as_uint(fmaxf(4.f * s, 1e-30f));
+  return 1.25f * __uint_as_float((b + 0x7fffffu) & 0xff800000u);
+}
+
+// JU: unroll the subspace loop (false: a rolled loop, 1/8 of the code: fewer instruction-cache
+// misses); MINB: blocks per SM the registers are budgeted for.
+template <typename TX, int MG, bool JU, int MINB>
+__global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint2* fr = reinterpret_cast<uint2*>(smem);  // [MG][32 blocks][32 lanes]
+  float* cmax = reinterpret_cast<float*>(smem + MG * 1024 * 8);  // [MG] max ||c||^2
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int g = lane >> 2, q = lane & 3, half = q & 1;
+  const float* tab = reinterpret_cast<const float*>(a.tab);
+  {
+    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
+    uint4* sf = reinterpret_cast<uint4*>(fr);
+    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
+    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
+    // warp w: max ||c||^2 of subspace w (tab entry 4 = ||c||^2)
+    for (int j = warp; j < MG; j += nw) {
+      float mx = 0.f;
+      if (j < mg)
+        for (int k = lane; k < 256; k += 32) mx = fmaxf(mx, tab[((s0 + j) * 256 + k) * 8 + 4]);
+#pragma unroll
+      for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      if (lane == 0) cmax[j] = mx;
+    }
+  }
+  __syncthreads();
+  if (q == 3) {
+    for (int i = warp; i < MG * 32; i += nw) fr[i * 32 + lane].y = 0x3c003c00u;
+  }
+  __syncthreads();
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  for (long long tb = n0 + 32LL * warp; tb < n1; tb += 32LL * nw) {
+    long long nn[4];
+    bool ok[4];
+    const TX* xp[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {  // rows g, g+8 of tile 0 and of tile 1
+      nn[r] = tb + g + 8 * r;
+      ok[r] = nn[r] < n1;
+      xp[r] = X + (ok[r] ? xrow(a, h, nn[r]) : 0) + m0 * 4 + 2 * half;
+    }
+    float v[4][2], vn[4][2];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      vn[r][0] = ok[r] ? Ld<TX>::one(xp[r]) : 0.f;
+      vn[r][1] = ok[r] ? Ld<TX>::one(xp[r] + 1) : 0.f;
+    }
+    static_assert(MG == 8, "two code words per row");
+    uint32_t cw0[4] = {0, 0, 0, 0}, cw1[4] = {0, 0, 0, 0};
+    bool bad[4] = {false, false, false, false};
+#pragma unroll (JU ? MG : 1)
+    for (int j = 0; j < MG; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        v[r][0] = vn[r][0]; v[r][1] = vn[r][1];
+        const bool in = ok[r] && j + 1 < mg;
+        vn[r][0] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1)) : 0.f;
+        vn[r][1] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1) + 1) : 0.f;
+      }
+      const float cm = cmax[j];
+      uint32_t A[2][4];
+      float big[4];  // C of rows g, g+8 (tile 0), g, g+8 (tile 1)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const __half2 hh = __floats2half2_rn(v[r][0], v[r][1]);
+        const float2 f = __half22float2(hh);
+        float sq = v[r][0] * v[r][0] + v[r][1] * v[r][1];
+        sq += __shfl_xor_sync(0xffffffffu, sq, 1);
+        bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && sq < 32768.f);
+        // the row's ||x||^2 over all 4 dims: lanes q and q^1 hold halves; q 0/1 and 2/3 see the same token
+        big[r] = big_of(sq + cm);
+        const __half sh = __float2half_rn(sq);
+        const float shf = __half2float(sh);
+        uint32_t hi_lo;
+        if (q < 2) hi_lo = pack_h2(v[r][0] - f.x, v[r][1] - f.y);
+        else if (q == 2) hi_lo = 0x3c003c00u;
+        else hi_lo = pack_h2(shf, sq - shf);
+        A[r >> 1][(r & 1)] = *reinterpret_cast<const uint32_t*>(&hh);
+        A[r >> 1][2 + (r & 1)] = hi_lo;
+      }
+      // C fragment rows: c0, c1 = row g, c2, c3 = row g + 8; every lane of the quad needs the row's
+      // value, and lanes q = 0, 1 (x dims 0-1) and q = 2, 3 (dims 2-3) hold the same token: the sq of
+      // a row is summed over both dim pairs already (shfl xor 1 pairs q 0/1 and 2/3 of one token)
+      uint32_t k[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+      const uint2* fj = fr + j * 1024 + lane;
+#pragma unroll 8
+      for (int blk = 0; blk < 32; ++blk) {
+        const uint2 b = fj[blk * 32];
+        const uint32_t tag = (uint32_t)(blk * 2);
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          float d0, d1, d2, d3;
+          mma16816_c(d0, d1, d2, d3, A[t], b, big[2 * t], big[2 * t + 1]);
+          k[2 * t] = __vimin3_u32(k[2 * t], key64(d0, tag), key64(d1, tag + 1));
+          k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key64(d2, tag), key64(d3, tag + 1));
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        // (value, centroid index) order across the quad: index = 8 blk + 2 q + parity
+        uint32_t kv = k[r] >> 6;
+        int idx = (int)(((k[r] >> 1) & 31u) * 8u + 2u * q + (k[r] & 1u));
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+          const uint32_t ov = __shfl_xor_sync(0xffffffffu, kv, off);
+          const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
+          if (ov < kv || (ov == kv && oi < idx)) { kv = ov; idx = oi; }
+        }
+        if (j & 4) cw1[r] |= (uint32_t)idx << (8 * (j & 3));
+        else cw0[r] |= (uint32_t)idx << (8 * (j & 3));
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      bad[r] = __any_sync(0xffffffffu, bad[r]) && (__shfl_xor_sync(0xffffffffu, (int)bad[r], 1) | (int)bad[r]);
+    if (q == 0) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        if (ok[r]) {
+          uint32_t cw[MG / 4] = {cw0[r], cw1[r]};
+          mma_finish<TX, MG>(a, X, tab, h, nn[r], s0, m0, mg, bad[r], cw);
+        }
+    }
+  }
+}
 // ---------------------------------------------------------------------------------------------
 static int g_max_smem = 0;
 
@@ -575,6 +730,14 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
   if (a.kind == 2) {
     if (a.dsub != 4) { snprintf(g_err, sizeof g_err, "mma kernel needs dsub 4, got %d", a.dsub); return 3; }
     size_t smem = (size_t)MG * 1024 * 8;
+    if (a.opt & 4) {  // bit 3: rolled subspace loop; bit 4: 3 blocks per SM
+      if (a.opt & 16) {
+        if (a.opt & 8) return launch(enc_mma3_kernel<TX, MG, false, 3>, a, MG, smem + MG * 4, st);
+        return launch(enc_mma3_kernel<TX, MG, true, 3>, a, MG, smem + MG * 4, st);
+      }
+      if (a.opt & 8) return launch(enc_mma3_kernel<TX, MG, false, 2>, a, MG, smem + MG * 4, st);
+      return launch(enc_mma3_kernel<TX, MG, true, 2>, a, MG, smem + MG * 4, st);
+    }
     if (a.opt & 2) return launch(enc_mma2_kernel<TX, MG>, a, MG, smem, st);
     return launch(enc_mma_kernel<TX, MG>, a, MG, smem, st);
   }
