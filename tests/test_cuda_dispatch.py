@@ -79,18 +79,3 @@ def test_supports_centroids():
     assert ca.supports_centroids(torch.empty(3, 16, 256, 4))
     assert not ca.supports_centroids(torch.empty(1, 64, 16, 2))  # ksub 16
     assert not ca.supports_centroids(torch.empty(1, 48, 256, 2))  # d = 96
-
-
-def test_fused_split_rule():
-    """One launch when the residual block still fits the one-block-per-SM wave; forced fusion shrinks S
-    to fit; '0' never fuses; bad modes are named."""
-    from million.ops.cuda_attention import fused_splits
-
-    assert fused_splits("auto", 8, 8, 132) == 8  # GQA B=1 4K: 72 blocks
-    assert fused_splits("auto", 8, 16, 132) == 0  # GQA B=1 32K: 136 > 132 blocks
-    assert fused_splits("1", 8, 16, 132) == 15
-    assert fused_splits("1", 200, 1, 132) == 1  # more rows than SMs: one split each
-    assert fused_splits("0", 3, 16, 132) == 0
-    assert fused_splits("auto", 32, 4, 132) == 0  # MHA B=1: 160 > 132
-    with pytest.raises(ValueError, match="MILLION_CUDA_FUSED='yes'"):
-        fused_splits("yes", 8, 8, 132)

@@ -32,10 +32,10 @@ _LOG2E = 1.4426950408889634
 class _Args(ctypes.Structure):
     _fields_ = [(n, ctypes.c_void_p) for n in (
         "q", "kc", "vc", "kcen", "vcen", "pq_lens", "res_lens", "starts", "kres", "vres", "out",
-        "lse_out", "o_part", "lse_part", "counters")] + [(n, ctypes.c_longlong) for n in (
+        "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
-        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster", "fused")] + [
+        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster")] + [
         ("scale_log2", ctypes.c_float)]
 
 
@@ -130,68 +130,6 @@ def lut_warps(q_dtype: torch.dtype, GB: int, D: int, M: int) -> int:
     if D == 64:
         return 0  # no LUT kernel at d=64 (measured no faster than the FFMA kernel); auto takes the tensor-core kernel
     return 16 if D // M == 2 else 12
-
-
-class _CounterPool:
-    """Zeroed int32 arrival counters of fused launches on one device: one 4 MB buffer handed out in
-    slices that are never returned. An eager caller keeps one slice per stream (stream order keeps its
-    uses apart); a launch captured into a CUDA graph gets a slice of its own (replays of one graph are
-    serialized, other graphs and streams use other slices). The kernel leaves every slice at zero."""
-
-    SIZE = 1 << 20
-
-    def __init__(self, device: torch.device):
-        self.buf = torch.zeros(self.SIZE, dtype=torch.int32, device=device)
-        self.used = 0
-        self.streams: dict = {}
-
-    def take(self, n: int) -> torch.Tensor | None:
-        if self.used + n > self.SIZE:
-            return None
-        c = self.buf[self.used:self.used + n]
-        self.used += n
-        return c
-
-
-_POOLS: dict = {}
-
-
-def _counters(device: torch.device, stream: int, n: int) -> torch.Tensor | None:
-    """Counters for a fused launch of ``n`` block rows on ``stream``, or None (the caller then takes two
-    launches): when the first call on a device happens inside CUDA-graph capture (allocating the pool
-    would put a memset into the graph) or the pool is used up."""
-    capturing = torch.cuda.is_current_stream_capturing()
-    pool = _POOLS.get(device.index)
-    if pool is None:
-        if capturing:
-            return None
-        pool = _POOLS[device.index] = _CounterPool(device)
-    if capturing:
-        return pool.take(n)
-    c = pool.streams.get(stream)
-    if c is None or c.numel() < n:
-        c = pool.take(max(n, 256))
-        if c is None:
-            return None
-        pool.streams[stream] = c
-    return c
-
-
-def fused_splits(mode: str, blocks: int, S: int, sms: int) -> int:
-    """Code splits of a fused launch (one kernel: the splits, one residual-window block per block row,
-    the last block merges), or 0 for two launches (partial kernel + merge kernel). ``blocks``: block rows
-    (B x H_kv x groups); ``S``: the two-launch split count. ``auto`` fuses when the extra residual
-    block still fits the one-block-per-SM wave; ``1`` always fuses, with S reduced to fit the wave when
-    it can be (at least 1 split); ``0`` never."""
-    if mode not in ("auto", "0", "1"):
-        raise ValueError(f"MILLION_CUDA_FUSED={mode!r}: expected auto, 0 or 1")
-    if mode == "0":
-        return 0
-    if blocks * (S + 1) <= sms:
-        return S
-    if mode == "1":
-        return max(1, min(S, sms // blocks - 1))
-    return 0
 
 
 def _codes_ok(c: torch.Tensor, align: int = 4) -> torch.Tensor:
@@ -314,7 +252,6 @@ def pq_decode_attention(
     num_splits_override: int | None = None,
     num_warps_override: int | None = None,
     kernel_override: str | None = None,
-    fuse: bool | None = None,
 ):
     """Decode attention over PQ codes plus the residual window (CUDA, shared-memory tables).
 
@@ -324,9 +261,7 @@ def pq_decode_attention(
     ``ffma``, ``lut`` or ``mma`` (see :func:`choose_kernel`). ``num_warps_override`` without a kernel
     override: 0 forces the FFMA kernel, 8 / 12 / 16 the packed-LUT kernel with that many warps (fp16
     GQA at d=128; other shapes take the FFMA kernel); with ``lut`` or ``mma``: that kernel's warps
-    (8, 12 or 16). ``fuse``: one launch whose last block per head group merges (True), the partial and
-    merge kernels (False), or by shape (None: ``$MILLION_CUDA_FUSED``, default ``auto``, see
-    :func:`fused_splits`).
+    (8, 12 or 16).
     """
     args = (q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale)
     if not supports(q, k_codes, v_codes, k_centroids, v_centroids, k_res, v_res):
@@ -367,16 +302,6 @@ def pq_decode_attention(
             S, C = _cluster(S, want)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
-    fused, counters = 0, None
-    if C == 1 and B > 0 and Hq > 0:
-        mode = os.environ.get("MILLION_CUDA_FUSED", "0") if fuse is None else ("1" if fuse else "0")
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        s_f = fused_splits(mode, B * Hkv * ngroups, S, _sms(idx))
-        if s_f:
-            stream_id = torch.cuda.current_stream(dev).cuda_stream
-            counters = _counters(torch.device("cuda", idx), stream_id, B * Hkv * ngroups)
-            if counters is not None:
-                fused, S = 1, s_f + 1  # the last split is the residual window's
     o_part = torch.empty(B, Hq, S, D, dtype=torch.float32, device=dev)
     lse_part = torch.empty(B, Hq, S, dtype=torch.float32, device=dev)
     if B > 0 and Hq > 0:
@@ -385,12 +310,11 @@ def pq_decode_attention(
             q.data_ptr(), k_codes.data_ptr(), v_codes.data_ptr(), kcen.data_ptr(), vcen.data_ptr(),
             pq_lens.data_ptr(), res_lens.data_ptr(), starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
             out.data_ptr(), lse.data_ptr() if lse is not None else None, o_part.data_ptr(), lse_part.data_ptr(),
-            counters.data_ptr() if counters is not None else None,
             *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
             B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
-            1 if kind == "mma" else 0, C, fused,
+            1 if kind == "mma" else 0, C,
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

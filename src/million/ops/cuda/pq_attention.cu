@@ -30,7 +30,6 @@ struct PQArgs {
   const void* q; const uint8_t* kc; const uint8_t* vc; const void* kcen; const void* vcen;
   const int* pq_lens; const int* res_lens; const int* starts;
   const void* kres; const void* vres; void* out; float* lse_out; float* o_part; float* lse_part;
-  int* counters;                      // fused: one arrival counter per (batch, block row), zero between calls
   long long sq_b, sq_h, sq_d;
   long long sk_b, sk_h, sk_t;
   long long sv_b, sv_h, sv_t;
@@ -39,7 +38,6 @@ struct PQArgs {
   long long svr_b, svr_h, svr_t;
   long long so_b, so_h, so_d;
   int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel
-  int fused;  // 1: one launch; S = code splits + 1, split S-1 attends the residual window, the last block merges
   float scale_log2;
 };
 
@@ -156,8 +154,7 @@ template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs
   const int start = max(a.starts[r.b], 0);
   const int end = min(a.pq_lens[r.b], a.T);
   const int n = max(end - start, 0);
-  const int nsplit = a.S - a.fused;  // fused: the last split is the residual window's
-  int per = (n + nsplit - 1) / nsplit;
+  int per = (n + a.S - 1) / a.S;
   per = (per + 31) & ~31;
   r.lo = start + split * per;
   r.hi = min(r.lo + per, end);
@@ -191,182 +188,6 @@ __device__ __forceinline__ void merge_warps(const PQArgs& a, const float* red, c
   }
 }
 
-// ---- fused merge (a.fused = 1): a single launch of grid (S, H_kv * ngroups, B) where splits
-// 0..S-2 attend the codes as usual and split S-1 attends the residual window (dense, GB heads) into
-// partial slot S-1; every block then counts itself on the (b, block row) counter and the block that
-// arrives last merges the S partials of its GB heads and writes the output (the threadfence-reduction
-// pattern: partials written, __threadfence, one atomicAdd; the last block resets the counter, so it is
-// zero again for the next call or graph replay). No second kernel: the merge kernel's launch gap, its
-// griddepcontrol wait and its residual work leave the critical path.
-template <typename T, int D, int GB, int NW>
-__device__ __forceinline__ void residual_partial(const PQArgs& a, float* red, int b, int hkv, int hq0, long long prow) {
-  constexpr int EV = D / 32, RT = 8, NT = NW * 32;
-  using VT = typename std::conditional<EV == 4, uint2, uint32_t>::type;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int plen = a.pq_lens[b];
-  const int r_end = min(a.res_lens[b], a.R);
-  const int r_lo = max(a.starts[b] - plen, 0);
-  if (r_lo >= r_end) {
-    write_empty_partial<GB, D, NT>(a, prow);
-    return;
-  }
-  float* wm = red + NW * GB * D;
-  float* wl = wm + NW * GB;
-  float qv[GB][EV], m[GB], l[GB], acc[GB][EV];
-  {
-    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
-#pragma unroll
-    for (int g = 0; g < GB; ++g) {
-      m[g] = -INFINITY;
-      l[g] = 0.f;
-#pragma unroll
-      for (int e = 0; e < EV; ++e) {
-        qv[g][e] = Cvt<T>::f(qb[(long long)g * a.sq_h + (long long)(lane * EV + e) * a.sq_d]) * a.scale_log2;
-        acc[g][e] = 0.f;
-      }
-    }
-  }
-  const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
-  const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
-  for (int j0 = r_lo + warp * RT; j0 < r_end; j0 += NW * RT) {
-    VT kk[RT], vv[RT];
-#pragma unroll
-    for (int t = 0; t < RT; ++t) {
-      const long long j = min(j0 + t, r_end - 1);
-      kk[t] = __ldg(reinterpret_cast<const VT*>(kr + j * a.skr_t) + lane);
-      vv[t] = __ldg(reinterpret_cast<const VT*>(vr + j * a.svr_t) + lane);
-    }
-    float part[RT][GB];
-#pragma unroll
-    for (int t = 0; t < RT; ++t) {
-      float x[EV];
-      if constexpr (EV == 4) {
-        const float2 u = Cvt<T>::pair(kk[t].x), w = Cvt<T>::pair(kk[t].y);
-        x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
-      } else {
-        const float2 u = Cvt<T>::pair(kk[t]);
-        x[0] = u.x; x[1] = u.y;
-      }
-#pragma unroll
-      for (int g = 0; g < GB; ++g) {
-        float d = 0.f;
-#pragma unroll
-        for (int e = 0; e < EV; ++e) d = fmaf(x[e], qv[g][e], d);
-        part[t][g] = d;
-      }
-    }
-    butterfly<RT / 2, RT, GB>(part, lane);  // lane: token (lane & 7), summed over its 8-lane group
-    const bool valid = j0 + (lane & 7) < r_end;
-#pragma unroll
-    for (int g = 0; g < GB; ++g) {
-      float dot = part[0][g];
-      dot += __shfl_xor_sync(FULL, dot, 8);
-      dot += __shfl_xor_sync(FULL, dot, 16);
-      const float s = valid ? dot : -INFINITY;
-      float cmax = s;
-#pragma unroll
-      for (int o = 4; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
-      if (cmax > m[g]) {  // finite: token j0 is valid
-        const float alpha = exp2f(m[g] - cmax);
-        l[g] *= alpha;
-#pragma unroll
-        for (int e = 0; e < EV; ++e) acc[g][e] *= alpha;
-        m[g] = cmax;
-      }
-      const float p = exp2f(s - m[g]);
-      float ps = p;
-#pragma unroll
-      for (int o = 4; o >= 1; o >>= 1) ps += __shfl_xor_sync(FULL, ps, o);
-      l[g] += ps;
-#pragma unroll
-      for (int t = 0; t < RT; ++t) {
-        const float pt = __shfl_sync(FULL, p, t);
-        float x[EV];
-        if constexpr (EV == 4) {
-          const float2 u = Cvt<T>::pair(vv[t].x), w = Cvt<T>::pair(vv[t].y);
-          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
-        } else {
-          const float2 u = Cvt<T>::pair(vv[t]);
-          x[0] = u.x; x[1] = u.y;
-        }
-#pragma unroll
-        for (int e = 0; e < EV; ++e) acc[g][e] = fmaf(pt, x[e], acc[g][e]);
-      }
-    }
-  }
-#pragma unroll
-  for (int g = 0; g < GB; ++g) {
-#pragma unroll
-    for (int e = 0; e < EV; ++e) red[(warp * GB + g) * D + lane * EV + e] = acc[g][e];
-    if (lane == 0) { wm[warp * GB + g] = m[g]; wl[warp * GB + g] = l[g]; }
-  }
-  __syncthreads();
-  merge_warps<GB, D, NW>(a, red, wm, wl, prow);  // the window's partial
-}
-
-// the LSE merge of the S partials of heads hq0..hq0+GB-1 of batch b (run by the last block to arrive)
-template <typename T, int D, int GB, int NT>
-__device__ __forceinline__ void merge_partials(const PQArgs& a, int b, int hq0) {
-  const int S = a.S;
-  for (int x = threadIdx.x; x < GB * D; x += NT) {
-    const int g = x / D, d = x % D;
-    const long long row = (long long)b * a.Hq + hq0 + g;
-    const float* lp = a.lse_part + row * S;
-    const float* op = a.o_part + row * S * D + d;
-    float mx = -INFINITY, den = 0.f, o = 0.f;
-    for (int s0 = 0; s0 < S; s0 += MERGE_PF) {
-      float lv[MERGE_PF], ov[MERGE_PF];
-#pragma unroll
-      for (int u = 0; u < MERGE_PF; ++u) {  // L2 loads: other blocks wrote them (L1 is not coherent)
-        const int s = s0 + u;
-        lv[u] = s < S ? __ldcg(lp + s) * LOG2E : -INFINITY;
-        ov[u] = s < S ? __ldcg(op + (long long)s * D) : 0.f;
-      }
-      float gm = -INFINITY;
-#pragma unroll
-      for (int u = 0; u < MERGE_PF; ++u) gm = fmaxf(gm, lv[u]);
-      const float nm = fmaxf(mx, gm);
-      if (nm == -INFINITY) continue;  // nothing attended so far
-      const float f = exp2f(mx - nm);  // 0 when mx = -inf
-      den *= f;
-      o *= f;
-#pragma unroll
-      for (int u = 0; u < MERGE_PF; ++u) {
-        const float w = exp2f(lv[u] - nm);  // 0 for an empty split
-        den += w;
-        o = fmaf(w, ov[u], o);
-      }
-      mx = nm;
-    }
-    const bool any = mx > -INFINITY;
-    T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)(hq0 + g) * a.so_h;
-    ob[(long long)d * a.so_d] = Cvt<T>::to(any ? o / den : 0.f);
-    if (d == 0 && a.lse_out) a.lse_out[row] = any ? (mx + log2f(den)) * LN2 : -INFINITY;
-  }
-}
-
-// every block of a fused launch ends here (all its threads): count the block; the last one merges
-template <typename T, int D, int GB, int NT>
-__device__ __forceinline__ void fused_finish(const PQArgs& a, int b, int hq0) {
-  __shared__ int last_block;
-  // the block's partial (written by all its threads) is ordered before thread 0's fence by the barrier;
-  // one fence per block, not per thread (the cooperative-groups grid-barrier pattern)
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* ctr = a.counters + (long long)b * gridDim.y + blockIdx.y;
-    __threadfence();
-    const int prev = atomicAdd(ctr, 1);
-    last_block = prev == (int)gridDim.x - 1;
-    if (last_block) {
-      *ctr = 0;  // every split has arrived: zero for the next call
-      __threadfence();
-    }
-  }
-  __syncthreads();
-  if (!last_block) return;
-  merge_partials<T, D, GB, NT>(a, b, hq0);
-}
-
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
@@ -384,14 +205,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-  if (a.fused && (int)blockIdx.x == a.S - 1) {  // the residual window's split
-    residual_partial<T, D, GB, NW>(a, reinterpret_cast<float*>(smem), b, hkv, hq0, prow);
-    fused_finish<T, D, GB, NT>(a, b, hq0);
-    return;
-  }
   if (lo >= hi) {
     write_empty_partial<GB, D, NT>(a, prow);
-    if (a.fused) fused_finish<T, D, GB, NT>(a, b, hq0);
     return;
   }
 
@@ -628,7 +443,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   }
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
-  if (a.fused) fused_finish<T, D, GB, NT>(a, b, hq0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -667,14 +481,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-  if (a.fused && (int)blockIdx.x == a.S - 1) {  // the residual window's split
-    residual_partial<T, D, GB, NW>(a, reinterpret_cast<float*>(smem), b, hkv, hq0, prow);
-    fused_finish<T, D, GB, NT>(a, b, hq0);
-    return;
-  }
   if (lo >= hi) {
     write_empty_partial<GB, D, NT>(a, prow);
-    if (a.fused) fused_finish<T, D, GB, NT>(a, b, hq0);
     return;
   }
 
@@ -972,7 +780,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   }
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
-  if (a.fused) fused_finish<T, D, GB, NT>(a, b, hq0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1047,14 +854,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
 
-  if (a.fused && (int)blockIdx.x == a.S - 1) {  // the residual window's split: no tables
-    residual_partial<T, D, GB, NW>(a, reinterpret_cast<float*>(smem), b, hkv, hq0, prow);
-    fused_finish<T, D, GB, NT>(a, b, hq0);
-    return;
-  }
   if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster fetches no tables
     write_empty_partial<GB, D, NT>(a, prow);
-    if (a.fused) fused_finish<T, D, GB, NT>(a, b, hq0);
     return;
   }
 
@@ -1064,14 +865,15 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   // cluster of C blocks (splits of the same head) where each block fetches 1/C of the bytes and
   // multicasts them to all C blocks. Every block, empty ones too, takes part and leaves only after the
   // cluster's final barrier (no copy may still target its shared memory).
-  __shared__ __align__(8) uint64_t tab_bar;
+  __shared__ __align__(8) uint64_t tab_bar[2];  // K table, V table: the K side starts before V arrives
   uint32_t crank = 0, csize = 1;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
   asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
-  const uint32_t bar = smem_addr(&tab_bar);
+  const uint32_t bar = smem_addr(&tab_bar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * ROWB;  // bytes per table
   if (tid == 0) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar + 8));
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   if (csize > 1) {
@@ -1081,7 +883,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     __syncthreads();
   }
   if (tid == 0) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2u * TB) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(TB) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar + 8), "r"(TB) : "memory");
     const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
     const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
     const uint16_t mask = (uint16_t)((1u << csize) - 1u);
@@ -1089,25 +892,26 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     for (int t = 0; t < 2; ++t) {
       const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
                                  (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
-      const uint32_t dst = smem_addr(t == 0 ? tabK : tabV);
+      const uint32_t dst = smem_addr(t == 0 ? tabK : tabV), tb = bar + 8u * t;
       for (uint32_t o = p0; o < p1; o += 16384u) {
         const uint32_t n = min(16384u, p1 - o);
         if (csize > 1)
           asm volatile(
               "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
-              ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar), "h"(mask) : "memory");
+              ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb), "h"(mask) : "memory");
         else
           asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                       ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar) : "memory");
+                       ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb) : "memory");
       }
     }
   }
-  auto wait_tables = [&]() {
+  auto wait_table = [&](int t) {
     uint32_t done = 0;
     while (!done)
       asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
-                   : "=r"(done) : "r"(bar) : "memory");
+                   : "=r"(done) : "r"(bar + 8u * t) : "memory");
   };
+  auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
     if (csize > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
   };
@@ -1115,7 +919,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
   };
 
-  if (lo >= hi) {
+  if (lo >= hi) {  // (in a cluster: its copies target this block's shared memory, wait for them)
     write_empty_partial<GB, D, NT>(a, prow);
     wait_tables();
     cluster_done();
@@ -1172,8 +976,15 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const uint32_t baseV = smem_addr(tabV) + gid * ESZ;  // + 8r*ESZ + code*ROWB
   const uint32_t psel = (gid & 1) ? 0x7632u : 0x5410u;
   const int srcA = (2 * tig) * 4 + (gid >> 1), srcB = srcA + 4;
-  wait_tables();
-  cluster_done();
+  // outside a cluster the K side starts as soon as the K table is in; the V table is waited for at the
+  // first value step (its copy overlaps the first chunk's scores)
+  bool v_pending = csize == 1;
+  if (v_pending) {
+    wait_table(0);
+  } else {
+    wait_tables();
+    cluster_done();
+  }
 
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // heads 2tig, 2tig+1
   float o[NVT][4];
@@ -1239,6 +1050,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     for (int tt = 0; tt < 2; ++tt) {
       pk[tt][0] = pack2<T>(sc[tt][0], sc[tt][1]);
       pk[tt][1] = pack2<T>(sc[tt][2], sc[tt][3]);
+    }
+    if (v_pending) {  // first value step of this warp: the V table must be in
+      wait_table(1);
+      v_pending = false;
     }
     // ---- values ----
 #pragma unroll
@@ -1314,7 +1129,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
   cluster_exit();
-  if (a.fused) fused_finish<T, D, GB, NT>(a, b, hq0);
 }
 
 // residual window (dense) + merge of the S partials; one block of NWM warps per (q head, batch).
@@ -1510,11 +1324,6 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
     } else {
       kern<<<grid, nthreads, smem, st>>>(a);
     }
-    if (a.fused) {  // one launch: the last block of each (b, block row) merges
-      cudaError_t e = cudaGetLastError();
-      if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
-      return 0;
-    }
     // merge kernel as a programmatic dependent launch (overlaps its launch, q and residual-window
     // work with the partial kernel's tail; captured into CUDA graphs as a programmatic edge)
     cudaLaunchConfig_t cfg = {};
@@ -1621,7 +1430,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 5; }
+int million_pq_abi_version() { return 4; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
@@ -1631,11 +1440,6 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
   if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1)) {
     snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel", a->cluster);
-    return 3;
-  }
-  if (a->fused && (a->fused != 1 || a->cluster > 1 || a->S < 2 || !a->counters)) {
-    snprintf(g_err, sizeof g_err, "fused=%d needs S >= 2 (code splits + the residual split), cluster 1 and counters",
-             a->fused);
     return 3;
   }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
