@@ -240,6 +240,50 @@ class Bench:
         log(f"  accuracy {r['accuracy']:.3f} {r['accuracy_by_context']}")
         return r
 
+    def layerscan(self, mk):
+        """Sensitivity per layer (SQuAD, all-quantized): only layer l quantized with pq-4 (and pq-2), the
+        others fp16. Then bit allocations across layers at the pq-4 average (bits at 32K): the k layers most
+        sensitive at 4 bits kept in fp16, paid for by the j layers least sensitive at 2 bits taken to pq-2
+        (j = ceil(k (16 - b4) / (b4 - b2))), the rest pq-4; scored on SQuAD and the essays."""
+        import math
+
+        from million.eval.methods import LayerMix, Shape
+
+        a = self.args
+        model, _ = self.load()
+        L = model.config.num_hidden_layers
+        m4, m2 = mk("pq-4")(), mk("pq-2")()
+        nw = a.layerscan_windows
+        base = self.ppl("layerscan", "fp16-all", lambda: LayerMix([None] * L, "fp16-all"), "squad", nw)["ppl"]
+        d = {}
+        for tag, m in (("4", m4), ("2", m2)):
+            d[tag] = []
+            for l in range(L):
+                mix = [None] * L
+                mix[l] = m
+                lab = f"pq{tag}-only-L{l:02d}"
+                r = self.ppl("layerscan", lab, lambda mix=mix, lab=lab: LayerMix(mix, lab), "squad", nw)
+                d[tag].append(r["ppl"] / base - 1)
+        shape = Shape.of(model.config)
+        b4 = m4.bits_breakdown(shape, 32768)["total"]
+        b2 = m2.bits_breakdown(shape, 32768)["total"]
+        order4 = sorted(range(L), key=lambda l: -d["4"][l])
+        scan = {"base_ppl": base, "windows": nw, "dppl_only_layer_pq4": d["4"], "dppl_only_layer_pq2": d["2"],
+                "bits32k_pq4": b4, "bits32k_pq2": b2, "mixes": []}
+        for k in (1, 2, 3):
+            top = order4[:k]
+            j = math.ceil(k * (16 - b4) / (b4 - b2))
+            low = [l for l in sorted(range(L), key=lambda l: d["2"][l]) if l not in top][:j]
+            mix = [None if l in top else (m2 if l in low else m4) for l in range(L)]
+            lab = f"mix-fp16x{k}-pq2x{j}"
+            for text, n in (("squad", a.squad_windows), ("essays", a.essays_windows)):
+                if n >= 1:
+                    self.ppl("layerscan", lab, lambda mix=mix, lab=lab: LayerMix(mix, lab), text, n)
+            scan["mixes"].append({"label": lab, "fp16_layers": top, "pq2_layers": low})
+        f = self.out / "layerscan" / "scan.json"
+        f.write_text(json.dumps(scan, indent=2) + "\n")
+        log(f"layer scan: most sensitive at 4 bits {[(l, round(100 * d['4'][l], 2)) for l in order4[:5]]} (% dppl)")
+
     def _guard(self, fn, *args, **kw):
         """Run one measurement; with --keep-going a failure is logged (and written) instead of raised."""
         if not self.args.keep_going:
@@ -285,6 +329,8 @@ class Bench:
                 for lab in NEEDLE:
                     if want(lab):
                         self._guard(self.needle, lab, mk(lab))
+            elif part == "layerscan":
+                self._guard(self.layerscan, mk)
         if self.failures:
             (self.out / "failures.json").write_text(json.dumps(self.failures, indent=2) + "\n")
 
@@ -389,6 +435,7 @@ def main(argv=None) -> int:
     p.add_argument("--squad-windows", type=int, default=8)
     p.add_argument("--essays-windows", type=int, default=4)
     p.add_argument("--ablation-windows", type=int, default=4)
+    p.add_argument("--layerscan-windows", type=int, default=8, help="SQuAD windows per layer of the layer scan")
     p.add_argument("--needle-contexts", default="1024,2048,4096,8192")
     p.add_argument("--needle-depths", default="0.1,0.5,0.9")
     p.add_argument("--threads", type=int, default=2)
@@ -400,8 +447,8 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     for part in a.parts.split(","):
-        if part not in ("ppl", "ablation", "deployed", "needle"):
-            raise SystemExit(f"--parts: {part!r} is not one of ppl, ablation, deployed, needle")
+        if part not in ("ppl", "ablation", "deployed", "needle", "layerscan"):
+            raise SystemExit(f"--parts: {part!r} is not one of ppl, ablation, deployed, needle, layerscan")
     out = Path(a.out)
     if not a.report_only:
         Bench(a).run()

@@ -318,3 +318,32 @@ def test_fisher_variants_need_fisher(model, calib):
         assert rel_err(kq.qdq_key(0, k, 0), k) < 0.5
     finally:
         del calib.fisher
+
+
+def test_layer_mix_routes_layers_and_averages_bits():
+    """LayerMix: each layer through its own method (None = fp16 rounding), bits = layer average of the
+    methods' totals; bad layers, shapes, protocols and pre-RoPE methods are named."""
+    from million.eval.methods import LayerMix
+
+    k4, k2 = KIVI(4), KIVI(2)
+    mix = LayerMix([k4, None, k2], "mix")
+    x = torch.randn(1, 2, 40, 64, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mix.qdq_key(0, x, 0), k4.qdq_key(0, x, 0))
+    torch.testing.assert_close(mix.qdq_value(2, x, 0), k2.qdq_value(2, x, 0))
+    torch.testing.assert_close(mix.qdq_key(1, x, 0), x.half().float())
+    assert not torch.equal(mix.qdq_key(2, x, 0), mix.qdq_key(0, x, 0))
+    shape = Shape(3, 2, 64)
+    b = mix.bits_breakdown(shape, 4096)
+    want = [k4.bits_breakdown(shape, 4096)["total"], 16.0, k2.bits_breakdown(shape, 4096)["total"]]
+    assert b["layers"] == pytest.approx(want) and b["total"] == pytest.approx(sum(want) / 3)
+    assert mix.bits == pytest.approx((4 + 16 + 2) / 3) and mix.describe()["layers"] == ["kivi-4", "fp16", "kivi-2"]
+    with pytest.raises(ValueError, match="layer 3 is outside"):
+        mix.qdq_key(3, x, 0)
+    with pytest.raises(ValueError, match="the mix has 3 layers, the model 4"):
+        mix.bits_breakdown(Shape(4, 2, 64), 4096)
+    with pytest.raises(ValueError, match="all-quantized protocol only"):
+        mix.bits_breakdown(shape, 4096, "deployed")
+    with pytest.raises(ValueError, match="post-RoPE methods only"):
+        LayerMix([KVQuant(4)], "bad")
+    with pytest.raises(ValueError, match="one entry per layer"):
+        LayerMix([], "empty")

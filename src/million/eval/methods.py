@@ -448,6 +448,64 @@ class Million(PQMethod):
         return self
 
 
+class LayerMix(KVMethod):
+    """A different method per layer: ``methods[l]`` quantizes layer ``l`` (``None``: the layer is kept in
+    fp16, as the ``fp16`` reference, counted as 16 bits). Bits per element are the layer average of each method's own total (every
+    layer of the model has the same number of K/V elements). Used by the benchmark's layer scan
+    (``benchmarks/bench_quality.py --parts layerscan``): one quantized layer at a time, and bit
+    allocations across layers at a matched average."""
+
+    name = "layermix"
+
+    def __init__(self, methods: list, label: str):
+        if not methods:
+            raise ValueError("LayerMix needs one entry per layer, got none")
+        for m in methods:
+            if m is not None and getattr(m, "key_space", "post_rope") != "post_rope":
+                raise ValueError(f"LayerMix takes post-RoPE methods only, got {m.label} ({m.key_space})")
+        self.methods = list(methods)
+        bits = sum(16.0 if m is None else float(m.bits) for m in methods) / len(methods)
+        super().__init__(bits)
+        self._label = label
+
+    @property
+    def label(self):
+        return self._label
+
+    def _m(self, layer: int):
+        if not 0 <= layer < len(self.methods):
+            raise ValueError(f"layer {layer} is outside the mix's {len(self.methods)} layers")
+        return self.methods[layer]
+
+    def qdq_key(self, layer, k, pos0):
+        m = self._m(layer)
+        return k.half().to(k.dtype) if m is None else m.qdq_key(layer, k, pos0)
+
+    def qdq_value(self, layer, v, pos0):
+        m = self._m(layer)
+        return v.half().to(v.dtype) if m is None else m.qdq_value(layer, v, pos0)
+
+    def bits_breakdown(self, shape, context, protocol="all-quantized"):
+        if protocol != "all-quantized":
+            raise ValueError(f"LayerMix is measured in the all-quantized protocol only, not {protocol!r}")
+        if shape.L != len(self.methods):
+            raise ValueError(f"the mix has {len(self.methods)} layers, the model {shape.L}")
+        totals = {}
+        per_layer = []
+        for m in self.methods:
+            if m is None:
+                per_layer.append(16.0)
+                continue
+            if id(m) not in totals:
+                totals[id(m)] = m.bits_breakdown(shape, context, protocol)["total"]
+            per_layer.append(totals[id(m)])
+        return {"layers": per_layer, "total": sum(per_layer) / len(per_layer)}
+
+    def describe(self):
+        names = ["fp16" if m is None else m.label for m in self.methods]
+        return {**super().describe(), "layers": names}
+
+
 def load_pq_codebooks(directory, model_config=None):
     """A ``million calibrate`` directory (``codebooks.json``) or a PQ variant directory, as
     :class:`~million.pq_variants.PQVariantCodebooks`."""
