@@ -312,3 +312,23 @@ def test_mma_tables_follow_the_centroids():
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
         kcen.mul_(-1.5)  # in place: same object, new version
         vcen = vcen.flip(2).contiguous()  # a new tensor (may reuse freed memory)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("bulk", ["1", "0"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(6))
+def test_ffma_kernel_host_tables_and_per_thread_prologue(case, dtype, bulk, monkeypatch):
+    """The FFMA kernel with one query head per block (MHA): tables laid out on the host and fetched by
+    bulk copy (the K side turned into its score table in place; dsub 2 and 4, d 64 and 128), and the
+    per-thread prologue, against the naive twin; MHA cases and GQA ones forced onto the FFMA kernel."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", bulk)
+    cases = [CASES[0], CASES[5], CASES[7], CASES[9], LUT_CASES[3],
+             # MHA d=64 4-bit with per-head codebooks (the per-head table stride)
+             (2, 4, 4, 64, 4, 700, 32, [700, 13], [32, 0], [0, 0], 4)]
+    _check_poisoned(ca, cases[case], dtype, 900 + case, kernel_override="ffma")

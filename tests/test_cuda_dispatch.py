@@ -79,3 +79,29 @@ def test_supports_centroids():
     assert ca.supports_centroids(torch.empty(3, 16, 256, 4))
     assert not ca.supports_centroids(torch.empty(1, 64, 16, 2))  # ksub 16
     assert not ca.supports_centroids(torch.empty(1, 48, 256, 2))  # d = 96
+
+
+@pytest.mark.parametrize("M,dsub", [(64, 2), (32, 4), (32, 2), (16, 4)])
+def test_ffma_table_layout(M, dsub):
+    """Host-laid FFMA tables: subspace m of code k at row k, slot swz(m) (a permutation of the M slots,
+    the same formula as pq_attention.cu's swz), no padding; cached per live tensor and version."""
+    c = torch.randn(3, M, 256, dsub, dtype=torch.float16)
+    t = ca.ffma_tables(c)
+    assert t.shape == (3, 256, M, dsub) and t[0].numel() == c[0].numel()
+    pos = ca._swz(M, dsub)
+    assert sorted(pos) == list(range(M))
+    for m in range(M):
+        assert torch.equal(t[:, :, pos[m]], c[:, m])
+    assert ca.ffma_tables(c) is t
+    c.add_(1)
+    assert ca.ffma_tables(c) is not t
+
+
+def test_ffma_bulk_switch(monkeypatch):
+    monkeypatch.delenv("MILLION_CUDA_FFMA_BULK", raising=False)
+    assert ca.ffma_bulk()
+    monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "0")
+    assert not ca.ffma_bulk()
+    monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "yes")
+    with pytest.raises(ValueError, match="MILLION_CUDA_FFMA_BULK='yes'"):
+        ca.ffma_bulk()

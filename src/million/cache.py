@@ -100,9 +100,7 @@ class MillionLayer(CacheLayerMixin):
             # captured into a CUDA graph replays only the attention kernels
             from .ops import cuda_attention
 
-            if cuda_attention.supports_centroids(self.k_centroids):
-                cuda_attention.mma_tables(self.k_centroids, "k")
-                cuda_attention.mma_tables(self.v_centroids, "v")
+            cuda_attention.prepare_tables(self.k_centroids, self.v_centroids)
         if self._tr_src is not None:
             kt, kti, vt, vti = (t.to(self.device, torch.float32) for t in self._tr_src)
             if kt.shape[0] != H:

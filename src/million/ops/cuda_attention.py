@@ -169,6 +169,56 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     return t
 
 
+def _swz(M: int, dsub: int) -> list[int]:
+    """Position of subspace m inside a row of the FFMA kernel's tables (``swz`` in pq_attention.cu)."""
+    def one(m):
+        if M == 64:
+            return (m >> 2) + 16 * ((m >> 1) & 1) + 32 * (m & 1)
+        if M == 32 and dsub == 2:
+            return (m >> 2) + 8 * (m & 3)
+        if M == 32:
+            return (m >> 2) + 8 * (m & 1) + 16 * ((m >> 1) & 1)
+        return (m >> 2) + 4 * (m & 3)  # M == 16
+    return [one(m) for m in range(M)]
+
+
+def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
+    """The FFMA kernel's shared-memory table for one query head per block (MHA), laid out once on the
+    device: ``[Hc, 256, M, dsub]`` with subspace ``m`` of code ``k`` at row ``k``, slot ``swz(m)``, so that
+    the kernel brings it in with bulk copies (K: turned into its float32 score table in place). Cached
+    like :func:`mma_tables` (per live centroid tensor and version)."""
+    key = (id(centroids), "ffma")
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0]() is centroids and hit[1] == centroids._version:
+        return hit[2]
+    Hc, M, K, dsub = centroids.shape
+    pos = torch.tensor(_swz(M, dsub), device=centroids.device)
+    t = torch.empty(Hc, K, M, dsub, dtype=centroids.dtype, device=centroids.device)
+    t[:, :, pos] = centroids.permute(0, 2, 1, 3)
+    for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop tables of dead tensors
+        del _TABLES[k]
+    _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
+    return t
+
+
+def prepare_tables(k_centroids: torch.Tensor, v_centroids: torch.Tensor) -> None:
+    """Lay out every table the decode kernels may read for these codebooks (MillionCache calls it at
+    allocation, so that a decode step captured into a CUDA graph replays only the attention kernels)."""
+    if supports_centroids(k_centroids) and supports_centroids(v_centroids):
+        for c, role in ((k_centroids, "k"), (v_centroids, "v")):
+            mma_tables(c, role)
+            ffma_tables(c)
+
+
+def ffma_bulk() -> bool:
+    """Whether the FFMA kernel (one query head per block) reads host-laid tables by bulk copy
+    (``$MILLION_CUDA_FFMA_BULK``, default 1; 0 = the per-thread prologue, for A/B timing)."""
+    v = os.environ.get("MILLION_CUDA_FFMA_BULK", "1")
+    if v not in ("0", "1"):
+        raise ValueError(f"MILLION_CUDA_FFMA_BULK={v!r}: expected 0 or 1")
+    return v == "1"
+
+
 def supports_centroids(c: torch.Tensor) -> bool:
     """Whether centroids of this shape can feed the tensor-core kernel (ksub 256, dsub 2 or 4, d 64 or 128)."""
     return c.dim() == 4 and c.shape[2] == 256 and c.shape[3] in (2, 4) and c.shape[1] * c.shape[3] in (64, 128)
@@ -295,6 +345,9 @@ def pq_decode_attention(
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
     S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev, nw, chunks_per_warp(kind, D))
     C = 1
+    kcode = 1 if kind == "mma" else 0
+    if kind == "ffma" and GB == 1 and ffma_bulk():
+        kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 2
     if kind == "mma":
         kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
         want = int(os.environ.get("MILLION_CUDA_CLUSTER", "1"))
@@ -314,7 +367,7 @@ def pq_decode_attention(
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
             B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
-            1 if kind == "mma" else 0, C,
+            kcode, C,
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

@@ -37,7 +37,8 @@ struct PQArgs {
   long long skr_b, skr_h, skr_t;      // residual K (last dim contiguous)
   long long svr_b, svr_h, svr_t;
   long long so_b, so_h, so_d;
-  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel
+  int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel,
+  // 2: FFMA kernel (GB 1) with host-laid tables (cuda_attention.ffma_tables) fetched by bulk copy
   float scale_log2;
 };
 
@@ -245,7 +246,80 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   if (c < nchunks) load(c, kw, vw);
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
-  {
+  bool built = false;
+  if constexpr (GB == 1) {
+    if (a.kind == 2) {
+      // tables laid out on the host in the swizzled shared-memory order (cuda_attention.ffma_tables):
+      // both arrive by bulk copies (TMA) on one mbarrier while q is staged; the K entries then become
+      // LUT floats in place (ncu, MHA 32K: the per-thread prologue was ~21% of the kernel's warp time,
+      // scalar q loads and L2 round trips of the centroid loads)
+      constexpr uint32_t TB = 256u * M * sizeof(Entry);
+      __shared__ __align__(8) uint64_t tbar;
+      __shared__ float qs[D];
+      const uint32_t bar = smem_addr(&tbar);
+      if (tid == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+      }
+      __syncthreads();
+      if (tid == 0) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2u * TB) : "memory");
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
+                                     (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
+          const uint32_t dst = smem_addr(t == 0 ? reinterpret_cast<void*>(tabK) : reinterpret_cast<void*>(tabV));
+          for (uint32_t o = 0; o < TB; o += 16384u) {
+            const uint32_t n = min(16384u, TB - o);
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                         ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar) : "memory");
+          }
+        }
+      }
+      {
+        const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
+        for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
+      }
+      __syncthreads();  // qs
+      {
+        uint32_t done = 0;
+        while (!done)
+          asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+                       : "=r"(done) : "r"(bar) : "memory");
+      }
+      // entry (k, m) sits at e = k*M + swz(m) in both the centroid table and the LUT
+      constexpr int NE = 256 * M, PER = NE / NT;
+      static_assert(NE % NT == 0, "LUT entries per thread");
+      if constexpr (DSUB == 2) {  // 4-byte entries, 4-byte LUT floats: in place, each thread its own entries
+#pragma unroll 4
+        for (int u = 0; u < PER; ++u) {
+          const int idx = tid + u * NT, k = idx / M, m = idx % M, e = k * M + swz<M, DSUB>(m);
+          float ef[2];
+          entry_to_float<T, 2>(tabK[e], ef);
+          lut[e] = fmaf(qs[2 * m + 1], ef[1], qs[2 * m] * ef[0]);
+        }
+      } else {  // 8-byte entries, 4-byte floats: read all of this thread's entries before anyone writes
+        float val[PER];
+        int pos[PER];
+#pragma unroll
+        for (int u = 0; u < PER; ++u) {
+          const int idx = tid + u * NT, k = idx / M, m = idx % M, e = k * M + swz<M, DSUB>(m);
+          float ef[DSUB];
+          entry_to_float<T, DSUB>(tabK[e], ef);
+          float acc = 0.f;
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) acc = fmaf(qs[DSUB * m + j], ef[j], acc);
+          val[u] = acc;
+          pos[u] = e;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < PER; ++u) lut[pos[u]] = val[u];
+      }
+      built = true;
+    }
+  }
+  if (!built) {
     const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
     const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
     const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
@@ -1430,7 +1504,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 4; }
+int million_pq_abi_version() { return 5; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
@@ -1438,6 +1512,11 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (!init) { const char* e = getenv("MILLION_CUDA_PDL"); g_pdl = (e && e[0] == '0') ? 0 : 1; init = 1; }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
+  if (a->kind == 2 && (a->GB != 1 || a->num_warps != 0)) {
+    snprintf(g_err, sizeof g_err, "kind 2 (host-laid FFMA tables) needs GB 1 and the FFMA kernel, got GB=%d num_warps=%d",
+             a->GB, a->num_warps);
+    return 3;
+  }
   if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1)) {
     snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel", a->cluster);
     return 3;
