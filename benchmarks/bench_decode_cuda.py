@@ -183,29 +183,39 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
     return rows
 
 
-def sweep_splits(dev):
-    """Time the CUDA kernel at B=1 for several num_splits (same graph method) vs the default rule."""
+def sweep_splits(dev, spec: str = ""):
+    """Time the CUDA kernel at B=1 for several num_splits (same graph method) vs the default rule.
+    ``spec`` (``--sweep-spec``): ``shape:context:bits:S1,S2,...`` items separated by ';' (default: every shape at
+    4K, 16K and 32K, 4-bit, S0/4 .. 4 S0 around the default S0)."""
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    shapes = {"mha": (32, 32, 128), "gqa": (32, 8, 128), "smollm2": (9, 3, 64)}
+    if spec:
+        items = []
+        for it in spec.split(";"):
+            name, ctx, bits, ss = it.strip().split(":")
+            items.append((name, int(ctx), int(bits), [int(x) for x in ss.split(",")]))
+    else:
+        items = [(n, c, 4, None) for n in shapes for c in (4096, 16384, 32768)]
     out = []
-    for name, Hq, Hkv, D in (("mha", 32, 32, 128), ("gqa", 32, 8, 128), ("smollm2", 9, 3, 64)):
-        for ctx in (4096, 16384, 32768):
-            M = D // 2
-            ncop = max(1, min(CALLS, math.ceil(4 * l2 / (2 * Hkv * ctx * M))))
-            copies = []
-            for _ in range(ncop):
-                q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, 4, ctx, 128, torch.float16, dev)
-                pl = torch.full((1,), ctx - 64, dtype=torch.int32, device=dev)
-                rl = torch.full((1,), 64, dtype=torch.int32, device=dev)
-                copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
-            G = Hq // Hkv
-            gb = ca._group(G)
-            kind, nw = ca.choose_kernel(torch.float16, gb, D, M, work=ctx)
-            s0 = ca.num_splits(1, Hkv, G // gb, ctx, dev, nw, ca.chunks_per_warp(kind, D))
-            for s in sorted({max(1, s0 // 4), max(1, s0 // 2), s0, 2 * s0, 4 * s0}):
-                t = bench_graph(lambda *a, s=s: ca.pq_decode_attention(*a, num_splits_override=s), copies)
-                out.append(dict(shape=name, context=ctx, splits=s, default=s == s0, us=t))
-                print(f"splits {name} ctx={ctx} S={s}{'*' if s == s0 else ''}: {t:.1f} us", flush=True)
-            del copies
+    for name, ctx, bits, values in items:
+        Hq, Hkv, D = shapes[name]
+        M = D // 2 if bits == 4 else D // 4
+        ncop = max(1, min(CALLS, math.ceil(4 * l2 / (2 * Hkv * ctx * M))))
+        copies = []
+        for _ in range(ncop):
+            q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, bits, ctx, 128, torch.float16, dev)
+            pl = torch.full((1,), ctx - 64, dtype=torch.int32, device=dev)
+            rl = torch.full((1,), 64, dtype=torch.int32, device=dev)
+            copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
+        G = Hq // Hkv
+        gb = ca._group(G)
+        kind, nw = ca.choose_kernel(torch.float16, gb, D, M, work=ctx)
+        s0 = ca.num_splits(1, Hkv, G // gb, ctx, dev, nw, ca.chunks_per_warp(kind, D))
+        for s in sorted(set(values) | {s0}) if values else sorted({max(1, s0 // 4), max(1, s0 // 2), s0, 2 * s0, 4 * s0}):
+            t = bench_graph(lambda *a, s=s: ca.pq_decode_attention(*a, num_splits_override=s), copies)
+            out.append(dict(shape=name, context=ctx, bits=bits, splits=s, default=s == s0, us=t))
+            print(f"splits {name} ctx={ctx} bits={bits} S={s}{'*' if s == s0 else ''}: {t:.1f} us", flush=True)
+        del copies
     return out
 
 
@@ -247,6 +257,7 @@ def main():
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sweep-splits", action="store_true", help="B=1 timings at several num_splits")
+    ap.add_argument("--sweep-spec", default="", help="with --sweep-splits: 'shape:context:bits:S1,S2,...' items joined by ';'")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton column (saves compile time)")
     ap.add_argument("--warps", default="", help="GQA shapes: also time num_warps_override values, e.g. 0,12,16")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="q, centroids, window and SDPA dtype")
@@ -262,7 +273,7 @@ def main():
     if args.profile:
         res["profile"] = profile(dev)
     if args.sweep_splits:
-        res["splits"] = sweep_splits(dev)
+        res["splits"] = sweep_splits(dev, args.sweep_spec)
     if not args.skip_bench:
         allshapes = dict(mha=("mha", 32, 32, 128), gqa=("gqa", 32, 8, 128), smollm2=("smollm2", 9, 3, 64))
         shapes = [allshapes[s] for s in args.shapes.split(",")]

@@ -105,3 +105,19 @@ def test_ffma_bulk_switch(monkeypatch):
     monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "yes")
     with pytest.raises(ValueError, match="MILLION_CUDA_FFMA_BULK='yes'"):
         ca.ffma_bulk()
+
+
+def test_split_rule(monkeypatch):
+    """num_splits on a 132-SM device: about one block per SM, capped by the tokens per warp (the tensor-core
+    kernel at d=128: one split per 1.125 chunks per warp of 8 warps)."""
+    monkeypatch.setattr(ca, "_sms", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    mma128 = ca.chunks_per_warp("mma", 128)
+    assert ca.num_splits(1, 8, 1, 4096, dev, 8, mma128) == 14  # GQA 4K
+    assert ca.num_splits(1, 8, 1, 32768, dev, 8, mma128) == 16  # GQA 32K: the SM cap
+    assert ca.num_splits(8, 8, 1, 32768, dev, 8, mma128) == 2
+    assert ca.num_splits(1, 3, 1, 4096, dev, 8, ca.chunks_per_warp("mma", 64)) == 16  # SmolLM2 shape
+    assert ca.num_splits(1, 3, 1, 16384, dev, 8, ca.chunks_per_warp("mma", 64)) == 44
+    assert ca.num_splits(1, 32, 1, 32768, dev, 0) == 4  # MHA, FFMA kernel
+    assert ca.num_splits(1, 32, 1, 100, dev, 0) == 1  # short: at least one split
+    assert ca.num_splits(300, 8, 1, 1 << 20, dev, 8, mma128) == 1  # more rows than SMs

@@ -101,21 +101,21 @@ def _sms(index: int) -> int:
 
 
 def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device, lut_warps: int = 0,
-               chunks_per_warp: int = 1) -> int:
+               chunks_per_warp: float = 1) -> int:
     """About one block per SM (the tables take 64-192 KB of shared memory: one block per SM), at most
     T/256 splits; for the LUT and tensor-core kernels (``lut_warps`` > 0 warps) at most one split per
     ``32 * chunks_per_warp * lut_warps`` tokens, so that every warp has its chunks (LUT, GQA 4K: S 16 -> 8
-    measured 21.4 -> 18.8 us; tensor-core kernel at d=128 takes 2 chunks per warp: GQA 4K S 16 -> 8
-    measured 16.1 -> 13.9 us, docs/benchmarks.md)."""
+    measured 21.4 -> 18.8 us; tensor-core kernel at d=128: see :func:`chunks_per_warp`, docs/benchmarks.md)."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
     s = max(1, _sms(idx) // max(1, B * Hkv * ngroups))
-    return max(1, min(s, T // (32 * chunks_per_warp * lut_warps if lut_warps else 256), 1024))
+    return max(1, min(s, int(T // (32 * chunks_per_warp * lut_warps) if lut_warps else T // 256), 1024))
 
 
-def chunks_per_warp(kind: str, D: int) -> int:
-    """Chunks each warp should get (the ``num_splits`` cap): 2 for the tensor-core kernel at d=128
-    (split sweep: GQA 4K S 16 -> 8 measured 16.1 -> 13.9 us), else 1."""
-    return 2 if kind == "mma" and D == 128 else 1
+def chunks_per_warp(kind: str, D: int) -> float:
+    """Chunks each warp should get (the ``num_splits`` cap): 1.125 for the tensor-core kernel at d=128
+    (split sweeps at GQA B=1 4K, 4-bit: S 16 / 14 / 12 / 8 measured 15.2 / 13.3 / 13.4 / 14.2 us, run 14 of
+    2026-11-23; at 16K the SM cap, 16, applies), else 1."""
+    return 1.125 if kind == "mma" and D == 128 else 1
 
 
 def lut_warps(q_dtype: torch.dtype, GB: int, D: int, M: int) -> int:
