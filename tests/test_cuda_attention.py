@@ -332,3 +332,27 @@ def test_ffma_kernel_host_tables_and_per_thread_prologue(case, dtype, bulk, monk
              # MHA d=64 4-bit with per-head codebooks (the per-head table stride)
              (2, 4, 4, 64, 4, 700, 32, [700, 13], [32, 0], [0, 0], 4)]
     _check_poisoned(ca, cases[case], dtype, 900 + case, kernel_override="ffma")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("cluster", ["2", "4"])
+@pytest.mark.parametrize("case", [0, 5, 7, 9])
+def test_ffma_kernel_cluster_multicast(case, cluster, monkeypatch):
+    """The bulk-copy FFMA kernel (MHA) in clusters of splits that multicast the tables: odd lengths, empty
+    rows and splits (every block of a cluster takes part in the copies), NaN poison, against the naive twin."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CLUSTER", cluster)
+    monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "1")
+    _check_poisoned(ca, CASES[case], torch.float16, 950 + case, kernel_override="ffma")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = CASES[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=990 + case)
+    args = (torch.tensor(pl, dtype=torch.int32, device="cuda"), kr, vr, torch.tensor(rl, dtype=torch.int32, device="cuda"),
+            torch.tensor(st, dtype=torch.int32, device="cuda"))
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), args[0], kr.float(), vr.float(),
+                                    args[3], args[4])
+    out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, *args, num_splits_override=16, kernel_override="ffma")
+    torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)

@@ -350,6 +350,7 @@ def pq_decode_attention(
         kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 2
     if kind == "mma":
         kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
+    if kcode in (1, 2):
         want = int(os.environ.get("MILLION_CUDA_CLUSTER", "1"))
         if want > 1:  # opt-in: clusters of splits multicast the tables (measured slower on the H100)
             S, C = _cluster(S, want)

@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-  if (lo >= hi) {
+  if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
@@ -247,32 +247,52 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
+  uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
   if constexpr (GB == 1) {
     if (a.kind == 2) {
       // tables laid out on the host in the swizzled shared-memory order (cuda_attention.ffma_tables):
       // both arrive by bulk copies (TMA) on one mbarrier while q is staged; the K entries then become
       // LUT floats in place (ncu, MHA 32K: the per-thread prologue was ~21% of the kernel's warp time,
       // scalar q loads and L2 round trips of the centroid loads)
+      // Optional (a.cluster = C > 1): the C splits of a head form a cluster; each block fetches 1/C of the
+      // bytes and multicasts them to all C blocks (C-fold fewer L2 reads: at MHA B=1 every block reading its
+      // own 128 KB makes the copy L2-bound, ncu 2026-11-23); every block, empty ones too, takes part and
+      // leaves only after the cluster's final barrier.
       constexpr uint32_t TB = 256u * M * sizeof(Entry);
       __shared__ __align__(8) uint64_t tbar;
       __shared__ float qs[D];
       const uint32_t bar = smem_addr(&tbar);
+      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
+      asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
       if (tid == 0) {
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
       }
-      __syncthreads();
+      if (csize > 1) {
+        asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+        asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+      } else {
+        __syncthreads();
+      }
       if (tid == 0) {
         asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2u * TB) : "memory");
+        const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
+        const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
+        const uint16_t mask = (uint16_t)((1u << csize) - 1u);
 #pragma unroll
         for (int t = 0; t < 2; ++t) {
           const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
                                      (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
           const uint32_t dst = smem_addr(t == 0 ? reinterpret_cast<void*>(tabK) : reinterpret_cast<void*>(tabV));
-          for (uint32_t o = 0; o < TB; o += 16384u) {
-            const uint32_t n = min(16384u, TB - o);
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                         ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar) : "memory");
+          for (uint32_t o = p0; o < p1; o += 16384u) {
+            const uint32_t n = min(16384u, p1 - o);
+            if (csize > 1)
+              asm volatile(
+                  "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
+                  ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar), "h"(mask) : "memory");
+            else
+              asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                           ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar) : "memory");
           }
         }
       }
@@ -286,6 +306,12 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         while (!done)
           asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
                        : "=r"(done) : "r"(bar) : "memory");
+      }
+      if (csize > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // tables are in
+      if (lo >= hi) {  // an empty split of a cluster: its part of the copies is done
+        write_empty_partial<GB, D, NT>(a, prow);
+        if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+        return;
       }
       // entry (k, m) sits at e = k*M + swz(m) in both the centroid table and the LUT
       constexpr int NE = 256 * M, PER = NE / NT;
@@ -517,6 +543,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   }
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
+  if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1517,8 +1544,9 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
              a->GB, a->num_warps);
     return 3;
   }
-  if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1)) {
-    snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel", a->cluster);
+  if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1 && a->kind != 2)) {
+    snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel and the bulk-copy FFMA kernel",
+             a->cluster);
     return 3;
   }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
