@@ -225,7 +225,10 @@ def profile(dev):
     from torch.profiler import profile as tprof
 
     out = []
-    for name, Hq, Hkv, D, ctx, bits in (("mha", 32, 32, 128, 4096, 4), ("mha", 32, 32, 128, 32768, 4),
+    # context 64: no code tokens (only the residual window): the fixed cost of a call
+    for name, Hq, Hkv, D, ctx, bits in (("mha", 32, 32, 128, 64, 4), ("mha", 32, 32, 128, 1024, 4),
+                                        ("mha", 32, 32, 128, 4096, 4), ("mha", 32, 32, 128, 32768, 4),
+                                        ("gqa", 32, 8, 128, 64, 4),
                                         ("gqa", 32, 8, 128, 4096, 4), ("gqa", 32, 8, 128, 32768, 4),
                                         ("smollm2", 9, 3, 64, 4096, 4), ("smollm2", 9, 3, 64, 32768, 4)):
         q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, bits, ctx, 128, torch.float16, dev)

@@ -256,8 +256,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // scalar q loads and L2 round trips of the centroid loads)
       // Optional (a.cluster = C > 1): the C splits of a head form a cluster; each block fetches 1/C of the
       // bytes and multicasts them to all C blocks (C-fold fewer L2 reads: at MHA B=1 every block reading its
-      // own 128 KB makes the copy L2-bound, ncu 2026-11-23); every block, empty ones too, takes part and
-      // leaves only after the cluster's final barrier.
+      // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
+      // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
+      // cluster's final barrier.
       constexpr uint32_t TB = 256u * M * sizeof(Entry);
       __shared__ __align__(8) uint64_t tbar;
       __shared__ float qs[D];
