@@ -260,13 +260,14 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
       // cluster's final barrier.
       constexpr uint32_t TB = 256u * M * sizeof(Entry);
-      __shared__ __align__(8) uint64_t tbar;
+      __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
       __shared__ float qs[D];
-      const uint32_t bar = smem_addr(&tbar);
+      const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
       asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
       if (tid == 0) {
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar + 8));
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
       }
       if (csize > 1) {
@@ -276,7 +277,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         __syncthreads();
       }
       if (tid == 0) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2u * TB) : "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(TB) : "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar + 8), "r"(TB) : "memory");
         const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
         const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
         const uint16_t mask = (uint16_t)((1u << csize) - 1u);
@@ -285,15 +287,16 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
           const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
                                      (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
           const uint32_t dst = smem_addr(t == 0 ? reinterpret_cast<void*>(tabK) : reinterpret_cast<void*>(tabV));
+          const uint32_t tb = bar + 8u * t;
           for (uint32_t o = p0; o < p1; o += 16384u) {
             const uint32_t n = min(16384u, p1 - o);
             if (csize > 1)
               asm volatile(
                   "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
-                  ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar), "h"(mask) : "memory");
+                  ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb), "h"(mask) : "memory");
             else
               asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                           ::"r"(dst + o), "l"(src + o), "r"(n), "r"(bar) : "memory");
+                           ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb) : "memory");
           }
         }
       }
@@ -302,13 +305,19 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
       }
       __syncthreads();  // qs
-      {
+      auto wait_tab = [&](uint32_t mb) {
         uint32_t done = 0;
         while (!done)
           asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
-                       : "=r"(done) : "r"(bar) : "memory");
+                       : "=r"(done) : "r"(mb) : "memory");
+      };
+      // the K table is waited for here; outside a cluster the V table after the LUT build (its copy overlaps
+      // the build; a wait inside the chunk loop measured slower from 32K, run 19)
+      wait_tab(bar);
+      if (csize > 1) {
+        wait_tab(bar + 8);
+        asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // tables are in
       }
-      if (csize > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // tables are in
       if (lo >= hi) {  // an empty split of a cluster: its part of the copies is done
         write_empty_partial<GB, D, NT>(a, prow);
         if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
@@ -343,6 +352,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
         for (int u = 0; u < PER; ++u) lut[pos[u]] = val[u];
       }
+      if (csize == 1) wait_tab(bar + 8);
       built = true;
     }
   }
