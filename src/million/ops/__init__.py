@@ -46,6 +46,8 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
             cuda_encode = None
         try:
             if cuda_encode is not None and cuda_encode.available() and cuda_encode.supports(x, centroids):
+                if not torch.compiler.is_compiling():  # eager: no custom-op dispatch on the host path
+                    return cuda_encode.pq_encode(x, centroids)
                 from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
 
                 return torch.ops.million.pq_encode_cuda(x, centroids)
@@ -69,6 +71,8 @@ def _cuda_kernel(args):
         return None
     try:
         if cuda_attention.available() and cuda_attention.supports(*args[:5], args[6], args[7]):
+            if not torch.compiler.is_compiling():  # eager: call the kernel wrapper directly
+                return lambda *a: cuda_attention.pq_decode_attention(*a, return_lse=True)
             from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
 
             return torch.ops.million.pq_decode_attention_cuda
