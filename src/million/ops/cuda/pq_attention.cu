@@ -189,6 +189,57 @@ __device__ __forceinline__ void merge_warps(const PQArgs& a, const float* red, c
   }
 }
 
+// ---- table prologue by bulk copy (FFMA kernel with host-laid tables, tensor-core kernel) ----
+// mbarriers at shared addresses bar (K table) and bar + 8 (V table). In a cluster of csize blocks each
+// block fetches 1/csize of the bytes and multicasts them to all (every block must take part).
+// init: both mbarriers, visible to the whole cluster (or block) before any copy completes on them
+__device__ __forceinline__ void tables_init(uint32_t bar, uint32_t csize) {
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar + 8));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  if (csize > 1) {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  } else {
+    __syncthreads();
+  }
+}
+// thread 0: arm both mbarriers for TB bytes each and issue this block's share of both tables' copies
+// (global ksrc / vsrc -> shared dstK / dstV)
+__device__ __forceinline__ void tables_copy(const unsigned char* ksrc, const unsigned char* vsrc, uint32_t dstK,
+                                            uint32_t dstV, uint32_t TB, uint32_t bar, uint32_t crank, uint32_t csize) {
+  if (threadIdx.x != 0) return;
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(TB) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar + 8), "r"(TB) : "memory");
+  const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
+  const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
+  const uint16_t mask = (uint16_t)((1u << csize) - 1u);
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    const unsigned char* src = t == 0 ? ksrc : vsrc;
+    const uint32_t dst = t == 0 ? dstK : dstV, tb = bar + 8u * t;
+    for (uint32_t o = p0; o < p1; o += 16384u) {
+      const uint32_t n = min(16384u, p1 - o);
+      if (csize > 1)
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
+            ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb), "h"(mask) : "memory");
+      else
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb) : "memory");
+    }
+  }
+}
+// wait until the copies completing on mbarrier mb (phase 0) have landed
+__device__ __forceinline__ void mbar_wait(uint32_t mb) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(done) : "r"(mb) : "memory");
+}
+
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
@@ -265,57 +316,20 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
       asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
-      if (tid == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar + 8));
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-      }
-      if (csize > 1) {
-        asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-        asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-      } else {
-        __syncthreads();
-      }
-      if (tid == 0) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(TB) : "memory");
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar + 8), "r"(TB) : "memory");
-        const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
-        const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
-        const uint16_t mask = (uint16_t)((1u << csize) - 1u);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
-                                     (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
-          const uint32_t dst = smem_addr(t == 0 ? reinterpret_cast<void*>(tabK) : reinterpret_cast<void*>(tabV));
-          const uint32_t tb = bar + 8u * t;
-          for (uint32_t o = p0; o < p1; o += 16384u) {
-            const uint32_t n = min(16384u, p1 - o);
-            if (csize > 1)
-              asm volatile(
-                  "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
-                  ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb), "h"(mask) : "memory");
-            else
-              asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                           ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb) : "memory");
-          }
-        }
-      }
+      tables_init(bar, csize);
+      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
+                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
+                  smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
       {
         const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
         for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
       }
       __syncthreads();  // qs
-      auto wait_tab = [&](uint32_t mb) {
-        uint32_t done = 0;
-        while (!done)
-          asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
-                       : "=r"(done) : "r"(mb) : "memory");
-      };
       // the K table is waited for here; outside a cluster the V table after the LUT build (its copy overlaps
       // the build; a wait inside the chunk loop measured slower from 32K, run 19)
-      wait_tab(bar);
+      mbar_wait(bar);
       if (csize > 1) {
-        wait_tab(bar + 8);
+        mbar_wait(bar + 8);
         asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // tables are in
       }
       if (lo >= hi) {  // an empty split of a cluster: its part of the copies is done
@@ -352,7 +366,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
         for (int u = 0; u < PER; ++u) lut[pos[u]] = val[u];
       }
-      if (csize == 1) wait_tab(bar + 8);
+      if (csize == 1) mbar_wait(bar + 8);
       built = true;
     }
   }
@@ -983,46 +997,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
   const uint32_t bar = smem_addr(&tab_bar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * ROWB;  // bytes per table
-  if (tid == 0) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar + 8));
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  if (csize > 1) {
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-  } else {
-    __syncthreads();
-  }
-  if (tid == 0) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(TB) : "memory");
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar + 8), "r"(TB) : "memory");
-    const uint32_t piece = ((TB + csize - 1) / csize + 15u) & ~15u;
-    const uint32_t p0 = crank * piece, p1 = min(p0 + piece, TB);
-    const uint16_t mask = (uint16_t)((1u << csize) - 1u);
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      const unsigned char* src = reinterpret_cast<const unsigned char*>(t == 0 ? a.kcen : a.vcen) +
-                                 (long long)hkv * (t == 0 ? a.kcen_h : a.vcen_h) * 2;
-      const uint32_t dst = smem_addr(t == 0 ? tabK : tabV), tb = bar + 8u * t;
-      for (uint32_t o = p0; o < p1; o += 16384u) {
-        const uint32_t n = min(16384u, p1 - o);
-        if (csize > 1)
-          asm volatile(
-              "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;"
-              ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb), "h"(mask) : "memory");
-        else
-          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                       ::"r"(dst + o), "l"(src + o), "r"(n), "r"(tb) : "memory");
-      }
-    }
-  }
-  auto wait_table = [&](int t) {
-    uint32_t done = 0;
-    while (!done)
-      asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
-                   : "=r"(done) : "r"(bar + 8u * t) : "memory");
-  };
+  tables_init(bar, csize);
+  tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
+              reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
+              smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+  auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
   auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
     if (csize > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
