@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,13 @@ MAIN = [
     # keys 12-bit codes per 4 dims (3 bits/element) + values 4-bit per 4 dims (1), or 10 + 6 (2.5 + 1.5)
     ("pq-2-k12v4", "pq", 2, {"variant": "best-k12v4", "calib_tokens": 32768, "calib_window": 8192}),
     ("pq-2-k10v6", "pq", 2, {"variant": "best-k10v6", "calib_tokens": 32768, "calib_window": 8192}),
+    # the other direction: more code bits to values than to keys at the same average (4 bits: keys 3.5 or 3,
+    # values 4.5 or 5; 2 bits: keys 1.5, values 2.5)
+    ("pq-4-k7v9", "pq", 4, {"variant": "best-k7v9", "calib_tokens": 32768, "calib_window": 8192}),
+    ("pq-4-k6v10", "pq", 4, {"variant": "best-k6v10", "calib_tokens": 32768, "calib_window": 8192}),
+    ("pq-2-k6v10", "pq", 2, {"variant": "best-k6v10", "calib_tokens": 32768, "calib_window": 8192}),
+    # water-filled key subspaces allowed up to 12-bit codes (default 10)
+    ("pq-4-a12", "pq", 4, {"variant": "best-a12", "calib_tokens": 32768, "calib_window": 8192}),
     # the recipe MillionCache serves (million calibrate --granularity layer_head --sinks 1 --transform metric)
     ("pq-4-served", "pq", 4, {"variant": V(4, transform="metric", sinks=1, samples=16384, iters=16)}),
     ("pq-2-served", "pq", 2, {"variant": V(2, transform="metric", sinks=1, samples=16384, iters=16)}),
@@ -179,9 +187,14 @@ class Bench:
             v = best_variant(bits)
         elif v == "best-c60k":
             v = dataclasses.replace(best_variant(bits), samples=61440, iters=20)
-        elif v in ("best-k12v4", "best-k10v6"):
-            kb, vb = (12, 4) if v == "best-k12v4" else (10, 6)
+        elif v == "best-a12":
+            v = dataclasses.replace(best_variant(bits), alloc_max_bits=12)
+        elif isinstance(v, str) and re.fullmatch(r"best-k\d+v\d+", v):  # best-k<key code bits>v<value code bits>
+            kb, vb = (int(x) for x in re.fullmatch(r"best-k(\d+)v(\d+)", v).groups())
             v = dataclasses.replace(best_variant(bits), k_nbits=kb, v_nbits=vb)
+        over = {k: getattr(self.args, f"pq_{k}") for k in ("samples", "iters") if getattr(self.args, f"pq_{k}")}
+        if over:  # --pq-samples / --pq-iters: cheaper k-means for CPU comparisons (use a separate --out)
+            v = dataclasses.replace(v, **over)
         tokens, window = extra.get("calib_tokens", 16384), extra.get("calib_window", 2048)
         log(f"training PQ variant {label} on {tokens} calibration tokens in windows of {window}: {v.to_dict()}")
         t0 = time.time()
@@ -439,6 +452,9 @@ def main(argv=None) -> int:
     p.add_argument("--needle-contexts", default="1024,2048,4096,8192")
     p.add_argument("--needle-depths", default="0.1,0.5,0.9")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pq-samples", type=int, default=None,
+                   help="override the k-means samples of every trained PQ variant (cheaper CPU comparisons; use its own --out)")
+    p.add_argument("--pq-iters", type=int, default=None, help="override the k-means iterations of every trained PQ variant")
     p.add_argument("--model", default="smollm2", help="'smollm2' or a path to its .gguf file")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu (default) or cuda; codebooks train on the CPU")
     p.add_argument("--exclude", default=None, help="comma-separated labels to skip (e.g. quanto-4,quanto-2 where optimum-quanto is missing)")
@@ -449,6 +465,9 @@ def main(argv=None) -> int:
     for part in a.parts.split(","):
         if part not in ("ppl", "ablation", "deployed", "needle", "layerscan"):
             raise SystemExit(f"--parts: {part!r} is not one of ppl, ablation, deployed, needle, layerscan")
+    for n in ("pq_samples", "pq_iters"):
+        if getattr(a, n) is not None and getattr(a, n) < 1:
+            raise SystemExit(f"--{n.replace('_', '-')}={getattr(a, n)}: expected a positive integer")
     out = Path(a.out)
     if not a.report_only:
         Bench(a).run()
