@@ -80,12 +80,13 @@ def nan_buffers(monkeypatch):
 
 def make_case(B, Hkv, G, T, D, M, nbits, Hc, R, pq_lens, starts, res_lens, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    Hq, ksub, dsub = Hkv * G, 2**nbits, D // M
-    cd = torch.uint8 if ksub <= 256 else torch.uint16
+    kbits, vbits = nbits if isinstance(nbits, tuple) else (nbits, nbits)  # (keys, values) may differ
+    Hq, ksub_k, ksub, dsub = Hkv * G, 2**kbits, 2**vbits, D // M
+    cd = torch.uint8 if max(ksub_k, ksub) <= 256 else torch.uint16
     q = torch.randn(B, Hq, D, generator=g)
-    kc = torch.randint(0, ksub, (B, Hkv, T, M), generator=g).to(cd)
+    kc = torch.randint(0, ksub_k, (B, Hkv, T, M), generator=g).to(cd)
     vc = torch.randint(0, ksub, (B, Hkv, T, M), generator=g).to(cd)
-    kcen = torch.randn(Hc, M, ksub, dsub, generator=g)
+    kcen = torch.randn(Hc, M, ksub_k, dsub, generator=g)
     vcen = torch.randn(Hc, M, ksub, dsub, generator=g)
     kr = torch.randn(B, Hkv, R, D, generator=g)
     vr = torch.randn(B, Hkv, R, D, generator=g)
@@ -115,6 +116,10 @@ CASES = [
     ("nbits4", 2, 2, 1, 31, 32, 16, 4, 2, 2, [31, 30], [0, 0], [1, 2]),
     ("nbits10_uint16", 2, 1, 2, 27, 32, 16, 10, 1, 3, [27, 9], [0, 4], [3, 1]),
     ("gqa4_nbits4", 1, 2, 4, 33, 32, 8, 4, 2, 2, [33], [0], [2]),
+    # keys and values with different code widths (fewer key centroids than value centroids, and the reverse)
+    ("mha_k7_v9", 2, 2, 1, 35, 32, 16, (7, 9), 2, 3, [35, 18], [0, 2], [3, 1]),
+    ("gqa3_k6_v10", 2, 1, 3, 26, 32, 16, (6, 10), 1, 2, [26, 13], [1, 0], [2, 2]),
+    ("gqa2_k9_v5", 1, 2, 2, 40, 32, 8, (9, 5), 2, 2, [40], [0], [1]),
 ]
 
 

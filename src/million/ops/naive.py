@@ -153,7 +153,7 @@ def pq_attention_partial(
     B, Hq, D = q.shape
     _, Hkv, T, M = k_codes.shape
     G = Hq // Hkv
-    ksub, dsub = v_centroids.shape[2], v_centroids.shape[3]
+    ksub_k, ksub = k_centroids.shape[2], v_centroids.shape[2]  # keys and values may have different code widths
     scale = D**-0.5 if scale is None else scale
     dev = q.device
     if starts is None:
@@ -162,8 +162,8 @@ def pq_attention_partial(
     valid = (t[None, :] >= starts.long()[:, None]) & (t[None, :] < pq_lens.long()[:, None])  # [B, T]
 
     # scores[b, hkv, g, t] = sum_m lut[b, hkv, g, m, k_codes[b, hkv, t, m]]
-    lut = inner_prod_table(q, k_centroids).view(B, Hkv, G, M, ksub)
-    lut = lut.permute(0, 1, 3, 4, 2)  # [B, Hkv, M, ksub, G]
+    lut = inner_prod_table(q, k_centroids).view(B, Hkv, G, M, ksub_k)
+    lut = lut.permute(0, 1, 3, 4, 2)  # [B, Hkv, M, ksub_k, G]
     b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
     h_idx = torch.arange(Hkv, device=dev).view(1, Hkv, 1, 1)
     m_idx = torch.arange(M, device=dev).view(1, 1, 1, M)

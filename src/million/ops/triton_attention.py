@@ -112,7 +112,7 @@ def _pq_attn_partial_kernel(
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_km,
     stride_vb, stride_vh, stride_vt, stride_vm,
-    stride_kch, stride_vch, stride_cm, stride_ck,
+    stride_kch, stride_vch, stride_cm, stride_ck, stride_vcm, stride_vck,
     stride_krb, stride_krh, stride_krt, stride_krd,
     stride_vrb, stride_vrh, stride_vrt, stride_vrd,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr,
@@ -185,9 +185,10 @@ def _pq_attn_partial_kernel(
         offs_bt = tl.arange(0, BT)
         kc_base = kc_ptr + b64 * stride_kb + hk64 * stride_kh
         vc_base = vc_ptr + b64 * stride_vb + hk64 * stride_vh
-        # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j
+        # centroid element (m, k, j) of this KV head: base + m * stride_cm + k * stride_ck + j (values: their own
+        # strides, the two tables may have different numbers of centroids)
         kcen_mj = kcen_ptr + hk64 * stride_kch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
-        vcen_mj2 = vcen_ptr + hk64 * stride_vch + offs_m[None, :, None] * stride_cm + offs_j[None, None, :]  # [1, M, DSUB]
+        vcen_mj2 = vcen_ptr + hk64 * stride_vch + offs_m[None, :, None] * stride_vcm + offs_j[None, None, :]  # [1, M, DSUB]
         # lut[b, hq, m, k] (scaled, log2 units) from _pq_lut_kernel; looked up through L1
         lut_g = lut_ptr + (b64 * Hq + hk * G + offs_g) * (M * KSP)  # [GP]
         if USE_DOT:
@@ -242,7 +243,7 @@ def _pq_attn_partial_kernel(
             s = tl.where(m_t[None, :], s, float("-inf"))
             if USE_DOT:
                 p, m_i, l_i, acc = _online_update(s, m_i, l_i, acc, 2, TAU)
-                v2 = tl.reshape(tl.load(vcen_mj2 + vc[:, :, None] * stride_ck), [BT, D])
+                v2 = tl.reshape(tl.load(vcen_mj2 + vc[:, :, None] * stride_vck), [BT, D])
                 if IEEE_DOT:
                     acc += tl.dot(p, v2.to(tl.float32), input_precision="ieee")
                 else:
@@ -250,7 +251,7 @@ def _pq_attn_partial_kernel(
             else:
                 p, m_i, l_i, acc = _online_update(s, m_i, l_i, acc, 3, TAU)
                 # [BT, M, DSUB] in the layout of the codes; the sum over tokens waits for the loop's end
-                v3 = tl.load(vcen_mj2 + vc[:, :, None] * stride_ck).to(tl.float32)
+                v3 = tl.load(vcen_mj2 + vc[:, :, None] * stride_vck).to(tl.float32)
                 acc += tl.sum(p, 0)[:, None, None] * v3
         if USE_DOT:
             _store_partial(o_ptr, lse_ptr, acc, m_i, l_i, b, hk, pid_s, Hq, S1, G, GP, D, 2)
@@ -375,7 +376,8 @@ def pq_decode_attention_launch(
     _, Hkv, T, M = k_codes.shape
     G = Hq // Hkv
     GP = _pow2(G)
-    ksub = v_centroids.shape[2]
+    ksub = max(k_centroids.shape[2], v_centroids.shape[2])  # (keys and values may have different code widths)
+    ksub_k = k_centroids.shape[2]  # the score table is indexed by key codes
     dsub = D // M
     R = k_res.shape[2]
     dev = q.device
@@ -399,7 +401,7 @@ def pq_decode_attention_launch(
     if G > 1 and not use_dot:
         raise ValueError("G > 1 needs USE_DOT")
     gp_kernel = max(16, GP) if use_dot else GP
-    KSP = _pow2(ksub)
+    KSP = _pow2(ksub_k)
     stride_kch = kcen.stride(0) if kcen.shape[0] > 1 else 0
     if cfg["K_LUT"]:
         lut_dtype = torch.float16 if cfg.get("LUT_FP16") else torch.float32
@@ -409,7 +411,7 @@ def pq_decode_attention_launch(
             q, kcen, lut, Hq, scale * _LOG2E,
             q.stride(0), q.stride(1), q.stride(2),
             stride_kch, kcen.stride(1), kcen.stride(2),
-            G=G, M=M, DSUB=dsub, KS=ksub, KSP=KSP, MB=MB,
+            G=G, M=M, DSUB=dsub, KS=ksub_k, KSP=KSP, MB=MB,
             num_warps=4,
         )
     else:
@@ -423,7 +425,7 @@ def pq_decode_attention_launch(
         k_codes.stride(0), k_codes.stride(1), k_codes.stride(2), k_codes.stride(3),
         v_codes.stride(0), v_codes.stride(1), v_codes.stride(2), v_codes.stride(3),
         stride_kch, vcen.stride(0) if vcen.shape[0] > 1 else 0,
-        kcen.stride(1), kcen.stride(2),
+        kcen.stride(1), kcen.stride(2), vcen.stride(1), vcen.stride(2),
         k_res.stride(0), k_res.stride(1), k_res.stride(2), k_res.stride(3),
         v_res.stride(0), v_res.stride(1), v_res.stride(2), v_res.stride(3),
         G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KSP=KSP, BT=cfg["BT"], BR=BR,
