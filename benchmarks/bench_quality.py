@@ -189,9 +189,8 @@ class Bench:
             v = dataclasses.replace(best_variant(bits), samples=61440, iters=20)
         elif v == "best-a12":
             v = dataclasses.replace(best_variant(bits), alloc_max_bits=12)
-        elif isinstance(v, str) and re.fullmatch(r"best-k\d+v\d+", v):  # best-k<key code bits>v<value code bits>
-            kb, vb = (int(x) for x in re.fullmatch(r"best-k(\d+)v(\d+)", v).groups())
-            v = dataclasses.replace(best_variant(bits), k_nbits=kb, v_nbits=vb)
+        elif isinstance(v, str) and (kv := re.fullmatch(r"best-k(\d+)v(\d+)", v)):  # key / value code bits
+            v = dataclasses.replace(best_variant(bits), k_nbits=int(kv[1]), v_nbits=int(kv[2]))
         over = {k: getattr(self.args, f"pq_{k}") for k in ("samples", "iters") if getattr(self.args, f"pq_{k}")}
         if over:  # --pq-samples / --pq-iters: cheaper k-means for CPU comparisons (use a separate --out)
             v = dataclasses.replace(v, **over)

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--codebooks {a.codebooks}: not a folder")
 
     from million.data import load_text
-    from million.eval.methods import PQMethod, load_pq_codebooks
+    from million.eval.methods import FP16, PQMethod, load_pq_codebooks
     from million.eval.ppl import default_offset, perplexity
     from million.models import load_model
 
@@ -80,8 +80,6 @@ def main(argv=None) -> int:
         r = perplexity(model, ids, m, "all-quantized", 2048, a.windows, default_offset("squad"), "squad")
         rows.append({"quantized": label, "ppl": r["ppl"], "nll": r["nll"], "windows": r["windows"], "tokens": r["tokens"]})
         print(f"{label:12s} ppl {r['ppl']:.4f}  ({time.time() - t0:.0f} s)", flush=True)
-    from million.eval.methods import FP16
-
     r = perplexity(model, ids, FP16(16), "all-quantized", 2048, a.windows, default_offset("squad"), "squad")
     base = r["ppl"]
     print(f"{'fp16':12s} ppl {base:.4f}")
