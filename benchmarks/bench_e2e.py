@@ -33,6 +33,7 @@ def main():
     import million
     from million import MillionCache, PQConfig
     from million.codebook import Codebooks, model_identity
+    from million.compat import cache_arg
 
     kv = 32 if args.shape == "llama2-7b" else 8
     vocab = 32000 if args.shape == "llama2-7b" else 128256
@@ -63,17 +64,17 @@ def main():
             with torch.no_grad():
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                model(input_ids=ids, **cache_arg(model, cache), use_cache=True, logits_to_keep=1)
                 torch.cuda.synchronize()
                 res[f"{name}_prefill_s"] = time.perf_counter() - t0
                 tok = torch.randint(0, vocab, (1, 1), device="cuda")
                 for _ in range(args.warmup):
-                    model(input_ids=tok, past_key_values=cache, use_cache=True)
+                    model(input_ids=tok, **cache_arg(model, cache), use_cache=True)
                 times = []
                 for _ in range(args.steps):
                     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     s.record()
-                    model(input_ids=tok, past_key_values=cache, use_cache=True)
+                    model(input_ids=tok, **cache_arg(model, cache), use_cache=True)
                     e.record()
                     e.synchronize()
                     times.append(s.elapsed_time(e))

@@ -21,6 +21,7 @@ def main():
     import million
     from million import MillionCache, PQConfig
     from million.codebook import Codebooks, model_identity
+    from million.compat import cache_arg
 
     cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers,
                       num_attention_heads=32, num_key_value_heads=32, head_dim=128, max_position_embeddings=131072)
@@ -34,13 +35,13 @@ def main():
     cache = MillionCache(cb, cfg)
     tok = torch.randint(0, 32000, (1, 1), device="cuda")
     with torch.no_grad():
-        model(input_ids=torch.randint(0, 32000, (1, args.context), device="cuda"), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.randint(0, 32000, (1, args.context), device="cuda"), **cache_arg(model, cache), use_cache=True, logits_to_keep=1)
         for _ in range(4):
-            model(input_ids=tok, past_key_values=cache, use_cache=True)
+            model(input_ids=tok, **cache_arg(model, cache), use_cache=True)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(args.steps):
-                model(input_ids=tok, past_key_values=cache, use_cache=True)
+                model(input_ids=tok, **cache_arg(model, cache), use_cache=True)
             torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))

@@ -9,6 +9,7 @@ import million
 from million import MillionCache, PQConfig
 from million.calibrate import train_codebooks, collect_kv
 from million.codebook import Codebooks, model_identity
+from million.compat import cache_arg
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
@@ -52,16 +53,16 @@ def test_inside_window_generation_equals_dynamic_cache(family):
     cb = tiny_codebooks(model, residual=64)
     ids, am = left_padded()
     kw = dict(attention_mask=am, max_new_tokens=20, do_sample=False)
-    ref = model.generate(ids, past_key_values=DynamicCache(config=model.config), **kw)
+    ref = model.generate(ids, **cache_arg(model, DynamicCache(config=model.config), generate=True), **kw)
     cache = MillionCache(cb, model.config)
-    out = model.generate(ids, past_key_values=cache, **kw)
+    out = model.generate(ids, **cache_arg(model, cache, generate=True), **kw)
     assert cache.layers[0].pq_len == 0  # nothing was quantized
     assert torch.equal(ref, out)
 
 
 def _step_logits(model, cache, tok, am):
     with torch.no_grad():
-        return model(input_ids=tok, attention_mask=am, past_key_values=cache, use_cache=True).logits[:, -1].float()
+        return model(input_ids=tok, attention_mask=am, **cache_arg(model, cache), use_cache=True).logits[:, -1].float()
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -75,7 +76,7 @@ def test_pq_decode_equals_dequantize_then_attention(family, granularity, sinks, 
     ids, am = left_padded(length=23, pad=pads)
     cache = MillionCache(cb, model.config)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, attention_mask=am, **cache_arg(model, cache), use_cache=True)
     # decode a few steps so that blocks are flushed while decoding, then compare one step
     tok = torch.randint(0, 96, (2, 1))
     for _ in range(6):
@@ -108,10 +109,10 @@ def test_window_bookkeeping_and_device_lengths():
     cache = MillionCache(cb, model.config)
     ids = torch.randint(0, 96, (1, 10))
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, **cache_arg(model, cache), use_cache=True)
         n = 10
         for _ in range(13):
-            model(input_ids=torch.randint(0, 96, (1, 1)), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.randint(0, 96, (1, 1)), **cache_arg(model, cache), use_cache=True)
             n += 1
             for lay in cache.layers:
                 assert lay.pq_len + lay.res_len == n
@@ -127,7 +128,7 @@ def test_quantized_generation_sampling_batch_and_return_sequences():
     ids, am = left_padded(length=9, pad=(3, 0))
     torch.manual_seed(0)
     out = model.generate(ids, attention_mask=am, max_new_tokens=12, do_sample=True, top_k=20,
-                         num_return_sequences=2, past_key_values=MillionCache(cb, model.config))
+                         num_return_sequences=2, **cache_arg(model, MillionCache(cb, model.config), generate=True))
     assert out.shape == (4, 21)
     assert int(out.min()) >= 0 and int(out.max()) < 96
 
@@ -140,7 +141,7 @@ def test_kv_bytes_quarter_of_fp16_at_4_bits():
     cb = Codebooks(pq, kc, vc, model_identity(model.config))
     cache = MillionCache(cb, model.config)
     with torch.no_grad():
-        model(input_ids=torch.randint(0, 96, (1, 200)), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.randint(0, 96, (1, 200)), **cache_arg(model, cache), use_cache=True)
     lay = cache.layers[0]
     fp16 = 2 * 2 * 2 * 16 * 2  # layers * (K,V) * heads * head_dim * bytes
     codes_per_token = cache.kv_bytes() - 2 * 2 * 2 * lay.res_len * 16 * 4  # window is fp32 here
@@ -165,9 +166,9 @@ def test_sinks_are_kept_in_full_precision():
     ids = torch.randint(0, 96, (1, 30))
     ref = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, **cache_arg(model, cache), use_cache=True)
         model.config._attn_implementation = "sdpa"
-        model(input_ids=ids, past_key_values=ref, use_cache=True)
+        model(input_ids=ids, **cache_arg(model, ref), use_cache=True)
         model.config._attn_implementation = "million"
     k, v = cache.layers[1].dequantize()
     assert torch.equal(k[:, :, :2], ref.layers[1].keys[:, :, :2])  # sinks exact
@@ -180,12 +181,12 @@ def test_warns_once_past_the_calibration_window():
     cb.calibration = {**cb.calibration, "window": 16, "pre_rope": False}
     ids, am = left_padded(batch=1, length=12, pad=(0,))
     with pytest.warns(UserWarning, match="calibrated on") as rec:
-        model.generate(ids, attention_mask=am, past_key_values=MillionCache(cb, model.config), max_new_tokens=12, do_sample=False)
+        model.generate(ids, attention_mask=am, **cache_arg(model, MillionCache(cb, model.config), generate=True), max_new_tokens=12, do_sample=False)
     assert sum("calibrated on" in str(w.message) for w in rec) == 1  # once per cache
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # inside the window, or pre-RoPE codebooks: no warning
-        model.generate(ids, attention_mask=am, past_key_values=MillionCache(cb, model.config), max_new_tokens=3, do_sample=False)
+        model.generate(ids, attention_mask=am, **cache_arg(model, MillionCache(cb, model.config), generate=True), max_new_tokens=3, do_sample=False)
         cb.calibration = {**cb.calibration, "pre_rope": True}
-        model.generate(ids, attention_mask=am, past_key_values=MillionCache(cb, model.config), max_new_tokens=12, do_sample=False)
+        model.generate(ids, attention_mask=am, **cache_arg(model, MillionCache(cb, model.config), generate=True), max_new_tokens=12, do_sample=False)

@@ -12,6 +12,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from million import PQConfig
 from million.calibrate import KVRecorder, calibrate, collect_kv, tokenize_windows, train_codebooks
 from million.codebook import Codebooks
+from million.compat import cache_arg
 
 L, HQ, HKV, D, VOCAB = 2, 4, 2, 16, 128
 
@@ -40,7 +41,7 @@ def windows_of(*shapes, seed=0):
 def dynamic_cache_kv(model, ids):
     """(keys, values) per layer, each [B, H_kv, T, D], as a transformers DynamicCache stores them."""
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, **cache_arg(model, cache), use_cache=True)
     return [(lay.keys.clone(), lay.values.clone()) for lay in cache.layers]
 
 
@@ -143,8 +144,8 @@ def test_recorder_cache_is_a_working_cache(model):
     (w,) = windows_of((1, 12), seed=4)
     rec = KVRecorder(L)
     with torch.no_grad():
-        a = model(input_ids=w, past_key_values=rec.cache(), use_cache=True).logits
-        b = model(input_ids=w, past_key_values=DynamicCache(config=model.config), use_cache=True).logits
+        a = model(input_ids=w, **cache_arg(model, rec.cache()), use_cache=True).logits
+        b = model(input_ids=w, **cache_arg(model, DynamicCache(config=model.config)), use_cache=True).logits
     assert torch.equal(a, b)
 
 

@@ -11,6 +11,7 @@ from eval_helpers import TEXT, CharTokenizer, tiny_model
 
 import million
 from million.eval.calibdata import collect
+from million.compat import cache_arg
 from million.eval.methods import FP16, KIVI, KVQuant, PQMethod, Quanto, make_method
 from million.eval.needle import build_prompt, first_number, needle_eval
 from million.eval.ppl import perplexity, token_windows
@@ -106,7 +107,7 @@ def _million_codebooks(model, residual):
 def _token_by_token(model, cache, ids):
     out = []
     for t in range(ids.shape[1]):
-        out.append(model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits.float())
+        out.append(model(input_ids=ids[:, t : t + 1], **cache_arg(model, cache), use_cache=True).logits.float())
     return torch.cat(out, 1)
 
 
@@ -368,7 +369,7 @@ def test_fisher_equals_autograd_through_the_cache(model):
     try:
         for p in model.parameters():
             p.requires_grad_(False)
-        out = model(input_ids=ids, labels=ids, past_key_values=cache)
+        out = model(input_ids=ids, labels=ids, **cache_arg(model, cache))
         (out.loss * 127).backward()
     finally:
         for p, r in zip(model.parameters(), req):

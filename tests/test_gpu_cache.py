@@ -8,6 +8,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 import million
 from million import MillionCache, PQConfig, ops
 from million.codebook import Codebooks, model_identity
+from million.compat import cache_arg
 from million.calibrate import collect_kv, train_codebooks
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -43,10 +44,10 @@ def test_gpu_decode_matches_dequantized_attention(dtype, bits, kv_heads):
     am[2, :300] = 0
     cache = MillionCache(cb, model.config)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, attention_mask=am, **cache_arg(model, cache), use_cache=True)
         for _ in range(40):  # crosses window flushes done on the side stream
             am = torch.cat([am, torch.ones(B, 1, dtype=am.dtype, device="cuda")], 1)
-            model(input_ids=torch.randint(0, 256, (B, 1), device="cuda"), attention_mask=am, past_key_values=cache, use_cache=True)
+            model(input_ids=torch.randint(0, 256, (B, 1), device="cuda"), attention_mask=am, **cache_arg(model, cache), use_cache=True)
         torch.cuda.synchronize()
         ref = DynamicCache(config=model.config)
         for i, layer in enumerate(cache.layers):
@@ -54,9 +55,9 @@ def test_gpu_decode_matches_dequantized_attention(dtype, bits, kv_heads):
             ref.update(k, v, i)
         tok = torch.randint(0, 256, (B, 1), device="cuda")
         am = torch.cat([am, torch.ones(B, 1, dtype=am.dtype, device="cuda")], 1)
-        got = model(input_ids=tok, attention_mask=am, past_key_values=cache, use_cache=True).logits.float()
+        got = model(input_ids=tok, attention_mask=am, **cache_arg(model, cache), use_cache=True).logits.float()
         model.config._attn_implementation = "sdpa"
-        want = model(input_ids=tok, attention_mask=am, past_key_values=ref, use_cache=True).logits.float()
+        want = model(input_ids=tok, attention_mask=am, **cache_arg(model, ref), use_cache=True).logits.float()
         model.config._attn_implementation = "million"
     assert torch.isfinite(got).all()
     rel = ((got - want).norm() / want.norm()).item()

@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from million import MillionCache
 from million.codebook import Codebooks
+from million.compat import cache_arg
 
 
 def _random_transforms(L, H, D, seed=0):
@@ -31,7 +32,7 @@ def test_transformed_decode_equals_dequantize_then_attention(granularity, sinks,
     ids, am = left_padded(length=23, pad=pads)
     cache = MillionCache(cb, model.config)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, attention_mask=am, **cache_arg(model, cache), use_cache=True)
     tok = torch.randint(0, 96, (2, 1), generator=torch.Generator().manual_seed(5))
     for _ in range(6):
         am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
@@ -53,7 +54,7 @@ def test_transforms_change_the_codes_and_round_trip_through_disk(tmp_path):
     for c in (plain, back):
         cache = MillionCache(c, model.config)
         with torch.no_grad():
-            model(input_ids=ids, past_key_values=cache, use_cache=True)
+            model(input_ids=ids, **cache_arg(model, cache), use_cache=True)
         codes.append(cache.layers[0].k_codes[:, :, : cache.layers[0].pq_len].clone())
     assert codes[0].shape == codes[1].shape and not torch.equal(codes[0], codes[1])
     bad = dict(cb.transforms)
@@ -88,7 +89,7 @@ def test_variant_codebooks_serve_in_the_cache_as_evaluated():
     ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(4))
     try:
         with torch.no_grad():
-            model(input_ids=ids, past_key_values=cache, use_cache=True)
+            model(input_ids=ids, **cache_arg(model, cache), use_cache=True)
     finally:
         hook.remove()
     lay = cache.layers[0]
@@ -100,7 +101,7 @@ def test_variant_codebooks_serve_in_the_cache_as_evaluated():
     model.config._attn_implementation = "sdpa"
     try:
         with torch.no_grad():
-            model(input_ids=ids, past_key_values=ref, use_cache=True)
+            model(input_ids=ids, **cache_arg(model, ref), use_cache=True)
     finally:
         model.config._attn_implementation = "million"
     k, v = ref.layers[0].keys, ref.layers[0].values

@@ -338,7 +338,7 @@ class MillionLayer(CacheLayerMixin):
 
 
 class MillionCache(Cache):
-    """A product-quantized KV cache to pass as ``past_key_values``.
+    """A product-quantized KV cache to pass as ``cache`` (``past_key_values`` before transformers 5.24).
 
     Parameters
     ----------
@@ -351,7 +351,7 @@ class MillionCache(Cache):
     -------
     >>> model.set_attn_implementation("million")  # after million.register()
     >>> cache = MillionCache(codebooks, model.config)
-    >>> model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+    >>> model.generate(**inputs, cache=cache, max_new_tokens=64)
     """
 
     def __init__(self, codebooks: Codebooks, config, max_cache_len: int | None = None):

@@ -1,7 +1,7 @@
 """Calibration: run a model over text, capture the K/V vectors every layer and KV head produces,
 and train PQ codebooks on them.
 
-Keys are captured after RoPE by a recording ``Cache`` passed as ``past_key_values`` (exactly what a
+Keys are captured after RoPE by a recording ``Cache`` passed as the model's cache argument (exactly what a
 KV cache stores); with ``pre_rope=True`` keys are captured before RoPE by forward hooks on the
 attention modules' ``k_proj``. Nothing is monkey-patched.
 """
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .codebook import Codebooks, granularity_shape, model_identity
+from .compat import cache_arg
 from .config import PQConfig
 from .kmeans import kmeans
 
@@ -50,7 +51,7 @@ class KVRecorder:
         self._idx: torch.Tensor | None = None
 
     def cache(self) -> Cache:
-        """A fresh cache to pass as ``past_key_values`` for one forward."""
+        """A fresh cache to pass as the cache of one forward."""
         return Cache(layers=[_RecordingLayer(i, self) for i in range(self.num_layers)])
 
     def _token_index(self, T: int) -> torch.Tensor:
@@ -123,7 +124,7 @@ def collect_kv(model, windows: list[torch.Tensor], keep: float = 1.0, seed: int 
     try:
         for w in tqdm(windows, desc="capturing K/V", disable=not progress):
             rec.begin(w.shape[1])
-            model(input_ids=w.to(dev), past_key_values=rec.cache(), use_cache=True)
+            model(input_ids=w.to(dev), **cache_arg(model, rec.cache()), use_cache=True)
     finally:
         for h in hooks:
             h.remove()

@@ -104,6 +104,7 @@ def cmd_generate(args) -> int:
 
     from .cache import MillionCache, fp16_bytes_per_token, pq_bytes_per_token
     from .codebook import Codebooks
+    from .compat import cache_arg
     from .models import load_model, resolve_model
 
     src = resolve_model(args.model)
@@ -133,7 +134,7 @@ def cmd_generate(args) -> int:
         torch.manual_seed(args.seed)
         t0 = time.time()
         with torch.no_grad():
-            o = model.generate(**inputs, past_key_values=cache, **gen_kw)
+            o = model.generate(**inputs, **cache_arg(model, cache, generate=True), **gen_kw)
         outs[name] = (tok.decode(o[0, inputs.input_ids.shape[1]:], skip_special_tokens=True), time.time() - t0, cache)
     n_prompt = inputs.input_ids.shape[1]
     c = cb.config

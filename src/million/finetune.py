@@ -51,6 +51,7 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
     ``log(step, loss)`` is called after every step. Returns ``{"loss": [...], "seconds": s, ...}``.
     The codebooks come back on the CPU, detached.
     """
+    from .compat import cache_arg
     from .eval.runners import QDQCache
 
     if objective not in OBJECTIVES:
@@ -106,7 +107,7 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
                 del ref
             cb.__dict__.pop("_plans", None)  # the subspace plans hold copies of the centroids
             cache = QDQCache(L, cb.qdq_keys, cb.qdq_values)
-            logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()[0, :-1]
+            logits = model(input_ids=ids, **cache_arg(model, cache), use_cache=True).logits.float()[0, :-1]
             lp = F.log_softmax(logits, -1)
             if objective == "kl":
                 loss = F.kl_div(lp, ref_lp, log_target=True, reduction="batchmean")

@@ -79,7 +79,7 @@ def load_model(
     """Load a causal LM (and nothing from the network). Returns ``(model, tokenizer)``.
 
     ``attn_implementation="million"`` registers and selects million's attention so that a
-    :class:`million.MillionCache` can be passed as ``past_key_values``.
+    :class:`million.MillionCache` can be passed as ``cache`` (see :func:`million.compat.cache_arg`).
     """
     from transformers import AutoModelForCausalLM
 

@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .calibdata import attention_modules, geometry, rope, rotary_module
+from ..compat import cache_arg
 from .methods import KVMethod
 from .quant import uniform_qdq
 
@@ -105,7 +106,7 @@ class QHitterRunner:
         mask = torch.cat([torch.ones(C, n_old, dtype=torch.bool), torch.ones(C, C, dtype=torch.bool).tril()], 1)
         pos = torch.arange(self.seen, self.seen + C, device=ids.device)[None]
         out = self.model(input_ids=ids, attention_mask=mask[None, None].to(ids.device), position_ids=pos,
-                         past_key_values=cache, use_cache=True).logits
+                         **cache_arg(self.model, cache), use_cache=True).logits
         self.seen += C
         return out
 

@@ -25,6 +25,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .calibdata import attention_modules, geometry, rope, rotary_module
+from ..compat import cache_arg
 
 PROTOCOLS = ("all-quantized", "deployed")
 
@@ -163,8 +164,8 @@ class Runner:
             cache = QDQCache(self.L, None if pre else m.qdq_key, m.qdq_value)
             if pre:
                 with pre_rope_key_hooks(self.model, m.qdq_key):
-                    return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
-            return self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
+                    return self.model(input_ids=ids, **cache_arg(self.model, cache), use_cache=True).logits.float()
+            return self.model(input_ids=ids, **cache_arg(self.model, cache), use_cache=True).logits.float()
         # deployed
         T = ids.shape[1]
         stash = {} if pre else None
@@ -173,8 +174,8 @@ class Runner:
         pos = torch.arange(T, device=ids.device)[None]
         if pre:
             with pre_rope_key_hooks(self.model, m.qdq_key, stash):
-                return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits.float()
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits.float()
+                return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_arg(self.model, cache), use_cache=True).logits.float()
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_arg(self.model, cache), use_cache=True).logits.float()
 
     @torch.no_grad()
     def greedy(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
@@ -188,13 +189,13 @@ class Runner:
         out: list[int] = []
         ctx = pre_rope_key_hooks(self.model, m.qdq_key) if pre else _null()
         with ctx:
-            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = self.model(input_ids=ids, **cache_arg(self.model, cache), use_cache=True).logits[:, -1]
             for _ in range(max_new_tokens):
                 nxt = int(logits.argmax(-1))
                 out.append(nxt)
                 if eos_token_id is not None and nxt == eos_token_id:
                     break
-                logits = self.model(input_ids=torch.tensor([[nxt]], device=ids.device), past_key_values=cache,
+                logits = self.model(input_ids=torch.tensor([[nxt]], device=ids.device), **cache_arg(self.model, cache),
                                     use_cache=True).logits[:, -1]
         return out
 
