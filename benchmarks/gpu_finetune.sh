@@ -5,7 +5,8 @@
 # Runs benchmarks/quality_finetune.py for the default 4-bit and 2-bit recipes (k-means on 32,768 SQuAD
 # tokens in 8K windows, tuning on 2048-token SQuAD windows before token 65,536, scoring on 8 held-out
 # SQuAD windows and 8 essay windows), each within its share of FTIME seconds. FT4/FT2 override the
-# tuning configs (quality_finetune.py --configs).
+# tuning configs (quality_finetune.py --configs); FT2S/FT2S_TIME run the served 2-bit recipe (off unless
+# FT2S_TIME > 30); a share of 0 skips a job.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -23,4 +24,5 @@ run() {  # name share_seconds args...
     | tr '\r' '\n' | grep -a -v -E "Warning|warn\(|Converting|Loading|calibration pass|tuning codebooks|forward_call" | tee -a "$OUT/$name.log"
 }
 run ft4 ${FT4_TIME:-300} --recipe best --bits 4 --configs "${FT4:-lr=2e-3,steps=120;lr=5e-3,steps=120;lr=1e-2,steps=120}"
+run ft2s ${FT2S_TIME:-0} --recipe served --bits 2 --configs "${FT2S:-lr=5e-3,steps=300}"
 run ft2 ${FT2_TIME:-300} --recipe best --bits 2 --configs "${FT2:-lr=5e-3,steps=120;lr=1e-2,steps=120}"

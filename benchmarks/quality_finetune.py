@@ -35,9 +35,10 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--objective", choices=["kl", "ce"], default="kl")
     ap.add_argument("--tune", choices=["kv", "k", "v"], default="kv")
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     ap.add_argument("--configs", default=None,
                     help="several tunings from the same k-means codebooks, ';'-separated, each 'key=value,...' over "
-                         "steps, lr, objective, tune (e.g. 'lr=2e-3,steps=200;lr=5e-3,steps=200'); default: the flags above")
+                         "steps, lr, objective, tune, schedule (e.g. 'lr=2e-3,steps=200;lr=5e-3,steps=200'); default: the flags above")
     ap.add_argument("--time-budget", type=float, default=0, help="skip configs that would start after this many seconds")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--ft-window", type=int, default=1024)
@@ -64,11 +65,11 @@ def main(argv=None):
     from million.pq_variants import PQVariant, train_variant
 
     t_all = time.time()
-    configs = [dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune)]
+    configs = [dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)]
     if a.configs:
         configs = []
         for part in a.configs.split(";"):
-            c = dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune)
+            c = dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)
             for kv in filter(None, part.split(",")):
                 k, _, val = kv.partition("=")
                 if k not in c:

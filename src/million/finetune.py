@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 OBJECTIVES = ("kl", "ce")
+SCHEDULES = ("cosine", "constant")
 
 
 def _leaf(t: torch.Tensor, device) -> torch.Tensor:
@@ -42,12 +43,13 @@ def _rms(t: torch.Tensor) -> float:
 
 
 def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e-3, objective: str = "kl",
-                       tune: str = "kv", progress: bool = False, log=None) -> dict:
+                       tune: str = "kv", schedule: str = "cosine", progress: bool = False, log=None) -> dict:
     """Tune the centroids of ``cb`` (:class:`~million.pq_variants.PQVariantCodebooks`) in place.
 
     ``windows``: token id tensors ``[1, T]`` of calibration text (held out from any scoring text);
     step ``i`` uses ``windows[i % len(windows)]``. ``lr``: Adam step size as a fraction of each
     centroid tensor's RMS. ``tune``: ``"kv"``, ``"k"`` or ``"v"`` (which centroids move).
+    ``schedule``: ``"cosine"`` (the step size decays to 0 over ``steps``) or ``"constant"``.
     ``log(step, loss)`` is called after every step. Returns ``{"loss": [...], "seconds": s, ...}``.
     The codebooks come back on the CPU, detached.
     """
@@ -56,6 +58,8 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is not one of {OBJECTIVES}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
     if tune not in ("kv", "k", "v"):
         raise ValueError(f"tune={tune!r} is not one of ('kv', 'k', 'v')")
     if not isinstance(steps, int) or steps < 1:
@@ -89,6 +93,7 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
         if lst:
             setattr(cb, name, [t.to(dev) for t in lst])
     opt = torch.optim.Adam(params, betas=(0.9, 0.99))
+    base_lrs = [g["lr"] for g in opt.param_groups]
     req = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     history = []
@@ -115,8 +120,12 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
                 loss = F.nll_loss(lp, ids[0, 1:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if schedule == "cosine":
+                f = 0.5 * (1 + math.cos(math.pi * i / steps))
+                for g, b in zip(opt.param_groups, base_lrs):
+                    g["lr"] = b * f
             opt.step()
-            v = float(loss)
+            v = float(loss.detach())
             if not math.isfinite(v):
                 raise FloatingPointError(f"codebook tuning diverged at step {i} (loss {v}); lower lr (now {lr})")
             history.append(v)
@@ -137,7 +146,7 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
             lst = getattr(cb, name)
             if lst:
                 setattr(cb, name, [t.detach().cpu() for t in lst])
-    info = {"steps": steps, "lr": lr, "objective": objective, "tune": tune, "windows": len(windows),
+    info = {"steps": steps, "lr": lr, "schedule": schedule, "objective": objective, "tune": tune, "windows": len(windows),
             "window": int(windows[0].shape[1]), "loss_first": history[0], "loss_last": history[-1],
             "seconds": time.time() - t0}
     cb.info = {**(cb.info or {}), "finetune": info}
