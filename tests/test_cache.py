@@ -190,3 +190,14 @@ def test_warns_once_past_the_calibration_window():
         model.generate(ids, attention_mask=am, **cache_arg(model, MillionCache(cb, model.config), generate=True), max_new_tokens=3, do_sample=False)
         cb.calibration = {**cb.calibration, "pre_rope": True}
         model.generate(ids, attention_mask=am, **cache_arg(model, MillionCache(cb, model.config), generate=True), max_new_tokens=12, do_sample=False)
+
+
+def test_cache_arg_names_a_parameter_the_installed_transformers_takes():
+    import inspect
+
+    from million.compat import cache_kw
+
+    model = tiny_model()
+    name = cache_kw(model)
+    assert name in ("cache", "past_key_values") and name in inspect.signature(type(model).forward).parameters
+    assert cache_kw(model, generate=True) == name  # the built-in models follow the generation API of their transformers

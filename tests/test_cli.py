@@ -297,3 +297,42 @@ def test_resolve_model_paths(tiny_model_dir, tmp_path):
     with pytest.raises(ModelNotFoundError) as ei:
         resolve_model("definitely-not-a-model")
     assert isinstance(ei.value, ValueError) and "smollm2" in str(ei.value)
+
+
+def test_calibrate_with_finetune_then_info_and_generate(tiny_model_dir, text_file, tmp_path, capsys):
+    out_dir = tmp_path / "cbt"
+    rc, out, err = run(
+        ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
+         "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4",
+         "--granularity", "layer", "--finetune-steps", "3", "--finetune-window", "128", "--device", "cpu", "--out", str(out_dir)],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "tuned the centroids: 3 steps on 4 windows of 128 tokens" in err
+    cb = Codebooks.load(out_dir)
+    ft = cb.calibration["finetune"]
+    assert (ft["steps"], ft["windows"], ft["window"], ft["lr"]) == (3, 4, 128, 5e-3)
+    assert cb.transforms is None and cb.key_centroids.shape == (2, 1, 32, 16, 2)  # --transform none: plain codebooks
+    rc, out, _ = run(["info", str(out_dir)], capsys)
+    assert rc == 0 and "tuned        : 3 steps" in out and f"{text_file}, 512 tokens, 256 samples/codebook, 2 iters" in out
+    rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(tiny_model_dir),
+                        "--codebooks", str(out_dir), "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"], capsys)
+    assert rc == 0 and "PQ cache now:" in out, err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--finetune-steps", "-1"], "--finetune-steps must be a non-negative integer, got '-1'"),
+    (["--finetune-steps", "2", "--pre-rope"], "--pre-rope"),
+    (["--finetune-lr", "0"], "--finetune-lr must be > 0, got 0.0"),
+    (["--finetune-window", "0"], "--finetune-window must be a positive integer, got '0'"),
+])
+def test_calibrate_finetune_argument_errors(tiny_model_dir, tmp_path, capsys, extra, needle):
+    rc, out, err = run(["calibrate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *extra], capsys)
+    assert rc == 2 and out == "" and needle in one_line(err), err
+
+
+def test_calibrate_finetune_needs_a_full_window(tiny_model_dir, text_file, tmp_path, capsys):
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--tokens", "100", "--window", "256", "--bits", "2", "--nbits", "4",
+                      "--samples", "64", "--iters", "1", "--finetune-steps", "1", "--finetune-window", "200", "--device", "cpu",
+                      "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "one full 200-token window" in one_line(err), err

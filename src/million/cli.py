@@ -49,6 +49,19 @@ def _positive(name):
     return conv
 
 
+def _nonnegative(name):
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}")
+        return v
+
+    return conv
+
+
 def cmd_calibrate(args) -> int:
     import torch
 
@@ -69,6 +82,10 @@ def cmd_calibrate(args) -> int:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
     if args.transform != "none" and args.pre_rope:
         raise ValueError(f"--transform {args.transform} works on post-RoPE keys; drop --pre-rope or use --transform none")
+    if args.finetune_steps and args.pre_rope:
+        raise ValueError(f"--finetune-steps {args.finetune_steps} tunes post-RoPE codebooks; drop --pre-rope or --finetune-steps")
+    if not args.finetune_lr > 0:
+        raise ValueError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
     cfg = AutoConfig.from_pretrained(src.path, **src.kwargs())
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual,
@@ -76,21 +93,40 @@ def cmd_calibrate(args) -> int:
     text = load_text(args.text)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    model, tok = load_model(src, dtype=torch.float32 if device == "cpu" else torch.float16, device=device)
+    # tuning back-propagates through the model: float32 there (fp16 gradients of the small centroid steps underflow)
+    dtype = torch.float32 if device == "cpu" or args.finetune_steps else torch.float16
+    model, tok = load_model(src, dtype=dtype, device=device)
+    window = args.window or min(8192, getattr(model.config, "max_position_embeddings", None) or 8192)
+    if args.finetune_steps:  # check the tuning windows before the slow work
+        from .calibrate import tokenize_windows
+
+        ft_window = min(args.finetune_window, window)
+        wins = [w for w in tokenize_windows(tok, text, args.tokens, ft_window) if w.shape[1] == ft_window]
+        if not wins:
+            raise ValueError(f"--finetune-steps needs at least one full {ft_window}-token window of calibration text; "
+                             f"raise --tokens ({args.tokens}) or lower --finetune-window")
     print(f"calibrating {src.name}: {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = {pq.bits_per_element:g} bits/element, "
           f"{pq.granularity} codebooks, on {args.tokens} tokens of {args.text}", file=sys.stderr)
-    if args.transform == "none":
+    if args.transform == "none" and not args.finetune_steps:
         cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,
                        seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name)
     else:
         from .eval.calibdata import collect
         from .pq_variants import PQVariant, to_codebooks, train_variant
 
-        window = args.window or min(8192, getattr(model.config, "max_position_embeddings", None) or 8192)
         data = collect(model, tok, text, tokens=args.tokens, window=window, text_name=args.text, progress=True, attention=False)
         var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
                         transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed)
-        cb = to_codebooks(train_variant(data, var, progress=True, device=device), model.config, pq.residual_length)
+        vcb = train_variant(data, var, progress=True, device=device)
+        del data
+        if args.finetune_steps:
+            from .finetune import finetune_codebooks
+
+            h = finetune_codebooks(vcb, model, wins, steps=args.finetune_steps, lr=args.finetune_lr, progress=True)
+            print(f"tuned the centroids: {h['steps']} steps on {len(wins)} windows of {ft_window} tokens, "
+                  f"KL to the unquantized model {h['loss_first']:.4g} -> {h['loss_last']:.4g} ({h['seconds']:.0f} s)",
+                  file=sys.stderr)
+        cb = to_codebooks(vcb, model.config, pq.residual_length)
         cb.model["name"] = src.name
     cb.save(out)
     print(cb.describe())
@@ -180,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--transform", choices=("none", "metric", "hadamard"), default="none",
                    help="train the codes in a transformed space the cache folds into queries and outputs: 'metric' "
                         "(the error attention and o_proj see; measured better, docs/quality.md) or 'hadamard' (default none)")
+    c.add_argument("--finetune-steps", type=_nonnegative("--finetune-steps"), default=0,
+                   help="after k-means, tune the centroids end to end for this many steps (KL to the unquantized model on "
+                        "the calibration text; same bits and format; measured gains in docs/quality.md; default 0: off)")
+    c.add_argument("--finetune-lr", type=float, default=5e-3, help="tuning step size, a fraction of each codebook's RMS (default 5e-3)")
+    c.add_argument("--finetune-window", type=_positive("--finetune-window"), default=2048,
+                   help="tokens per tuning step (default 2048, at most --window)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     c.add_argument("--force", action="store_true", help="overwrite a non-empty --out")

@@ -208,10 +208,20 @@ class Codebooks:
         ]
         cal = self.calibration
         if cal:
+            var = cal.get("variant") or {}  # codebooks trained through million.pq_variants keep these there
+
+            def get(key, alt=None):
+                return cal.get(key, cal.get(alt, var.get(key, "?")))
+
             lines.append(
-                f"calibration  : {cal.get('text', '?')}, {cal.get('tokens', '?')} tokens, {cal.get('samples', '?')} samples/codebook, "
-                f"{cal.get('iters', '?')} iters, seed {cal.get('seed', '?')}, keys {'pre' if cal.get('pre_rope') else 'post'}-RoPE"
+                f"calibration  : {get('text', 'calibration_text')}, {get('tokens', 'calibration_tokens')} tokens, "
+                f"{get('samples')} samples/codebook, {get('iters')} iters, seed {get('seed')}, "
+                f"keys {'pre' if cal.get('pre_rope') else 'post'}-RoPE"
             )
             if "distortion_k" in cal:
                 lines.append(f"distortion   : K {cal['distortion_k']:.4g}  V {cal['distortion_v']:.4g} (relative MSE)")
+            ft = cal.get("finetune")
+            if ft:
+                lines.append(f"tuned        : {ft['steps']} steps, lr {ft['lr']:g} ({ft.get('schedule', 'constant')}), "
+                             f"{ft['windows']} windows of {ft['window']} tokens, KL {ft['loss_first']:.4g} -> {ft['loss_last']:.4g}")
         return "\n".join(lines)

@@ -81,9 +81,15 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
     for name in ("key_centroids", "value_centroids"):
         lst = getattr(cb, name)
         train = (name[0] in tune)
-        new = []
+        new, shared = [], {}
         for t in lst:
+            # merged codebooks are one tensor seen by every layer: one leaf for all of them
+            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+            if key in shared:
+                new.append(shared[key])
+                continue
             x = _leaf(t, dev) if train else t.detach().to(dev)
+            shared[key] = x
             new.append(x)
             if train:
                 params.append({"params": [x], "lr": lr * _rms(x)})
@@ -145,7 +151,8 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
                      "value_inverse", "key_alloc", "value_alloc"):
             lst = getattr(cb, name)
             if lst:
-                setattr(cb, name, [t.detach().cpu() for t in lst])
+                done = {}  # one tensor seen by several layers (merged) stays one tensor
+                setattr(cb, name, [done.setdefault(id(t), t.detach().cpu()) for t in lst])
     info = {"steps": steps, "lr": lr, "schedule": schedule, "objective": objective, "tune": tune, "windows": len(windows),
             "window": int(windows[0].shape[1]), "loss_first": history[0], "loss_last": history[-1],
             "seconds": time.time() - t0}
