@@ -48,6 +48,9 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=2048, help="scoring window")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--needle-contexts", default="", help="also score needle retrieval (essays, all-quantized) at these "
+                    "contexts, e.g. 1024,2048 (default: none)")
+    ap.add_argument("--needle-depths", default="0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95")
     ap.add_argument("--save", default=None, help="save the tuned codebooks (PQ variant directory) here")
     ap.add_argument("--out", required=True, help="JSON output")
     a = ap.parse_args(argv)
@@ -101,8 +104,20 @@ def main(argv=None):
         essays = tok(load_text("essays"), return_tensors="pt", add_special_tokens=False).input_ids[0]
         texts["essays"] = (essays, 0, a.essays_windows)
 
+    ncontexts = [int(x) for x in a.needle_contexts.split(",") if x]
+    ndepths = [float(x) for x in a.needle_depths.split(",") if x]
+    hay = None
+    if ncontexts:
+        from million.eval.needle import needle_eval
+
+        hay = tok(load_text("essays")[: 60 * max(ncontexts)], return_tensors="pt", add_special_tokens=False).input_ids[0]
+
     def score(method):
         out = {}
+        if hay is not None:
+            r = needle_eval(model, tok, method, hay, ncontexts, ndepths, "all-quantized", 10)
+            out["needle"] = {k: r[k] for k in ("accuracy", "accuracy_by_context")}
+            print(f"  {method.label:>14}  needle: {r['accuracy']:.3f} {r['accuracy_by_context']}", flush=True)
         for name, (ids, off, n) in texts.items():
             r = perplexity(model, ids, method, window=a.window, max_windows=n, offset=off, text_name=name)
             out[name] = {k: r[k] for k in ("ppl", "nll", "tokens", "windows", "bits_per_element", "bits_per_element_32k")}
@@ -146,6 +161,9 @@ def main(argv=None):
         write()
 
     print(f"\n{'text':>7} {'codebooks':>40} {'ppl':>9} {'dppl %':>8} {'bits@32K':>8}")
+    if hay is not None:
+        for label, r in [("fp16", res["fp16"]), ("k-means", res["kmeans"])] + [(str(t["config"]), t["results"]) for t in out["tunings"]]:
+            print(f" needle {label:>40} {r['needle']['accuracy']:9.3f} {r['needle']['accuracy_by_context']}")
     for name in texts:
         f = res["fp16"][name]["ppl"]
         rows = [("k-means", res["kmeans"][name])] + [(str(t["config"]), t["results"][name]) for t in out["tunings"]]
