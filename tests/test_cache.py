@@ -201,3 +201,20 @@ def test_cache_arg_names_a_parameter_the_installed_transformers_takes():
     name = cache_kw(model)
     assert name in ("cache", "past_key_values") and name in inspect.signature(type(model).forward).parameters
     assert cache_kw(model, generate=True) == name  # the built-in models follow the generation API of their transformers
+
+
+def test_cache_arg_falls_back_to_past_key_values_for_older_signatures():
+    from million.compat import cache_arg
+
+    class OldModel:  # the forward signature of transformers before 5.24
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return past_key_values
+
+    class NewModel:
+        def forward(self, input_ids=None, cache=None, use_cache=None):
+            return cache
+
+    sentinel = object()
+    assert cache_arg(OldModel(), sentinel) == {"past_key_values": sentinel}
+    assert cache_arg(NewModel(), sentinel) == {"cache": sentinel}
+    assert OldModel().forward(**cache_arg(OldModel(), sentinel)) is sentinel
