@@ -28,7 +28,7 @@ def calib(model):
     return collect(model, CharTokenizer(), TEXT, tokens=1024, window=256, attention=False)
 
 
-def windows(n=4, T=128, seed=0):
+def windows(n=4, T=128):
     ids = CharTokenizer()(TEXT).input_ids[0]
     return [ids[i * T : (i + 1) * T][None] for i in range(n)]
 

@@ -201,7 +201,7 @@ class Codebooks:
             f"PQ           : M={c.M} subspaces x dsub={c.dsub}, nbits={c.nbits} (ksub={c.ksub}), {c.bits_per_element:g} bits/element",
             f"granularity  : {c.granularity}  centroids {list(self.key_centroids.shape)} (K and V)",
             f"residual     : {c.residual_length} tokens fp16;  sinks: {c.sink_length}",
-            f"transforms   : " + ("none" if self.transforms is None else
+            "transforms   : " + ("none" if self.transforms is None else
                                   f"{(self.calibration.get('variant') or {}).get('transform', 'yes')} "
                                   f"(per layer and KV head, folded into queries and outputs)"),
             f"codebook size: {self.nbytes / 2**20:.2f} MiB (fp16)",
