@@ -38,7 +38,8 @@ def main(argv=None):
     ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     ap.add_argument("--configs", default=None,
                     help="several tunings from the same k-means codebooks, ';'-separated, each 'key=value,...' over "
-                         "steps, lr, objective, tune, schedule (e.g. 'lr=2e-3,steps=200;lr=5e-3,steps=200'); default: the flags above")
+                         "steps, lr, objective, tune, schedule (e.g. 'lr=2e-3,steps=200;lr=5e-3,steps=200'); 'none': k-means only; "
+                         "default: the flags above")
     ap.add_argument("--time-budget", type=float, default=0, help="skip configs that would start after this many seconds")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--ft-window", type=int, default=1024)
@@ -50,6 +51,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--needle-contexts", default="", help="also score needle retrieval (essays, all-quantized) at these "
                     "contexts, e.g. 1024,2048 (default: none)")
+    ap.add_argument("--needle-protocol", choices=["all-quantized", "deployed"], default="all-quantized",
+                    help="deployed: the fp16 window and sinks the cache keeps stay exact (default all-quantized)")
     ap.add_argument("--needle-depths", default="0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95")
     ap.add_argument("--save", default=None, help="save the tuned codebooks (PQ variant directory) here")
     ap.add_argument("--out", required=True, help="JSON output")
@@ -69,7 +72,9 @@ def main(argv=None):
 
     t_all = time.time()
     configs = [dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)]
-    if a.configs:
+    if a.configs == "none":
+        configs = []
+    elif a.configs:
         configs = []
         for part in a.configs.split(";"):
             c = dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)
@@ -115,8 +120,8 @@ def main(argv=None):
     def score(method):
         out = {}
         if hay is not None:
-            r = needle_eval(model, tok, method, hay, ncontexts, ndepths, "all-quantized", 10)
-            out["needle"] = {k: r[k] for k in ("accuracy", "accuracy_by_context")}
+            r = needle_eval(model, tok, method, hay, ncontexts, ndepths, a.needle_protocol, 10)
+            out["needle"] = {**{k: r[k] for k in ("accuracy", "accuracy_by_context")}, "protocol": a.needle_protocol}
             print(f"  {method.label:>14}  needle: {r['accuracy']:.3f} {r['accuracy_by_context']}", flush=True)
         for name, (ids, off, n) in texts.items():
             r = perplexity(model, ids, method, window=a.window, max_windows=n, offset=off, text_name=name)
