@@ -52,7 +52,8 @@ def main(argv=None):
     ap.add_argument("--needle-contexts", default="", help="also score needle retrieval (essays, all-quantized) at these "
                     "contexts, e.g. 1024,2048 (default: none)")
     ap.add_argument("--needle-protocol", choices=["all-quantized", "deployed"], default="all-quantized",
-                    help="deployed: the fp16 window and sinks the cache keeps stay exact (default all-quantized)")
+                    help="deployed: decode with the real caches (DynamicCache for fp16, MillionCache for PQ; needs the served "
+                         "recipe) (default all-quantized)")
     ap.add_argument("--needle-depths", default="0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95")
     ap.add_argument("--save", default=None, help="save the tuned codebooks (PQ variant directory) here")
     ap.add_argument("--out", required=True, help="JSON output")
@@ -120,7 +121,24 @@ def main(argv=None):
     def score(method):
         out = {}
         if hay is not None:
-            r = needle_eval(model, tok, method, hay, ncontexts, ndepths, a.needle_protocol, 10)
+            runner = None
+            if a.needle_protocol == "deployed":  # decode with the real caches: DynamicCache / MillionCache
+                from transformers import DynamicCache
+
+                from million.cache import MillionCache
+                from million.eval.runners import CacheRunner
+                from million.pq_variants import to_codebooks
+
+                if getattr(method, "cb", None) is None:
+                    runner = CacheRunner(model, lambda: DynamicCache(config=model.config))
+                else:
+                    import million
+
+                    million.register()  # MillionCache decodes through the 'million' attention function
+                    model.set_attn_implementation("million")
+                    served = to_codebooks(method.cb, model.config)
+                    runner = CacheRunner(model, lambda: MillionCache(served, model.config))
+            r = needle_eval(model, tok, method, hay, ncontexts, ndepths, a.needle_protocol, 10, runner=runner)
             out["needle"] = {**{k: r[k] for k in ("accuracy", "accuracy_by_context")}, "protocol": a.needle_protocol}
             print(f"  {method.label:>14}  needle: {r['accuracy']:.3f} {r['accuracy_by_context']}", flush=True)
         for name, (ids, off, n) in texts.items():

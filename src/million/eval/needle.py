@@ -63,12 +63,17 @@ def first_number(text: str) -> str | None:
 
 
 def needle_eval(model, tokenizer, method, hay_ids: torch.Tensor, contexts=DEFAULT_CONTEXTS, depths=DEFAULT_DEPTHS,
-                protocol: str = "all-quantized", max_new_tokens: int = 10, seed: int = 0, progress=None) -> dict:
+                protocol: str = "all-quantized", max_new_tokens: int = 10, seed: int = 0, progress=None,
+                runner=None) -> dict:
     """Accuracy of ``method`` (fitted) at every context and depth.
+
+    ``runner``: decode with this object's ``greedy(ids, n, eos_token_id)`` instead of the method's own
+    runner (e.g. :class:`~million.eval.runners.CacheRunner` around the real MillionCache).
 
     Returns ``{"cases": [...], "accuracy": float, "accuracy_by_context": {ctx: acc}, ...}``.
     """
-    runner = method.make_runner(model, protocol) if hasattr(method, "make_runner") else Runner(model, method, protocol)
+    if runner is None:
+        runner = method.make_runner(model, protocol) if hasattr(method, "make_runner") else Runner(model, method, protocol)
     dev = next(model.parameters()).device
     cases = []
     t0 = time.time()

@@ -203,3 +203,25 @@ class Runner:
 @contextmanager
 def _null():
     yield
+
+
+class CacheRunner:
+    """Greedy decoding with a real cache (``make_cache()`` -> a fresh transformers ``Cache``, e.g. a
+    :class:`million.MillionCache`): exactly what generation does with it, prefill included."""
+
+    def __init__(self, model, make_cache):
+        self.model, self.make_cache = model, make_cache
+
+    @torch.no_grad()
+    def greedy(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
+        cache = self.make_cache()
+        out: list[int] = []
+        logits = self.model(input_ids=ids, **cache_arg(self.model, cache), use_cache=True).logits[:, -1]
+        for _ in range(max_new_tokens):
+            nxt = int(logits.argmax(-1))
+            out.append(nxt)
+            if eos_token_id is not None and nxt == eos_token_id:
+                break
+            logits = self.model(input_ids=torch.tensor([[nxt]], device=ids.device), **cache_arg(self.model, cache),
+                                use_cache=True).logits[:, -1]
+        return out
