@@ -49,7 +49,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=2048, help="scoring window")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--needle-contexts", default="", help="also score needle retrieval (essays, all-quantized) at these "
+    ap.add_argument("--needle-contexts", default="", help="also score needle retrieval (essays, --needle-protocol) at these "
                     "contexts, e.g. 1024,2048 (default: none)")
     ap.add_argument("--needle-protocol", choices=["all-quantized", "deployed"], default="all-quantized",
                     help="deployed: decode with the real caches (DynamicCache for fp16, MillionCache for PQ; needs the served "
@@ -72,13 +72,14 @@ def main(argv=None):
     from million.pq_variants import PQVariant, train_variant
 
     t_all = time.time()
-    configs = [dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)]
+    defaults = dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)
+    configs = [defaults]
     if a.configs == "none":
         configs = []
     elif a.configs:
         configs = []
         for part in a.configs.split(";"):
-            c = dict(steps=a.steps, lr=a.lr, objective=a.objective, tune=a.tune, schedule=a.schedule)
+            c = dict(defaults)
             for kv in filter(None, part.split(",")):
                 k, _, val = kv.partition("=")
                 if k not in c:
@@ -121,7 +122,7 @@ def main(argv=None):
     def score(method):
         out = {}
         if hay is not None:
-            runner = None
+            runner, attn = None, model.config._attn_implementation
             if a.needle_protocol == "deployed":  # decode with the real caches: DynamicCache / MillionCache
                 from transformers import DynamicCache
 
@@ -139,6 +140,7 @@ def main(argv=None):
                     served = to_codebooks(method.cb, model.config)
                     runner = CacheRunner(model, lambda: MillionCache(served, model.config))
             r = needle_eval(model, tok, method, hay, ncontexts, ndepths, a.needle_protocol, 10, runner=runner)
+            model.set_attn_implementation(attn)  # perplexity below runs as before
             out["needle"] = {**{k: r[k] for k in ("accuracy", "accuracy_by_context")}, "protocol": a.needle_protocol}
             print(f"  {method.label:>14}  needle: {r['accuracy']:.3f} {r['accuracy_by_context']}", flush=True)
         for name, (ids, off, n) in texts.items():

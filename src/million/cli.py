@@ -36,30 +36,25 @@ def _device(name: str | None) -> str:
     return name
 
 
-def _positive(name):
+def _int_at_least(name, lo: int, what: str):
     def conv(s):
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {s!r}")
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"{name} must be a {what} integer, got {s!r}")
         return v
 
     return conv
+
+
+def _positive(name):
+    return _int_at_least(name, 1, "positive")
 
 
 def _nonnegative(name):
-    def conv(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {s!r}")
-        return v
-
-    return conv
+    return _int_at_least(name, 0, "non-negative")
 
 
 def cmd_calibrate(args) -> int:

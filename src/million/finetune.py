@@ -152,7 +152,10 @@ def finetune_codebooks(cb, model, windows: list, steps: int = 64, lr: float = 2e
             lst = getattr(cb, name)
             if lst:
                 done = {}  # one tensor seen by several layers (merged) stays one tensor
-                setattr(cb, name, [done.setdefault(id(t), t.detach().cpu()) for t in lst])
+                for t in lst:
+                    if id(t) not in done:
+                        done[id(t)] = t.detach().cpu()
+                setattr(cb, name, [done[id(t)] for t in lst])
     info = {"steps": steps, "lr": lr, "schedule": schedule, "objective": objective, "tune": tune, "windows": len(windows),
             "window": int(windows[0].shape[1]), "loss_first": history[0], "loss_last": history[-1],
             "seconds": time.time() - t0}

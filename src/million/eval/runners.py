@@ -186,23 +186,26 @@ class Runner:
         m = self.method
         pre = getattr(m, "key_space", "post_rope") == "pre_rope"
         cache = QDQCache(self.L, None if pre else m.qdq_key, m.qdq_value)
-        out: list[int] = []
-        ctx = pre_rope_key_hooks(self.model, m.qdq_key) if pre else _null()
-        with ctx:
-            logits = self.model(input_ids=ids, **cache_arg(self.model, cache), use_cache=True).logits[:, -1]
-            for _ in range(max_new_tokens):
-                nxt = int(logits.argmax(-1))
-                out.append(nxt)
-                if eos_token_id is not None and nxt == eos_token_id:
-                    break
-                logits = self.model(input_ids=torch.tensor([[nxt]], device=ids.device), **cache_arg(self.model, cache),
-                                    use_cache=True).logits[:, -1]
-        return out
+        with pre_rope_key_hooks(self.model, m.qdq_key) if pre else _null():
+            return _greedy(self.model, cache, ids, max_new_tokens, eos_token_id)
 
 
 @contextmanager
 def _null():
     yield
+
+
+def _greedy(model, cache, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
+    """Greedy continuation of ``ids [1, T]``: prefill into ``cache``, then one token per step."""
+    out: list[int] = []
+    logits = model(input_ids=ids, **cache_arg(model, cache), use_cache=True).logits[:, -1]
+    for _ in range(max_new_tokens):
+        nxt = int(logits.argmax(-1))
+        out.append(nxt)
+        if eos_token_id is not None and nxt == eos_token_id:
+            break
+        logits = model(input_ids=torch.tensor([[nxt]], device=ids.device), **cache_arg(model, cache), use_cache=True).logits[:, -1]
+    return out
 
 
 class CacheRunner:
@@ -214,14 +217,4 @@ class CacheRunner:
 
     @torch.no_grad()
     def greedy(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
-        cache = self.make_cache()
-        out: list[int] = []
-        logits = self.model(input_ids=ids, **cache_arg(self.model, cache), use_cache=True).logits[:, -1]
-        for _ in range(max_new_tokens):
-            nxt = int(logits.argmax(-1))
-            out.append(nxt)
-            if eos_token_id is not None and nxt == eos_token_id:
-                break
-            logits = self.model(input_ids=torch.tensor([[nxt]], device=ids.device), **cache_arg(self.model, cache),
-                                use_cache=True).logits[:, -1]
-        return out
+        return _greedy(self.model, self.make_cache(), ids, max_new_tokens, eos_token_id)
