@@ -62,6 +62,11 @@ MAIN = [
     ("pq-2-k6v10", "pq", 2, {"variant": "best-k6v10", "calib_tokens": 32768, "calib_window": 8192}),
     # water-filled key subspaces allowed up to 12-bit codes (default 10)
     ("pq-4-a12", "pq", 4, {"variant": "best-a12", "calib_tokens": 32768, "calib_window": 8192}),
+    # more bits for the same recipe (9- and 10-bit codes per 2 dims; k-means on 16,384 samples x 12 iterations, as
+    # larger codebooks cost more to train): where PQ's quality curve crosses the +0.5% mark
+    ("pq-4.5", "pq", 4.5, {"variant": "best-b9", "calib_tokens": 32768, "calib_window": 8192}),
+    ("pq-5", "pq", 5, {"variant": "best-b10", "calib_tokens": 32768, "calib_window": 8192}),
+    ("pq-4-s16k", "pq", 4, {"variant": "best-b8", "calib_tokens": 32768, "calib_window": 8192}),  # same k-means budget
     # the recipe MillionCache serves (million calibrate --granularity layer_head --sinks 1 --transform metric)
     ("pq-4-served", "pq", 4, {"variant": V(4, transform="metric", sinks=1, samples=16384, iters=16)}),
     ("pq-2-served", "pq", 2, {"variant": V(2, transform="metric", sinks=1, samples=16384, iters=16)}),
@@ -189,6 +194,9 @@ class Bench:
             v = dataclasses.replace(best_variant(bits), samples=61440, iters=20)
         elif v == "best-a12":
             v = dataclasses.replace(best_variant(bits), alloc_max_bits=12)
+        elif isinstance(v, str) and (nb := re.fullmatch(r"best-b(\d+)", v)):  # code bits per 2 dims, keys and values
+            v = dataclasses.replace(best_variant(4), k_nbits=int(nb[1]), v_nbits=int(nb[1]), samples=16384, iters=12,
+                                    alloc_max_bits=max(10, int(nb[1])))
         elif isinstance(v, str) and (kv := re.fullmatch(r"best-k(\d+)v(\d+)", v)):  # key / value code bits
             v = dataclasses.replace(best_variant(bits), k_nbits=int(kv[1]), v_nbits=int(kv[2]))
         over = {k: getattr(self.args, f"pq_{k}") for k in ("samples", "iters") if getattr(self.args, f"pq_{k}")}

@@ -6,7 +6,8 @@
 # tokens in 8K windows, tuning on 2048-token SQuAD windows before token 65,536, scoring on 8 held-out
 # SQuAD windows and 8 essay windows), each within its share of FTIME seconds. FT4/FT2 override the
 # tuning configs (quality_finetune.py --configs); FT2S/FT2S_TIME run the served 2-bit recipe (off unless
-# FT2S_TIME > 30); a share of 0 skips a job.
+# FT2S_TIME > 30); a share of 0 skips a job. FT_EXTRA: more quality_finetune.py arguments for every job
+# (e.g. "--needle-contexts 1024,2048,4096,8192 --needle-protocol deployed").
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -20,7 +21,7 @@ run() {  # name share_seconds args...
   [ "$left" -gt 30 ] || { echo "no time left for $name"; return; }
   timeout "$left" python3 benchmarks/quality_finetune.py --model "$MODEL" --device cuda --threads 16 \
     --calib-tokens 32768 --calib-window 8192 --ft-window 2048 --squad-windows 8 --essays-windows 8 \
-    --time-budget $(( left * 6 / 10 )) --out "$OUT/$name.json" "$@" 2>&1 \
+    --time-budget $(( left * 6 / 10 )) --out "$OUT/$name.json" "$@" ${FT_EXTRA:-} 2>&1 \
     | tr '\r' '\n' | grep -a -v -E "Warning|warn\(|Converting|Loading|calibration pass|tuning codebooks|forward_call" | tee -a "$OUT/$name.log"
 }
 run ft4 ${FT4_TIME:-300} --recipe best --bits 4 --configs "${FT4:-lr=2e-3,steps=120;lr=5e-3,steps=120;lr=1e-2,steps=120}"

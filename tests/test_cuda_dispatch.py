@@ -120,4 +120,8 @@ def test_split_rule(monkeypatch):
     assert ca.num_splits(1, 3, 1, 16384, dev, 8, ca.chunks_per_warp("mma", 64)) == 44
     assert ca.num_splits(1, 32, 1, 32768, dev, 0) == 4  # MHA, FFMA kernel
     assert ca.num_splits(1, 32, 1, 100, dev, 0) == 1  # short: at least one split
+    # FFMA kernel, short contexts: fewer, longer splits (about 1280 tokens, at least 2) while 40% of the SMs stay busy
+    assert [ca.num_splits(1, 32, 1, t, dev, 0) for t in (1024, 2048, 4096, 8192, 16384)] == [2, 2, 3, 4, 4]
+    assert ca.num_splits(1, 8, 1, 4096, dev, 0) == 16  # 8 heads: 3 splits would leave most SMs idle
+    assert ca.num_splits(2, 32, 1, 4096, dev, 0) == 2  # the SM rule is already below
     assert ca.num_splits(300, 8, 1, 1 << 20, dev, 8, mma128) == 1  # more rows than SMs

@@ -107,7 +107,16 @@ def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device, lut
     ``32 * chunks_per_warp * lut_warps`` tokens, so that every warp has its chunks (LUT, GQA 4K: S 16 -> 8
     measured 21.4 -> 18.8 us; tensor-core kernel at d=128: see :func:`chunks_per_warp`, docs/benchmarks.md)."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
-    s = max(1, _sms(idx) // max(1, B * Hkv * ngroups))
+    sms, heads = _sms(idx), max(1, B * Hkv * ngroups)
+    s = max(1, sms // heads)
+    if not lut_warps:
+        # FFMA kernel: every block reads its 128 KB of tables from L2, so short splits pay more for the tables
+        # than for their codes. Splits of about 1280 tokens (at least 2) as long as the blocks still cover
+        # 40% of the SMs (H200, MHA B=1: 1K S 2/4 12.7/16.0 us, 2K 15.4/17.7, 4K S 3/4 18.1/20.3, 8K 24.9/25.0,
+        # 16K S 4/3 34.1/37.1; docs/benchmarks.md, "H200 split sweep")
+        fewer = max(2, round(T / 1280))
+        if fewer < s and 5 * heads * fewer >= 2 * sms:
+            s = fewer
     return max(1, min(s, int(T // (32 * chunks_per_warp * lut_warps) if lut_warps else T // 256), 1024))
 
 
