@@ -70,6 +70,9 @@ MAIN = [
     # the recipe MillionCache serves (million calibrate --granularity layer_head --sinks 1 --transform metric)
     ("pq-4-served", "pq", 4, {"variant": V(4, transform="metric", sinks=1, samples=16384, iters=16)}),
     ("pq-2-served", "pq", 2, {"variant": V(2, transform="metric", sinks=1, samples=16384, iters=16)}),
+    # the same plus the balanced PCA rotation of the keys (million calibrate ... --rotation balanced-keys)
+    ("pq-4-served-balk", "pq", 4, {"variant": V(4, transform="metric", sinks=1, alloc="balanced_k", samples=16384, iters=16)}),
+    ("pq-2-served-balk", "pq", 2, {"variant": V(2, transform="metric", sinks=1, alloc="balanced_k", samples=16384, iters=16)}),
     ("kivi-4", "kivi", 4, {}),
     ("kivi-2", "kivi", 2, {}),
     ("kvquant-4", "kvquant", 4, {}),
@@ -118,12 +121,17 @@ ABLATION = [
     ("pq4-lh-metric-sink1-pcak-c60k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=61440, iters=20), 61440),
     ("pq4-lh-metric-sink1-pca-c60k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive", samples=61440, iters=20), 61440),
     ("pq2-lh-metric-sink1-pcak-c60k", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=61440, iters=20), 61440),
+    # the served recipe plus a PCA rotation with the variances balanced over uniform subspaces (servable)
+    ("pq4-lh-metric-sink1-bal", 4, V(4, transform="metric", sinks=1, alloc="balanced")),
+    ("pq4-lh-metric-sink1-balk", 4, V(4, transform="metric", sinks=1, alloc="balanced_k")),
+    ("pq2-lh-metric-sink1-bal", 2, V(2, transform="metric", sinks=1, alloc="balanced")),
+    ("pq2-lh-metric-sink1-balk", 2, V(2, transform="metric", sinks=1, alloc="balanced_k")),
     # the chosen recipe calibrated on 2K windows (positions < 2048 only), as the 2K rows above
     ("pq4-lh-metric-sink1-pcak-w2k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384, iters=16)),
     ("pq2-lh-metric-sink1-pcak-w2k", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384, iters=16)),
 ]
 
-DEPLOYED = ["fp16", "million-4", "million-2", "pq-4-served", "pq-2-served", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
+DEPLOYED = ["fp16", "million-4", "million-2", "pq-4-served", "pq-2-served", "pq-4-served-balk", "pq-2-served-balk", "kivi-4", "kivi-2", "quanto-4", "quanto-2"]
 NEEDLE = ["fp16", "pq-2", "pq-2-c60k", "pq-2-k12v4", "pq-2-k10v6", "pqsparse-2", "million-2", "kivi-2", "kvquant-2", "quanto-2", "qhitter-2", "pq-4", "pq-4-c60k"]
 
 

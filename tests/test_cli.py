@@ -276,6 +276,35 @@ def test_calibrate_with_metric_transform_then_generate(tiny_model_dir, text_file
     assert rc == 2 and "--pre-rope" in one_line(err)
 
 
+def test_calibrate_with_balanced_rotation_then_generate(tiny_model_dir, text_file, tmp_path, capsys):
+    """--rotation balanced: the PCA rotation is folded into the stored transforms (keys and values), the codes
+    keep one width, and the cache serves them; bad combinations are refused before any slow work."""
+    out_dir = tmp_path / "cbr"
+    rc, out, err = run(
+        ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
+         "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4", "--sinks", "1",
+         "--granularity", "layer_head", "--rotation", "balanced", "--device", "cpu", "--out", str(out_dir)],
+        capsys,
+    )
+    assert rc == 0, err
+    cb = Codebooks.load(out_dir)
+    assert cb.calibration["variant"]["alloc"] == "balanced" and cb.calibration["variant"]["transform"] == "none"
+    k, ki = cb.transforms["key"].float(), cb.transforms["key_inverse"].float()
+    eye = torch.eye(64).expand_as(k)
+    torch.testing.assert_close(k.transpose(-1, -2) @ k, eye, rtol=0, atol=1e-3)  # a rotation, no scaling
+    torch.testing.assert_close(k @ ki, eye, rtol=0, atol=1e-3)
+    assert not torch.allclose(k, eye, atol=1e-2)
+    rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(tiny_model_dir),
+                        "--codebooks", str(out_dir), "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert "PQ cache now:" in out
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced", "--out", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "--granularity layer_head" in one_line(err) and "got layer" in one_line(err)
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced-keys", "--pre-rope",
+                      "--granularity", "layer_head", "--out", str(tmp_path / "y")], capsys)
+    assert rc == 2 and "--pre-rope" in one_line(err)
+
+
 def test_generate_with_codebooks_of_another_model(tiny_model_dir, tiny_codebooks_dir, capsys):
     rc, out, err = run(["generate", "w1 w2", "--raw", "--model", str(tiny_model_dir), "--codebooks", str(tiny_codebooks_dir), "--device", "cpu"], capsys)
     assert rc == 2

@@ -65,9 +65,11 @@ def test_transforms_change_the_codes_and_round_trip_through_disk(tmp_path):
         Codebooks(cb.config, cb.key_centroids, cb.value_centroids, cb.model, cb.calibration, {"key": cb.transforms["key"]})
 
 
-def test_variant_codebooks_serve_in_the_cache_as_evaluated():
-    """A metric-transform variant trained by million.pq_variants, converted with to_codebooks: the cache's
-    stored keys/values (dequantized) equal the evaluation's quantize-dequantize of the same K/V."""
+@pytest.mark.parametrize("transform,alloc", [("metric", "uniform"), ("metric", "balanced"), ("none", "balanced_k")])
+def test_variant_codebooks_serve_in_the_cache_as_evaluated(transform, alloc):
+    """A transformed variant trained by million.pq_variants (the metric transform, the balanced PCA rotation or
+    both), converted with to_codebooks: the cache's stored keys/values (dequantized) equal the evaluation's
+    quantize-dequantize of the same K/V."""
     from eval_helpers import TEXT, CharTokenizer
     from eval_helpers import tiny_model as eval_tiny_model
 
@@ -78,7 +80,7 @@ def test_variant_codebooks_serve_in_the_cache_as_evaluated():
     model = eval_tiny_model()
     million.register()
     calib = collect(model, CharTokenizer(), TEXT, tokens=1024, window=256)
-    var = PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, transform="metric", sinks=1, iters=3, samples=512)
+    var = PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, transform=transform, alloc=alloc, sinks=1, iters=3, samples=512)
     vcb = train_variant(calib, var)
     cb = to_codebooks(vcb, model.config, residual_length=8)
     assert cb.config.sink_length == 1 and cb.transforms is not None and cb.calibration["window"] == 256
@@ -110,3 +112,25 @@ def test_variant_codebooks_serve_in_the_cache_as_evaluated():
     with pytest.raises(ValueError, match="evaluation-only"):
         to_codebooks(train_variant(calib, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, alloc="pca", iters=2, samples=512)),
                      model.config)
+
+
+def test_balanced_rotation_is_orthonormal_and_evens_out_the_subspaces():
+    """balanced_rotation: orthonormal columns (distances kept) and, on an anisotropic input, subspaces whose
+    log-variance sums are far more even than with the principal axes in order (the spread of the greedy
+    allocation, checked against the sorted-PCA split)."""
+    from million.pq_variants import balanced_rotation
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.logspace(1.5, -1.5, 16)
+    x = torch.randn(2, 4000, 16, generator=g) * scale
+    x = x @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]  # correlated coordinates
+    R = balanced_rotation(x, 4)
+    assert R.shape == (2, 16, 16)
+    torch.testing.assert_close(R.transpose(-1, -2) @ R, torch.eye(16).expand(2, 16, 16), rtol=0, atol=1e-5)
+    xr = torch.einsum("hnd,hde->hne", x, R)
+    cov = torch.einsum("hnd,hne->hde", xr, xr) / x.shape[1]
+    off = cov - torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))
+    assert off.abs().max() < 1e-3 * cov.abs().max()  # decorrelated
+    logs = torch.diagonal(cov, dim1=-2, dim2=-1).log().view(2, 4, 4).sum(-1)
+    sorted_logs = (scale**2).log().view(4, 4).sum(-1)  # principal axes in order: 4 consecutive per subspace
+    assert (logs.amax(-1) - logs.amin(-1)).max() < 0.25 * (sorted_logs.max() - sorted_logs.min())

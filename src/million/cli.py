@@ -8,6 +8,7 @@ import sys
 import time
 
 GRANULARITIES = ("merged", "layer", "layer_head")
+ROTATIONS = {"none": "uniform", "balanced": "balanced", "balanced-keys": "balanced_k"}  # --rotation -> PQVariant.alloc
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +78,11 @@ def cmd_calibrate(args) -> int:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
     if args.transform != "none" and args.pre_rope:
         raise ValueError(f"--transform {args.transform} works on post-RoPE keys; drop --pre-rope or use --transform none")
+    if args.rotation != "none" and args.pre_rope:
+        raise ValueError(f"--rotation {args.rotation} works on post-RoPE keys; drop --pre-rope or use --rotation none")
+    if args.rotation != "none" and args.granularity != "layer_head":
+        raise ValueError(f"--rotation {args.rotation} is one rotation per layer and KV head: it needs --granularity layer_head, "
+                         f"got {args.granularity}")
     if args.finetune_steps and args.pre_rope:
         raise ValueError(f"--finetune-steps {args.finetune_steps} tunes post-RoPE codebooks; drop --pre-rope or --finetune-steps")
     if not args.finetune_lr > 0:
@@ -102,7 +108,7 @@ def cmd_calibrate(args) -> int:
                              f"raise --tokens ({args.tokens}) or lower --finetune-window")
     print(f"calibrating {src.name}: {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = {pq.bits_per_element:g} bits/element, "
           f"{pq.granularity} codebooks, on {args.tokens} tokens of {args.text}", file=sys.stderr)
-    if args.transform == "none" and not args.finetune_steps:
+    if args.transform == "none" and args.rotation == "none" and not args.finetune_steps:
         cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,
                        seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name)
     else:
@@ -111,7 +117,8 @@ def cmd_calibrate(args) -> int:
 
         data = collect(model, tok, text, tokens=args.tokens, window=window, text_name=args.text, progress=True, attention=False)
         var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
-                        transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed)
+                        transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed,
+                        alloc=ROTATIONS[args.rotation])
         vcb = train_variant(data, var, progress=True, device=device)
         del data
         if args.finetune_steps:
@@ -211,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--transform", choices=("none", "metric", "hadamard"), default="none",
                    help="train the codes in a transformed space the cache folds into queries and outputs: 'metric' "
                         "(the error attention and o_proj see; measured better, docs/quality.md) or 'hadamard' (default none)")
+    c.add_argument("--rotation", choices=tuple(ROTATIONS), default="none",
+                   help="also rotate onto the principal axes, with the variance dealt evenly over the subspaces (after "
+                        "--transform; folded into queries and outputs like it; needs --granularity layer_head): "
+                        "'balanced' keys and values, 'balanced-keys' keys only (measured gains in docs/quality.md; default none)")
     c.add_argument("--finetune-steps", type=_nonnegative("--finetune-steps"), default=0,
                    help="after k-means, tune the centroids end to end for this many steps (KL to the unquantized model on "
                         "the calibration text; same bits and format; measured gains in docs/quality.md; default 0: off)")

@@ -46,6 +46,15 @@ def granularity_shape(granularity: str, num_layers: int, num_kv_heads: int) -> t
     return {"merged": (1, 1), "layer": (num_layers, 1), "layer_head": (num_layers, num_kv_heads)}[granularity]
 
 
+def _transform_name(var: dict) -> str:
+    """The stored transforms as the variant names them: the transform, then the balanced PCA rotation if any."""
+    name = var.get("transform", "yes")
+    rot = {"balanced": "balanced rotation (keys and values)", "balanced_k": "balanced rotation (keys)"}.get(var.get("alloc"))
+    if rot:
+        name = rot if name == "none" else f"{name} + {rot}"
+    return name
+
+
 @dataclass
 class Codebooks:
     """Trained PQ codebooks for one model.
@@ -194,6 +203,7 @@ class Codebooks:
                    meta.get("calibration", {}), tr)
 
     def describe(self) -> str:
+        """What ``million info`` prints: shapes, bits, transforms, calibration and tuning."""
         c = self.config
         lines = [
             f"model        : {self.model.get('name', '?')} ({self.model.get('architecture', '?')}, "
@@ -201,9 +211,8 @@ class Codebooks:
             f"PQ           : M={c.M} subspaces x dsub={c.dsub}, nbits={c.nbits} (ksub={c.ksub}), {c.bits_per_element:g} bits/element",
             f"granularity  : {c.granularity}  centroids {list(self.key_centroids.shape)} (K and V)",
             f"residual     : {c.residual_length} tokens fp16;  sinks: {c.sink_length}",
-            "transforms   : " + ("none" if self.transforms is None else
-                                  f"{(self.calibration.get('variant') or {}).get('transform', 'yes')} "
-                                  f"(per layer and KV head, folded into queries and outputs)"),
+            "transforms   : " + ("none" if self.transforms is None else _transform_name(self.calibration.get("variant") or {})
+                                  + " (per layer and KV head, folded into queries and outputs)"),
             f"codebook size: {self.nbytes / 2**20:.2f} MiB (fp16)",
         ]
         cal = self.calibration

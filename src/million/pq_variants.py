@@ -28,6 +28,12 @@ Options (every one can be switched on alone; :class:`PQVariant` holds them):
   2 or 1 components, the high-variance ones small) from the water-filling rates. The ``_k``
   forms (``pca_k``, ``pca_adaptive_k``) do this for keys only (values keep uniform subspaces:
   their spectrum is nearly flat, so there is little to gain for the training time).
+- ``alloc="balanced"``: the same PCA rotation, but uniform subspaces and code widths: the principal
+  components are dealt to the ``D / dsub`` subspaces so that the products of their variances come
+  out as equal as possible (greedy eigenvalue allocation, as in non-parametric OPQ), which
+  decorrelates the subspaces and spreads the variance evenly over codes of one width. Unlike the
+  ``pca`` forms it changes nothing but the (folded) transform, so MillionCache serves it.
+  ``balanced_k`` rotates the keys only.
 
 Bits per element are ``nbits / dsub`` for the codes; codebooks (fp16), transforms (fp16) and sinks
 are counted by :meth:`PQVariant.bits_breakdown` at a stated context length.
@@ -47,7 +53,8 @@ from .kmeans import kmeans
 
 TRANSFORMS = ("none", "hadamard", "metric", "metric_hadamard", "opq", "fisher")
 WEIGHTINGS = ("none", "attn", "fisher")
-ALLOCS = ("uniform", "pca", "pca_adaptive", "pca_k", "pca_adaptive_k")
+ALLOCS = ("uniform", "pca", "pca_adaptive", "pca_k", "pca_adaptive_k", "balanced", "balanced_k")
+UNIFORM_WIDTHS = ("uniform", "balanced", "balanced_k")  # one subspace size and code width: servable
 GRANULARITIES = ("merged", "layer", "layer_head")
 VARIANT_VERSION = 1
 
@@ -138,11 +145,13 @@ class PQVariant:
         elems = 2 * L * H * D * context
         Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[self.granularity]
         cb_vals = Lg * Hg * ((2**self.k_nbits) * D + (2**self.v_nbits) * D)  # M * ksub * dsub = ksub * D
-        if self.alloc != "uniform" and alloc_sizes is not None:
+        if self.alloc not in UNIFORM_WIDTHS and alloc_sizes is not None:
             cb_vals = alloc_sizes  # exact count of centroid values, from the trained widths
         n_t = {"none": 0, "hadamard": 0, "metric": 3, "metric_hadamard": 3, "opq": 3, "fisher": 3}[self.transform]
         if self.alloc != "uniform":
-            n_t = 3  # the PCA rotation makes every transform a dense matrix
+            n_t = 3  # the PCA rotation makes every transform a dense matrix (keys only for *_k: values as above)
+            if self.alloc.endswith("_k") and self.transform in ("none", "hadamard"):
+                n_t = 2
         # keys: A and A^-T per (layer, head); values: A (its inverse folds into o_proj); Hadamard is implicit
         tr_vals = n_t * L * H * D * D
         s = min(self.sinks, context)
@@ -503,7 +512,19 @@ def train_variant(calib, variant: PQVariant, progress: bool = False, device=None
     else:
         ks = kis = vs = vis = None
     Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[variant.granularity]
-    if variant.alloc != "uniform":
+    if variant.alloc in ("balanced", "balanced_k"):  # a rotation folded into the transforms; uniform codes below
+        eye = torch.eye(D).expand(H, D, D)
+        ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
+        kU = [balanced_rotation(x, variant.k_dsub) for x in keys]
+        keys = [torch.einsum("hnd,hde->hne", x, U) for x, U in zip(keys, kU)]
+        ks = [(ks[l] @ kU[l]).contiguous() for l in range(L)]
+        kis = [(kU[l].transpose(-1, -2) @ kis[l]).contiguous() for l in range(L)]
+        if variant.alloc == "balanced":
+            vU = [balanced_rotation(x, variant.v_dsub) for x in vals]
+            vals = [torch.einsum("hnd,hde->hne", x, U) for x, U in zip(vals, vU)]
+            vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
+            vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
+    if variant.alloc not in UNIFORM_WIDTHS:
         kc, ka, kU = _train_alloc(keys, ws, variant.k_nbits, variant.k_dsub, variant, gen, 0, device)
         eye = torch.eye(D).expand(H, D, D)
         ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
@@ -545,6 +566,30 @@ def train_variant(calib, variant: PQVariant, progress: bool = False, device=None
     cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, "window": calib.window, "pre_rope": False,
                **distortion(cb, calib)}
     return cb
+
+
+def balanced_rotation(x: torch.Tensor, dsub: int) -> torch.Tensor:
+    """Per-head rotation ``[H, D, D]`` for ``x [H, N, D]``: the principal axes, dealt to the ``D / dsub``
+    subspaces of ``dsub`` consecutive output columns so that the products of the variances in each subspace
+    are as equal as possible (components in descending variance, each to the subspace with the smallest
+    log-variance sum that still has room). The columns stay orthonormal, so ``x @ R`` keeps every distance."""
+    H, N, D = x.shape
+    M = D // dsub
+    C = torch.einsum("hnd,hne->hde", x.double(), x.double()) / max(1, N)
+    e, U = torch.linalg.eigh(C)
+    e, U = e.flip(-1).clamp_min(1e-20), U.flip(-1)  # descending variance
+    out = torch.empty(H, D, D, dtype=torch.float64)
+    for h in range(H):
+        logs = torch.log(e[h]).tolist()
+        load, room, slots = [0.0] * M, [dsub] * M, [[] for _ in range(M)]
+        for j in range(D):  # largest variance first, to the open subspace with the least log-variance so far
+            m = min((m for m in range(M) if room[m]), key=lambda m: load[m])
+            slots[m].append(j)
+            load[m] += logs[j]
+            room[m] -= 1
+        order = torch.tensor([j for m in range(M) for j in slots[m]])
+        out[h] = U[h][:, order]
+    return out.to(x.dtype)
 
 
 def _train_alloc(xs: list, ws: list | None, nbits: int, dsub: int, variant: PQVariant, gen: torch.Generator, salt: int,
@@ -636,15 +681,16 @@ def to_codebooks(cb: PQVariantCodebooks, model_config, residual_length: int = 12
     codebooks: centroids, sinks and the per-(layer, head) transforms (metric, Hadamard, OPQ or Fisher),
     which the cache applies when it encodes and folds into the query and the output when it attends.
 
-    Needs uniform subspaces (``alloc="uniform"``) with the same code width and subspace size for keys
+    Needs uniform subspaces (``alloc`` one of ``uniform``, ``balanced``, ``balanced_k``) with the same code width and subspace size for keys
     and values (one :class:`~million.config.PQConfig`).
     """
     from .codebook import Codebooks, model_identity
     from .config import PQConfig
 
     v = cb.variant
-    if v.alloc != "uniform":
-        raise ValueError(f"alloc {v.alloc!r} is evaluation-only: MillionCache needs alloc='uniform' (one subspace size and code width)")
+    if v.alloc not in UNIFORM_WIDTHS:
+        raise ValueError(f"alloc {v.alloc!r} is evaluation-only: MillionCache needs one subspace size and code width "
+                         f"(alloc one of {UNIFORM_WIDTHS})")
     if (v.k_nbits, v.k_dsub) != (v.v_nbits, v.v_dsub):
         raise ValueError(f"keys ({v.k_nbits} bits, dsub {v.k_dsub}) and values ({v.v_nbits} bits, dsub {v.v_dsub}) differ; "
                          "MillionCache needs the same code width and subspace size for both")
