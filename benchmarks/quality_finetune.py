@@ -27,6 +27,8 @@ def main(argv=None):
     ap.add_argument("--recipe", choices=["served", "best"], default="served",
                     help="served: layer_head + metric + 1 sink (what MillionCache serves); best: + PCA water-filled keys")
     ap.add_argument("--bits", type=int, choices=[4, 2], default=4)
+    ap.add_argument("--rotation", choices=["none", "balanced", "balanced_k"], default="none",
+                    help="served recipe: also the balanced PCA rotation (million calibrate --rotation; default none)")
     ap.add_argument("--samples", type=int, default=None, help="k-means samples per codebook (recipe default if omitted)")
     ap.add_argument("--iters", type=int, default=None, help="k-means iterations (recipe default if omitted)")
     ap.add_argument("--calib-tokens", type=int, default=16384)
@@ -88,9 +90,11 @@ def main(argv=None):
             configs.append(c)
     model, tok = load_model(a.model, device=a.device)
     dsub = {4: 2, 2: 4}[a.bits]
+    if a.rotation != "none" and a.recipe != "served":
+        ap.error(f"--rotation {a.rotation} applies to --recipe served (the best recipe has its own key rotation)")
     if a.recipe == "served":
         v = PQVariant(k_nbits=8, k_dsub=dsub, v_nbits=8, v_dsub=dsub, granularity="layer_head", transform="metric", sinks=1,
-                      samples=16384, iters=16)
+                      samples=16384, iters=16, alloc="uniform" if a.rotation == "none" else a.rotation)
     else:
         v = best_variant(a.bits)
     v = PQVariant.from_dict({**v.to_dict(), **({"samples": a.samples} if a.samples else {}),
