@@ -681,8 +681,8 @@ def to_codebooks(cb: PQVariantCodebooks, model_config, residual_length: int = 12
     codebooks: centroids, sinks and the per-(layer, head) transforms (metric, Hadamard, OPQ or Fisher),
     which the cache applies when it encodes and folds into the query and the output when it attends.
 
-    Needs uniform subspaces (``alloc`` one of ``uniform``, ``balanced``, ``balanced_k``) with the same code width and subspace size for keys
-    and values (one :class:`~million.config.PQConfig`).
+    Needs uniform subspaces (``alloc`` one of ``uniform``, ``balanced``, ``balanced_k``) with the same code
+    width and subspace size for keys and values (one :class:`~million.config.PQConfig`).
     """
     from .codebook import Codebooks, model_identity
     from .config import PQConfig
