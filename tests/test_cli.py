@@ -256,22 +256,31 @@ def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_
     assert "PQ cache now:" in out
 
 
-def test_calibrate_with_metric_transform_then_generate(tiny_model_dir, text_file, tmp_path, capsys):
-    out_dir = tmp_path / "cbm"
+def _calibrate_layer_head(model_dir, text_file, out_dir, extra, capsys) -> Codebooks:
+    """Tiny 2-bit per-layer-head calibration with ``extra`` arguments; returns the saved codebooks."""
     rc, out, err = run(
-        ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
+        ["calibrate", "--model", str(model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
          "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4", "--sinks", "1",
-         "--granularity", "layer_head", "--transform", "metric", "--device", "cpu", "--out", str(out_dir)],
+         "--granularity", "layer_head", *extra, "--device", "cpu", "--out", str(out_dir)],
         capsys,
     )
     assert rc == 0, err
-    cb = Codebooks.load(out_dir)
-    assert cb.transforms is not None and cb.transforms["key"].shape == (2, 1, 64, 64)
-    assert cb.config.sink_length == 1 and cb.calibration["variant"]["transform"] == "metric"
-    rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(tiny_model_dir),
-                        "--codebooks", str(out_dir), "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"], capsys)
+    return Codebooks.load(out_dir)
+
+
+def _generate_ok(model_dir, codebooks_dir, capsys) -> None:
+    rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(model_dir),
+                        "--codebooks", str(codebooks_dir), "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"], capsys)
     assert rc == 0, err
     assert "PQ cache now:" in out
+
+
+def test_calibrate_with_metric_transform_then_generate(tiny_model_dir, text_file, tmp_path, capsys):
+    out_dir = tmp_path / "cbm"
+    cb = _calibrate_layer_head(tiny_model_dir, text_file, out_dir, ["--transform", "metric"], capsys)
+    assert cb.transforms is not None and cb.transforms["key"].shape == (2, 1, 64, 64)
+    assert cb.config.sink_length == 1 and cb.calibration["variant"]["transform"] == "metric"
+    _generate_ok(tiny_model_dir, out_dir, capsys)
     rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--transform", "metric", "--pre-rope", "--out", str(tmp_path / "x")], capsys)
     assert rc == 2 and "--pre-rope" in one_line(err)
 
@@ -280,24 +289,14 @@ def test_calibrate_with_balanced_rotation_then_generate(tiny_model_dir, text_fil
     """--rotation balanced: the PCA rotation is folded into the stored transforms (keys and values), the codes
     keep one width, and the cache serves them; bad combinations are refused before any slow work."""
     out_dir = tmp_path / "cbr"
-    rc, out, err = run(
-        ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
-         "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4", "--sinks", "1",
-         "--granularity", "layer_head", "--rotation", "balanced", "--device", "cpu", "--out", str(out_dir)],
-        capsys,
-    )
-    assert rc == 0, err
-    cb = Codebooks.load(out_dir)
+    cb = _calibrate_layer_head(tiny_model_dir, text_file, out_dir, ["--rotation", "balanced"], capsys)
     assert cb.calibration["variant"]["alloc"] == "balanced" and cb.calibration["variant"]["transform"] == "none"
     k, ki = cb.transforms["key"].float(), cb.transforms["key_inverse"].float()
     eye = torch.eye(64).expand_as(k)
     torch.testing.assert_close(k.transpose(-1, -2) @ k, eye, rtol=0, atol=1e-3)  # a rotation, no scaling
     torch.testing.assert_close(k @ ki, eye, rtol=0, atol=1e-3)
     assert not torch.allclose(k, eye, atol=1e-2)
-    rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(tiny_model_dir),
-                        "--codebooks", str(out_dir), "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"], capsys)
-    assert rc == 0, err
-    assert "PQ cache now:" in out
+    _generate_ok(tiny_model_dir, out_dir, capsys)
     rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced", "--out", str(tmp_path / "x")], capsys)
     assert rc == 2 and "--granularity layer_head" in one_line(err) and "got layer" in one_line(err)
     rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced-keys", "--pre-rope",

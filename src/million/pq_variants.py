@@ -512,32 +512,31 @@ def train_variant(calib, variant: PQVariant, progress: bool = False, device=None
     else:
         ks = kis = vs = vis = None
     Lg, Hg = {"merged": (1, 1), "layer": (L, 1), "layer_head": (L, H)}[variant.granularity]
-    if variant.alloc in ("balanced", "balanced_k"):  # a rotation folded into the transforms; uniform codes below
+    if variant.alloc != "uniform":  # every PCA form rotates: the transforms become dense (identity if there were none)
         eye = torch.eye(D).expand(H, D, D)
         ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
+
+    def fold(t, ti, U):  # codes of x @ (t U); the inverse side takes U^T ti
+        return [(t[l] @ U[l]).contiguous() for l in range(L)], [(U[l].transpose(-1, -2) @ ti[l]).contiguous() for l in range(L)]
+
+    if variant.alloc in ("balanced", "balanced_k"):  # a rotation folded into the transforms; uniform codes below
         kU = [balanced_rotation(x, variant.k_dsub) for x in keys]
         keys = [torch.einsum("hnd,hde->hne", x, U) for x, U in zip(keys, kU)]
-        ks = [(ks[l] @ kU[l]).contiguous() for l in range(L)]
-        kis = [(kU[l].transpose(-1, -2) @ kis[l]).contiguous() for l in range(L)]
+        ks, kis = fold(ks, kis, kU)
         if variant.alloc == "balanced":
             vU = [balanced_rotation(x, variant.v_dsub) for x in vals]
             vals = [torch.einsum("hnd,hde->hne", x, U) for x, U in zip(vals, vU)]
-            vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
-            vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
+            vs, vis = fold(vs, vis, vU)
     if variant.alloc not in UNIFORM_WIDTHS:
         kc, ka, kU = _train_alloc(keys, ws, variant.k_nbits, variant.k_dsub, variant, gen, 0, device)
-        eye = torch.eye(D).expand(H, D, D)
-        ks, kis, vs, vis = (ks, kis, vs, vis) if ks is not None else ([eye] * L, [eye] * L, [eye] * L, [eye] * L)
-        ks = [(ks[l] @ kU[l]).contiguous() for l in range(L)]
-        kis = [(kU[l].transpose(-1, -2) @ kis[l]).contiguous() for l in range(L)]
+        ks, kis = fold(ks, kis, kU)
         if variant.alloc.endswith("_k"):  # values: uniform subspaces
             x, w = _groups(vals, wv, "layer_head", variant.samples, gen)
             cent = _train_group(x, w, variant.v_nbits, variant.v_dsub, variant, variant.seed + (1 << 20), device=device)
             vc, va = [cent.view(L, H, *cent.shape[1:])[l] for l in range(L)], None
         else:
             vc, va, vU = _train_alloc(vals, wv, variant.v_nbits, variant.v_dsub, variant, gen, 1 << 20, device)
-            vs = [(vs[l] @ vU[l]).contiguous() for l in range(L)]
-            vis = [(vU[l].transpose(-1, -2) @ vis[l]).contiguous() for l in range(L)]
+            vs, vis = fold(vs, vis, vU)
         cb = PQVariantCodebooks(variant, kc, vc, ks, kis, vs, vis, key_alloc=ka, value_alloc=va)
         cb.info = {"calibration_text": calib.text, "calibration_tokens": calib.tokens, **distortion(cb, calib),
                    "centroid_values": sum(int(((2 ** a[..., 0]) * a[..., 1] * (a[..., 0] >= 0)).sum()) for a in ka + (va or []))
