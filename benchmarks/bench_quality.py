@@ -188,7 +188,7 @@ class Bench:
             from million.data import load_text
 
             log(f"million calibrate ({extra['calibrate']}, {bits} bits) -> {d}")
-            cb = calibrate(self.model, self.tok, load_text("squad"), bits=bits, granularity=extra["calibrate"],
+            cb = calibrate(self.model, self.tok, load_text("squad"), bits=bits, granularity=extra["calibrate"], recipe="plain",
                            tokens=16384, samples=65536, iters=10, text_name="squad", model_name="smollm2", progress=False)
             cb.save(d)
             return d

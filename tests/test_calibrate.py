@@ -10,7 +10,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from million import PQConfig
-from million.calibrate import KVRecorder, calibrate, collect_kv, tokenize_windows, train_codebooks
+from million.calibrate import KVRecorder, calibrate, collect_kv, resolve_recipe, tokenize_windows, train_codebooks
 from million.codebook import Codebooks
 from million.compat import cache_arg
 
@@ -289,3 +289,51 @@ def test_calibrate_errors(model):
         calibrate(model, tok, "", progress=False)
     with pytest.raises(ValueError, match="too few"):
         calibrate(model, tok, some_text(40), bits=4, nbits=8, tokens=40, progress=False)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def test_resolve_recipe_defaults_and_overrides():
+    assert resolve_recipe() == {"granularity": "layer_head", "sinks": 1, "transform": "metric", "rotation": "balanced-keys",
+                                "recipe": "recommended"}
+    assert resolve_recipe("plain") == {"granularity": "layer", "sinks": 0, "transform": "none", "rotation": "none", "recipe": "plain"}
+    r = resolve_recipe(pre_rope=True)  # post-RoPE options give way
+    assert (r["transform"], r["rotation"], r["granularity"]) == ("none", "none", "layer_head")
+    r = resolve_recipe(granularity="merged")  # the rotation needs one codebook per layer and head
+    assert (r["transform"], r["rotation"]) == ("metric", "none")
+    r = resolve_recipe("plain", rotation="balanced", granularity="layer_head", sinks=3)
+    assert (r["granularity"], r["sinks"], r["transform"], r["rotation"]) == ("layer_head", 3, "none", "balanced")
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(recipe="best"), "recipe 'best' is not one of ['plain', 'recommended']"),
+    (dict(granularity="head"), "granularity 'head' is not one of"),
+    (dict(transform="opq"), "transform 'opq' is not one of"),
+    (dict(rotation="pca"), "rotation 'pca' is not one of"),
+    (dict(sinks=-2), "sinks must be a non-negative integer, got -2"),
+    (dict(rotation="balanced", pre_rope=True), "rotation 'balanced' works on post-RoPE keys"),
+    (dict(transform="metric", pre_rope=True), "transform 'metric' works on post-RoPE keys"),
+    (dict(rotation="balanced", granularity="layer"), "needs granularity 'layer_head', got 'layer'"),
+])
+def test_resolve_recipe_errors(kw, needle):
+    recipe = kw.pop("recipe", "recommended")
+    with pytest.raises(ValueError) as ei:
+        resolve_recipe(recipe, **kw)
+    assert needle in str(ei.value)
+
+
+def test_calibrate_recipes_from_python(model):
+    """The library's default is the recommended recipe (transforms folded into the codebooks); 'plain' is raw k-means;
+    a given config brings its own granularity and sinks, and a disagreeing explicit value is refused."""
+    kw = dict(bits=3, nbits=6, tokens=600, window=256, samples=512, iters=2, progress=False)
+    rec = calibrate(model, FakeTokenizer(), some_text(700), **kw)
+    assert (rec.config.granularity, rec.config.sink_length, rec.calibration["recipe"]) == ("layer_head", 1, "recommended")
+    assert rec.transforms is not None and rec.calibration["variant"]["alloc"] == "balanced_k"
+    plain = calibrate(model, FakeTokenizer(), some_text(700), recipe="plain", **kw)
+    assert (plain.config.granularity, plain.config.sink_length, plain.transforms) == ("layer", 0, None)
+    pq = PQConfig(head_dim=D, M=8, nbits=6, granularity="layer")
+    cb = calibrate(model, FakeTokenizer(), some_text(700), config=pq, **{k: v for k, v in kw.items() if k not in ("bits", "nbits")})
+    assert cb.config == pq and cb.calibration["transform"] == "metric" and cb.calibration["rotation"] == "none"
+    with pytest.raises(ValueError, match="granularity='layer_head' disagrees with config"):
+        calibrate(model, FakeTokenizer(), some_text(700), config=pq, granularity="layer_head", progress=False)

@@ -289,7 +289,7 @@ def test_calibrate_with_balanced_rotation_then_generate(tiny_model_dir, text_fil
     """--rotation balanced: the PCA rotation is folded into the stored transforms (keys and values), the codes
     keep one width, and the cache serves them; bad combinations are refused before any slow work."""
     out_dir = tmp_path / "cbr"
-    cb = _calibrate_layer_head(tiny_model_dir, text_file, out_dir, ["--rotation", "balanced"], capsys)
+    cb = _calibrate_layer_head(tiny_model_dir, text_file, out_dir, ["--rotation", "balanced", "--transform", "none"], capsys)
     assert cb.calibration["variant"]["alloc"] == "balanced" and cb.calibration["variant"]["transform"] == "none"
     k, ki = cb.transforms["key"].float(), cb.transforms["key_inverse"].float()
     eye = torch.eye(64).expand_as(k)
@@ -297,11 +297,65 @@ def test_calibrate_with_balanced_rotation_then_generate(tiny_model_dir, text_fil
     torch.testing.assert_close(k @ ki, eye, rtol=0, atol=1e-3)
     assert not torch.allclose(k, eye, atol=1e-2)
     _generate_ok(tiny_model_dir, out_dir, capsys)
-    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced", "--out", str(tmp_path / "x")], capsys)
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced", "--granularity", "layer",
+                      "--out", str(tmp_path / "x")], capsys)
     assert rc == 2 and "--granularity layer_head" in one_line(err) and "got layer" in one_line(err)
     rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--rotation", "balanced-keys", "--pre-rope",
                       "--granularity", "layer_head", "--out", str(tmp_path / "y")], capsys)
     assert rc == 2 and "--pre-rope" in one_line(err)
+
+
+def _calibrate_tiny(model_dir, text_file, out_dir, extra, capsys) -> Codebooks:
+    """Tiny 2-bit calibration with the recipe's defaults and ``extra`` arguments; returns the saved codebooks."""
+    rc, out, err = run(
+        ["calibrate", "--model", str(model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4", "--tokens", "512",
+         "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4", *extra, "--device", "cpu", "--out", str(out_dir)],
+        capsys,
+    )
+    assert rc == 0, err
+    return Codebooks.load(out_dir)
+
+
+def test_calibrate_default_recipe_is_the_recommended_one(tiny_model_dir, text_file, tmp_path, capsys):
+    """No recipe flags: per-layer-head codebooks, one sink, the metric transform and the key rotation."""
+    cb = _calibrate_tiny(tiny_model_dir, text_file, tmp_path / "rec", [], capsys)
+    assert (cb.config.granularity, cb.config.sink_length) == ("layer_head", 1)
+    cal = cb.calibration
+    assert cal["recipe"] == "recommended" and (cal["transform"], cal["rotation"]) == ("metric", "balanced-keys")
+    assert (cal["variant"]["transform"], cal["variant"]["alloc"]) == ("metric", "balanced_k")
+    assert cal["tokens"] == 512 and cal["window"] == 256 and cal["iters"] == 2 and 0 <= cal["distortion_k"] < 1
+    assert cb.transforms is not None and cb.key_centroids.shape == (2, 1, 32, 16, 2)  # [L, H_kv, M, ksub, dsub]
+    _generate_ok(tiny_model_dir, tmp_path / "rec", capsys)
+    rc, out, _ = run(["info", str(tmp_path / "rec")], capsys)
+    assert rc == 0 and "balanced rotation (keys)" in out
+
+
+@pytest.mark.parametrize("extra,want", [
+    (["--recipe", "plain"], ("layer", 0, None)),  # the raw post-RoPE vectors, per layer
+    (["--pre-rope"], ("layer_head", 1, None)),  # the recipe's transform and rotation give way to --pre-rope
+    (["--granularity", "layer"], ("layer", 1, "metric")),  # the rotation gives way to a shared codebook
+    (["--recipe", "plain", "--sinks", "2", "--transform", "metric"], ("layer", 2, "metric")),  # explicit flags win
+])
+def test_calibrate_recipe_and_explicit_flags(tiny_model_dir, text_file, tmp_path, capsys, extra, want):
+    cb = _calibrate_tiny(tiny_model_dir, text_file, tmp_path / "cb", extra, capsys)
+    granularity, sinks, transform = want
+    assert (cb.config.granularity, cb.config.sink_length) == (granularity, sinks)
+    assert (cb.transforms is None) == (transform is None)
+    if transform is not None:
+        assert cb.calibration["variant"]["transform"] == transform and cb.calibration["variant"]["alloc"] == "uniform"
+    assert cb.calibration["pre_rope"] is ("--pre-rope" in extra)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--recipe", "best"], "invalid choice: 'best'"),
+    (["--sinks", "-1"], "--sinks must be a non-negative integer, got -1"),
+    (["--rotation", "balanced", "--pre-rope"], "--rotation balanced works on post-RoPE keys; drop --pre-rope"),
+    (["--transform", "hadamard", "--pre-rope"], "--transform hadamard works on post-RoPE keys"),
+    (["--rotation", "balanced-keys", "--granularity", "merged"], "it needs --granularity layer_head, got merged"),
+])
+def test_calibrate_recipe_errors(tiny_model_dir, tmp_path, capsys, extra, needle):
+    rc, out, err = run(["calibrate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *extra], capsys)
+    assert rc == 2 and out == "" and needle in one_line(err), err
 
 
 def test_generate_with_codebooks_of_another_model(tiny_model_dir, tiny_codebooks_dir, capsys):
@@ -332,7 +386,7 @@ def test_calibrate_with_finetune_then_info_and_generate(tiny_model_dir, text_fil
     rc, out, err = run(
         ["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
          "--tokens", "512", "--window", "256", "--samples", "256", "--iters", "2", "--residual", "4",
-         "--granularity", "layer", "--finetune-steps", "3", "--finetune-window", "128", "--device", "cpu", "--out", str(out_dir)],
+         "--recipe", "plain", "--finetune-steps", "3", "--finetune-window", "128", "--device", "cpu", "--out", str(out_dir)],
         capsys,
     )
     assert rc == 0, err
@@ -340,7 +394,7 @@ def test_calibrate_with_finetune_then_info_and_generate(tiny_model_dir, text_fil
     cb = Codebooks.load(out_dir)
     ft = cb.calibration["finetune"]
     assert (ft["steps"], ft["windows"], ft["window"], ft["lr"]) == (3, 4, 128, 5e-3)
-    assert cb.transforms is None and cb.key_centroids.shape == (2, 1, 32, 16, 2)  # --transform none: plain codebooks
+    assert cb.transforms is None and cb.key_centroids.shape == (2, 1, 32, 16, 2)  # --recipe plain: plain codebooks
     rc, out, _ = run(["info", str(out_dir)], capsys)
     assert rc == 0 and "tuned        : 3 steps" in out and f"{text_file}, 512 tokens, 256 samples/codebook, 2 iters" in out
     rc, out, err = run(["generate", " ".join(f"w{i}" for i in range(1, 15)), "--raw", "--model", str(tiny_model_dir),

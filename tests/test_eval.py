@@ -322,7 +322,8 @@ def test_real_deployed_sim_equals_million_cache_decoding(tmp_path):
     torch.set_num_threads(2)
     model, tok = load_model("smollm2")
     text = load_text("squad")
-    cb = calibrate(model, tok, text, bits=2, granularity="layer", tokens=2048, samples=2048, iters=4, progress=False)
+    cb = calibrate(model, tok, text, bits=2, granularity="layer", recipe="plain", tokens=2048, samples=2048, iters=4,
+                  progress=False)
     cb.config.residual_length = 16
     cb.save(tmp_path / "cb")
     method = make_method("pq", 2, str(tmp_path / "cb")).fit(model, lambda: None)

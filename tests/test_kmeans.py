@@ -254,7 +254,8 @@ def test_chunked_assignment_gives_the_same_result(monkeypatch):
     x = torch.randn(3, 97, 2, generator=g)
     ref = kmeans(x, 8, iters=5, seed=0)
     for chunk in (97 * 8 * 2, 50, 7):  # batch-chunked, point-chunked, tiny
-        monkeypatch.setattr(km, "_CHUNK_ELEMS", chunk)
+        monkeypatch.setattr(km, "_CHUNK_ELEMS", chunk)  # the GPU's setting
+        monkeypatch.setattr(km, "_CHUNK_ELEMS_CPU", chunk)  # what these CPU tensors use
         got = kmeans(x, 8, iters=5, seed=0)
         torch.testing.assert_close(got.centroids, ref.centroids, rtol=1e-6, atol=1e-6)
 

@@ -175,6 +175,29 @@ def test_pq_method_loads_million_calibrate_codebooks(tmp_path, model):
         make_method("pq", 2, str(tmp_path / "cb")).fit(model, lambda: None)
 
 
+@pytest.mark.parametrize("alloc", ["uniform", "balanced_k"])
+def test_pq_method_applies_the_transforms_of_served_codebooks(tmp_path, model, calib, alloc):
+    """Codebooks written by `million calibrate` with a transform (and rotation) evaluate exactly like the variant they
+    were made from: the evaluation quantizes x @ A as MillionCache does (dropping A gave ppl in the thousands)."""
+    from million.pq_variants import to_codebooks
+
+    var = PQVariant(k_nbits=6, k_dsub=2, v_nbits=6, v_dsub=2, granularity="layer_head", transform="metric", sinks=1,
+                    alloc=alloc, iters=2, samples=256)
+    vcb = train_variant(calib, var)
+    to_codebooks(vcb, model.config, 16).save(tmp_path / "cb")
+    m = make_method("pq", 3, str(tmp_path / "cb")).fit(model, lambda: None)
+    assert m.cb.key_transform is not None and (m.variant.transform, m.variant.alloc) == ("metric", alloc)
+    assert m.variant.sinks == 1
+    for layer in range(len(vcb.key_centroids)):
+        k = calib.keys_post(layer)[None, :, :40]
+        v = calib.values[layer][None, :, :40]
+        torch.testing.assert_close(m.cb.qdq_keys(layer, k), vcb.qdq_keys(layer, k), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(m.cb.qdq_values(layer, v), vcb.qdq_values(layer, v), rtol=1e-3, atol=1e-3)
+        assert rel_err(m.cb.qdq_keys(layer, k), k) < 0.5  # the codes decode near the keys, not in another space
+    assert m.bits_breakdown(Shape(L=2, H=1, D=16), 2048)["total"] == pytest.approx(
+        PQMethod(3, var).bits_breakdown(Shape(L=2, H=1, D=16), 2048)["total"])
+
+
 # -- bits per element ------------------------------------------------------------------------------
 S = Shape(L=30, H=3, D=64)  # SmolLM2-135M
 

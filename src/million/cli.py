@@ -8,7 +8,9 @@ import sys
 import time
 
 GRANULARITIES = ("merged", "layer", "layer_head")
-ROTATIONS = {"none": "uniform", "balanced": "balanced", "balanced-keys": "balanced_k"}  # --rotation -> PQVariant.alloc
+ROTATIONS = ("none", "balanced", "balanced-keys")
+TRANSFORMS = ("none", "metric", "hadamard")
+RECIPES = ("recommended", "plain")  # million.calibrate.RECIPES (not imported here: it pulls in torch)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,21 +78,18 @@ def cmd_calibrate(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
-    if args.transform != "none" and args.pre_rope:
-        raise ValueError(f"--transform {args.transform} works on post-RoPE keys; drop --pre-rope or use --transform none")
-    if args.rotation != "none" and args.pre_rope:
-        raise ValueError(f"--rotation {args.rotation} works on post-RoPE keys; drop --pre-rope or use --rotation none")
-    if args.rotation != "none" and args.granularity != "layer_head":
-        raise ValueError(f"--rotation {args.rotation} is one rotation per layer and KV head: it needs --granularity layer_head, "
-                         f"got {args.granularity}")
+    from .calibrate import resolve_recipe
+
+    r = resolve_recipe(args.recipe, granularity=args.granularity, sinks=args.sinks, transform=args.transform,
+                       rotation=args.rotation, pre_rope=args.pre_rope, cli=True)
     if args.finetune_steps and args.pre_rope:
         raise ValueError(f"--finetune-steps {args.finetune_steps} tunes post-RoPE codebooks; drop --pre-rope or --finetune-steps")
     if not args.finetune_lr > 0:
         raise ValueError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
     cfg = AutoConfig.from_pretrained(src.path, **src.kwargs())
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=args.granularity, residual_length=args.residual,
-                            sink_length=args.sinks)
+    pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=r["granularity"], residual_length=args.residual,
+                            sink_length=r["sinks"])
     text = load_text(args.text)
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -106,19 +105,23 @@ def cmd_calibrate(args) -> int:
         if not wins:
             raise ValueError(f"--finetune-steps needs at least one full {ft_window}-token window of calibration text; "
                              f"raise --tokens ({args.tokens}) or lower --finetune-window")
-    print(f"calibrating {src.name}: {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = {pq.bits_per_element:g} bits/element, "
-          f"{pq.granularity} codebooks, on {args.tokens} tokens of {args.text}", file=sys.stderr)
-    if args.transform == "none" and args.rotation == "none" and not args.finetune_steps:
-        cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=args.window, samples=args.samples, iters=args.iters,
-                       seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name)
+    print(f"calibrating {src.name} ({args.recipe} recipe): {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = "
+          f"{pq.bits_per_element:g} bits/element, {pq.granularity} codebooks, {pq.sink_length} sink(s), transform "
+          f"{r['transform']}, rotation {r['rotation']}, on {args.tokens} tokens of {args.text}", file=sys.stderr)
+    if not args.finetune_steps:
+        cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=window, samples=args.samples, iters=args.iters,
+                       seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name, recipe=args.recipe,
+                       transform=r["transform"], rotation=r["rotation"])
     else:
         from .eval.calibdata import collect
         from .pq_variants import PQVariant, to_codebooks, train_variant
 
         data = collect(model, tok, text, tokens=args.tokens, window=window, text_name=args.text, progress=True, attention=False)
+        from .calibrate import ROTATIONS as ALLOC
+
         var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
-                        transform=args.transform, sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed,
-                        alloc=ROTATIONS[args.rotation])
+                        transform=r["transform"], sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed,
+                        alloc=ALLOC[r["rotation"]])
         vcb = train_variant(data, var, progress=True, device=device)
         del data
         if args.finetune_steps:
@@ -211,17 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "keys are calibrated at positions below it, so make it at least the context the codebooks will serve")
     c.add_argument("--samples", type=_positive("--samples"), default=8192, help="vectors per codebook for k-means (default 8192)")
     c.add_argument("--iters", type=_positive("--iters"), default=12, help="k-means iterations (default 12)")
-    c.add_argument("--granularity", choices=GRANULARITIES, default="layer", help="codebook sharing (default layer)")
+    c.add_argument("--recipe", choices=RECIPES, default="recommended",
+                   help="defaults of --granularity, --sinks, --transform and --rotation: 'recommended' (layer_head, 1 sink, "
+                        "metric, balanced-keys: the best measured recipe the cache serves, docs/quality.md) or 'plain' (layer, "
+                        "0 sinks, no transform, no rotation); flags given explicitly win (default recommended)")
+    c.add_argument("--granularity", choices=GRANULARITIES, default=None, help="codebook sharing (default: the recipe's)")
     c.add_argument("--residual", type=_positive("--residual"), default=128, help="full-precision window length R (default 128)")
-    c.add_argument("--sinks", type=int, default=0, help="first tokens kept in full precision (attention sinks, default 0)")
-    c.add_argument("--pre-rope", action="store_true", help="capture keys before RoPE (for comparisons)")
-    c.add_argument("--transform", choices=("none", "metric", "hadamard"), default="none",
+    c.add_argument("--sinks", type=int, default=None, help="first tokens kept in full precision (attention sinks; default: the recipe's)")
+    c.add_argument("--pre-rope", action="store_true",
+                   help="capture keys before RoPE (for comparisons; the recipe's transform and rotation are then off)")
+    c.add_argument("--transform", choices=TRANSFORMS, default=None,
                    help="train the codes in a transformed space the cache folds into queries and outputs: 'metric' "
-                        "(the error attention and o_proj see; measured better, docs/quality.md) or 'hadamard' (default none)")
-    c.add_argument("--rotation", choices=tuple(ROTATIONS), default="none",
+                        "(the error attention and o_proj see) or 'hadamard' (default: the recipe's)")
+    c.add_argument("--rotation", choices=ROTATIONS, default=None,
                    help="also rotate onto the principal axes, with the variance dealt evenly over the subspaces (after "
                         "--transform; folded into queries and outputs like it; needs --granularity layer_head): "
-                        "'balanced' keys and values, 'balanced-keys' keys only (measured gains in docs/quality.md; default none)")
+                        "'balanced' keys and values, 'balanced-keys' keys only (default: the recipe's; off for other granularities)")
     c.add_argument("--finetune-steps", type=_nonnegative("--finetune-steps"), default=0,
                    help="after k-means, tune the centroids end to end for this many steps (KL to the unquantized model on "
                         "the calibration text; same bits and format; measured gains in docs/quality.md; default 0: off)")

@@ -226,6 +226,7 @@ class Codebooks:
                 f"calibration  : {get('text', 'calibration_text')}, {get('tokens', 'calibration_tokens')} tokens, "
                 f"{get('samples')} samples/codebook, {get('iters')} iters, seed {get('seed')}, "
                 f"keys {'pre' if cal.get('pre_rope') else 'post'}-RoPE"
+                + (f", {cal['recipe']} recipe" if cal.get("recipe") else "")
             )
             if "distortion_k" in cal:
                 lines.append(f"distortion   : K {cal['distortion_k']:.4g}  V {cal['distortion_v']:.4g} (relative MSE)")

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-_CHUNK_ELEMS = 1 << 25  # distance entries materialized at once
+_CHUNK_ELEMS = 1 << 25  # distance entries materialized at once on a GPU
+_CHUNK_ELEMS_CPU = 1 << 19  # on a CPU: blocks that stay in cache (measured 2x faster than 1 << 25 on 2 cores)
 
 
 @dataclass
@@ -31,8 +32,9 @@ def _assign(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     labels = torch.empty(B, N, dtype=torch.long, device=x.device)
     dmin = torch.empty(B, N, dtype=x.dtype, device=x.device)
     c_sq = (c * c).sum(-1)  # [B, k]
-    nb = max(1, min(B, _CHUNK_ELEMS // max(1, N * k)))
-    nn = N if nb > 1 else max(1, min(N, _CHUNK_ELEMS // max(1, k)))
+    ce = _CHUNK_ELEMS_CPU if x.device.type == "cpu" else _CHUNK_ELEMS
+    nb = max(1, min(B, ce // max(1, N * k)))
+    nn = N if nb > 1 else max(1, min(N, ce // max(1, k)))
     for b0 in range(0, B, nb):
         xb, cb, csq = x[b0 : b0 + nb], c[b0 : b0 + nb], c_sq[b0 : b0 + nb]
         for n0 in range(0, N, nn):

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .eval.quant import hadamard, pq_qdq
 from .kmeans import kmeans
@@ -430,10 +431,12 @@ def _train_group(x: torch.Tensor, w: torch.Tensor | None, nbits: int, dsub: int,
     data = x.view(G, n, M, dsub).permute(0, 2, 1, 3).reshape(G * M, n, dsub)
     ww = None if w is None else w[:, None, :].expand(G, M, n).reshape(G * M, n)
     per_chunk = max(1, (1 << 27) // max(1, n * ksub))
+    chunks = range(0, G * M, per_chunk)
     out = []
-    for c0 in range(0, G * M, per_chunk):
+    # one bar over the chunks (a bar per chunk's iterations would print hundreds of lines)
+    for c0 in tqdm(chunks, desc=f"k-means ({G * M} codebooks, k={ksub})", disable=not progress or len(chunks) == 1):
         out.append(_kmeans_on(device, data[c0 : c0 + per_chunk], ksub, iters=variant.iters, seed=seed + c0,
-                              weights=None if ww is None else ww[c0 : c0 + per_chunk], progress=progress))
+                              weights=None if ww is None else ww[c0 : c0 + per_chunk], progress=progress and len(chunks) == 1))
     return torch.cat(out, 0).view(G, M, ksub, dsub)
 
 

@@ -68,7 +68,9 @@ def _setup(args):
     torch.set_num_threads(args.threads)
     src = resolve_model(args.model)
     method = make_method(args.method, args.bits, args.codebooks)
-    model, tok = load_model(src, dtype=torch.float32, device="cpu")
+    from ..cli import _device
+
+    model, tok = load_model(src, dtype=torch.float32, device=_device(args.device))
     method.fit(model, lambda: load_or_collect(model, tok, args.calib_text, args.calib_tokens, 2048, model_name=src.name,
                                               progress=not args.quiet, fisher=method.needs_fisher))
     return model, tok, method, src.name
@@ -96,7 +98,7 @@ def cmd_ppl(args) -> int:
     offset = default_offset(args.text) if args.offset is None else args.offset
     prog = None if args.quiet else (lambda i, n, p: print(f"  window {i}/{n}: running ppl {p:.4f}", file=sys.stderr, flush=True))
     r = perplexity(model, ids, method, args.protocol, args.window, args.max_windows, offset, args.text, prog)
-    r.update({"model": model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    r.update({"model": model_name, "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     print(f"{r['label']} [{r['protocol']}] on {args.text}: ppl {r['ppl']:.4f} over {r['tokens']} tokens "
           f"({r['windows']} x {r['window']}), {r['bits_per_element']:.3f} bits/element at {r['window']} tokens, "
           f"{r['bits_per_element_32k']:.3f} at 32K")
@@ -118,7 +120,7 @@ def cmd_needle(args) -> int:
                                                     f"got {c['answer'].strip()!r} {'ok' if c['correct'] else 'MISS'}",
                                                     file=sys.stderr, flush=True))
     r = needle_eval(model, tok, method, hay_ids, contexts, depths, args.protocol, args.max_new_tokens, args.seed, prog)
-    r.update({"model": model_name, "haystack": args.haystack, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    r.update({"model": model_name, "haystack": args.haystack, "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     acc = ", ".join(f"{c}: {a:.2f}" for c, a in r["accuracy_by_context"].items())
     print(f"{r['label']} [{r['protocol']}] needle accuracy {r['accuracy']:.3f} ({acc})")
     _write(r, args.json)
@@ -134,6 +136,7 @@ def _common(p) -> None:
     p.add_argument("--calib-text", default="squad", help="text for methods that calibrate in-process (default squad)")
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (first part of the text; default 16384)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default="cpu", help="where the float32 model runs: cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", default=None, help="write the result as JSON here")
     p.add_argument("--quiet", action="store_true")
 

@@ -526,7 +526,20 @@ def load_pq_codebooks(directory, model_config=None):
                   sinks=c.sink_length)
     kc = [cb.for_layer(l)[0].float() for l in range(L)]
     vc = [cb.for_layer(l)[1].float() for l in range(L)]
-    return PQVariantCodebooks(v, kc, vc, info={"million_calibrate": cb.calibration})
+    tr = cb.transforms
+    if tr is None:
+        return PQVariantCodebooks(v, kc, vc, info={"million_calibrate": cb.calibration})
+    # codes of x @ A (keys) and v @ B (values): the same transforms the cache applies, so the evaluation
+    # quantizes exactly what MillionCache stores
+    rec = (cb.calibration or {}).get("variant")
+    if rec is not None:  # the recipe that made them (its transform and rotation count in the bits)
+        r = PQVariant.from_dict(rec)
+        v = PQVariant.from_dict({**v.to_dict(), "transform": r.transform, "alloc": r.alloc})
+    else:
+        v = PQVariant.from_dict({**v.to_dict(), "transform": "metric"})  # a dense transform per layer and head
+    per = lambda name: [tr[name][l].float() for l in range(L)]  # noqa: E731  [H_kv, D, D] per layer
+    return PQVariantCodebooks(v, kc, vc, per("key"), per("key_inverse"), per("value"), per("value_inverse"),
+                              info={"million_calibrate": cb.calibration})
 
 
 def best_variant(bits: float):
