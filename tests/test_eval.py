@@ -311,9 +311,11 @@ def test_cli_main_prints_one_line_error(capsys):
 
 # -- real model ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_real_deployed_sim_equals_million_cache_decoding(tmp_path):
-    """SmolLM2 with merged 2-bit codebooks trained by `million calibrate` code: the deployed
-    simulation equals token-by-token decoding through MillionCache on a short SQuAD text."""
+@pytest.mark.parametrize("recipe", ["plain", "recommended"])
+def test_real_deployed_sim_equals_million_cache_decoding(tmp_path, recipe):
+    """SmolLM2 with 2-bit codebooks trained by `million calibrate` code (per-layer raw k-means, or the recommended
+    recipe: per-layer-head codebooks, a sink, the metric transform and the key rotation, which both sides must apply):
+    the deployed simulation equals token-by-token decoding through MillionCache on a short SQuAD text."""
     from million.cache import MillionCache
     from million.calibrate import calibrate
     from million.data import load_text
@@ -322,8 +324,8 @@ def test_real_deployed_sim_equals_million_cache_decoding(tmp_path):
     torch.set_num_threads(2)
     model, tok = load_model("smollm2")
     text = load_text("squad")
-    cb = calibrate(model, tok, text, bits=2, granularity="layer", recipe="plain", tokens=2048, samples=2048, iters=4,
-                  progress=False)
+    kw = dict(granularity="layer") if recipe == "plain" else {}
+    cb = calibrate(model, tok, text, bits=2, recipe=recipe, tokens=2048, samples=2048, iters=4, progress=False, **kw)
     cb.config.residual_length = 16
     cb.save(tmp_path / "cb")
     method = make_method("pq", 2, str(tmp_path / "cb")).fit(model, lambda: None)

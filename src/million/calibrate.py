@@ -204,10 +204,10 @@ def calibrate(
     bits: float = 4,
     nbits: int = 8,
     granularity: str | None = None,
-    tokens: int = 16384,
+    tokens: int = 32768,
     window: int | None = None,
-    samples: int = 8192,
-    iters: int = 12,
+    samples: int = 16384,
+    iters: int = 16,
     seed: int = 0,
     pre_rope: bool = False,
     text_name: str = "text",
@@ -225,7 +225,8 @@ def calibrate(
     (per-layer-per-head codebooks, one full-precision sink token, codes trained in the attention
     metric, keys rotated by the balanced PCA rotation; the best recipe MillionCache serves, measured
     in docs/quality.md) or ``"plain"`` (per-layer codebooks on the raw post-RoPE vectors).
-    ``config`` defaults to ``PQConfig.from_bits(head_dim, bits, nbits, granularity=..., sink_length=...)``;
+    ``tokens``, ``samples`` and ``iters`` default to the settings measured best for the recommended recipe at 4 bits
+    (docs/quality.md, "The recommended recipe as the default"). ``config`` defaults to ``PQConfig.from_bits(head_dim, bits, nbits, granularity=..., sink_length=...)``;
     a given ``config`` brings its own granularity and sinks.
     The text runs in windows of ``window`` tokens (default: the model's ``max_position_embeddings``, at
     most 8192): post-RoPE keys are only seen at positions below

@@ -208,12 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nbits", type=int, default=8, help="bits per code, 4..12 (default 8: M = head_dim*bits/8 subspaces)")
     c.add_argument("--out", required=True, help="codebook directory to write")
     c.add_argument("--text", default="squad", help="'squad' (default), 'essays' or a UTF-8 text file")
-    c.add_argument("--tokens", type=_positive("--tokens"), default=16384, help="calibration tokens (default 16384)")
+    c.add_argument("--tokens", type=_positive("--tokens"), default=32768, help="calibration tokens (default 32768)")
     c.add_argument("--window", type=_positive("--window"), default=None,
                    help="tokens per forward (default: the model's max_position_embeddings, at most 8192); post-RoPE "
                         "keys are calibrated at positions below it, so make it at least the context the codebooks will serve")
-    c.add_argument("--samples", type=_positive("--samples"), default=8192, help="vectors per codebook for k-means (default 8192)")
-    c.add_argument("--iters", type=_positive("--iters"), default=12, help="k-means iterations (default 12)")
+    c.add_argument("--samples", type=_positive("--samples"), default=16384, help="vectors per codebook for k-means (default 16384)")
+    c.add_argument("--iters", type=_positive("--iters"), default=16, help="k-means iterations (default 16)")
     c.add_argument("--recipe", choices=RECIPES, default="recommended",
                    help="defaults of --granularity, --sinks, --transform and --rotation: 'recommended' (layer_head, 1 sink, "
                         "metric, balanced-keys: the best measured recipe the cache serves, docs/quality.md) or 'plain' (layer, "
