@@ -330,6 +330,15 @@ def test_calibrate_default_recipe_is_the_recommended_one(tiny_model_dir, text_fi
     assert rc == 0 and "balanced rotation (keys)" in out
 
 
+def test_calibrate_default_recipe_with_finetune(tiny_model_dir, text_file, tmp_path, capsys):
+    """End-to-end tuning on the recommended recipe: the tuned centroids keep the transforms and the rotation."""
+    cb = _calibrate_tiny(tiny_model_dir, text_file, tmp_path / "ft", ["--finetune-steps", "2", "--finetune-window", "128"], capsys)
+    assert cb.calibration["finetune"]["steps"] == 2
+    assert (cb.calibration["variant"]["transform"], cb.calibration["variant"]["alloc"]) == ("metric", "balanced_k")
+    assert cb.transforms is not None and cb.config.sink_length == 1
+    _generate_ok(tiny_model_dir, tmp_path / "ft", capsys)
+
+
 @pytest.mark.parametrize("extra,want", [
     (["--recipe", "plain"], ("layer", 0, None)),  # the raw post-RoPE vectors, per layer
     (["--pre-rope"], ("layer_head", 1, None)),  # the recipe's transform and rotation give way to --pre-rope
