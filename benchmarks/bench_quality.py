@@ -431,14 +431,15 @@ def make_plot(summary: dict, path: str) -> None:
     rows = [r for r in summary["ppl"] if r["method"] != "fp16"]
     texts = sorted({r["text"] for r in rows})
     fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.5), squeeze=False)
-    markers = {"million": "s", "pq": "*", "pqsparse": "P", "kivi": "o", "kvquant": "^", "quanto": "D", "qhitter": "v"}
+    markers = {"million": "s", "pq": "*", "pq-served": "X", "pqsparse": "P", "kivi": "o", "kvquant": "^", "quanto": "D",
+               "qhitter": "v"}
     for ax, text in zip(axes[0], texts):
         for meth in sorted({r["method"] for r in rows}):
             pts = sorted((r["bits_per_element_32k"], r["delta_ppl_pct"], r["label"]) for r in rows if r["text"] == text and r["method"] == meth)
             if not pts:
                 continue
             ax.plot([p[0] for p in pts], [max(p[1], 1e-2) for p in pts], marker=markers.get(meth, "x"), label=meth,
-                    markersize=11 if meth == "pq" else 7)
+                    markersize=11 if meth.startswith("pq") and meth != "pqsparse" else 7)
             for x, y, lab in pts:
                 ax.annotate(lab, (x, max(y, 1e-2)), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_yscale("log")
