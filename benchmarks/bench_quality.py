@@ -126,6 +126,8 @@ ABLATION = [
     ("pq4-lh-metric-sink1-balk", 4, V(4, transform="metric", sinks=1, alloc="balanced_k")),
     ("pq2-lh-metric-sink1-bal", 2, V(2, transform="metric", sinks=1, alloc="balanced")),
     ("pq2-lh-metric-sink1-balk", 2, V(2, transform="metric", sinks=1, alloc="balanced_k")),
+    ("pq4-lh-metric-sink4-balk", 4, V(4, transform="metric", sinks=4, alloc="balanced_k")),
+    ("pq2-lh-metric-sink4-balk", 2, V(2, transform="metric", sinks=4, alloc="balanced_k")),
     # the chosen recipe calibrated on 2K windows (positions < 2048 only), as the 2K rows above
     ("pq4-lh-metric-sink1-pcak-w2k", 4, V(4, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384, iters=16)),
     ("pq2-lh-metric-sink1-pcak-w2k", 2, V(2, transform="metric", sinks=1, alloc="pca_adaptive_k", samples=16384, iters=16)),
