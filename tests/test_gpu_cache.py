@@ -31,12 +31,28 @@ def _codebooks(model, bits, residual):
     return Codebooks(pq, kc, vc, model_identity(model.config))
 
 
+def _with_transforms(cb, model, sinks):
+    """The same centroids served with random well-conditioned key / value transforms (as `--transform` stores them)
+    and ``sinks`` full-precision sink tokens: the decode kernel attends the codes and the mapped window in one call."""
+    L, H, D = model.config.num_hidden_layers, model.config.num_key_value_heads, model.config.head_dim
+    g = torch.Generator().manual_seed(3)
+    A = torch.eye(D) + 0.2 * torch.randn(L, H, D, D, generator=g) / D**0.5
+    Bm = torch.eye(D) + 0.2 * torch.randn(L, H, D, D, generator=g) / D**0.5
+    tr = {"key": A, "key_inverse": torch.linalg.inv(A), "value": Bm, "value_inverse": torch.linalg.inv(Bm)}
+    cfg = PQConfig(head_dim=D, M=cb.config.M, nbits=cb.config.nbits, residual_length=cb.config.residual_length,
+                   granularity=cb.config.granularity, sink_length=sinks)
+    return Codebooks(cfg, cb.key_centroids, cb.value_centroids, cb.model, cb.calibration, tr)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("bits", [4, 2])
 @pytest.mark.parametrize("kv_heads", [1, 2, 8], ids=["gqa8", "gqa4", "mha"])
-def test_gpu_decode_matches_dequantized_attention(dtype, bits, kv_heads):
+@pytest.mark.parametrize("transformed", [False, True], ids=["plain", "transformed"])
+def test_gpu_decode_matches_dequantized_attention(dtype, bits, kv_heads, transformed):
     model = _model(dtype, kv_heads)
     cb = _codebooks(model, bits, residual=16)
+    if transformed:
+        cb = _with_transforms(cb, model, sinks=1)
     B, T = 3, 700
     ids = torch.randint(0, 256, (B, T), device="cuda")
     am = torch.ones_like(ids)

@@ -59,26 +59,24 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
 
 
 def _transformed(st, q: torch.Tensor, starts, scaling) -> torch.Tensor:
-    """Decode attention when the codes live in a transformed space (``PQState.q_map``): the codes are
-    attended with mapped queries and their output mapped back, the full-precision window and sinks with
-    the plain query; the three parts merge through their float32 log-sum-exp. Returns ``[B, H_q, D]``."""
+    """Decode attention when the codes live in a transformed space (``PQState.q_map``): the query is mapped to
+    the codes' space, and so is the full-precision window (``k_map`` / ``v_map``, the encode transforms), so
+    that one call of the decode kernel attends codes and window (``q . k = (q @ q_map) . (k @ k_map)`` and the
+    attention output is linear in the values: mapping the merged output back with ``v_inverse`` is exact).
+    The sinks are attended with the plain query and merged through their float32 log-sum-exp.
+    Returns ``[B, H_q, D]``."""
     B, Hq, D = q.shape
     H = st.k_window.shape[1]
     G = Hq // H
     qm = torch.einsum("bhgd,hde->bhge", q.float().view(B, H, G, D), st.q_map.expand(H, D, D)).reshape(B, Hq, D)
+    kw = torch.einsum("bhtd,hde->bhte", st.k_window.float(), st.k_map.expand(H, D, D)).to(q.dtype)
+    vw = torch.einsum("bhtd,hde->bhte", st.v_window.float(), st.v_map.expand(H, D, D)).to(q.dtype)
     if starts is None:
         starts = torch.zeros(B, dtype=torch.int32, device=q.device)
     main_starts = torch.clamp(starts, min=st.sink_length)
-    no_window = torch.zeros_like(st.res_lens)
-    o_pq, s_pq = ops.pq_decode_attention(qm.to(q.dtype), st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens,
-                                         st.k_window, st.v_window, no_window, main_starts, scaling, return_lse=True)
-    o_pq = torch.einsum("bhgd,hde->bhge", o_pq.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
-    # the window holds positions [pq_len, pq_len + res_len) of each sequence
-    j = torch.arange(st.k_window.shape[2], device=q.device)
-    pos = st.pq_lens[:, None] + j[None, :]
-    valid = (j[None, :] < st.res_lens[:, None]) & (pos >= main_starts[:, None])
-    o_w, s_w = ops.dense_attention_partial(q, st.k_window, st.v_window, valid, scaling)
-    out, s = ops.merge_state(o_pq, s_pq, o_w, s_w)
+    o, s = ops.pq_decode_attention(qm.to(q.dtype), st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens,
+                                   kw, vw, st.res_lens, main_starts, scaling, return_lse=True)
+    out = torch.einsum("bhgd,hde->bhge", o.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
     if st.sink_length:
         i = torch.arange(st.sink_length, device=q.device)
         valid = (i[None, :] < st.sink_lens[:, None]) & (i[None, :] >= starts[:, None])

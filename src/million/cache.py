@@ -41,7 +41,8 @@ class PQState:
     ``[B, H_kv, S, D]`` full-precision copies of positions ``[0, S)`` (``S = sink_length``, may be 0),
     of which the first ``sink_lens[b]`` are filled. With transforms (see :class:`~million.codebook.Codebooks`):
     ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps
-    the codes' attention output back; the window and sinks hold untransformed K/V.
+    the codes' attention output back; the window and sinks hold untransformed K/V, which ``k_map`` / ``v_map``
+    ``[Hc, D, D]`` (the encode transforms) take to the codes' space.
     """
 
     k_codes: torch.Tensor
@@ -58,6 +59,8 @@ class PQState:
     sink_length: int = 0
     q_map: torch.Tensor | None = None
     v_inverse: torch.Tensor | None = None
+    k_map: torch.Tensor | None = None
+    v_map: torch.Tensor | None = None
 
 
 class MillionLayer(CacheLayerMixin):
@@ -284,7 +287,7 @@ class MillionLayer(CacheLayerMixin):
         state = PQState(
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
-            *((self.transforms[4], self.transforms[3]) if self.transforms is not None else ()),
+            *((self.transforms[4], self.transforms[3], self.transforms[0], self.transforms[2]) if self.transforms is not None else ()),
         )
         return state, state
 
