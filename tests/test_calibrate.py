@@ -337,3 +337,15 @@ def test_calibrate_recipes_from_python(model):
     assert cb.config == pq and cb.calibration["transform"] == "metric" and cb.calibration["rotation"] == "none"
     with pytest.raises(ValueError, match="granularity='layer_head' disagrees with config"):
         calibrate(model, FakeTokenizer(), some_text(700), config=pq, granularity="layer_head", progress=False)
+
+
+def test_million_calibrate_stays_callable_after_the_module_is_imported(model):
+    """`import million.calibrate` binds the package attribute to the module; `million.calibrate(...)` (the README's
+    call) must still train codebooks rather than fail with "'module' object is not callable"."""
+    import million
+    import million.calibrate as mod
+
+    assert million.calibrate is mod and callable(million.calibrate)
+    cb = million.calibrate(model, FakeTokenizer(), some_text(700), bits=3, nbits=6, recipe="plain", tokens=600, window=256,
+                           samples=512, iters=2, progress=False)
+    assert isinstance(cb, Codebooks) and cb.config.granularity == "layer"

@@ -355,6 +355,16 @@ def test_calibrate_recipe_and_explicit_flags(tiny_model_dir, text_file, tmp_path
     assert cb.calibration["pre_rope"] is ("--pre-rope" in extra)
 
 
+def test_calibrate_choices_match_the_library():
+    """The parser's choices (kept in cli.py so that `million --help` does not import torch) are the library's."""
+    from million import calibrate as lib
+    from million import cli
+    from million.config import GRANULARITIES
+
+    assert set(cli.RECIPES) == set(lib.RECIPES) and set(cli.TRANSFORMS) == set(lib.TRANSFORMS)
+    assert set(cli.ROTATIONS) == set(lib.ROTATIONS) and cli.GRANULARITIES == GRANULARITIES
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--recipe", "best"], "invalid choice: 'best'"),
     (["--sinks", "-1"], "--sinks must be a non-negative integer, got -1"),

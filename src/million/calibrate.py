@@ -9,6 +9,8 @@ attention modules' ``k_proj``. Nothing is monkey-patched.
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import torch
 from tqdm.auto import tqdm
@@ -16,7 +18,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .codebook import Codebooks, granularity_shape, model_identity
 from .compat import cache_arg
-from .config import PQConfig
+from .config import GRANULARITIES, PQConfig
 from .kmeans import kmeans
 
 
@@ -305,7 +307,6 @@ RECIPES = {
 }
 TRANSFORMS = ("none", "metric", "hadamard")
 ROTATIONS = {"none": "uniform", "balanced": "balanced", "balanced-keys": "balanced_k"}  # rotation -> PQVariant.alloc
-GRANULARITIES = ("merged", "layer", "layer_head")
 
 
 def resolve_recipe(recipe: str = "recommended", *, granularity: str | None = None, sinks: int | None = None,
@@ -345,3 +346,14 @@ def resolve_recipe(recipe: str = "recommended", *, granularity: str | None = Non
                          f"{n('granularity')} {v('layer_head')}, got {v(r['granularity'])}")
     r["recipe"] = recipe
     return r
+
+
+class _CallableModule(types.ModuleType):
+    """``million.calibrate`` names both this module and its :func:`calibrate`: once anything imports the module
+    (``from million.calibrate import ...``), the package attribute is the module, so calling it still calibrates."""
+
+    def __call__(self, *args, **kwargs) -> Codebooks:
+        return calibrate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
