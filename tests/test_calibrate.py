@@ -349,3 +349,19 @@ def test_million_calibrate_stays_callable_after_the_module_is_imported(model):
     cb = million.calibrate(model, FakeTokenizer(), some_text(700), bits=3, nbits=6, recipe="plain", tokens=600, window=256,
                            samples=512, iters=2, progress=False)
     assert isinstance(cb, Codebooks) and cb.config.granularity == "layer"
+
+
+def test_calibrate_with_finetune_from_python(model):
+    kw = dict(bits=3, nbits=6, tokens=600, window=256, samples=512, iters=2, progress=False)
+    cb = calibrate(model, FakeTokenizer(), some_text(700), finetune_steps=2, finetune_window=128, **kw)
+    ft = cb.calibration["finetune"]
+    assert (ft["steps"], ft["windows"], ft["window"], ft["lr"]) == (2, 4, 128, 5e-3)
+    assert cb.calibration["recipe"] == "recommended" and cb.transforms is not None
+    plain = calibrate(model, FakeTokenizer(), some_text(700), recipe="plain", finetune_steps=1, finetune_window=128, **kw)
+    assert plain.calibration["finetune"]["steps"] == 1 and plain.transforms is None  # tuning alone adds no transforms
+    with pytest.raises(ValueError, match="finetune_lr > 0"):
+        calibrate(model, FakeTokenizer(), some_text(700), finetune_steps=1, finetune_lr=0.0, **kw)
+    with pytest.raises(ValueError, match="tunes post-RoPE codebooks"):
+        calibrate(model, FakeTokenizer(), some_text(700), finetune_steps=1, pre_rope=True, **kw)
+    with pytest.raises(ValueError, match="one full 256-token window"):  # the tuning window is at most the window
+        calibrate(model, FakeTokenizer(), some_text(700), finetune_steps=1, finetune_window=512, **{**kw, "tokens": 200})

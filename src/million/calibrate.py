@@ -219,6 +219,9 @@ def calibrate(
     sinks: int | None = None,
     transform: str | None = None,
     rotation: str | None = None,
+    finetune_steps: int = 0,
+    finetune_lr: float = 5e-3,
+    finetune_window: int = 2048,
 ) -> Codebooks:
     """Train PQ codebooks for ``model`` on the first ``tokens`` tokens of ``text``.
 
@@ -235,6 +238,11 @@ def calibrate(
     ``window``, and codebooks calibrated on short windows quantize keys at later positions badly
     (measured: 4-bit needle retrieval fails at 4K and 8K with 2K-token calibration windows), so make
     it at least the longest context the codebooks will serve.
+
+    ``finetune_steps > 0`` then tunes the centroids end to end (:func:`million.finetune.finetune_codebooks`: KL to the
+    unquantized model, ``finetune_lr`` a fraction of each codebook's RMS) on the calibration text in windows of
+    ``finetune_window`` tokens (at most ``window``); the model should be float32 there. The result is in
+    ``Codebooks.calibration["finetune"]``.
     """
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -252,10 +260,23 @@ def calibrate(
         window = min(8192, getattr(cfg, "max_position_embeddings", None) or 8192)
     if tokens < 1 or window < 1 or samples < 1 or iters < 1:
         raise ValueError(f"tokens, window, samples and iters must be positive (got {tokens}, {window}, {samples}, {iters})")
+    if finetune_steps < 0 or not finetune_lr > 0 or finetune_window < 1:
+        raise ValueError(f"finetune_steps must be >= 0, finetune_lr > 0 and finetune_window >= 1 (got {finetune_steps}, "
+                         f"{finetune_lr}, {finetune_window})")
+    if finetune_steps and pre_rope:
+        raise ValueError(f"finetune_steps={finetune_steps} tunes post-RoPE codebooks; drop pre_rope or finetune_steps")
     windows = tokenize_windows(tokenizer, text, tokens, window)  # checks the text before any slow work
-    if r["transform"] != "none" or r["rotation"] != "none":
+    tune = None
+    if finetune_steps:  # the tuning windows, checked before the slow work too
+        ft_window = min(finetune_window, window)
+        wins = [w for w in tokenize_windows(tokenizer, text, tokens, ft_window) if w.shape[1] == ft_window]
+        if not wins:
+            raise ValueError(f"tuning needs at least one full {ft_window}-token window of calibration text; give more "
+                             f"tokens ({tokens}) or a shorter finetune_window")
+        tune = (wins, finetune_steps, finetune_lr)
+    if r["transform"] != "none" or r["rotation"] != "none" or tune:
         return _calibrate_variant(model, tokenizer, text, config, r, tokens=tokens, window=window, samples=samples, iters=iters,
-                                  seed=seed, text_name=text_name, model_name=model_name, progress=progress)
+                                  seed=seed, text_name=text_name, model_name=model_name, progress=progress, tune=tune)
     n_tok = sum(w.shape[1] for w in windows)
     H = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     per_layer = n_tok * (1 if config.granularity == "layer_head" else H) * (cfg.num_hidden_layers if config.granularity == "merged" else 1)
@@ -271,9 +292,10 @@ def calibrate(
 
 
 def _calibrate_variant(model, tokenizer, text: str, config: PQConfig, r: dict, *, tokens: int, window: int, samples: int,
-                       iters: int, seed: int, text_name: str, model_name: str | None, progress: bool) -> Codebooks:
+                       iters: int, seed: int, text_name: str, model_name: str | None, progress: bool, tune=None) -> Codebooks:
     """Codes trained in a transformed space (``r["transform"]``, ``r["rotation"]``), folded into the stored
-    transforms that MillionCache applies to queries and outputs."""
+    transforms that MillionCache applies to queries and outputs; ``tune = (windows, steps, lr)`` tunes the
+    centroids end to end after k-means."""
     from .eval.calibdata import collect
     from .pq_variants import PQVariant, to_codebooks, train_variant
 
@@ -287,6 +309,11 @@ def _calibrate_variant(model, tokenizer, text: str, config: PQConfig, r: dict, *
     vcb = train_variant(data, var, progress=progress, device=None if dev.type == "cpu" else dev)
     n_tok = data.tokens
     del data
+    if tune is not None:
+        from .finetune import finetune_codebooks
+
+        wins, steps, lr = tune
+        finetune_codebooks(vcb, model, wins, steps=steps, lr=lr, progress=progress)
     cb = to_codebooks(vcb, model.config, config.residual_length)
     cb.model["name"] = model_name or getattr(model.config, "_name_or_path", None) or cb.model.get("architecture")
     info = cb.calibration

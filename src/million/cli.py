@@ -97,42 +97,25 @@ def cmd_calibrate(args) -> int:
     dtype = torch.float32 if device == "cpu" or args.finetune_steps else torch.float16
     model, tok = load_model(src, dtype=dtype, device=device)
     window = args.window or min(8192, getattr(model.config, "max_position_embeddings", None) or 8192)
-    if args.finetune_steps:  # check the tuning windows before the slow work
+    if args.finetune_steps:  # the library checks this too; here first, so that the error is the only line
         from .calibrate import tokenize_windows
 
         ft_window = min(args.finetune_window, window)
-        wins = [w for w in tokenize_windows(tok, text, args.tokens, ft_window) if w.shape[1] == ft_window]
-        if not wins:
+        if not any(w.shape[1] == ft_window for w in tokenize_windows(tok, text, args.tokens, ft_window)):
             raise ValueError(f"--finetune-steps needs at least one full {ft_window}-token window of calibration text; "
                              f"raise --tokens ({args.tokens}) or lower --finetune-window")
     print(f"calibrating {src.name} ({args.recipe} recipe): {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = "
           f"{pq.bits_per_element:g} bits/element, {pq.granularity} codebooks, {pq.sink_length} sink(s), transform "
           f"{r['transform']}, rotation {r['rotation']}, on {args.tokens} tokens of {args.text}", file=sys.stderr)
-    if not args.finetune_steps:
-        cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=window, samples=args.samples, iters=args.iters,
-                       seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name, recipe=args.recipe,
-                       transform=r["transform"], rotation=r["rotation"])
-    else:
-        from .eval.calibdata import collect
-        from .pq_variants import PQVariant, to_codebooks, train_variant
-
-        data = collect(model, tok, text, tokens=args.tokens, window=window, text_name=args.text, progress=True, attention=False)
-        from .calibrate import ROTATIONS as ALLOC
-
-        var = PQVariant(k_nbits=pq.nbits, k_dsub=pq.dsub, v_nbits=pq.nbits, v_dsub=pq.dsub, granularity=pq.granularity,
-                        transform=r["transform"], sinks=pq.sink_length, samples=args.samples, iters=args.iters, seed=args.seed,
-                        alloc=ALLOC[r["rotation"]])
-        vcb = train_variant(data, var, progress=True, device=device)
-        del data
-        if args.finetune_steps:
-            from .finetune import finetune_codebooks
-
-            h = finetune_codebooks(vcb, model, wins, steps=args.finetune_steps, lr=args.finetune_lr, progress=True)
-            print(f"tuned the centroids: {h['steps']} steps on {len(wins)} windows of {ft_window} tokens, "
-                  f"KL to the unquantized model {h['loss_first']:.4g} -> {h['loss_last']:.4g} ({h['seconds']:.0f} s)",
-                  file=sys.stderr)
-        cb = to_codebooks(vcb, model.config, pq.residual_length)
-        cb.model["name"] = src.name
+    cb = calibrate(model, tok, text, config=pq, tokens=args.tokens, window=window, samples=args.samples, iters=args.iters,
+                   seed=args.seed, pre_rope=args.pre_rope, text_name=args.text, model_name=src.name, recipe=args.recipe,
+                   transform=r["transform"], rotation=r["rotation"], finetune_steps=args.finetune_steps,
+                   finetune_lr=args.finetune_lr, finetune_window=args.finetune_window)
+    ft = cb.calibration.get("finetune")
+    if ft:
+        print(f"tuned the centroids: {ft['steps']} steps on {ft['windows']} windows of {ft['window']} tokens, "
+              f"KL to the unquantized model {ft['loss_first']:.4g} -> {ft['loss_last']:.4g} ({ft['seconds']:.0f} s)",
+              file=sys.stderr)
     cb.save(out)
     print(cb.describe())
     print(f"saved to {out} in {time.time() - t0:.0f} s")
