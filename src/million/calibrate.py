@@ -327,7 +327,7 @@ def _calibrate_variant(model, tokenizer, text: str, config: PQConfig, r: dict, *
 # calibration recipes: the defaults of the options that pick what the codes are trained on
 RECIPES = {
     # the best recipe MillionCache serves (docs/quality.md, "Balanced PCA rotation"): 4-bit SQuAD +1.30% all-quantized,
-    # -0.02% deployed; 2-bit +27.1% / +0.72% (plain: +2.86% / +42% in the same ablation)
+    # -0.02% deployed; 2-bit +27.1% / +0.72% (without the rotation: +2.86% / +42% in the same ablation)
     "recommended": {"granularity": "layer_head", "sinks": 1, "transform": "metric", "rotation": "balanced-keys"},
     # per-layer k-means on the raw post-RoPE vectors (the MILLION paper's method, with per-layer codebooks)
     "plain": {"granularity": "layer", "sinks": 0, "transform": "none", "rotation": "none"},
