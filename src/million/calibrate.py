@@ -268,11 +268,10 @@ def calibrate(
     windows = tokenize_windows(tokenizer, text, tokens, window)  # checks the text before any slow work
     tune = None
     if finetune_steps:  # the tuning windows, checked before the slow work too
-        ft_window = min(finetune_window, window)
-        wins = [w for w in tokenize_windows(tokenizer, text, tokens, ft_window) if w.shape[1] == ft_window]
+        wins = tuning_windows(tokenizer, text, tokens, min(finetune_window, window))
         if not wins:
-            raise ValueError(f"tuning needs at least one full {ft_window}-token window of calibration text; give more "
-                             f"tokens ({tokens}) or a shorter finetune_window")
+            raise ValueError(f"tuning needs at least one full {min(finetune_window, window)}-token window of calibration "
+                             f"text; give more tokens ({tokens}) or a shorter finetune_window")
         tune = (wins, finetune_steps, finetune_lr)
     if r["transform"] != "none" or r["rotation"] != "none" or tune:
         return _calibrate_variant(model, tokenizer, text, config, r, tokens=tokens, window=window, samples=samples, iters=iters,
@@ -291,6 +290,11 @@ def calibrate(
     return Codebooks(config, kc, vc, ident, cal)
 
 
+def tuning_windows(tokenizer, text: str, tokens: int, window: int) -> list:
+    """The full ``window``-token windows of the first ``tokens`` tokens of ``text`` (end-to-end tuning steps)."""
+    return [w for w in tokenize_windows(tokenizer, text, tokens, window) if w.shape[1] == window]
+
+
 def _calibrate_variant(model, tokenizer, text: str, config: PQConfig, r: dict, *, tokens: int, window: int, samples: int,
                        iters: int, seed: int, text_name: str, model_name: str | None, progress: bool, tune=None) -> Codebooks:
     """Codes trained in a transformed space (``r["transform"]``, ``r["rotation"]``), folded into the stored
@@ -299,8 +303,6 @@ def _calibrate_variant(model, tokenizer, text: str, config: PQConfig, r: dict, *
     from .eval.calibdata import collect
     from .pq_variants import PQVariant, to_codebooks, train_variant
 
-    if window < 2:
-        raise ValueError(f"window must be >= 2 for the transformed recipes, got {window}")
     data = collect(model, tokenizer, text, tokens=tokens, window=window, text_name=text_name, progress=progress, attention=False)
     var = PQVariant(k_nbits=config.nbits, k_dsub=config.dsub, v_nbits=config.nbits, v_dsub=config.dsub,
                     granularity=config.granularity, transform=r["transform"], sinks=config.sink_length, samples=samples,

@@ -98,10 +98,10 @@ def cmd_calibrate(args) -> int:
     model, tok = load_model(src, dtype=dtype, device=device)
     window = args.window or min(8192, getattr(model.config, "max_position_embeddings", None) or 8192)
     if args.finetune_steps:  # the library checks this too; here first, so that the error is the only line
-        from .calibrate import tokenize_windows
+        from .calibrate import tuning_windows
 
         ft_window = min(args.finetune_window, window)
-        if not any(w.shape[1] == ft_window for w in tokenize_windows(tok, text, args.tokens, ft_window)):
+        if not tuning_windows(tok, text, args.tokens, ft_window):
             raise ValueError(f"--finetune-steps needs at least one full {ft_window}-token window of calibration text; "
                              f"raise --tokens ({args.tokens}) or lower --finetune-window")
     print(f"calibrating {src.name} ({args.recipe} recipe): {pq.M} subspaces x {pq.dsub} dims, {pq.nbits}-bit codes = "
