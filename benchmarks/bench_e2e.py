@@ -1,9 +1,19 @@
-"""End-to-end decode step time of a 7B-shaped LLaMA (random weights, fp16, on the GPU) with
-transformers' DynamicCache + SDPA against MillionCache (PQ codes + Triton kernels), at long context.
+"""End-to-end decode step time of a 7B-shaped LLaMA (random weights, fp16, on the GPU): MillionCache (PQ codes,
+the CUDA decode kernels) against transformers' fp16 caches, at long context.
 
 Speed does not depend on weight or centroid values, so both are random; the numbers are speed only.
 
+Eager (the default): one ``model(...)`` call per step, DynamicCache, StaticCache and MillionCache.
+
     PYTHONPATH=src python benchmarks/bench_e2e.py --contexts 4096,16384,32768 --json out.json
+
+``--graph``: the decode loop of :mod:`million.decode`, every step replayed from a captured CUDA graph, for
+StaticCache (fp16, the baseline) and MillionCache with plain codebooks (``pq``) and with the default recipe's
+form (``pq-tr``: key/value transforms and one fp16 sink, random). Time per step is the mean over ``--steps``
+consecutive steps (a multiple of the window ``R`` covers the side-stream encodes and the commits), CUDA events
+around the whole loop.
+
+    PYTHONPATH=src python benchmarks/bench_e2e.py --graph --contexts 4096,32768,131072 --steps 128 --json out.json
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--residual", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=8, help="untimed decode steps first (kernel compilation)")
+    ap.add_argument("--graph", action="store_true", help="million.decode loop with CUDA-graph replay (see above)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--caches", default="fp16static,pq,pq-tr", help="--graph: which caches to time")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -50,6 +63,8 @@ def main():
     shape = (args.layers, kv, pq.M, pq.ksub, pq.dsub)
     cb = Codebooks(pq, torch.randn(shape, device="cuda", generator=gen), torch.randn(shape, device="cuda", generator=gen), model_identity(cfg))
 
+    if args.graph:
+        return graph_main(args, model, cfg, cb, vocab)
     rows = []
     for ctx in [int(c) for c in args.contexts.split(",")]:
         res = {"context": ctx, "shape": args.shape, "layers": args.layers, "bits": args.bits}
@@ -96,6 +111,118 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=2)
+
+
+def _transformed(cb, cfg):
+    """The same centroids with random well-conditioned key/value transforms and one fp16 sink: the form of the
+    default recipe's codebooks (its decode path maps the query, the window and the output)."""
+    from million import PQConfig
+    from million.codebook import Codebooks
+
+    L, H, D = cfg.num_hidden_layers, cfg.num_key_value_heads, 128
+    g = torch.Generator().manual_seed(3)
+    A = torch.eye(D) + 0.2 * torch.randn(L, H, D, D, generator=g) / D**0.5
+    Bm = torch.eye(D) + 0.2 * torch.randn(L, H, D, D, generator=g) / D**0.5
+    tr = {"key": A, "key_inverse": torch.linalg.inv(A), "value": Bm, "value_inverse": torch.linalg.inv(Bm)}
+    c = cb.config
+    pq = PQConfig(head_dim=D, M=c.M, nbits=c.nbits, residual_length=c.residual_length, granularity=c.granularity, sink_length=1)
+    return Codebooks(pq, cb.key_centroids, cb.value_centroids, cb.model, cb.calibration, tr)
+
+
+def _sdpa_decode_us(B, cfg, T, reps=50):
+    """One layer's fp16 decode attention over a T-token static buffer, as StaticCache runs it (a boolean mask over
+    the whole buffer) and mask-free over the same keys (the kernel the decode benchmarks compare against)."""
+    import torch.nn.functional as F
+
+    H, kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, 128
+    q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.float16)
+    k = torch.randn(B, kv, T, D, device="cuda", dtype=torch.float16)
+    v = torch.randn_like(k)
+    mask = torch.ones(B, 1, 1, T, dtype=torch.bool, device="cuda")
+    mask[..., -3:] = False
+    out = {}
+    for name, m in (("sdpa_masked_us", mask), ("sdpa_nomask_us", None)):
+        f = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=kv != H)  # noqa: E731
+        for _ in range(3):
+            f()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            f()
+        e.record()
+        e.synchronize()
+        out[name] = s.elapsed_time(e) * 1e3 / reps
+    del q, k, v
+    torch.cuda.empty_cache()
+    return out
+
+
+def graph_main(args, model, cfg, cb, vocab):
+    from transformers import StaticCache
+
+    from million import MillionCache
+    from million.decode import Decoder
+
+    names = args.caches.split(",")
+    bad = [n for n in names if n not in ("fp16static", "pq", "pq-tr")]
+    if bad:
+        raise SystemExit(f"--caches: unknown {bad}; allowed: fp16static, pq, pq-tr")
+    cb_tr = _transformed(cb, cfg) if "pq-tr" in names else None
+    rows = []
+    B = args.batch
+    for ctx in [int(c) for c in args.contexts.split(",")]:
+        res = {"context": ctx, "batch": B, "shape": args.shape, "layers": args.layers, "bits": args.bits, "steps": args.steps,
+               "mode": "graph"}
+        for name in names:
+            n_new = args.warmup + args.steps + 2
+            if name == "fp16static":
+                cache = StaticCache(config=cfg, max_cache_len=ctx + n_new)
+            else:
+                cache = MillionCache(cb if name == "pq" else cb_tr, cfg)
+            ids = torch.randint(0, vocab, (B, ctx), device="cuda")
+            dec = Decoder(model, cache, graph=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            dec.prefill(ids, max_new_tokens=n_new)
+            torch.cuda.synchronize()
+            res[f"{name}_prefill_s"] = time.perf_counter() - t0
+            tok = torch.randint(0, vocab, (B,), device="cuda")
+            for _ in range(args.warmup):  # eager warm-up steps, then the capture
+                dec.step(tok)
+            torch.cuda.synchronize()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            s.record()
+            for _ in range(args.steps):
+                dec.step(tok)
+            e.record()
+            e.synchronize()
+            res[f"{name}_step_ms"] = s.elapsed_time(e) / args.steps
+            res[f"{name}_host_ms"] = (time.perf_counter() - t0) * 1e3 / args.steps
+            res[f"{name}_graph"] = dec._graph is not None
+            if name != "fp16static":
+                res[f"{name}_kv_bytes"] = cache.kv_bytes()
+            del cache, dec
+            torch.cuda.empty_cache()
+            print(f"ctx {ctx:>6} B={B} {name:>10}: {res[f'{name}_step_ms']:.3f} ms/step (graph {res[f'{name}_graph']}), "
+                  f"prefill {res[f'{name}_prefill_s']:.2f} s", flush=True)
+        res.update(_sdpa_decode_us(B, cfg, ctx + args.warmup + args.steps + 2))
+        print(f"ctx {ctx:>6} B={B} SDPA decode, one layer: masked (as StaticCache) {res['sdpa_masked_us']:.1f} us, "
+              f"mask-free {res['sdpa_nomask_us']:.1f} us", flush=True)
+        for name in names:
+            if name != "fp16static" and "fp16static" in names:
+                res[f"{name}_speedup"] = res["fp16static_step_ms"] / res[f"{name}_step_ms"]
+        rows.append(res)
+    head = " | ".join(f"{n} ms/step" for n in names)
+    print(f"\n| context | B | {head} | " + " | ".join(f"{n} x fp16static" for n in names if n != "fp16static") + " |")
+    print("|---|---|" + "---|" * (2 * len(names) - ("fp16static" in names)))
+    for r in rows:
+        cells = [f"{r[f'{n}_step_ms']:.3f}" for n in names]
+        cells += [f"{r[f'{n}_speedup']:.2f}x" for n in names if n != "fp16static" and f"{n}_speedup" in r]
+        print(f"| {r['context']} | {r['batch']} | " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

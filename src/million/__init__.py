@@ -7,7 +7,7 @@ from .config import PQConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["PQConfig", "Codebooks", "MillionCache", "calibrate", "register", "__version__"]
+__all__ = ["PQConfig", "Codebooks", "MillionCache", "calibrate", "generate", "register", "__version__"]
 
 
 def __getattr__(name):  # lazy: keep the import light
@@ -23,6 +23,10 @@ def __getattr__(name):  # lazy: keep the import light
         from .calibrate import calibrate
 
         return calibrate
+    if name == "generate":
+        from .decode import generate
+
+        return generate
     if name == "register":
         from .attention import register
 

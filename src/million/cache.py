@@ -42,7 +42,9 @@ class PQState:
     of which the first ``sink_lens[b]`` are filled. With transforms (see :class:`~million.codebook.Codebooks`):
     ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps
     the codes' attention output back; the window and sinks hold untransformed K/V, which ``k_map`` / ``v_map``
-    ``[Hc, D, D]`` (the encode transforms) take to the codes' space.
+    ``[Hc, D, D]`` (the encode transforms) take to the codes' space. ``starts`` (int32 ``[B]``, may be None):
+    each sequence's first valid position (left padding), used when the step gets no attention mask (static
+    decoding, :mod:`million.decode`).
     """
 
     k_codes: torch.Tensor
@@ -61,6 +63,7 @@ class PQState:
     v_inverse: torch.Tensor | None = None
     k_map: torch.Tensor | None = None
     v_map: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
 
 
 class MillionLayer(CacheLayerMixin):
@@ -84,6 +87,9 @@ class MillionLayer(CacheLayerMixin):
         self.pending = False  # the window's first R tokens are being encoded
         self._event = None
         self._stream = None
+        self.static = False  # static decoding (see MillionCache.begin_static): device-indexed window writes
+        self.starts = None  # int32 [B] first valid positions for steps without an attention mask
+        self.layout_version = 0  # bumped whenever a buffer a captured graph may hold is reallocated
 
     # -- setup -------------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -165,6 +171,7 @@ class MillionLayer(CacheLayerMixin):
         pad = torch.zeros(B, H, grow, M, dtype=self.k_codes.dtype, device=self.device)
         self.k_codes = torch.cat([self.k_codes, pad], 2)
         self.v_codes = torch.cat([self.v_codes, pad], 2)
+        self.layout_version += 1
 
     def _encode_into(self, k: torch.Tensor, v: torch.Tensor, at: int) -> None:
         n = k.shape[2]
@@ -203,6 +210,8 @@ class MillionLayer(CacheLayerMixin):
             self.v_window[:, :, :rest] = self.v_window[:, :, R : R + rest].clone()
         self.res_len = rest
         self.res_lens -= R
+        if self.static:
+            self._wpos -= R
         self.pending = False
 
     def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -246,6 +255,38 @@ class MillionLayer(CacheLayerMixin):
         if not self.pending and self.res_len >= R:
             self._launch_pending()
 
+    # -- static decoding (one token per step, no host-dependent shapes or indices: CUDA-graph capturable) ------
+    def begin_static(self) -> None:
+        """Switch single-token steps to device-indexed window writes. Needs codes committed (``pq_len > 0``) and
+        the sinks filled, so that every step hands attention a :class:`PQState`."""
+        if not self.is_initialized or self.pq_len == 0 or self.sink_len < self.config.sink_length:
+            raise RuntimeError("static decoding needs a prefilled layer with committed codes (pq_len > 0) and its sinks filled")
+        self._wpos = torch.full((1,), self.res_len, dtype=torch.long, device=self.device)
+        self.static = True
+
+    def end_static(self) -> None:
+        self.static = False
+
+    def before_static_step(self) -> None:
+        """Host side, before a static step: make room in the window for one token (commit the encoded block)."""
+        if self.res_len + 1 > 2 * self.config.residual_length:
+            self._commit_pending()
+
+    def after_static_step(self) -> None:
+        """Host side, after a static step (eager or replayed): mirror the device's window length, and start
+        encoding the window's oldest block once it holds ``R`` tokens."""
+        self.res_len += 1
+        if not self.pending and self.res_len >= self.config.residual_length:
+            self._launch_pending()
+
+    def _append_static(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if self.res_len + 1 > 2 * self.config.residual_length:
+            raise RuntimeError("static step into a full window: call before_static_step() first")
+        self.k_window.index_copy_(2, self._wpos, key_states.to(self.dtype))
+        self.v_window.index_copy_(2, self._wpos, value_states.to(self.dtype))
+        self._wpos += 1
+        self.res_lens += 1
+
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection)."""
         if self.transforms is None:
@@ -279,15 +320,24 @@ class MillionLayer(CacheLayerMixin):
                 k_out = torch.cat([k_past, key_states.to(self.dtype)], 2)
                 v_out = torch.cat([v_past, value_states.to(self.dtype)], 2)
             self.append(key_states, value_states)
+            if self.static:  # keep the device write position in step with the host's window length
+                self._wpos.fill_(self.res_len)
             return k_out, v_out
+        if self.static:
+            self._append_static(key_states, value_states)
+            return self._state()
         self.append(key_states, value_states)
         if self.pq_len == 0:
             # nothing committed to codes yet: plain full-precision attention, as DynamicCache
             return self.k_window[:, :, : self.res_len], self.v_window[:, :, : self.res_len]
+        return self._state()
+
+    def _state(self) -> tuple[PQState, PQState]:
+        tr = self.transforms
         state = PQState(
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
-            *((self.transforms[4], self.transforms[3], self.transforms[0], self.transforms[2]) if self.transforms is not None else ()),
+            *((tr[4], tr[3], tr[0], tr[2]) if tr is not None else (None, None, None, None)), self.starts,
         )
         return state, state
 
@@ -298,6 +348,8 @@ class MillionLayer(CacheLayerMixin):
                 self._event = None
             self.pq_len = self.res_len = self.sink_len = 0
             self.pending = False
+            self.static = False
+            self.starts = None
             self.pq_lens.zero_()
             self.res_lens.zero_()
             self.sink_lens.zero_()
@@ -314,7 +366,10 @@ class MillionLayer(CacheLayerMixin):
         idx = indices.to(self.device)
         for name in ("k_codes", "v_codes", "k_window", "v_window", "pq_lens", "res_lens", "k_sink", "v_sink", "sink_lens"):
             setattr(self, name, getattr(self, name).index_select(0, idx))
+        if self.starts is not None:
+            self.starts = self.starts.index_select(0, idx)
         self.batch_size = int(idx.numel())
+        self.layout_version += 1
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if not self.is_initialized:
@@ -396,6 +451,45 @@ class MillionCache(Cache):
     def kv_bytes(self) -> int:
         """Bytes of K/V held now (codes and full-precision windows; codebooks not counted)."""
         return sum(layer.kv_bytes() for layer in self.layers)
+
+    # -- static decoding: what million.decode drives (one token per step, CUDA-graph capturable) ------------------
+    def static_ready(self) -> bool:
+        """Whether every layer can take static steps: prefilled, codes committed, sinks filled."""
+        return all(getattr(l, "is_initialized", False) and l.pq_len > 0 and l.sink_len >= l.config.sink_length
+                   for l in self.layers)
+
+    def begin_static(self, starts: torch.Tensor | None = None) -> None:
+        """Switch single-token steps to device-indexed window writes (no host-dependent shapes), so that a
+        step can be captured in a CUDA graph and replayed. ``starts`` (``[B]``): each sequence's first valid
+        position (left padding), which static steps read instead of an attention mask (pass none to them).
+        The host side of each step is :meth:`before_static_step` / :meth:`after_static_step`."""
+        for l in self.layers:
+            l.begin_static()
+            l.starts = None if starts is None else starts.to(device=l.device, dtype=torch.int32).contiguous()
+
+    def end_static(self) -> None:
+        for l in self.layers:
+            l.end_static()
+
+    def before_static_step(self) -> None:
+        for l in self.layers:
+            l.before_static_step()
+
+    def after_static_step(self) -> None:
+        for l in self.layers:
+            l.after_static_step()
+
+    def reserve(self, tokens: int) -> None:
+        """Grow the code buffers now so that ``tokens`` tokens fit without reallocation (a captured graph keeps
+        the buffers' addresses)."""
+        for l in self.layers:
+            if getattr(l, "is_initialized", False):
+                l._ensure_capacity(tokens)
+
+    @property
+    def layout_version(self) -> int:
+        """Changes whenever a buffer that a captured decode step reads was reallocated."""
+        return sum(getattr(l, "layout_version", 0) for l in self.layers)
 
 
 def fp16_bytes_per_token(config) -> int:

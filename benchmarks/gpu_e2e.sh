@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One device call: the GPU tests of MillionCache and of the CUDA-graph decode loop (million.decode), then the
+# end-to-end decode benchmark of the 7B-shaped model with every step replayed from a CUDA graph (StaticCache fp16
+# vs MillionCache, plain and transformed codebooks), batch 1 and 8, and the eager loop at 32K for reference.
+# Every stage runs under `timeout`, clipped to DEADLINE seconds after the start (default 560). Libraries are the
+# carried prebuilt ones (nvcc flags as in src/million/ops/_nvcc.py).
+#
+#   OUT=$OUT ATTN_LIB=.carry/attn_h200.so ENC_LIB=.carry/enc_h200.so bash benchmarks/gpu_e2e.sh
+#
+# Everything goes under $W (default /tmp/e2e), packed after every stage into $OUT/e2e.tgz; stages.txt and the
+# result tables are also copied to $OUT.
+set -uo pipefail
+T0=$(date +%s)
+OUT=${OUT:-gpu_out}
+W=${W:-/tmp/e2e}
+DEADLINE=${DEADLINE:-560}
+ATTN_LIB=${ATTN_LIB:-.carry/attn_h200.so}
+ENC_LIB=${ENC_LIB:-.carry/enc_h200.so}
+CONTEXTS=${CONTEXTS:-4096,16384,32768,65536,131072}
+B8_CONTEXTS=${B8_CONTEXTS:-4096,32768}
+STAGES=${STAGES:-env,tests,graph,graph_b8,eager}
+mkdir -p "$OUT" "$W"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+export MILLION_CUDA_LIB=$PWD/$ATTN_LIB MILLION_CUDA_ENCODE_LIB=$PWD/$ENC_LIB
+PY=${PY:-python3}
+
+left() { echo $((T0 + DEADLINE - $(date +%s))); }
+tmo() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
+stage() { echo "== $1 (t=$(( $(date +%s) - T0 )) s, $(left) s left)" | tee -a "$W/stages.txt"; }
+pack() { tar -czf "$OUT/e2e.tgz.tmp" -C "$(dirname "$W")" "$(basename "$W")" 2>/dev/null && mv "$OUT/e2e.tgz.tmp" "$OUT/e2e.tgz";
+  cp "$W/stages.txt" "$OUT/" 2>/dev/null; }
+want() { case ",$STAGES," in *",$1,"*) return 0;; *) return 1;; esac; }
+run() {
+  local name=$1 cap=$2; shift 2
+  local t; t=$(tmo "$cap"); local s=$(date +%s)
+  stage "$name (timeout $t s): $*"
+  timeout "$t" "$@" > "$W/$name.txt" 2>&1
+  local rc=$?
+  echo "   $name rc=$rc in $(( $(date +%s) - s )) s" | tee -a "$W/stages.txt"
+  tail -n 25 "$W/$name.txt" > "$OUT/$name.tail.txt"
+  pack
+  return $rc
+}
+
+if want env; then
+  stage env
+  { date -u '+%Y-%m-%d %H:%M:%S UTC'
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,pstate --format=csv
+    $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+    sha256sum "$ATTN_LIB" "$ENC_LIB"; git log -1 --format='%H %s' 2>/dev/null
+  } > "$W/env.txt" 2>&1
+  cp "$W/env.txt" "$OUT/"
+fi
+want tests && run tests 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py tests/test_gpu_decode.py
+want graph && run graph 260 $PY benchmarks/bench_e2e.py --graph --contexts "$CONTEXTS" --steps 128 --json "$W/e2e_graph.json"
+want graph_b8 && run graph_b8 120 $PY benchmarks/bench_e2e.py --graph --batch 8 --contexts "$B8_CONTEXTS" --steps 128 --json "$W/e2e_graph_b8.json"
+want eager && run eager 90 $PY benchmarks/bench_e2e.py --contexts 32768 --steps 32 --json "$W/e2e_eager.json"
+stage done
+pack

@@ -1,0 +1,162 @@
+"""million.decode: the static decode loop (what a CUDA graph captures) run eagerly on the CPU must give what
+``model.generate`` gives with the same cache, for MillionCache (plain and transformed codebooks, sinks, left
+padding, window commits inside the loop, prompts shorter than the window) and for transformers' StaticCache."""
+
+import pytest
+import torch
+from transformers import DynamicCache, StaticCache
+
+import million
+from million import MillionCache
+from million.compat import cache_arg
+from million.decode import Decoder, generate
+
+from test_cache import left_padded, tiny_codebooks, tiny_model
+from test_transforms import _with_transforms
+
+
+def _reference(model, cache, ids, am, n):
+    return model.generate(ids, attention_mask=am, **cache_arg(model, cache, generate=True), max_new_tokens=n,
+                          do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("transformed,sinks,pads,length", [
+    (False, 0, (0, 0), 23), (False, 2, (0, 5), 23), (True, 1, (0, 7), 23), (True, 1, (3, 0), 5),
+], ids=["plain", "sinks2-pad5", "transformed-pad7", "short-prompt"])
+def test_static_decode_equals_generate(transformed, sinks, pads, length):
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4, granularity="layer_head", sinks=sinks)
+    if transformed:
+        cb = _with_transforms(cb, model)
+    ids, am = left_padded(length=length, pad=pads)
+    n = 30  # crosses several window commits (R = 4)
+    want = _reference(model, MillionCache(cb, model.config), ids, am, n)
+    cache = MillionCache(cb, model.config)
+    got = generate(model, cache, ids, attention_mask=am, max_new_tokens=n, graph=False,
+                   eos_token_id=model.generation_config.eos_token_id, pad_token_id=0)
+    assert cache.layers[0].static and cache.layers[0].pq_len > 0  # the loop did run in static mode
+    assert torch.equal(got, want)
+
+
+def test_static_steps_match_eager_logits_and_state():
+    model = tiny_model(kv_heads=1)
+    cb = tiny_codebooks(model, residual=4, granularity="layer", sinks=1)
+    ids, am = left_padded(length=17, pad=(0, 4))
+    eager, static = MillionCache(cb, model.config), MillionCache(cb, model.config)
+    dec = Decoder(model, static, graph=False)
+    pos = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)  # the decoder's positions (as model.generate's)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=am, position_ids=pos, **cache_arg(model, eager), use_cache=True)
+    dec.prefill(ids, am, max_new_tokens=40)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(21):
+        tok = torch.randint(0, 96, (2, 1), generator=g)
+        am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+        with torch.no_grad():
+            want = model(input_ids=tok, attention_mask=am, position_ids=dec.pos.clone(),
+                         **cache_arg(model, eager), use_cache=True).logits[:, -1].float()
+        got = dec.step(tok)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(eager.layers, static.layers):
+        assert (a.pq_len, a.res_len) == (b.pq_len, b.res_len)
+        assert torch.equal(a.k_codes[:, :, : a.pq_len], b.k_codes[:, :, : b.pq_len])
+        assert torch.equal(a.k_window[:, :, : a.res_len], b.k_window[:, :, : b.res_len])
+        assert torch.equal(a.res_lens, b.res_lens) and torch.equal(a.pq_lens, b.pq_lens)
+        assert int(b._wpos) == b.res_len
+
+
+def test_static_cache_baseline_equals_dynamic_cache():
+    model = tiny_model(kv_heads=2)
+    model.config._attn_implementation = "sdpa"
+    ids, am = left_padded(length=9, pad=(0, 3))
+    want = _reference(model, DynamicCache(config=model.config), ids, am, 12)
+    eos = dict(eos_token_id=model.generation_config.eos_token_id, pad_token_id=0)
+    got = generate(model, StaticCache(config=model.config, max_cache_len=32), ids, attention_mask=am, max_new_tokens=12,
+                   graph=False, **eos)
+    assert torch.equal(got, want)
+    got1 = generate(model, StaticCache(config=model.config, max_cache_len=32), ids[:1], max_new_tokens=12, graph=False, **eos)
+    assert torch.equal(got1, _reference(model, DynamicCache(config=model.config), ids[:1], None, 12))
+
+
+def test_eos_stops_and_pads():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4)
+    ids, am = left_padded(length=12, pad=(0, 2))
+    free = generate(model, MillionCache(cb, model.config), ids, attention_mask=am, max_new_tokens=10, graph=False)
+    eos = int(free[0, 12 + 2])  # the first sequence's third new token
+    out = generate(model, MillionCache(cb, model.config), ids, attention_mask=am, max_new_tokens=10, eos_token_id=eos,
+                   pad_token_id=95, graph=False)
+    row = out[0, 12:].tolist()
+    k = row.index(eos)
+    assert k <= 2 and all(t == 95 for t in row[k + 1:])
+    assert out.shape[1] <= 22
+
+
+def test_sampling_is_seeded_and_valid():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4)
+    ids, _ = left_padded(length=12)
+    kw = dict(max_new_tokens=8, do_sample=True, temperature=0.7, top_k=20, top_p=0.9, graph=False)
+    a = generate(model, MillionCache(cb, model.config), ids, generator=torch.Generator().manual_seed(0), **kw)
+    b = generate(model, MillionCache(cb, model.config), ids, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a, b) and a.shape == (2, 20) and int(a.max()) < 96
+
+
+def test_bad_input_is_refused():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4)
+    ids, _ = left_padded(length=12)
+    with pytest.raises(ValueError, match="MillionCache or transformers' StaticCache"):
+        Decoder(model, DynamicCache(config=model.config))
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        Decoder(model, MillionCache(cb, model.config), graph=True)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        generate(model, MillionCache(cb, model.config), ids, max_new_tokens=0)
+    with pytest.raises(ValueError, match="temperature=0"):
+        generate(model, MillionCache(cb, model.config), ids, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="top_p=1.5"):
+        generate(model, MillionCache(cb, model.config), ids, do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        generate(model, MillionCache(cb, model.config), ids, attention_mask=torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_cache_len=16"):
+        model.config._attn_implementation = "sdpa"
+        generate(model, StaticCache(config=model.config, max_cache_len=16), ids, max_new_tokens=8)
+    dec = Decoder(model, StaticCache(config=model.config, max_cache_len=64))
+    with pytest.raises(RuntimeError, match="call prefill"):
+        dec.step(torch.zeros(2, dtype=torch.long))
+    dec.prefill(ids)
+    with pytest.raises(ValueError, match="got 3 tokens for a batch of 2"):
+        dec.step(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="already prefilled"):
+        dec.prefill(ids)
+
+
+def test_static_mode_needs_committed_codes_and_a_window_slot():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4)
+    cache = MillionCache(cb, model.config)
+    ids, _ = left_padded(length=6)
+    with torch.no_grad():
+        model(input_ids=ids, **cache_arg(model, cache), use_cache=True)
+    assert not cache.static_ready()  # 6 tokens: all still in the window (R = 4 keeps 4..7)
+    with pytest.raises(RuntimeError, match="pq_len > 0"):
+        cache.begin_static()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 96, (2, 4)), **cache_arg(model, cache), use_cache=True)
+    assert cache.static_ready()
+    cache.begin_static()
+    layer = cache.layers[0]
+    while layer.res_len < 8:
+        cache.before_static_step()
+        with torch.no_grad():
+            model(input_ids=torch.zeros(2, 1, dtype=torch.long), position_ids=torch.full((2, 1), 10 + layer.res_len),
+                  **cache_arg(model, cache), use_cache=True)
+        cache.after_static_step()
+    with pytest.raises(RuntimeError, match="before_static_step"):
+        with torch.no_grad():
+            model(input_ids=torch.zeros(2, 1, dtype=torch.long), position_ids=torch.full((2, 1), 30),
+                  **cache_arg(model, cache), use_cache=True)
+
+
+def test_generate_is_exported():
+    assert million.generate is generate
