@@ -17,11 +17,14 @@ DEADLINE=${DEADLINE:-560}
 ATTN_LIB=${ATTN_LIB:-.carry/attn_h200.so}
 ENC_LIB=${ENC_LIB:-.carry/enc_h200.so}
 CONTEXTS=${CONTEXTS:-4096,16384,32768,65536,131072}
-B8_CONTEXTS=${B8_CONTEXTS:-4096,32768}
+B8_CONTEXTS=${B8_CONTEXTS:-4096,16384}
 STAGES=${STAGES:-env,tests,graph,graph_b8,eager}
 mkdir -p "$OUT" "$W"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 export MILLION_CUDA_LIB=$PWD/$ATTN_LIB MILLION_CUDA_ENCODE_LIB=$PWD/$ENC_LIB
+# prefill encodes take the brute kernel: the pruned kernel's one-time grid build (about 90 s for the 64 per-head
+# codebook tensors of the 7B shape) is not what this benchmark measures; decode steps encode R-token blocks either way
+export MILLION_ENCODE_PRUNE_MIN=${MILLION_ENCODE_PRUNE_MIN:-1000000000}
 PY=${PY:-python3}
 
 left() { echo $((T0 + DEADLINE - $(date +%s))); }

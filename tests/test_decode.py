@@ -160,3 +160,52 @@ def test_static_mode_needs_committed_codes_and_a_window_slot():
 
 def test_generate_is_exported():
     assert million.generate is generate
+
+
+def test_static_step_ignores_a_stale_mask():
+    """While a CUDA graph is captured, transformers may build the causal mask (without the padding) instead of
+    skipping it: a static step must take the padding from the cache's ``starts``, never from that mask."""
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4, sinks=1)
+    ids, am = left_padded(length=19, pad=(0, 6))
+    outs = []
+    for mask in (None, "ones"):
+        dec = Decoder(model, MillionCache(cb, model.config), graph=False)
+        dec.prefill(ids, am, max_new_tokens=8)
+        for _ in range(3):
+            dec.step(torch.tensor([5, 7]))
+        assert dec.cache.layers[0].static
+        if mask == "ones":  # what a capture-time mask looks like: every key valid
+            dec.mask = torch.ones(2, 19 + 4, dtype=torch.long)
+            dec.col = torch.full((1,), 19 + 3, dtype=torch.long)
+        outs.append(dec.step(torch.tensor([9, 11])))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_caches_of_one_codebooks_share_their_centroid_copies():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4, granularity="layer_head")
+    ids, _ = left_padded(length=10)
+    caches = [MillionCache(cb, model.config) for _ in range(2)]
+    for c in caches:
+        with torch.no_grad():
+            model(input_ids=ids, **cache_arg(model, c), use_cache=True)
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        assert a.k_centroids is b.k_centroids and a.v_centroids is b.v_centroids
+
+
+def test_encode_tables_stay_cached_for_every_live_codebook_tensor():
+    from million.ops import cuda_encode as ce
+
+    g = torch.Generator().manual_seed(0)
+    cents = [torch.randn(1, 2, 256, 2, generator=g) for _ in range(40)]  # more than a model's 2 x layers small LRU held
+    for c in cents:
+        ce.tables(c, "brute")
+    assert all(ce.has_tables(c, "brute") for c in cents)
+    t0 = ce.tables(cents[0], "brute")
+    assert ce.tables(cents[0], "brute") is t0  # a hit, not a rebuild
+    cents[1].add_(1.0)  # modified in place: stale
+    assert not ce.has_tables(cents[1], "brute")
+    del cents[2:], c
+    ce.tables(torch.randn(1, 2, 256, 2, generator=g), "brute")  # an insert drops the dead tensors' entries
+    assert len(ce._TABLES) == 3  # cents[0], cents[1] (stale but alive) and the new one

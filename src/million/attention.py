@@ -34,7 +34,10 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
         B, Hq, q_len, D = query.shape
         if q_len != 1:
             raise ValueError(f"PQ decode attention takes one query token, got {q_len}")
-        starts = _starts_from_mask(attention_mask, B, query.device) if attention_mask is not None else st.starts
+        if st.static or attention_mask is None:
+            starts = st.starts  # static steps carry their padding starts (a mask made during capture is stale)
+        else:
+            starts = _starts_from_mask(attention_mask, B, query.device)
         q = query[:, :, 0]
         if st.q_map is not None:
             return _transformed(st, q, starts, scaling).to(query.dtype).unsqueeze(1), None

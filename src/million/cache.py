@@ -44,7 +44,8 @@ class PQState:
     the codes' attention output back; the window and sinks hold untransformed K/V, which ``k_map`` / ``v_map``
     ``[Hc, D, D]`` (the encode transforms) take to the codes' space. ``starts`` (int32 ``[B]``, may be None):
     each sequence's first valid position (left padding), used when the step gets no attention mask (static
-    decoding, :mod:`million.decode`).
+    decoding, :mod:`million.decode`); ``static``: the step is a static one, whose attention takes ``starts``
+    and ignores any attention mask (transformers may materialize a mask while a CUDA graph is captured).
     """
 
     k_codes: torch.Tensor
@@ -64,6 +65,7 @@ class PQState:
     k_map: torch.Tensor | None = None
     v_map: torch.Tensor | None = None
     starts: torch.Tensor | None = None
+    static: bool = False
 
 
 class MillionLayer(CacheLayerMixin):
@@ -74,8 +76,9 @@ class MillionLayer(CacheLayerMixin):
     is_croppable = False
 
     def __init__(self, config: PQConfig, k_centroids: torch.Tensor, v_centroids: torch.Tensor, max_cache_len: int | None = None,
-                 transforms: tuple | None = None):
+                 transforms: tuple | None = None, shared: dict | None = None):
         super().__init__()
+        self._shared = shared  # device copies of the centroids, shared by the caches of one Codebooks
         self.config = config
         self._kc_src, self._vc_src = k_centroids, v_centroids
         self._tr_src = transforms  # (key, key_inverse, value, value_inverse) [H_kv, D, D] or None
@@ -102,8 +105,8 @@ class MillionLayer(CacheLayerMixin):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.batch_size, self.num_heads = B, H
         cent_dtype = torch.float32 if key_states.dtype == torch.float32 else key_states.dtype
-        self.k_centroids = self._kc_src.to(self.device, cent_dtype).contiguous()
-        self.v_centroids = self._vc_src.to(self.device, cent_dtype).contiguous()
+        self.k_centroids = self._placed(self._kc_src, cent_dtype)
+        self.v_centroids = self._placed(self._vc_src, cent_dtype)
         if self.device.type == "cuda" and cent_dtype in (torch.float16, torch.bfloat16):
             # lay out the decode kernel's shared-memory tables now, at allocation, so that a decode step
             # captured into a CUDA graph replays only the attention kernels
@@ -132,6 +135,21 @@ class MillionLayer(CacheLayerMixin):
         if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self.device)
         self.is_initialized = True
+
+    def _placed(self, src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``src`` on this layer's device and in ``dtype``; one copy per codebook slice shared by every cache made
+        from the same Codebooks (``shared``), so that the kernels' per-centroid-tensor tables are built once."""
+        if self._shared is None:
+            return src.to(self.device, dtype).contiguous()
+        try:
+            version = src._version
+        except RuntimeError:  # inference tensors
+            version = -1
+        key = (src.data_ptr(), version, tuple(src.shape), str(self.device), dtype)
+        t = self._shared.get(key)
+        if t is None:
+            t = self._shared[key] = src.to(self.device, dtype).contiguous()
+        return t
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def get_seq_length(self) -> int:
@@ -337,7 +355,7 @@ class MillionLayer(CacheLayerMixin):
         state = PQState(
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
-            *((tr[4], tr[3], tr[0], tr[2]) if tr is not None else (None, None, None, None)), self.starts,
+            *((tr[4], tr[3], tr[0], tr[2]) if tr is not None else (None, None, None, None)), self.starts, self.static,
         )
         return state, state
 
@@ -430,9 +448,10 @@ class MillionCache(Cache):
         self.calibrated_positions = None if cal.get("pre_rope") else cal.get("window")
         self._warned_positions = False
         layers = []
+        placed = codebooks.__dict__.setdefault("_placed", {})  # device copies kept with the codebooks (see MillionLayer._placed)
         for i in range(n):
             kc, vc = codebooks.for_layer(i)
-            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i)))
+            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i), placed))
         super().__init__(layers=layers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):

@@ -16,9 +16,8 @@ Kernels (``kind``):
 
 The per-codebook tables (grid lists, fragments) are built with torch on the centroids' device on
 first use (tens of ms for a shared codebook, about a second for 32 per-head codebooks) and cached
-per centroid tensor (keyed by address, version counter, shape, strides and dtype; an entry keeps its
-centroids alive, so the address cannot be reused while cached): build them before CUDA-graph
-capture (one eager call). The shared library is found through ``MILLION_CUDA_ENCODE_LIB`` (a
+per live centroid tensor (a weak reference and its version counter: the tables die with their tensor; MillionCache
+builds them at allocation): build them before CUDA-graph capture (one eager call). The shared library is found through ``MILLION_CUDA_ENCODE_LIB`` (a
 prebuilt ``.so``) or built with ``nvcc`` on first use into ``~/.cache/million/cuda/`` (keyed by a
 hash of the source and flags). Importing this module touches neither CUDA nor nvcc.
 """
@@ -28,8 +27,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import weakref
 import os
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -227,26 +226,24 @@ def _frags(c: torch.Tensor) -> torch.Tensor | None:
     return f.contiguous().view(torch.int32).reshape(S, 32, 32, 2)
 
 
-_TABLES: OrderedDict = OrderedDict()
-_TABLES_MAX = 16
+_TABLES: dict = {}  # (id(centroids), kind) -> (weakref to the centroids, version, tables)
 
 
 def tables(centroids: torch.Tensor, kind: str) -> dict:
-    """Device tables of ``centroids [Hc, M, 256, dsub]`` for ``kind`` (cached per centroid tensor)."""
+    """Device tables of ``centroids [Hc, M, 256, dsub]`` for ``kind``, cached per live centroid tensor (same object,
+    same version counter): a model's cache holds one centroid tensor per layer and role, and every one of them must
+    stay cached (a bounded cache that cycles through 2 x layers tensors rebuilds tables at every encode)."""
     try:
         version = centroids._version
     except RuntimeError:  # inference tensors carry no version counter
         version = -1
-    key = (centroids.data_ptr(), version, tuple(centroids.shape), centroids.stride(), centroids.dtype,
-           str(centroids.device), kind)
+    key = (id(centroids), kind)
     hit = _TABLES.get(key)
-    if hit is not None:
-        _TABLES.move_to_end(key)
-        return hit
+    if hit is not None and hit[0]() is centroids and hit[1] == version:
+        return hit[2]
     Hc, M, K, dsub = centroids.shape
     c = centroids.detach().reshape(Hc * M, K, dsub)
-    # the entry holds the centroids, so their storage (and data_ptr) cannot be reused while cached
-    t: dict = {"tab": _tab8(c), "kind": kind, "centroids": centroids}
+    t: dict = {"tab": _tab8(c), "kind": kind}
     if kind == "pruned":
         kept, lo, inv_w = build_grid_lists(c, GRID)
         cells, lists, lcap = _pack_lists(kept)
@@ -262,10 +259,37 @@ def tables(centroids: torch.Tensor, kind: str) -> dict:
             t["kind"] = "brute"
         else:
             t["frags"] = f
-    _TABLES[key] = t
-    while len(_TABLES) > _TABLES_MAX:
-        _TABLES.popitem(last=False)
+    for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop the tables of dead tensors
+        del _TABLES[k]
+    _TABLES[key] = (weakref.ref(centroids), version, t)
     return t
+
+
+def has_tables(centroids: torch.Tensor, kind: str) -> bool:
+    """Whether ``tables(centroids, kind)`` is cached now."""
+    hit = _TABLES.get((id(centroids), kind))
+    if hit is None or hit[0]() is not centroids:
+        return False
+    try:
+        return hit[1] == centroids._version
+    except RuntimeError:
+        return hit[1] == -1
+
+
+def small_encode() -> int:
+    """Encodes of at most this many tokens (batch x tokens) whose centroids have no grid lists yet take the brute
+    kernel instead of building the lists (a one-time cost of about 1.3 s per 32-head codebook tensor on an H200, so
+    about 90 s for the 64 tensors of a 7B-shaped model): a decode loop encodes R-token blocks, for which the brute
+    kernel takes well under a millisecond; a long prefill builds the lists once. ``$MILLION_ENCODE_PRUNE_MIN``
+    (default 4096) sets it."""
+    v = os.environ.get("MILLION_ENCODE_PRUNE_MIN", "4096")
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"MILLION_ENCODE_PRUNE_MIN={v!r}: expected a token count >= 0")
+    return n
 
 
 @functools.lru_cache(maxsize=None)
@@ -311,7 +335,10 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
             f"Hc in (1, H), M * dsub == D, dtypes float16/bfloat16/float32")
     B, H, T, D = x.shape
     Hc, M, K, dsub = centroids.shape
-    kind = kind or default_kind(dsub)
+    if kind is None:
+        kind = default_kind(dsub)
+        if kind == "pruned" and B * T <= small_encode() and not has_tables(centroids, "pruned"):
+            kind = "brute"
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not allowed; use one of {KINDS}")
     if (kind == "pruned" and dsub != 2) or (kind == "mma" and dsub != 4):
