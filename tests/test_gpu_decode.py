@@ -11,6 +11,16 @@ from million.decode import Decoder, generate
 
 from test_gpu_cache import _codebooks, _model, _with_transforms
 
+def _with_sinks(cb, sinks):
+    from million import PQConfig
+    from million.codebook import Codebooks
+
+    c = cb.config
+    cfg = PQConfig(head_dim=c.head_dim, M=c.M, nbits=c.nbits, residual_length=c.residual_length, granularity=c.granularity,
+                   sink_length=sinks)
+    return Codebooks(cfg, cb.key_centroids, cb.value_centroids, cb.model, cb.calibration)
+
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
@@ -27,21 +37,25 @@ def _run(model, make_cache, ids, am, steps, graph, reserve):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("kv_heads", [2, 8], ids=["gqa4", "mha"])
 @pytest.mark.parametrize("transformed", [False, True], ids=["plain", "transformed"])
-@pytest.mark.parametrize("reserve", [True, False], ids=["reserved", "grows"])
-def test_graph_replay_equals_eager_steps(dtype, kv_heads, transformed, reserve):
+@pytest.mark.parametrize("padded,reserve", [(True, True), (False, False)], ids=["padded-reserved", "folded-grows"])
+def test_graph_replay_equals_eager_steps(dtype, kv_heads, transformed, padded, reserve):
+    """padded: left padding (sinks merged separately); folded: no padding, so the sink goes to the kernel with the
+    window (plain codebooks get one sink here too); grows: no reservation, the codes move and the graph is captured
+    again."""
     model = _model(dtype, kv_heads)
     cb = _codebooks(model, 4, residual=16)
-    if transformed:
-        cb = _with_transforms(cb, model, sinks=1)
+    cb = _with_transforms(cb, model, sinks=1) if transformed else _with_sinks(cb, 0 if padded else 1)
     B, T = 3, 150
     ids = torch.randint(0, 256, (B, T), device="cuda")
     am = torch.ones_like(ids)
-    am[1, :37] = 0
-    am[2, :100] = 0
+    if padded:
+        am[1, :37] = 0
+        am[2, :100] = 0
     steps = 120  # several window commits (R = 16); without the reservation the codes outgrow 4R and move
     want, _ = _run(model, lambda: MillionCache(cb, model.config), ids, am, steps, graph=False, reserve=reserve)
     got, dec = _run(model, lambda: MillionCache(cb, model.config), ids, am, steps, graph=True, reserve=reserve)
     assert dec._graph is not None  # the steps did replay a graph
+    assert dec.cache.layers[0]._fold == (not padded)
     assert torch.isfinite(got).all()
     rel = ((got - want).norm() / want.norm()).item()
     assert rel < 1e-3, rel

@@ -39,6 +39,12 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
         else:
             starts = _starts_from_mask(attention_mask, B, query.device)
         q = query[:, :, 0]
+        if st.k_folded is not None:  # static step without padding: sinks, window and codes in one kernel call
+            if st.q_map is not None:
+                return _transformed(st, q, None, scaling).to(query.dtype).unsqueeze(1), None
+            out = ops.pq_decode_attention(q, st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens,
+                                          st.k_folded, st.v_folded, st.folded_lens, st.folded_starts, scaling)
+            return out.unsqueeze(1), None
         if st.q_map is not None:
             return _transformed(st, q, starts, scaling).to(query.dtype).unsqueeze(1), None
         args = (q, st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens, st.k_window, st.v_window, st.res_lens)
@@ -72,8 +78,15 @@ def _transformed(st, q: torch.Tensor, starts, scaling) -> torch.Tensor:
     H = st.k_window.shape[1]
     G = Hq // H
     qm = torch.einsum("bhgd,hde->bhge", q.float().view(B, H, G, D), st.q_map.expand(H, D, D)).reshape(B, Hq, D)
-    kw = torch.einsum("bhtd,hde->bhte", st.k_window.float(), st.k_map.expand(H, D, D)).to(q.dtype)
-    vw = torch.einsum("bhtd,hde->bhte", st.v_window.float(), st.v_map.expand(H, D, D)).to(q.dtype)
+    if st.k_folded is not None:  # sinks and window as one mapped block, codes from position S: one kernel call
+        o = ops.pq_decode_attention(qm.to(q.dtype), st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens,
+                                    st.k_folded, st.v_folded, st.folded_lens, st.folded_starts, scaling)
+        return torch.einsum("bhgd,hde->bhge", o.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
+    if st.k_window_t is not None:  # kept mapped by the cache, token by token
+        kw, vw = st.k_window_t, st.v_window_t
+    else:
+        kw = torch.einsum("bhtd,hde->bhte", st.k_window.float(), st.k_map.expand(H, D, D)).to(q.dtype)
+        vw = torch.einsum("bhtd,hde->bhte", st.v_window.float(), st.v_map.expand(H, D, D)).to(q.dtype)
     if starts is None:
         starts = torch.zeros(B, dtype=torch.int32, device=q.device)
     main_starts = torch.clamp(starts, min=st.sink_length)

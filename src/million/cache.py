@@ -46,6 +46,11 @@ class PQState:
     each sequence's first valid position (left padding), used when the step gets no attention mask (static
     decoding, :mod:`million.decode`); ``static``: the step is a static one, whose attention takes ``starts``
     and ignores any attention mask (transformers may materialize a mask while a CUDA graph is captured).
+    ``k_window_t``, ``v_window_t``: with transforms, the window already mapped to the codes' space (kept up to
+    date token by token, so a decode step does not map the whole window again). ``k_folded``, ``v_folded``
+    ``[B, H_kv, S + 2R, D]`` (static steps without padding): sinks then window in one block (in the codes' space
+    with transforms), of which the first ``folded_lens[b]`` rows are filled; attention hands them to the kernel as
+    its full-precision rows, with the codes starting at ``folded_starts`` (``= S``), so one kernel call covers all.
     """
 
     k_codes: torch.Tensor
@@ -66,6 +71,12 @@ class PQState:
     v_map: torch.Tensor | None = None
     starts: torch.Tensor | None = None
     static: bool = False
+    k_window_t: torch.Tensor | None = None
+    v_window_t: torch.Tensor | None = None
+    k_folded: torch.Tensor | None = None
+    v_folded: torch.Tensor | None = None
+    folded_lens: torch.Tensor | None = None
+    folded_starts: torch.Tensor | None = None
 
 
 class MillionLayer(CacheLayerMixin):
@@ -91,6 +102,7 @@ class MillionLayer(CacheLayerMixin):
         self._event = None
         self._stream = None
         self.static = False  # static decoding (see MillionCache.begin_static): device-indexed window writes
+        self._fold = False  # static and no padding: sinks attended with the window in one kernel call
         self.starts = None  # int32 [B] first valid positions for steps without an attention mask
         self.layout_version = 0  # bumped whenever a buffer a captured graph may hold is reallocated
 
@@ -124,13 +136,15 @@ class MillionLayer(CacheLayerMixin):
         cdt = self.config.code_dtype
         self.k_codes = torch.zeros(B, H, cap, M, dtype=cdt, device=self.device)
         self.v_codes = torch.zeros(B, H, cap, M, dtype=cdt, device=self.device)
-        self.k_window = torch.zeros(B, H, 2 * R, D, dtype=self.dtype, device=self.device)
-        self.v_window = torch.zeros(B, H, 2 * R, D, dtype=self.dtype, device=self.device)
+        S = self.config.sink_length
+        # one buffer per role: the S sink rows, then the 2R window rows (views below), so that a step without
+        # padding can hand sinks and window to the kernel as one full-precision block
+        self._bufs = [torch.zeros(B, H, S + 2 * R, D, dtype=self.dtype, device=self.device) for _ in range(2)]
+        if self.transforms is not None:  # the same in the codes' space, what decode attention reads
+            self._bufs += [torch.zeros(B, H, S + 2 * R, D, dtype=self.dtype, device=self.device) for _ in range(2)]
+        self._views()
         self.pq_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self.res_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
-        S = self.config.sink_length
-        self.k_sink = torch.zeros(B, H, S, D, dtype=self.dtype, device=self.device)
-        self.v_sink = torch.zeros(B, H, S, D, dtype=self.dtype, device=self.device)
         self.sink_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self.device)
@@ -224,12 +238,14 @@ class MillionLayer(CacheLayerMixin):
         self.pq_lens += R
         rest = self.res_len - R
         if rest > 0:
-            self.k_window[:, :, :rest] = self.k_window[:, :, R : R + rest].clone()
-            self.v_window[:, :, :rest] = self.v_window[:, :, R : R + rest].clone()
+            for w in self._windows():
+                w[:, :, :rest] = w[:, :, R : R + rest].clone()
         self.res_len = rest
         self.res_lens -= R
         if self.static:
             self._wpos -= R
+            if self._fold:
+                self._res_lens_s -= R
         self.pending = False
 
     def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -246,11 +262,14 @@ class MillionLayer(CacheLayerMixin):
             if take > 0:
                 self.k_sink[:, :, pos0 : pos0 + take] = key_states[:, :, :take]
                 self.v_sink[:, :, pos0 : pos0 + take] = value_states[:, :, :take]
+                if self.transforms is not None:
+                    kt, vt = self._mapped(key_states[:, :, :take].to(self.dtype), value_states[:, :, :take].to(self.dtype))
+                    self._bufs[2][:, :, pos0 : pos0 + take] = kt
+                    self._bufs[3][:, :, pos0 : pos0 + take] = vt
                 self.sink_len = pos0 + take
                 self.sink_lens.fill_(self.sink_len)
         if self.res_len + n <= 2 * R:
-            self.k_window[:, :, self.res_len : self.res_len + n] = key_states
-            self.v_window[:, :, self.res_len : self.res_len + n] = value_states
+            self._write_window(self.res_len, key_states, value_states)
             self.res_len += n
             self.res_lens += n
         else:
@@ -266,8 +285,13 @@ class MillionLayer(CacheLayerMixin):
                 self.pq_len += enc
                 self.pq_lens += enc
             r = total - enc
-            self.k_window[:, :, :r] = ks[:, :, enc:]
-            self.v_window[:, :, :r] = vs[:, :, enc:]
+            # the window keeps ks[enc:]: its old rows shift down (their mapped rows with them, so that a token is
+            # mapped once, as static steps do), the new tokens are written (and mapped) after them
+            keep = max(0, self.res_len - enc)
+            if keep:
+                for w in self._windows():
+                    w[:, :, :keep] = w[:, :, enc : enc + keep].clone()
+            self._write_window(keep, ks[:, :, enc + keep :], vs[:, :, enc + keep :])
             self.res_lens += r - self.res_len
             self.res_len = r
         if not self.pending and self.res_len >= R:
@@ -281,9 +305,15 @@ class MillionLayer(CacheLayerMixin):
             raise RuntimeError("static decoding needs a prefilled layer with committed codes (pq_len > 0) and its sinks filled")
         self._wpos = torch.full((1,), self.res_len, dtype=torch.long, device=self.device)
         self.static = True
+        # without padding, sinks and window go to the kernel as one block: rows [0, S + res_len) of the buffers
+        S = self.config.sink_length
+        self._fold = S > 0 and self.starts is None
+        if self._fold:
+            self._res_lens_s = self.res_lens + S
+            self._starts_s = torch.full_like(self.res_lens, S)
 
     def end_static(self) -> None:
-        self.static = False
+        self.static = self._fold = False
 
     def before_static_step(self) -> None:
         """Host side, before a static step: make room in the window for one token (commit the encoded block)."""
@@ -297,13 +327,46 @@ class MillionLayer(CacheLayerMixin):
         if not self.pending and self.res_len >= self.config.residual_length:
             self._launch_pending()
 
+    def _views(self) -> None:
+        S = self.config.sink_length
+        kb, vb = self._bufs[:2]
+        self.k_sink, self.v_sink, self.k_window, self.v_window = kb[:, :, :S], vb[:, :, :S], kb[:, :, S:], vb[:, :, S:]
+        if self.transforms is not None:
+            self.k_window_t, self.v_window_t = self._bufs[2][:, :, S:], self._bufs[3][:, :, S:]
+        else:
+            self.k_window_t = self.v_window_t = None
+
+    def _windows(self) -> list[torch.Tensor]:
+        return [self.k_window, self.v_window] + ([self.k_window_t, self.v_window_t] if self.transforms is not None else [])
+
+    def _mapped(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k @ A``, ``v @ B`` (the encode transforms) in float32, stored in the window's dtype."""
+        kt, _, vt, _, _ = self.transforms
+        return (torch.einsum("bhtd,hde->bhte", k.float(), kt).to(self.dtype),
+                torch.einsum("bhtd,hde->bhte", v.float(), vt).to(self.dtype))
+
+    def _write_window(self, at: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        n = k.shape[2]
+        self.k_window[:, :, at : at + n] = k
+        self.v_window[:, :, at : at + n] = v
+        if self.transforms is not None and n:
+            kt, vt = self._mapped(k.to(self.dtype), v.to(self.dtype))
+            self.k_window_t[:, :, at : at + n] = kt
+            self.v_window_t[:, :, at : at + n] = vt
+
     def _append_static(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         if self.res_len + 1 > 2 * self.config.residual_length:
             raise RuntimeError("static step into a full window: call before_static_step() first")
         self.k_window.index_copy_(2, self._wpos, key_states.to(self.dtype))
         self.v_window.index_copy_(2, self._wpos, value_states.to(self.dtype))
+        if self.transforms is not None:
+            kt, vt = self._mapped(key_states, value_states)
+            self.k_window_t.index_copy_(2, self._wpos, kt)
+            self.v_window_t.index_copy_(2, self._wpos, vt)
         self._wpos += 1
         self.res_lens += 1
+        if self._fold:
+            self._res_lens_s += 1
 
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection)."""
@@ -356,6 +419,9 @@ class MillionLayer(CacheLayerMixin):
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
             *((tr[4], tr[3], tr[0], tr[2]) if tr is not None else (None, None, None, None)), self.starts, self.static,
+            self.k_window_t, self.v_window_t,
+            *((self._bufs[2] if tr is not None else self._bufs[0], self._bufs[3] if tr is not None else self._bufs[1],
+               self._res_lens_s, self._starts_s) if self._fold else ()),
         )
         return state, state
 
@@ -366,7 +432,7 @@ class MillionLayer(CacheLayerMixin):
                 self._event = None
             self.pq_len = self.res_len = self.sink_len = 0
             self.pending = False
-            self.static = False
+            self.static = self._fold = False
             self.starts = None
             self.pq_lens.zero_()
             self.res_lens.zero_()
@@ -382,8 +448,11 @@ class MillionLayer(CacheLayerMixin):
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
         idx = indices.to(self.device)
-        for name in ("k_codes", "v_codes", "k_window", "v_window", "pq_lens", "res_lens", "k_sink", "v_sink", "sink_lens"):
+        for name in ("k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens"):
             setattr(self, name, getattr(self, name).index_select(0, idx))
+        self._bufs = [b.index_select(0, idx) for b in self._bufs]
+        self._views()
+        self.static = self._fold = False
         if self.starts is not None:
             self.starts = self.starts.index_select(0, idx)
         self.batch_size = int(idx.numel())
@@ -483,8 +552,8 @@ class MillionCache(Cache):
         position (left padding), which static steps read instead of an attention mask (pass none to them).
         The host side of each step is :meth:`before_static_step` / :meth:`after_static_step`."""
         for l in self.layers:
-            l.begin_static()
             l.starts = None if starts is None else starts.to(device=l.device, dtype=torch.int32).contiguous()
+            l.begin_static()
 
     def end_static(self) -> None:
         for l in self.layers:
