@@ -124,11 +124,11 @@ def cmd_calibrate(args) -> int:
 
 def cmd_generate(args) -> int:
     import torch
-    from transformers import DynamicCache
+    from transformers import StaticCache
 
     from .cache import MillionCache, fp16_bytes_per_token, pq_bytes_per_token
     from .codebook import Codebooks
-    from .compat import cache_arg
+    from .decode import generate as million_generate
     from .models import load_model, resolve_model
 
     src = resolve_model(args.model)
@@ -150,17 +150,23 @@ def cmd_generate(args) -> int:
     if not args.raw and getattr(tok, "chat_template", None):
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     inputs = tok(prompt, return_tensors="pt", add_special_tokens=args.raw).to(device)
-    gen_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, pad_token_id=tok.pad_token_id)
+    n_prompt = inputs.input_ids.shape[1]
+    gen_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, graph=None if not args.no_graph else False)
     if args.sample:
         gen_kw.update(temperature=args.temperature, top_p=args.top_p)
     outs = {}
-    for name, cache in (("fp16", DynamicCache(config=model.config)), ("pq", MillionCache(cb, model.config))):
-        torch.manual_seed(args.seed)
+    # both through million.generate: the fp16 cache is transformers' StaticCache, and on a GPU every decode step of
+    # both replays a CUDA graph (--no-graph: eager steps)
+    caches = (("fp16", StaticCache(config=model.config, max_cache_len=n_prompt + args.max_new_tokens)),
+              ("pq", MillionCache(cb, model.config)))
+    for name, cache in caches:
+        g = torch.Generator(device=device).manual_seed(args.seed)
         t0 = time.time()
-        with torch.no_grad():
-            o = model.generate(**inputs, **cache_arg(model, cache, generate=True), **gen_kw)
-        outs[name] = (tok.decode(o[0, inputs.input_ids.shape[1]:], skip_special_tokens=True), time.time() - t0, cache)
-    n_prompt = inputs.input_ids.shape[1]
+        o = million_generate(model, cache, inputs.input_ids, attention_mask=inputs.attention_mask, generator=g, **gen_kw)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        outs[name] = (tok.decode(o[0, n_prompt:], skip_special_tokens=True), time.time() - t0, cache)
     c = cb.config
     fp16_b = fp16_bytes_per_token(model.config)
     pq_b = pq_bytes_per_token(model.config, c)
@@ -236,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.9)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.add_argument("--no-graph", action="store_true", help="on a GPU, run decode steps eagerly instead of replaying a CUDA graph")
     g.add_argument("--device", default=None)
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPU)")
     g.set_defaults(func=cmd_generate)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import weakref
 import os
 from pathlib import Path
