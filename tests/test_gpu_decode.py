@@ -84,3 +84,39 @@ def test_generate_on_gpu_matches_cpu_style_eager_loop():
     b = generate(model, MillionCache(cb, model.config), ids, max_new_tokens=50, graph=False)
     assert a.shape == b.shape == (2, 140)
     assert (a == b).float().mean().item() > 0.9  # greedy paths may part after a near-tie; logits are checked above
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("kv_heads", [2, 8], ids=["gqa4", "mha"])
+@pytest.mark.parametrize("transformed", [False, True], ids=["plain", "transformed"])
+def test_folded_graph_step_matches_dequantized_attention(dtype, kv_heads, transformed):
+    """A replayed static step with the sink handed to the kernel with the window (no padding) against SDPA over the
+    cache's dequantized contents (the reference of test_gpu_cache)."""
+    from transformers import DynamicCache
+
+    from million.compat import cache_arg
+
+    model = _model(dtype, kv_heads)
+    cb = _codebooks(model, 4, residual=16)
+    cb = _with_transforms(cb, model, sinks=1) if transformed else _with_sinks(cb, 1)
+    ids = torch.randint(0, 256, (2, 200), device="cuda")
+    cache = MillionCache(cb, model.config)
+    dec = Decoder(model, cache, graph=True)
+    dec.prefill(ids, max_new_tokens=64)
+    for _ in range(37):  # crosses window commits; the last steps replay the graph
+        dec.step(torch.randint(0, 256, (2,), device="cuda"))
+    assert dec._graph is not None and cache.layers[0]._fold
+    torch.cuda.synchronize()
+    ref = DynamicCache(config=model.config)
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.dequantize()
+        ref.update(k, v, i)
+    tok = torch.randint(0, 256, (2,), device="cuda")
+    pos = dec.pos.clone()
+    got = dec.step(tok)
+    with torch.no_grad():
+        model.config._attn_implementation = "sdpa"
+        want = model(input_ids=tok[:, None], position_ids=pos, **cache_arg(model, ref), use_cache=True).logits[:, -1].float()
+        model.config._attn_implementation = "million"
+    rel = ((got - want).norm() / want.norm()).item()
+    assert rel < {torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype], rel
