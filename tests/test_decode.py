@@ -24,7 +24,7 @@ def _reference(model, cache, ids, am, n):
     (False, 0, (0, 0), 23), (False, 2, (0, 5), 23), (True, 1, (0, 7), 23), (True, 1, (3, 0), 5),
     (False, 2, (0, 0), 23), (True, 1, (0, 0), 23),
 ], ids=["plain", "sinks2-pad5", "transformed-pad7", "short-prompt", "sinks2-folded", "transformed-folded"])
-def test_static_decode_equals_generate(transformed, sinks, pads, length):
+def test_static_decode_equals_generate(transformed, sinks, pads, length, monkeypatch):
     model = tiny_model(kv_heads=2)
     cb = tiny_codebooks(model, residual=4, granularity="layer_head", sinks=sinks)
     if transformed:
@@ -33,10 +33,19 @@ def test_static_decode_equals_generate(transformed, sinks, pads, length):
     n = 30  # crosses several window commits (R = 4)
     want = _reference(model, MillionCache(cb, model.config), ids, am, n)
     cache = MillionCache(cb, model.config)
+    seen = []
+    begin = type(cache.layers[0]).begin_static
+
+    def spy(layer):
+        begin(layer)
+        seen.append(layer._fold)
+
+    monkeypatch.setattr(type(cache.layers[0]), "begin_static", spy)
     got = generate(model, cache, ids, attention_mask=am, max_new_tokens=n, graph=False,
                    eos_token_id=model.generation_config.eos_token_id, pad_token_id=0)
-    assert cache.layers[0].static and cache.layers[0].pq_len > 0  # the loop did run in static mode
-    assert cache.layers[0]._fold == (sinks > 0 and pads == (0, 0))  # sinks handed to the kernel with the window
+    assert seen and cache.layers[0].pq_len > 0  # the loop did run in static mode
+    assert seen[0] == (sinks > 0 and pads == (0, 0))  # sinks handed to the kernel with the window
+    assert not cache.layers[0].static  # and the cache is back in its ordinary mode
     assert torch.equal(got, want)
 
 
@@ -220,3 +229,20 @@ def test_encode_tables_stay_cached_for_every_live_codebook_tensor():
     del cents[2:], c
     ce.tables(torch.randn(1, 2, 256, 2, generator=g), "brute")  # an insert drops the dead tensors' entries
     assert len(ce._TABLES) == 3  # cents[0], cents[1] (stale but alive) and the new one
+
+
+def test_cache_takes_ordinary_steps_after_generate():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4, sinks=1)
+    ids, _ = left_padded(length=14)
+    cache = MillionCache(cb, model.config)
+    out = generate(model, cache, ids, max_new_tokens=9, graph=False)
+    layer = cache.layers[0]
+    seen = layer.get_seq_length()
+    assert seen == out.shape[1] - 1  # the last new token was sampled, not fed
+    with torch.no_grad():  # an ordinary eager step, then a multi-token chunk
+        a = model(input_ids=out[:, -1:], position_ids=torch.full((2, 1), seen), **cache_arg(model, cache), use_cache=True)
+        b = model(input_ids=out[:, :3], position_ids=torch.arange(seen + 1, seen + 4).expand(2, 3),
+                  **cache_arg(model, cache), use_cache=True)
+    assert torch.isfinite(a.logits).all() and torch.isfinite(b.logits).all()
+    assert layer.get_seq_length() == seen + 4 and not layer.static

@@ -192,6 +192,14 @@ class Decoder:
         return logits
 
 
+    def finish(self) -> None:
+        """Drop the captured graph and return a MillionCache to its ordinary mode (so that it can take a multi-token
+        forward or ``model.generate`` steps again)."""
+        self._graph = None
+        if self.kind == "million" and self.cache.layers and self.cache.layers[0].static:
+            self.cache.end_static()
+
+
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
           generator) -> torch.Tensor:
     if not do_sample:
@@ -217,7 +225,8 @@ def generate(model, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     Returns ``[B, T + n]`` token ids (the prompt, then up to ``max_new_tokens`` new tokens; sequences that
     finished early are filled with ``pad_token_id``, default the EOS id), as ``model.generate`` does.
-    ``cache`` is a fresh :class:`~million.cache.MillionCache` or ``transformers.StaticCache``."""
+    ``cache`` is a fresh :class:`~million.cache.MillionCache` or ``transformers.StaticCache``; a MillionCache is
+    back in its ordinary mode afterwards (it holds the prompt and the new tokens but the last one)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
     if do_sample:
@@ -245,4 +254,5 @@ def generate(model, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor
                 break
         if i + 1 < max_new_tokens:
             logits = dec.step(nxt)
+    dec.finish()
     return torch.cat([input_ids.to(dev), torch.stack(new, 1)], 1)
