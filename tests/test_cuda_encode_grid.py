@@ -116,3 +116,15 @@ def test_import_without_cuda():
     assert r.returncode == 0, r.stderr
     if not torch.cuda.is_available():
         assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kind", ["gauss", "aniso", "clusters", "line"])
+@pytest.mark.parametrize("g", [16, 32])
+def test_prefilter_gives_the_same_lists(kind, g):
+    """The inner cells' prefilter only leaves out centroids the exact rule drops: the lists are unchanged."""
+    gen = torch.Generator().manual_seed(3)
+    c = _codebooks(kind, 2, gen)
+    ref = build_grid_lists(c, G=g, prefilter=0)
+    for kc in (64, 8):  # 8: chunks whose cells keep more than 8 fall back to the full rule
+        got = build_grid_lists(c, G=g, prefilter=kc)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])

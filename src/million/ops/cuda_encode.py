@@ -92,8 +92,32 @@ def supports(x: torch.Tensor, centroids: torch.Tensor) -> bool:
 # dsub 2: exact grid pruning
 
 
+def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
+    """The exact drop rule of :func:`build_grid_lists` for candidates ``cc [s, C, Kc, 2]`` of each cell against its
+    dominators ``cp [s, C, D, 2]`` over the cell boxes ``clo``, ``chi [s, C, 2]`` (``unb_lo`` / ``unb_hi [C, 2]``:
+    the cell's side is unbounded). Returns ``[s, C, Kc]`` bool: dropped."""
+    nc = (cc * cc).sum(-1)  # [s, C, Kc]
+    ncp = (cp * cp).sum(-1)  # [s, C, D]
+    amax_c = cc.abs().amax(-1)
+    amax_p = cp.abs().amax(-1)
+    g = nc[..., None] - ncp[:, :, None, :]  # [s, C, Kc, D]
+    free = torch.zeros_like(g, dtype=torch.bool)
+    box = torch.zeros_like(g)
+    for d in range(2):
+        a = cp[:, :, None, :, d] - cc[:, :, :, None, d]  # (c' - c)
+        l = clo[:, :, None, None, d]
+        h = chi[:, :, None, None, d]
+        g = g + torch.minimum(2 * l * a, 2 * h * a)
+        box = torch.maximum(box, torch.maximum(l.abs(), h.abs()).expand_as(box))
+        eps = 1e-5 * (amax_c[..., None] + amax_p[:, :, None, :])
+        free |= unb_lo[None, :, None, None, d] & (a > -eps)
+        free |= unb_hi[None, :, None, None, d] & (a < eps)
+    scale = nc[..., None] + ncp[:, :, None, :] + 2 * box * (amax_c[..., None] + amax_p[:, :, None, :])
+    return ((g > tol * scale) & ~free).any(-1)
+
+
 def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: float = 0.02,
-                     tol: float = 1e-5, chunk: int | None = None):
+                     tol: float = 1e-5, chunk: int | None = None, prefilter: int = 64):
     """Per-cell candidate lists for exact nearest-centroid search in 2-D.
 
     ``c [S, K, 2]`` (S independent subspaces of K centroids). Each subspace gets a ``G x G`` grid over
@@ -105,6 +129,12 @@ def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: fl
     corners; an unbounded side in a direction where the form decreases, or is nearly flat, keeps c).
     So the exact argmin of any point of the cell is in its list (fp32 cell assignment within the
     margin, distance rounding within ``tol``).
+
+    ``prefilter`` (0 = off): for the bounded (inner) cells, the rule runs only on the ``prefilter`` centroids
+    nearest to the box; a centroid left out has ``min_box d^2(p, c) - max_box d^2(p, c*) > 2 tol scale`` for the
+    centroid ``c*`` nearest to the centre, a lower bound of the rule's left side with ``c' = c*``, so the rule drops
+    it too: the lists are the same as without the prefilter (a chunk where some cell keeps more falls back to
+    the full rule), at a fraction of the work.
 
     Returns ``(kept [S, G*G, K] bool, lo [S, 2] fp32, inv_w [S, 2] fp32)``; a point ``p`` lies in cell
     ``clamp(floor((p - lo) * inv_w), 0, G - 1)`` computed in fp32 (as the kernel does).
@@ -128,6 +158,9 @@ def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: fl
     gy = torch.arange(G, device=dev).repeat_interleave(G)
     unb_lo = torch.stack([gx == 0, gy == 0], -1)  # [GG, 2]
     unb_hi = torch.stack([gx == G - 1, gy == G - 1], -1)
+    inner = ~(unb_lo.any(-1) | unb_hi.any(-1))
+    ii, ee = inner.nonzero().squeeze(1), (~inner).nonzero().squeeze(1)
+    Kc = min(int(prefilter), K) if prefilter else 0
     kept = torch.empty(S, G * G, K, dtype=torch.bool, device=dev)
     for s0 in range(0, S, chunk):
         s1 = min(S, s0 + chunk)
@@ -140,25 +173,30 @@ def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: fl
         d2 = ((ctr[:, :, None, :] - cc[:, None, :, :]) ** 2).sum(-1)  # [s, GG, K]
         dom = d2.topk(min(n_dom, K), dim=-1, largest=False).indices  # [s, GG, D]
         cp = torch.gather(cc[:, None].expand(-1, G * G, -1, -1), 2, dom[..., None].expand(-1, -1, -1, 2))  # [s, GG, D, 2]
-        nc = (cc * cc).sum(-1)  # [s, K]
-        ncp = (cp * cp).sum(-1)  # [s, GG, D]
-        amax_c = cc.abs().amax(-1)  # [s, K]
-        amax_p = cp.abs().amax(-1)  # [s, GG, D]
-        g = nc[:, None, :, None] - ncp[:, :, None, :]  # [s, GG, K, D]
-        free = torch.zeros_like(g, dtype=torch.bool)
-        box = torch.zeros_like(g)
-        for d in range(2):
-            a = cp[:, :, None, :, d] - cc[:, None, :, None, d]  # [s, GG, K, D]  (c' - c)
-            l = clo[:, :, None, None, d]
-            h = chi[:, :, None, None, d]
-            g = g + torch.minimum(2 * l * a, 2 * h * a)
-            box = torch.maximum(box, torch.maximum(l.abs(), h.abs()).expand_as(box))
-            eps = 1e-5 * (amax_c[:, None, :, None] + amax_p[:, :, None, :])
-            free |= unb_lo[None, :, None, None, d] & (a > -eps)
-            free |= unb_hi[None, :, None, None, d] & (a < eps)
-        scale = nc[:, None, :, None] + ncp[:, :, None, :] + 2 * box * (amax_c[:, None, :, None] + amax_p[:, :, None, :])
-        dropped = ((g > tol * scale) & ~free).any(-1)
-        kept[s0:s1] = ~dropped
+        full = torch.arange(G * G, device=dev) if not Kc or Kc >= K else ee
+        if Kc and Kc < K:
+            # inner cells: the rule on the Kc centroids nearest to the box, if that covers every survivor
+            lo_i, hi_i, cp_i = clo[:, ii], chi[:, ii], cp[:, ii]
+            gap = torch.clamp(torch.maximum(lo_i[:, :, None, :] - cc[:, None], cc[:, None] - hi_i[:, :, None, :]), min=0)
+            L = (gap * gap).sum(-1)  # [s, Gi, K]: min over the box of d^2(p, c)
+            cs = cp_i[:, :, 0]  # [s, Gi, 2]: the centroid nearest to the centre
+            U = torch.maximum((lo_i - cs) ** 2, (hi_i - cs) ** 2).sum(-1)  # max over the box of d^2(p, c*)
+            nc, ns = (cc * cc).sum(-1), (cs * cs).sum(-1)
+            box = torch.maximum(lo_i.abs(), hi_i.abs()).amax(-1)  # [s, Gi]
+            am_c, am_s = cc.abs().amax(-1), cs.abs().amax(-1)
+            scale = nc[:, None, :] + ns[..., None] + 2 * box[..., None] * (am_c[:, None, :] + am_s[..., None])
+            out = (L - U[..., None]) > 2 * tol * scale  # surely dropped by the rule
+            if int((~out).sum(-1).max()) <= Kc:
+                idx = L.masked_fill(out, float("inf")).topk(Kc, dim=-1, largest=False).indices  # [s, Gi, Kc]
+                cand = torch.gather(cc[:, None].expand(-1, ii.numel(), -1, -1), 2, idx[..., None].expand(-1, -1, -1, 2))
+                drop = _dropped(cand, cp_i, lo_i, hi_i, unb_lo[ii], unb_hi[ii], tol)
+                k_i = torch.zeros(s1 - s0, ii.numel(), K, dtype=torch.bool, device=dev)
+                k_i.scatter_(2, idx, ~drop)
+                kept[s0:s1, ii] = k_i
+            else:
+                full = torch.arange(G * G, device=dev)
+        allc = cc[:, None].expand(-1, full.numel(), -1, -1)
+        kept[s0:s1, full] = ~_dropped(allc, cp[:, full], clo[:, full], chi[:, full], unb_lo[full], unb_hi[full], tol)
     return kept, lo32, inv_w32
 
 
