@@ -40,9 +40,16 @@ class CudaLibrary:
     flags: tuple = FLAGS
 
     def cache_path(self) -> Path:
-        h = hashlib.sha256(self.src.read_bytes() + " ".join(self.flags).encode()).hexdigest()[:16]
         base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "million" / "cuda"
-        return base / f"{self.stem}_{h}.so"
+        return base / f"{self.stem}_{self._hash()}.so"
+
+    def _hash(self) -> str:
+        # the source's hash, once per process: hashing it costs ~75 us, and available() runs at every kernel call
+        h = self.__dict__.get("_src_hash")
+        if h is None:
+            h = hashlib.sha256(self.src.read_bytes() + " ".join(self.flags).encode()).hexdigest()[:16]
+            object.__setattr__(self, "_src_hash", h)
+        return h
 
     def build(self, path: str | os.PathLike | None = None) -> Path:
         """Compile with nvcc into ``path`` (default: the user cache); returns the path."""
@@ -82,6 +89,10 @@ class CudaLibrary:
         except Exception:
             return False
         env = os.environ.get(self.env)
-        if env:
-            return os.path.exists(env)
-        return self.cache_path().exists() or find_nvcc() is not None
+        key = (env, os.environ.get("XDG_CACHE_HOME"))
+        if self.__dict__.get("_available_for") == key:  # a library found once stays found for the process
+            return True
+        ok = os.path.exists(env) if env else (self.cache_path().exists() or find_nvcc() is not None)
+        if ok:
+            object.__setattr__(self, "_available_for", key)
+        return ok
