@@ -49,18 +49,16 @@ def main():
     ids = tok(load_text("essays"), return_tensors="pt").input_ids[:, : args.context].to(dev)
     T, n = ids.shape[1], args.steps
     runs, toks = {}, {}
-    for name in ("dynamic", "static-graph", "pq-eager", "pq-graph"):
+    def make(name):
         if name == "dynamic":
-            cache = DynamicCache(config=model.config)
-        elif name == "static-graph":
-            cache = StaticCache(config=model.config, max_cache_len=T + n)
-        else:
-            cache = MillionCache(cb, model.config)
+            return DynamicCache(config=model.config)
+        if name == "static-graph":
+            return StaticCache(config=model.config, max_cache_len=T + n)
+        return MillionCache(cb, model.config)
+
+    for name in ("dynamic", "static-graph", "pq-eager", "pq-graph"):
         for rep in range(2):  # the first run warms up (kernel builds, graph pools); the second is timed
-            if rep:
-                cache = {"dynamic": lambda: DynamicCache(config=model.config),
-                         "static-graph": lambda: StaticCache(config=model.config, max_cache_len=T + n)}.get(
-                    name, lambda: MillionCache(cb, model.config))()
+            cache = make(name)
             sync()
             t0 = time.perf_counter()
             if name in ("dynamic", "pq-eager"):
@@ -72,8 +70,7 @@ def main():
             sync()
             total = time.perf_counter() - t0
         # prefill alone, to separate it from the steps
-        pre = {"dynamic": lambda: DynamicCache(config=model.config),
-               "static-graph": lambda: StaticCache(config=model.config, max_cache_len=T + n)}.get(name, lambda: MillionCache(cb, model.config))()
+        pre = make(name)
         sync()
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -27,23 +27,12 @@ export MILLION_CUDA_LIB=$PWD/$ATTN_LIB MILLION_CUDA_ENCODE_LIB=$PWD/$ENC_LIB
 export MILLION_ENCODE_PRUNE_MIN=${MILLION_ENCODE_PRUNE_MIN:-1000000000}
 PY=${PY:-python3}
 
-left() { echo $((T0 + DEADLINE - $(date +%s))); }
-tmo() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
-stage() { echo "== $1 (t=$(( $(date +%s) - T0 )) s, $(left) s left)" | tee -a "$W/stages.txt"; }
-pack() { tar -czf "$OUT/e2e.tgz.tmp" -C "$(dirname "$W")" "$(basename "$W")" 2>/dev/null && mv "$OUT/e2e.tgz.tmp" "$OUT/e2e.tgz";
+# pack [NAME]: the stage's last lines to $OUT, everything under $W into $OUT/e2e.tgz, stages.txt to $OUT
+pack() { [ -n "${1:-}" ] && tail -n 25 "$W/$1.txt" > "$OUT/$1.tail.txt"
+  tar -czf "$OUT/e2e.tgz.tmp" -C "$(dirname "$W")" "$(basename "$W")" 2>/dev/null && mv "$OUT/e2e.tgz.tmp" "$OUT/e2e.tgz"
   cp "$W/stages.txt" "$OUT/" 2>/dev/null; }
+. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
 want() { case ",$STAGES," in *",$1,"*) return 0;; *) return 1;; esac; }
-run() {
-  local name=$1 cap=$2; shift 2
-  local t; t=$(tmo "$cap"); local s=$(date +%s)
-  stage "$name (timeout $t s): $*"
-  timeout "$t" "$@" > "$W/$name.txt" 2>&1
-  local rc=$?
-  echo "   $name rc=$rc in $(( $(date +%s) - s )) s" | tee -a "$W/stages.txt"
-  tail -n 25 "$W/$name.txt" > "$OUT/$name.tail.txt"
-  pack
-  return $rc
-}
 
 if want env; then
   stage env

@@ -23,23 +23,9 @@ mkdir -p "$OUT" "$W"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 
-left() { echo $((T0 + DEADLINE - $(date +%s))); }
-# tmo CAP: the smaller of CAP and the time left before the deadline (at least 1 s)
-tmo() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
-stage() { echo "== $1 (t=$(( $(date +%s) - T0 )) s, $(left) s left)" | tee -a "$W/stages.txt"; }
 pack() { tar -czf "$OUT/h200_baseline.tgz.tmp" -C "$(dirname "$W")" "$(basename "$W")" 2>/dev/null \
   && mv "$OUT/h200_baseline.tgz.tmp" "$OUT/h200_baseline.tgz"; }
-# run NAME CAP CMD...: CMD under timeout, stdout+stderr to $W/NAME.txt, exit status to stages.txt
-run() {
-  local name=$1 cap=$2; shift 2
-  local t; t=$(tmo "$cap"); local s=$(date +%s)
-  stage "$name (timeout $t s): $*"
-  timeout "$t" "$@" > "$W/$name.txt" 2>&1
-  local rc=$?
-  echo "   $name rc=$rc in $(( $(date +%s) - s )) s" | tee -a "$W/stages.txt"
-  pack
-  return $rc
-}
+. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
 
 # (a) machine and software
 stage env

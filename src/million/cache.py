@@ -41,8 +41,7 @@ class PQState:
     ``[B, H_kv, S, D]`` full-precision copies of positions ``[0, S)`` (``S = sink_length``, may be 0),
     of which the first ``sink_lens[b]`` are filled. With transforms (see :class:`~million.codebook.Codebooks`):
     ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps
-    the codes' attention output back; the window and sinks hold untransformed K/V, which ``k_map`` / ``v_map``
-    ``[Hc, D, D]`` (the encode transforms) take to the codes' space. ``starts`` (int32 ``[B]``, may be None):
+    the codes' attention output back; the window and sinks hold untransformed K/V. ``starts`` (int32 ``[B]``, may be None):
     each sequence's first valid position (left padding), used when the step gets no attention mask (static
     decoding, :mod:`million.decode`); ``static``: the step is a static one, whose attention takes ``starts``
     and ignores any attention mask (transformers may materialize a mask while a CUDA graph is captured).
@@ -67,8 +66,6 @@ class PQState:
     sink_length: int = 0
     q_map: torch.Tensor | None = None
     v_inverse: torch.Tensor | None = None
-    k_map: torch.Tensor | None = None
-    v_map: torch.Tensor | None = None
     starts: torch.Tensor | None = None
     static: bool = False
     k_window_t: torch.Tensor | None = None
@@ -415,13 +412,15 @@ class MillionLayer(CacheLayerMixin):
 
     def _state(self) -> tuple[PQState, PQState]:
         tr = self.transforms
+        folded = {}
+        if self._fold:  # sinks then window, in the codes' space with transforms (the mapped buffers)
+            kb, vb = self._bufs[2:] if tr is not None else self._bufs[:2]
+            folded = dict(k_folded=kb, v_folded=vb, folded_lens=self._res_lens_s, folded_starts=self._starts_s)
         state = PQState(
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
-            *((tr[4], tr[3], tr[0], tr[2]) if tr is not None else (None, None, None, None)), self.starts, self.static,
-            self.k_window_t, self.v_window_t,
-            *((self._bufs[2] if tr is not None else self._bufs[0], self._bufs[3] if tr is not None else self._bufs[1],
-               self._res_lens_s, self._starts_s) if self._fold else ()),
+            q_map=tr[4] if tr is not None else None, v_inverse=tr[3] if tr is not None else None, starts=self.starts,
+            static=self.static, k_window_t=self.k_window_t, v_window_t=self.v_window_t, **folded,
         )
         return state, state
 

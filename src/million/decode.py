@@ -121,11 +121,13 @@ class Decoder:
         return out.logits[:, -1].float()
 
     # -- steps -------------------------------------------------------------------------------------------
-    def _forward(self) -> torch.Tensor:
-        """One step on the static buffers (``tok``, ``pos``, ``mask``): only device work, so it can be captured."""
+    def _forward(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One step on the static buffers (``tok``, ``pos``, ``mask``): only device work, so it can be captured.
+        ``attention_mask``: for the eager steps before static mode (a growing 2-D mask)."""
         if self.mask is not None:
             self.mask.index_fill_(1, self.col, 1)
-        out = self.model(input_ids=self.tok, attention_mask=self.mask, position_ids=self.pos, use_cache=True,
+            attention_mask = self.mask
+        out = self.model(input_ids=self.tok, attention_mask=attention_mask, position_ids=self.pos, use_cache=True,
                          **cache_arg(self.model, self.cache))
         self.pos += 1
         self.col += 1
@@ -151,14 +153,9 @@ class Decoder:
         self.tok.copy_(tokens)
         if not self._static():
             # MillionCache before its first committed block: an ordinary eager step with a growing mask
-            am = self.am
-            if am is not None:
-                self.am = am = torch.cat([am, torch.ones(self.B, 1, dtype=am.dtype, device=self.device)], 1)
-            out = self.model(input_ids=self.tok, attention_mask=am, position_ids=self.pos, use_cache=True,
-                             **cache_arg(self.model, self.cache))
-            self.pos += 1
-            self.col += 1
-            return out.logits[:, -1].float()
+            if self.am is not None:
+                self.am = torch.cat([self.am, torch.ones(self.B, 1, dtype=self.am.dtype, device=self.device)], 1)
+            return self._forward(self.am)
         if self.kind == "million":
             self.cache.before_static_step()
         if not self.graph:

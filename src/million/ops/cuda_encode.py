@@ -266,18 +266,27 @@ def _frags(c: torch.Tensor) -> torch.Tensor | None:
 _TABLES: dict = {}  # (id(centroids), kind) -> (weakref to the centroids, version, tables)
 
 
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors carry no version counter
+        return -1
+
+
+def _cached(centroids: torch.Tensor, kind: str) -> dict | None:
+    hit = _TABLES.get((id(centroids), kind))
+    if hit is not None and hit[0]() is centroids and hit[1] == _version(centroids):
+        return hit[2]
+    return None
+
+
 def tables(centroids: torch.Tensor, kind: str) -> dict:
     """Device tables of ``centroids [Hc, M, 256, dsub]`` for ``kind``, cached per live centroid tensor (same object,
     same version counter): a model's cache holds one centroid tensor per layer and role, and every one of them must
     stay cached (a bounded cache that cycles through 2 x layers tensors rebuilds tables at every encode)."""
-    try:
-        version = centroids._version
-    except RuntimeError:  # inference tensors carry no version counter
-        version = -1
-    key = (id(centroids), kind)
-    hit = _TABLES.get(key)
-    if hit is not None and hit[0]() is centroids and hit[1] == version:
-        return hit[2]
+    hit = _cached(centroids, kind)
+    if hit is not None:
+        return hit
     Hc, M, K, dsub = centroids.shape
     c = centroids.detach().reshape(Hc * M, K, dsub)
     t: dict = {"tab": _tab8(c), "kind": kind}
@@ -298,19 +307,13 @@ def tables(centroids: torch.Tensor, kind: str) -> dict:
             t["frags"] = f
     for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop the tables of dead tensors
         del _TABLES[k]
-    _TABLES[key] = (weakref.ref(centroids), version, t)
+    _TABLES[(id(centroids), kind)] = (weakref.ref(centroids), _version(centroids), t)
     return t
 
 
 def has_tables(centroids: torch.Tensor, kind: str) -> bool:
     """Whether ``tables(centroids, kind)`` is cached now."""
-    hit = _TABLES.get((id(centroids), kind))
-    if hit is None or hit[0]() is not centroids:
-        return False
-    try:
-        return hit[1] == centroids._version
-    except RuntimeError:
-        return hit[1] == -1
+    return _cached(centroids, kind) is not None
 
 
 def small_encode() -> int:
