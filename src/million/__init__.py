@@ -3,11 +3,11 @@
 ``import million`` initializes neither CUDA nor triton.
 """
 
-from .config import PQConfig
+from .config import Eviction, PQConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["PQConfig", "Codebooks", "MillionCache", "calibrate", "generate", "register", "__version__"]
+__all__ = ["PQConfig", "Eviction", "Codebooks", "MillionCache", "calibrate", "generate", "register", "__version__"]
 
 
 def __getattr__(name):  # lazy: keep the import light

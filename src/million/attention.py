@@ -7,11 +7,34 @@ PQ codes plus the full-precision window (:func:`million.ops.pq_decode_attention`
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from . import ops
 
 NAME = "million"
+
+
+class _Observer(threading.local):
+    """Hand-off from a caching layer with eviction to the attention call that follows its ``update``: the layer
+    of a full-precision step wants that step's queries (see ``MillionLayer.observe_dense``)."""
+
+    layer = None
+    layer_idx = None
+
+    def set(self, layer, layer_idx) -> None:
+        self.layer, self.layer_idx = layer, layer_idx
+
+    def take(self, module):
+        layer, idx = self.layer, self.layer_idx
+        self.layer = self.layer_idx = None
+        if layer is None or getattr(module, "layer_idx", idx) != idx:
+            return None
+        return layer
+
+
+_observer = _Observer()
 
 
 def _starts_from_mask(attention_mask: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
@@ -34,23 +57,33 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
         B, Hq, q_len, D = query.shape
         if q_len != 1:
             raise ValueError(f"PQ decode attention takes one query token, got {q_len}")
-        if st.static or attention_mask is None:
-            starts = st.starts  # static steps carry their padding starts (a mask made during capture is stale)
+        if st.static or attention_mask is None or st.code_starts is not None:
+            # static steps carry their padding starts (a mask made during capture is stale); so do caches that
+            # evict (their mask no longer lines up with the kept tokens)
+            starts = st.starts
         else:
             starts = _starts_from_mask(attention_mask, B, query.device)
-        return _pq_attention(st, query[:, :, 0], starts, scaling).to(query.dtype).unsqueeze(1), None
+        out = _pq_attention(st, query[:, :, 0], starts, scaling, return_lse=st.observer is not None)
+        if st.observer is not None:
+            out, lse = out
+            st.observer.observe_step(query[:, :, 0], lse, scaling)
+        return out.to(query.dtype).unsqueeze(1), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    layer = _observer.take(module)
+    if layer is not None:
+        layer.observe_dense(query, key, attention_mask, scaling)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
-def _pq_attention(st, q: torch.Tensor, starts, scaling) -> torch.Tensor:
+def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False):
     """One decode step on a :class:`~million.cache.PQState`: one decode-kernel call attends the codes and the
     full-precision rows (the window, and the sinks too when the cache folded them in front of it). With transforms
     (``st.q_map``) the query is mapped to the codes' space, the rows are the cache's mapped window (``q . k =
     (q @ q_map) . (k @ A)``), and the output is mapped back with ``v_inverse`` (exact: attention is linear in the
     values). Sinks kept apart are attended with the plain query and merged through their float32 log-sum-exp.
-    Returns ``[B, H_q, D]``."""
+    With ``st.code_starts`` (a cache that evicts) the codes start there and ``starts`` only masks the sinks.
+    Returns ``[B, H_q, D]`` (and the float32 log-sum-exp ``[B, H_q]`` with ``return_lse``)."""
     B, Hq, D = q.shape
     H = st.k_window.shape[1]
     G = Hq // H
@@ -66,12 +99,14 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling) -> torch.Tensor:
             main_starts = torch.clamp(starts, min=S)
         else:
             main_starts = starts
+        if st.code_starts is not None:
+            main_starts = st.code_starts
     qk = q
     if st.q_map is not None:
         qk = torch.einsum("bhgd,hde->bhge", q.float().view(B, H, G, D), st.q_map.expand(H, D, D)).reshape(B, Hq, D).to(q.dtype)
     out = ops.pq_decode_attention(qk, st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens, k_res, v_res, lens,
-                                  main_starts, scaling, return_lse=apart)
-    if apart:
+                                  main_starts, scaling, return_lse=apart or return_lse)
+    if apart or return_lse:
         out, s = out
     if st.q_map is not None:
         out = torch.einsum("bhgd,hde->bhge", out.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
@@ -79,8 +114,8 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling) -> torch.Tensor:
         i = torch.arange(S, device=q.device)
         valid = (i[None, :] < st.sink_lens[:, None]) & (i[None, :] >= starts[:, None])
         o_s, s_s = ops.dense_attention_partial(q, st.k_sink, st.v_sink, valid, scaling)
-        out, _ = ops.merge_state(out, s, o_s, s_s)
-    return out
+        out, s = ops.merge_state(out, s, o_s, s_s)
+    return (out, s) if return_lse else out
 
 
 def register() -> None:

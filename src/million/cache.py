@@ -29,7 +29,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from . import ops
 from .codebook import Codebooks
-from .config import PQConfig
+from .config import Eviction, PQConfig
 
 
 @dataclass
@@ -50,6 +50,9 @@ class PQState:
     ``[B, H_kv, S + 2R, D]`` (static steps without padding): sinks then window in one block (in the codes' space
     with transforms), of which the first ``folded_lens[b]`` rows are filled; attention hands them to the kernel as
     its full-precision rows, with the codes starting at ``folded_starts`` (``= S``), so one kernel call covers all.
+    ``code_starts`` (int32 ``[B]``, caches with :class:`~million.config.Eviction`): each sequence's first valid code
+    slot (kept tokens are packed at the end of ``[0, pq_lens)``); then ``starts`` is the sinks' padding start and no
+    mask is read. ``observer``: the layer that wants this step's query and log-sum-exp (``observe_step``).
     """
 
     k_codes: torch.Tensor
@@ -74,6 +77,8 @@ class PQState:
     v_folded: torch.Tensor | None = None
     folded_lens: torch.Tensor | None = None
     folded_starts: torch.Tensor | None = None
+    code_starts: torch.Tensor | None = None
+    observer: "MillionLayer | None" = None
 
 
 class MillionLayer(CacheLayerMixin):
@@ -84,15 +89,23 @@ class MillionLayer(CacheLayerMixin):
     is_croppable = False
 
     def __init__(self, config: PQConfig, k_centroids: torch.Tensor, v_centroids: torch.Tensor, max_cache_len: int | None = None,
-                 transforms: tuple | None = None, shared: dict | None = None):
+                 transforms: tuple | None = None, shared: dict | None = None, evict: Eviction | None = None):
         super().__init__()
+        self.evict = evict
         self._shared = shared  # device copies of the centroids, shared by the caches of one Codebooks
         self.config = config
         self._kc_src, self._vc_src = k_centroids, v_centroids
         self._tr_src = transforms  # (key, key_inverse, value, value_inverse) [H_kv, D, D] or None
         self.transforms = None
         self.max_cache_len = max_cache_len
-        self.pq_len = 0  # committed code positions
+        self.pq_len = 0  # code slots in use (= committed positions, unless tokens were evicted)
+        self.pq_pos = 0  # positions committed to codes (evicted ones included)
+        self._evicted = False  # some code token was evicted: slots are no longer positions
+        self._defer = False  # a multi-token update waits for its queries' scores before evicting
+        self._pad = None  # host list: each sequence's left padding (first valid position)
+        self._cs = None  # host list: each sequence's first valid code slot
+        self._scored = 0  # window slots whose queries' attention has been added to the scores
+        self._scale = None
         self.sink_len = 0  # positions [0, sink_len) copied to the sink buffers
         self.res_len = 0  # tokens in the full-precision window
         self.pending = False  # the window's first R tokens are being encoded
@@ -143,6 +156,15 @@ class MillionLayer(CacheLayerMixin):
         self.pq_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self.res_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self.sink_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
+        if self.evict is not None:
+            # accumulated attention of every code slot and window slot, relative quantization error of every code
+            # slot, and the queries (with their log-sum-exp) of decode steps not yet scored, by window slot
+            self.score = torch.zeros(B, H, cap, dtype=torch.float32, device=self.device)
+            self.err = torch.zeros(B, H, cap, dtype=torch.float16, device=self.device)
+            self._wscore = torch.zeros(B, H, 2 * R, dtype=torch.float32, device=self.device)
+            self._qbuf = self._lbuf = None  # allocated at the first observed step (the query head count)
+            self.code_starts = torch.zeros(B, dtype=torch.int32, device=self.device)
+            self._pad_t = torch.zeros(B, dtype=torch.int32, device=self.device)
         if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self.device)
         self.is_initialized = True
@@ -164,13 +186,17 @@ class MillionLayer(CacheLayerMixin):
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def get_seq_length(self) -> int:
-        return self.pq_len + self.res_len
+        return self.pq_pos + self.res_len
 
     def get_max_length(self) -> int:
         return -1 if self.max_cache_len is None else self.max_cache_len
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
+        n = self.get_seq_length() + query_length
+        if self._evicted:  # keys handed to a multi-token step: sinks, kept codes, window, new tokens (see update)
+            kv = self.sink_len + self.pq_len - self._cs[0] + self.res_len + query_length
+            return kv, n - kv
+        return n, 0
 
     @property
     def keys(self):  # transformers reads `.keys` in a few generic helpers; expose the full-precision view
@@ -200,6 +226,9 @@ class MillionLayer(CacheLayerMixin):
         pad = torch.zeros(B, H, grow, M, dtype=self.k_codes.dtype, device=self.device)
         self.k_codes = torch.cat([self.k_codes, pad], 2)
         self.v_codes = torch.cat([self.v_codes, pad], 2)
+        if self.evict is not None:
+            self.score = torch.cat([self.score, self.score.new_zeros(B, H, grow)], 2)
+            self.err = torch.cat([self.err, self.err.new_zeros(B, H, grow)], 2)
         self.layout_version += 1
 
     def _encode_into(self, k: torch.Tensor, v: torch.Tensor, at: int) -> None:
@@ -208,8 +237,16 @@ class MillionLayer(CacheLayerMixin):
             kt, _, vt, _, _ = self.transforms
             k = torch.einsum("bhtd,hde->bhte", k.float(), kt)
             v = torch.einsum("bhtd,hde->bhte", v.float(), vt)
-        self.k_codes[:, :, at : at + n] = ops.pq_encode(k, self.k_centroids)
-        self.v_codes[:, :, at : at + n] = ops.pq_encode(v, self.v_centroids)
+        kc, vc = ops.pq_encode(k, self.k_centroids), ops.pq_encode(v, self.v_centroids)
+        self.k_codes[:, :, at : at + n] = kc
+        self.v_codes[:, :, at : at + n] = vc
+        if self.evict is not None and self.evict.friendliness:
+            # relative squared error of the reconstruction, K and V averaged (in the codes' space)
+            def rel(x, c, cent):
+                x = x.float()
+                return (ops.pq_decode(c, cent, torch.float32) - x).pow(2).sum(-1) / x.pow(2).sum(-1).clamp_min(1e-12)
+
+            self.err[:, :, at : at + n] = ((rel(k, kc, self.k_centroids) + rel(v, vc, self.v_centroids)) / 2).to(self.err.dtype)
 
     def _launch_pending(self) -> None:
         """Start encoding the window's first R tokens into codes[pq_len : pq_len + R]."""
@@ -228,10 +265,17 @@ class MillionLayer(CacheLayerMixin):
     def _commit_pending(self) -> None:
         """Make the pending block's codes visible and drop it from the window."""
         R = self.config.residual_length
+        self._score_queued()  # the steps since the last commit saw the codes as they are now
         if self._event is not None:
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
+        if self.evict is not None:
+            self.score[:, :, self.pq_len : self.pq_len + R] = self._wscore[:, :, :R]
+            self._wscore[:, :, : self.res_len - R] = self._wscore[:, :, R : self.res_len].clone()
+            self._wscore[:, :, self.res_len - R :] = 0
+            self._scored = max(0, self._scored - R)
         self.pq_len += R
+        self.pq_pos += R
         self.pq_lens += R
         rest = self.res_len - R
         if rest > 0:
@@ -244,6 +288,8 @@ class MillionLayer(CacheLayerMixin):
             if self._fold:
                 self._res_lens_s -= R
         self.pending = False
+        if not self._defer:
+            self._evict()
 
     def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Add new tokens ``[B, H_kv, n, D]``; encode whatever leaves the window."""
@@ -276,12 +322,22 @@ class MillionLayer(CacheLayerMixin):
             vs = torch.cat([self.v_window[:, :, : self.res_len], value_states.to(self.dtype)], 2)
             total = ks.shape[2]
             enc = max(0, (total - R) // R * R)  # leave R..2R-1 tokens in the window
+            r = total - enc
+            if self.evict is not None:  # scores travel with their tokens (the new ones have none yet)
+                B, H = ks.shape[:2]
+                wsc = torch.cat([self._wscore[:, :, : self.res_len], self._wscore.new_zeros(B, H, n)], 2)
             if enc:
                 self._ensure_capacity(self.pq_len + enc)
                 self._encode_into(ks[:, :, :enc], vs[:, :, :enc], self.pq_len)
+                if self.evict is not None:
+                    self.score[:, :, self.pq_len : self.pq_len + enc] = wsc[:, :, :enc]
                 self.pq_len += enc
+                self.pq_pos += enc
                 self.pq_lens += enc
-            r = total - enc
+            if self.evict is not None:
+                self._wscore.zero_()
+                self._wscore[:, :, :r] = wsc[:, :, enc:]
+                self._scored = max(0, min(self._scored - enc, r))
             # the window keeps ks[enc:]: its old rows shift down (their mapped rows with them, so that a token is
             # mapped once, as static steps do), the new tokens are written (and mapped) after them
             keep = max(0, self.res_len - enc)
@@ -307,7 +363,8 @@ class MillionLayer(CacheLayerMixin):
         self._fold = S > 0 and self.starts is None
         if self._fold:
             self._res_lens_s = self.res_lens + S
-            self._starts_s = torch.full_like(self.res_lens, S)
+            # codes start after the sinks (with eviction: where the kept tokens start, updated in place)
+            self._starts_s = self.code_starts if self.evict is not None else torch.full_like(self.res_lens, S)
 
     def end_static(self) -> None:
         self.static = self._fold = False
@@ -366,16 +423,17 @@ class MillionLayer(CacheLayerMixin):
             self._res_lens_s += 1
 
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection)."""
-        if self.transforms is None:
-            kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, self.dtype)
-            vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, self.dtype)
-        else:
-            _, kti, _, vti, _ = self.transforms
-            kd = ops.pq_decode(self.k_codes[:, :, : self.pq_len], self.k_centroids, torch.float32)
-            vd = ops.pq_decode(self.v_codes[:, :, : self.pq_len], self.v_centroids, torch.float32)
-            kd = torch.einsum("bhtd,hde->bhte", kd, kti).to(self.dtype)
-            vd = torch.einsum("bhtd,hde->bhte", vd, vti).to(self.dtype)
+        """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection). After an
+        eviction: the sinks, the kept code tokens and the window, ``[B, H_kv, S + kept + res_len, D]``."""
+        if self._evicted:
+            if len(set(self._cs)) != 1:
+                raise NotImplementedError("a multi-token step after an eviction needs sequences without left padding")
+            c0 = self._cs[0]
+            kd, vd = self._decoded(c0, self.pq_len)
+            k = torch.cat([self.k_sink[:, :, : self.sink_len], kd, self.k_window[:, :, : self.res_len]], 2)
+            v = torch.cat([self.v_sink[:, :, : self.sink_len], vd, self.v_window[:, :, : self.res_len]], 2)
+            return k, v
+        kd, vd = self._decoded(0, self.pq_len)
         s = min(self.sink_len, self.pq_len)
         if s:  # sink positions are attended in full precision
             kd[:, :, :s] = self.k_sink[:, :, :s]
@@ -384,13 +442,32 @@ class MillionLayer(CacheLayerMixin):
         v = torch.cat([vd, self.v_window[:, :, : self.res_len]], 2)
         return k, v
 
+    def _decoded(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code slots ``[a, b)`` decoded to the model's space, in the window's dtype."""
+        if self.transforms is None:
+            kd = ops.pq_decode(self.k_codes[:, :, a:b], self.k_centroids, self.dtype)
+            vd = ops.pq_decode(self.v_codes[:, :, a:b], self.v_centroids, self.dtype)
+        else:
+            _, kti, _, vti, _ = self.transforms
+            kd = ops.pq_decode(self.k_codes[:, :, a:b], self.k_centroids, torch.float32)
+            vd = ops.pq_decode(self.v_codes[:, :, a:b], self.v_centroids, torch.float32)
+            kd = torch.einsum("bhtd,hde->bhte", kd, kti).to(self.dtype)
+            vd = torch.einsum("bhtd,hde->bhte", vd, vti).to(self.dtype)
+        return kd, vd
+
     # -- the transformers entry point --------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q_len = key_states.shape[2]
+        if self._defer:  # the last multi-token step's queries never reached observe_dense: evict without them
+            self._defer = False
+            self._evict()
         if q_len != 1:
             # prefill (or a multi-token chunk): full-precision attention, then encode
+            if self.evict is not None:
+                self._score_queued()
+                self._defer = True  # evict once this step's queries are scored (observe_dense)
             if self.get_seq_length() == 0:
                 k_out, v_out = key_states, value_states
             else:
@@ -422,14 +499,188 @@ class MillionLayer(CacheLayerMixin):
             q_map=tr[4] if tr is not None else None, v_inverse=tr[3] if tr is not None else None, starts=self.starts,
             static=self.static, k_window_t=self.k_window_t, v_window_t=self.v_window_t, **folded,
         )
+        if self.evict is not None:
+            self._ensure_pad(None)
+            state.code_starts, state.observer = self.code_starts, self
+            if state.starts is None:
+                state.starts = self._pad_t
         return state, state
+
+    # -- eviction (caches made with an Eviction) --------------------------------------------------------------
+    def _ensure_pad(self, attention_mask) -> None:
+        """Learn each sequence's left padding (once, from the first step's mask) and the first code slots."""
+        if self._pad is not None:
+            return
+        B = self.batch_size
+        if self.starts is not None:
+            pad = self.starts.to(torch.int32)
+        elif attention_mask is not None:
+            from .attention import _starts_from_mask
+
+            pad = _starts_from_mask(attention_mask, B, self.device)
+        else:
+            pad = torch.zeros(B, dtype=torch.int32, device=self.device)
+        self._pad_t.copy_(pad)
+        self._pad = [int(x) for x in pad.tolist()]
+        S = self.config.sink_length
+        self._cs = [max(p, S) for p in self._pad]
+        self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
+
+    def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling) -> None:
+        """Add the attention of a full-precision step's queries ``[B, H_q, C, D]`` over the keys it was handed
+        (``[B, H_kv, kv, D]``, what :meth:`update` returned) to the tokens' scores, then evict."""
+        self._ensure_pad(attention_mask)
+        B, Hq, C, D = query.shape
+        H, kv = key.shape[1], key.shape[2]
+        G = Hq // H
+        scale = D**-0.5 if scaling is None else float(scaling)
+        self._scale = scale
+        qg = query.float().view(B, H, G, C, D)
+        kf = key.float()
+        tok = torch.zeros(B, H, kv, dtype=torch.float32, device=query.device)
+        step = max(1, (1 << 24) // max(1, B * Hq * kv))
+        for c0 in range(0, C, step):
+            c1 = min(C, c0 + step)
+            logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf) * scale
+            if attention_mask is not None:
+                m = attention_mask[:, :, c0:c1, -kv:]
+                if m.dtype == torch.bool:
+                    logits = logits.masked_fill(~m[:, :, None], float("-inf"))
+                else:
+                    logits = logits + m[:, :, None].float()
+            else:  # causal, the queries being the last C keys
+                qi = torch.arange(c0, c1, device=query.device)[:, None] + (kv - C)
+                logits = logits.masked_fill(torch.arange(kv, device=query.device)[None, :] > qi, float("-inf"))
+            p = torch.nan_to_num(logits.softmax(-1), nan=0.0)
+            if any(self._pad):  # queries at padding positions (the keys' slots before pad) count for nothing
+                qi = torch.arange(c0, c1, device=query.device) + (kv - C)
+                p = p * (qi[None, :] >= self._pad_t.long()[:, None])[:, None, None, :, None]
+            tok += p.sum((2, 3))
+        # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window
+        c = self._cs[0] if self._evicted else 0
+        n_c = self.pq_len - c
+        tail = tok[:, :, kv - n_c - self.res_len :]
+        self.score[:, :, c : self.pq_len] += tail[:, :, :n_c]
+        self._wscore[:, :, : self.res_len] += tail[:, :, n_c:]
+        self._scored = self.res_len
+        if self._defer:
+            self._defer = False
+            self._evict()
+
+    def observe_step(self, q: torch.Tensor, lse: torch.Tensor, scaling) -> None:
+        """Keep a decode step's query ``[B, H_q, D]`` and its log-sum-exp ``[B, H_q]`` by window slot; they are
+        turned into scores when the next block is committed (device-indexed in static mode: capturable)."""
+        B, Hq, D = q.shape
+        self._scale = D**-0.5 if scaling is None else float(scaling)
+        if self._qbuf is None:
+            W = self._wscore.shape[2]
+            self._qbuf = torch.zeros(B, Hq, W, D, dtype=q.dtype, device=q.device)
+            self._lbuf = torch.zeros(B, Hq, W, dtype=torch.float32, device=q.device)
+        if self.static:
+            idx = self._wpos - 1
+            self._qbuf.index_copy_(2, idx, q.unsqueeze(2).to(self._qbuf.dtype))
+            self._lbuf.index_copy_(2, idx, lse.unsqueeze(2).float())
+        else:
+            j = self.res_len - 1
+            self._qbuf[:, :, j] = q
+            self._lbuf[:, :, j] = lse.float()
+
+    def _score_queued(self) -> None:
+        """Add the attention of the decode steps kept by :meth:`observe_step` (window slots ``[scored, res_len)``)
+        to the scores of the code slots and window slots they saw: ``p = exp(scale q.k - lse)``."""
+        if self.evict is None:
+            return
+        j0, j1 = self._scored, self.res_len
+        self._scored = j1
+        if j1 <= j0 or self._qbuf is None:
+            return
+        B, Hq, _, D = self._qbuf.shape
+        H = self.num_heads
+        G, n = Hq // H, j1 - j0
+        scale = self._scale
+        q = self._qbuf[:, :, j0:j1].float().view(B, H, G, n, D)
+        lse = self._lbuf[:, :, j0:j1].view(B, H, G, n, 1)
+        dev = q.device
+        # window: the query of slot j saw slots [0, j]
+        lw = torch.einsum("bhgnd,bhtd->bhgnt", q, self.k_window[:, :, :j1].float()) * scale - lse
+        seen = torch.arange(j1, device=dev)[None, :] <= torch.arange(j0, j1, device=dev)[:, None]
+        self._wscore[:, :, :j1] += torch.exp(lw).masked_fill(~seen, 0).nan_to_num_(0.0).sum((2, 3))
+        if self.pq_len == 0:
+            return
+        qc = q
+        if self.transforms is not None:  # codes live in the mapped space: q . k = (q @ q_map) . (k @ A)
+            qc = torch.einsum("bhgnd,hde->bhgne", q, self.transforms[4])
+        step = max(256, (1 << 24) // max(1, B * Hq * n))
+        slot = torch.arange(self.pq_len, device=dev)
+        valid = slot[None, :] >= self.code_starts.long()[:, None]  # [B, pq_len]
+        for t0 in range(0, self.pq_len, step):
+            t1 = min(self.pq_len, t0 + step)
+            kd = ops.pq_decode(self.k_codes[:, :, t0:t1], self.k_centroids, torch.float32)
+            p = torch.exp(torch.einsum("bhgnd,bhtd->bhgnt", qc, kd) * scale - lse).nan_to_num_(0.0).sum((2, 3))
+            self.score[:, :, t0:t1] += p * valid[:, None, t0:t1]
+
+    def _evict(self) -> None:
+        """Keep, per sequence and head, at most ``Eviction.budget`` of the code positions seen: the most recent
+        share and the highest (friendliness-discounted) scores; packed at the end of ``[0, pq_len)``."""
+        ev = self.evict
+        if ev is None or self.pq_len == 0:
+            return
+        self._ensure_pad(None)
+        S = self.config.sink_length
+        first = [max(p, S) for p in self._pad]  # first code-eligible position of each sequence
+        if any(f > self.pq_pos for f in first):
+            return  # left padding still reaches past the codes: nothing to choose from yet for that sequence
+        lens = [self.pq_len - c for c in self._cs]
+        budgets = [ev.budget(self.pq_pos - f) for f in first]
+        if all(k <= b for k, b in zip(lens, budgets)):
+            return
+        if self._event is not None:  # a pending block is being encoded right after the codes: it moves with them
+            torch.cuda.current_stream(self.device).wait_event(self._event)
+        B, H, dev = self.batch_size, self.num_heads, self.device
+        rows = []
+        for b in range(B):
+            K, bud = lens[b], budgets[b]
+            slots = torch.arange(self._cs[b], self.pq_len, device=dev)
+            if K <= bud:
+                rows.append(slots.expand(H, K))
+                continue
+            n_recent = min(bud, int(ev.recent * bud))
+            old = slots[: K - n_recent]
+            sc = self.score[b][:, old]
+            if ev.friendliness:
+                e = self.err[b][:, old].float()
+                sc = sc / (1 + e / e.mean(-1, keepdim=True).clamp_min(1e-12))
+            heavy = old[sc.topk(bud - n_recent, -1).indices.sort(-1).values]
+            rows.append(torch.cat([heavy, slots[K - n_recent :].expand(H, n_recent)], 1))
+        new_len = max(r.shape[1] for r in rows)
+        idx = torch.stack([torch.cat([r.new_zeros(H, new_len - r.shape[1]), r], 1) for r in rows])  # [B, H, new_len]
+        old_len = self.pq_len
+        for name in ("k_codes", "v_codes"):
+            t = getattr(self, name)
+            t[:, :, :new_len] = t.gather(2, idx[..., None].expand(-1, -1, -1, t.shape[-1]))
+        for t in (self.score, self.err):
+            t[:, :, :new_len] = t.gather(2, idx)
+        if self.pending:  # the block being encoded at [old_len, old_len + R)
+            R = self.config.residual_length
+            for t in (self.k_codes, self.v_codes, self.score, self.err):
+                t[:, :, new_len : new_len + R] = t[:, :, old_len : old_len + R].clone()
+        self._cs = [new_len - r.shape[1] for r in rows]
+        self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
+        self.pq_len = new_len
+        self.pq_lens.fill_(new_len)
+        self._evicted = True
 
     def reset(self) -> None:
         if self.is_initialized:
             if self._event is not None:
                 torch.cuda.current_stream(self.device).wait_event(self._event)
                 self._event = None
-            self.pq_len = self.res_len = self.sink_len = 0
+            self.pq_len = self.pq_pos = self.res_len = self.sink_len = self._scored = 0
+            self._evicted = self._defer = False
+            self._pad = self._cs = None
+            if self.evict is not None:
+                self.score.zero_()
+                self._wscore.zero_()
             self.pending = False
             self.static = self._fold = False
             self.starts = None
@@ -447,7 +698,14 @@ class MillionLayer(CacheLayerMixin):
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
         idx = indices.to(self.device)
-        for name in ("k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens"):
+        names = ["k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens"]
+        if self.evict is not None:
+            names += ["score", "err", "_wscore", "code_starts", "_pad_t"] + (["_qbuf", "_lbuf"] if self._qbuf is not None else [])
+            sel = [int(i) for i in idx.tolist()]
+            if self._pad is not None:
+                self._pad = [self._pad[i] for i in sel]
+                self._cs = [self._cs[i] for i in sel]
+        for name in names:
             setattr(self, name, getattr(self, name).index_select(0, idx))
         self._bufs = [b.index_select(0, idx) for b in self._bufs]
         self._views()
@@ -478,7 +736,10 @@ class MillionLayer(CacheLayerMixin):
         B, H = self.batch_size, self.num_heads
         code_b = self.k_codes.element_size() * self.config.M
         fp_tokens = self.res_len + self.sink_len
-        return 2 * B * H * (self.pq_len * code_b + fp_tokens * self.config.head_dim * self.k_window.element_size())
+        n = 2 * B * H * (self.pq_len * code_b + fp_tokens * self.config.head_dim * self.k_window.element_size())
+        if self.evict is not None:  # per kept token and head: its float32 score and fp16 quantization error
+            n += B * H * self.pq_len * (self.score.element_size() + self.err.element_size())
+        return n
 
 
 class MillionCache(Cache):
@@ -490,6 +751,8 @@ class MillionCache(Cache):
     config : the model's HF config (``model.config``); checked against the codebooks. The model
         must run with ``attn_implementation="million"``.
     max_cache_len : preallocate codes for this many tokens (static layout); default grows by doubling.
+    evict : an :class:`~million.config.Eviction` to keep only part of the code tokens (heavy hitters by
+        accumulated attention plus the most recent ones); default keeps every token.
 
     Example
     -------
@@ -498,8 +761,11 @@ class MillionCache(Cache):
     >>> model.generate(**inputs, cache=cache, max_new_tokens=64)
     """
 
-    def __init__(self, codebooks: Codebooks, config, max_cache_len: int | None = None):
+    def __init__(self, codebooks: Codebooks, config, max_cache_len: int | None = None, evict: Eviction | None = None):
         codebooks.check_model(config)
+        if evict is not None and not isinstance(evict, Eviction):
+            raise ValueError(f"evict must be a million.Eviction or None, got {type(evict).__name__}")
+        self.evict = evict
         impl = getattr(config, "_attn_implementation", None)
         if impl != "million":
             raise ValueError(
@@ -519,11 +785,16 @@ class MillionCache(Cache):
         placed = codebooks.__dict__.setdefault("_placed", {})  # device copies kept with the codebooks (see MillionLayer._placed)
         for i in range(n):
             kc, vc = codebooks.for_layer(i)
-            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i), placed))
+            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i), placed, evict))
         super().__init__(layers=layers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self.evict is not None and not isinstance(out[0], PQState):
+            # a full-precision step: the attention function hands this layer the step's queries (observe_dense)
+            from .attention import _observer
+
+            _observer.set(self.layers[layer_idx], layer_idx)
         w = self.calibrated_positions
         if layer_idx == 0 and w and not self._warned_positions and self.layers[0].get_seq_length() > w:
             import warnings
@@ -536,8 +807,16 @@ class MillionCache(Cache):
         return out
 
     def kv_bytes(self) -> int:
-        """Bytes of K/V held now (codes and full-precision windows; codebooks not counted)."""
+        """Bytes of K/V held now (codes and full-precision windows, with eviction the kept tokens' scores;
+        codebooks not counted)."""
         return sum(layer.kv_bytes() for layer in self.layers)
+
+    def bits_per_element(self) -> float:
+        """Bits held now per K/V element of the positions seen (:meth:`kv_bytes` over ``2 * B * H_kv * D`` per
+        position and layer; 16 for an fp16 cache, less with codes, lower still with eviction)."""
+        elems = sum(2 * l.batch_size * l.num_heads * l.config.head_dim * l.get_seq_length()
+                    for l in self.layers if getattr(l, "is_initialized", False))
+        return 8.0 * self.kv_bytes() / elems if elems else 0.0
 
     # -- static decoding: what million.decode drives (one token per step, CUDA-graph capturable) ------------------
     def static_ready(self) -> bool:

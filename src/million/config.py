@@ -110,3 +110,51 @@ class PQConfig:
 
     def __repr__(self):
         return "PQConfig(" + ", ".join(f"{k}={v!r}" for k, v in asdict(self).items()) + ")"
+
+
+@dataclass
+class Eviction:
+    """Token eviction for :class:`~million.cache.MillionCache`: keep only part of the committed code tokens.
+
+    After every committed block a cache keeps, per sequence, layer and KV head, at most ``ceil(keep * n)`` of
+    the ``n`` code positions seen so far (positions past the attention sinks and left padding; the sinks and
+    the full-precision window are always kept): a ``recent`` share of that budget goes to the most recent code
+    tokens, the rest to the tokens with the highest accumulated attention (summed over every query that saw
+    them and over the query heads of the KV head), discounted by their quantization error
+    (``score / (1 + err / mean err)``, with ``friendliness``), as Q-Hitter does. Positions keep their RoPE
+    phase (keys are stored after RoPE), so evicting a token only removes it from attention.
+
+    Parameters
+    ----------
+    keep : float in (0, 1]
+        Share of the code positions kept. ``keep = 1`` keeps every token (scores are still kept).
+    recent : float in [0, 1]
+        Share of the budget given to the most recent code tokens.
+    friendliness : bool
+        Discount each token's score by its relative quantization error.
+    """
+
+    keep: float
+    recent: float = 0.5
+    friendliness: bool = True
+
+    def __post_init__(self):
+        for name in ("keep", "recent"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"Eviction {name} must be a number, got {v!r}")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"Eviction keep={self.keep!r} is out of range; allowed: (0, 1]")
+        if not 0 <= self.recent <= 1:
+            raise ValueError(f"Eviction recent={self.recent!r} is out of range; allowed: [0, 1]")
+        if not isinstance(self.friendliness, bool):
+            raise ValueError(f"Eviction friendliness must be True or False, got {self.friendliness!r}")
+
+    def budget(self, n: int) -> int:
+        """Code tokens kept out of ``n`` code positions seen."""
+        import math
+
+        return min(n, math.ceil(self.keep * n - 1e-9)) if n > 0 else 0
+
+    def to_dict(self) -> dict:
+        return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness}

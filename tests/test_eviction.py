@@ -1,0 +1,239 @@
+"""MillionCache with an Eviction: scores are the attention each token received, the kept tokens are the ones the rule
+picks, attention over the packed codes is attention over exactly the kept tokens, static (CUDA-graph) steps equal
+eager ones, and ``keep=1`` changes nothing."""
+
+import math
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from million import Eviction, MillionCache
+from million.attention import _pq_attention
+from million.compat import cache_arg
+from million.decode import Decoder, generate
+from million.ops import naive
+
+from test_cache import left_padded, tiny_codebooks, tiny_model
+from test_transforms import _with_transforms
+
+
+def _setup(kv_heads=2, sinks=0, transformed=False, residual=4):
+    model = tiny_model(kv_heads=kv_heads)
+    cb = tiny_codebooks(model, residual=residual, granularity="layer_head", sinks=sinks)
+    if transformed:
+        cb = _with_transforms(cb, model)
+    return model, cb
+
+
+def _feed(model, cache, ids, am, steps, seed=5):
+    """Prefill ``ids`` then ``steps`` random tokens, eagerly (as ``model.generate`` steps)."""
+    pos = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=am, position_ids=pos, **cache_arg(model, cache), use_cache=True)
+        g = torch.Generator().manual_seed(seed)
+        last = pos[:, -1:]
+        for i in range(steps):
+            tok = torch.randint(0, 96, (ids.shape[0], 1), generator=g)
+            am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+            model(input_ids=tok, attention_mask=am, position_ids=last + 1 + i, **cache_arg(model, cache), use_cache=True)
+    return am
+
+
+@pytest.mark.parametrize("sinks,transformed,pads", [(0, False, (0, 0)), (2, False, (0, 5)), (1, True, (0, 7))],
+                         ids=["plain", "sinks-padded", "transformed-padded"])
+def test_keep_one_generates_as_without_eviction(sinks, transformed, pads):
+    model, cb = _setup(sinks=sinks, transformed=transformed)
+    ids, am = left_padded(length=23, pad=pads)
+    kw = dict(attention_mask=am, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    want = model.generate(ids, **cache_arg(model, MillionCache(cb, model.config), generate=True), **kw)
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=1.0))
+    got = model.generate(ids, **cache_arg(model, cache, generate=True), **kw)
+    assert cache.layers[0].pq_len > 0 and not cache.layers[0]._evicted
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("pads", [(0, 0), (0, 5)], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("transformed", [False, True], ids=["plain", "transformed"])
+def test_scores_are_the_attention_mass_of_every_valid_query(pads, transformed):
+    # without eviction nothing is lost: every valid query spreads a mass of 1 per query head over the tokens it saw
+    model, cb = _setup(kv_heads=2, transformed=transformed)
+    ids, am = left_padded(length=23, pad=pads)
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=1.0))
+    steps = 29
+    _feed(model, cache, ids, am, steps)
+    G = model.config.num_attention_heads // model.config.num_key_value_heads
+    for layer in cache.layers:
+        layer._score_queued()
+        mass = layer.score[:, :, : layer.pq_len].sum(-1) + layer._wscore[:, :, : layer.res_len].sum(-1)
+        queries = torch.tensor([23 - p + steps for p in pads], dtype=torch.float32)
+        torch.testing.assert_close(mass, (G * queries)[:, None].expand_as(mass), rtol=1e-4, atol=1e-3)
+        # no mass on padding slots
+        for b, p in enumerate(pads):
+            assert float(layer.score[b, :, :p].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("keep,recent,sinks,pads", [(0.5, 0.5, 0, (0, 0)), (0.3, 0.25, 2, (0, 5)), (0.7, 0.0, 1, (3, 0))])
+def test_kept_counts_follow_the_budget(keep, recent, sinks, pads):
+    model, cb = _setup(sinks=sinks)
+    ids, am = left_padded(length=23, pad=pads)
+    ev = Eviction(keep=keep, recent=recent)
+    cache = MillionCache(cb, model.config, evict=ev)
+    _feed(model, cache, ids, am, 37)
+    for layer in cache.layers:
+        assert layer._evicted and layer.pq_pos == 23 + 37 - layer.res_len
+        for b, p in enumerate(pads):
+            n = layer.pq_pos - max(p, sinks)
+            assert layer.pq_len - layer._cs[b] == math.ceil(keep * n - 1e-9)
+        assert layer.code_starts.tolist() == layer._cs
+        assert int(layer.pq_lens[0]) == layer.pq_len
+    full = MillionCache(cb, model.config)
+    _feed(model, full, ids, am, 37)
+    assert cache.kv_bytes() < full.kv_bytes()
+    assert 0 < cache.bits_per_element() < full.bits_per_element() < 16
+
+
+@pytest.mark.parametrize("friendliness", [False, True])
+def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness):
+    model, cb = _setup(kv_heads=2)
+    ids, am = left_padded(batch=1, length=45, pad=(0,))
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=1.0))
+    _feed(model, cache, ids, am, 0)
+    layer = cache.layers[1]
+    K = layer.pq_len
+    assert K == 40
+    g = torch.Generator().manual_seed(3)
+    layer.score[:, :, :K] = torch.rand(1, 2, K, generator=g)  # distinct scores: they identify the slots
+    layer.err[:, :, :K] = (torch.rand(1, 2, K, generator=g) * 0.2).half()
+    before_codes = layer.k_codes[0, :, :K].clone()
+    before_score, err = layer.score[0, :, :K].clone(), layer.err[0, :, :K].float()
+    layer.evict = Eviction(keep=0.25, recent=0.3, friendliness=friendliness)
+    layer._evict()
+    bud = math.ceil(0.25 * 40)  # 10 tokens: 3 recent, 7 heavy
+    assert layer.pq_len - layer._cs[0] == bud
+    for h in range(2):
+        adj = before_score[h, : K - 3]
+        if friendliness:
+            adj = adj / (1 + err[h, : K - 3] / err[h, : K - 3].mean())
+        heavy = sorted(adj.topk(7).indices.tolist())
+        want = heavy + [K - 3, K - 2, K - 1]
+        kept = layer.score[0, h, layer._cs[0] : layer.pq_len]
+        assert kept.tolist() == before_score[h, want].tolist()
+        assert torch.equal(layer.k_codes[0, h, layer._cs[0] : layer.pq_len], before_codes[h, want])
+
+
+def _dense_reference(layer, q, scale):
+    """Attention of ``q [B, H_q, D]`` over exactly the kept tokens: valid sinks, the packed codes (decoded), the window."""
+    B, Hq, D = q.shape
+    H = layer.num_heads
+    G = Hq // H
+    outs = []
+    for b in range(B):
+        kd, vd = layer._decoded(layer._cs[b], layer.pq_len)
+        s0 = layer._pad[b]
+        ks = [layer.k_sink[b : b + 1, :, s0 : layer.sink_len], kd[b : b + 1], layer.k_window[b : b + 1, :, : layer.res_len]]
+        vs = [layer.v_sink[b : b + 1, :, s0 : layer.sink_len], vd[b : b + 1], layer.v_window[b : b + 1, :, : layer.res_len]]
+        k, v = torch.cat(ks, 2).float()[0], torch.cat(vs, 2).float()[0]  # [H, n, D]
+        qb = q[b].float().view(H, G, D)
+        p = (torch.einsum("hgd,hnd->hgn", qb, k) * scale).softmax(-1)
+        outs.append(torch.einsum("hgn,hnd->hgd", p, v).reshape(Hq, D))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("sinks,transformed,pads", [(0, False, (0, 0)), (2, False, (0, 5)), (1, True, (0, 7)), (3, True, (4, 0))])
+def test_attention_on_packed_codes_is_attention_on_the_kept_tokens(sinks, transformed, pads):
+    model, cb = _setup(kv_heads=1, sinks=sinks, transformed=transformed)
+    ids, am = left_padded(length=23, pad=pads)
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=0.4, recent=0.5))
+    _feed(model, cache, ids, am, 21)
+    q = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(9))
+    for layer in cache.layers:
+        assert layer._evicted
+        st, _ = layer._state()
+        st.observer = None
+        got = _pq_attention(st, q, st.starts, 0.25)
+        torch.testing.assert_close(got.float(), _dense_reference(layer, q, 0.25), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pads,transformed", [((0, 4), False), ((0, 0), False), ((0, 0), True), ((0, 6), True)],
+                         ids=["padded", "folded-sinks", "transformed-folded", "transformed-padded"])
+def test_static_steps_equal_eager_steps_with_eviction(pads, transformed):
+    model, cb = _setup(kv_heads=1, sinks=1, transformed=transformed)
+    ids, am = left_padded(length=17, pad=pads)
+    ev = Eviction(keep=0.5)
+    eager, static = MillionCache(cb, model.config, evict=ev), MillionCache(cb, model.config, evict=ev)
+    dec = Decoder(model, static, graph=False)
+    pos = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=am, position_ids=pos, **cache_arg(model, eager), use_cache=True)
+    dec.prefill(ids, am, max_new_tokens=40)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(25):
+        tok = torch.randint(0, 96, (2, 1), generator=g)
+        am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+        with torch.no_grad():
+            want = model(input_ids=tok, attention_mask=am, position_ids=dec.pos.clone(),
+                         **cache_arg(model, eager), use_cache=True).logits[:, -1].float()
+        got = dec.step(tok)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert static.layers[0].static and static.layers[0]._evicted
+    for a, b in zip(eager.layers, static.layers):
+        assert (a.pq_len, a.pq_pos, a.res_len, a._cs) == (b.pq_len, b.pq_pos, b.res_len, b._cs)
+        torch.testing.assert_close(a.score[:, :, : a.pq_len], b.score[:, :, : b.pq_len], rtol=1e-4, atol=1e-4)
+
+
+def test_generate_runs_with_eviction():
+    model, cb = _setup(sinks=1)
+    ids, am = left_padded(length=23, pad=(0, 3))
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=0.5))
+    out = generate(model, cache, ids, attention_mask=am, max_new_tokens=30, graph=False, pad_token_id=0)
+    assert out.shape == (2, 53) and cache.layers[0]._evicted
+
+
+def test_multi_token_step_after_eviction_attends_the_kept_tokens():
+    # a chunk after eviction sees the sinks, the kept codes and the window (mask sizes with an offset): the same logits
+    # as a DynamicCache holding exactly those keys and values, at the chunk's true positions
+    model, cb = _setup(kv_heads=2, sinks=2)
+    ids, am = left_padded(batch=1, length=40, pad=(0,))
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=0.5))
+    _feed(model, cache, ids, am, 6)
+    assert cache.layers[0]._evicted
+    ref = DynamicCache(config=model.config)
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.dequantize()
+        ref.update(k, v, i)
+    n = cache.get_seq_length()
+    chunk = torch.randint(0, 96, (1, 5), generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(n, n + 5)[None]
+    with torch.no_grad():
+        want = model(input_ids=chunk, position_ids=pos, **cache_arg(model, ref), use_cache=True).logits
+        got = model(input_ids=chunk, position_ids=pos, **cache_arg(model, cache), use_cache=True).logits
+    assert ref.get_seq_length() < n  # the reference holds fewer keys than positions seen
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert cache.get_seq_length() == n + 5
+
+
+def test_multi_token_step_after_eviction_with_padding_is_refused():
+    model, cb = _setup()
+    ids, am = left_padded(length=23, pad=(0, 5))
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=0.5))
+    am = _feed(model, cache, ids, am, 12)
+    with pytest.raises(NotImplementedError, match="left padding"):
+        with torch.no_grad():
+            model(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.cat([am, torch.ones(2, 3, dtype=am.dtype)], 1),
+                  **cache_arg(model, cache), use_cache=True)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(keep=0), r"keep=0 .*\(0, 1\]"), (dict(keep=1.5), r"keep=1.5"), (dict(keep=0.5, recent=-0.1), r"recent=-0.1"),
+    (dict(keep="half"), r"keep must be a number"), (dict(keep=0.5, friendliness=1), r"friendliness"),
+])
+def test_eviction_rejects_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Eviction(**kw)
+
+
+def test_cache_rejects_a_non_eviction():
+    model, cb = _setup()
+    with pytest.raises(ValueError, match="million.Eviction"):
+        MillionCache(cb, model.config, evict=0.5)
