@@ -198,19 +198,40 @@ def test_multi_token_step_after_eviction_attends_the_kept_tokens():
     cache = MillionCache(cb, model.config, evict=Eviction(keep=0.5))
     _feed(model, cache, ids, am, 6)
     assert cache.layers[0]._evicted
+    R = cache.layers[0].config.residual_length
+    c = 2 * R - cache.layers[0].res_len  # a chunk that fits the window: no commit inside this step
+    assert c >= 2
     ref = DynamicCache(config=model.config)
     for i, layer in enumerate(cache.layers):
         k, v = layer.dequantize()
         ref.update(k, v, i)
     n = cache.get_seq_length()
-    chunk = torch.randint(0, 96, (1, 5), generator=torch.Generator().manual_seed(4))
-    pos = torch.arange(n, n + 5)[None]
+    chunk = torch.randint(0, 96, (1, c), generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(n, n + c)[None]
     with torch.no_grad():
         want = model(input_ids=chunk, position_ids=pos, **cache_arg(model, ref), use_cache=True).logits
         got = model(input_ids=chunk, position_ids=pos, **cache_arg(model, cache), use_cache=True).logits
     assert ref.get_seq_length() < n  # the reference holds fewer keys than positions seen
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert cache.get_seq_length() == n + 5
+    assert cache.get_seq_length() == n + c
+
+
+@pytest.mark.parametrize("sinks,transformed", [(2, False), (1, True)])
+def test_chunks_dividing_the_window_equal_decode_steps(sinks, transformed):
+    # chunks of C | R commit and evict at the same positions as decode steps, before attending, and score the same
+    # queries: the served evaluation with chunks equals token-by-token decoding
+    model, cb = _setup(kv_heads=2, sinks=sinks, transformed=transformed)
+    ids = torch.randint(0, 96, (1, 64), generator=torch.Generator().manual_seed(8))
+    ev = Eviction(keep=0.4)
+    step, chunked = MillionCache(cb, model.config, evict=ev), MillionCache(cb, model.config, evict=ev)
+    with torch.no_grad():
+        want = torch.cat([model(input_ids=ids[:, t : t + 1], **cache_arg(model, step), use_cache=True).logits
+                          for t in range(64)], 1)
+        got = torch.cat([model(input_ids=ids[:, t : t + 2], **cache_arg(model, chunked), use_cache=True).logits
+                         for t in range(0, 64, 2)], 1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(step.layers, chunked.layers):
+        assert a._evicted and (a.pq_len, a.pq_pos, a.res_len, a._cs) == (b.pq_len, b.pq_pos, b.res_len, b._cs)
 
 
 def test_multi_token_step_after_eviction_with_padding_is_refused():

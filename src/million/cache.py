@@ -193,10 +193,30 @@ class MillionLayer(CacheLayerMixin):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         n = self.get_seq_length() + query_length
-        if self._evicted:  # keys handed to a multi-token step: sinks, kept codes, window, new tokens (see update)
-            kv = self.sink_len + self.pq_len - self._cs[0] + self.res_len + query_length
+        kept, res = self._sizes_at_attention(query_length)
+        if kept is not None:  # keys handed to a multi-token step: sinks, kept codes, window, new tokens (see update)
+            kv = self.sink_len + kept + res + query_length
             return kv, n - kv
         return n, 0
+
+    def _sizes_at_attention(self, q: int) -> tuple[int | None, int]:
+        """(kept code tokens, window tokens) that a ``q``-token step will attend after the commit and eviction its
+        update makes first; kept is None while no token has been evicted (keys are then positions)."""
+        if self.evict is None or not getattr(self, "is_initialized", False):
+            return None, self.res_len
+        kept = self.pq_len - self._cs[0] if self._evicted else None
+        R = self.config.residual_length
+        if q > 1 and self.pending and self.res_len + q > 2 * R:  # update() commits a block and evicts
+            pad = self._pad if self._pad is not None else [0] * self.batch_size
+            first = [max(p, self.config.sink_length) for p in pad]
+            pos = self.pq_pos + R
+            if all(f <= pos for f in first):
+                have = [(self.pq_len - c if self._evicted else self.pq_len - f) + R for c, f in zip(self._cs or first, first)]
+                bud = [self.evict.budget(pos - f) for f in first]
+                if self._evicted or any(h > b for h, b in zip(have, bud)):
+                    kept = min(have[0], bud[0])
+            return kept, self.res_len - R
+        return kept, self.res_len
 
     @property
     def keys(self):  # transformers reads `.keys` in a few generic helpers; expose the full-precision view
@@ -467,7 +487,10 @@ class MillionLayer(CacheLayerMixin):
             # prefill (or a multi-token chunk): full-precision attention, then encode
             if self.evict is not None:
                 self._score_queued()
-                self._defer = True  # evict once this step's queries are scored (observe_dense)
+                if self.pending and self.res_len + q_len > 2 * self.config.residual_length:
+                    # commit (and evict) before this step attends, as a decode step at this position would
+                    self._commit_pending()
+                self._defer = True  # evict again once this step's queries are scored (observe_dense)
             if self.get_seq_length() == 0:
                 k_out, v_out = key_states, value_states
             else:

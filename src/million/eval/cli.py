@@ -55,6 +55,13 @@ def _validate_common(args) -> None:
         raise ValueError(f"--bits {args.bits:g} is not available for {args.method}; allowed: {allowed}")
     if args.codebooks is not None and not Path(args.codebooks).is_dir():
         raise ValueError(f"--codebooks {args.codebooks!r} is not a directory; give one written by `million calibrate`")
+    if args.protocol == "served" and (args.method != "pq" or args.codebooks is None):
+        raise ValueError(f"--protocol served runs MillionCache: it needs --method pq and --codebooks DIR, got --method {args.method}"
+                         + ("" if args.codebooks else " and no --codebooks"))
+    if args.keep is not None and args.protocol != "served":
+        raise ValueError(f"--keep {args.keep:g} (eviction) applies to --protocol served only, not {args.protocol!r}")
+    if args.chunk < 1:
+        raise ValueError(f"--chunk {args.chunk} must be >= 1")
 
 
 def _setup(args):
@@ -68,6 +75,11 @@ def _setup(args):
     torch.set_num_threads(args.threads)
     src = resolve_model(args.model)
     method = make_method(args.method, args.bits, args.codebooks)
+    if args.protocol == "served":
+        from ..config import Eviction
+
+        method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent)
+        method.chunk = args.chunk
     from ..cli import _device
 
     model, tok = load_model(src, dtype=torch.float32, device=_device(args.device))
@@ -138,6 +150,10 @@ def _common(p) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="where the float32 model runs: cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", default=None, help="write the result as JSON here")
+    p.add_argument("--keep", type=float, default=None,
+                   help="protocol served: evict code tokens, keeping this share of them (million.Eviction; default keep all)")
+    p.add_argument("--recent", type=float, default=0.5, help="protocol served with --keep: share of the budget for recent tokens (default 0.5)")
+    p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
     p.add_argument("--quiet", action="store_true")
 
 

@@ -411,12 +411,32 @@ class PQMethod(KVMethod):
         sizes = (self.cb.info or {}).get("centroid_values") if self.cb is not None else None
         parts = self.variant.bits_breakdown(shape.L, shape.H, shape.D, context, sizes)
         parts.pop("total")
-        w = self.window_tokens(context) if protocol == "deployed" else 0
+        w = self.window_tokens(context) if protocol in ("deployed", "served") else 0
         f = w / context
         out = {k: (v * (1 - f) if k in ("codes",) else v) for k, v in parts.items()}
         out["window_fp16"] = 16.0 * f
+        ev = getattr(self, "evict", None)
+        if protocol == "served" and ev is not None:
+            # what the cache holds at `context` tokens: the kept share of the code positions past the sinks, each
+            # with its float32 score and fp16 quantization error per KV head
+            sinks = self.variant.sinks if self.variant is not None else 0
+            n = max(0, context - w - sinks)
+            kept = ev.budget(n) / n if n else 0.0
+            out["codes"] *= kept
+            out["scores_fp32_err_fp16"] = 48.0 / (2 * shape.D) * kept * n / context
         out["total"] = sum(out.values())
         return out
+
+    def make_runner(self, model, protocol="all-quantized"):
+        from .runners import Runner, ServedRunner
+
+        if protocol != "served":
+            return Runner(model, self, protocol)
+        if self.codebooks_dir is None:
+            raise ValueError("--protocol served runs the real cache: give --codebooks DIR written by `million calibrate`")
+        from ..codebook import Codebooks
+
+        return ServedRunner(model, Codebooks.load(self.codebooks_dir), getattr(self, "evict", None), getattr(self, "chunk", 1))
 
     def describe(self):
         d = {**super().describe(), "variant": self.variant.to_dict() if self.variant else None}

@@ -15,6 +15,11 @@
     ``fp_start(t) <= s <= t``. The rule ``fp_start`` is the cache's own (MillionCache, quanto's
     QuantizedCache, KIVI); tests check the simulation against token-by-token decoding with the
     real caches.
+
+``served``
+    The real :class:`million.MillionCache` (codebooks written by ``million calibrate``, optionally with an
+    :class:`million.Eviction`) fed the window ``chunk`` tokens at a time, exactly as generation feeds it: with
+    ``chunk = 1`` every position is a decode step on the codes. The only protocol for eviction as served.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .calibdata import attention_modules, geometry, rope, rotary_module
 from ..compat import cache_arg
 
-PROTOCOLS = ("all-quantized", "deployed")
+PROTOCOLS = ("all-quantized", "deployed", "served")
 
 
 # -- fp_start rules: first full-precision position visible to query t -------------------------------
@@ -218,3 +223,37 @@ class CacheRunner:
     @torch.no_grad()
     def greedy(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
         return _greedy(self.model, self.make_cache(), ids, max_new_tokens, eos_token_id)
+
+
+class ServedRunner:
+    """Perplexity and greedy decoding through the real :class:`million.MillionCache` (``protocol="served"``).
+
+    ``codebooks``: a :class:`million.Codebooks`; ``evict``: a :class:`million.Eviction` or None; ``chunk``: tokens
+    per forward (1: every position is a decode step, as in generation). The model gets the ``million`` attention."""
+
+    def __init__(self, model, codebooks, evict=None, chunk: int = 1):
+        import million
+
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"--chunk {chunk!r} must be an integer >= 1")
+        million.register()
+        model.set_attn_implementation("million")
+        self.model, self.codebooks, self.evict, self.chunk = model, codebooks, evict, chunk
+        self.last_cache = None
+
+    def _cache(self):
+        from million import MillionCache
+
+        self.last_cache = MillionCache(self.codebooks, self.model.config, evict=self.evict)
+        return self.last_cache
+
+    @torch.no_grad()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        cache = self._cache()
+        outs = [self.model(input_ids=ids[:, t : t + self.chunk], **cache_arg(self.model, cache), use_cache=True).logits.float()
+                for t in range(0, ids.shape[1], self.chunk)]
+        return torch.cat(outs, 1)
+
+    @torch.no_grad()
+    def greedy(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> list[int]:
+        return _greedy(self.model, self._cache(), ids, max_new_tokens, eos_token_id)
