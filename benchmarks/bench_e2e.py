@@ -37,7 +37,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=8, help="untimed decode steps first (kernel compilation)")
     ap.add_argument("--graph", action="store_true", help="million.decode loop with CUDA-graph replay (see above)")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--caches", default="fp16static,pq,pq-tr", help="--graph: which caches to time")
+    ap.add_argument("--caches", default="fp16static,pq,pq-tr",
+                    help="--graph: which caches to time (fp16static, pq, pq-tr, pq-ev: pq with million.Eviction(keep=--keep))")
+    ap.add_argument("--keep", type=float, default=0.4, help="pq-ev: share of the code tokens kept (default 0.4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -162,9 +164,10 @@ def graph_main(args, model, cfg, cb, vocab):
     from million.decode import Decoder
 
     names = args.caches.split(",")
-    bad = [n for n in names if n not in ("fp16static", "pq", "pq-tr")]
+    bad = [n for n in names if n not in ("fp16static", "pq", "pq-tr", "pq-ev")]
     if bad:
-        raise SystemExit(f"--caches: unknown {bad}; allowed: fp16static, pq, pq-tr")
+        raise SystemExit(f"--caches: unknown {bad}; allowed: fp16static, pq, pq-tr, pq-ev")
+    from million import Eviction
     cb_tr = _transformed(cb, cfg) if "pq-tr" in names else None
     rows = []
     B = args.batch
@@ -176,7 +179,8 @@ def graph_main(args, model, cfg, cb, vocab):
             if name == "fp16static":
                 cache = StaticCache(config=cfg, max_cache_len=ctx + n_new)
             else:
-                cache = MillionCache(cb if name == "pq" else cb_tr, cfg)
+                cache = MillionCache(cb_tr if name == "pq-tr" else cb, cfg,
+                                     evict=Eviction(keep=args.keep) if name == "pq-ev" else None)
             ids = torch.randint(0, vocab, (B, ctx), device="cuda")
             dec = Decoder(model, cache, graph=True)
             torch.cuda.synchronize()

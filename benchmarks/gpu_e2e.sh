@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call: the GPU tests of MillionCache and of the CUDA-graph decode loop (million.decode), then the
+# One device call: the GPU tests of MillionCache, of the CUDA-graph decode loop (million.decode) and of eviction, the
+# GPU time of the 4-bit encode's grid lists (stage grid), the graph loop with eviction (stage graph_ev), then the
 # end-to-end decode benchmark of the 7B-shaped model with every step replayed from a CUDA graph (StaticCache fp16
 # vs MillionCache, plain and transformed codebooks), batch 1 and 8, and the eager loop at 32K for reference.
 # Every stage runs under `timeout`, clipped to DEADLINE seconds after the start (default 560). Libraries are the
@@ -43,7 +44,9 @@ if want env; then
   } > "$W/env.txt" 2>&1
   cp "$W/env.txt" "$OUT/"
 fi
-want tests && run tests 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py tests/test_gpu_decode.py
+want tests && run tests ${TESTS_S:-300} $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py
+want grid && run grid 90 $PY benchmarks/bench_grid_build.py --device cuda --subspaces 2048 --json "$W/grid_build.json"
+want graph_ev && run graph_ev ${EV_S:-240} $PY benchmarks/bench_e2e.py --graph --caches fp16static,pq,pq-ev --keep ${KEEP:-0.4} --contexts "${EV_CONTEXTS:-4096,32768}" --steps 256 --json "$W/e2e_graph_ev.json"
 want graph && run graph 260 $PY benchmarks/bench_e2e.py --graph --contexts "$CONTEXTS" --steps 128 --json "$W/e2e_graph.json"
 want graph_b8 && run graph_b8 120 $PY benchmarks/bench_e2e.py --graph --batch 8 --contexts "$B8_CONTEXTS" --steps 128 --json "$W/e2e_graph_b8.json"
 want eager && run eager 90 $PY benchmarks/bench_e2e.py --contexts 32768 --steps 32 --json "$W/e2e_eager.json"

@@ -558,13 +558,14 @@ class MillionLayer(CacheLayerMixin):
         G = Hq // H
         scale = D**-0.5 if scaling is None else float(scaling)
         self._scale = scale
-        qg = query.float().view(B, H, G, C, D)
-        kf = key.float()
+        cdt = query.dtype if query.is_cuda else torch.float32  # scores rank tokens: half-precision dots do on a GPU
+        qg = query.to(cdt).view(B, H, G, C, D)
+        kf = key.to(cdt)
         tok = torch.zeros(B, H, kv, dtype=torch.float32, device=query.device)
-        step = max(1, (1 << 24) // max(1, B * Hq * kv))
+        step = max(1, (1 << 26) // max(1, B * Hq * kv))
         for c0 in range(0, C, step):
             c1 = min(C, c0 + step)
-            logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf) * scale
+            logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf).float() * scale
             if attention_mask is not None:
                 m = attention_mask[:, :, c0:c1, -kv:]
                 if m.dtype == torch.bool:
@@ -633,13 +634,15 @@ class MillionLayer(CacheLayerMixin):
         qc = q
         if self.transforms is not None:  # codes live in the mapped space: q . k = (q @ q_map) . (k @ A)
             qc = torch.einsum("bhgnd,hde->bhgne", q, self.transforms[4])
-        step = max(256, (1 << 24) // max(1, B * Hq * n))
+        step = max(256, (1 << 25) // max(1, B * Hq * n))
         slot = torch.arange(self.pq_len, device=dev)
         valid = slot[None, :] >= self.code_starts.long()[:, None]  # [B, pq_len]
+        cdt = self.dtype if dev.type == "cuda" else torch.float32  # half-precision dots on a GPU
+        qc = qc.to(cdt)
         for t0 in range(0, self.pq_len, step):
             t1 = min(self.pq_len, t0 + step)
-            kd = ops.pq_decode(self.k_codes[:, :, t0:t1], self.k_centroids, torch.float32)
-            p = torch.exp(torch.einsum("bhgnd,bhtd->bhgnt", qc, kd) * scale - lse).nan_to_num_(0.0).sum((2, 3))
+            kd = ops.pq_decode(self.k_codes[:, :, t0:t1], self.k_centroids, cdt)
+            p = torch.exp(torch.einsum("bhgnd,bhtd->bhgnt", qc, kd).float() * scale - lse).nan_to_num_(0.0).sum((2, 3))
             self.score[:, :, t0:t1] += p * valid[:, None, t0:t1]
 
     def _evict(self) -> None:
