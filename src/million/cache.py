@@ -565,21 +565,22 @@ class MillionLayer(CacheLayerMixin):
         step = max(1, (1 << 26) // max(1, B * Hq * kv))
         for c0 in range(0, C, step):
             c1 = min(C, c0 + step)
-            logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf).float() * scale
+            hi = kv - C + c1  # keys past the chunk's last query are masked for all of its queries
+            logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf[:, :, :hi])
             if attention_mask is not None:
-                m = attention_mask[:, :, c0:c1, -kv:]
+                m = attention_mask[..., -kv:][:, :, c0:c1, :hi]
                 if m.dtype == torch.bool:
-                    logits = logits.masked_fill(~m[:, :, None], float("-inf"))
+                    logits.masked_fill_(~m[:, :, None], float("-inf"))
                 else:
-                    logits = logits + m[:, :, None].float()
+                    logits += m[:, :, None].to(logits.dtype)
             else:  # causal, the queries being the last C keys
                 qi = torch.arange(c0, c1, device=query.device)[:, None] + (kv - C)
-                logits = logits.masked_fill(torch.arange(kv, device=query.device)[None, :] > qi, float("-inf"))
-            p = torch.nan_to_num(logits.softmax(-1), nan=0.0)
+                logits.masked_fill_(torch.arange(hi, device=query.device)[None, :] > qi, float("-inf"))
+            p = torch.softmax(logits * scale if cdt == torch.float32 else logits.mul_(scale), -1).nan_to_num_(0.0)
             if any(self._pad):  # queries at padding positions (the keys' slots before pad) count for nothing
                 qi = torch.arange(c0, c1, device=query.device) + (kv - C)
-                p = p * (qi[None, :] >= self._pad_t.long()[:, None])[:, None, None, :, None]
-            tok += p.sum((2, 3))
+                p = p * (qi[None, :] >= self._pad_t.long()[:, None])[:, None, None, :, None].to(p.dtype)
+            tok[:, :, :hi] += p.sum((2, 3), dtype=torch.float32)
         # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window
         c = self._cs[0] if self._evicted else 0
         n_c = self.pq_len - c
