@@ -620,31 +620,35 @@ class MillionLayer(CacheLayerMixin):
         if j1 <= j0 or self._qbuf is None:
             return
         B, Hq, _, D = self._qbuf.shape
-        H = self.num_heads
+        H, P, dev = self.num_heads, self.pq_len, self._qbuf.device
         G, n = Hq // H, j1 - j0
-        scale = self._scale
-        q = self._qbuf[:, :, j0:j1].float().view(B, H, G, n, D)
-        lse = self._lbuf[:, :, j0:j1].view(B, H, G, n, 1)
-        dev = q.device
-        # window: the query of slot j saw slots [0, j]
-        lw = torch.einsum("bhgnd,bhtd->bhgnt", q, self.k_window[:, :, :j1].float()) * scale - lse
-        seen = torch.arange(j1, device=dev)[None, :] <= torch.arange(j0, j1, device=dev)[:, None]
-        self._wscore[:, :, :j1] += torch.exp(lw).masked_fill(~seen, 0).nan_to_num_(0.0).sum((2, 3))
-        if self.pq_len == 0:
-            return
-        qc = q
-        if self.transforms is not None:  # codes live in the mapped space: q . k = (q @ q_map) . (k @ A)
-            qc = torch.einsum("bhgnd,hde->bhgne", q, self.transforms[4])
-        step = max(256, (1 << 25) // max(1, B * Hq * n))
-        slot = torch.arange(self.pq_len, device=dev)
-        valid = slot[None, :] >= self.code_starts.long()[:, None]  # [B, pq_len]
         cdt = self.dtype if dev.type == "cuda" else torch.float32  # half-precision dots on a GPU
-        qc = qc.to(cdt)
-        for t0 in range(0, self.pq_len, step):
-            t1 = min(self.pq_len, t0 + step)
-            kd = ops.pq_decode(self.k_codes[:, :, t0:t1], self.k_centroids, cdt)
-            p = torch.exp(torch.einsum("bhgnd,bhtd->bhgnt", qc, kd).float() * scale - lse).nan_to_num_(0.0).sum((2, 3))
-            self.score[:, :, t0:t1] += p * valid[:, None, t0:t1]
+        q = self._qbuf[:, :, j0:j1].view(B, H, G, n, D)
+        lse = self._lbuf[:, :, j0:j1].view(B, H, G, n, 1)
+        # one key block: the codes decoded (in their space) then the window slots [0, j1) (the mapped copy with
+        # transforms, so that one query, mapped, meets both: q . k = (q @ q_map) . (k @ A))
+        keys = torch.empty(B, H, P + j1, D, dtype=cdt, device=dev)
+        if P:
+            keys[:, :, :P] = ops.pq_decode(self.k_codes[:, :, :P], self.k_centroids, cdt)
+        if self.transforms is not None:
+            keys[:, :, P:] = self.k_window_t[:, :, :j1]
+            q = torch.einsum("bhgnd,hde->bhgne", q.float(), self.transforms[4])
+        else:
+            keys[:, :, P:] = self.k_window[:, :, :j1]
+        q = q.to(cdt)
+        qpos = torch.arange(j0, j1, device=dev)[None, :, None]
+        cs = self.code_starts.long()[:, None, None]
+        tok = torch.empty(B, H, P + j1, dtype=torch.float32, device=dev)
+        step = max(4096, (1 << 26) // max(1, B * Hq * n))
+        for t0 in range(0, P + j1, step):
+            t1 = min(P + j1, t0 + step)
+            slot = torch.arange(t0, t1, device=dev)[None, None, :]
+            # code slot t counts from the sequence's first code slot; window slot j for the queries of slots >= j
+            seen = torch.where(slot < P, slot >= cs, slot - P <= qpos)  # [B, n, t1 - t0]
+            p = torch.einsum("bhgnd,bhtd->bhgnt", q, keys[:, :, t0:t1]).float().mul_(self._scale).sub_(lse).exp_()
+            tok[:, :, t0:t1] = p.mul_(seen[:, None, None]).nan_to_num_(0.0).sum((2, 3))
+        self.score[:, :, :P] += tok[:, :, :P]
+        self._wscore[:, :, :j1] += tok[:, :, P:]
 
     def _evict(self) -> None:
         """Keep, per sequence and head, at most ``Eviction.budget`` of the code positions seen: the most recent
@@ -692,7 +696,10 @@ class MillionLayer(CacheLayerMixin):
             for t in (self.k_codes, self.v_codes, self.score, self.err):
                 t[:, :, new_len : new_len + R] = t[:, :, old_len : old_len + R].clone()
         self._cs = [new_len - r.shape[1] for r in rows]
-        self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
+        if len(set(self._cs)) == 1:
+            self.code_starts.fill_(self._cs[0])
+        else:
+            self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
         self.pq_len = new_len
         self.pq_lens.fill_(new_len)
         self._evicted = True

@@ -62,12 +62,13 @@ def pq_decode(codes: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype =
     """
     B, H, T, M = codes.shape
     Hc, M2, ksub, dsub = centroids.shape
-    c = _expand_heads(centroids, H)
-    idx = codes.long()  # [B, H, T, M]
-    h_idx = torch.arange(H, device=codes.device).view(1, H, 1, 1)
-    m_idx = torch.arange(M, device=codes.device).view(1, 1, 1, M)
-    out = c[h_idx, m_idx, idx]  # [B, H, T, M, dsub]
-    return out.reshape(B, H, T, M * dsub).to(dtype)
+    # one flat row gather: row (h * M + m) * ksub + code of the [Hc * M * ksub, dsub] table
+    flat = centroids.to(dtype).reshape(Hc * M * ksub, dsub)
+    off = torch.arange(M, device=codes.device) * ksub
+    if Hc > 1:
+        off = off + torch.arange(Hc, device=codes.device)[:, None] * (M * ksub)  # [H, M]
+    idx = codes.long() + off.view(1, Hc, 1, M)
+    return flat.index_select(0, idx.reshape(-1)).view(B, H, T, M * dsub)
 
 
 def inner_prod_table(q: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
