@@ -551,36 +551,16 @@ class MillionLayer(CacheLayerMixin):
 
     def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling) -> None:
         """Add the attention of a full-precision step's queries ``[B, H_q, C, D]`` over the keys it was handed
-        (``[B, H_kv, kv, D]``, what :meth:`update` returned) to the tokens' scores, then evict."""
+        (``[B, H_kv, kv, D]``, what :meth:`update` returned) to the tokens' scores, then evict. The step is causal with
+        the queries as the last ``C`` keys and the left padding learnt at the first step (the mask only teaches that)."""
         self._ensure_pad(attention_mask)
         B, Hq, C, D = query.shape
         H, kv = key.shape[1], key.shape[2]
         G = Hq // H
         scale = D**-0.5 if scaling is None else float(scaling)
         self._scale = scale
-        cdt = query.dtype if query.is_cuda else torch.float32  # scores rank tokens: half-precision dots do on a GPU
-        qg = query.to(cdt).view(B, H, G, C, D)
-        kf = key.to(cdt)
-        tok = torch.zeros(B, H, kv, dtype=torch.float32, device=query.device)
-        step = max(1, (1 << 26) // max(1, B * Hq * kv))
-        for c0 in range(0, C, step):
-            c1 = min(C, c0 + step)
-            hi = kv - C + c1  # keys past the chunk's last query are masked for all of its queries
-            logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf[:, :, :hi])
-            if attention_mask is not None:
-                m = attention_mask[..., -kv:][:, :, c0:c1, :hi]
-                if m.dtype == torch.bool:
-                    logits.masked_fill_(~m[:, :, None], float("-inf"))
-                else:
-                    logits += m[:, :, None].to(logits.dtype)
-            else:  # causal, the queries being the last C keys
-                qi = torch.arange(c0, c1, device=query.device)[:, None] + (kv - C)
-                logits.masked_fill_(torch.arange(hi, device=query.device)[None, :] > qi, float("-inf"))
-            p = torch.softmax(logits * scale if cdt == torch.float32 else logits.mul_(scale), -1).nan_to_num_(0.0)
-            if any(self._pad):  # queries at padding positions (the keys' slots before pad) count for nothing
-                qi = torch.arange(c0, c1, device=query.device) + (kv - C)
-                p = p * (qi[None, :] >= self._pad_t.long()[:, None])[:, None, None, :, None].to(p.dtype)
-            tok[:, :, :hi] += p.sum((2, 3), dtype=torch.float32)
+        # causal queries (the last C keys) with left padding: what MillionCache's multi-token steps are handed
+        tok = ops.attention_column_sums(query, key, self._pad_t, scale)
         # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window
         c = self._cs[0] if self._evicted else 0
         n_c = self.pq_len - c

@@ -15,6 +15,7 @@ from .naive import dense_attention_partial, inner_prod_table, merge_state, pq_de
 __all__ = [
     "pq_encode",
     "pq_decode",
+    "attention_column_sums",
     "pq_decode_attention",
     "inner_prod_table",
     "merge_state",
@@ -105,3 +106,18 @@ def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, 
             if lse_kernel is not None:
                 return lse_kernel(*args)
     return naive.pq_decode_attention(*args, return_lse=return_lse)
+
+
+def attention_column_sums(q, k, pad=None, scale=None):
+    """Attention each key receives from causal queries (summed over queries and the query heads of its KV head); see
+    :func:`million.ops.naive.attention_column_sums`. On CUDA the Triton kernels (no ``queries x keys`` tensor in
+    memory), on the CPU the naive reference."""
+    D = q.shape[-1]
+    if use_kernels(q) and D >= 16 and D & (D - 1) == 0 and q.shape[1] % k.shape[1] == 0:
+        try:
+            from . import triton_scores
+        except ImportError:
+            triton_scores = None
+        if triton_scores is not None:
+            return triton_scores.attention_column_sums(q, k, pad, scale)
+    return naive.attention_column_sums(q, k, pad, scale)

@@ -255,3 +255,35 @@ def pq_decode_attention(
     if return_lse:
         return out.to(q.dtype), lse
     return out.to(q.dtype)
+
+
+def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None, scale: float | None = None,
+                          chunk_elems: int = 1 << 26) -> torch.Tensor:
+    """Attention each key receives from a block of causal queries, summed over the queries and the query heads of
+    its KV head (the accumulated-attention score of heavy-hitter eviction).
+
+    ``q [B, H_q, C, D]`` are the last ``C`` positions of the key sequence ``k [B, H_kv, N, D]``: query ``c`` sits at
+    key index ``N - C + c`` and sees keys ``j <= N - C + c`` with ``j >= pad[b]`` (left padding); queries at
+    positions below ``pad[b]`` count for nothing. Returns float32 ``[B, H_kv, N]``:
+    ``sum over g, c of softmax(scale * q . k)``.
+    """
+    B, Hq, C, D = q.shape
+    H, N = k.shape[1], k.shape[2]
+    G = Hq // H
+    scale = D**-0.5 if scale is None else float(scale)
+    pad = torch.zeros(B, dtype=torch.long, device=q.device) if pad is None else pad.to(q.device).long()
+    qg = q.float().view(B, H, G, C, D)
+    kf = k.float()
+    out = torch.zeros(B, H, N, dtype=torch.float32, device=q.device)
+    step = max(1, chunk_elems // max(1, B * Hq * N))
+    j = torch.arange(N, device=q.device)
+    for c0 in range(0, C, step):
+        c1 = min(C, c0 + step)
+        hi = N - C + c1  # keys past the chunk's last query are masked for all of its queries
+        qpos = torch.arange(c0, c1, device=q.device) + (N - C)
+        logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf[:, :, :hi]) * scale
+        seen = (j[None, None, :hi] <= qpos[None, :, None]) & (j[None, None, :hi] >= pad[:, None, None])  # [B, c, hi]
+        p = logits.masked_fill(~seen[:, None, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+        p = p * (qpos[None, :] >= pad[:, None])[:, None, None, :, None]
+        out[:, :, :hi] += p.sum((2, 3))
+    return out

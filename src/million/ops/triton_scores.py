@@ -1,0 +1,119 @@
+"""Accumulated attention of a block of causal queries, per key (Triton): the prefill scores of eviction.
+
+Same contract as :func:`million.ops.naive.attention_column_sums` (the specification). Two launches over tiles of
+``tl.dot``, nothing of size ``queries x keys`` in memory:
+
+1. ``_row_lse_kernel``, grid ``(ceil(C / BQ), B * H_q)``: the log-sum-exp (base 2) of every query row over the keys
+   it sees (online, as flash attention);
+2. ``_col_sum_kernel``, grid ``(ceil(N / BK), B * H_kv)``: one program owns a block of keys and sums
+   ``exp2(s - lse)`` over every query (of every query head of its KV head) that sees them. No atomics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _row_lse_kernel(q_ptr, k_ptr, lse_ptr, pad_ptr, C, N, Hq, G, qk_scale,
+                    sqb, sqh, sqc, skb, skh, skn,
+                    D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
+    pid_q = tl.program_id(0)
+    bhq = tl.program_id(1).to(tl.int64)
+    b = bhq // Hq
+    hq = bhq % Hq
+    h = hq // G
+    pad = tl.load(pad_ptr + b)
+    offs_c = pid_q * BQ + tl.arange(0, BQ)
+    offs_d = tl.arange(0, D)
+    qpos = N - C + offs_c
+    q = tl.load(q_ptr + b * sqb + hq * sqh + offs_c[:, None] * sqc + offs_d[None, :], mask=(offs_c < C)[:, None], other=0.0)
+    m = tl.full([BQ], -1.0e30, tl.float32)
+    l = tl.zeros([BQ], tl.float32)
+    hi = tl.minimum(N, N - C + (pid_q + 1) * BQ)
+    lo = (pad // BK) * BK
+    for k0 in range(lo, hi, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        k = tl.load(k_ptr + b * skb + h * skh + offs_k[:, None] * skn + offs_d[None, :], mask=(offs_k < N)[:, None], other=0.0)
+        if F32:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+        ok = (offs_k[None, :] <= qpos[:, None]) & (offs_k[None, :] >= pad) & (offs_k[None, :] < N)
+        s = tl.where(ok, s, -1.0e30)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        p = tl.where(ok, tl.exp2(s - m_new[:, None]), 0.0)
+        l = l * tl.exp2(m - m_new) + tl.sum(p, 1)
+        m = m_new
+    lse = tl.where(l > 0, m + tl.log2(tl.maximum(l, 1.0e-30)), float("inf"))  # +inf: the row sees nothing and adds nothing
+    tl.store(lse_ptr + bhq * C + offs_c, lse, mask=offs_c < C)
+
+
+@triton.jit
+def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scale,
+                    sqb, sqh, sqc, skb, skh, skn,
+                    D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
+    pid_k = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    pad = tl.load(pad_ptr + b)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_d = tl.arange(0, D)
+    k = tl.load(k_ptr + b * skb + h * skh + offs_k[:, None] * skn + offs_d[None, :], mask=(offs_k < N)[:, None], other=0.0)
+    acc = tl.zeros([BK], tl.float32)
+    # the first query that can see this block's first key: position N - C + c >= pid_k * BK, and not padding
+    c_lo = tl.maximum(tl.maximum(pid_k * BK - (N - C), pad - (N - C)), 0)
+    c_lo = (c_lo // BQ) * BQ
+    for g in range(0, G):
+        hq = h * G + g
+        for c0 in range(c_lo, C, BQ):
+            offs_c = c0 + tl.arange(0, BQ)
+            qpos = N - C + offs_c
+            q = tl.load(q_ptr + b * sqb + hq * sqh + offs_c[:, None] * sqc + offs_d[None, :], mask=(offs_c < C)[:, None], other=0.0)
+            lse = tl.load(lse_ptr + (b * H * G + hq) * C + offs_c, mask=offs_c < C, other=float("inf"))
+            if F32:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+            ok = (offs_k[None, :] <= qpos[:, None]) & (offs_k[None, :] >= pad) & (qpos[:, None] >= pad) \
+                & (offs_c < C)[:, None] & (offs_k < N)[None, :]
+            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+            acc += tl.sum(p, 0)
+    tl.store(out_ptr + bh * N + offs_k, acc, mask=offs_k < N)
+
+
+def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None, scale: float | None = None,
+                          block_q: int = 64, block_k: int = 64) -> torch.Tensor:
+    """See :func:`million.ops.naive.attention_column_sums`. ``D`` must be a power of two >= 16."""
+    B, Hq, C, D = q.shape
+    H, N = k.shape[1], k.shape[2]
+    if Hq % H or D < 16 or D & (D - 1):
+        raise ValueError(f"attention_column_sums: H_q={Hq} must be a multiple of H_kv={H} and D={D} a power of two >= 16")
+    G = Hq // H
+    scale = D**-0.5 if scale is None else float(scale)
+    if k.dtype != q.dtype:
+        k = k.to(q.dtype)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    pad = (torch.zeros(B, dtype=torch.int32, device=q.device) if pad is None else pad.to(q.device, torch.int32)).contiguous()
+    lse = torch.empty(B, Hq, C, dtype=torch.float32, device=q.device)
+    out = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    if B == 0 or N == 0:
+        return out.zero_()
+    qk = scale * _LOG2E
+    f32 = q.dtype == torch.float32
+    if C:
+        _row_lse_kernel[(triton.cdiv(C, block_q), B * Hq)](
+            q, k, lse, pad, C, N, Hq, G, qk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            D=D, BQ=block_q, BK=block_k, F32=f32)
+    _col_sum_kernel[(triton.cdiv(N, block_k), B * H)](
+        q, k, lse, out, pad, C, N, H, G, qk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        D=D, BQ=block_q, BK=block_k, F32=f32)
+    return out

@@ -1,0 +1,75 @@
+"""Accumulated attention per key (the prefill scores of eviction): the Triton kernels against the naive
+specification, and the specification against a brute-force loop over queries, at odd shapes (one query, a chunk
+after context, a whole prefill, lengths off the block, GQA 1/3/4, batch 2 with left padding, empty inputs); fp32.
+Without a GPU the kernels run in Triton's interpreter."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from million.ops import naive  # noqa: E402
+from million.ops import triton_scores as ts  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _brute(q, k, pad, scale):
+    B, Hq, C, D = q.shape
+    H, N = k.shape[1], k.shape[2]
+    G = Hq // H
+    out = torch.zeros(B, H, N, dtype=torch.float64)
+    for b in range(B):
+        for hq in range(Hq):
+            for c in range(C):
+                pos = N - C + c
+                if pos < pad[b]:
+                    continue
+                keys = torch.arange(pad[b], pos + 1)
+                s = (k[b, hq // G, keys].double() @ q[b, hq, c].double()) * scale
+                out[b, hq // G, keys] += s.softmax(0)
+    return out.float()
+
+
+@pytest.mark.parametrize("B,Hq,H,C,N,pad", [
+    (1, 4, 4, 1, 1, (0,)), (1, 3, 1, 1, 37, (0,)), (2, 8, 2, 5, 40, (0, 3)), (2, 6, 2, 23, 23, (0, 7)),
+    (1, 4, 1, 17, 70, (0,)), (2, 4, 4, 33, 33, (4, 0)),
+])
+def test_naive_is_the_definition(B, Hq, H, C, N, pad):
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(B, Hq, C, 16, generator=g), torch.randn(B, H, N, 16, generator=g)
+    got = naive.attention_column_sums(q, k, torch.tensor(pad), 0.3, chunk_elems=257)  # several chunks
+    torch.testing.assert_close(got, _brute(q, k, pad, 0.3), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,Hq,H,C,N,pad", [
+    (1, 4, 4, 1, 1, (0,)), (1, 3, 1, 1, 37, (0,)), (2, 8, 2, 5, 40, (0, 3)), (2, 6, 2, 23, 23, (0, 7)),
+    (1, 4, 1, 17, 70, (0,)), (2, 4, 4, 33, 33, (4, 0)), (1, 8, 1, 40, 90, (0,)), (2, 2, 2, 0, 9, (0, 0)),
+    (1, 2, 1, 0, 0, (0,)),
+])
+def test_triton_kernels_equal_the_specification(B, Hq, H, C, N, pad):
+    if C > N:
+        pytest.skip("queries are the last C keys")
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(B, Hq, C, 16, generator=g).to(DEV)
+    k = torch.randn(B, H, N, 16, generator=g).to(DEV)
+    pad_t = torch.tensor(pad, dtype=torch.int32)
+    got = ts.attention_column_sums(q, k, pad_t, 0.3, block_q=16, block_k=16)
+    want = naive.attention_column_sums(q, k, pad_t, 0.3)
+    assert got.shape == (B, H, N)
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-4, atol=1e-5)
+    if C and N:  # every valid query spreads a mass of 1 per query head
+        valid = sum(max(0, C - max(0, p - (N - C))) for p in pad)
+        assert abs(float(got.sum()) - valid * Hq) < 1e-3 * max(1, valid * Hq)
+
+
+def test_triton_rejects_a_head_dim_tl_dot_cannot_take():
+    q, k = torch.randn(1, 2, 3, 24), torch.randn(1, 2, 3, 24)
+    with pytest.raises(ValueError, match="power of two"):
+        ts.attention_column_sums(q, k)
