@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--residual", type=int, default=128)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--torch-profile", action="store_true", help="also run torch.profiler over one commit step")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -95,6 +96,18 @@ def main():
         torch.cuda.synchronize()
         (commit if will_commit else plain).append((time.perf_counter() - t0) * 1e3)
     n_commits = max(1, len(commit))
+    if args.torch_profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        while cache.layers[0].res_len + 1 <= 2 * R:
+            dec.step(tok)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            dec.step(tok)
+            torch.cuda.synchronize()
+        ka = prof.key_averages()
+        print(ka.table(sort_by="cuda_time_total", row_limit=18))
+        print(ka.table(sort_by="self_cpu_time_total", row_limit=18))
     layer = cache.layers[0]
     res = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "context": args.context, "keep": args.keep,

@@ -255,6 +255,20 @@ def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_
     assert "--- fp16 KV cache" in out and "--- million PQ KV cache" in out and "bytes/token" in out
     assert "PQ cache now:" in out
 
+    # with eviction: half of the code positions kept, fewer bits held
+    rc, out2, err = run(
+        ["generate", prompt, "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir), "--max-new-tokens", "6",
+         "--residual", "2", "--device", "cpu", "--keep", "0.5"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "eviction keeps 0.5" in out2
+    held = lambda o: float(o.split("bits/element held")[0].split(",")[-1])  # noqa: E731
+    assert held(out2) < held(out)
+    rc, _, err = run(["generate", prompt, "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir), "--keep", "1.5",
+                      "--device", "cpu"], capsys)
+    assert rc == 2 and "keep=1.5" in one_line(err) and "(0, 1]" in one_line(err)
+
 
 def _calibrate_layer_head(model_dir, text_file, out_dir, extra, capsys) -> Codebooks:
     """Tiny 2-bit per-layer-head calibration with ``extra`` arguments; returns the saved codebooks."""

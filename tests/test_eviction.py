@@ -216,13 +216,14 @@ def test_multi_token_step_after_eviction_attends_the_kept_tokens():
     assert cache.get_seq_length() == n + c
 
 
+@pytest.mark.parametrize("keep", [None, 0.4], ids=["no-eviction", "eviction"])
 @pytest.mark.parametrize("sinks,transformed", [(2, False), (1, True)])
-def test_chunks_dividing_the_window_equal_decode_steps(sinks, transformed):
-    # chunks of C | R commit and evict at the same positions as decode steps, before attending, and score the same
+def test_chunks_dividing_the_window_equal_decode_steps(sinks, transformed, keep):
+    # chunks of C | R commit (and evict) at the same positions as decode steps, before attending, and score the same
     # queries: the served evaluation with chunks equals token-by-token decoding
     model, cb = _setup(kv_heads=2, sinks=sinks, transformed=transformed)
     ids = torch.randint(0, 96, (1, 64), generator=torch.Generator().manual_seed(8))
-    ev = Eviction(keep=0.4)
+    ev = None if keep is None else Eviction(keep=keep)
     step, chunked = MillionCache(cb, model.config, evict=ev), MillionCache(cb, model.config, evict=ev)
     with torch.no_grad():
         want = torch.cat([model(input_ids=ids[:, t : t + 1], **cache_arg(model, step), use_cache=True).logits
@@ -231,7 +232,7 @@ def test_chunks_dividing_the_window_equal_decode_steps(sinks, transformed):
                          for t in range(0, 64, 2)], 1)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     for a, b in zip(step.layers, chunked.layers):
-        assert a._evicted and (a.pq_len, a.pq_pos, a.res_len, a._cs) == (b.pq_len, b.pq_pos, b.res_len, b._cs)
+        assert a._evicted == (keep is not None) and (a.pq_len, a.pq_pos, a.res_len) == (b.pq_len, b.pq_pos, b.res_len)
 
 
 def test_multi_token_step_after_eviction_with_padding_is_refused():

@@ -485,11 +485,12 @@ class MillionLayer(CacheLayerMixin):
             self._evict()
         if q_len != 1:
             # prefill (or a multi-token chunk): full-precision attention, then encode
+            self._score_queued()
+            if self.pending and self.res_len + q_len > 2 * self.config.residual_length:
+                # commit (and evict) the encoded block before this step attends, as a decode step at this position
+                # would: chunks of C | R tokens then attend exactly what token-by-token decoding attends
+                self._commit_pending()
             if self.evict is not None:
-                self._score_queued()
-                if self.pending and self.res_len + q_len > 2 * self.config.residual_length:
-                    # commit (and evict) before this step attends, as a decode step at this position would
-                    self._commit_pending()
                 self._defer = True  # evict again once this step's queries are scored (observe_dense)
             if self.get_seq_length() == 0:
                 k_out, v_out = key_states, value_states

@@ -131,6 +131,11 @@ def cmd_generate(args) -> int:
     from .decode import generate as million_generate
     from .models import load_model, resolve_model
 
+    evict = None
+    if args.keep is not None:
+        from .config import Eviction
+
+        evict = Eviction(keep=args.keep, recent=args.recent)  # raises ValueError naming the allowed range
     src = resolve_model(args.model)
     cb = Codebooks.load(args.codebooks)
     device = _device(args.device)
@@ -159,7 +164,7 @@ def cmd_generate(args) -> int:
     # both through million.generate: the fp16 cache is transformers' StaticCache, and on a GPU every decode step of
     # both replays a CUDA graph (--no-graph: eager steps)
     caches = (("fp16", StaticCache(config=model.config, max_cache_len=n_prompt + args.max_new_tokens)),
-              ("pq", MillionCache(cb, model.config)))
+              ("pq", MillionCache(cb, model.config, evict=evict)))
     for name, cache in caches:
         g = torch.Generator(device=device).manual_seed(args.seed)
         t0 = time.time()
@@ -176,7 +181,9 @@ def cmd_generate(args) -> int:
     print(f"\n--- million PQ KV cache ({pq_b:g} bytes/token = {pq_b / fp16_b:.3f} x fp16; "
           f"codebooks {cb.nbytes / 2**20:.2f} MiB once) [{outs['pq'][1]:.1f} s]\n{outs['pq'][0].strip()}")
     lay = outs["pq"][2].layers[0]
-    print(f"\nPQ cache now: {lay.pq_len} tokens as codes + {lay.res_len} in the full-precision window per layer")
+    kept = f" (of {lay.pq_pos} code positions; eviction keeps {args.keep:g})" if evict is not None else ""
+    print(f"\nPQ cache now: {lay.pq_len} tokens as codes{kept} + {lay.res_len} in the full-precision window per layer, "
+          f"{outs['pq'][2].bits_per_element():.2f} bits/element held")
     return 0
 
 
@@ -242,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.9)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.add_argument("--keep", type=float, default=None,
+                   help="evict code tokens, keeping this share of them: heavy hitters and recent (million.Eviction; default keep all)")
+    g.add_argument("--recent", type=float, default=0.5, help="with --keep: share of the budget for the most recent tokens (default 0.5)")
     g.add_argument("--no-graph", action="store_true", help="on a GPU, run decode steps eagerly instead of replaying a CUDA graph")
     g.add_argument("--device", default=None)
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPU)")
