@@ -157,11 +157,15 @@ def test_attention_on_packed_codes_is_attention_on_the_kept_tokens(sinks, transf
 
 @pytest.mark.parametrize("pads,transformed", [((0, 4), False), ((0, 0), False), ((0, 0), True), ((0, 6), True)],
                          ids=["padded", "folded-sinks", "transformed-folded", "transformed-padded"])
-def test_static_steps_equal_eager_steps_with_eviction(pads, transformed):
+def test_static_steps_equal_eager_steps_with_eviction(pads, transformed, monkeypatch):
+    # eager steps commit layer by layer; static steps score and evict all layers at once (MillionCache._commit_all)
     model, cb = _setup(kv_heads=1, sinks=1, transformed=transformed)
     ids, am = left_padded(length=17, pad=pads)
     ev = Eviction(keep=0.5)
     eager, static = MillionCache(cb, model.config, evict=ev), MillionCache(cb, model.config, evict=ev)
+    batched = []
+    commit_all = MillionCache._commit_all
+    monkeypatch.setattr(MillionCache, "_commit_all", lambda self: (batched.append(1), commit_all(self)))
     dec = Decoder(model, static, graph=False)
     pos = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
     with torch.no_grad():
@@ -176,7 +180,7 @@ def test_static_steps_equal_eager_steps_with_eviction(pads, transformed):
                          **cache_arg(model, eager), use_cache=True).logits[:, -1].float()
         got = dec.step(tok)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert static.layers[0].static and static.layers[0]._evicted
+    assert static.layers[0].static and static.layers[0]._evicted and len(batched) >= 3
     for a, b in zip(eager.layers, static.layers):
         assert (a.pq_len, a.pq_pos, a.res_len, a._cs) == (b.pq_len, b.pq_pos, b.res_len, b._cs)
         torch.testing.assert_close(a.score[:, :, : a.pq_len], b.score[:, :, : b.pq_len], rtol=1e-4, atol=1e-4)

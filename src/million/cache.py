@@ -853,8 +853,27 @@ class MillionCache(Cache):
             l.end_static()
 
     def before_static_step(self) -> None:
-        for l in self.layers:
+        ls = self.layers
+        R = ls[0].config.residual_length if ls else 0
+        if (self.evict is not None and len(ls) > 1 and all(l.res_len + 1 > 2 * R for l in ls)
+                and len({(l.pq_len, l.pq_pos, l.res_len, l._scored, tuple(l._cs or ())) for l in ls}) == 1
+                and len({(l.k_codes.shape, l.k_codes.dtype, l.k_centroids.shape, l.dtype) for l in ls}) == 1):
+            self._commit_all()  # the layers move in lockstep: score and evict all of them at once
+            return
+        for l in ls:
             l.before_static_step()
+
+    # -- eviction of all layers at once (static steps: the layers' lengths and budgets are equal) -------------------
+    def _commit_all(self) -> None:
+        """What every layer's ``_commit_pending`` does, with the scoring and the eviction batched over the layers
+        (a few kernels per group of layers instead of a few dozen per layer)."""
+        ls = self.layers
+        _score_queued_all(ls)
+        for l in ls:
+            l._defer = True  # commit only: the eviction follows for all layers at once
+            l._commit_pending()
+            l._defer = False
+        _evict_all(ls)
 
     def after_static_step(self) -> None:
         for l in self.layers:
@@ -884,3 +903,105 @@ def pq_bytes_per_token(config, pq: PQConfig) -> float:
     """Bytes one token's K and V codes take (codebooks and the full-precision window not counted)."""
     H = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return 2 * config.num_hidden_layers * H * pq.M * (1 if pq.nbits <= 8 else 2)
+
+
+def _layer_groups(n_layers: int, per_layer: int, budget: int = 1 << 29) -> list[range]:
+    """Consecutive groups of layers whose temporaries of ``per_layer`` bytes each fit ``budget`` bytes."""
+    g = max(1, min(n_layers, budget // max(1, per_layer)))
+    return [range(i, min(n_layers, i + g)) for i in range(0, n_layers, g)]
+
+
+def _score_queued_all(ls: list) -> None:
+    """``MillionLayer._score_queued`` for layers in lockstep (same lengths, code starts and scored slots)."""
+    l0 = ls[0]
+    j0, j1 = l0._scored, l0.res_len
+    for l in ls:
+        l._scored = j1
+    if j1 <= j0 or any(l._qbuf is None for l in ls):
+        return
+    B, Hq, _, D = l0._qbuf.shape
+    H, P, dev = l0.num_heads, l0.pq_len, l0._qbuf.device
+    G, n = Hq // H, j1 - j0
+    cdt = l0.dtype if dev.type == "cuda" else torch.float32
+    qpos = torch.arange(j0, j1, device=dev)[None, None, :, None]
+    cs = l0.code_starts.long()[None, :, None, None]
+    slot = torch.arange(P + j1, device=dev)
+    seen = torch.where(slot < P, slot >= cs, slot - P <= qpos)  # [1, B, n, P + j1]
+    for grp in _layer_groups(len(ls), (B * H * (P + j1) * D + B * Hq * n * (P + j1) * 2) * 4):
+        gl = [ls[i] for i in grp]
+        q = torch.stack([l._qbuf[:, :, j0:j1] for l in gl]).view(len(gl), B, H, G, n, D)
+        lse = torch.stack([l._lbuf[:, :, j0:j1] for l in gl]).view(len(gl), B, H, G, n, 1)
+        if l0.transforms is not None:  # codes' space: q @ q_map per layer and head
+            q = torch.einsum("lbhgnd,lhde->lbhgne", q.float(), torch.stack([l.transforms[4] for l in gl]))
+        keys = torch.empty(len(gl), B, H, P + j1, D, dtype=cdt, device=dev)
+        if P:
+            codes = torch.stack([l.k_codes[:, :, :P] for l in gl])  # [g, B, H, P, M]
+            keys[:, :, :, :P] = ops.pq_decode(codes.transpose(0, 1).reshape(B, -1, P, codes.shape[-1]),  # head = layer * H + h
+                                              torch.cat([l.k_centroids.expand(H, *l.k_centroids.shape[1:])
+                                                         for l in gl]).to(cdt), cdt
+                                              ).view(B, len(gl), H, P, D).transpose(0, 1)
+        win = [l.k_window_t if l.transforms is not None else l.k_window for l in gl]
+        keys[:, :, :, P:] = torch.stack([w[:, :, :j1] for w in win])
+        p = torch.einsum("lbhgnd,lbhtd->lbhgnt", q.to(cdt), keys).float().mul_(l0._scale).sub_(lse).exp_()
+        tok = p.mul_(seen[:, :, None, None]).nan_to_num_(0.0).sum((3, 4))  # [g, B, H, P + j1]
+        for i, l in enumerate(gl):
+            l.score[:, :, :P] += tok[i, :, :, :P]
+            l._wscore[:, :, :j1] += tok[i, :, :, P:]
+
+
+def _evict_all(ls: list) -> None:
+    """``MillionLayer._evict`` for layers in lockstep: one selection (``topk``) for all of them."""
+    l0 = ls[0]
+    ev = l0.evict
+    if ev is None or l0.pq_len == 0:
+        return
+    for l in ls:
+        l._ensure_pad(None)
+    S = l0.config.sink_length
+    first = [max(p, S) for p in l0._pad]
+    if any(f > l0.pq_pos for f in first):
+        return
+    lens = [l0.pq_len - c for c in l0._cs]
+    budgets = [ev.budget(l0.pq_pos - f) for f in first]
+    if all(k <= b for k, b in zip(lens, budgets)):
+        return
+    for l in ls:
+        if l._event is not None:
+            torch.cuda.current_stream(l.device).wait_event(l._event)
+    B, H, dev, L = l0.batch_size, l0.num_heads, l0.device, len(ls)
+    rows = []
+    for b in range(B):
+        K, bud = lens[b], budgets[b]
+        slots = torch.arange(l0._cs[b], l0.pq_len, device=dev)
+        if K <= bud:
+            rows.append(slots.expand(L, H, K))
+            continue
+        n_recent = min(bud, int(ev.recent * bud))
+        old = slots[: K - n_recent]
+        sc = torch.stack([l.score[b][:, old] for l in ls])  # [L, H, n_old]
+        if ev.friendliness:
+            e = torch.stack([l.err[b][:, old] for l in ls]).float()
+            sc = sc / (1 + e / e.mean(-1, keepdim=True).clamp_min(1e-12))
+        heavy = old[sc.topk(bud - n_recent, -1).indices.sort(-1).values]
+        rows.append(torch.cat([heavy, slots[K - n_recent :].expand(L, H, n_recent)], -1))
+    new_len = max(r.shape[-1] for r in rows)
+    idx = torch.stack([torch.cat([r.new_zeros(L, H, new_len - r.shape[-1]), r], -1) for r in rows], 1)  # [L, B, H, n]
+    old_len = l0.pq_len
+    cs = [new_len - r.shape[-1] for r in rows]
+    R = l0.config.residual_length
+    for i, l in enumerate(ls):
+        for t in (l.k_codes, l.v_codes):
+            t[:, :, :new_len] = t.gather(2, idx[i][..., None].expand(-1, -1, -1, t.shape[-1]))
+        for t in (l.score, l.err):
+            t[:, :, :new_len] = t.gather(2, idx[i])
+        if l.pending:
+            for t in (l.k_codes, l.v_codes, l.score, l.err):
+                t[:, :, new_len : new_len + R] = t[:, :, old_len : old_len + R].clone()
+        l._cs = list(cs)
+        if len(set(cs)) == 1:
+            l.code_starts.fill_(cs[0])
+        else:
+            l.code_starts.copy_(torch.tensor(cs, dtype=torch.int32))
+        l.pq_len = new_len
+        l.pq_lens.fill_(new_len)
+        l._evicted = True
