@@ -253,6 +253,7 @@ def test_multi_token_step_after_eviction_with_padding_is_refused():
 @pytest.mark.parametrize("kw,match", [
     (dict(keep=0), r"keep=0 .*\(0, 1\]"), (dict(keep=1.5), r"keep=1.5"), (dict(keep=0.5, recent=-0.1), r"recent=-0.1"),
     (dict(keep="half"), r"keep must be a number"), (dict(keep=0.5, friendliness=1), r"friendliness"),
+    (dict(keep=0.5, observe=0), r"observe=0"), (dict(keep=0.5, observe=2.5), r"observe=2.5"),
 ])
 def test_eviction_rejects_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -263,3 +264,16 @@ def test_cache_rejects_a_non_eviction():
     model, cb = _setup()
     with pytest.raises(ValueError, match="million.Eviction"):
         MillionCache(cb, model.config, evict=0.5)
+
+
+def test_observation_window_scores_only_the_last_prompt_queries():
+    # with observe=W a prompt adds the attention of its last W queries only: mass G * W per head after the prefill
+    model, cb = _setup(kv_heads=2)
+    ids, am = left_padded(batch=1, length=30, pad=(0,))
+    cache = MillionCache(cb, model.config, evict=Eviction(keep=1.0, observe=5))
+    _feed(model, cache, ids, am, 0)
+    for layer in cache.layers:
+        mass = layer.score[:, :, : layer.pq_len].sum(-1) + layer._wscore[:, :, : layer.res_len].sum(-1)
+        torch.testing.assert_close(mass, torch.full_like(mass, 2 * 5.0), rtol=1e-4, atol=1e-4)
+        # the last 5 queries see every key up to their own: the first keys got something
+        assert float(layer.score[0, :, :5].sum()) > 0

@@ -560,8 +560,10 @@ class MillionLayer(CacheLayerMixin):
         G = Hq // H
         scale = D**-0.5 if scaling is None else float(scaling)
         self._scale = scale
-        # causal queries (the last C keys) with left padding: what MillionCache's multi-token steps are handed
-        tok = ops.attention_column_sums(query, key, self._pad_t, scale)
+        # causal queries (the last C keys) with left padding: what MillionCache's multi-token steps are handed; with an
+        # observation window only the last `observe` of them count
+        w = self.evict.observe
+        tok = ops.attention_column_sums(query if w is None or w >= C else query[:, :, C - w :], key, self._pad_t, scale)
         # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window
         c = self._cs[0] if self._evicted else 0
         n_c = self.pq_len - c

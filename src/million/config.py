@@ -132,11 +132,16 @@ class Eviction:
         Share of the budget given to the most recent code tokens.
     friendliness : bool
         Discount each token's score by its relative quantization error.
+    observe : int or None
+        A multi-token step (a prompt) adds only the attention of its last ``observe`` queries to the scores (an
+        observation window at the end of the prompt, as SnapKV; the question of a long-context prompt decides what
+        is kept). None: every query counts. Decode steps always count.
     """
 
     keep: float
     recent: float = 0.5
     friendliness: bool = True
+    observe: int | None = None
 
     def __post_init__(self):
         for name in ("keep", "recent"):
@@ -149,6 +154,8 @@ class Eviction:
             raise ValueError(f"Eviction recent={self.recent!r} is out of range; allowed: [0, 1]")
         if not isinstance(self.friendliness, bool):
             raise ValueError(f"Eviction friendliness must be True or False, got {self.friendliness!r}")
+        if self.observe is not None and (isinstance(self.observe, bool) or not isinstance(self.observe, int) or self.observe < 1):
+            raise ValueError(f"Eviction observe={self.observe!r} must be an integer >= 1 or None")
 
     def budget(self, n: int) -> int:
         """Code tokens kept out of ``n`` code positions seen."""
@@ -157,4 +164,4 @@ class Eviction:
         return min(n, math.ceil(self.keep * n - 1e-9)) if n > 0 else 0
 
     def to_dict(self) -> dict:
-        return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness}
+        return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness, "observe": self.observe}
