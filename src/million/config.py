@@ -136,12 +136,16 @@ class Eviction:
         A multi-token step (a prompt) adds only the attention of its last ``observe`` queries to the scores (an
         observation window at the end of the prompt, as SnapKV; the question of a long-context prompt decides what
         is kept). None: every query counts. Decode steps always count.
+    pool : int (odd)
+        Max-pool the scores over this many neighbouring tokens before choosing (as SnapKV: the tokens around a heavy
+        hitter are kept with it, so a fact spread over several tokens survives whole). 1: no pooling.
     """
 
     keep: float
     recent: float = 0.5
     friendliness: bool = True
     observe: int | None = None
+    pool: int = 1
 
     def __post_init__(self):
         for name in ("keep", "recent"):
@@ -156,6 +160,18 @@ class Eviction:
             raise ValueError(f"Eviction friendliness must be True or False, got {self.friendliness!r}")
         if self.observe is not None and (isinstance(self.observe, bool) or not isinstance(self.observe, int) or self.observe < 1):
             raise ValueError(f"Eviction observe={self.observe!r} must be an integer >= 1 or None")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1 or self.pool % 2 == 0:
+            raise ValueError(f"Eviction pool={self.pool!r} must be an odd integer >= 1")
+
+    def pooled(self, scores):
+        """``scores [..., n]`` max-pooled over ``pool`` neighbouring tokens (unchanged for ``pool = 1``)."""
+        if self.pool == 1:
+            return scores
+        import torch.nn.functional as F
+
+        shape = scores.shape
+        out = F.max_pool1d(scores.reshape(-1, 1, shape[-1]), self.pool, stride=1, padding=self.pool // 2)
+        return out.reshape(shape)
 
     def budget(self, n: int) -> int:
         """Code tokens kept out of ``n`` code positions seen."""
@@ -164,4 +180,5 @@ class Eviction:
         return min(n, math.ceil(self.keep * n - 1e-9)) if n > 0 else 0
 
     def to_dict(self) -> dict:
-        return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness, "observe": self.observe}
+        return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness, "observe": self.observe,
+                "pool": self.pool}

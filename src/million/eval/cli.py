@@ -78,7 +78,7 @@ def _setup(args):
     if args.protocol == "served":
         from ..config import Eviction
 
-        method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent, observe=args.observe)
+        method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool)
         method.chunk = args.chunk
     from ..cli import _device
 
@@ -155,6 +155,8 @@ def _common(p) -> None:
     p.add_argument("--recent", type=float, default=0.5, help="protocol served with --keep: share of the budget for recent tokens (default 0.5)")
     p.add_argument("--observe", type=int, default=None,
                    help="protocol served with --keep: a prompt scores tokens by its last N queries only (default: all)")
+    p.add_argument("--pool", type=int, default=1,
+                   help="protocol served with --keep: max-pool scores over this many neighbouring tokens (odd; default 1)")
     p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
     p.add_argument("--quiet", action="store_true")
 
