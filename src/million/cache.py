@@ -207,12 +207,10 @@ class MillionLayer(CacheLayerMixin):
         kept = self.pq_len - self._cs[0] if self._evicted else None
         R = self.config.residual_length
         if q > 1 and self.pending and self.res_len + q > 2 * R:  # update() commits a block and evicts
-            pad = self._pad if self._pad is not None else [0] * self.batch_size
-            first = [max(p, self.config.sink_length) for p in pad]
             pos = self.pq_pos + R
+            first, bud = self._first_and_budgets(pos)
             if all(f <= pos for f in first):
                 have = [(self.pq_len - c if self._evicted else self.pq_len - f) + R for c, f in zip(self._cs or first, first)]
-                bud = [self.evict.budget(pos - f) for f in first]
                 if self._evicted or any(h > b for h, b in zip(have, bud)):
                     kept = min(have[0], bud[0])
             return kept, self.res_len - R
@@ -282,7 +280,7 @@ class MillionLayer(CacheLayerMixin):
                 self._event.record(self._stream)
         self.pending = True
 
-    def _commit_pending(self) -> None:
+    def _commit_pending(self, evict: bool = True) -> None:
         """Make the pending block's codes visible and drop it from the window."""
         R = self.config.residual_length
         self._score_queued()  # the steps since the last commit saw the codes as they are now
@@ -308,7 +306,7 @@ class MillionLayer(CacheLayerMixin):
             if self._fold:
                 self._res_lens_s -= R
         self.pending = False
-        if not self._defer:
+        if evict and not self._defer:
             self._evict()
 
     def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -555,9 +553,8 @@ class MillionLayer(CacheLayerMixin):
         (``[B, H_kv, kv, D]``, what :meth:`update` returned) to the tokens' scores, then evict. The step is causal with
         the queries as the last ``C`` keys and the left padding learnt at the first step (the mask only teaches that)."""
         self._ensure_pad(attention_mask)
-        B, Hq, C, D = query.shape
-        H, kv = key.shape[1], key.shape[2]
-        G = Hq // H
+        C, D = query.shape[2], query.shape[3]
+        kv = key.shape[2]
         scale = D**-0.5 if scaling is None else float(scaling)
         self._scale = scale
         # causal queries (the last C keys) with left padding: what MillionCache's multi-token steps are handed; with an
@@ -596,96 +593,20 @@ class MillionLayer(CacheLayerMixin):
     def _score_queued(self) -> None:
         """Add the attention of the decode steps kept by :meth:`observe_step` (window slots ``[scored, res_len)``)
         to the scores of the code slots and window slots they saw: ``p = exp(scale q.k - lse)``."""
-        if self.evict is None:
-            return
-        j0, j1 = self._scored, self.res_len
-        self._scored = j1
-        if j1 <= j0 or self._qbuf is None:
-            return
-        B, Hq, _, D = self._qbuf.shape
-        H, P, dev = self.num_heads, self.pq_len, self._qbuf.device
-        G, n = Hq // H, j1 - j0
-        cdt = self.dtype if dev.type == "cuda" else torch.float32  # half-precision dots on a GPU
-        q = self._qbuf[:, :, j0:j1].view(B, H, G, n, D)
-        lse = self._lbuf[:, :, j0:j1].view(B, H, G, n, 1)
-        # one key block: the codes decoded (in their space) then the window slots [0, j1) (the mapped copy with
-        # transforms, so that one query, mapped, meets both: q . k = (q @ q_map) . (k @ A))
-        keys = torch.empty(B, H, P + j1, D, dtype=cdt, device=dev)
-        if P:
-            keys[:, :, :P] = ops.pq_decode(self.k_codes[:, :, :P], self.k_centroids, cdt)
-        if self.transforms is not None:
-            keys[:, :, P:] = self.k_window_t[:, :, :j1]
-            q = torch.einsum("bhgnd,hde->bhgne", q.float(), self.transforms[4])
-        else:
-            keys[:, :, P:] = self.k_window[:, :, :j1]
-        q = q.to(cdt)
-        qpos = torch.arange(j0, j1, device=dev)[None, :, None]
-        cs = self.code_starts.long()[:, None, None]
-        tok = torch.empty(B, H, P + j1, dtype=torch.float32, device=dev)
-        step = max(4096, (1 << 26) // max(1, B * Hq * n))
-        for t0 in range(0, P + j1, step):
-            t1 = min(P + j1, t0 + step)
-            slot = torch.arange(t0, t1, device=dev)[None, None, :]
-            # code slot t counts from the sequence's first code slot; window slot j for the queries of slots >= j
-            seen = torch.where(slot < P, slot >= cs, slot - P <= qpos)  # [B, n, t1 - t0]
-            p = torch.einsum("bhgnd,bhtd->bhgnt", q, keys[:, :, t0:t1]).float().mul_(self._scale).sub_(lse).exp_()
-            tok[:, :, t0:t1] = p.mul_(seen[:, None, None]).nan_to_num_(0.0).sum((2, 3))
-        self.score[:, :, :P] += tok[:, :, :P]
-        self._wscore[:, :, :j1] += tok[:, :, P:]
+        if self.evict is not None:
+            _score_queued_all([self])
 
     def _evict(self) -> None:
         """Keep, per sequence and head, at most ``Eviction.budget`` of the code positions seen: the most recent
         share and the highest (friendliness-discounted) scores; packed at the end of ``[0, pq_len)``."""
-        ev = self.evict
-        if ev is None or self.pq_len == 0:
-            return
-        self._ensure_pad(None)
-        S = self.config.sink_length
-        first = [max(p, S) for p in self._pad]  # first code-eligible position of each sequence
-        if any(f > self.pq_pos for f in first):
-            return  # left padding still reaches past the codes: nothing to choose from yet for that sequence
-        lens = [self.pq_len - c for c in self._cs]
-        budgets = [ev.budget(self.pq_pos - f) for f in first]
-        if all(k <= b for k, b in zip(lens, budgets)):
-            return
-        if self._event is not None:  # a pending block is being encoded right after the codes: it moves with them
-            torch.cuda.current_stream(self.device).wait_event(self._event)
-        B, H, dev = self.batch_size, self.num_heads, self.device
-        rows = []
-        for b in range(B):
-            K, bud = lens[b], budgets[b]
-            slots = torch.arange(self._cs[b], self.pq_len, device=dev)
-            if K <= bud:
-                rows.append(slots.expand(H, K))
-                continue
-            n_recent = min(bud, int(ev.recent * bud))
-            old = slots[: K - n_recent]
-            sc = self.score[b][:, old]
-            if ev.friendliness:
-                e = self.err[b][:, old].float()
-                sc = sc / (1 + e / e.mean(-1, keepdim=True).clamp_min(1e-12))
-            heavy = old[ev.pooled(sc).topk(bud - n_recent, -1).indices.sort(-1).values]
-            rows.append(torch.cat([heavy, slots[K - n_recent :].expand(H, n_recent)], 1))
-        new_len = max(r.shape[1] for r in rows)
-        idx = torch.stack([torch.cat([r.new_zeros(H, new_len - r.shape[1]), r], 1) for r in rows])  # [B, H, new_len]
-        old_len = self.pq_len
-        for name in ("k_codes", "v_codes"):
-            t = getattr(self, name)
-            t[:, :, :new_len] = t.gather(2, idx[..., None].expand(-1, -1, -1, t.shape[-1]))
-        for t in (self.score, self.err):
-            t[:, :, :new_len] = t.gather(2, idx)
-        if self.pending:  # the block being encoded at [old_len, old_len + R)
-            R = self.config.residual_length
-            for t in (self.k_codes, self.v_codes, self.score, self.err):
-                t[:, :, new_len : new_len + R] = t[:, :, old_len : old_len + R].clone()
-        self._cs = [new_len - r.shape[1] for r in rows]
-        if len(set(self._cs)) == 1:
-            self.code_starts.fill_(self._cs[0])
-        else:
-            self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
-        self.pq_len = new_len
-        self.pq_lens.fill_(new_len)
-        self._evicted = True
+        _evict_all([self])
+
+    def _first_and_budgets(self, pos: int) -> tuple[list[int], list[int]]:
+        """Each sequence's first code-eligible position (after its padding and the sinks) and its code budget when
+        ``pos`` code positions have been committed."""
+        pad = self._pad if self._pad is not None else [0] * self.batch_size
+        first = [max(p, self.config.sink_length) for p in pad]
+        return first, [self.evict.budget(pos - f) for f in first]
 
     def reset(self) -> None:
         if self.is_initialized:
@@ -872,9 +793,7 @@ class MillionCache(Cache):
         ls = self.layers
         _score_queued_all(ls)
         for l in ls:
-            l._defer = True  # commit only: the eviction follows for all layers at once
-            l._commit_pending()
-            l._defer = False
+            l._commit_pending(evict=False)  # the eviction follows for all layers at once
         _evict_all(ls)
 
     def after_static_step(self) -> None:
@@ -914,7 +833,8 @@ def _layer_groups(n_layers: int, per_layer: int, budget: int = 1 << 29) -> list[
 
 
 def _score_queued_all(ls: list) -> None:
-    """``MillionLayer._score_queued`` for layers in lockstep (same lengths, code starts and scored slots)."""
+    """Score the queued decode queries of layers in lockstep (same lengths, code starts and scored slots; one layer
+    for ``MillionLayer._score_queued``), in groups of layers: stacked queries and codes, one GEMM per group."""
     l0 = ls[0]
     j0, j1 = l0._scored, l0.res_len
     for l in ls:
@@ -952,19 +872,18 @@ def _score_queued_all(ls: list) -> None:
 
 
 def _evict_all(ls: list) -> None:
-    """``MillionLayer._evict`` for layers in lockstep: one selection (``topk``) for all of them."""
+    """Evict in layers in lockstep (one layer for ``MillionLayer._evict``): one selection (``topk``) for all of
+    them, then each layer's codes, scores and errors packed."""
     l0 = ls[0]
     ev = l0.evict
     if ev is None or l0.pq_len == 0:
         return
     for l in ls:
         l._ensure_pad(None)
-    S = l0.config.sink_length
-    first = [max(p, S) for p in l0._pad]
+    first, budgets = l0._first_and_budgets(l0.pq_pos)
     if any(f > l0.pq_pos for f in first):
         return
     lens = [l0.pq_len - c for c in l0._cs]
-    budgets = [ev.budget(l0.pq_pos - f) for f in first]
     if all(k <= b for k, b in zip(lens, budgets)):
         return
     for l in ls:

@@ -7,9 +7,11 @@ Vocabulary (as in faiss): a head vector of ``head_dim`` elements is split into `
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
+import torch.nn.functional as F
 
 GRANULARITIES = ("merged", "layer", "layer_head")
 CONFIG_VERSION = 1
@@ -167,16 +169,12 @@ class Eviction:
         """``scores [..., n]`` max-pooled over ``pool`` neighbouring tokens (unchanged for ``pool = 1``)."""
         if self.pool == 1:
             return scores
-        import torch.nn.functional as F
-
         shape = scores.shape
         out = F.max_pool1d(scores.reshape(-1, 1, shape[-1]), self.pool, stride=1, padding=self.pool // 2)
         return out.reshape(shape)
 
     def budget(self, n: int) -> int:
         """Code tokens kept out of ``n`` code positions seen."""
-        import math
-
         return min(n, math.ceil(self.keep * n - 1e-9)) if n > 0 else 0
 
     def to_dict(self) -> dict:

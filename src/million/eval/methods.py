@@ -375,6 +375,8 @@ class PQMethod(KVMethod):
     name = "pq"
     needs_calibration = True
     window = 128
+    evict = None  # protocol served: a million.Eviction (set by `million eval --keep`)
+    chunk = 1  # protocol served: tokens per forward
 
     def __init__(self, bits: float, variant=None, codebooks_dir: str | None = None, label: str | None = None):
         super().__init__(bits)
@@ -415,7 +417,7 @@ class PQMethod(KVMethod):
         f = w / context
         out = {k: (v * (1 - f) if k in ("codes",) else v) for k, v in parts.items()}
         out["window_fp16"] = 16.0 * f
-        ev = getattr(self, "evict", None)
+        ev = self.evict
         if protocol == "served" and ev is not None:
             # what the cache holds at `context` tokens: the kept share of the code positions past the sinks, each
             # with its float32 score and fp16 quantization error per KV head
@@ -436,7 +438,7 @@ class PQMethod(KVMethod):
             raise ValueError("--protocol served runs the real cache: give --codebooks DIR written by `million calibrate`")
         from ..codebook import Codebooks
 
-        return ServedRunner(model, Codebooks.load(self.codebooks_dir), getattr(self, "evict", None), getattr(self, "chunk", 1))
+        return ServedRunner(model, Codebooks.load(self.codebooks_dir), self.evict, self.chunk)
 
     def describe(self):
         d = {**super().describe(), "variant": self.variant.to_dict() if self.variant else None}

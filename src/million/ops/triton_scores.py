@@ -21,6 +21,14 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _scores(q, k, qk_scale, F32: tl.constexpr):
+    # scaled q . k for a [BQ, D] x [BK, D] tile (exact float32 products for float32 inputs)
+    if F32:
+        return tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    return tl.dot(q, tl.trans(k)) * qk_scale
+
+
+@triton.jit
 def _row_lse_kernel(q_ptr, k_ptr, lse_ptr, pad_ptr, C, N, Hq, G, qk_scale,
                     sqb, sqh, sqc, skb, skh, skn,
                     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
@@ -41,10 +49,7 @@ def _row_lse_kernel(q_ptr, k_ptr, lse_ptr, pad_ptr, C, N, Hq, G, qk_scale,
     for k0 in range(lo, hi, BK):
         offs_k = k0 + tl.arange(0, BK)
         k = tl.load(k_ptr + b * skb + h * skh + offs_k[:, None] * skn + offs_d[None, :], mask=(offs_k < N)[:, None], other=0.0)
-        if F32:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = _scores(q, k, qk_scale, F32)
         ok = (offs_k[None, :] <= qpos[:, None]) & (offs_k[None, :] >= pad) & (offs_k[None, :] < N)
         s = tl.where(ok, s, -1.0e30)
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -78,10 +83,7 @@ def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scal
             qpos = N - C + offs_c
             q = tl.load(q_ptr + b * sqb + hq * sqh + offs_c[:, None] * sqc + offs_d[None, :], mask=(offs_c < C)[:, None], other=0.0)
             lse = tl.load(lse_ptr + (b * H * G + hq) * C + offs_c, mask=offs_c < C, other=float("inf"))
-            if F32:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            else:
-                s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = _scores(q, k, qk_scale, F32)
             ok = (offs_k[None, :] <= qpos[:, None]) & (offs_k[None, :] >= pad) & (qpos[:, None] >= pad) \
                 & (offs_c < C)[:, None] & (offs_k < N)[None, :]
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
