@@ -3,6 +3,7 @@
 # GPU time of the 4-bit encode's grid lists (stage grid), the graph loop with eviction (stage graph_ev), then the
 # end-to-end decode benchmark of the 7B-shaped model with every step replayed from a CUDA graph (StaticCache fp16
 # vs MillionCache, plain and transformed codebooks), batch 1 and 8, and the eager loop at 32K for reference.
+# Stage profile_ev: benchmarks/profile_evict.py at PROF_CONTEXTS (default 32768), the library's scoring and the einsum.
 # Every stage runs under `timeout`, clipped to DEADLINE seconds after the start (default 560). Libraries are the
 # carried prebuilt ones (nvcc flags as in src/million/ops/_nvcc.py).
 #
@@ -45,6 +46,16 @@ if want env; then
   cp "$W/env.txt" "$OUT/"
 fi
 want tests && run tests ${TESTS_S:-300} $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py
+# the Triton column sums (prefill scores, and committed decode queries with their own lse) compiled on the GPU
+want tests && run tests_scores 120 $PY -m pytest -q -p no:cacheprovider tests/test_triton_scores.py
+# one commit step taken apart: the library's scoring against the earlier einsum, same process settings
+if want profile_ev; then
+  for ctx in ${PROF_CONTEXTS:-32768}; do
+    for sc in kernel einsum; do
+      run "profile_${sc}_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps 256 --score "$sc" --json "$W/profile_evict_${sc}_$ctx.json"
+    done
+  done
+fi
 want grid && run grid 90 $PY benchmarks/bench_grid_build.py --device cuda --subspaces 2048 --json "$W/grid_build.json"
 want graph_ev && run graph_ev ${EV_S:-240} $PY benchmarks/bench_e2e.py --graph --caches fp16static,pq,pq-ev --keep ${KEEP:-0.4} --contexts "${EV_CONTEXTS:-4096,32768}" --steps 256 --json "$W/e2e_graph_ev.json"
 want graph && run graph 260 $PY benchmarks/bench_e2e.py --graph --contexts "$CONTEXTS" --steps 128 --json "$W/e2e_graph.json"

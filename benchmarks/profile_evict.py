@@ -18,6 +18,49 @@ from collections import defaultdict
 import torch
 
 
+def _score_queued_all_einsum(ls: list) -> None:
+    """The scoring of committed decode queries before it became one attention_column_sums launch (commit 4765261):
+    decoded keys, then ``exp(scale q.k - lse)`` as a float32 ``[layers, B, H, G, queries, keys]`` tensor, masked
+    and summed. Kept here as the same-run reference of ``--score einsum``."""
+    from million import ops
+    from million.cache import _layer_groups
+
+    l0 = ls[0]
+    j0, j1 = l0._scored, l0.res_len
+    for l in ls:
+        l._scored = j1
+    if j1 <= j0 or any(l._qbuf is None for l in ls):
+        return
+    B, Hq, _, D = l0._qbuf.shape
+    H, P, dev = l0.num_heads, l0.pq_len, l0._qbuf.device
+    G, n = Hq // H, j1 - j0
+    cdt = l0.dtype
+    qpos = torch.arange(j0, j1, device=dev)[None, None, :, None]
+    cs = l0.code_starts.long()[None, :, None, None]
+    slot = torch.arange(P + j1, device=dev)
+    seen = torch.where(slot < P, slot >= cs, slot - P <= qpos)
+    for grp in _layer_groups(len(ls), (B * H * (P + j1) * D + B * Hq * n * (P + j1) * 2) * 4):
+        gl = [ls[i] for i in grp]
+        q = torch.stack([l._qbuf[:, :, j0:j1] for l in gl]).view(len(gl), B, H, G, n, D)
+        lse = torch.stack([l._lbuf[:, :, j0:j1] for l in gl]).view(len(gl), B, H, G, n, 1)
+        if l0.transforms is not None:
+            q = torch.einsum("lbhgnd,lhde->lbhgne", q.float(), torch.stack([l.transforms[4] for l in gl]))
+        keys = torch.empty(len(gl), B, H, P + j1, D, dtype=cdt, device=dev)
+        if P:
+            codes = torch.stack([l.k_codes[:, :, :P] for l in gl])
+            keys[:, :, :, :P] = ops.pq_decode(codes.transpose(0, 1).reshape(B, -1, P, codes.shape[-1]),
+                                              torch.cat([l.k_centroids.expand(H, *l.k_centroids.shape[1:])
+                                                         for l in gl]).to(cdt), cdt
+                                              ).view(B, len(gl), H, P, D).transpose(0, 1)
+        win = [l.k_window_t if l.transforms is not None else l.k_window for l in gl]
+        keys[:, :, :, P:] = torch.stack([w[:, :, :j1] for w in win])
+        p = torch.einsum("lbhgnd,lbhtd->lbhgnt", q.to(cdt), keys).float().mul_(l0._scale).sub_(lse).exp_()
+        tok = p.mul_(seen[:, :, None, None]).nan_to_num_(0.0).sum((3, 4))
+        for i, l in enumerate(gl):
+            l.score[:, :, :P] += tok[i, :, :, :P]
+            l._wscore[:, :, :j1] += tok[i, :, :, P:]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--context", type=int, default=32768)
@@ -27,6 +70,9 @@ def main():
     ap.add_argument("--residual", type=int, default=128)
     ap.add_argument("--json", default=None)
     ap.add_argument("--torch-profile", action="store_true", help="also run torch.profiler over one commit step")
+    ap.add_argument("--score", choices=("kernel", "einsum"), default="kernel",
+                    help="how committed decode queries are scored: the library's (one attention_column_sums launch "
+                         "per group of layers) or the earlier einsum over a materialized [heads, queries, keys] tensor")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,6 +116,34 @@ def main():
     for name in ("observe_dense", "_score_queued", "_evict", "_commit_pending"):
         timed(name)
 
+    import million.cache as mc
+
+    if args.score == "einsum":
+        mc._score_queued_all = _score_queued_all_einsum
+    for name in ("_score_queued_all", "_evict_all"):  # what the batched commit of static steps calls
+        fn = getattr(mc, name)
+
+        def wrapper(ls, fn=fn, name=name):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(ls)
+            torch.cuda.synchronize()
+            spent[name] += time.perf_counter() - t0
+            calls[name] += 1
+
+        setattr(mc, name, wrapper)
+    commit_all = MillionCache._commit_all
+
+    def commit_all_timed(self):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        commit_all(self)
+        torch.cuda.synchronize()
+        spent["_commit_all"] += time.perf_counter() - t0
+        calls["_commit_all"] += 1
+
+    MillionCache._commit_all = commit_all_timed
+
     cache = MillionCache(cb, cfg, evict=Eviction(keep=args.keep))
     dec = Decoder(model, cache, graph=True)
     ids = torch.randint(0, 32000, (1, args.context), device="cuda")
@@ -111,6 +185,7 @@ def main():
     layer = cache.layers[0]
     res = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "context": args.context, "keep": args.keep,
+        "score": args.score,
         "layers": args.layers, "steps": args.steps, "prefill_s": prefill_s,
         "prefill_parts_s": prefill_parts, "kept_codes": layer.pq_len - layer._cs[0], "positions": layer.pq_pos,
         "step_ms_median": statistics.median(plain), "commit_steps": len(commit),

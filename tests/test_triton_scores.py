@@ -73,3 +73,53 @@ def test_triton_rejects_a_head_dim_tl_dot_cannot_take():
     q, k = torch.randn(1, 2, 3, 24), torch.randn(1, 2, 3, 24)
     with pytest.raises(ValueError, match="power of two"):
         ts.attention_column_sums(q, k)
+
+
+def _true_lse(q, k, pad, scale):
+    """Each query's natural-log log-sum-exp over the keys it sees (+inf for a query that sees none)."""
+    B, Hq, C, D = q.shape
+    H, N = k.shape[1], k.shape[2]
+    G = Hq // H
+    out = torch.full((B, Hq, C), float("inf"))
+    for b in range(B):
+        for hq in range(Hq):
+            for c in range(C):
+                pos = N - C + c
+                if pos >= pad[b]:
+                    s = (k[b, hq // G, pad[b] : pos + 1].double() @ q[b, hq, c].double()) * scale
+                    out[b, hq, c] = float(s.logsumexp(0))
+    return out
+
+
+@pytest.mark.parametrize("B,Hq,H,C,N,pad", [
+    (1, 4, 4, 1, 1, (0,)), (1, 3, 1, 1, 37, (0,)), (2, 8, 2, 5, 40, (0, 3)), (2, 6, 2, 23, 23, (0, 7)),
+    (1, 4, 1, 17, 70, (0,)), (2, 4, 4, 33, 33, (4, 0)), (2, 2, 2, 0, 9, (0, 0)),
+])
+def test_given_lse_gives_the_same_sums(B, Hq, H, C, N, pad):
+    """With each query's own log-sum-exp handed in (decode steps scored later), the naive twin and the kernel's
+    column pass give the sums of the full computation; a query whose lse is +inf adds nothing."""
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(B, Hq, C, 16, generator=g), torch.randn(B, H, N, 16, generator=g)
+    pad_t = torch.tensor(pad, dtype=torch.int32)
+    lse = _true_lse(q, k, pad, 0.3)
+    want = naive.attention_column_sums(q, k, pad_t, 0.3)
+    got_naive = naive.attention_column_sums(q, k, pad_t, 0.3, lse, chunk_elems=300)
+    torch.testing.assert_close(got_naive, want, rtol=1e-4, atol=1e-5)
+    got = ts.attention_column_sums(q.to(DEV), k.to(DEV), pad_t, 0.3, lse.to(DEV), block_q=16, block_k=16)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+    if C:
+        # a larger lse scales that query's contribution by exp(-delta); +inf removes it
+        lse2 = lse.clone()
+        lse2[:, :, -1] = float("inf")
+        lse2[:, 0, 0] += 1.0
+        ref = naive.attention_column_sums(q, k, pad_t, 0.3, lse2)
+        torch.testing.assert_close(ts.attention_column_sums(q.to(DEV), k.to(DEV), pad_t, 0.3, lse2.to(DEV), block_q=16,
+                                                            block_k=16).cpu(), ref, rtol=1e-4, atol=1e-5)
+        assert float(ref.sum()) < float(want.sum()) - 0.5  # the last query's mass (Hq per valid batch row) is gone
+
+
+def test_lse_of_the_wrong_shape_is_refused():
+    q, k = torch.randn(1, 2, 3, 16), torch.randn(1, 1, 5, 16)
+    for f in (naive.attention_column_sums, ts.attention_column_sums):
+        with pytest.raises(ValueError, match="lse has shape"):
+            f(q, k, None, None, torch.zeros(1, 2, 4))

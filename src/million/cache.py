@@ -834,7 +834,9 @@ def _layer_groups(n_layers: int, per_layer: int, budget: int = 1 << 29) -> list[
 
 def _score_queued_all(ls: list) -> None:
     """Score the queued decode queries of layers in lockstep (same lengths, code starts and scored slots; one layer
-    for ``MillionLayer._score_queued``), in groups of layers: stacked queries and codes, one GEMM per group."""
+    for ``MillionLayer._score_queued``), in groups of layers: each group's keys (decoded codes, then the window) and
+    queries stacked along the batch, one :func:`million.ops.attention_column_sums` call with the queries' own
+    log-sum-exp (on CUDA one Triton launch; nothing of size queries x keys in memory)."""
     l0 = ls[0]
     j0, j1 = l0._scored, l0.res_len
     for l in ls:
@@ -843,29 +845,29 @@ def _score_queued_all(ls: list) -> None:
         return
     B, Hq, _, D = l0._qbuf.shape
     H, P, dev = l0.num_heads, l0.pq_len, l0._qbuf.device
-    G, n = Hq // H, j1 - j0
+    G, n, N = Hq // H, j1 - j0, l0.pq_len + j1
     cdt = l0.dtype if dev.type == "cuda" else torch.float32
-    qpos = torch.arange(j0, j1, device=dev)[None, None, :, None]
-    cs = l0.code_starts.long()[None, :, None, None]
-    slot = torch.arange(P + j1, device=dev)
-    seen = torch.where(slot < P, slot >= cs, slot - P <= qpos)  # [1, B, n, P + j1]
-    for grp in _layer_groups(len(ls), (B * H * (P + j1) * D + B * Hq * n * (P + j1) * 2) * 4):
+    # query n sits at key index P + j0 + n: it saw every code slot from the sequence's first code slot on and the
+    # window slots up to its own, which is the causal rule of attention_column_sums with the code starts as padding
+    for grp in _layer_groups(len(ls), B * H * N * D * torch.empty((), dtype=cdt).element_size()):
         gl = [ls[i] for i in grp]
-        q = torch.stack([l._qbuf[:, :, j0:j1] for l in gl]).view(len(gl), B, H, G, n, D)
-        lse = torch.stack([l._lbuf[:, :, j0:j1] for l in gl]).view(len(gl), B, H, G, n, 1)
+        g = len(gl)
+        q = torch.stack([l._qbuf[:, :, j0:j1] for l in gl])  # [g, B, Hq, n, D]
+        lse = torch.stack([l._lbuf[:, :, j0:j1] for l in gl])
         if l0.transforms is not None:  # codes' space: q @ q_map per layer and head
-            q = torch.einsum("lbhgnd,lhde->lbhgne", q.float(), torch.stack([l.transforms[4] for l in gl]))
-        keys = torch.empty(len(gl), B, H, P + j1, D, dtype=cdt, device=dev)
+            q = torch.einsum("lbhgnd,lhde->lbhgne", q.float().view(g, B, H, G, n, D),
+                             torch.stack([l.transforms[4] for l in gl])).reshape(g, B, Hq, n, D)
+        keys = torch.empty(g, B, H, N, D, dtype=cdt, device=dev)
         if P:
             codes = torch.stack([l.k_codes[:, :, :P] for l in gl])  # [g, B, H, P, M]
             keys[:, :, :, :P] = ops.pq_decode(codes.transpose(0, 1).reshape(B, -1, P, codes.shape[-1]),  # head = layer * H + h
                                               torch.cat([l.k_centroids.expand(H, *l.k_centroids.shape[1:])
                                                          for l in gl]).to(cdt), cdt
-                                              ).view(B, len(gl), H, P, D).transpose(0, 1)
+                                              ).view(B, g, H, P, D).transpose(0, 1)
         win = [l.k_window_t if l.transforms is not None else l.k_window for l in gl]
         keys[:, :, :, P:] = torch.stack([w[:, :, :j1] for w in win])
-        p = torch.einsum("lbhgnd,lbhtd->lbhgnt", q.to(cdt), keys).float().mul_(l0._scale).sub_(lse).exp_()
-        tok = p.mul_(seen[:, :, None, None]).nan_to_num_(0.0).sum((3, 4))  # [g, B, H, P + j1]
+        tok = ops.attention_column_sums(q.to(cdt).reshape(g * B, Hq, n, D), keys.view(g * B, H, N, D),
+                                        l0.code_starts.repeat(g), l0._scale, lse.reshape(g * B, Hq, n)).view(g, B, H, N)
         for i, l in enumerate(gl):
             l.score[:, :, :P] += tok[i, :, :, :P]
             l._wscore[:, :, :j1] += tok[i, :, :, P:]

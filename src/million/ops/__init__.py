@@ -108,7 +108,7 @@ def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, 
     return naive.pq_decode_attention(*args, return_lse=return_lse)
 
 
-def attention_column_sums(q, k, pad=None, scale=None):
+def attention_column_sums(q, k, pad=None, scale=None, lse=None):
     """Attention each key receives from causal queries (summed over queries and the query heads of its KV head); see
     :func:`million.ops.naive.attention_column_sums`. On CUDA the Triton kernels (no ``queries x keys`` tensor in
     memory), on the CPU the naive reference."""
@@ -119,5 +119,5 @@ def attention_column_sums(q, k, pad=None, scale=None):
         except ImportError:
             triton_scores = None
         if triton_scores is not None:
-            return triton_scores.attention_column_sums(q, k, pad, scale)
-    return naive.attention_column_sums(q, k, pad, scale)
+            return triton_scores.attention_column_sums(q, k, pad, scale, lse)
+    return naive.attention_column_sums(q, k, pad, scale, lse)

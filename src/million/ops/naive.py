@@ -258,7 +258,7 @@ def pq_decode_attention(
 
 
 def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None, scale: float | None = None,
-                          chunk_elems: int = 1 << 26) -> torch.Tensor:
+                          lse: torch.Tensor | None = None, chunk_elems: int = 1 << 26) -> torch.Tensor:
     """Attention each key receives from a block of causal queries, summed over the queries and the query heads of
     its KV head (the accumulated-attention score of heavy-hitter eviction).
 
@@ -266,11 +266,17 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | 
     key index ``N - C + c`` and sees keys ``j <= N - C + c`` with ``j >= pad[b]`` (left padding); queries at
     positions below ``pad[b]`` count for nothing. Returns float32 ``[B, H_kv, N]``:
     ``sum over g, c of softmax(scale * q . k)``.
+
+    ``lse [B, H_q, C]`` (float, natural log), when given, is each query's log-sum-exp of the attention it ran
+    (decode steps whose scores are taken later): the sum is then of ``exp(scale * q . k - lse)`` over the same visible
+    keys, and a query with ``lse = +inf`` adds nothing.
     """
     B, Hq, C, D = q.shape
     H, N = k.shape[1], k.shape[2]
     G = Hq // H
     scale = D**-0.5 if scale is None else float(scale)
+    if lse is not None and tuple(lse.shape) != (B, Hq, C):
+        raise ValueError(f"attention_column_sums: lse has shape {tuple(lse.shape)}, expected {(B, Hq, C)}")
     pad = torch.zeros(B, dtype=torch.long, device=q.device) if pad is None else pad.to(q.device).long()
     qg = q.float().view(B, H, G, C, D)
     kf = k.float()
@@ -283,7 +289,11 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | 
         qpos = torch.arange(c0, c1, device=q.device) + (N - C)
         logits = torch.einsum("bhgcd,bhnd->bhgcn", qg[:, :, :, c0:c1], kf[:, :, :hi]) * scale
         seen = (j[None, None, :hi] <= qpos[None, :, None]) & (j[None, None, :hi] >= pad[:, None, None])  # [B, c, hi]
-        p = logits.masked_fill(~seen[:, None, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+        logits = logits.masked_fill(~seen[:, None, None], float("-inf"))
+        if lse is None:
+            p = logits.softmax(-1).nan_to_num(0.0)
+        else:
+            p = (logits - lse.float().view(B, H, G, C)[:, :, :, c0:c1, None]).exp().nan_to_num(0.0)
         p = p * (qpos[None, :] >= pad[:, None])[:, None, None, :, None]
         out[:, :, :hi] += p.sum((2, 3))
     return out

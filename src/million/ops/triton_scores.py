@@ -92,8 +92,9 @@ def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scal
 
 
 def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None, scale: float | None = None,
-                          block_q: int = 64, block_k: int = 64) -> torch.Tensor:
-    """See :func:`million.ops.naive.attention_column_sums`. ``D`` must be a power of two >= 16."""
+                          lse: torch.Tensor | None = None, block_q: int = 64, block_k: int = 64) -> torch.Tensor:
+    """See :func:`million.ops.naive.attention_column_sums`. ``D`` must be a power of two >= 16. With ``lse`` given
+    (the queries' own log-sum-exp, natural log) only the column pass runs."""
     B, Hq, C, D = q.shape
     H, N = k.shape[1], k.shape[2]
     if Hq % H or D < 16 or D & (D - 1):
@@ -105,13 +106,19 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | 
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     pad = (torch.zeros(B, dtype=torch.int32, device=q.device) if pad is None else pad.to(q.device, torch.int32)).contiguous()
-    lse = torch.empty(B, Hq, C, dtype=torch.float32, device=q.device)
+    given = lse is not None
+    if given:
+        if tuple(lse.shape) != (B, Hq, C):
+            raise ValueError(f"attention_column_sums: lse has shape {tuple(lse.shape)}, expected {(B, Hq, C)}")
+        lse = (lse.to(q.device, torch.float32) * _LOG2E).contiguous()  # base 2, as the kernels count
+    else:
+        lse = torch.empty(B, Hq, C, dtype=torch.float32, device=q.device)
     out = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
     if B == 0 or N == 0:
         return out.zero_()
     qk = scale * _LOG2E
     f32 = q.dtype == torch.float32
-    if C:
+    if C and not given:
         _row_lse_kernel[(triton.cdiv(C, block_q), B * Hq)](
             q, k, lse, pad, C, N, Hq, G, qk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             D=D, BQ=block_q, BK=block_k, F32=f32)
