@@ -52,7 +52,7 @@ want tests && run tests_scores 120 $PY -m pytest -q -p no:cacheprovider tests/te
 if want profile_ev; then
   for ctx in ${PROF_CONTEXTS:-32768}; do
     for sc in kernel einsum; do
-      run "profile_${sc}_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps 256 --score "$sc" --json "$W/profile_evict_${sc}_$ctx.json"
+      run "profile_${sc}_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score "$sc" --json "$W/profile_evict_${sc}_$ctx.json"
     done
   done
 fi

@@ -7,6 +7,9 @@ Same contract as :func:`million.ops.naive.attention_column_sums` (the specificat
    it sees (online, as flash attention);
 2. ``_col_sum_kernel``, grid ``(ceil(N / BK), B * H_kv)``: one program owns a block of keys and sums
    ``exp2(s - lse)`` over every query (of every query head of its KV head) that sees them. No atomics.
+
+The lengths ``C`` and ``N`` are not specialized on (``do_not_specialize``): committed decode blocks call the column
+pass with a key count that changes at every call, and a variant per divisibility class would compile mid-decode.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _scores(q, k, qk_scale, F32: tl.constexpr):
     return tl.dot(q, tl.trans(k)) * qk_scale
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "N"])
 def _row_lse_kernel(q_ptr, k_ptr, lse_ptr, pad_ptr, C, N, Hq, G, qk_scale,
                     sqb, sqh, sqc, skb, skh, skn,
                     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
@@ -60,7 +63,7 @@ def _row_lse_kernel(q_ptr, k_ptr, lse_ptr, pad_ptr, C, N, Hq, G, qk_scale,
     tl.store(lse_ptr + bhq * C + offs_c, lse, mask=offs_c < C)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "N"])
 def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scale,
                     sqb, sqh, sqc, skb, skh, skn,
                     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
