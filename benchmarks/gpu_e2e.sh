@@ -51,9 +51,10 @@ want tests && run tests_scores 120 $PY -m pytest -q -p no:cacheprovider tests/te
 # one commit step taken apart: the library's scoring against the earlier einsum, same process settings
 if want profile_ev; then
   for ctx in ${PROF_CONTEXTS:-32768}; do
-    for sc in kernel einsum; do
-      run "profile_${sc}_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score "$sc" --json "$W/profile_evict_${sc}_$ctx.json"
-    done
+    # the library's route (flash prefill, one column-sum launch per commit) and the earlier one (SDPA prefill with
+    # two passes of the scores, einsum at commits)
+    run "profile_kernel_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score kernel --prefill flash --json "$W/profile_evict_kernel_$ctx.json"
+    run "profile_einsum_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score einsum --prefill sdpa --json "$W/profile_evict_einsum_$ctx.json"
   done
 fi
 want grid && run grid 90 $PY benchmarks/bench_grid_build.py --device cuda --subspaces 2048 --json "$W/grid_build.json"

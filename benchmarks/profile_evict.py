@@ -23,7 +23,10 @@ def _score_queued_all_einsum(ls: list) -> None:
     decoded keys, then ``exp(scale q.k - lse)`` as a float32 ``[layers, B, H, G, queries, keys]`` tensor, masked
     and summed. Kept here as the same-run reference of ``--score einsum``."""
     from million import ops
-    from million.cache import _layer_groups
+
+    def _layer_groups(n_layers: int, per_layer: int, budget: int = 1 << 29) -> list[range]:
+        g = max(1, min(n_layers, budget // max(1, per_layer)))
+        return [range(i, min(n_layers, i + g)) for i in range(0, n_layers, g)]
 
     l0 = ls[0]
     j0, j1 = l0._scored, l0.res_len
@@ -73,6 +76,9 @@ def main():
     ap.add_argument("--score", choices=("kernel", "einsum"), default="kernel",
                     help="how committed decode queries are scored: the library's (one attention_column_sums launch "
                          "per group of layers) or the earlier einsum over a materialized [heads, queries, keys] tensor")
+    ap.add_argument("--prefill", choices=("flash", "sdpa"), default="flash",
+                    help="the prefill's attention: torch's flash kernel with its log-sum-exp (the library's route; the "
+                         "scores need only the column pass) or transformers' SDPA with both passes of the scores")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -116,7 +122,10 @@ def main():
     for name in ("observe_dense", "_score_queued", "_evict", "_commit_pending"):
         timed(name)
 
+    import million.attention
     import million.cache as mc
+
+    million.attention.FLASH_PREFILL = args.prefill == "flash"
 
     if args.score == "einsum":
         mc._score_queued_all = _score_queued_all_einsum
@@ -190,7 +199,7 @@ def main():
     layer = cache.layers[0]
     res = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "context": args.context, "keep": args.keep,
-        "score": args.score,
+        "score": args.score, "prefill": args.prefill,
         "layers": args.layers, "steps": args.steps, "prefill_s": prefill_s,
         "prefill_parts_s": prefill_parts, "kept_codes": layer.pq_len - layer._cs[0], "positions": layer.pq_pos,
         "step_ms_median": statistics.median(plain), "commit_steps": len(commit),

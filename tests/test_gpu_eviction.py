@@ -68,3 +68,33 @@ def test_kernel_on_packed_codes_attends_the_kept_tokens(kv_heads, transformed):
             want = torch.einsum("hgn,hnd->hgd", p, v).reshape(Hq, D)
             err = (got[b] - want).abs().max().item()
             assert err < 1e-2 * want.abs().max().item(), err
+
+
+@pytest.mark.parametrize("kv_heads", [2, 8], ids=["gqa4", "mha"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("observe", [None, 24], ids=["all", "observe24"])
+def test_flash_prefill_gives_the_scores_and_logits_of_the_sdpa_path(kv_heads, dtype, observe):
+    """A prefill with eviction takes torch's flash kernel and its log-sum-exp (column pass only); the scores and the
+    logits are those of transformers' SDPA path with the two-pass column sums."""
+    import million.attention as att
+
+    model = _model(dtype, kv_heads)
+    cb = _with_sinks(_codebooks(model, 4, residual=16), 1)
+    ids = torch.randint(0, 256, (2, 200), device="cuda")
+    runs = []
+    for flash in (True, False):
+        att.FLASH_PREFILL = flash
+        try:
+            cache = MillionCache(cb, model.config, evict=Eviction(keep=0.4, observe=observe))
+            with torch.no_grad():
+                logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
+        finally:
+            att.FLASH_PREFILL = True
+        runs.append((logits, cache))
+    (lf, cf), (ls, cs) = runs
+    assert torch.isfinite(lf).all()
+    assert ((lf - ls).norm() / ls.norm()).item() < 2e-2
+    for a, b in zip(cf.layers, cs.layers):
+        assert a._evicted and (a.pq_len, a._cs) == (b.pq_len, b._cs)
+        sa, sb = a.score[:, :, : a.pq_len].float(), b.score[:, :, : b.pq_len].float()
+        assert ((sa - sb).norm() / sb.norm()).item() < 2e-2

@@ -123,3 +123,59 @@ def test_lse_of_the_wrong_shape_is_refused():
     for f in (naive.attention_column_sums, ts.attention_column_sums):
         with pytest.raises(ValueError, match="lse has shape"):
             f(q, k, None, None, torch.zeros(1, 2, 4))
+
+
+@pytest.mark.parametrize("B,Hq,H,C,P,W,pad,M,ksub,Hc,ctype", [
+    (1, 4, 4, 1, 0, 1, (0,), 8, 16, 1, torch.uint8),          # no codes yet, one window slot
+    (1, 3, 1, 1, 37, 5, (0,), 8, 256, 1, torch.uint8),        # one query, GQA 3, tile tail
+    (2, 8, 2, 5, 40, 7, (0, 3), 4, 16, 2, torch.uint8),       # GQA 4, per-head centroids, padding, dsub 4
+    (2, 4, 4, 17, 70, 17, (4, 0), 16, 256, 4, torch.uint8),   # MHA, dsub 1, window = the queries
+    (1, 4, 1, 9, 33, 20, (0,), 8, 1024, 1, torch.int16),      # 10-bit codes in int16
+    (2, 2, 2, 0, 5, 0, (0, 0), 8, 16, 1, torch.uint8),        # no queries
+])
+def test_coded_column_sums_equal_the_specification(B, Hq, H, C, P, W, pad, M, ksub, Hc, ctype):
+    """Keys held as codes (decoded in the kernel's registers) then a full-precision window: the kernel against the
+    naive twin, which decodes to memory; the twin against the plain column sums over the decoded keys."""
+    if C > P + W:
+        pytest.skip("queries are the last C keys")
+    g = torch.Generator().manual_seed(4)
+    D = 16
+    q = torch.randn(B, Hq, C, D, generator=g)
+    codes = torch.randint(0, ksub, (B, H, P, M), generator=g).to(ctype)
+    cen = torch.randn(Hc, M, ksub, D // M, generator=g)
+    win = torch.randn(B, H, W, D, generator=g)
+    pad_t = torch.tensor(pad, dtype=torch.int32)
+    keys = torch.cat([naive.pq_decode(codes, cen), win], 2)
+    lse = _true_lse(q, keys, pad, 0.3)
+    want = naive.attention_column_sums_coded(q, codes, cen, win, pad_t, 0.3, lse)
+    torch.testing.assert_close(want, naive.attention_column_sums(q, keys, pad_t, 0.3), rtol=1e-4, atol=1e-5)
+    got = ts.attention_column_sums_coded(q.to(DEV), codes.to(DEV), cen.to(DEV), win.to(DEV), pad_t, 0.3, lse.to(DEV),
+                                         block_q=16, block_k=16)
+    assert got.shape == (B, H, P + W)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_coded_column_sums_read_strided_codes_and_window():
+    """The cache hands views into its buffers (capacity beyond the live length): the kernel follows the strides."""
+    g = torch.Generator().manual_seed(5)
+    B, Hq, H, C, P, W, M, ksub, D = 2, 4, 2, 6, 50, 9, 8, 16, 16
+    q = torch.randn(B, Hq, C, D, generator=g)
+    codes = torch.randint(0, ksub, (B, H, P + 30, M), generator=g).to(torch.uint8)[:, :, :P]
+    cen = torch.randn(H, M, ksub, D // M, generator=g)
+    win = torch.randn(B, H, W + 11, D, generator=g)[:, :, :W]
+    pad_t = torch.tensor([0, 5], dtype=torch.int32)
+    keys = torch.cat([naive.pq_decode(codes, cen), win], 2)
+    lse = _true_lse(q, keys, (0, 5), 0.25)
+    want = naive.attention_column_sums_coded(q, codes, cen, win, pad_t, 0.25, lse)
+    got = ts.attention_column_sums_coded(q.to(DEV), codes.to(DEV), cen.to(DEV), win.to(DEV), pad_t, 0.25, lse.to(DEV),
+                                         block_q=16, block_k=32)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_coded_column_sums_refuse_what_they_cannot_take():
+    q, codes = torch.randn(1, 2, 3, 16), torch.zeros(1, 1, 4, 8, dtype=torch.uint8)
+    win, lse = torch.randn(1, 1, 2, 16), torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match="lse must have shape"):
+        ts.attention_column_sums_coded(q, codes, torch.randn(1, 8, 16, 2), win, None, None, None)
+    with pytest.raises(ValueError, match="M \\* dsub"):
+        ts.attention_column_sums_coded(q, codes, torch.randn(1, 8, 16, 3), win, None, None, lse)

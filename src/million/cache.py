@@ -548,10 +548,11 @@ class MillionLayer(CacheLayerMixin):
         self._cs = [max(p, S) for p in self._pad]
         self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
 
-    def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling) -> None:
+    def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling, lse=None) -> None:
         """Add the attention of a full-precision step's queries ``[B, H_q, C, D]`` over the keys it was handed
         (``[B, H_kv, kv, D]``, what :meth:`update` returned) to the tokens' scores, then evict. The step is causal with
-        the queries as the last ``C`` keys and the left padding learnt at the first step (the mask only teaches that)."""
+        the queries as the last ``C`` keys and the left padding learnt at the first step (the mask only teaches that).
+        ``lse [B, H_q, C]``: the queries' log-sum-exp if the attention already computed it."""
         self._ensure_pad(attention_mask)
         C, D = query.shape[2], query.shape[3]
         kv = key.shape[2]
@@ -560,7 +561,9 @@ class MillionLayer(CacheLayerMixin):
         # causal queries (the last C keys) with left padding: what MillionCache's multi-token steps are handed; with an
         # observation window only the last `observe` of them count
         w = self.evict.observe
-        tok = ops.attention_column_sums(query if w is None or w >= C else query[:, :, C - w :], key, self._pad_t, scale)
+        if w is not None and w < C:
+            query, lse = query[:, :, C - w :], None if lse is None else lse[:, :, C - w :]
+        tok = ops.attention_column_sums(query, key, self._pad_t, scale, lse)
         # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window
         c = self._cs[0] if self._evicted else 0
         n_c = self.pq_len - c
@@ -826,17 +829,11 @@ def pq_bytes_per_token(config, pq: PQConfig) -> float:
     return 2 * config.num_hidden_layers * H * pq.M * (1 if pq.nbits <= 8 else 2)
 
 
-def _layer_groups(n_layers: int, per_layer: int, budget: int = 1 << 29) -> list[range]:
-    """Consecutive groups of layers whose temporaries of ``per_layer`` bytes each fit ``budget`` bytes."""
-    g = max(1, min(n_layers, budget // max(1, per_layer)))
-    return [range(i, min(n_layers, i + g)) for i in range(0, n_layers, g)]
-
-
 def _score_queued_all(ls: list) -> None:
     """Score the queued decode queries of layers in lockstep (same lengths, code starts and scored slots; one layer
-    for ``MillionLayer._score_queued``), in groups of layers: each group's keys (decoded codes, then the window) and
-    queries stacked along the batch, one :func:`million.ops.attention_column_sums` call with the queries' own
-    log-sum-exp (on CUDA one Triton launch; nothing of size queries x keys in memory)."""
+    for ``MillionLayer._score_queued``): per layer one :func:`million.ops.attention_column_sums_coded` call over its
+    codes and window with the queries' own log-sum-exp (on CUDA one Triton launch that reads the codes, nothing
+    decoded to memory and nothing of size queries x keys)."""
     l0 = ls[0]
     j0, j1 = l0._scored, l0.res_len
     for l in ls:
@@ -845,32 +842,21 @@ def _score_queued_all(ls: list) -> None:
         return
     B, Hq, _, D = l0._qbuf.shape
     H, P, dev = l0.num_heads, l0.pq_len, l0._qbuf.device
-    G, n, N = Hq // H, j1 - j0, l0.pq_len + j1
+    G, n = Hq // H, j1 - j0
     cdt = l0.dtype if dev.type == "cuda" else torch.float32
-    # query n sits at key index P + j0 + n: it saw every code slot from the sequence's first code slot on and the
-    # window slots up to its own, which is the causal rule of attention_column_sums with the code starts as padding
-    for grp in _layer_groups(len(ls), B * H * N * D * torch.empty((), dtype=cdt).element_size()):
-        gl = [ls[i] for i in grp]
-        g = len(gl)
-        q = torch.stack([l._qbuf[:, :, j0:j1] for l in gl])  # [g, B, Hq, n, D]
-        lse = torch.stack([l._lbuf[:, :, j0:j1] for l in gl])
-        if l0.transforms is not None:  # codes' space: q @ q_map per layer and head
-            q = torch.einsum("lbhgnd,lhde->lbhgne", q.float().view(g, B, H, G, n, D),
-                             torch.stack([l.transforms[4] for l in gl])).reshape(g, B, Hq, n, D)
-        keys = torch.empty(g, B, H, N, D, dtype=cdt, device=dev)
-        if P:
-            codes = torch.stack([l.k_codes[:, :, :P] for l in gl])  # [g, B, H, P, M]
-            keys[:, :, :, :P] = ops.pq_decode(codes.transpose(0, 1).reshape(B, -1, P, codes.shape[-1]),  # head = layer * H + h
-                                              torch.cat([l.k_centroids.expand(H, *l.k_centroids.shape[1:])
-                                                         for l in gl]).to(cdt), cdt
-                                              ).view(B, g, H, P, D).transpose(0, 1)
-        win = [l.k_window_t if l.transforms is not None else l.k_window for l in gl]
-        keys[:, :, :, P:] = torch.stack([w[:, :, :j1] for w in win])
-        tok = ops.attention_column_sums(q.to(cdt).reshape(g * B, Hq, n, D), keys.view(g * B, H, N, D),
-                                        l0.code_starts.repeat(g), l0._scale, lse.reshape(g * B, Hq, n)).view(g, B, H, N)
-        for i, l in enumerate(gl):
-            l.score[:, :, :P] += tok[i, :, :, :P]
-            l._wscore[:, :, :j1] += tok[i, :, :, P:]
+    # query i sits at key index P + j0 + i: it saw every code slot from the sequence's first code slot on and the
+    # window slots up to its own, which is the causal rule of the column sums with the code starts as padding
+    qs = torch.stack([l._qbuf[:, :, j0:j1] for l in ls])  # [L, B, Hq, n, D]
+    if l0.transforms is not None:  # codes' space: q @ q_map per layer and head
+        qs = torch.einsum("lbhgnd,lhde->lbhgne", qs.float().view(len(ls), B, H, G, n, D),
+                          torch.stack([l.transforms[4] for l in ls])).reshape(len(ls), B, Hq, n, D)
+    qs = qs.to(cdt)
+    for i, l in enumerate(ls):
+        win = l.k_window_t if l.transforms is not None else l.k_window
+        tok = ops.attention_column_sums_coded(qs[i], l.k_codes[:, :, :P], l.k_centroids, win[:, :, :j1], l.code_starts,
+                                              l._scale, l._lbuf[:, :, j0:j1])
+        l.score[:, :, :P] += tok[:, :, :P]
+        l._wscore[:, :, :j1] += tok[:, :, P:]
 
 
 def _evict_all(ls: list) -> None:

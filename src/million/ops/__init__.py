@@ -16,6 +16,7 @@ __all__ = [
     "pq_encode",
     "pq_decode",
     "attention_column_sums",
+    "attention_column_sums_coded",
     "pq_decode_attention",
     "inner_prod_table",
     "merge_state",
@@ -121,3 +122,19 @@ def attention_column_sums(q, k, pad=None, scale=None, lse=None):
         if triton_scores is not None:
             return triton_scores.attention_column_sums(q, k, pad, scale, lse)
     return naive.attention_column_sums(q, k, pad, scale, lse)
+
+
+def attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad=None, scale=None, lse=None):
+    """Column sums over keys held as codes plus a full-precision window (see
+    :func:`million.ops.naive.attention_column_sums_coded`). On CUDA one Triton launch that builds the key tiles from
+    the codes in registers; on the CPU the naive reference."""
+    D = q.shape[-1]
+    if (use_kernels(q) and lse is not None and D >= 16 and D & (D - 1) == 0 and q.shape[1] % k_codes.shape[1] == 0
+            and k_centroids.shape[2] & (k_centroids.shape[2] - 1) == 0):
+        try:
+            from . import triton_scores
+        except ImportError:
+            triton_scores = None
+        if triton_scores is not None:
+            return triton_scores.attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad, scale, lse)
+    return naive.attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad, scale, lse)

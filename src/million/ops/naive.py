@@ -297,3 +297,14 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | 
         p = p * (qpos[None, :] >= pad[:, None])[:, None, None, :, None]
         out[:, :, :hi] += p.sum((2, 3))
     return out
+
+
+def attention_column_sums_coded(q: torch.Tensor, k_codes: torch.Tensor, k_centroids: torch.Tensor, k_window: torch.Tensor,
+                                pad: torch.Tensor | None = None, scale: float | None = None,
+                                lse: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`attention_column_sums` over keys held as PQ codes followed by a full-precision window: ``k_codes
+    [B, H_kv, P, M]`` with ``k_centroids [Hc, M, ksub, dsub]`` (``Hc`` 1 or ``H_kv``) are keys ``[0, P)``,
+    ``k_window [B, H_kv, W, D]`` keys ``[P, P + W)``; returns ``[B, H_kv, P + W]``. This is how committed decode
+    queries are scored (with their own ``lse``)."""
+    k = torch.cat([pq_decode(k_codes, k_centroids, torch.float32), k_window.float()], 2)
+    return attention_column_sums(q, k, pad, scale, lse)

@@ -63,18 +63,12 @@ def _row_lse_kernel(q_ptr, k_ptr, lse_ptr, pad_ptr, C, N, Hq, G, qk_scale,
     tl.store(lse_ptr + bhq * C + offs_c, lse, mask=offs_c < C)
 
 
-@triton.jit(do_not_specialize=["C", "N"])
-def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scale,
-                    sqb, sqh, sqc, skb, skh, skn,
+@triton.jit
+def _col_accumulate(k, q_ptr, lse_ptr, pad, b, h, pid_k, C, N, H, G, qk_scale, sqb, sqh, sqc,
                     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
-    pid_k = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    pad = tl.load(pad_ptr + b)
+    # sum over the query heads of KV head h and every query that sees them of exp2(s - lse), for the key tile k
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_d = tl.arange(0, D)
-    k = tl.load(k_ptr + b * skb + h * skh + offs_k[:, None] * skn + offs_d[None, :], mask=(offs_k < N)[:, None], other=0.0)
     acc = tl.zeros([BK], tl.float32)
     # the first query that can see this block's first key: position N - C + c >= pid_k * BK, and not padding
     c_lo = tl.maximum(tl.maximum(pid_k * BK - (N - C), pad - (N - C)), 0)
@@ -91,6 +85,49 @@ def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scal
                 & (offs_c < C)[:, None] & (offs_k < N)[None, :]
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
             acc += tl.sum(p, 0)
+    return acc
+
+
+@triton.jit(do_not_specialize=["C", "N"])
+def _col_sum_kernel(q_ptr, k_ptr, lse_ptr, out_ptr, pad_ptr, C, N, H, G, qk_scale,
+                    sqb, sqh, sqc, skb, skh, skn,
+                    D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, F32: tl.constexpr):
+    pid_k = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    pad = tl.load(pad_ptr + b)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_d = tl.arange(0, D)
+    k = tl.load(k_ptr + b * skb + h * skh + offs_k[:, None] * skn + offs_d[None, :], mask=(offs_k < N)[:, None], other=0.0)
+    acc = _col_accumulate(k, q_ptr, lse_ptr, pad, b, h, pid_k, C, N, H, G, qk_scale, sqb, sqh, sqc, D, BQ, BK, F32)
+    tl.store(out_ptr + bh * N + offs_k, acc, mask=offs_k < N)
+
+
+@triton.jit(do_not_specialize=["C", "N", "P"])
+def _col_sum_coded_kernel(q_ptr, kc_ptr, cen_ptr, kw_ptr, lse_ptr, out_ptr, pad_ptr, C, N, P, H, G, qk_scale,
+                          sqb, sqh, sqc, scb, sch, scn, sch_cen, swb, swh, swn,
+                          D: tl.constexpr, DSUB: tl.constexpr, KSUB: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
+                          F32: tl.constexpr):
+    # as _col_sum_kernel, with the key tile built in registers: keys [0, P) from their codes (centroids gathered
+    # through L1/L2, once per tile and reused by every query block), keys [P, N) from the full-precision window
+    pid_k = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    pad = tl.load(pad_ptr + b)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_d = tl.arange(0, D)
+    m = offs_d // DSUB
+    coded = offs_k < P
+    code = tl.load(kc_ptr + b * scb + h * sch + offs_k[:, None] * scn + m[None, :], mask=coded[:, None], other=0)
+    code = code.to(tl.int32) & (KSUB - 1)
+    kq = tl.load(cen_ptr + h * sch_cen + (m[None, :] * KSUB + code) * DSUB + (offs_d % DSUB)[None, :],
+                 mask=coded[:, None], other=0.0)
+    win = (offs_k >= P) & (offs_k < N)
+    kw = tl.load(kw_ptr + b * swb + h * swh + (offs_k - P)[:, None] * swn + offs_d[None, :], mask=win[:, None], other=0.0)
+    k = tl.where(coded[:, None], kq.to(kw.dtype), kw)
+    acc = _col_accumulate(k, q_ptr, lse_ptr, pad, b, h, pid_k, C, N, H, G, qk_scale, sqb, sqh, sqc, D, BQ, BK, F32)
     tl.store(out_ptr + bh * N + offs_k, acc, mask=offs_k < N)
 
 
@@ -128,4 +165,42 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | 
     _col_sum_kernel[(triton.cdiv(N, block_k), B * H)](
         q, k, lse, out, pad, C, N, H, G, qk, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         D=D, BQ=block_q, BK=block_k, F32=f32)
+    return out
+
+
+def attention_column_sums_coded(q: torch.Tensor, k_codes: torch.Tensor, k_centroids: torch.Tensor, k_window: torch.Tensor,
+                                pad: torch.Tensor | None = None, scale: float | None = None, lse: torch.Tensor | None = None,
+                                block_q: int = 64, block_k: int = 64) -> torch.Tensor:
+    """See :func:`million.ops.naive.attention_column_sums_coded`: the column sums over keys held as codes then a
+    full-precision window, without decoding the codes to memory. ``lse`` is required here (committed decode queries
+    bring their own); ``D`` must be a power of two >= 16."""
+    B, Hq, C, D = q.shape
+    H, P, M = k_codes.shape[1], k_codes.shape[2], k_codes.shape[3]
+    Hc, M2, ksub, dsub = k_centroids.shape
+    W = k_window.shape[2]
+    N = P + W
+    if Hq % H or D < 16 or D & (D - 1) or M2 != M or M * dsub != D or Hc not in (1, H) or ksub & (ksub - 1):
+        raise ValueError(f"attention_column_sums_coded: H_q={Hq}, H_kv={H}, D={D}, codes M={M}, centroids "
+                         f"{tuple(k_centroids.shape)}: need H_q a multiple of H_kv, D a power of two >= 16 equal to "
+                         f"M * dsub, one centroid set or one per KV head, ksub a power of two")
+    if lse is None or tuple(lse.shape) != (B, Hq, C):
+        raise ValueError(f"attention_column_sums_coded: lse must have shape {(B, Hq, C)}, got "
+                         f"{None if lse is None else tuple(lse.shape)}")
+    G = Hq // H
+    scale = D**-0.5 if scale is None else float(scale)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    if k_codes.stride(-1) != 1:
+        k_codes = k_codes.contiguous()
+    k_window = (k_window if k_window.stride(-1) == 1 else k_window.contiguous()).to(q.dtype)
+    cen = k_centroids.to(q.dtype).contiguous()
+    pad = (torch.zeros(B, dtype=torch.int32, device=q.device) if pad is None else pad.to(q.device, torch.int32)).contiguous()
+    lse2 = (lse.to(q.device, torch.float32) * _LOG2E).contiguous()
+    out = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    if B == 0 or N == 0:
+        return out.zero_()
+    _col_sum_coded_kernel[(triton.cdiv(N, block_k), B * H)](
+        q, k_codes, cen, k_window, lse2, out, pad, C, N, P, H, G, scale * _LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), k_codes.stride(0), k_codes.stride(1), k_codes.stride(2),
+        cen.stride(0) if Hc > 1 else 0, k_window.stride(0), k_window.stride(1), k_window.stride(2),
+        D=D, DSUB=dsub, KSUB=ksub, BQ=block_q, BK=block_k, F32=q.dtype == torch.float32)
     return out
