@@ -73,10 +73,23 @@ def test_kernel_on_packed_codes_attends_the_kept_tokens(kv_heads, transformed):
 @pytest.mark.parametrize("kv_heads", [2, 8], ids=["gqa4", "mha"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("observe", [None, 24], ids=["all", "observe24"])
-def test_flash_prefill_gives_the_scores_and_logits_of_the_sdpa_path(kv_heads, dtype, observe):
-    """A prefill with eviction takes torch's flash kernel and its log-sum-exp (column pass only); the scores and the
-    logits are those of transformers' SDPA path with the two-pass column sums."""
+@pytest.mark.parametrize("kernels", [("cudnn", "flash"), ("flash",)], ids=["cudnn", "flash"])
+def test_flash_prefill_gives_the_scores_and_logits_of_the_sdpa_path(kv_heads, dtype, observe, kernels, monkeypatch):
+    """A prefill with eviction takes torch's cuDNN (else flash) kernel and its log-sum-exp (column pass only); the
+    scores and the logits are those of transformers' SDPA path with the two-pass column sums."""
     import million.attention as att
+
+    monkeypatch.setattr(att, "PREFILL_KERNELS", kernels)
+    taken = []
+    real = att._flash_prefill
+
+    def spy(*a):
+        r = real(*a)
+        if att.FLASH_PREFILL:
+            taken.append(None if r is None else r[2])
+        return r
+
+    monkeypatch.setattr(att, "_flash_prefill", spy)
 
     model = _model(dtype, kv_heads)
     cb = _with_sinks(_codebooks(model, 4, residual=16), 1)
@@ -92,6 +105,7 @@ def test_flash_prefill_gives_the_scores_and_logits_of_the_sdpa_path(kv_heads, dt
             att.FLASH_PREFILL = True
         runs.append((logits, cache))
     (lf, cf), (ls, cs) = runs
+    assert taken and set(taken) == {kernels[0]}, taken  # every layer of the first run took the first kernel asked for
     assert torch.isfinite(lf).all()
     assert ((lf - ls).norm() / ls.norm()).item() < 2e-2
     for a, b in zip(cf.layers, cs.layers):

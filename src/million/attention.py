@@ -1,7 +1,7 @@
 """The ``million`` attention function, registered through transformers' ``AttentionInterface``.
 
 Prefill and any call that receives full-precision keys go to transformers' SDPA path unchanged (except the prefill
-of a cache that evicts, on a CUDA GPU: torch's flash kernel, which also hands back the log-sum-exp its scoring needs).
+of a cache that evicts, on a CUDA GPU: torch's cuDNN or flash kernel, which also hands back the log-sum-exp its scoring needs).
 A decode step whose cache layer returned a :class:`~million.cache.PQState` attends straight on the
 PQ codes plus the full-precision window (:func:`million.ops.pq_decode_attention`).
 """
@@ -75,7 +75,7 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
     if layer is not None:
         flash = _flash_prefill(module, query, key, value, attention_mask, dropout, scaling, kwargs)
         if flash is not None:  # the attention's own log-sum-exp: scoring the prompt needs only the column pass
-            out, lse = flash
+            out, lse, _ = flash
             layer.observe_dense(query, key, attention_mask, scaling, lse=lse)
             return out, None
         layer.observe_dense(query, key, attention_mask, scaling)
@@ -86,9 +86,9 @@ FLASH_PREFILL = True  # switch for tests and benchmarks: False always takes tran
 
 
 def _flash_prefill(module, query, key, value, attention_mask, dropout, scaling, kwargs):
-    """A causal prefill from an empty cache (no mask, as many keys as queries) through torch's flash-attention kernel,
-    which also returns every query's log-sum-exp; ``(out [B, q, H_q, D], lse [B, H_q, q])``, or None where that kernel
-    does not apply (CPU, float32, a mask, dropout, soft-capping, head_dim over 256 or not a multiple of 8)."""
+    """A causal prefill from an empty cache (no mask, as many keys as queries) through torch's cuDNN or flash attention
+    kernel, which also returns every query's log-sum-exp: ``(out [B, q, H_q, D], lse [B, H_q, q], kernel name)``, or None
+    where neither applies (CPU, float32, a mask, dropout, soft-capping, head_dim over 256 or not a multiple of 8)."""
     B, Hq, C, D = query.shape
     if not (FLASH_PREFILL and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and attention_mask is None
             and C > 1 and key.shape[2] == C and value.shape[-1] == D and dropout == 0.0 and D % 8 == 0 and D <= 256
@@ -98,12 +98,21 @@ def _flash_prefill(module, query, key, value, attention_mask, dropout, scaling, 
     G = Hq // key.shape[1]
     if G > 1:
         key, value = key.repeat_interleave(G, 1), value.repeat_interleave(G, 1)
-    try:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, True, False,
-                                                                      scale=scaling)[:2]
-    except RuntimeError:  # an architecture or build without the flash kernel
-        return None
-    return out.transpose(1, 2).contiguous(), lse[:, :, :C]
+    for kernel in PREFILL_KERNELS:
+        try:
+            if kernel == "cudnn":
+                out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(query, key, value, None, True, 0.0, True,
+                                                                              False, scale=scaling)[:2]
+            else:
+                out, lse = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, True, False,
+                                                                              scale=scaling)[:2]
+        except (RuntimeError, AttributeError):  # a build or an architecture without that kernel
+            continue
+        return out.transpose(1, 2).contiguous(), lse.reshape(B, Hq, -1)[:, :, :C].float(), kernel
+    return None
+
+
+PREFILL_KERNELS = ("cudnn", "flash")  # tried in this order; both return the log-sum-exp (natural log)
 
 
 def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False):
