@@ -53,7 +53,7 @@ if want profile_ev; then
   for ctx in ${PROF_CONTEXTS:-32768}; do
     # the library's route (flash prefill, one column-sum launch per commit) and the earlier one (SDPA prefill with
     # two passes of the scores, einsum at commits)
-    run "profile_kernel_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score kernel --prefill flash --json "$W/profile_evict_kernel_$ctx.json"
+    run "profile_kernel_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score kernel --prefill cudnn --json "$W/profile_evict_kernel_$ctx.json"
     run "profile_einsum_$ctx" 150 $PY benchmarks/profile_evict.py --context "$ctx" --steps ${PROF_STEPS:-512} --score einsum --prefill sdpa --json "$W/profile_evict_einsum_$ctx.json"
   done
 fi

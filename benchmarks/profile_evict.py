@@ -76,9 +76,10 @@ def main():
     ap.add_argument("--score", choices=("kernel", "einsum"), default="kernel",
                     help="how committed decode queries are scored: the library's (one attention_column_sums launch "
                          "per group of layers) or the earlier einsum over a materialized [heads, queries, keys] tensor")
-    ap.add_argument("--prefill", choices=("flash", "sdpa"), default="flash",
-                    help="the prefill's attention: torch's flash kernel with its log-sum-exp (the library's route; the "
-                         "scores need only the column pass) or transformers' SDPA with both passes of the scores")
+    ap.add_argument("--prefill", choices=("cudnn", "flash", "sdpa"), default="cudnn",
+                    help="the prefill's attention: torch's cuDNN kernel (flash as the fallback) with its log-sum-exp, "
+                         "the library's route, so the scores need only the column pass; 'flash': the flash kernel "
+                         "only; 'sdpa': transformers' SDPA with both passes of the scores")
     args = ap.parse_args()
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -125,7 +126,9 @@ def main():
     import million.attention
     import million.cache as mc
 
-    million.attention.FLASH_PREFILL = args.prefill == "flash"
+    million.attention.LSE_PREFILL = args.prefill != "sdpa"
+    if args.prefill == "flash":
+        million.attention.PREFILL_KERNELS = ("flash",)
 
     if args.score == "einsum":
         mc._score_queued_all = _score_queued_all_einsum

@@ -74,35 +74,35 @@ def test_kernel_on_packed_codes_attends_the_kept_tokens(kv_heads, transformed):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("observe", [None, 24], ids=["all", "observe24"])
 @pytest.mark.parametrize("kernels", [("cudnn", "flash"), ("flash",)], ids=["cudnn", "flash"])
-def test_flash_prefill_gives_the_scores_and_logits_of_the_sdpa_path(kv_heads, dtype, observe, kernels, monkeypatch):
+def test_prefill_with_lse_gives_the_scores_and_logits_of_the_sdpa_path(kv_heads, dtype, observe, kernels, monkeypatch):
     """A prefill with eviction takes torch's cuDNN (else flash) kernel and its log-sum-exp (column pass only); the
     scores and the logits are those of transformers' SDPA path with the two-pass column sums."""
     import million.attention as att
 
     monkeypatch.setattr(att, "PREFILL_KERNELS", kernels)
     taken = []
-    real = att._flash_prefill
+    real = att._prefill_with_lse
 
     def spy(*a):
         r = real(*a)
-        if att.FLASH_PREFILL:
+        if att.LSE_PREFILL:
             taken.append(None if r is None else r[2])
         return r
 
-    monkeypatch.setattr(att, "_flash_prefill", spy)
+    monkeypatch.setattr(att, "_prefill_with_lse", spy)
 
     model = _model(dtype, kv_heads)
     cb = _with_sinks(_codebooks(model, 4, residual=16), 1)
     ids = torch.randint(0, 256, (2, 200), device="cuda")
     runs = []
     for flash in (True, False):
-        att.FLASH_PREFILL = flash
+        att.LSE_PREFILL = flash
         try:
             cache = MillionCache(cb, model.config, evict=Eviction(keep=0.4, observe=observe))
             with torch.no_grad():
                 logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
         finally:
-            att.FLASH_PREFILL = True
+            att.LSE_PREFILL = True
         runs.append((logits, cache))
     (lf, cf), (ls, cs) = runs
     assert taken and set(taken) == {kernels[0]}, taken  # every layer of the first run took the first kernel asked for

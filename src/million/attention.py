@@ -73,24 +73,24 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
 
     layer = _observer.take(module)
     if layer is not None:
-        flash = _flash_prefill(module, query, key, value, attention_mask, dropout, scaling, kwargs)
-        if flash is not None:  # the attention's own log-sum-exp: scoring the prompt needs only the column pass
-            out, lse, _ = flash
+        done = _prefill_with_lse(module, query, key, value, attention_mask, dropout, scaling, kwargs)
+        if done is not None:  # the attention's own log-sum-exp: scoring the prompt needs only the column pass
+            out, lse, _ = done
             layer.observe_dense(query, key, attention_mask, scaling, lse=lse)
             return out, None
         layer.observe_dense(query, key, attention_mask, scaling)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
-FLASH_PREFILL = True  # switch for tests and benchmarks: False always takes transformers' SDPA path
+LSE_PREFILL = True  # switch for tests and benchmarks: False always takes transformers' SDPA path (and two score passes)
 
 
-def _flash_prefill(module, query, key, value, attention_mask, dropout, scaling, kwargs):
+def _prefill_with_lse(module, query, key, value, attention_mask, dropout, scaling, kwargs):
     """A causal prefill from an empty cache (no mask, as many keys as queries) through torch's cuDNN or flash attention
     kernel, which also returns every query's log-sum-exp: ``(out [B, q, H_q, D], lse [B, H_q, q], kernel name)``, or None
     where neither applies (CPU, float32, a mask, dropout, soft-capping, head_dim over 256 or not a multiple of 8)."""
     B, Hq, C, D = query.shape
-    if not (FLASH_PREFILL and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and attention_mask is None
+    if not (LSE_PREFILL and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and attention_mask is None
             and C > 1 and key.shape[2] == C and value.shape[-1] == D and dropout == 0.0 and D % 8 == 0 and D <= 256
             and kwargs.get("is_causal", getattr(module, "is_causal", True)) and kwargs.get("softcap") is None
             and kwargs.get("position_bias") is None and Hq % key.shape[1] == 0):
