@@ -93,8 +93,9 @@ def test_kept_counts_follow_the_budget(keep, recent, sinks, pads):
     assert 0 < cache.bits_per_element() < full.bits_per_element() < 16
 
 
-@pytest.mark.parametrize("friendliness,pool", [(False, 1), (True, 1), (False, 5)])
-def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool):
+@pytest.mark.parametrize("friendliness,pool,side", [(False, 1, "both"), (True, 1, "both"), (False, 5, "both"),
+                                                    (True, 5, "after")])
+def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool, side):
     model, cb = _setup(kv_heads=2)
     ids, am = left_padded(batch=1, length=45, pad=(0,))
     cache = MillionCache(cb, model.config, evict=Eviction(keep=1.0))
@@ -107,7 +108,7 @@ def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool):
     layer.err[:, :, :K] = (torch.rand(1, 2, K, generator=g) * 0.2).half()
     before_codes = layer.k_codes[0, :, :K].clone()
     before_score, err = layer.score[0, :, :K].clone(), layer.err[0, :, :K].float()
-    layer.evict = Eviction(keep=0.25, recent=0.3, friendliness=friendliness, pool=pool)
+    layer.evict = Eviction(keep=0.25, recent=0.3, friendliness=friendliness, pool=pool, pool_side=side)
     layer._evict()
     bud = math.ceil(0.25 * 40)  # 10 tokens: 3 recent, 7 heavy
     assert layer.pq_len - layer._cs[0] == bud
@@ -115,8 +116,10 @@ def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool):
         adj = before_score[h, : K - 3]
         if friendliness:
             adj = adj / (1 + err[h, : K - 3] / err[h, : K - 3].mean())
-        if pool > 1:  # a token's pooled score: the largest within pool // 2 on either side (old tokens only)
+        if pool > 1 and side == "both":  # a token's pooled score: the largest within pool // 2 on either side (old tokens only)
             adj = torch.stack([adj[max(0, i - pool // 2) : i + pool // 2 + 1].max() for i in range(adj.numel())])
+        elif pool > 1:  # the largest of itself and the pool - 1 tokens before it
+            adj = torch.stack([adj[max(0, i - pool + 1) : i + 1].max() for i in range(adj.numel())])
         heavy = sorted(adj.topk(7).indices.tolist())
         want = heavy + [K - 3, K - 2, K - 1]
         kept = layer.score[0, h, layer._cs[0] : layer.pq_len]
@@ -256,7 +259,7 @@ def test_multi_token_step_after_eviction_with_padding_is_refused():
     (dict(keep=0), r"keep=0 .*\(0, 1\]"), (dict(keep=1.5), r"keep=1.5"), (dict(keep=0.5, recent=-0.1), r"recent=-0.1"),
     (dict(keep="half"), r"keep must be a number"), (dict(keep=0.5, friendliness=1), r"friendliness"),
     (dict(keep=0.5, observe=0), r"observe=0"), (dict(keep=0.5, observe=2.5), r"observe=2.5"),
-    (dict(keep=0.5, pool=4), r"pool=4 must be an odd"),
+    (dict(keep=0.5, pool=4), r"pool=4 must be an odd"), (dict(keep=0.5, pool=3, pool_side="before"), r"pool_side='before'"),
 ])
 def test_eviction_rejects_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):

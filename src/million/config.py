@@ -141,6 +141,10 @@ class Eviction:
     pool : int (odd)
         Max-pool the scores over this many neighbouring tokens before choosing (as SnapKV: the tokens around a heavy
         hitter are kept with it, so a fact spread over several tokens survives whole). 1: no pooling.
+    pool_side : "both" or "after"
+        Where the pooling window lies: centred on each token ("both", as SnapKV), or behind it ("after": a token takes
+        the largest score of itself and the ``pool - 1`` tokens before it, so each heavy hitter keeps the ``pool - 1``
+        tokens that follow it, the end of the fact it starts).
     """
 
     keep: float
@@ -148,6 +152,7 @@ class Eviction:
     friendliness: bool = True
     observe: int | None = None
     pool: int = 1
+    pool_side: str = "both"
 
     def __post_init__(self):
         for name in ("keep", "recent"):
@@ -164,13 +169,19 @@ class Eviction:
             raise ValueError(f"Eviction observe={self.observe!r} must be an integer >= 1 or None")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1 or self.pool % 2 == 0:
             raise ValueError(f"Eviction pool={self.pool!r} must be an odd integer >= 1")
+        if self.pool_side not in ("both", "after"):
+            raise ValueError(f"Eviction pool_side={self.pool_side!r} is not allowed; allowed: 'both', 'after'")
 
     def pooled(self, scores):
         """``scores [..., n]`` max-pooled over ``pool`` neighbouring tokens (unchanged for ``pool = 1``)."""
         if self.pool == 1:
             return scores
         shape = scores.shape
-        out = F.max_pool1d(scores.reshape(-1, 1, shape[-1]), self.pool, stride=1, padding=self.pool // 2)
+        x = scores.reshape(-1, 1, shape[-1])
+        if self.pool_side == "after":  # out[t] = max(s[t - pool + 1 .. t])
+            out = F.max_pool1d(F.pad(x, (self.pool - 1, 0), value=float("-inf")), self.pool, stride=1)
+        else:
+            out = F.max_pool1d(x, self.pool, stride=1, padding=self.pool // 2)
         return out.reshape(shape)
 
     def budget(self, n: int) -> int:
@@ -179,4 +190,4 @@ class Eviction:
 
     def to_dict(self) -> dict:
         return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness, "observe": self.observe,
-                "pool": self.pool}
+                "pool": self.pool, "pool_side": self.pool_side}

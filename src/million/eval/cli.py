@@ -78,7 +78,7 @@ def _setup(args):
     if args.protocol == "served":
         from ..config import Eviction
 
-        method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool)
+        method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool, pool_side=args.pool_side)
         method.chunk = args.chunk
     from ..cli import _device
 
@@ -157,6 +157,9 @@ def _common(p) -> None:
                    help="protocol served with --keep: a prompt scores tokens by its last N queries only (default: all)")
     p.add_argument("--pool", type=int, default=1,
                    help="protocol served with --keep: max-pool scores over this many neighbouring tokens (odd; default 1)")
+    p.add_argument("--pool-side", default="both", choices=("both", "after"),
+                   help="protocol served with --pool: the window centred on each token (both, default) or behind it "
+                        "(after: each heavy hitter keeps the tokens that follow it)")
     p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
     p.add_argument("--quiet", action="store_true")
 
