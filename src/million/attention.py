@@ -83,6 +83,7 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
 
 
 LSE_PREFILL = True  # switch for tests and benchmarks: False always takes transformers' SDPA path (and two score passes)
+PREFILL_KERNELS = ("cudnn", "flash")  # tried in this order; both return the log-sum-exp (natural log)
 
 
 def _prefill_with_lse(module, query, key, value, attention_mask, dropout, scaling, kwargs):
@@ -110,9 +111,6 @@ def _prefill_with_lse(module, query, key, value, attention_mask, dropout, scalin
             continue
         return out.transpose(1, 2).contiguous(), lse.reshape(B, Hq, -1)[:, :, :C].float(), kernel
     return None
-
-
-PREFILL_KERNELS = ("cudnn", "flash")  # tried in this order; both return the log-sum-exp (natural log)
 
 
 def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False):

@@ -846,14 +846,15 @@ def _score_queued_all(ls: list) -> None:
     cdt = l0.dtype if dev.type == "cuda" else torch.float32
     # query i sits at key index P + j0 + i: it saw every code slot from the sequence's first code slot on and the
     # window slots up to its own, which is the causal rule of the column sums with the code starts as padding
-    qs = torch.stack([l._qbuf[:, :, j0:j1] for l in ls])  # [L, B, Hq, n, D]
-    if l0.transforms is not None:  # codes' space: q @ q_map per layer and head
-        qs = torch.einsum("lbhgnd,lhde->lbhgne", qs.float().view(len(ls), B, H, G, n, D),
-                          torch.stack([l.transforms[4] for l in ls])).reshape(len(ls), B, Hq, n, D)
-    qs = qs.to(cdt)
+    mapped = None
+    if l0.transforms is not None:  # codes' space: q @ q_map per layer and head, all layers in one einsum
+        qs = torch.stack([l._qbuf[:, :, j0:j1] for l in ls]).float().view(len(ls), B, H, G, n, D)
+        mapped = torch.einsum("lbhgnd,lhde->lbhgne", qs, torch.stack([l.transforms[4] for l in ls]))
+        mapped = mapped.reshape(len(ls), B, Hq, n, D)
     for i, l in enumerate(ls):
+        q = (l._qbuf[:, :, j0:j1] if mapped is None else mapped[i]).to(cdt)
         win = l.k_window_t if l.transforms is not None else l.k_window
-        tok = ops.attention_column_sums_coded(qs[i], l.k_codes[:, :, :P], l.k_centroids, win[:, :, :j1], l.code_starts,
+        tok = ops.attention_column_sums_coded(q, l.k_codes[:, :, :P], l.k_centroids, win[:, :, :j1], l.code_starts,
                                               l._scale, l._lbuf[:, :, j0:j1])
         l.score[:, :, :P] += tok[:, :, :P]
         l._wscore[:, :, :j1] += tok[:, :, P:]

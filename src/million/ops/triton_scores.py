@@ -131,6 +131,13 @@ def _col_sum_coded_kernel(q_ptr, kc_ptr, cen_ptr, kw_ptr, lse_ptr, out_ptr, pad_
     tl.store(out_ptr + bh * N + offs_k, acc, mask=offs_k < N)
 
 
+def _pad_i32(pad: torch.Tensor | None, B: int, device) -> torch.Tensor:
+    """Each sequence's first valid key (left padding) as a contiguous int32 ``[B]`` on ``device``."""
+    if pad is None:
+        return torch.zeros(B, dtype=torch.int32, device=device)
+    return pad.to(device, torch.int32).contiguous()
+
+
 def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None, scale: float | None = None,
                           lse: torch.Tensor | None = None, block_q: int = 64, block_k: int = 64) -> torch.Tensor:
     """See :func:`million.ops.naive.attention_column_sums`. ``D`` must be a power of two >= 16. With ``lse`` given
@@ -145,7 +152,7 @@ def attention_column_sums(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | 
         k = k.to(q.dtype)
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
-    pad = (torch.zeros(B, dtype=torch.int32, device=q.device) if pad is None else pad.to(q.device, torch.int32)).contiguous()
+    pad = _pad_i32(pad, B, q.device)
     given = lse is not None
     if given:
         if tuple(lse.shape) != (B, Hq, C):
@@ -193,7 +200,7 @@ def attention_column_sums_coded(q: torch.Tensor, k_codes: torch.Tensor, k_centro
         k_codes = k_codes.contiguous()
     k_window = (k_window if k_window.stride(-1) == 1 else k_window.contiguous()).to(q.dtype)
     cen = k_centroids.to(q.dtype).contiguous()
-    pad = (torch.zeros(B, dtype=torch.int32, device=q.device) if pad is None else pad.to(q.device, torch.int32)).contiguous()
+    pad = _pad_i32(pad, B, q.device)
     lse2 = (lse.to(q.device, torch.float32) * _LOG2E).contiguous()
     out = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
     if B == 0 or N == 0:
