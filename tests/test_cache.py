@@ -87,6 +87,38 @@ def test_pq_decode_equals_dequantize_then_attention(family, granularity, sinks, 
     assert_step_matches_dequantized(model, cache, tok, am)
 
 
+@pytest.mark.parametrize("pads", [(0, 7), (5, 0), (9, 3), (21, 0)], ids=["pad7", "pad5", "both", "short"])
+def test_sinks_are_each_sequences_first_valid_tokens(pads):
+    # with left padding, a sequence's attention sinks are its own first S tokens, kept in full precision (the rows
+    # of the padding in front of them are not sinks); "short": a 2-token sequence whose sinks are committed later
+    S = 3
+    model = tiny_model()
+    cb = tiny_codebooks(model, residual=4, granularity="layer_head", sinks=S)
+    ids, am = left_padded(length=23, pad=pads)
+    cache, ref = MillionCache(cb, model.config), DynamicCache(config=model.config)
+    tok = torch.randint(0, 96, (2, 1), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for c in (cache, ref):
+            model(input_ids=ids, attention_mask=am, **cache_arg(model, c), use_cache=True)
+        for _ in range(8):  # the step checked at the end commits no block (its snapshot would be stale)
+            am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+            for c in (cache, ref):
+                model(input_ids=tok, attention_mask=am, **cache_arg(model, c), use_cache=True)
+    for i, layer in enumerate(cache.layers):
+        k_ref, v_ref = ref.layers[i].keys, ref.layers[i].values
+        kd, vd = layer.dequantize()
+        assert layer._pad == list(pads) and layer._sfill == [S, S] and layer.sink_lens.tolist() == [S, S]
+        for b, p in enumerate(pads):
+            # prompt positions: the same K/V in both caches; decoded ones only in layer 0 (later layers saw PQ attention)
+            n = S if i == 0 else min(S, 23 - p)
+            assert torch.equal(layer.k_sink[b, :, :n], k_ref[b, :, p : p + n])
+            assert torch.equal(layer.v_sink[b, :, :n], v_ref[b, :, p : p + n])
+            assert torch.equal(kd[b, :, p : p + n], k_ref[b, :, p : p + n])  # what attention sees (see below)
+            if p + S < layer.pq_pos:  # the next token comes from its codes
+                assert not torch.equal(kd[b, :, p + S], k_ref[b, :, p + S])
+    assert_step_matches_dequantized(model, cache, tok, am)
+
+
 def assert_step_matches_dequantized(model, cache, tok, am):
     """One more decode step on ``cache`` equals SDPA over a DynamicCache holding exactly its dequantized contents."""
     ref_cache = DynamicCache(config=model.config)

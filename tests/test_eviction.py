@@ -83,7 +83,7 @@ def test_kept_counts_follow_the_budget(keep, recent, sinks, pads):
     for layer in cache.layers:
         assert layer._evicted and layer.pq_pos == 23 + 37 - layer.res_len
         for b, p in enumerate(pads):
-            n = layer.pq_pos - max(p, sinks)
+            n = layer.pq_pos - (p + sinks)  # a sequence's sinks are its first valid positions
             assert layer.pq_len - layer._cs[b] == math.ceil(keep * n - 1e-9)
         assert layer.code_starts.tolist() == layer._cs
         assert int(layer.pq_lens[0]) == layer.pq_len
@@ -135,9 +135,9 @@ def _dense_reference(layer, q, scale):
     outs = []
     for b in range(B):
         kd, vd = layer._decoded(layer._cs[b], layer.pq_len)
-        s0 = layer._pad[b]
-        ks = [layer.k_sink[b : b + 1, :, s0 : layer.sink_len], kd[b : b + 1], layer.k_window[b : b + 1, :, : layer.res_len]]
-        vs = [layer.v_sink[b : b + 1, :, s0 : layer.sink_len], vd[b : b + 1], layer.v_window[b : b + 1, :, : layer.res_len]]
+        s = layer._sfill[b]  # the sequence's own first positions, once committed
+        ks = [layer.k_sink[b : b + 1, :, :s], kd[b : b + 1], layer.k_window[b : b + 1, :, : layer.res_len]]
+        vs = [layer.v_sink[b : b + 1, :, :s], vd[b : b + 1], layer.v_window[b : b + 1, :, : layer.res_len]]
         k, v = torch.cat(ks, 2).float()[0], torch.cat(vs, 2).float()[0]  # [H, n, D]
         qb = q[b].float().view(H, G, D)
         p = (torch.einsum("hgd,hnd->hgn", qb, k) * scale).softmax(-1)

@@ -73,6 +73,8 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
 
     layer = _observer.take(module)
     if layer is not None:
+        layer._ensure_pad(attention_mask, key, value)  # where each sequence's sinks are
+    if layer is not None and layer.evict is not None:
         done = _prefill_with_lse(module, query, key, value, attention_mask, dropout, scaling, kwargs)
         if done is not None:  # the attention's own log-sum-exp: scoring the prompt needs only the column pass
             out, lse, _ = done
@@ -119,7 +121,9 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False
     (``st.q_map``) the query is mapped to the codes' space, the rows are the cache's mapped window (``q . k =
     (q @ q_map) . (k @ A)``), and the output is mapped back with ``v_inverse`` (exact: attention is linear in the
     values). Sinks kept apart are attended with the plain query and merged through their float32 log-sum-exp.
-    With ``st.code_starts`` (a cache that evicts) the codes start there and ``starts`` only masks the sinks.
+    Sinks kept apart are each sequence's first ``S`` valid positions (``starts[b] + i``), attended from their rows once
+    committed (``st.sink_lens``): the codes and the window start after them. With ``st.code_starts`` (a cache that
+    evicts) the kept codes start there once a sequence's sinks are all committed.
     Returns ``[B, H_q, D]`` (and the float32 log-sum-exp ``[B, H_q]`` with ``return_lse``)."""
     B, Hq, D = q.shape
     H = st.k_window.shape[1]
@@ -130,14 +134,14 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False
     else:
         k_res, v_res = (st.k_window, st.v_window) if st.q_map is None else (st.k_window_t, st.v_window_t)
         lens, apart = st.res_lens, S > 0
-        if apart:  # positions [0, S) come from the full-precision sink buffers
+        if apart:  # each sequence's committed sinks (its first S valid positions) come from the sink rows
             if starts is None:
                 starts = torch.zeros(B, dtype=torch.int32, device=q.device)
-            main_starts = torch.clamp(starts, min=S)
+            main_starts = starts + st.sink_lens
+            if st.code_starts is not None:  # kept codes start at code_starts once the sinks are all committed
+                main_starts = torch.where(st.sink_lens < S, main_starts, st.code_starts)
         else:
-            main_starts = starts
-        if st.code_starts is not None:
-            main_starts = st.code_starts
+            main_starts = starts if st.code_starts is None else st.code_starts
     qk = q
     if st.q_map is not None:
         qk = torch.einsum("bhgd,hde->bhge", q.float().view(B, H, G, D), st.q_map.expand(H, D, D)).reshape(B, Hq, D).to(q.dtype)
@@ -148,8 +152,7 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False
     if st.q_map is not None:
         out = torch.einsum("bhgd,hde->bhge", out.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
     if apart:
-        i = torch.arange(S, device=q.device)
-        valid = (i[None, :] < st.sink_lens[:, None]) & (i[None, :] >= starts[:, None])
+        valid = torch.arange(S, device=q.device)[None, :] < st.sink_lens[:, None]
         o_s, s_s = ops.dense_attention_partial(q, st.k_sink, st.v_sink, valid, scaling)
         out, s = ops.merge_state(out, s, o_s, s_s)
     return (out, s) if return_lse else out

@@ -38,8 +38,9 @@ class PQState:
 
     k_codes, v_codes: ``[B, H_kv, capacity, M]``; k_centroids, v_centroids: ``[Hc, M, ksub, dsub]``;
     pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``; k_sink, v_sink:
-    ``[B, H_kv, S, D]`` full-precision copies of positions ``[0, S)`` (``S = sink_length``, may be 0),
-    of which the first ``sink_lens[b]`` are filled. With transforms (see :class:`~million.codebook.Codebooks`):
+    ``[B, H_kv, S, D]`` full-precision copies of each sequence's first ``S`` valid positions (``S = sink_length``, may
+    be 0): row ``i`` of sequence ``b`` holds position ``starts[b] + i`` (its left padding plus ``i``); the first
+    ``sink_lens[b]`` rows are filled, those positions already committed (attend the rows, not their codes). With transforms (see :class:`~million.codebook.Codebooks`):
     ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps
     the codes' attention output back; the window and sinks hold untransformed K/V. ``starts`` (int32 ``[B]``, may be None):
     each sequence's first valid position (left padding), used when the step gets no attention mask (static
@@ -102,11 +103,12 @@ class MillionLayer(CacheLayerMixin):
         self.pq_pos = 0  # positions committed to codes (evicted ones included)
         self._evicted = False  # some code token was evicted: slots are no longer positions
         self._defer = False  # a multi-token update waits for its queries' scores before evicting
-        self._pad = None  # host list: each sequence's left padding (first valid position)
+        self._pad = None  # host list: each sequence's left padding (first valid position), once learnt
+        self._sfill = None  # host list: sink rows filled per sequence (committed positions among its first S)
         self._cs = None  # host list: each sequence's first valid code slot
         self._scored = 0  # window slots whose queries' attention has been added to the scores
         self._scale = None
-        self.sink_len = 0  # positions [0, sink_len) copied to the sink buffers
+        self.sink_len = 0  # sink rows in use (the most any sequence has filled)
         self.res_len = 0  # tokens in the full-precision window
         self.pending = False  # the window's first R tokens are being encoded
         self._event = None
@@ -156,6 +158,8 @@ class MillionLayer(CacheLayerMixin):
         self.pq_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self.res_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self.sink_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
+        self._sfill = [0] * B
+        self._pad_t = torch.zeros(B, dtype=torch.int32, device=self.device)
         if self.evict is not None:
             # accumulated attention of every code slot and window slot, relative quantization error of every code
             # slot, and the queries (with their log-sum-exp) of decode steps not yet scored, by window slot
@@ -164,7 +168,6 @@ class MillionLayer(CacheLayerMixin):
             self._wscore = torch.zeros(B, H, 2 * R, dtype=torch.float32, device=self.device)
             self._qbuf = self._lbuf = None  # allocated at the first observed step (the query head count)
             self.code_starts = torch.zeros(B, dtype=torch.int32, device=self.device)
-            self._pad_t = torch.zeros(B, dtype=torch.int32, device=self.device)
         if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self.device)
         self.is_initialized = True
@@ -193,17 +196,19 @@ class MillionLayer(CacheLayerMixin):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         n = self.get_seq_length() + query_length
-        kept, res = self._sizes_at_attention(query_length)
+        kept, res, pos = self._sizes_at_attention(query_length)
         if kept is not None:  # keys handed to a multi-token step: sinks, kept codes, window, new tokens (see update)
-            kv = self.sink_len + kept + res + query_length
+            pad = self._pad[0] if self._pad else 0
+            sinks = min(self.config.sink_length, max(0, pos - pad))  # committed by then
+            kv = sinks + kept + res + query_length
             return kv, n - kv
         return n, 0
 
-    def _sizes_at_attention(self, q: int) -> tuple[int | None, int]:
-        """(kept code tokens, window tokens) that a ``q``-token step will attend after the commit and eviction its
-        update makes first; kept is None while no token has been evicted (keys are then positions)."""
+    def _sizes_at_attention(self, q: int) -> tuple[int | None, int, int]:
+        """(kept code tokens, window tokens, committed positions) that a ``q``-token step will attend after the commit
+        and eviction its update makes first; kept is None while no token has been evicted (keys are then positions)."""
         if self.evict is None or not getattr(self, "is_initialized", False):
-            return None, self.res_len
+            return None, self.res_len, self.pq_pos
         kept = self.pq_len - self._cs[0] if self._evicted else None
         R = self.config.residual_length
         if q > 1 and self.pending and self.res_len + q > 2 * R:  # update() commits a block and evicts
@@ -213,8 +218,8 @@ class MillionLayer(CacheLayerMixin):
                 have = [(self.pq_len - c if self._evicted else self.pq_len - f) + R for c, f in zip(self._cs or first, first)]
                 if self._evicted or any(h > b for h, b in zip(have, bud)):
                     kept = min(have[0], bud[0])
-            return kept, self.res_len - R
-        return kept, self.res_len
+            return kept, self.res_len - R, pos
+        return kept, self.res_len, self.pq_pos
 
     @property
     def keys(self):  # transformers reads `.keys` in a few generic helpers; expose the full-precision view
@@ -287,6 +292,7 @@ class MillionLayer(CacheLayerMixin):
         if self._event is not None:
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
+        self._commit_sinks(self.k_window[:, :, :R], self.v_window[:, :, :R], self.pq_pos)
         if self.evict is not None:
             self.score[:, :, self.pq_len : self.pq_len + R] = self._wscore[:, :, :R]
             self._wscore[:, :, : self.res_len - R] = self._wscore[:, :, R : self.res_len].clone()
@@ -315,20 +321,6 @@ class MillionLayer(CacheLayerMixin):
         n = key_states.shape[2]
         if n == 0:
             return
-        S = self.config.sink_length
-        if self.sink_len < S:
-            # the first S positions are also kept in full precision (attention sinks)
-            pos0 = self.get_seq_length()
-            take = min(S - pos0, n)
-            if take > 0:
-                self.k_sink[:, :, pos0 : pos0 + take] = key_states[:, :, :take]
-                self.v_sink[:, :, pos0 : pos0 + take] = value_states[:, :, :take]
-                if self.transforms is not None:
-                    kt, vt = self._mapped(key_states[:, :, :take].to(self.dtype), value_states[:, :, :take].to(self.dtype))
-                    self._bufs[2][:, :, pos0 : pos0 + take] = kt
-                    self._bufs[3][:, :, pos0 : pos0 + take] = vt
-                self.sink_len = pos0 + take
-                self.sink_lens.fill_(self.sink_len)
         if self.res_len + n <= 2 * R:
             self._write_window(self.res_len, key_states, value_states)
             self.res_len += n
@@ -347,6 +339,7 @@ class MillionLayer(CacheLayerMixin):
             if enc:
                 self._ensure_capacity(self.pq_len + enc)
                 self._encode_into(ks[:, :, :enc], vs[:, :, :enc], self.pq_len)
+                self._commit_sinks(ks[:, :, :enc], vs[:, :, :enc], self.pq_pos)
                 if self.evict is not None:
                     self.score[:, :, self.pq_len : self.pq_len + enc] = wsc[:, :, :enc]
                 self.pq_len += enc
@@ -368,17 +361,50 @@ class MillionLayer(CacheLayerMixin):
         if not self.pending and self.res_len >= R:
             self._launch_pending()
 
+    def _commit_sinks(self, k: torch.Tensor, v: torch.Tensor, p0: int) -> None:
+        """Copy the attention sinks among positions ``[p0, p0 + n)`` (full precision ``[B, H_kv, n, D]``, being
+        committed to codes) to the sink rows: each sequence's first ``S`` valid positions (after its left padding).
+        A sink is attended from its row once its position is committed, and from the window before."""
+        S, n = self.config.sink_length, k.shape[2]
+        if S == 0 or n == 0:
+            return
+        pads = self._pad if self._pad is not None else [0] * self.batch_size
+        groups = {}  # (first row, last row, first source index) -> sequences
+        for b, pad in enumerate(pads):
+            lo, hi = max(pad + self._sfill[b], p0), min(pad + S, p0 + n)
+            if lo < hi:
+                groups.setdefault((lo - pad, hi - pad, lo - p0), []).append(b)
+                self._sfill[b] = hi - pad
+        if not groups:
+            return
+        dsts = [self.k_sink, self.v_sink]
+        if self.transforms is not None:
+            dsts += [self._bufs[2][:, :, :S], self._bufs[3][:, :, :S]]
+        for (r0, r1, i0), bs in groups.items():
+            sel = slice(None) if len(bs) == self.batch_size else torch.tensor(bs, device=self.device)
+            srcs = [k[sel, :, i0 : i0 + r1 - r0].to(self.dtype), v[sel, :, i0 : i0 + r1 - r0].to(self.dtype)]
+            if self.transforms is not None:
+                srcs += list(self._mapped(*srcs))
+            for d, x in zip(dsts, srcs):
+                d[sel, :, r0:r1] = x
+        self.sink_len = max(self._sfill)
+        self.sink_lens.copy_(torch.tensor(self._sfill, dtype=torch.int32))
+
     # -- static decoding (one token per step, no host-dependent shapes or indices: CUDA-graph capturable) ------
     def begin_static(self) -> None:
         """Switch single-token steps to device-indexed window writes. Needs codes committed (``pq_len > 0``) and
         the sinks filled, so that every step hands attention a :class:`PQState`."""
-        if not self.is_initialized or self.pq_len == 0 or self.sink_len < self.config.sink_length:
-            raise RuntimeError("static decoding needs a prefilled layer with committed codes (pq_len > 0) and its sinks filled")
+        S = self.config.sink_length
+        if not self.is_initialized or self.pq_len == 0:
+            raise RuntimeError("static decoding needs a prefilled layer with committed codes (pq_len > 0)")
+        # without padding, sinks and window go to the kernel as one block: rows [0, S + res_len) of the buffers
+        fold = S > 0 and self.starts is None
+        if fold and min(self._sfill) < S:
+            raise RuntimeError(f"static decoding without padding starts needs the {S} sink(s) committed; "
+                               f"{min(self._sfill)} are (pass the sequences' starts, or take eager steps first)")
         self._wpos = torch.full((1,), self.res_len, dtype=torch.long, device=self.device)
         self.static = True
-        # without padding, sinks and window go to the kernel as one block: rows [0, S + res_len) of the buffers
-        S = self.config.sink_length
-        self._fold = S > 0 and self.starts is None
+        self._fold = fold
         if self._fold:
             self._res_lens_s = self.res_lens + S
             # codes start after the sinks (with eviction: where the kept tokens start, updated in place)
@@ -452,10 +478,11 @@ class MillionLayer(CacheLayerMixin):
             v = torch.cat([self.v_sink[:, :, : self.sink_len], vd, self.v_window[:, :, : self.res_len]], 2)
             return k, v
         kd, vd = self._decoded(0, self.pq_len)
-        s = min(self.sink_len, self.pq_len)
-        if s:  # sink positions are attended in full precision
-            kd[:, :, :s] = self.k_sink[:, :, :s]
-            vd[:, :, :s] = self.v_sink[:, :, :s]
+        pads = self._pad if self._pad is not None else [0] * self.batch_size
+        for b, (pad, s) in enumerate(zip(pads, self._sfill)):  # committed sinks are attended in full precision
+            if s:
+                kd[b, :, pad : pad + s] = self.k_sink[b, :, :s]
+                vd[b, :, pad : pad + s] = self.v_sink[b, :, :s]
         k = torch.cat([kd, self.k_window[:, :, : self.res_len]], 2)
         v = torch.cat([vd, self.v_window[:, :, : self.res_len]], 2)
         return k, v
@@ -529,8 +556,10 @@ class MillionLayer(CacheLayerMixin):
         return state, state
 
     # -- eviction (caches made with an Eviction) --------------------------------------------------------------
-    def _ensure_pad(self, attention_mask) -> None:
-        """Learn each sequence's left padding (once, from the first step's mask) and the first code slots."""
+    def _ensure_pad(self, attention_mask, key: torch.Tensor | None = None, value: torch.Tensor | None = None) -> None:
+        """Learn each sequence's left padding (once, from the first step's mask) and the first code slots. ``key``,
+        ``value``: the full-precision K/V that first step attended (positions ``[0, n)``): the sinks committed before
+        the padding was known (taken as none) are copied again from there."""
         if self._pad is not None:
             return
         B = self.batch_size
@@ -545,8 +574,16 @@ class MillionLayer(CacheLayerMixin):
         self._pad_t.copy_(pad)
         self._pad = [int(x) for x in pad.tolist()]
         S = self.config.sink_length
-        self._cs = [max(p, S) for p in self._pad]
-        self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
+        if self.evict is not None:  # code positions start after each sequence's padding and sinks
+            self._cs = [p + S for p in self._pad]
+            self.code_starts.copy_(torch.tensor(self._cs, dtype=torch.int32))
+        redo = [b for b, p in enumerate(self._pad) if p and self._sfill[b]]
+        if redo:
+            if key is None or key.shape[2] < self.pq_pos:
+                raise RuntimeError("the left padding was learnt after sinks were committed, without their keys")
+            for b in redo:
+                self._sfill[b] = 0
+            self._commit_sinks(key[:, :, : self.pq_pos], value[:, :, : self.pq_pos], 0)
 
     def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling, lse=None) -> None:
         """Add the attention of a full-precision step's queries ``[B, H_q, C, D]`` over the keys it was handed
@@ -608,7 +645,7 @@ class MillionLayer(CacheLayerMixin):
         """Each sequence's first code-eligible position (after its padding and the sinks) and its code budget when
         ``pos`` code positions have been committed."""
         pad = self._pad if self._pad is not None else [0] * self.batch_size
-        first = [max(p, self.config.sink_length) for p in pad]
+        first = [p + self.config.sink_length for p in pad]
         return first, [self.evict.budget(pos - f) for f in first]
 
     def reset(self) -> None:
@@ -619,6 +656,7 @@ class MillionLayer(CacheLayerMixin):
             self.pq_len = self.pq_pos = self.res_len = self.sink_len = self._scored = 0
             self._evicted = self._defer = False
             self._pad = self._cs = None
+            self._sfill = [0] * self.batch_size
             if self.evict is not None:
                 self.score.zero_()
                 self._wscore.zero_()
@@ -639,12 +677,14 @@ class MillionLayer(CacheLayerMixin):
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
         idx = indices.to(self.device)
-        names = ["k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens"]
+        names = ["k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens", "_pad_t"]
+        sel = [int(i) for i in idx.tolist()]
+        self._sfill = [self._sfill[i] for i in sel]
+        if self._pad is not None:
+            self._pad = [self._pad[i] for i in sel]
         if self.evict is not None:
-            names += ["score", "err", "_wscore", "code_starts", "_pad_t"] + (["_qbuf", "_lbuf"] if self._qbuf is not None else [])
-            sel = [int(i) for i in idx.tolist()]
-            if self._pad is not None:
-                self._pad = [self._pad[i] for i in sel]
+            names += ["score", "err", "_wscore", "code_starts"] + (["_qbuf", "_lbuf"] if self._qbuf is not None else [])
+            if self._cs is not None:
                 self._cs = [self._cs[i] for i in sel]
         for name in names:
             setattr(self, name, getattr(self, name).index_select(0, idx))
@@ -731,11 +771,13 @@ class MillionCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        if self.evict is not None and not isinstance(out[0], PQState):
-            # a full-precision step: the attention function hands this layer the step's queries (observe_dense)
+        layer = self.layers[layer_idx]
+        if not isinstance(out[0], PQState) and (self.evict is not None or (layer._pad is None and layer.config.sink_length)):
+            # a full-precision step: the attention function hands this layer the step's mask (its left padding: where
+            # each sequence's sinks are) and, with eviction, the step's queries (observe_dense)
             from .attention import _observer
 
-            _observer.set(self.layers[layer_idx], layer_idx)
+            _observer.set(layer, layer_idx)
         w = self.calibrated_positions
         if layer_idx == 0 and w and not self._warned_positions and self.layers[0].get_seq_length() > w:
             import warnings
@@ -761,9 +803,10 @@ class MillionCache(Cache):
 
     # -- static decoding: what million.decode drives (one token per step, CUDA-graph capturable) ------------------
     def static_ready(self) -> bool:
-        """Whether every layer can take static steps: prefilled, codes committed, sinks filled."""
-        return all(getattr(l, "is_initialized", False) and l.pq_len > 0 and l.sink_len >= l.config.sink_length
-                   for l in self.layers)
+        """Whether every layer can take static steps: prefilled, codes committed, and its sinks committed unless some
+        sequence is left-padded (then the sinks are attended apart, filled as their positions are committed)."""
+        return all(getattr(l, "is_initialized", False) and l.pq_len > 0
+                   and (min(l._sfill) >= l.config.sink_length or any(l._pad or ())) for l in self.layers)
 
     def begin_static(self, starts: torch.Tensor | None = None) -> None:
         """Switch single-token steps to device-indexed window writes (no host-dependent shapes), so that a
