@@ -244,15 +244,37 @@ def test_chunks_dividing_the_window_equal_decode_steps(sinks, transformed, keep)
         assert a._evicted == (keep is not None) and (a.pq_len, a.pq_pos, a.res_len) == (b.pq_len, b.pq_pos, b.res_len)
 
 
-def test_multi_token_step_after_eviction_with_padding_is_refused():
-    model, cb = _setup()
-    ids, am = left_padded(length=23, pad=(0, 5))
-    cache = MillionCache(cb, model.config, evict=Eviction(keep=0.5))
-    am = _feed(model, cache, ids, am, 12)
-    with pytest.raises(NotImplementedError, match="left padding"):
-        with torch.no_grad():
-            model(input_ids=torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.cat([am, torch.ones(2, 3, dtype=am.dtype)], 1),
-                  **cache_arg(model, cache), use_cache=True)
+@pytest.mark.parametrize("sinks,transformed,pads", [(2, False, (0, 5)), (1, True, (6, 0)), (0, False, (3, 9))])
+def test_chunks_after_eviction_with_padding_equal_decode_steps(sinks, transformed, pads):
+    # a left-padded batch keeps a different number of codes per sequence: a multi-token step then gets its keys
+    # right-aligned and its own mask, and chunks of C | R still equal token-by-token decoding
+    model, cb = _setup(kv_heads=2, sinks=sinks, transformed=transformed)
+    ids, am = left_padded(length=22, pad=pads)  # 22: the prefill leaves 6 window tokens, so chunks of 2 end where R does
+    ev = Eviction(keep=0.4)
+    step, chunked = MillionCache(cb, model.config, evict=ev), MillionCache(cb, model.config, evict=ev)
+    more = torch.randint(0, 96, (2, 40), generator=torch.Generator().manual_seed(8))
+    pos = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    last = pos[:, -1:]
+    with torch.no_grad():
+        for c in (step, chunked):
+            model(input_ids=ids, attention_mask=am, position_ids=pos, **cache_arg(model, c), use_cache=True)
+        assert len(set(step.layers[0]._cs)) == 2  # the sequences keep different counts from here on
+        want, got, a = [], [], am
+        for t in range(40):
+            a = torch.cat([a, torch.ones_like(a[:, :1])], 1)
+            want.append(model(input_ids=more[:, t : t + 1], attention_mask=a, position_ids=last + 1 + t,
+                              **cache_arg(model, step), use_cache=True).logits)
+        a = am
+        for t in range(0, 40, 2):
+            a = torch.cat([a, torch.ones_like(a[:, :2])], 1)
+            got.append(model(input_ids=more[:, t : t + 2], attention_mask=a, position_ids=last + 1 + t + torch.arange(2),
+                             **cache_arg(model, chunked), use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), rtol=1e-4, atol=1e-4)
+    for x, y in zip(step.layers, chunked.layers):
+        assert x._evicted and (x.pq_len, x.pq_pos, x.res_len, x._cs) == (y.pq_len, y.pq_pos, y.res_len, y._cs)
+        x._score_queued()  # decode steps queue their queries until the next commit; chunks score theirs at once
+        for b, c in enumerate(x._cs):  # the kept tokens' scores (slots in front of a sequence's first are unused)
+            torch.testing.assert_close(y.score[b, :, c : x.pq_len], x.score[b, :, c : x.pq_len], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kw,match", [

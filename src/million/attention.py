@@ -74,6 +74,9 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
     layer = _observer.take(module)
     if layer is not None:
         layer._ensure_pad(attention_mask, key, value)  # where each sequence's sinks are
+        own = layer.dense_mask(query.shape[2], key.shape[2]) if layer.evict is not None else None
+        if own is not None:  # after an eviction, padded sequences keep different counts: rows right-aligned
+            attention_mask = own
     if layer is not None and layer.evict is not None:
         done = _prefill_with_lse(module, query, key, value, attention_mask, dropout, scaling, kwargs)
         if done is not None:  # the attention's own log-sum-exp: scoring the prompt needs only the column pass

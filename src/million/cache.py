@@ -196,20 +196,18 @@ class MillionLayer(CacheLayerMixin):
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         n = self.get_seq_length() + query_length
-        kept, res, pos = self._sizes_at_attention(query_length)
-        if kept is not None:  # keys handed to a multi-token step: sinks, kept codes, window, new tokens (see update)
-            pad = self._pad[0] if self._pad else 0
-            sinks = min(self.config.sink_length, max(0, pos - pad))  # committed by then
-            kv = sinks + kept + res + query_length
+        kept, res = self._sizes_at_attention(query_length)
+        if kept is not None:  # keys handed to a multi-token step: sinks, kept codes, window, new tokens (see dequantize)
+            kv = self.config.sink_length + max(kept) + res + query_length  # (every sink is committed once one evicts)
             return kv, n - kv
         return n, 0
 
-    def _sizes_at_attention(self, q: int) -> tuple[int | None, int, int]:
-        """(kept code tokens, window tokens, committed positions) that a ``q``-token step will attend after the commit
-        and eviction its update makes first; kept is None while no token has been evicted (keys are then positions)."""
+    def _sizes_at_attention(self, q: int) -> tuple[list[int] | None, int]:
+        """(kept code tokens of each sequence, window tokens) that a ``q``-token step will attend after the commit and
+        eviction its update makes first; kept is None while no token has been evicted (keys are then positions)."""
         if self.evict is None or not getattr(self, "is_initialized", False):
-            return None, self.res_len, self.pq_pos
-        kept = self.pq_len - self._cs[0] if self._evicted else None
+            return None, self.res_len
+        kept = [self.pq_len - c for c in self._cs] if self._evicted else None
         R = self.config.residual_length
         if q > 1 and self.pending and self.res_len + q > 2 * R:  # update() commits a block and evicts
             pos = self.pq_pos + R
@@ -217,9 +215,9 @@ class MillionLayer(CacheLayerMixin):
             if all(f <= pos for f in first):
                 have = [(self.pq_len - c if self._evicted else self.pq_len - f) + R for c, f in zip(self._cs or first, first)]
                 if self._evicted or any(h > b for h, b in zip(have, bud)):
-                    kept = min(have[0], bud[0])
-            return kept, self.res_len - R, pos
-        return kept, self.res_len, self.pq_pos
+                    kept = [min(h, b) for h, b in zip(have, bud)]
+            return kept, self.res_len - R
+        return kept, self.res_len
 
     @property
     def keys(self):  # transformers reads `.keys` in a few generic helpers; expose the full-precision view
@@ -468,14 +466,25 @@ class MillionLayer(CacheLayerMixin):
 
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection). After an
-        eviction: the sinks, the kept code tokens and the window, ``[B, H_kv, S + kept + res_len, D]``."""
+        eviction: the sinks, the kept code tokens and the window, ``[B, H_kv, S + kept + res_len, D]``, each sequence
+        right-aligned (``kept`` its own count, the most kept by any; rows in front of its first sink are zeros, see
+        :meth:`kept_first`)."""
         if self._evicted:
-            if len(set(self._cs)) != 1:
-                raise NotImplementedError("a multi-token step after an eviction needs sequences without left padding")
-            c0 = self._cs[0]
-            kd, vd = self._decoded(c0, self.pq_len)
-            k = torch.cat([self.k_sink[:, :, : self.sink_len], kd, self.k_window[:, :, : self.res_len]], 2)
-            v = torch.cat([self.v_sink[:, :, : self.sink_len], vd, self.v_window[:, :, : self.res_len]], 2)
+            c0 = min(self._cs)
+            kd, vd = self._decoded(c0, self.pq_len)  # sequence b's codes: the last pq_len - cs[b] rows
+            if c0 != max(self._cs):  # fewer kept codes: its sinks move up to them, zeros in front
+                S = self.sink_len
+                k_s, v_s = self.k_sink[:, :, :S], self.v_sink[:, :, :S]
+                kd, vd = torch.cat([torch.zeros_like(k_s), kd], 2), torch.cat([torch.zeros_like(v_s), vd], 2)
+                for b, f in enumerate(self.kept_first()):
+                    kd[b, :, :f + S].zero_()
+                    vd[b, :, :f + S].zero_()
+                    kd[b, :, f : f + S], vd[b, :, f : f + S] = k_s[b], v_s[b]
+                k_s, v_s = k_s[:, :, :0], v_s[:, :, :0]
+            else:
+                k_s, v_s = self.k_sink[:, :, : self.sink_len], self.v_sink[:, :, : self.sink_len]
+            k = torch.cat([k_s, kd, self.k_window[:, :, : self.res_len]], 2)
+            v = torch.cat([v_s, vd, self.v_window[:, :, : self.res_len]], 2)
             return k, v
         kd, vd = self._decoded(0, self.pq_len)
         pads = self._pad if self._pad is not None else [0] * self.batch_size
@@ -486,6 +495,23 @@ class MillionLayer(CacheLayerMixin):
         k = torch.cat([kd, self.k_window[:, :, : self.res_len]], 2)
         v = torch.cat([vd, self.v_window[:, :, : self.res_len]], 2)
         return k, v
+
+    def kept_first(self) -> list[int]:
+        """After an eviction: each sequence's first row in :meth:`dequantize` (its sinks, kept codes and window are
+        right-aligned behind as many rows as it keeps fewer codes than the sequence that keeps most)."""
+        c0 = min(self._cs)
+        return [c - c0 for c in self._cs]
+
+    def dense_mask(self, q: int, kv: int) -> torch.Tensor | None:
+        """The attention mask ``[B, 1, q, kv]`` (True = attend) of a ``q``-token step over what :meth:`update` handed
+        it after an eviction, where sequences keep different counts (left padding): each row from its first kept
+        row on, causal among the new tokens. None where the model's own mask lines up (no eviction, equal counts)."""
+        if not self._evicted or len(set(self._cs)) == 1:
+            return None
+        first = torch.tensor(self.kept_first(), device=self.device)
+        j = torch.arange(kv, device=self.device)
+        causal = j[None, :] <= (kv - q + torch.arange(q, device=self.device))[:, None]  # [q, kv]
+        return ((j[None, :] >= first[:, None])[:, None, None, :] & causal[None, None]).contiguous()
 
     def _decoded(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Code slots ``[a, b)`` decoded to the model's space, in the window's dtype."""
@@ -600,9 +626,13 @@ class MillionLayer(CacheLayerMixin):
         w = self.evict.observe
         if w is not None and w < C:
             query, lse = query[:, :, C - w :], None if lse is None else lse[:, :, C - w :]
-        tok = ops.attention_column_sums(query, key, self._pad_t, scale, lse)
-        # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window
-        c = self._cs[0] if self._evicted else 0
+        pad = self._pad_t
+        if self._evicted and len(set(self._cs)) > 1:  # rows right-aligned (dequantize): each from its first kept row
+            pad = torch.tensor(self.kept_first(), dtype=torch.int32, device=self.device)
+        tok = ops.attention_column_sums(query, key, pad, scale, lse)
+        # the keys' last (codes after c + window) entries are, in order, code slots [c, pq_len) and the window (a
+        # sequence that keeps fewer codes adds its sinks' and zeros' sums to slots before its own first: never read)
+        c = min(self._cs) if self._evicted else 0
         n_c = self.pq_len - c
         tail = tok[:, :, kv - n_c - self.res_len :]
         self.score[:, :, c : self.pq_len] += tail[:, :, :n_c]
