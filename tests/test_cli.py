@@ -265,6 +265,16 @@ def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_
     assert "eviction keeps 0.5" in out2
     held = lambda o: float(o.split("bits/element held")[0].split(",")[-1])  # noqa: E731
     assert held(out2) < held(out)
+    # several prompts: one left-padded batch, a continuation per prompt from each cache
+    rc, out3, err = run(
+        ["generate", prompt, "w3 w4", "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir),
+         "--max-new-tokens", "6", "--residual", "2", "--device", "cpu"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "2 prompts of 14, 2 tokens (left-padded)" in out3
+    for cache in out3.split("--- ")[1:]:
+        assert "\n[1] " in cache and "\n[2] " in cache
     rc, _, err = run(["generate", prompt, "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir), "--keep", "1.5",
                       "--device", "cpu"], capsys)
     assert rc == 2 and "keep=1.5" in one_line(err) and "(0, 1]" in one_line(err)

@@ -151,10 +151,15 @@ def cmd_generate(args) -> int:
         if args.sinks is not None:
             d["sink_length"] = args.sinks
         cb.config = PQConfig.from_dict(d)
-    prompt = args.prompt
+    prompts = list(args.prompt)
     if not args.raw and getattr(tok, "chat_template", None):
-        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    inputs = tok(prompt, return_tensors="pt", add_special_tokens=args.raw).to(device)
+        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                   for p in prompts]
+    if len(prompts) > 1:  # one left-padded batch
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    inputs = tok(prompts, return_tensors="pt", add_special_tokens=args.raw, padding=True).to(device)
     n_prompt = inputs.input_ids.shape[1]
     gen_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id, graph=None if not args.no_graph else False)
@@ -171,15 +176,19 @@ def cmd_generate(args) -> int:
         o = million_generate(model, cache, inputs.input_ids, attention_mask=inputs.attention_mask, generator=g, **gen_kw)
         if device != "cpu":
             torch.cuda.synchronize()
-        outs[name] = (tok.decode(o[0, n_prompt:], skip_special_tokens=True), time.time() - t0, cache)
+        texts = [tok.decode(row[n_prompt:], skip_special_tokens=True).strip() for row in o]
+        outs[name] = ("\n".join(texts) if len(texts) == 1 else "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts)),
+                      time.time() - t0, cache)
     c = cb.config
     fp16_b = fp16_bytes_per_token(model.config)
     pq_b = pq_bytes_per_token(model.config, c)
-    print(f"prompt: {n_prompt} tokens; PQ {c.M}x{c.nbits}-bit codes ({c.bits_per_element:g} bits/element), "
+    lens = inputs.attention_mask.sum(-1).tolist()
+    shown = f"{n_prompt} tokens" if len(lens) == 1 else f"{len(lens)} prompts of {', '.join(map(str, lens))} tokens (left-padded)"
+    print(f"prompt: {shown}; PQ {c.M}x{c.nbits}-bit codes ({c.bits_per_element:g} bits/element), "
           f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens, {c.sink_length} sink tokens")
-    print(f"\n--- fp16 KV cache ({fp16_b} bytes/token) [{outs['fp16'][1]:.1f} s]\n{outs['fp16'][0].strip()}")
+    print(f"\n--- fp16 KV cache ({fp16_b} bytes/token) [{outs['fp16'][1]:.1f} s]\n{outs['fp16'][0]}")
     print(f"\n--- million PQ KV cache ({pq_b:g} bytes/token = {pq_b / fp16_b:.3f} x fp16; "
-          f"codebooks {cb.nbytes / 2**20:.2f} MiB once) [{outs['pq'][1]:.1f} s]\n{outs['pq'][0].strip()}")
+          f"codebooks {cb.nbytes / 2**20:.2f} MiB once) [{outs['pq'][1]:.1f} s]\n{outs['pq'][0]}")
     lay = outs["pq"][2].layers[0]
     kept = f" (of {lay.pq_pos} code positions; eviction keeps {args.keep:g})" if evict is not None else ""
     print(f"\nPQ cache now: {lay.pq_len} tokens as codes{kept} + {lay.res_len} in the full-precision window per layer, "
@@ -238,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_calibrate)
 
     g = sub.add_parser("generate", help="generate with an fp16 and a PQ cache, side by side")
-    g.add_argument("prompt")
+    g.add_argument("prompt", nargs="+", help="one or more prompts (several are generated as one left-padded batch)")
     g.add_argument("--model", default="smollm2")
     g.add_argument("--codebooks", required=True, help="directory written by `million calibrate`")
     g.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=64)
