@@ -275,6 +275,13 @@ def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_
     assert "2 prompts of 14, 2 tokens (left-padded)" in out3
     for cache in out3.split("--- ")[1:]:
         assert "\n[1] " in cache and "\n[2] " in cache
+    rc, out4, err = run(  # the same batch with eviction: the sequences keep their own counts
+        ["generate", prompt, "w3 w4", "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir),
+         "--max-new-tokens", "6", "--residual", "2", "--device", "cpu", "--keep", "0.5"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "eviction keeps 0.5" in out4 and "\n[2] " in out4.split("--- million PQ")[1]
     rc, _, err = run(["generate", prompt, "--raw", "--model", str(tiny_model_dir), "--codebooks", str(out_dir), "--keep", "1.5",
                       "--device", "cpu"], capsys)
     assert rc == 2 and "keep=1.5" in one_line(err) and "(0, 1]" in one_line(err)
