@@ -40,10 +40,10 @@ class PQState:
     pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``; k_sink, v_sink:
     ``[B, H_kv, S, D]`` full-precision copies of each sequence's first ``S`` valid positions (``S = sink_length``, may
     be 0): row ``i`` of sequence ``b`` holds position ``starts[b] + i`` (its left padding plus ``i``); the first
-    ``sink_lens[b]`` rows are filled, those positions already committed (attend the rows, not their codes). With transforms (see :class:`~million.codebook.Codebooks`):
-    ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps
-    the codes' attention output back; the window and sinks hold untransformed K/V. ``starts`` (int32 ``[B]``, may be None):
-    each sequence's first valid position (left padding), used when the step gets no attention mask (static
+    ``sink_lens[b]`` rows are filled, those positions already committed (attend the rows, not their codes). With
+    transforms (see :class:`~million.codebook.Codebooks`): ``q_map [Hc, D, D]`` maps a query to the codes' space
+    (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps the codes' attention output back; the window and sinks hold
+    untransformed K/V. ``starts`` (int32 ``[B]``, may be None): each sequence's first valid position (left padding), used when the step gets no attention mask (static
     decoding, :mod:`million.decode`); ``static``: the step is a static one, whose attention takes ``starts``
     and ignores any attention mask (transformers may materialize a mask while a CUDA graph is captured).
     ``k_window_t``, ``v_window_t``: with transforms, the window already mapped to the codes' space (kept up to
