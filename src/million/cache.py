@@ -36,21 +36,21 @@ from .config import Eviction, PQConfig
 class PQState:
     """What a decode step's attention needs from one layer (all tensors, no copies).
 
-    k_codes, v_codes: ``[B, H_kv, capacity, M]``; k_centroids, v_centroids: ``[Hc, M, ksub, dsub]``;
-    pq_lens, res_lens: int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``; k_sink, v_sink:
-    ``[B, H_kv, S, D]`` full-precision copies of each sequence's first ``S`` valid positions (``S = sink_length``, may
-    be 0): row ``i`` of sequence ``b`` holds position ``starts[b] + i`` (its left padding plus ``i``); the first
-    ``sink_lens[b]`` rows are filled, those positions already committed (attend the rows, not their codes). With
-    transforms (see :class:`~million.codebook.Codebooks`): ``q_map [Hc, D, D]`` maps a query to the codes' space
-    (``q @ q_map``) and ``v_inverse [Hc, D, D]`` maps the codes' attention output back; the window and sinks hold
-    untransformed K/V. ``starts`` (int32 ``[B]``, may be None): each sequence's first valid position (left padding), used when the step gets no attention mask (static
-    decoding, :mod:`million.decode`); ``static``: the step is a static one, whose attention takes ``starts``
-    and ignores any attention mask (transformers may materialize a mask while a CUDA graph is captured).
-    ``k_window_t``, ``v_window_t``: with transforms, the window already mapped to the codes' space (kept up to
-    date token by token, so a decode step does not map the whole window again). ``k_folded``, ``v_folded``
-    ``[B, H_kv, S + 2R, D]`` (static steps without padding): sinks then window in one block (in the codes' space
-    with transforms), of which the first ``folded_lens[b]`` rows are filled; attention hands them to the kernel as
-    its full-precision rows, with the codes starting at ``folded_starts`` (``= S``), so one kernel call covers all.
+    k_codes, v_codes: ``[B, H_kv, capacity, M]``; k_centroids, v_centroids: ``[Hc, M, ksub, dsub]``; pq_lens, res_lens:
+    int32 ``[B]``; k_window, v_window: ``[B, H_kv, 2R, D]``; k_sink, v_sink: ``[B, H_kv, S, D]`` full-precision copies
+    of each sequence's first ``S`` valid positions (``S = sink_length``, may be 0): row ``i`` of sequence ``b`` holds
+    position ``starts[b] + i`` (its left padding plus ``i``); the first ``sink_lens[b]`` rows are filled, those
+    positions already committed (attend the rows, not their codes). With transforms (see
+    :class:`~million.codebook.Codebooks`): ``q_map [Hc, D, D]`` maps a query to the codes' space (``q @ q_map``) and
+    ``v_inverse [Hc, D, D]`` maps the codes' attention output back; the window and sinks hold untransformed K/V.
+    ``starts`` (int32 ``[B]``, may be None): each sequence's first valid position (left padding), used when the step
+    gets no attention mask (static decoding, :mod:`million.decode`); ``static``: the step is a static one, whose
+    attention takes ``starts`` and ignores any attention mask (transformers may materialize a mask while a CUDA graph is
+    captured). ``k_window_t``, ``v_window_t``: with transforms, the window already mapped to the codes' space (kept up
+    to date token by token, so a decode step does not map the whole window again). ``k_folded``, ``v_folded`` ``[B,
+    H_kv, S + 2R, D]`` (static steps without padding): sinks then window in one block (in the codes' space with
+    transforms), of which the first ``folded_lens[b]`` rows are filled; attention hands them to the kernel as its
+    full-precision rows, with the codes starting at ``folded_starts`` (``= S``), so one kernel call covers all.
     ``code_starts`` (int32 ``[B]``, caches with :class:`~million.config.Eviction`): each sequence's first valid code
     slot (kept tokens are packed at the end of ``[0, pq_lens)``); then ``starts`` is the sinks' padding start and no
     mask is read. ``observer``: the layer that wants this step's query and log-sum-exp (``observe_step``).
