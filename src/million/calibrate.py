@@ -208,7 +208,7 @@ def calibrate(
     granularity: str | None = None,
     tokens: int = 32768,
     window: int | None = None,
-    samples: int = 16384,
+    samples: int = 32768,
     iters: int = 16,
     seed: int = 0,
     pre_rope: bool = False,
@@ -231,7 +231,7 @@ def calibrate(
     metric, keys rotated by the balanced PCA rotation; the best recipe MillionCache serves, measured
     in docs/quality.md) or ``"plain"`` (per-layer codebooks on the raw post-RoPE vectors).
     ``tokens``, ``samples`` and ``iters`` default to the settings measured best for the recommended recipe at 4 bits
-    (docs/quality.md, "The recommended recipe as the default"). ``config`` defaults to ``PQConfig.from_bits(head_dim, bits, nbits, granularity=..., sink_length=...)``;
+    (docs/quality.md, "The recommended recipe as the default" and "Every calibration vector in k-means"). ``config`` defaults to ``PQConfig.from_bits(head_dim, bits, nbits, granularity=..., sink_length=...)``;
     a given ``config`` brings its own granularity and sinks.
     The text runs in windows of ``window`` tokens (default: the model's ``max_position_embeddings``, at
     most 8192): post-RoPE keys are only seen at positions below

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--window", type=_positive("--window"), default=None,
                    help="tokens per forward (default: the model's max_position_embeddings, at most 8192); post-RoPE "
                         "keys are calibrated at positions below it, so make it at least the context the codebooks will serve")
-    c.add_argument("--samples", type=_positive("--samples"), default=16384, help="vectors per codebook for k-means (default 16384)")
+    c.add_argument("--samples", type=_positive("--samples"), default=32768,
+                   help="vectors per codebook for k-means (default 32768: every calibration vector at the default --tokens)")
     c.add_argument("--iters", type=_positive("--iters"), default=16, help="k-means iterations (default 16)")
     c.add_argument("--recipe", choices=RECIPES, default="recommended",
                    help="defaults of --granularity, --sinks, --transform and --rotation: 'recommended' (layer_head, 1 sink, "
