@@ -2,7 +2,8 @@
 
 Collects the all-quantized perplexity JSONs of the GPU runs kept in docs/logs/quality (the main table: runs 2, 3, 6
 and 8; the CPU quanto runs; the served recipe with the key rotation, 2026-12-04; the default settings of `million
-calibrate` and the rotated + tuned 2-bit recipe from `quality_finetune.py` outputs, converted) into one folder as
+calibrate` and the rotated + tuned 2-bit recipe from `quality_finetune.py` outputs, converted; the defaults with k-means
+on every calibration vector, 2026-12-05, CPU) into one folder as
 ``ppl/<label>-<text>.json`` and draws the plot with ``bench_quality.report``.
 
     python benchmarks/quality_plot.py --out runs/quality_plot --plot docs/quality_ppl_vs_bits.png
@@ -61,6 +62,10 @@ def main(argv=None) -> None:
     extra = (_from_finetune(LOGS / "defaults" / "s16384_i16_w8192_t32768.json", "pq-4-default", False)
              + _from_finetune(LOGS / "defaults" / "b2_s16384_i16_w8192_t32768.json", "pq-2-default", False)
              + _from_finetune(LOGS / "balanced" / "gpu_ft2s_balk_needle_aq_1k8k.json", "pq-2-balk-tuned", True))
+    for text in ("squad", "essays"):  # the defaults since 2026-12-05: k-means on every calibration vector (CPU run)
+        f = LOGS / "samples32k" / f"ppl_cb4-s32k_{text}.json"
+        if f.is_file():
+            extra.append({**json.loads(f.read_text()), "label": "pq-4-every-vector", "method": SERVED})
     for r in extra:
         (ppl / f"{r['label']}-{r['text']}.json").write_text(json.dumps(r))
     report(Path(a.out), a.plot)
