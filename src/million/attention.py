@@ -74,7 +74,7 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
     layer = _observer.take(module)
     if layer is not None:
         layer._ensure_pad(attention_mask, key, value)  # where each sequence's sinks are
-        own = layer.dense_mask(query.shape[2], key.shape[2]) if layer.evict is not None else None
+        own = layer.dense_mask(query.shape[2], key.shape[2])
         if own is not None:  # after an eviction, padded sequences keep different counts: rows right-aligned
             attention_mask = own
     if layer is not None and layer.evict is not None:
@@ -124,25 +124,21 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False
     (``st.q_map``) the query is mapped to the codes' space, the rows are the cache's mapped window (``q . k =
     (q @ q_map) . (k @ A)``), and the output is mapped back with ``v_inverse`` (exact: attention is linear in the
     values). Sinks kept apart are attended with the plain query and merged through their float32 log-sum-exp.
-    Sinks kept apart are each sequence's first ``S`` valid positions (``starts[b] + i``), attended from their rows once
-    committed (``st.sink_lens``): the codes and the window start after them. With ``st.code_starts`` (a cache that
-    evicts) the kept codes start there once a sequence's sinks are all committed.
+    Sinks kept apart are each sequence's first ``S`` valid positions, attended from their rows once committed
+    (``st.sink_lens``): the codes and the window start after them, at ``st.code_from`` (which the cache keeps, with
+    eviction at the first kept slot once the sinks are all committed).
     Returns ``[B, H_q, D]`` (and the float32 log-sum-exp ``[B, H_q]`` with ``return_lse``)."""
     B, Hq, D = q.shape
     H = st.k_window.shape[1]
     G = Hq // H
     S = st.sink_length
     if st.k_folded is not None:  # static step without padding: codes from position S, sinks + window as one block
-        k_res, v_res, lens, main_starts, apart = st.k_folded, st.v_folded, st.folded_lens, st.folded_starts, False
+        k_res, v_res, lens, main_starts, apart = st.k_folded, st.v_folded, st.folded_lens, st.code_from, False
     else:
         k_res, v_res = (st.k_window, st.v_window) if st.q_map is None else (st.k_window_t, st.v_window_t)
         lens, apart = st.res_lens, S > 0
         if apart:  # each sequence's committed sinks (its first S valid positions) come from the sink rows
-            if starts is None:
-                starts = torch.zeros(B, dtype=torch.int32, device=q.device)
-            main_starts = starts + st.sink_lens
-            if st.code_starts is not None:  # kept codes start at code_starts once the sinks are all committed
-                main_starts = torch.where(st.sink_lens < S, main_starts, st.code_starts)
+            main_starts = st.code_from  # after the padding and the committed sinks (kept by the cache)
         else:
             main_starts = starts if st.code_starts is None else st.code_starts
     qk = q

@@ -50,10 +50,12 @@ class PQState:
     to date token by token, so a decode step does not map the whole window again). ``k_folded``, ``v_folded`` ``[B,
     H_kv, S + 2R, D]`` (static steps without padding): sinks then window in one block (in the codes' space with
     transforms), of which the first ``folded_lens[b]`` rows are filled; attention hands them to the kernel as its
-    full-precision rows, with the codes starting at ``folded_starts`` (``= S``), so one kernel call covers all.
-    ``code_starts`` (int32 ``[B]``, caches with :class:`~million.config.Eviction`): each sequence's first valid code
-    slot (kept tokens are packed at the end of ``[0, pq_lens)``); then ``starts`` is the sinks' padding start and no
-    mask is read. ``observer``: the layer that wants this step's query and log-sum-exp (``observe_step``).
+    full-precision rows, so one kernel call covers all. ``code_starts`` (int32 ``[B]``, caches with
+    :class:`~million.config.Eviction`): each sequence's first valid code slot (kept tokens are packed at the end of
+    ``[0, pq_lens)``); no mask is read. ``code_from`` (int32 ``[B]``, with sinks): where each sequence's codes start
+    for attention, after its padding and its committed sinks (``code_starts`` once those are all committed), kept up
+    to date by the cache, so a step derives nothing. ``observer``: the layer that wants this step's query and
+    log-sum-exp (``observe_step``).
     """
 
     k_codes: torch.Tensor
@@ -77,8 +79,8 @@ class PQState:
     k_folded: torch.Tensor | None = None
     v_folded: torch.Tensor | None = None
     folded_lens: torch.Tensor | None = None
-    folded_starts: torch.Tensor | None = None
     code_starts: torch.Tensor | None = None
+    code_from: torch.Tensor | None = None
     observer: "MillionLayer | None" = None
 
 
@@ -160,6 +162,7 @@ class MillionLayer(CacheLayerMixin):
         self.sink_lens = torch.zeros(B, dtype=torch.int32, device=self.device)
         self._sfill = [0] * B
         self._pad_t = torch.zeros(B, dtype=torch.int32, device=self.device)
+        self.code_from = torch.zeros(B, dtype=torch.int32, device=self.device)  # see PQState.code_from
         if self.evict is not None:
             # accumulated attention of every code slot and window slot, relative quantization error of every code
             # slot, and the queries (with their log-sum-exp) of decode steps not yet scored, by window slot
@@ -387,6 +390,17 @@ class MillionLayer(CacheLayerMixin):
                 d[sel, :, r0:r1] = x
         self.sink_len = max(self._sfill)
         self.sink_lens.copy_(torch.tensor(self._sfill, dtype=torch.int32))
+        self._sync_code_from()
+
+    def _sync_code_from(self) -> None:
+        """Where attention starts reading each sequence's codes: after its padding and committed sinks, or at its first
+        kept slot once its sinks are all committed (eviction); host events (commits, evictions) change it, steps don't."""
+        pads = self._pad if self._pad is not None else [0] * self.batch_size
+        first = [p + f for p, f in zip(pads, self._sfill)]
+        if self._cs is not None:
+            S = self.config.sink_length
+            first = [c if f >= S else x for x, c, f in zip(first, self._cs, self._sfill)]
+        self.code_from.copy_(torch.tensor(first, dtype=torch.int32))
 
     # -- static decoding (one token per step, no host-dependent shapes or indices: CUDA-graph capturable) ------
     def begin_static(self) -> None:
@@ -405,8 +419,6 @@ class MillionLayer(CacheLayerMixin):
         self._fold = fold
         if self._fold:
             self._res_lens_s = self.res_lens + S
-            # codes start after the sinks (with eviction: where the kept tokens start, updated in place)
-            self._starts_s = self.code_starts if self.evict is not None else torch.full_like(self.res_lens, S)
 
     def end_static(self) -> None:
         self.static = self._fold = False
@@ -470,21 +482,15 @@ class MillionLayer(CacheLayerMixin):
         right-aligned (``kept`` its own count, the most kept by any; rows in front of its first sink are zeros, see
         :meth:`kept_first`)."""
         if self._evicted:
-            c0 = min(self._cs)
-            kd, vd = self._decoded(c0, self.pq_len)  # sequence b's codes: the last pq_len - cs[b] rows
-            if c0 != max(self._cs):  # fewer kept codes: its sinks move up to them, zeros in front
-                S = self.sink_len
-                k_s, v_s = self.k_sink[:, :, :S], self.v_sink[:, :, :S]
-                kd, vd = torch.cat([torch.zeros_like(k_s), kd], 2), torch.cat([torch.zeros_like(v_s), vd], 2)
-                for b, f in enumerate(self.kept_first()):
-                    kd[b, :, :f + S].zero_()
-                    vd[b, :, :f + S].zero_()
-                    kd[b, :, f : f + S], vd[b, :, f : f + S] = k_s[b], v_s[b]
-                k_s, v_s = k_s[:, :, :0], v_s[:, :, :0]
-            else:
-                k_s, v_s = self.k_sink[:, :, : self.sink_len], self.v_sink[:, :, : self.sink_len]
-            k = torch.cat([k_s, kd, self.k_window[:, :, : self.res_len]], 2)
-            v = torch.cat([v_s, vd, self.v_window[:, :, : self.res_len]], 2)
+            S = self.sink_len
+            kd, vd = self._decoded(min(self._cs), self.pq_len)  # sequence b's codes: the last pq_len - cs[b] rows
+            k = torch.cat([self.k_sink[:, :, :S], kd, self.k_window[:, :, : self.res_len]], 2)
+            v = torch.cat([self.v_sink[:, :, :S], vd, self.v_window[:, :, : self.res_len]], 2)
+            for b, f in enumerate(self.kept_first()):
+                if f:  # fewer kept codes: its sinks move up to them, zeros in front
+                    k[b, :, f : f + S], v[b, :, f : f + S] = self.k_sink[b, :, :S], self.v_sink[b, :, :S]
+                    k[b, :, :f] = 0
+                    v[b, :, :f] = 0
             return k, v
         kd, vd = self._decoded(0, self.pq_len)
         pads = self._pad if self._pad is not None else [0] * self.batch_size
@@ -567,18 +573,16 @@ class MillionLayer(CacheLayerMixin):
         folded = {}
         if self._fold:  # sinks then window, in the codes' space with transforms (the mapped buffers)
             kb, vb = self._bufs[2:] if tr is not None else self._bufs[:2]
-            folded = dict(k_folded=kb, v_folded=vb, folded_lens=self._res_lens_s, folded_starts=self._starts_s)
+            folded = dict(k_folded=kb, v_folded=vb, folded_lens=self._res_lens_s)
         state = PQState(
             self.k_codes, self.v_codes, self.k_centroids, self.v_centroids, self.pq_lens, self.k_window, self.v_window,
             self.res_lens, self.k_sink, self.v_sink, self.sink_lens, self.config.sink_length,
             q_map=tr[4] if tr is not None else None, v_inverse=tr[3] if tr is not None else None, starts=self.starts,
-            static=self.static, k_window_t=self.k_window_t, v_window_t=self.v_window_t, **folded,
+            static=self.static, k_window_t=self.k_window_t, v_window_t=self.v_window_t, code_from=self.code_from, **folded,
         )
         if self.evict is not None:
             self._ensure_pad(None)
             state.code_starts, state.observer = self.code_starts, self
-            if state.starts is None:
-                state.starts = self._pad_t
         return state, state
 
     # -- eviction (caches made with an Eviction) --------------------------------------------------------------
@@ -610,6 +614,7 @@ class MillionLayer(CacheLayerMixin):
             for b in redo:
                 self._sfill[b] = 0
             self._commit_sinks(key[:, :, : self.pq_pos], value[:, :, : self.pq_pos], 0)
+        self._sync_code_from()
 
     def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling, lse=None) -> None:
         """Add the attention of a full-precision step's queries ``[B, H_q, C, D]`` over the keys it was handed
@@ -696,6 +701,7 @@ class MillionLayer(CacheLayerMixin):
             self.pq_lens.zero_()
             self.res_lens.zero_()
             self.sink_lens.zero_()
+            self.code_from.zero_()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
@@ -707,7 +713,7 @@ class MillionLayer(CacheLayerMixin):
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
         idx = indices.to(self.device)
-        names = ["k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens", "_pad_t"]
+        names = ["k_codes", "v_codes", "pq_lens", "res_lens", "sink_lens", "_pad_t", "code_from"]
         sel = [int(i) for i in idx.tolist()]
         self._sfill = [self._sfill[i] for i in sel]
         if self._pad is not None:
@@ -985,6 +991,7 @@ def _evict_all(ls: list) -> None:
             l.code_starts.fill_(cs[0])
         else:
             l.code_starts.copy_(torch.tensor(cs, dtype=torch.int32))
+        l._sync_code_from()
         l.pq_len = new_len
         l.pq_lens.fill_(new_len)
         l._evicted = True
