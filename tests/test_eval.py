@@ -240,6 +240,69 @@ def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib
         PQHitter(2, PQMethod(1.5, pq.variant)).fit(model, lambda: calib)
 
 
+def _scores_after(q, model, ids, chunks):
+    r = q.make_runner(model)
+    cache = r._cache()
+    hs = r._hooks()
+    try:
+        t = 0
+        for c in chunks:
+            r._step(cache, ids[:, t : t + c])
+            t += c
+    finally:
+        for h in hs:
+            h.remove()
+    return [l.score.clone() for l in cache.layers]
+
+
+def test_observation_window_scores_a_prompt_by_its_last_queries_only(model):
+    """With ``observe = w`` a C-token step adds the attention of its last w queries alone: the scores of the same
+    tokens fed as two steps (C - w, then w) without a window, less those of the first step."""
+    ids = ids_(60)
+    w = 7
+    obs = QHitter(16, qbits=8, chunk=60, observe=w)
+    obs.keep = 1.0  # nothing evicted: the scores are comparable token by token
+    full = QHitter(16, qbits=8, chunk=60)
+    full.keep = 1.0
+    s_obs = _scores_after(obs, model, ids, [60])
+    s_two = _scores_after(full, model, ids, [60 - w, w])
+    s_one = _scores_after(full, model, ids, [60 - w])
+    G = model.config.num_attention_heads // model.config.num_key_value_heads
+    for a, b, c in zip(s_obs, s_two, s_one):
+        first = torch.nn.functional.pad(c, (0, w))
+        assert torch.allclose(a, b - first, atol=1e-5)
+        assert torch.allclose(a.sum(-1), torch.full_like(a.sum(-1), float(G * w)), atol=1e-4)  # w queries x G heads
+    # a step no longer than the window: every query counts
+    short = _scores_after(QHitter(16, qbits=8, chunk=60, observe=w), model, ids, [w])
+    assert torch.allclose(short[0].sum(-1), torch.full_like(short[0].sum(-1), float(G * w)))
+
+
+def test_retrieval_options_prefill_the_prompt_in_one_step_and_pool_after(model, monkeypatch):
+    from million.config import Eviction
+    from million.eval.qhitter import QHitterRunner
+
+    sizes = []
+    orig = QHitterRunner._step
+    monkeypatch.setattr(QHitterRunner, "_step", lambda self, cache, ids: sizes.append(ids.shape[1]) or orig(self, cache, ids))
+    q = QHitter(2, chunk=16, observe=8, pool=5, pool_side="after")
+    out = q.make_runner(model).greedy(ids_(50), 3)
+    assert len(out) == 3 and sizes == [50, 1, 1, 1]  # the prompt in one step, then one token per step
+    sizes.clear()
+    QHitter(2, chunk=16).make_runner(model).greedy(ids_(50), 2)
+    assert sizes == [16, 16, 16, 2, 1, 1]  # without a window: chunked, as for perplexity
+    # the selection pools with MillionCache's rule: a spike keeps the tokens behind it
+    x = torch.zeros(1, 1, 12)
+    x[..., 3] = 1.0
+    assert torch.equal(q.rule.pooled(x), Eviction(keep=1.0, pool=5, pool_side="after").pooled(x))
+    assert q.rule.pooled(x)[0, 0, 3:8].eq(1).all() and q.rule.pooled(x)[0, 0, :3].eq(0).all()
+    with pytest.raises(ValueError, match="pool=4"):
+        QHitter(2, pool=4)
+    with pytest.raises(ValueError, match="observe=0"):
+        QHitter(2, observe=0)
+    with pytest.raises(ValueError, match="chunk=0"):
+        QHitter(2, chunk=0)
+
+
 def test_collect_without_attention_mass_gives_the_same_statistics(model, calib):
     lean = collect(model, CharTokenizer(), TEXT, tokens=1024, window=256, attention=False)
     assert lean.attn is None
@@ -299,6 +362,8 @@ def test_cli_parses_and_validates(monkeypatch):
         (["eval", "ppl", "--method", "pq", "--bits", "4", "--protocol", "served"], "and no --codebooks"),
         (["eval", "ppl", "--method", "kivi", "--bits", "2", "--keep", "0.4"], "applies to --protocol served only"),
         (["eval", "ppl", "--chunk", "0"], "--chunk 0 must be >= 1"),
+        (["eval", "needle", "--method", "kivi", "--bits", "2", "--observe", "32"], "--observe: eviction options; allowed only"),
+        (["eval", "ppl", "--method", "pq", "--bits", "4", "--pool", "15", "--recent", "0.2"], "--recent, --pool: eviction"),
     ]:
         with pytest.raises(ValueError) as e:
             _parse(argv).func(_parse(argv))

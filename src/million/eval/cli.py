@@ -15,6 +15,7 @@ from .methods import METHOD_BITS
 from .runners import PROTOCOLS
 
 TEXTS = ("squad", "essays")
+EVICTING = ("pqsparse", "qhitter")  # methods that evict in the all-quantized protocol (take --recent, --observe, --pool)
 
 
 def _bits(s: str) -> float:
@@ -60,6 +61,12 @@ def _validate_common(args) -> None:
                          + ("" if args.codebooks else " and no --codebooks"))
     if args.keep is not None and args.protocol != "served":
         raise ValueError(f"--keep {args.keep:g} (eviction) applies to --protocol served only, not {args.protocol!r}")
+    evicting = (args.protocol == "served" and args.keep is not None) or args.method in EVICTING
+    given = [f for f, v, d in (("--recent", args.recent, 0.5), ("--observe", args.observe, None), ("--pool", args.pool, 1),
+                               ("--pool-side", args.pool_side, "both")) if v != d]
+    if given and not evicting:
+        raise ValueError(f"{', '.join(given)}: eviction options; allowed only with --method {' or '.join(EVICTING)}, or with "
+                         f"--protocol served and --keep (got --method {args.method} --protocol {args.protocol})")
     if args.chunk < 1:
         raise ValueError(f"--chunk {args.chunk} must be >= 1")
 
@@ -74,7 +81,10 @@ def _setup(args):
 
     torch.set_num_threads(args.threads)
     src = resolve_model(args.model)
-    method = make_method(args.method, args.bits, args.codebooks)
+    kw = {}
+    if args.method in EVICTING:
+        kw = {"recent": args.recent, "observe": args.observe, "pool": args.pool, "pool_side": args.pool_side}
+    method = make_method(args.method, args.bits, args.codebooks, **kw)
     if args.protocol == "served":
         from ..config import Eviction
 
@@ -152,13 +162,16 @@ def _common(p) -> None:
     p.add_argument("--json", default=None, help="write the result as JSON here")
     p.add_argument("--keep", type=float, default=None,
                    help="protocol served: evict code tokens, keeping this share of them (million.Eviction; default keep all)")
-    p.add_argument("--recent", type=float, default=0.5, help="protocol served with --keep: share of the budget for recent tokens (default 0.5)")
+    p.add_argument("--recent", type=float, default=0.5,
+                   help="eviction (protocol served with --keep, or methods pqsparse / qhitter): share of the budget for "
+                        "recent tokens (default 0.5)")
     p.add_argument("--observe", type=int, default=None,
-                   help="protocol served with --keep: a prompt scores tokens by its last N queries only (default: all)")
+                   help="eviction: a prompt scores tokens by its last N queries only (default: all); pqsparse / qhitter "
+                        "then prefill a needle prompt in one step")
     p.add_argument("--pool", type=int, default=1,
-                   help="protocol served with --keep: max-pool scores over this many neighbouring tokens (odd; default 1)")
+                   help="eviction: max-pool scores over this many neighbouring tokens (odd; default 1)")
     p.add_argument("--pool-side", default="both", choices=("both", "after"),
-                   help="protocol served with --pool: the window centred on each token (both, default) or behind it "
+                   help="eviction with --pool: the window centred on each token (both, default) or behind it "
                         "(after: each heavy hitter keeps the tokens that follow it)")
     p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
     p.add_argument("--quiet", action="store_true")

@@ -10,6 +10,12 @@ kept element``, counting codes, scales, zero points and the fp16 score of each k
 
 Evaluation runs the window in chunks of ``chunk`` tokens (eviction after every chunk: within a
 chunk tokens see each other, as in a chunked prefill); decoding evicts after every token.
+
+Retrieval settings (the options of :class:`million.Eviction`, so the harness can run the rule MillionCache serves in
+the all-quantized protocol): ``observe`` makes a multi-token step add only the attention of its last ``observe``
+queries to the scores (SnapKV's observation window; with it, ``greedy`` prefills the prompt in one step, so the
+question at its end decides what is kept), and ``pool`` / ``pool_side`` max-pool the discounted scores over
+neighbouring tokens before choosing.
 Accumulated attention is computed from the post-RoPE queries (a forward hook on ``q_proj`` and on
 the rotary embedding module) against the keys the cache returns.
 """
@@ -58,10 +64,13 @@ class _QHLayer(DynamicLayer):
         Hq = q.shape[-1] // D
         q = rope(q.view(B, C, Hq, D).transpose(1, 2).float(), cos[:, None].float(), sin[:, None].float())
         G = Hq // H
-        s = torch.einsum("bhgcd,bhnd->bhgcn", q.view(B, H, G, C, D), K.float()) * D**-0.5
+        q = q.view(B, H, G, C, D)
         n_old = K.shape[2] - C
         causal = torch.ones(C, C, dtype=torch.bool, device=K.device).tril()
         allowed = torch.cat([torch.ones(C, n_old, dtype=torch.bool, device=K.device), causal], 1)
+        if m.observe is not None and C > m.observe:  # a prompt scores by its observation window only
+            q, allowed = q[:, :, :, C - m.observe :], allowed[C - m.observe :]
+        s = torch.einsum("bhgcd,bhnd->bhgcn", q, K.float()) * D**-0.5
         p = s.masked_fill(~allowed, float("-inf")).softmax(-1)
         score = score + p.sum((2, 3))
         # evict down to the budget at seen + C tokens
@@ -72,6 +81,7 @@ class _QHLayer(DynamicLayer):
             n_heavy = budget - n_recent
             old = n - n_recent
             adj = score[..., :old] / (1 + errs[..., :old] / errs[..., :old].mean(-1, keepdim=True).clamp_min(1e-12))
+            adj = m.rule.pooled(adj)
             heavy = adj.topk(n_heavy, -1).indices.sort(-1).values if n_heavy > 0 else adj[..., :0].long()
             idx = torch.cat([heavy, torch.arange(old, n, device=K.device).expand(B, H, n_recent)], -1)  # [B, H, budget]
             g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
@@ -132,8 +142,9 @@ class QHitterRunner:
         hs = self._hooks()
         out: list[int] = []
         try:
-            for t in range(0, ids.shape[1], self.method.chunk):
-                logits = self._step(cache, ids[:, t : t + self.method.chunk])[:, -1]
+            step = ids.shape[1] if self.method.observe is not None else self.method.chunk  # the prompt in one step
+            for t in range(0, ids.shape[1], step):
+                logits = self._step(cache, ids[:, t : t + step])[:, -1]
             for _ in range(max_new_tokens):
                 nxt = int(logits.argmax(-1))
                 out.append(nxt)
@@ -151,9 +162,17 @@ class QHitter(KVMethod):
 
     name = "qhitter"
 
-    def __init__(self, bits: int, qbits: int = 4, group: int = 32, recent: float = 0.5, chunk: int = 128, head_dim: int = 64):
+    def __init__(self, bits: int, qbits: int = 4, group: int = 32, recent: float = 0.5, chunk: int = 128, head_dim: int = 64,
+                 observe: int | None = None, pool: int = 1, pool_side: str = "both"):
+        from ..config import Eviction
+
         super().__init__(bits)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk={chunk!r} must be an integer >= 1")
+        # the selection options, checked (and pooled) as MillionCache's eviction does; keep is set below
+        self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side)
         self.qbits, self.group, self.recent, self.chunk = qbits, group, recent, chunk
+        self.observe, self.pool, self.pool_side = observe, pool, pool_side
         self.head_dim = head_dim
         self.keep = min(1.0, bits / self.kept_bits(head_dim))
 
@@ -189,7 +208,8 @@ class QHitter(KVMethod):
 
     def describe(self):
         return {**super().describe(), "keep_fraction": self.keep, "kept_bits": self.qbits, "group": self.group,
-                "recent_share": self.recent, "chunk": self.chunk}
+                "recent_share": self.recent, "chunk": self.chunk, "observe": self.observe, "pool": self.pool,
+                "pool_side": self.pool_side}
 
 
 class PQHitter(QHitter):
@@ -204,9 +224,11 @@ class PQHitter(QHitter):
 
     name = "pqsparse"
 
-    def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64):
+    def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64, observe: int | None = None,
+                 pool: int = 1, pool_side: str = "both"):
         self.pq = pq
-        super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim)
+        super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim, observe=observe, pool=pool,
+                         pool_side=pool_side)
         self.bits = bits
 
     def kept_bits(self, D: int) -> float:
