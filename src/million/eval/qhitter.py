@@ -10,14 +10,14 @@ kept element``, counting codes, scales, zero points and the fp16 score of each k
 
 Evaluation runs the window in chunks of ``chunk`` tokens (eviction after every chunk: within a
 chunk tokens see each other, as in a chunked prefill); decoding evicts after every token.
+Accumulated attention is computed from the post-RoPE queries (a forward hook on ``q_proj`` and on
+the rotary embedding module) against the keys the cache returns.
 
 Retrieval settings (the options of :class:`million.Eviction`, so the harness can run the rule MillionCache serves in
 the all-quantized protocol): ``observe`` makes a multi-token step add only the attention of its last ``observe``
 queries to the scores (SnapKV's observation window; with it, ``greedy`` prefills the prompt in one step, so the
 question at its end decides what is kept), and ``pool`` / ``pool_side`` max-pool the discounted scores over
 neighbouring tokens before choosing.
-Accumulated attention is computed from the post-RoPE queries (a forward hook on ``q_proj`` and on
-the rotary embedding module) against the keys the cache returns.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class _QHLayer(DynamicLayer):
         n_old = K.shape[2] - C
         causal = torch.ones(C, C, dtype=torch.bool, device=K.device).tril()
         allowed = torch.cat([torch.ones(C, n_old, dtype=torch.bool, device=K.device), causal], 1)
-        if m.observe is not None and C > m.observe:  # a prompt scores by its observation window only
-            q, allowed = q[:, :, :, C - m.observe :], allowed[C - m.observe :]
+        w = m.rule.observe
+        if w is not None and C > w:  # a prompt scores by its observation window only
+            q, allowed = q[:, :, :, C - w :], allowed[C - w :]
         s = torch.einsum("bhgcd,bhnd->bhgcn", q, K.float()) * D**-0.5
         p = s.masked_fill(~allowed, float("-inf")).softmax(-1)
         score = score + p.sum((2, 3))
@@ -77,7 +78,7 @@ class _QHLayer(DynamicLayer):
         budget = m.budget(o.seen + C)
         n = K.shape[2]
         if n > budget:
-            n_recent = min(budget, int(m.recent * budget))
+            n_recent = min(budget, int(m.rule.recent * budget))
             n_heavy = budget - n_recent
             old = n - n_recent
             adj = score[..., :old] / (1 + errs[..., :old] / errs[..., :old].mean(-1, keepdim=True).clamp_min(1e-12))
@@ -142,7 +143,7 @@ class QHitterRunner:
         hs = self._hooks()
         out: list[int] = []
         try:
-            step = ids.shape[1] if self.method.observe is not None else self.method.chunk  # the prompt in one step
+            step = ids.shape[1] if self.method.rule.observe is not None else self.method.chunk  # the prompt in one step
             for t in range(0, ids.shape[1], step):
                 logits = self._step(cache, ids[:, t : t + step])[:, -1]
             for _ in range(max_new_tokens):
@@ -171,8 +172,7 @@ class QHitter(KVMethod):
             raise ValueError(f"chunk={chunk!r} must be an integer >= 1")
         # the selection options, checked (and pooled) as MillionCache's eviction does; keep is set below
         self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side)
-        self.qbits, self.group, self.recent, self.chunk = qbits, group, recent, chunk
-        self.observe, self.pool, self.pool_side = observe, pool, pool_side
+        self.qbits, self.group, self.chunk = qbits, group, chunk
         self.head_dim = head_dim
         self.keep = min(1.0, bits / self.kept_bits(head_dim))
 
@@ -208,8 +208,8 @@ class QHitter(KVMethod):
 
     def describe(self):
         return {**super().describe(), "keep_fraction": self.keep, "kept_bits": self.qbits, "group": self.group,
-                "recent_share": self.recent, "chunk": self.chunk, "observe": self.observe, "pool": self.pool,
-                "pool_side": self.pool_side}
+                "recent_share": self.rule.recent, "chunk": self.chunk, "observe": self.rule.observe, "pool": self.rule.pool,
+                "pool_side": self.rule.pool_side}
 
 
 class PQHitter(QHitter):
