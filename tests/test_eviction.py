@@ -93,9 +93,9 @@ def test_kept_counts_follow_the_budget(keep, recent, sinks, pads):
     assert 0 < cache.bits_per_element() < full.bits_per_element() < 16
 
 
-@pytest.mark.parametrize("friendliness,pool,side", [(False, 1, "both"), (True, 1, "both"), (False, 5, "both"),
-                                                    (True, 5, "after")])
-def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool, side):
+@pytest.mark.parametrize("friendliness,pool,side,share", [(False, 1, "both", 1.0), (True, 1, "both", 1.0), (False, 5, "both", 1.0),
+                                                          (True, 5, "after", 1.0), (False, 5, "after", 0.5), (True, 3, "both", 0.3)])
+def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool, side, share):
     model, cb = _setup(kv_heads=2)
     ids, am = left_padded(batch=1, length=45, pad=(0,))
     cache = MillionCache(cb, model.config, evict=Eviction(keep=1.0))
@@ -108,7 +108,7 @@ def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool, 
     layer.err[:, :, :K] = (torch.rand(1, 2, K, generator=g) * 0.2).half()
     before_codes = layer.k_codes[0, :, :K].clone()
     before_score, err = layer.score[0, :, :K].clone(), layer.err[0, :, :K].float()
-    layer.evict = Eviction(keep=0.25, recent=0.3, friendliness=friendliness, pool=pool, pool_side=side)
+    layer.evict = Eviction(keep=0.25, recent=0.3, friendliness=friendliness, pool=pool, pool_side=side, pool_share=share)
     layer._evict()
     bud = math.ceil(0.25 * 40)  # 10 tokens: 3 recent, 7 heavy
     assert layer.pq_len - layer._cs[0] == bud
@@ -116,11 +116,13 @@ def test_eviction_keeps_the_recent_share_and_the_top_scores(friendliness, pool, 
         adj = before_score[h, : K - 3]
         if friendliness:
             adj = adj / (1 + err[h, : K - 3] / err[h, : K - 3].mean())
+        raw = adj.topk(7 - round(share * 7)).indices.tolist()  # with a pool share below 1, these come first, unpooled
         if pool > 1 and side == "both":  # a token's pooled score: the largest within pool // 2 on either side (old tokens only)
             adj = torch.stack([adj[max(0, i - pool // 2) : i + pool // 2 + 1].max() for i in range(adj.numel())])
         elif pool > 1:  # the largest of itself and the pool - 1 tokens before it
             adj = torch.stack([adj[max(0, i - pool + 1) : i + 1].max() for i in range(adj.numel())])
-        heavy = sorted(adj.topk(7).indices.tolist())
+        adj[raw] = float("-inf")
+        heavy = sorted(raw + adj.topk(7 - len(raw)).indices.tolist())
         want = heavy + [K - 3, K - 2, K - 1]
         kept = layer.score[0, h, layer._cs[0] : layer.pq_len]
         assert kept.tolist() == before_score[h, want].tolist()
@@ -282,6 +284,8 @@ def test_chunks_after_eviction_with_padding_equal_decode_steps(sinks, transforme
     (dict(keep="half"), r"keep must be a number"), (dict(keep=0.5, friendliness=1), r"friendliness"),
     (dict(keep=0.5, observe=0), r"observe=0"), (dict(keep=0.5, observe=2.5), r"observe=2.5"),
     (dict(keep=0.5, pool=4), r"pool=4 must be an odd"), (dict(keep=0.5, pool=3, pool_side="before"), r"pool_side='before'"),
+    (dict(keep=0.5, pool=3, pool_share=1.5), r"pool_share=1.5 .*\[0, 1\]"), (dict(keep=0.5, pool_share=-0.1), r"pool_share=-0.1"),
+    (dict(keep=0.5, pool_share="half"), r"pool_share must be a number"),
 ])
 def test_eviction_rejects_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -305,3 +309,28 @@ def test_observation_window_scores_only_the_last_prompt_queries():
         torch.testing.assert_close(mass, torch.full_like(mass, 2 * 5.0), rtol=1e-4, atol=1e-4)
         # the last 5 queries see every key up to their own: the first keys got something
         assert float(layer.score[0, :, :5].sum()) > 0
+
+
+@pytest.mark.parametrize("pool,side", [(5, "after"), (3, "both")])
+def test_pool_share_keeps_the_strongest_first_then_their_neighbours(pool, side):
+    g = torch.Generator().manual_seed(0)
+    sc = torch.rand(2, 3, 40, generator=g)
+    n = 12
+    full = Eviction(keep=1.0, pool=pool, pool_side=side)
+    # share 1: every heavy hitter by pooled score (the rule before the option); share 0: by the scores alone
+    assert torch.equal(full.heavy(sc, n), full.pooled(sc).topk(n, -1).indices.sort(-1).values)
+    none = Eviction(keep=1.0, pool=pool, pool_side=side, pool_share=0.0)
+    assert torch.equal(none.heavy(sc, n), sc.topk(n, -1).indices.sort(-1).values)
+    half = Eviction(keep=1.0, pool=pool, pool_side=side, pool_share=0.5)
+    got = half.heavy(sc, n)
+    assert got.shape == (2, 3, n) and bool((got.diff(dim=-1) > 0).all())  # ascending, distinct
+    pooled = full.pooled(sc)
+    for i in range(2):
+        for h in range(3):
+            raw = set(sc[i, h].topk(6).indices.tolist())  # the 6 strongest, whatever their neighbours
+            kept = set(got[i, h].tolist())
+            rest, others = kept - raw, set(range(40)) - kept
+            assert raw <= kept and len(rest) == 6
+            # the other 6 by pooled score among the rest (pooled scores tie: neighbours share their hitter's maximum)
+            assert min(pooled[i, h, j] for j in rest) >= max(pooled[i, h, j] for j in others)
+    assert none.heavy(sc, 0).shape == (2, 3, 0)

@@ -971,7 +971,7 @@ def _evict_all(ls: list) -> None:
         if ev.friendliness:
             e = torch.stack([l.err[b][:, old] for l in ls]).float()
             sc = sc / (1 + e / e.mean(-1, keepdim=True).clamp_min(1e-12))
-        heavy = old[ev.pooled(sc).topk(bud - n_recent, -1).indices.sort(-1).values]
+        heavy = old[ev.heavy(sc, bud - n_recent)]
         rows.append(torch.cat([heavy, slots[K - n_recent :].expand(L, H, n_recent)], -1))
     new_len = max(r.shape[-1] for r in rows)
     idx = torch.stack([torch.cat([r.new_zeros(L, H, new_len - r.shape[-1]), r], -1) for r in rows], 1)  # [L, B, H, n]

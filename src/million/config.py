@@ -145,6 +145,10 @@ class Eviction:
         Where the pooling window lies: centred on each token ("both", as SnapKV), or behind it ("after": a token takes
         the largest score of itself and the ``pool - 1`` tokens before it, so each heavy hitter keeps the ``pool - 1``
         tokens that follow it, the end of the fact it starts).
+    pool_share : float in [0, 1]
+        Share of the heavy-hitter budget chosen by the pooled scores; the rest is chosen first, by the scores
+        themselves. 1 (default): every heavy hitter by pooled score. Below 1 the strongest tokens are kept as they are
+        and only the remainder goes to their neighbours, so pooling costs fewer distinct heavy hitters.
 
     The defaults were measured for perplexity. For prompts that end with a question (retrieval), ``recent=0.2,
     observe=32, pool=15, pool_side="after"`` found the same needles as the full-precision model at 1K-8K tokens with
@@ -157,9 +161,10 @@ class Eviction:
     observe: int | None = None
     pool: int = 1
     pool_side: str = "both"
+    pool_share: float = 1.0
 
     def __post_init__(self):
-        for name in ("keep", "recent"):
+        for name in ("keep", "recent", "pool_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"Eviction {name} must be a number, got {v!r}")
@@ -167,6 +172,8 @@ class Eviction:
             raise ValueError(f"Eviction keep={self.keep!r} is out of range; allowed: (0, 1]")
         if not 0 <= self.recent <= 1:
             raise ValueError(f"Eviction recent={self.recent!r} is out of range; allowed: [0, 1]")
+        if not 0 <= self.pool_share <= 1:
+            raise ValueError(f"Eviction pool_share={self.pool_share!r} is out of range; allowed: [0, 1]")
         if not isinstance(self.friendliness, bool):
             raise ValueError(f"Eviction friendliness must be True or False, got {self.friendliness!r}")
         if self.observe is not None and (isinstance(self.observe, bool) or not isinstance(self.observe, int) or self.observe < 1):
@@ -188,10 +195,24 @@ class Eviction:
             out = F.max_pool1d(x, self.pool, stride=1, padding=self.pool // 2)
         return out.reshape(shape)
 
+    def heavy(self, scores, n: int):
+        """Indices ``[..., n]`` (ascending) of the heavy hitters among ``scores [..., m]`` (``n <= m``): the top
+        ``n - round(pool_share * n)`` by score, then the rest by pooled score among the others."""
+        if n <= 0:
+            return scores[..., :0].long()
+        n_raw = n - round(self.pool_share * n) if self.pool > 1 else n
+        if n_raw == 0:
+            return self.pooled(scores).topk(n, -1).indices.sort(-1).values
+        raw = scores.topk(n_raw, -1).indices
+        if n_raw == n:
+            return raw.sort(-1).values
+        rest = self.pooled(scores).scatter(-1, raw, float("-inf")).topk(n - n_raw, -1).indices
+        return torch.cat([raw, rest], -1).sort(-1).values
+
     def budget(self, n: int) -> int:
         """Code tokens kept out of ``n`` code positions seen."""
         return min(n, math.ceil(self.keep * n - 1e-9)) if n > 0 else 0
 
     def to_dict(self) -> dict:
         return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness, "observe": self.observe,
-                "pool": self.pool, "pool_side": self.pool_side}
+                "pool": self.pool, "pool_side": self.pool_side, "pool_share": self.pool_share}
