@@ -1,8 +1,8 @@
 """Sweep of eviction settings for 2-bit PQ eviction (``--method pqsparse``), all-quantized, one model load.
 
 Question: is there one setting of the eviction rule that meets both 2-bit targets of the quality issue at once,
-perplexity within 5% of fp16 on both texts and every needle fp16 finds? For each setting ``recent:pool:side:observe[:pool_share[:pool_min]]``
-(``side`` is ``after`` or ``both``, ``observe`` 0 for none, ``pool_share`` 1 and ``pool_min`` 0 when left out) the runs go from cheap to dear and stop at the first
+perplexity within 5% of fp16 on both texts and every needle fp16 finds? For each setting ``recent:pool:side:observe[:pool_share]``
+(``side`` is ``after`` or ``both``, ``observe`` 0 for none, ``pool_share`` 1 when left out) the runs go from cheap to dear and stop at the first
 failure: essays perplexity (the harder text) -> needle set 0 -> needle set 1 -> SQuAD perplexity (``--all``: all four). fp16 is measured
 first in the same process (perplexity on both texts, both needle sets). Every run is written to ``OUT/<name>.json``
 and skipped when that file exists, so a cut-off sweep resumes; ``OUT/summary.json`` and a table at the end.
@@ -26,18 +26,17 @@ DEPTHS = "0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95"
 
 def parse_setting(s: str) -> dict:
     parts = s.split(":")
-    if len(parts) not in (4, 5, 6):
-        raise ValueError(f"setting {s!r}: expected recent:pool:side:observe[:pool_share[:pool_min]], e.g. 0.5:15:after:32")
+    if len(parts) not in (4, 5):
+        raise ValueError(f"setting {s!r}: expected recent:pool:side:observe[:pool_share], e.g. 0.5:15:after:32")
     recent, pool, side, obs = float(parts[0]), int(parts[1]), parts[2], int(parts[3])
     if side not in ("after", "both"):
         raise ValueError(f"setting {s!r}: side {side!r} is not one of after, both")
-    share = float(parts[4]) if len(parts) >= 5 else 1.0
-    pmin = int(parts[5]) if len(parts) == 6 else 0
-    return {"recent": recent, "pool": pool, "pool_side": side, "observe": obs or None, "pool_share": share, "pool_min": pmin}
+    share = float(parts[4]) if len(parts) == 5 else 1.0
+    return {"recent": recent, "pool": pool, "pool_side": side, "observe": obs or None, "pool_share": share}
 
 
 def setting_name(st: dict) -> str:
-    tail = ("" if st["pool_share"] == 1.0 else f"-s{st['pool_share']:g}") + (f"-m{st['pool_min']}" if st["pool_min"] else "")
+    tail = "" if st["pool_share"] == 1.0 else f"-s{st['pool_share']:g}"
     return f"r{st['recent']:g}-p{st['pool']}{st['pool_side'][0]}-o{st['observe'] or 0}{tail}"
 
 
@@ -46,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--codebooks", required=True)
     ap.add_argument("--bits", type=float, default=1.83, help="nominal bits of pqsparse (default 1.83 = 2.00 at 32K)")
-    ap.add_argument("--settings", required=True, help="comma-separated recent:pool:side:observe[:pool_share[:pool_min]]")
+    ap.add_argument("--settings", required=True, help="comma-separated recent:pool:side:observe[:pool_share]")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-windows", type=int, default=8)

@@ -365,7 +365,6 @@ def test_cli_parses_and_validates(monkeypatch):
         (["eval", "needle", "--method", "kivi", "--bits", "2", "--observe", "32"], "--observe: eviction options; allowed only"),
         (["eval", "ppl", "--method", "pq", "--bits", "4", "--pool", "15", "--recent", "0.2"], "--recent, --pool: eviction"),
         (["eval", "ppl", "--method", "pq", "--bits", "4", "--pool-share", "0.5"], "--pool-share: eviction"),
-        (["eval", "ppl", "--method", "kivi", "--bits", "4", "--pool-min", "64"], "--pool-min: eviction"),
     ]:
         with pytest.raises(ValueError) as e:
             _parse(argv).func(_parse(argv))

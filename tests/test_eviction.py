@@ -285,8 +285,7 @@ def test_chunks_after_eviction_with_padding_equal_decode_steps(sinks, transforme
     (dict(keep=0.5, observe=0), r"observe=0"), (dict(keep=0.5, observe=2.5), r"observe=2.5"),
     (dict(keep=0.5, pool=4), r"pool=4 must be an odd"), (dict(keep=0.5, pool=3, pool_side="before"), r"pool_side='before'"),
     (dict(keep=0.5, pool=3, pool_share=1.5), r"pool_share=1.5 .*\[0, 1\]"), (dict(keep=0.5, pool_share=-0.1), r"pool_share=-0.1"),
-    (dict(keep=0.5, pool_share="half"), r"pool_share must be a number"), (dict(keep=0.5, pool_min=-1), r"pool_min=-1"),
-    (dict(keep=0.5, pool_min=2.5), r"pool_min=2.5"),
+    (dict(keep=0.5, pool_share="half"), r"pool_share must be a number"),
 ])
 def test_eviction_rejects_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -335,9 +334,3 @@ def test_pool_share_keeps_the_strongest_first_then_their_neighbours(pool, side):
             # the other 6 by pooled score among the rest (pooled scores tie: neighbours share their hitter's maximum)
             assert min(pooled[i, h, j] for j in rest) >= max(pooled[i, h, j] for j in others)
     assert none.heavy(sc, 0).shape == (2, 3, 0)
-    # pool_min: a floor on the pooled part (share 0.1 of 12 rounds to 1; the floor makes it 6, capped at the budget)
-    floor = Eviction(keep=1.0, pool=pool, pool_side=side, pool_share=0.1, pool_min=6)
-    assert torch.equal(floor.heavy(sc, n), got)
-    assert torch.equal(Eviction(keep=1.0, pool=pool, pool_side=side, pool_share=0.1, pool_min=99).heavy(sc, n), full.heavy(sc, n))
-    assert torch.equal(Eviction(keep=1.0, pool=pool, pool_side=side, pool_share=0.9, pool_min=2).heavy(sc, n),
-                       Eviction(keep=1.0, pool=pool, pool_side=side, pool_share=0.9).heavy(sc, n))  # the share is larger

@@ -136,7 +136,7 @@ def cmd_generate(args) -> int:
         from .config import Eviction
 
         evict = Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool, pool_side=args.pool_side,
-                         pool_share=args.pool_share, pool_min=args.pool_min)  # ValueError names the allowed range
+                         pool_share=args.pool_share)  # ValueError names the allowed range
     src = resolve_model(args.model)
     cb = Codebooks.load(args.codebooks)
     device = _device(args.device)
@@ -272,8 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pool-share", type=float, default=1.0,
                    help="with --pool: share of the heavy-hitter budget chosen by pooled scores; the rest by the scores themselves "
                         "(default 1)")
-    g.add_argument("--pool-min", type=int, default=0,
-                   help="with --pool-share below 1: at least this many heavy hitters by pooled score (default 0)")
     g.add_argument("--no-graph", action="store_true", help="on a GPU, run decode steps eagerly instead of replaying a CUDA graph")
     g.add_argument("--device", default=None)
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPU)")

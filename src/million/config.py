@@ -149,10 +149,6 @@ class Eviction:
         Share of the heavy-hitter budget chosen by the pooled scores; the rest is chosen first, by the scores
         themselves. 1 (default): every heavy hitter by pooled score. Below 1 the strongest tokens are kept as they are
         and only the remainder goes to their neighbours, so pooling costs fewer distinct heavy hitters.
-    pool_min : int
-        With ``pool_share`` below 1: at least this many heavy hitters (or the whole heavy budget, when smaller) are
-        chosen by pooled score, so that a short context still keeps whole runs behind its strongest tokens
-        (``pool_min = 8 * pool`` keeps the runs of about eight). 0 (default): the share alone.
 
     The defaults were measured for perplexity. For prompts that end with a question (retrieval), ``recent=0.2,
     observe=32, pool=15, pool_side="after"`` found the same needles as the full-precision model at 1K-8K tokens with
@@ -166,7 +162,6 @@ class Eviction:
     pool: int = 1
     pool_side: str = "both"
     pool_share: float = 1.0
-    pool_min: int = 0
 
     def __post_init__(self):
         for name in ("keep", "recent", "pool_share"):
@@ -179,8 +174,6 @@ class Eviction:
             raise ValueError(f"Eviction recent={self.recent!r} is out of range; allowed: [0, 1]")
         if not 0 <= self.pool_share <= 1:
             raise ValueError(f"Eviction pool_share={self.pool_share!r} is out of range; allowed: [0, 1]")
-        if isinstance(self.pool_min, bool) or not isinstance(self.pool_min, int) or self.pool_min < 0:
-            raise ValueError(f"Eviction pool_min={self.pool_min!r} must be an integer >= 0")
         if not isinstance(self.friendliness, bool):
             raise ValueError(f"Eviction friendliness must be True or False, got {self.friendliness!r}")
         if self.observe is not None and (isinstance(self.observe, bool) or not isinstance(self.observe, int) or self.observe < 1):
@@ -204,10 +197,10 @@ class Eviction:
 
     def heavy(self, scores, n: int):
         """Indices ``[..., n]`` (ascending) of the heavy hitters among ``scores [..., m]`` (``n <= m``): the top
-        ``n - max(round(pool_share * n), min(n, pool_min))`` by score, then the rest by pooled score among the others."""
+        ``n - round(pool_share * n)`` by score, then the rest by pooled score among the others."""
         if n <= 0:
             return scores[..., :0].long()
-        n_raw = n - max(round(self.pool_share * n), min(n, self.pool_min)) if self.pool > 1 else n
+        n_raw = n - round(self.pool_share * n) if self.pool > 1 else n
         if n_raw == 0:
             return self.pooled(scores).topk(n, -1).indices.sort(-1).values
         raw = scores.topk(n_raw, -1).indices
@@ -222,5 +215,4 @@ class Eviction:
 
     def to_dict(self) -> dict:
         return {"keep": self.keep, "recent": self.recent, "friendliness": self.friendliness, "observe": self.observe,
-                "pool": self.pool, "pool_side": self.pool_side, "pool_share": self.pool_share,
-                "pool_min": self.pool_min}
+                "pool": self.pool, "pool_side": self.pool_side, "pool_share": self.pool_share}

@@ -63,8 +63,7 @@ def _validate_common(args) -> None:
         raise ValueError(f"--keep {args.keep:g} (eviction) applies to --protocol served only, not {args.protocol!r}")
     evicting = (args.protocol == "served" and args.keep is not None) or args.method in EVICTING
     given = [f for f, v, d in (("--recent", args.recent, 0.5), ("--observe", args.observe, None), ("--pool", args.pool, 1),
-                               ("--pool-side", args.pool_side, "both"), ("--pool-share", args.pool_share, 1.0),
-                               ("--pool-min", args.pool_min, 0)) if v != d]
+                               ("--pool-side", args.pool_side, "both"), ("--pool-share", args.pool_share, 1.0)) if v != d]
     if given and not evicting:
         raise ValueError(f"{', '.join(given)}: eviction options; allowed only with --method {' or '.join(EVICTING)}, or with "
                          f"--protocol served and --keep (got --method {args.method} --protocol {args.protocol})")
@@ -84,15 +83,13 @@ def _setup(args):
     src = resolve_model(args.model)
     kw = {}
     if args.method in EVICTING:
-        kw = {"recent": args.recent, "observe": args.observe, "pool": args.pool, "pool_side": args.pool_side, "pool_share": args.pool_share,
-              "pool_min": args.pool_min}
+        kw = {"recent": args.recent, "observe": args.observe, "pool": args.pool, "pool_side": args.pool_side, "pool_share": args.pool_share}
     method = make_method(args.method, args.bits, args.codebooks, **kw)
     if args.protocol == "served":
         from ..config import Eviction
 
         method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool,
-                                                                   pool_side=args.pool_side, pool_share=args.pool_share,
-                                                                   pool_min=args.pool_min)
+                                                                   pool_side=args.pool_side, pool_share=args.pool_share)
         method.chunk = args.chunk
     from ..cli import _device
 
@@ -180,8 +177,6 @@ def _common(p) -> None:
     p.add_argument("--pool-share", type=float, default=1.0,
                    help="eviction with --pool: share of the heavy-hitter budget chosen by pooled scores; the rest first, by the "
                         "scores themselves (default 1)")
-    p.add_argument("--pool-min", type=int, default=0,
-                   help="eviction with --pool-share below 1: at least this many heavy hitters by pooled score (default 0)")
     p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
     p.add_argument("--quiet", action="store_true")
 

@@ -163,16 +163,14 @@ class QHitter(KVMethod):
     name = "qhitter"
 
     def __init__(self, bits: int, qbits: int = 4, group: int = 32, recent: float = 0.5, chunk: int = 128, head_dim: int = 64,
-                 observe: int | None = None, pool: int = 1, pool_side: str = "both", pool_share: float = 1.0,
-                 pool_min: int = 0):
+                 observe: int | None = None, pool: int = 1, pool_side: str = "both", pool_share: float = 1.0):
         from ..config import Eviction
 
         super().__init__(bits)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk={chunk!r} must be an integer >= 1")
         # the selection options, checked (and pooled) as MillionCache's eviction does; keep is set below
-        self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side, pool_share=pool_share,
-                             pool_min=pool_min)
+        self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side, pool_share=pool_share)
         self.qbits, self.group, self.chunk = qbits, group, chunk
         self.head_dim = head_dim
         self.keep = min(1.0, bits / self.kept_bits(head_dim))
@@ -210,8 +208,7 @@ class QHitter(KVMethod):
     def describe(self):
         return {**super().describe(), "keep_fraction": self.keep, "kept_bits": self.qbits, "group": self.group,
                 "recent_share": self.rule.recent, "chunk": self.chunk, "observe": self.rule.observe, "pool": self.rule.pool,
-                "pool_side": self.rule.pool_side, "pool_share": self.rule.pool_share,
-                "pool_min": self.rule.pool_min}
+                "pool_side": self.rule.pool_side, "pool_share": self.rule.pool_share}
 
 
 class PQHitter(QHitter):
@@ -227,10 +224,10 @@ class PQHitter(QHitter):
     name = "pqsparse"
 
     def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64, observe: int | None = None,
-                 pool: int = 1, pool_side: str = "both", pool_share: float = 1.0, pool_min: int = 0):
+                 pool: int = 1, pool_side: str = "both", pool_share: float = 1.0):
         self.pq = pq
         super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim, observe=observe, pool=pool,
-                         pool_side=pool_side, pool_share=pool_share, pool_min=pool_min)
+                         pool_side=pool_side, pool_share=pool_share)
         self.bits = bits
 
     def kept_bits(self, D: int) -> float:
