@@ -96,6 +96,15 @@ def test_bad_model_path(cmd, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags,named", [(["--pool", "15"], "--pool"), (["--recent", "0.2", "--pool-share", "0.15"], "--recent, --pool-share")])
+def test_generate_refuses_eviction_options_without_keep(flags, named, tmp_path, capsys):
+    # they would be silently ignored: eviction runs only with --keep
+    rc, out, err = run(["generate", "hello", "--model", str(tmp_path / "m"), "--codebooks", str(tmp_path)] + flags, capsys)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert f"{named}: eviction options" in line and "--keep" in line
+
+
 def test_bad_model_path_console_script(tmp_path):
     bad = str(tmp_path / "missing-model-dir")
     cmd = [str(VENV_SCRIPT)] if VENV_SCRIPT.is_file() else [sys.executable, "-m", "million.cli"]

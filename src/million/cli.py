@@ -132,6 +132,10 @@ def cmd_generate(args) -> int:
     from .models import load_model, resolve_model
 
     evict = None
+    given = [f for f, v, d in (("--recent", args.recent, 0.5), ("--observe", args.observe, None), ("--pool", args.pool, 1),
+                               ("--pool-side", args.pool_side, "both"), ("--pool-share", args.pool_share, 1.0)) if v != d]
+    if given and args.keep is None:
+        raise ValueError(f"{', '.join(given)}: eviction options; they need --keep F (the share of code tokens kept)")
     if args.keep is not None:
         from .config import Eviction
 

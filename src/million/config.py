@@ -152,7 +152,9 @@ class Eviction:
 
     The defaults were measured for perplexity. For prompts that end with a question (retrieval), ``recent=0.2,
     observe=32, pool=15, pool_side="after"`` found the same needles as the full-precision model at 1K-8K tokens with
-    ``keep=0.39`` (``docs/quality.md``, "Pooling behind each token").
+    ``keep=0.39`` (``docs/quality.md``, "Pooling behind each token"); adding ``pool_share=0.15`` took most of that
+    setting's perplexity cost away with every K/V quantized at 2 bits, at one needle of 40 (``docs/quality.md``, "One
+    2-bit setting for both targets").
     """
 
     keep: float
