@@ -27,6 +27,21 @@ def _dtype(name: str):
     return table[name]
 
 
+_EVICTION_OPTIONS = ("recent", "observe", "pool", "pool_side", "pool_share")
+
+
+def _eviction_options(args) -> tuple[dict, list[str]]:
+    """The eviction rule's options on the command line (``million.Eviction``'s, but ``keep``) as keyword arguments, and
+    the flags among them given away from the rule's defaults."""
+    import dataclasses
+
+    from .config import Eviction
+
+    default = {f.name: f.default for f in dataclasses.fields(Eviction)}
+    kw = {name: getattr(args, name) for name in _EVICTION_OPTIONS}
+    return kw, ["--" + name.replace("_", "-") for name, v in kw.items() if v != default[name]]
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -132,15 +147,13 @@ def cmd_generate(args) -> int:
     from .models import load_model, resolve_model
 
     evict = None
-    given = [f for f, v, d in (("--recent", args.recent, 0.5), ("--observe", args.observe, None), ("--pool", args.pool, 1),
-                               ("--pool-side", args.pool_side, "both"), ("--pool-share", args.pool_share, 1.0)) if v != d]
+    rule, given = _eviction_options(args)
     if given and args.keep is None:
         raise ValueError(f"{', '.join(given)}: eviction options; they need --keep F (the share of code tokens kept)")
     if args.keep is not None:
         from .config import Eviction
 
-        evict = Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool, pool_side=args.pool_side,
-                         pool_share=args.pool_share)  # ValueError names the allowed range
+        evict = Eviction(keep=args.keep, **rule)  # ValueError names the allowed range
     src = resolve_model(args.model)
     cb = Codebooks.load(args.codebooks)
     device = _device(args.device)

@@ -61,9 +61,10 @@ def _validate_common(args) -> None:
                          + ("" if args.codebooks else " and no --codebooks"))
     if args.keep is not None and args.protocol != "served":
         raise ValueError(f"--keep {args.keep:g} (eviction) applies to --protocol served only, not {args.protocol!r}")
+    from ..cli import _eviction_options
+
     evicting = (args.protocol == "served" and args.keep is not None) or args.method in EVICTING
-    given = [f for f, v, d in (("--recent", args.recent, 0.5), ("--observe", args.observe, None), ("--pool", args.pool, 1),
-                               ("--pool-side", args.pool_side, "both"), ("--pool-share", args.pool_share, 1.0)) if v != d]
+    given = _eviction_options(args)[1]
     if given and not evicting:
         raise ValueError(f"{', '.join(given)}: eviction options; allowed only with --method {' or '.join(EVICTING)}, or with "
                          f"--protocol served and --keep (got --method {args.method} --protocol {args.protocol})")
@@ -75,24 +76,20 @@ def _setup(args):
     """Load the model, build and fit the method. Returns ``(model, tokenizer, method, model_name)``."""
     import torch
 
+    from ..cli import _device, _eviction_options
     from ..models import load_model, resolve_model
     from .calibdata import load_or_collect
     from .methods import make_method
 
     torch.set_num_threads(args.threads)
     src = resolve_model(args.model)
-    kw = {}
-    if args.method in EVICTING:
-        kw = {"recent": args.recent, "observe": args.observe, "pool": args.pool, "pool_side": args.pool_side, "pool_share": args.pool_share}
-    method = make_method(args.method, args.bits, args.codebooks, **kw)
+    rule = _eviction_options(args)[0]
+    method = make_method(args.method, args.bits, args.codebooks, **(rule if args.method in EVICTING else {}))
     if args.protocol == "served":
         from ..config import Eviction
 
-        method.evict = None if args.keep is None else Eviction(keep=args.keep, recent=args.recent, observe=args.observe, pool=args.pool,
-                                                                   pool_side=args.pool_side, pool_share=args.pool_share)
+        method.evict = None if args.keep is None else Eviction(keep=args.keep, **rule)
         method.chunk = args.chunk
-    from ..cli import _device
-
     model, tok = load_model(src, dtype=torch.float32, device=_device(args.device))
     method.fit(model, lambda: load_or_collect(model, tok, args.calib_text, args.calib_tokens, 2048, model_name=src.name,
                                               progress=not args.quiet, fisher=method.needs_fisher))
