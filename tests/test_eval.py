@@ -240,6 +240,117 @@ def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib
         PQHitter(2, PQMethod(1.5, pq.variant)).fit(model, lambda: calib)
 
 
+def _pqsparse_high(model, calib, bits=1, **kw):
+    from million.eval.qhitter import PQHitter
+
+    pq = PQMethod(1.5, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, iters=3, samples=512, sinks=1))
+    return PQHitter(bits, pq, chunk=16, **kw).fit(model, lambda: calib)
+
+
+def _run_steps(q, model, ids, chunk, each=None):
+    r = q.make_runner(model)
+    cache = r._cache()
+    hs = r._hooks()
+    try:
+        for t in range(0, ids.shape[1], chunk):
+            r._step(cache, ids[:, t : t + chunk])
+            if each is not None:
+                each(r, cache)
+    finally:
+        for h in hs:
+            h.remove()
+    return cache
+
+
+@pytest.mark.parametrize("high_bits", [8, 16])
+def test_pqsparse_high_tier_pays_its_bits_with_fewer_tokens(model, calib, high_bits):
+    from million.eval.calibdata import geometry
+    from million.eval.methods import Shape
+
+    D = geometry(model.config)[3]
+    base = _pqsparse_high(model, calib)
+    m = _pqsparse_high(model, calib, high=0.05, high_bits=high_bits)
+    cost = 16.0 if high_bits == 16 else 8.0 + 32.0 / min(32, D)
+    assert m.high_cost(D) == cost
+    # the same bits per element: keep * (code + score + flag) + high * (high - code)
+    assert m.keep * (1.5 + 16 / (2 * D) + 1 / (2 * D)) + 0.05 * (cost - 1.5) == pytest.approx(1.0)
+    assert m.keep < base.keep
+    b, b0 = m.bits_breakdown(Shape.of(model.config), 4096), base.bits_breakdown(Shape.of(model.config), 4096)
+    assert b["high_tier_extra"] == pytest.approx(m.high_budget(4096) / 4096 * (cost - 1.5))
+    assert b["total"] == pytest.approx(b0["total"], abs=0.02)  # matched memory
+    assert "high_tier_extra" not in b0 and base.high_budget(4096) == 0
+
+
+def test_pqsparse_high_tier_holds_the_strongest_new_tokens_and_never_promotes(model, calib):
+    m = _pqsparse_high(model, calib, high=0.05, high_bits=8)
+    ids = ids_(120)
+    history = []
+
+    def check(r, cache):
+        layer = cache.layers[1]
+        n_high = layer.tier.sum(-1)
+        assert int(n_high.max()) <= m.high_budget(r.seen) and int(n_high.min()) >= 1
+        assert layer.k.shape[2] <= m.budget(r.seen)
+        # a coded token (seen before this step) never becomes high
+        if history:
+            prev_pos, prev_tier, prev_seen = history[-1]
+            now = {(b, h, int(p)) for b, h, p in zip(*torch.where(layer.tier)[:2], layer.pos[layer.tier])}
+            was_coded = {(b, h, int(p)) for b, h, p in zip(*torch.where(~prev_tier)[:2], prev_pos[~prev_tier])}
+            assert not (now & was_coded)
+        history.append((layer.pos.clone(), layer.tier.clone(), r.seen))
+        # the sink (exact already) is never high; high tokens are stored as their int8 round trip, not their codes
+        assert not layer.tier[layer.pos < 1].any()
+        assert not torch.isclose(layer.kh[layer.tier], layer.k[layer.tier]).all(-1).any()
+
+    _run_steps(m, model, ids, 16, check)
+
+
+def test_pqsparse_high_tier_returns_high_round_trips_to_attention(model, calib):
+    """What attention reads for a high token is the tier's round trip of the original; the rest are the codes."""
+    m = _pqsparse_high(model, calib, bits=1.5, high=0.05, high_bits=16)
+    ids = ids_(40)
+    seen = {}
+    r = m.make_runner(model)
+    cache = r._cache()
+    orig = type(cache.layers[0]).update
+
+    def spy(self, k, v, *a, **kw):
+        K, V = orig(self, k, v, *a, **kw)
+        if self.layer_idx == 0:
+            seen["k_in"], seen["K"], seen["tier"], seen["pos"] = k.clone(), K.clone(), self.tier.clone(), self.pos.clone()
+        return K, V
+
+    hs = r._hooks()
+    try:
+        type(cache.layers[0]).update = spy
+        r._step(cache, ids)
+    finally:
+        type(cache.layers[0]).update = orig
+        for h in hs:
+            h.remove()
+    k_in, K, tier, pos = seen["k_in"], seen["K"], seen["tier"], seen["pos"]
+    coded = m.qdq_key(0, k_in, 0)
+    hi_pos = pos[tier].view(1, k_in.shape[1], -1)  # high tokens per head (the same count in every head here)
+    assert hi_pos.shape[-1] == m.high_budget(40)
+    for h in range(k_in.shape[1]):
+        hp = pos[0, h][tier[0, h]]
+        assert torch.equal(K[0, h, hp], k_in[0, h, hp])  # 16: the original
+        lo = torch.ones(40, dtype=torch.bool)
+        lo[hp] = False
+        assert torch.equal(K[0, h, lo], coded[0, h, lo])
+
+
+def test_pqsparse_high_tier_refuses_bad_options(model, calib):
+    from million.eval.qhitter import PQHitter
+
+    pq = PQMethod(1.5, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, iters=3, samples=512, sinks=1))
+    for kw, msg in [(dict(high=1.0), r"high=1.0 .*\[0, 1\)"), (dict(high=-0.1), "high=-0.1"), (dict(high=True), "high=True"),
+                    (dict(high=0.01, high_bits=4), "high_bits=4 is not allowed"), (dict(high=0.01, high_by="max"), "high_by='max'"),
+                    (dict(high=0.2, high_bits=16), "leaves room for only")]:
+        with pytest.raises(ValueError, match=msg):
+            PQHitter(1, pq, **kw)
+
+
 def _scores_after(q, model, ids, chunks):
     r = q.make_runner(model)
     cache = r._cache()
@@ -365,6 +476,9 @@ def test_cli_parses_and_validates(monkeypatch):
         (["eval", "needle", "--method", "kivi", "--bits", "2", "--observe", "32"], "--observe: eviction options; allowed only"),
         (["eval", "ppl", "--method", "pq", "--bits", "4", "--pool", "15", "--recent", "0.2"], "--recent, --pool: eviction"),
         (["eval", "ppl", "--method", "pq", "--bits", "4", "--pool-share", "0.5"], "--pool-share: eviction"),
+        (["eval", "ppl", "--method", "pq", "--bits", "4", "--high-share", "0.01"], "allowed only with --method pqsparse"),
+        (["eval", "needle", "--method", "qhitter", "--bits", "2", "--high-bits", "16"], "allowed only with --method pqsparse"),
+        (["eval", "ppl", "--method", "pqsparse", "--bits", "2", "--high-share", "1.5"], "--high-share 1.5 is out of range"),
     ]:
         with pytest.raises(ValueError) as e:
             _parse(argv).func(_parse(argv))

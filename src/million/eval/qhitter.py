@@ -39,6 +39,7 @@ class _QHLayer(DynamicLayer):
         self.layer_idx = layer_idx
         self.owner = owner
         self.k = self.v = self.score = self.err = self.pos = None
+        self.kh = self.vh = self.tier = None  # the high tier (methods with ``high > 0``): its K/V and which tokens use it
 
     def get_seq_length(self) -> int:
         return self.owner.seen
@@ -46,50 +47,72 @@ class _QHLayer(DynamicLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         o = self.owner
         m = o.method
+        tiers = m.high > 0
         kq = m.qdq_key(self.layer_idx, key_states, o.seen)
         vq = m.qdq_value(self.layer_idx, value_states, o.seen)
         B, H, C, D = key_states.shape
         err = ((kq - key_states).float().pow(2).sum(-1) / key_states.float().pow(2).sum(-1).clamp_min(1e-12)
                + (vq - value_states).float().pow(2).sum(-1) / value_states.float().pow(2).sum(-1).clamp_min(1e-12)) / 2
         pos = torch.arange(o.seen, o.seen + C, device=key_states.device).view(1, 1, C).expand(B, H, C)
+        new = torch.zeros(B, H, C, device=kq.device)
+        if tiers:
+            kh, vh = m.qdq_high(key_states, o.seen), m.qdq_high(value_states, o.seen)
         if self.k is None:
-            K, V, score, errs, P = kq, vq, torch.zeros(B, H, C, device=kq.device), err, pos
+            K, V, score, errs, P = kq, vq, new, err, pos
+            if tiers:
+                KH, VH, T = kh, vh, new.bool()
         else:
             K, V = torch.cat([self.k, kq], 2), torch.cat([self.v, vq], 2)
-            score = torch.cat([self.score, torch.zeros(B, H, C, device=kq.device)], 2)
+            score = torch.cat([self.score, new], 2)
             errs, P = torch.cat([self.err, err], 2), torch.cat([self.pos, pos], 2)
-        # accumulated attention of this chunk's queries (post-RoPE) on every key returned
+            if tiers:
+                KH, VH, T = torch.cat([self.kh, kh], 2), torch.cat([self.vh, vh], 2), torch.cat([self.tier, new.bool()], 2)
+        # accumulated attention of this chunk's queries (post-RoPE) on every key as stored so far
         q = o.taps.pop(self.layer_idx)  # [B, C, Hq * D]
         cos, sin = o.taps["rope"]
         Hq = q.shape[-1] // D
         q = rope(q.view(B, C, Hq, D).transpose(1, 2).float(), cos[:, None].float(), sin[:, None].float())
         G = Hq // H
         q = q.view(B, H, G, C, D)
-        n_old = K.shape[2] - C
+        n = K.shape[2]
+        n_old = n - C
         causal = torch.ones(C, C, dtype=torch.bool, device=K.device).tril()
         allowed = torch.cat([torch.ones(C, n_old, dtype=torch.bool, device=K.device), causal], 1)
         w = m.rule.observe
         if w is not None and C > w:  # a prompt scores by its observation window only
             q, allowed = q[:, :, :, C - w :], allowed[C - w :]
-        s = torch.einsum("bhgcd,bhnd->bhgcn", q, K.float()) * D**-0.5
+        Ks = torch.where(T[..., None], KH, K) if tiers else K
+        s = torch.einsum("bhgcd,bhnd->bhgcn", q, Ks.float()) * D**-0.5
         p = s.masked_fill(~allowed, float("-inf")).softmax(-1)
         score = score + p.sum((2, 3))
         # evict down to the budget at seen + C tokens
         budget = m.budget(o.seen + C)
-        n = K.shape[2]
         if n > budget:
             n_recent = min(budget, int(m.rule.recent * budget))
             n_heavy = budget - n_recent
             old = n - n_recent
-            adj = score[..., :old] / (1 + errs[..., :old] / errs[..., :old].mean(-1, keepdim=True).clamp_min(1e-12))
-            heavy = m.rule.heavy(adj, n_heavy)
+            a_old = score[..., :old] / (1 + errs[..., :old] / errs[..., :old].mean(-1, keepdim=True).clamp_min(1e-12))
+            heavy = m.rule.heavy(a_old, n_heavy)
             idx = torch.cat([heavy, torch.arange(old, n, device=K.device).expand(B, H, n_recent)], -1)  # [B, H, budget]
-            g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
-            self.k, self.v = g(K), g(V)
-            self.score, self.err, self.pos = score.gather(2, idx), errs.gather(2, idx), P.gather(2, idx)
         else:
-            self.k, self.v, self.score, self.err, self.pos = K, V, score, errs, P
-        return K, V
+            idx = torch.arange(n, device=K.device).expand(B, H, n)
+        g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+        self.k, self.v = g(K), g(V)
+        self.score, self.err, self.pos = score.gather(2, idx), errs.gather(2, idx), P.gather(2, idx)
+        if not tiers:
+            return K, V
+        # the high tier: the strongest kept tokens among those high already or new in this step (a token's original
+        # K/V are at hand only when it enters; a high token may be demoted to its code later, a coded one not promoted)
+        eligible = T.clone()
+        eligible[..., n_old:] = True
+        eligible &= P >= m.exact_tokens()  # sinks are stored exact already
+        kept = torch.zeros_like(T).scatter(2, idx, True)
+        adj = score / (1 + errs / errs.mean(-1, keepdim=True).clamp_min(1e-12))  # discounted by quantization error
+        rank = m.rule.pooled(adj) if m.high_by == "pooled" else adj
+        top = rank.masked_fill(~(kept & eligible), float("-inf")).topk(min(m.high_budget(o.seen + C), n), -1)
+        T = torch.zeros_like(T).scatter(2, top.indices, torch.isfinite(top.values))
+        self.kh, self.vh, self.tier = g(KH), g(VH), T.gather(2, idx)
+        return torch.where(T[..., None], KH, K), torch.where(T[..., None], VH, V)
 
 
 class QHitterRunner:
@@ -173,6 +196,7 @@ class QHitter(KVMethod):
         self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side, pool_share=pool_share)
         self.qbits, self.group, self.chunk = qbits, group, chunk
         self.head_dim = head_dim
+        self.high, self.high_bits, self.high_by = 0.0, 8, "score"  # no high tier (PQHitter's option)
         self.keep = min(1.0, bits / self.kept_bits(head_dim))
 
     def kept_bits(self, D: int) -> float:
@@ -181,6 +205,10 @@ class QHitter(KVMethod):
 
     def budget(self, t: int) -> int:
         return max(1, math.ceil(self.keep * t))
+
+    def high_budget(self, t: int) -> int:
+        """Kept tokens in the high tier at ``t`` tokens seen (0 without one)."""
+        return min(self.budget(t), math.ceil(self.high * t)) if self.high > 0 else 0
 
     def qdq_key(self, layer, k, pos0):
         return uniform_qdq(k, self.qbits, "token", self.group)
@@ -217,21 +245,52 @@ class PQHitter(QHitter):
     The same token selection as Q-Hitter-style (accumulated attention discounted by the
     quantization error, a recent share), but a kept token costs only its PQ code bits (and the fp16
     score used for the selection), so at the same total bits more tokens are kept. ``pq`` is a fitted
-    :class:`~million.eval.methods.PQMethod` (its codebooks, sinks and transforms). Evaluation-only:
-    :class:`million.MillionCache` does not evict.
+    :class:`~million.eval.methods.PQMethod` (its codebooks, sinks and transforms).
+
+    ``high`` (a share of the tokens seen, default 0) puts the strongest kept tokens in a high-precision tier instead of
+    their codes: ``high_bits`` 8 (asymmetric uniform int8 per token in groups of 32 with an fp16 scale and zero point, 9
+    bits per element) or 16 (kept as computed). The tier is chosen when a token enters (after the step that scores it,
+    so a prompt scored by its observation window stores its strongest tokens high), by discounted score
+    (``high_by="score"``) or pooled score (``"pooled"``); a high token may be demoted to its code later, a coded one is
+    not promoted. Its cost is paid by keeping fewer tokens: ``keep * (code bits + score + tier flag) + high * (high bits
+    - code bits) = bits``. The all-quantized evaluation method; :class:`million.MillionCache` serves the same selection
+    (:class:`million.Eviction`) without the high tier.
     """
 
     name = "pqsparse"
 
     def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64, observe: int | None = None,
-                 pool: int = 1, pool_side: str = "both", pool_share: float = 1.0):
+                 pool: int = 1, pool_side: str = "both", pool_share: float = 1.0, high: float = 0.0, high_bits: int = 8,
+                 high_by: str = "score"):
+        if isinstance(high, bool) or not isinstance(high, (int, float)) or not 0 <= high < 1:
+            raise ValueError(f"high={high!r} (share of tokens in the high tier) is out of range; allowed: [0, 1)")
+        if high_bits not in (8, 16):
+            raise ValueError(f"high_bits={high_bits!r} is not allowed; allowed: 8 (int8, groups of 32), 16 (as computed)")
+        if high_by not in ("score", "pooled"):
+            raise ValueError(f"high_by={high_by!r} is not allowed; allowed: 'score', 'pooled'")
         self.pq = pq
         super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim, observe=observe, pool=pool,
                          pool_side=pool_side, pool_share=pool_share)
+        self.high, self.high_bits, self.high_by = float(high), high_bits, high_by
         self.bits = bits
+        self._set_keep(head_dim)
+
+    def code_bits(self) -> float:
+        return self.pq.variant.code_bits if self.pq.variant is not None else self.pq.bits
+
+    def high_cost(self, D: int) -> float:
+        """Bits per element of a token in the high tier."""
+        return 16.0 if self.high_bits == 16 else 8.0 + 32.0 / min(32, D)
 
     def kept_bits(self, D: int) -> float:
-        return (self.pq.variant.code_bits if self.pq.variant is not None else self.pq.bits) + 16.0 / (2 * D)
+        return self.code_bits() + 16.0 / (2 * D) + (1.0 / (2 * D) if getattr(self, "high", 0) > 0 else 0.0)
+
+    def _set_keep(self, D: int) -> None:
+        extra = self.high * (self.high_cost(D) - self.code_bits())
+        self.keep = min(1.0, (self.bits - extra) / self.kept_bits(D))
+        if self.keep <= self.high:
+            raise ValueError(f"high={self.high:g}: at {self.bits:g} bits/element the high tier leaves room for only "
+                             f"{max(0.0, self.keep):.3f} of the tokens; allowed: a smaller share")
 
     def fit(self, model, calib_fn):
         self.pq.fit(model, calib_fn)
@@ -239,8 +298,15 @@ class PQHitter(QHitter):
             raise ValueError(f"--bits {self.bits:g} is above the kept tokens' {self.pq.variant.code_bits:g} code bits; "
                              f"allowed: at most {self.pq.variant.code_bits:g}")
         self.head_dim = geometry(model.config)[3]
-        self.keep = min(1.0, self.bits / self.kept_bits(self.head_dim))
+        self._set_keep(self.head_dim)
         return self
+
+    def make_runner(self, model, protocol="all-quantized"):
+        D = geometry(model.config)[3]
+        if D != self.head_dim:
+            self.head_dim = D
+            self._set_keep(D)
+        return QHitterRunner(model, self, protocol)
 
     def qdq_key(self, layer, k, pos0):
         return self.pq.qdq_key(layer, k, pos0)
@@ -248,13 +314,32 @@ class PQHitter(QHitter):
     def qdq_value(self, layer, v, pos0):
         return self.pq.qdq_value(layer, v, pos0)
 
+    def exact_tokens(self) -> int:
+        """The first tokens, stored exact (the PQ recipe's fp16 sinks): never in the high tier."""
+        return self.pq.variant.sinks if self.pq.variant is not None else 0
+
+    def qdq_high(self, x, pos0: int):
+        """The high tier's round trip of ``x [B, H, T, D]`` (its first tokens from ``pos0``); fp16 sinks stay exact."""
+        if self.high_bits == 16:
+            return x
+        out = uniform_qdq(x, 8, "token", 32)
+        n = max(0, min(self.exact_tokens() - pos0, x.shape[2]))
+        if n:
+            out = out.clone()
+            out[:, :, :n] = x[:, :, :n]
+        return out
+
     def bits_breakdown(self, shape, context, protocol="all-quantized"):
         f = self.budget(context) / context
         pq = self.pq.bits_breakdown(shape, context, "all-quantized")
         parts = {"codes": pq["codes"] * f, "scores_fp16": 16.0 / (2 * shape.D) * f}
+        if self.high > 0:
+            parts["tier_flags"] = 1.0 / (2 * shape.D) * f
+            parts["high_tier_extra"] = self.high_budget(context) / context * (self.high_cost(shape.D) - self.code_bits())
         parts.update({k: v for k, v in pq.items() if k not in ("codes", "total", "window_fp16")})
         parts["total"] = sum(parts.values())
         return parts
 
     def describe(self):
-        return {**super().describe(), "kept_quantizer": self.pq.describe()}
+        return {**super().describe(), "kept_quantizer": self.pq.describe(), "high": self.high, "high_bits": self.high_bits,
+                "high_by": self.high_by}
