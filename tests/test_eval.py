@@ -198,18 +198,32 @@ def test_qhitter_keeps_budget_and_is_exact_when_keeping_all(model):
     assert len(out) == 3
 
 
-def assert_cache_respects_budget(q, model, chunk=16):
+def _run_steps(q, model, ids, chunks, each=None):
+    """Feed ``ids`` to ``q``'s cache in steps of ``chunks`` tokens (an int: equal steps); ``each(runner, cache)`` after
+    every step. Returns the cache."""
+    if isinstance(chunks, int):
+        chunks = [chunks] * -(-ids.shape[1] // chunks)
     r = q.make_runner(model)
     cache = r._cache()
     hs = r._hooks()
     try:
-        ids = ids_(100)
-        for t in range(0, 100, chunk):
-            r._step(cache, ids[:, t : t + chunk])
-            assert cache.layers[0].k.shape[2] <= q.budget(r.seen)
+        t = 0
+        for c in chunks:
+            r._step(cache, ids[:, t : t + c])
+            t += c
+            if each is not None:
+                each(r, cache)
     finally:
         for h in hs:
             h.remove()
+    return cache
+
+
+def assert_cache_respects_budget(q, model, chunk=16):
+    def check(r, cache):
+        assert cache.layers[0].k.shape[2] <= q.budget(r.seen)
+
+    _run_steps(q, model, ids_(100), chunk, check)
 
 
 def test_qhitter_cache_respects_budget(model):
@@ -245,21 +259,6 @@ def _pqsparse_high(model, calib, bits=1, **kw):
 
     pq = PQMethod(1.5, PQVariant(k_nbits=6, k_dsub=4, v_nbits=6, v_dsub=4, iters=3, samples=512, sinks=1))
     return PQHitter(bits, pq, chunk=16, **kw).fit(model, lambda: calib)
-
-
-def _run_steps(q, model, ids, chunk, each=None):
-    r = q.make_runner(model)
-    cache = r._cache()
-    hs = r._hooks()
-    try:
-        for t in range(0, ids.shape[1], chunk):
-            r._step(cache, ids[:, t : t + chunk])
-            if each is not None:
-                each(r, cache)
-    finally:
-        for h in hs:
-            h.remove()
-    return cache
 
 
 @pytest.mark.parametrize("high_bits", [8, 16])
@@ -352,18 +351,7 @@ def test_pqsparse_high_tier_refuses_bad_options(model, calib):
 
 
 def _scores_after(q, model, ids, chunks):
-    r = q.make_runner(model)
-    cache = r._cache()
-    hs = r._hooks()
-    try:
-        t = 0
-        for c in chunks:
-            r._step(cache, ids[:, t : t + c])
-            t += c
-    finally:
-        for h in hs:
-            h.remove()
-    return [l.score.clone() for l in cache.layers]
+    return [l.score.clone() for l in _run_steps(q, model, ids, chunks).layers]
 
 
 def test_observation_window_scores_a_prompt_by_its_last_queries_only(model):

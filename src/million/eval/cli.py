@@ -15,6 +15,7 @@ from .methods import METHOD_BITS
 from .runners import PROTOCOLS
 
 TEXTS = ("squad", "essays")
+HIGH_TIER = {"high_share": 0.0, "high_bits": 8, "high_by": "score"}  # pqsparse's high tier off: the flags' defaults
 EVICTING = ("pqsparse", "qhitter")  # methods that evict in the all-quantized protocol (take --recent, --observe, --pool)
 
 
@@ -70,7 +71,7 @@ def _validate_common(args) -> None:
                          f"--protocol served and --keep (got --method {args.method} --protocol {args.protocol})")
     if args.chunk < 1:
         raise ValueError(f"--chunk {args.chunk} must be >= 1")
-    if (args.high_share, args.high_bits, args.high_by) != (0.0, 8, "score") and args.method != "pqsparse":
+    if any(getattr(args, k) != v for k, v in HIGH_TIER.items()) and args.method != "pqsparse":
         raise ValueError(f"--high-share / --high-bits / --high-by: a high-precision tier of kept tokens; allowed only with "
                          f"--method pqsparse (got --method {args.method})")
     if not 0 <= args.high_share < 1:
@@ -182,12 +183,12 @@ def _common(p) -> None:
     p.add_argument("--pool-share", type=float, default=1.0,
                    help="eviction with --pool: share of the heavy-hitter budget chosen by pooled scores; the rest first, by the "
                         "scores themselves (default 1)")
-    p.add_argument("--high-share", type=float, default=0.0,
+    p.add_argument("--high-share", type=float, default=HIGH_TIER["high_share"],
                    help="pqsparse: share of the tokens seen kept in a high-precision tier instead of their codes, the "
                         "strongest by score; paid for by keeping fewer tokens (default 0)")
-    p.add_argument("--high-bits", type=int, default=8, choices=(8, 16),
+    p.add_argument("--high-bits", type=int, default=HIGH_TIER["high_bits"], choices=(8, 16),
                    help="pqsparse with --high-share: the tier's precision, 8 (int8, groups of 32, 9 bits/element; default) or 16")
-    p.add_argument("--high-by", default="score", choices=("score", "pooled"),
+    p.add_argument("--high-by", default=HIGH_TIER["high_by"], choices=("score", "pooled"),
                    help="pqsparse with --high-share: rank the tier by discounted score (default) or by pooled score")
     p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
     p.add_argument("--quiet", action="store_true")

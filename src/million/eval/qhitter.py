@@ -33,6 +33,11 @@ from .methods import KVMethod
 from .quant import uniform_qdq
 
 
+def _discounted(score, err):
+    """Scores discounted by quantization error ("quantization friendliness"): ``score / (1 + err / mean err)``."""
+    return score / (1 + err / err.mean(-1, keepdim=True).clamp_min(1e-12))
+
+
 class _QHLayer(DynamicLayer):
     def __init__(self, layer_idx: int, owner: "QHitterRunner"):
         super().__init__()
@@ -91,14 +96,14 @@ class _QHLayer(DynamicLayer):
             n_recent = min(budget, int(m.rule.recent * budget))
             n_heavy = budget - n_recent
             old = n - n_recent
-            a_old = score[..., :old] / (1 + errs[..., :old] / errs[..., :old].mean(-1, keepdim=True).clamp_min(1e-12))
-            heavy = m.rule.heavy(a_old, n_heavy)
+            heavy = m.rule.heavy(_discounted(score[..., :old], errs[..., :old]), n_heavy)
             idx = torch.cat([heavy, torch.arange(old, n, device=K.device).expand(B, H, n_recent)], -1)  # [B, H, budget]
-        else:
-            idx = torch.arange(n, device=K.device).expand(B, H, n)
-        g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+            g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+            gt = lambda x: x.gather(2, idx)  # noqa: E731
+        else:  # nothing to evict
+            idx, g, gt = torch.arange(n, device=K.device).expand(B, H, n), lambda x: x, lambda x: x
         self.k, self.v = g(K), g(V)
-        self.score, self.err, self.pos = score.gather(2, idx), errs.gather(2, idx), P.gather(2, idx)
+        self.score, self.err, self.pos = gt(score), gt(errs), gt(P)
         if not tiers:
             return K, V
         # the high tier: the strongest kept tokens among those high already or new in this step (a token's original
@@ -107,11 +112,11 @@ class _QHLayer(DynamicLayer):
         eligible[..., n_old:] = True
         eligible &= P >= m.exact_tokens()  # sinks are stored exact already
         kept = torch.zeros_like(T).scatter(2, idx, True)
-        adj = score / (1 + errs / errs.mean(-1, keepdim=True).clamp_min(1e-12))  # discounted by quantization error
+        adj = _discounted(score, errs)
         rank = m.rule.pooled(adj) if m.high_by == "pooled" else adj
         top = rank.masked_fill(~(kept & eligible), float("-inf")).topk(min(m.high_budget(o.seen + C), n), -1)
         T = torch.zeros_like(T).scatter(2, top.indices, torch.isfinite(top.values))
-        self.kh, self.vh, self.tier = g(KH), g(VH), T.gather(2, idx)
+        self.kh, self.vh, self.tier = g(KH), g(VH), gt(T)
         return torch.where(T[..., None], KH, K), torch.where(T[..., None], VH, V)
 
 
@@ -197,7 +202,11 @@ class QHitter(KVMethod):
         self.qbits, self.group, self.chunk = qbits, group, chunk
         self.head_dim = head_dim
         self.high, self.high_bits, self.high_by = 0.0, 8, "score"  # no high tier (PQHitter's option)
-        self.keep = min(1.0, bits / self.kept_bits(head_dim))
+        self._set_keep(head_dim)
+
+    def _set_keep(self, D: int) -> None:
+        """The share of tokens kept so that the whole sequence costs ``bits`` per element."""
+        self.keep = min(1.0, self.bits / self.kept_bits(D))
 
     def kept_bits(self, D: int) -> float:
         """Bits per element of a kept token: codes, fp16 scale + zero per group, fp16 score per (token, head) for K+V."""
@@ -219,7 +228,7 @@ class QHitter(KVMethod):
         D = geometry(model.config)[3]
         if D != self.head_dim:
             self.head_dim = D
-            self.keep = min(1.0, self.bits / self.kept_bits(D))
+            self._set_keep(D)
         return QHitterRunner(model, self, protocol)
 
     def bits_breakdown(self, shape, context, protocol="all-quantized"):
@@ -283,7 +292,7 @@ class PQHitter(QHitter):
         return 16.0 if self.high_bits == 16 else 8.0 + 32.0 / min(32, D)
 
     def kept_bits(self, D: int) -> float:
-        return self.code_bits() + 16.0 / (2 * D) + (1.0 / (2 * D) if getattr(self, "high", 0) > 0 else 0.0)
+        return self.code_bits() + 16.0 / (2 * D) + (1.0 / (2 * D) if self.high > 0 else 0.0)
 
     def _set_keep(self, D: int) -> None:
         extra = self.high * (self.high_cost(D) - self.code_bits())
@@ -300,13 +309,6 @@ class PQHitter(QHitter):
         self.head_dim = geometry(model.config)[3]
         self._set_keep(self.head_dim)
         return self
-
-    def make_runner(self, model, protocol="all-quantized"):
-        D = geometry(model.config)[3]
-        if D != self.head_dim:
-            self.head_dim = D
-            self._set_keep(D)
-        return QHitterRunner(model, self, protocol)
 
     def qdq_key(self, layer, k, pos0):
         return self.pq.qdq_key(layer, k, pos0)
