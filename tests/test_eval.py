@@ -591,3 +591,50 @@ def test_fisher_equals_autograd_through_the_cache(model):
     assert torch.allclose(f.weight_v[1], dv.grad[0].pow(2).sum(-1), rtol=1e-3, atol=1e-12)
     g = dk.grad[0]
     assert torch.allclose(f.metric_k[1], torch.einsum("htd,hte->hde", g, g) / 128, rtol=1e-3, atol=1e-14)
+
+
+def test_qhitter_layer_scope_with_full_floor_is_the_per_head_rule(model):
+    # every head keeps its own top: the same tokens as the per-head rule, through the per-head masks and compaction
+    ids = ids_(160)
+    ref = QHitter(2, chunk=16).make_runner(model).logits(ids)
+    lay = QHitter(2, chunk=16, scope="layer", head_floor=1.0).make_runner(model).logits(ids)
+    assert (lay - ref).abs().max() < 1e-4
+    full = QHitter(16, qbits=8, chunk=16, scope="layer")
+    r = full.make_runner(model)
+    full.keep = 1.0
+    assert (r.logits(ids) - plain_logits(model, ids)).abs().max() < 0.05
+
+
+def test_qhitter_layer_scope_shares_the_budget_across_heads(model):
+    q = QHitter(2, chunk=16, scope="layer")
+    counts = []
+
+    def check(r, cache):
+        for layer in cache.layers:
+            B, H, _ = layer.valid.shape
+            kept = layer.valid.sum(-1)  # tokens per head
+            assert int(kept.sum()) <= H * q.budget(r.seen)  # the layer's memory as the per-head rule's
+            n_recent = min(q.budget(r.seen), int(q.rule.recent * q.budget(r.seen)))
+            recent_pos = torch.arange(r.seen - n_recent, r.seen)
+            for h in range(H):  # every head holds the recent tokens, in position order, padding after
+                pos = layer.pos[0, h][layer.valid[0, h]]
+                assert torch.isin(recent_pos, pos).all()
+                assert torch.equal(pos, pos.sort().values)
+                assert not layer.valid[0, h, int(kept[0, h]):].any()
+            counts.append(kept.flatten().tolist())
+
+    _run_steps(q, model, ids_(120), 16, check)
+    assert any(len(set(c)) > 1 for c in counts)  # heads ended with different counts somewhere
+    ids = ids_(120)
+    lg = q.make_runner(model).logits(ids)
+    assert torch.isfinite(lg).all()
+    assert (lg - QHitter(2, chunk=16).make_runner(model).logits(ids)).abs().max() > 1e-3
+
+
+def test_qhitter_scope_refuses_bad_options(model, calib):
+    with pytest.raises(ValueError, match="scope='heads'.*allowed: 'head'"):
+        QHitter(2, scope="heads")
+    with pytest.raises(ValueError, match="head_floor=1.5.*allowed: \\[0, 1\\]"):
+        QHitter(2, scope="layer", head_floor=1.5)
+    with pytest.raises(ValueError, match="scope='layer' with a high tier"):
+        _pqsparse_high(model, calib, high=0.01, scope="layer")

@@ -33,9 +33,14 @@ from .methods import KVMethod
 from .quant import uniform_qdq
 
 
-def _discounted(score, err):
-    """Scores discounted by quantization error ("quantization friendliness"): ``score / (1 + err / mean err)``."""
-    return score / (1 + err / err.mean(-1, keepdim=True).clamp_min(1e-12))
+def _discounted(score, err, among=None):
+    """Scores discounted by quantization error ("quantization friendliness"): ``score / (1 + err / mean err)``, the
+    mean over the last axis, or over the slots where ``among`` is True."""
+    if among is None:
+        mean = err.mean(-1, keepdim=True)
+    else:
+        mean = (err * among).sum(-1, keepdim=True) / among.sum(-1, keepdim=True).clamp_min(1)
+    return score / (1 + err / mean.clamp_min(1e-12))
 
 
 class _QHLayer(DynamicLayer):
@@ -45,6 +50,7 @@ class _QHLayer(DynamicLayer):
         self.owner = owner
         self.k = self.v = self.score = self.err = self.pos = None
         self.kh = self.vh = self.tier = None  # the high tier (methods with ``high > 0``): its K/V and which tokens use it
+        self.valid = None  # scope "layer": which slots of each head hold a token (heads keep different counts)
 
     def get_seq_length(self) -> int:
         return self.owner.seen
@@ -62,6 +68,10 @@ class _QHLayer(DynamicLayer):
         new = torch.zeros(B, H, C, device=kq.device)
         if tiers:
             kh, vh = m.qdq_high(key_states, o.seen), m.qdq_high(value_states, o.seen)
+        layer_scope = m.scope == "layer"
+        if layer_scope:
+            ones = torch.ones(B, H, C, dtype=torch.bool, device=kq.device)
+            valid = ones if self.valid is None else torch.cat([self.valid, ones], 2)
         if self.k is None:
             K, V, score, errs, P = kq, vq, new, err, pos
             if tiers:
@@ -88,10 +98,14 @@ class _QHLayer(DynamicLayer):
             q, allowed = q[:, :, :, C - w :], allowed[C - w :]
         Ks = torch.where(T[..., None], KH, K) if tiers else K
         s = torch.einsum("bhgcd,bhnd->bhgcn", q, Ks.float()) * D**-0.5
+        if layer_scope:
+            allowed = allowed & valid[:, :, None, None, :]
         p = s.masked_fill(~allowed, float("-inf")).softmax(-1)
         score = score + p.sum((2, 3))
         # evict down to the budget at seen + C tokens
         budget = m.budget(o.seen + C)
+        if layer_scope:
+            return self._evict_layer(K, V, score, errs, P, valid, budget, o.seen + C)
         if n > budget:
             n_recent = min(budget, int(m.rule.recent * budget))
             n_heavy = budget - n_recent
@@ -119,6 +133,60 @@ class _QHLayer(DynamicLayer):
         self.kh, self.vh, self.tier = g(KH), g(VH), gt(T)
         return torch.where(T[..., None], KH, K), torch.where(T[..., None], VH, V)
 
+    def _evict_layer(self, K, V, score, errs, P, valid, budget: int, seen: int):
+        """Scope "layer": the layer keeps ``H * budget`` tokens per sequence; every head keeps the recent tokens, and
+        the heavy hitters are chosen across heads (:func:`_layer_heavy`), so heads keep different counts. Slots are
+        compacted per head (kept tokens in position order, then padding with ``valid`` False, which attention and
+        scoring skip)."""
+        m = self.owner.method
+        B, H, n = score.shape
+        n_recent = min(budget, int(m.rule.recent * budget))
+        recent = valid & (P >= seen - n_recent)
+        cand = valid & ~recent
+        total = H * budget - recent.sum((1, 2))
+        if int(valid.sum((1, 2)).max()) <= H * budget:
+            keep = valid
+        else:
+            heavy = _layer_heavy(m.rule, _discounted(score, errs, cand), cand, total, budget - n_recent, m.head_floor)
+            keep = recent | heavy
+        L = max(1, int(keep.sum(-1).max()))
+        ar = torch.arange(n, device=K.device)
+        idx = ((~keep).long() * (n + 1) + ar).argsort(-1)[..., :L]  # kept slots first, in slot (= position) order
+        g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
+        gt = lambda x: x.gather(2, idx)  # noqa: E731
+        self.k, self.v = g(K), g(V)
+        self.score, self.err, self.pos, self.valid = gt(score), gt(errs), gt(P), gt(keep)
+        return K, V
+
+
+def _layer_heavy(rule, adj, cand, n_total, per_head: int, floor: float):
+    """``[B, H, n]`` mask of the heavy hitters when the KV heads of a layer share one budget: each head first keeps its
+    own top ``round(floor * per_head)`` candidates, then the rest of the ``n_total [B]`` slots go to the strongest
+    candidates of any head (``rule``'s split: the top by score, then a ``pool_share`` by pooled score). Attention
+    probabilities sum to the same mass in every head, so accumulated scores compare across heads."""
+    B, H, n = adj.shape
+    neg = float("-inf")
+    adj = adj.masked_fill(~cand, neg)
+    sel = torch.zeros_like(cand)
+    f = min(round(floor * per_head), n)
+    if f > 0:
+        top = adj.topk(f, -1)
+        sel.scatter_(2, top.indices, torch.isfinite(top.values))
+    pooled = rule.pooled(adj).masked_fill(~cand, neg) if rule.pool > 1 else None
+    for b in range(B):
+        left = int(n_total[b]) - int(sel[b].sum())
+        if left <= 0:
+            continue
+        n_raw = left - round(rule.pool_share * left) if pooled is not None else left
+        for part, k in ((adj[b], n_raw), (pooled[b] if pooled is not None else None, left - n_raw)):
+            if part is None or k <= 0:
+                continue
+            flat = part.masked_fill(sel[b], neg).reshape(-1)
+            top = flat.topk(min(k, flat.numel()))
+            keep = top.indices[torch.isfinite(top.values)]
+            sel[b].view(-1)[keep] = True
+    return sel
+
 
 class QHitterRunner:
     """Chunked evaluation and greedy decoding with a :class:`QHitter` cache."""
@@ -135,7 +203,25 @@ class QHitterRunner:
         hs = [rotary_module(self.model).register_forward_hook(lambda m, i, o: self.taps.__setitem__("rope", o))]
         for a in attention_modules(self.model):
             hs.append(a.q_proj.register_forward_hook(lambda m, i, o, li=a.layer_idx: self.taps.__setitem__(li, o)))
+            if self.method.scope == "layer":
+                hs.append(a.register_forward_pre_hook(lambda m, args, kw, li=a.layer_idx: self._head_mask(li, args, kw),
+                                                      with_kwargs=True))
         return hs
+
+    def _head_mask(self, li: int, args, kwargs):
+        """Scope "layer": heads of a layer hold different numbers of tokens, so this layer's attention gets a mask per
+        query head (its KV head's valid slots, then the chunk causal) in place of the model's shared one."""
+        layer = self._cur.layers[li]
+        if layer.valid is None:
+            return None
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        C = x.shape[1]
+        B, H, n_old = layer.valid.shape
+        Hq = self.model.config.num_attention_heads
+        old = layer.valid.repeat_interleave(Hq // H, 1)[:, :, None, :].expand(B, Hq, C, n_old)
+        new = torch.ones(C, C, dtype=torch.bool, device=x.device).tril().expand(B, Hq, C, C)
+        kwargs["attention_mask"] = torch.cat([old, new], -1)
+        return args, kwargs
 
     def _step(self, cache, ids):
         # one chunk: kept tokens all visible, the chunk causal
@@ -151,7 +237,8 @@ class QHitterRunner:
     def _cache(self):
         self.seen = 0
         self.taps.clear()
-        return Cache(layers=[_QHLayer(i, self) for i in range(self.L)])
+        self._cur = Cache(layers=[_QHLayer(i, self) for i in range(self.L)])
+        return self._cur
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -191,12 +278,20 @@ class QHitter(KVMethod):
     name = "qhitter"
 
     def __init__(self, bits: int, qbits: int = 4, group: int = 32, recent: float = 0.5, chunk: int = 128, head_dim: int = 64,
-                 observe: int | None = None, pool: int = 1, pool_side: str = "both", pool_share: float = 1.0):
+                 observe: int | None = None, pool: int = 1, pool_side: str = "both", pool_share: float = 1.0,
+                 scope: str = "head", head_floor: float = 0.0):
         from ..config import Eviction
 
         super().__init__(bits)
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk={chunk!r} must be an integer >= 1")
+        if scope not in ("head", "layer"):
+            raise ValueError(f"scope={scope!r} is not allowed; allowed: 'head' (the same budget in every KV head), "
+                             "'layer' (one budget shared by the KV heads of a layer)")
+        if isinstance(head_floor, bool) or not isinstance(head_floor, (int, float)) or not 0 <= head_floor <= 1:
+            raise ValueError(f"head_floor={head_floor!r} (share of a head's heavy budget it always keeps) is out of "
+                             "range; allowed: [0, 1]")
+        self.scope, self.head_floor = scope, float(head_floor)
         # the selection options, checked (and pooled) as MillionCache's eviction does; keep is set below
         self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side, pool_share=pool_share)
         self.qbits, self.group, self.chunk = qbits, group, chunk
@@ -245,7 +340,8 @@ class QHitter(KVMethod):
     def describe(self):
         return {**super().describe(), "keep_fraction": self.keep, "kept_bits": self.qbits, "group": self.group,
                 "recent_share": self.rule.recent, "chunk": self.chunk, "observe": self.rule.observe, "pool": self.rule.pool,
-                "pool_side": self.rule.pool_side, "pool_share": self.rule.pool_share}
+                "pool_side": self.rule.pool_side, "pool_share": self.rule.pool_share, "scope": self.scope,
+                "head_floor": self.head_floor}
 
 
 class PQHitter(QHitter):
@@ -270,7 +366,7 @@ class PQHitter(QHitter):
 
     def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64, observe: int | None = None,
                  pool: int = 1, pool_side: str = "both", pool_share: float = 1.0, high: float = 0.0, high_bits: int = 8,
-                 high_by: str = "score"):
+                 high_by: str = "score", scope: str = "head", head_floor: float = 0.0):
         if isinstance(high, bool) or not isinstance(high, (int, float)) or not 0 <= high < 1:
             raise ValueError(f"high={high!r} (share of tokens in the high tier) is out of range; allowed: [0, 1)")
         if high_bits not in (8, 16):
@@ -279,7 +375,9 @@ class PQHitter(QHitter):
             raise ValueError(f"high_by={high_by!r} is not allowed; allowed: 'score', 'pooled'")
         self.pq = pq
         super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim, observe=observe, pool=pool,
-                         pool_side=pool_side, pool_share=pool_share)
+                         pool_side=pool_side, pool_share=pool_share, scope=scope, head_floor=head_floor)
+        if scope == "layer" and high > 0:
+            raise ValueError("scope='layer' with a high tier (high > 0) is not supported; allowed: one of the two")
         self.high, self.high_bits, self.high_by = float(high), high_bits, high_by
         self.bits = bits
         self._set_keep(head_dim)
