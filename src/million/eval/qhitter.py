@@ -18,6 +18,10 @@ the all-quantized protocol): ``observe`` makes a multi-token step add only the a
 queries to the scores (SnapKV's observation window; with it, ``greedy`` prefills the prompt in one step, so the
 question at its end decides what is kept), and ``pool`` / ``pool_side`` max-pool the discounted scores over
 neighbouring tokens before choosing.
+
+``scope="layer"`` (evaluation only; measured not to help, docs/quality.md) shares one budget among the KV heads of a
+layer: every head keeps the recent share, the heavy hitters are chosen across heads (after ``head_floor`` of each
+head's own), heads are stored compacted with padding and each layer's attention gets a mask per query head.
 """
 
 from __future__ import annotations
