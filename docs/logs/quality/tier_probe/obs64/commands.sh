@@ -1,0 +1,2 @@
+python benchmarks/quality_tier_probe.py --codebooks runs/cb4-s32k --hi 0 --setting 0.2:15:after:64:0.15 --needles 1024:0.25:0,4096:0.45:0,4096:0.45:1,2048:0.05:0,4096:0.05:0,1024:0.25:1 --ppl essays --out runs/obs64/seed0 2>&1 | grep -v "Converting\|Loading"
+python benchmarks/quality_tier_probe.py --codebooks runs/cb4-s32k-seed1 --hi 0 --setting 0.2:15:after:64:0.15 --needles 1024:0.25:0,4096:0.45:0,4096:0.45:1 --ppl essays --out runs/obs64/seed1 2>&1 | grep -v "Converting\|Loading"
