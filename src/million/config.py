@@ -197,12 +197,16 @@ class Eviction:
             out = F.max_pool1d(x, self.pool, stride=1, padding=self.pool // 2)
         return out.reshape(shape)
 
+    def by_score(self, n: int) -> int:
+        """How many of ``n`` heavy hitters are chosen by score; the other ``n - by_score(n)`` by pooled score."""
+        return n - round(self.pool_share * n) if self.pool > 1 else n
+
     def heavy(self, scores, n: int):
         """Indices ``[..., n]`` (ascending) of the heavy hitters among ``scores [..., m]`` (``n <= m``): the top
         ``n - round(pool_share * n)`` by score, then the rest by pooled score among the others."""
         if n <= 0:
             return scores[..., :0].long()
-        n_raw = n - round(self.pool_share * n) if self.pool > 1 else n
+        n_raw = self.by_score(n)
         if n_raw == 0:
             return self.pooled(scores).topk(n, -1).indices.sort(-1).values
         raw = scores.topk(n_raw, -1).indices

@@ -181,7 +181,7 @@ def _layer_heavy(rule, adj, cand, n_total, per_head: int, floor: float):
         left = int(n_total[b]) - int(sel[b].sum())
         if left <= 0:
             continue
-        n_raw = left - round(rule.pool_share * left) if pooled is not None else left
+        n_raw = rule.by_score(left)
         for part, k in ((adj[b], n_raw), (pooled[b] if pooled is not None else None, left - n_raw)):
             if part is None or k <= 0:
                 continue
