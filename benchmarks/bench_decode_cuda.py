@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -133,7 +134,7 @@ def bench_graph(fn, copies):
     return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS
 
 
-def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtype=torch.float16):
+def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtype=torch.float16, cmerge_ab=False):
     from million.ops import triton_attention as ta
 
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
@@ -169,6 +170,15 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                     if gqa:
                         for w in warps:
                             var[w] = bench_graph(lambda *a, w=w: ca.pq_decode_attention(*a, num_warps_override=w), copies)
+                    if cmerge_ab and gqa:  # the tensor-core kernel's merge: second kernel (cm0) vs inside a cluster (cm1)
+                        saved = os.environ.get("MILLION_CUDA_CMERGE")
+                        for mode in ("0", "1"):
+                            os.environ["MILLION_CUDA_CMERGE"] = mode
+                            var[f"cm{mode}"] = bench_graph(ca.pq_decode_attention, copies)
+                        if saved is None:
+                            os.environ.pop("MILLION_CUDA_CMERGE")
+                        else:
+                            os.environ["MILLION_CUDA_CMERGE"] = saved
                     t_tri = bench_graph(ta.pq_decode_attention, copies) if triton else float("nan")
                     floor_us = (code_bytes + 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
                     row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
@@ -263,6 +273,8 @@ def main():
     ap.add_argument("--sweep-spec", default="", help="with --sweep-splits: 'shape:context:bits:S1,S2,...' items joined by ';'")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton column (saves compile time)")
     ap.add_argument("--warps", default="", help="GQA shapes: also time num_warps_override values, e.g. 0,12,16")
+    ap.add_argument("--cmerge-ab", action="store_true",
+                    help="GQA shapes: also time the tensor-core kernel with its merge kernel (cm0) and with the cluster merge (cm1)")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="q, centroids, window and SDPA dtype")
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -283,7 +295,7 @@ def main():
         res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
                              shapes, [int(b) for b in args.bits.split(",")],
                              triton=not args.no_triton, warps=[int(w) for w in args.warps.split(",") if w],
-                             dtype=getattr(torch, args.dtype))
+                             dtype=getattr(torch, args.dtype), cmerge_ab=args.cmerge_ab)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if "bench" in res:

@@ -356,3 +356,85 @@ def test_ffma_kernel_cluster_multicast(case, cluster, monkeypatch):
                                     args[3], args[4])
     out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, *args, num_splits_override=16, kernel_override="ffma")
     torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(CASES) + len(LUT_CASES)))
+def test_mma_kernel_cluster_merge(case, dtype, monkeypatch):
+    """One launch, the splits of a head and a merge block in one cluster (partials through distributed
+    shared memory): every case (GQA 1/2/3/4/8, d 64/128, dsub 2/4, empty rows, starts, residual windows
+    starting inside the window) at 1, 3, 7 and 15 splits (empty splits included), against the naive twin."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = (CASES + LUT_CASES)[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=700 + case)
+    for b in range(B):
+        kr[b, :, rl[b]:] = float("nan")
+        vr[b, :, rl[b]:] = float("nan")
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
+                                             vr.float(), res_lens, starts, return_lse=True)
+    fin = torch.isfinite(ref_lse)
+    for splits in (None, 1, 3, 7, 15):
+        torch.full((1 << 24,), float("nan"), device="cuda")
+        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
+                                          num_splits_override=splits, kernel_override="mma")
+        assert torch.isfinite(out.float()).all()
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
+        assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_mma_kernel_cluster_merge_graph_replay(monkeypatch):
+    """The cluster-merge launch captured in a CUDA graph and replayed with new lengths (read on the device)."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1")
+    q, kc, vc, kcen, vcen, kr, vr = _make(2, 9, 3, 64, 4, 4096, 64, torch.float16, 3, seed=9)
+    pl = torch.tensor([4096, 1000], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([64, 3], dtype=torch.int32, device="cuda")
+    st = torch.zeros(2, dtype=torch.int32, device="cuda")
+    ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, st, kernel_override="mma")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, st, kernel_override="mma")
+    torch.cuda.current_stream().wait_stream(s)
+    for lens, res in (([17, 4095], [0, 64]), ([0, 1], [64, 0])):
+        pl.copy_(torch.tensor(lens, dtype=torch.int32))
+        rl.copy_(torch.tensor(res, dtype=torch.int32))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pl, kr.float(), vr.float(), rl,
+                                        st)
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+
+
+def test_cluster_merge_choice(monkeypatch):
+    """CPU: where the cluster merge applies (tensor-core kernel, 8 warps, no table cluster) and bad modes."""
+    from million.ops import cuda_attention as ca
+
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1")
+    assert ca.cluster_merge("mma", 8, 15, 1, 64, 1)
+    assert not ca.cluster_merge("mma", 12, 15, 1, 64, 1)
+    assert not ca.cluster_merge("mma", 8, 15, 2, 64, 1)
+    assert not ca.cluster_merge("lut", 16, 8, 1, 128, 1)
+    assert not ca.cluster_merge("ffma", 0, 4, 1, 128, 1)
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "0")
+    assert not ca.cluster_merge("mma", 8, 15, 1, 64, 1)
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "yes")
+    with pytest.raises(ValueError, match="MILLION_CUDA_CMERGE='yes'"):
+        ca.cluster_merge("mma", 8, 15, 1, 64, 1)

@@ -35,7 +35,8 @@ class _Args(ctypes.Structure):
         "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
-        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster")] + [
+        "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster",
+        "cmerge")] + [
         ("scale_log2", ctypes.c_float)]
 
 
@@ -241,6 +242,30 @@ def _cluster(S: int, limit: int = 8) -> tuple[int, int]:
     return (S // C) * C, C
 
 
+CMERGE_MAX_SPLITS = 15  # splits + the merge block form one cluster: at most 16 blocks (H100, non-portable)
+
+
+def cluster_merge(kind: str, nw: int, S: int, C: int, D: int, B: int, override: str | None = None) -> bool:
+    """Whether the tensor-core kernel merges its splits inside a thread-block cluster (one launch: the S splits
+    of a head keep their partials in shared memory and a merge block of the same cluster reads them through
+    distributed shared memory) instead of the second, programmatic-dependent merge kernel.
+
+    ``override`` or ``$MILLION_CUDA_CMERGE``: ``0`` never, ``1`` wherever it applies (the tensor-core kernel
+    with 8 warps and no table cluster; the caller caps the splits at :data:`CMERGE_MAX_SPLITS`), ``auto``
+    (default) the measured rule of :func:`cmerge_auto`."""
+    mode = override or os.environ.get("MILLION_CUDA_CMERGE") or "auto"
+    if mode not in ("0", "1", "auto"):
+        raise ValueError(f"MILLION_CUDA_CMERGE={mode!r}: expected 0, 1 or auto")
+    if kind != "mma" or nw != 8 or C != 1 or mode == "0":
+        return False
+    return mode == "1" or cmerge_auto(S, D, B)
+
+
+def cmerge_auto(S: int, D: int, B: int) -> bool:
+    """The default of :func:`cluster_merge`: off until measured on the GPU (docs/kernel_notes.md)."""
+    return False
+
+
 def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str | None = None,
                   work: int = 0) -> tuple[str, int]:
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
@@ -363,10 +388,14 @@ def pq_decode_attention(
         want = int(os.environ.get("MILLION_CUDA_CLUSTER", "1"))
         if want > 1:  # opt-in: clusters of splits multicast the tables (measured slower on the H100)
             S, C = _cluster(S, want)
+    cm = cluster_merge(kind, nw, min(S, CMERGE_MAX_SPLITS), C, D, B)
+    if cm:
+        S = min(S, CMERGE_MAX_SPLITS)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
-    o_part = torch.empty(B, Hq, S, D, dtype=torch.float32, device=dev)
-    lse_part = torch.empty(B, Hq, S, dtype=torch.float32, device=dev)
+    # partials go through global memory only without the cluster merge
+    o_part = torch.empty(B, Hq, 0 if cm else S, D, dtype=torch.float32, device=dev)
+    lse_part = torch.empty(B, Hq, 0 if cm else S, dtype=torch.float32, device=dev)
     if B > 0 and Hq > 0:
         cen_stride = kcen[0].numel()  # elements (2 bytes) per centroid head, raw or laid out
         a = _Args(
@@ -377,7 +406,7 @@ def pq_decode_attention(
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
             B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
-            kcode, C,
+            kcode, C, int(cm),
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

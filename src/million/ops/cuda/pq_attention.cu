@@ -16,6 +16,9 @@
 // Kernel 2 (pq_merge_kernel), grid (H_q, B): dense attention over the residual window and the
 // float32 log-sum-exp merge of the S partials; writes q.dtype output (and lse). Launched as a
 // programmatic dependent grid: q and the residual window are read before griddepcontrol.wait.
+// Cluster merge (a.cmerge, tensor-core kernel, S <= 15): one launch of grid (S + 1, H_kv * ngroups, B) in
+// clusters of S + 1; the splits keep their partials in shared memory and rank S, the merge block, attends the
+// residual window while they run, then merges the partials through distributed shared memory.
 // All lengths are read on the device (CUDA-graph capturable).
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -39,6 +42,7 @@ struct PQArgs {
   long long so_b, so_h, so_d;
   int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel,
   // 2: FFMA kernel (GB 1) with host-laid tables (cuda_attention.ffma_tables) fetched by bulk copy
+  int cmerge;  // 1: one launch, the S splits of a head and a merge block form a cluster (tensor-core kernel)
   float scale_log2;
 };
 
@@ -168,10 +172,12 @@ template <int GB, int D, int NT> __device__ __forceinline__ void write_empty_par
   for (int x = tid; x < GB * D; x += NT) a.o_part[(prow + (long long)(x / D) * a.S) * D + (x % D)] = 0.f;
   if (tid < GB) a.lse_part[prow + (long long)tid * a.S] = -INFINITY;
 }
-// the block's warps' (o [NW][GB][D], m, l [NW][GB], log2 units) -> one normalized partial and its lse
+// the block's warps' (o [NW][GB][D], m, l [NW][GB], log2 units) -> one normalized partial and its lse,
+// written to the partial rows in global memory, or (slot != nullptr, cluster merge) to this block's
+// shared-memory slot [GB][D] o, then [GB] lse, which the cluster's merge block reads
 template <int GB, int D, int NW>
 __device__ __forceinline__ void merge_warps(const PQArgs& a, const float* red, const float* wm, const float* wl,
-                                            long long prow) {
+                                            long long prow, float* slot = nullptr) {
   for (int x = threadIdx.x; x < GB * D; x += NW * 32) {
     const int g = x / D, d = x % D;
     float mx = -INFINITY;
@@ -184,9 +190,37 @@ __device__ __forceinline__ void merge_warps(const PQArgs& a, const float* red, c
       L += wl[w * GB + g] * f;
       o += red[(w * GB + g) * D + d] * f;
     }
-    a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
-    if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
+    if (slot) {
+      slot[g * D + d] = o / L;
+      if (d == 0) slot[GB * D + g] = (mx + log2f(L)) * LN2;
+    } else {
+      a.o_part[(prow + (long long)g * a.S) * D + d] = o / L;
+      if (d == 0) a.lse_part[prow + (long long)g * a.S] = (mx + log2f(L)) * LN2;
+    }
   }
+}
+
+// ---- cluster merge (a.cmerge): the S splits of (batch, KV head, query-head group) are ranks 0..S-1 of a
+// cluster and rank S is the merge block; partials stay in the splits' shared memory (DSMEM) ----
+// the slot's byte offset in the dynamic shared memory, after the epilogue's red / wm / wl
+template <int GB, int D, int NW> __host__ __device__ constexpr int cm_slot_off() { return (NW * GB * D + 2 * NW * GB) * 4; }
+template <int GB, int D> __host__ __device__ constexpr int cm_slot_bytes() { return (GB * D + GB) * 4; }
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ float ld_dsmem(uint32_t local_addr, uint32_t rank) {
+  uint32_t ra;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(local_addr), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+  return v;
+}
+// a split's end: its slot is written; phase 1 tells the merge block, phase 2 waits until the merge block
+// has read every slot (a block's shared memory must outlive remote reads of it)
+__device__ __forceinline__ void cm_split_done() {
+  cluster_sync_all();
+  cluster_sync_all();
 }
 
 // ---- table prologue by bulk copy (FFMA kernel with host-laid tables, tensor-core kernel) ----
@@ -924,6 +958,235 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
 // banks); slot orders put the 4 tig (K) / 8 gid (V) subspaces of one instruction in distinct banks.
 // The host lays the tables out in exactly this form once per codebook (cuda_attention.mma_tables):
 // a.kcen / a.vcen point at them and a.kcen_h / a.vcen_h are their per-head strides in 2-byte units.
+// Residual window of query head hq for one group of NWM warps (gtid: thread in the group, NWM * 32 >= D),
+// reduced across the group through its shared scratch wacc [NWM][D], wm, wl [NWM]. Every thread of the block
+// calls it (one __syncthreads inside); a group with active == false attends nothing. Leaves this thread's
+// merge state for output element d = gtid: running max mx (log2 units), denominator den and numerator o
+// relative to mx.
+template <typename T, int D, int NWM>
+__device__ __forceinline__ void residual_window(const PQArgs& a, int b, int hq, int gtid, bool active, float* wacc,
+                                                float* wm, float* wl, float& mx, float& den, float& o) {
+  constexpr int EV = D / 32, RT = 16;
+  using VT = typename std::conditional<EV == 4, uint2, uint32_t>::type;
+  const int G = a.Hq / a.Hkv, hkv = hq / G;
+  const int lane = gtid & 31, warp = gtid >> 5;
+  const int plen = a.pq_lens[b];
+  const int r_end = min(a.res_lens[b], a.R);
+  const int r_lo = max(a.starts[b] - plen, 0);
+  float m = -INFINITY, l = 0.f, acc[EV];
+#pragma unroll
+  for (int e = 0; e < EV; ++e) acc[e] = 0.f;
+  const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
+  const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
+  int j0 = active ? r_lo + warp * RT : r_end;
+  if (j0 < r_end) {
+    float qv[EV];
+    {
+      const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq * a.sq_h;
+#pragma unroll
+      for (int e = 0; e < EV; ++e) qv[e] = Cvt<T>::f(qb[(long long)(lane * EV + e) * a.sq_d]) * a.scale_log2;
+    }
+    for (; j0 < r_end; j0 += NWM * RT) {
+      VT kk[RT], vv[RT];
+#pragma unroll
+      for (int t = 0; t < RT; ++t) {
+        const long long j = min(j0 + t, r_end - 1);
+        kk[t] = __ldg(reinterpret_cast<const VT*>(kr + j * a.skr_t) + lane);
+      }
+#pragma unroll
+      for (int t = 0; t < RT; ++t) {
+        const long long j = min(j0 + t, r_end - 1);
+        vv[t] = __ldg(reinterpret_cast<const VT*>(vr + j * a.svr_t) + lane);
+      }
+      float part[RT][1];
+#pragma unroll
+      for (int t = 0; t < RT; ++t) {
+        float x[EV];
+        if constexpr (EV == 4) {
+          const float2 u = Cvt<T>::pair(kk[t].x), w = Cvt<T>::pair(kk[t].y);
+          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
+        } else {
+          const float2 u = Cvt<T>::pair(kk[t]);
+          x[0] = u.x; x[1] = u.y;
+        }
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < EV; ++e) d = fmaf(x[e], qv[e], d);
+        part[t][0] = d;
+      }
+      butterfly<RT / 2, RT, 1>(part, lane);  // lane holds token (lane & 15) summed over its half-warp
+      const float dot = part[0][0] + __shfl_xor_sync(FULL, part[0][0], 16);
+      const float s = (j0 + (lane & 15) < r_end) ? dot : -INFINITY;
+      float cmax = s;
+#pragma unroll
+      for (int o2 = 8; o2 >= 1; o2 >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o2));
+      if (cmax > m) {  // cmax is finite: token j0 is valid
+        const float alpha = exp2f(m - cmax);
+        l *= alpha;
+#pragma unroll
+        for (int e = 0; e < EV; ++e) acc[e] *= alpha;
+        m = cmax;
+      }
+      const float p = exp2f(s - m);
+      float ps = p;
+#pragma unroll
+      for (int o2 = 8; o2 >= 1; o2 >>= 1) ps += __shfl_xor_sync(FULL, ps, o2);
+      l += ps;
+#pragma unroll
+      for (int t = 0; t < RT; ++t) {
+        const float pt = __shfl_sync(FULL, p, t);
+        float x[EV];
+        if constexpr (EV == 4) {
+          const float2 u = Cvt<T>::pair(vv[t].x), w = Cvt<T>::pair(vv[t].y);
+          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
+        } else {
+          const float2 u = Cvt<T>::pair(vv[t]);
+          x[0] = u.x; x[1] = u.y;
+        }
+#pragma unroll
+        for (int e = 0; e < EV; ++e) acc[e] = fmaf(pt, x[e], acc[e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < EV; ++e) wacc[warp * D + lane * EV + e] = acc[e];
+  if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+  __syncthreads();
+
+  float mres = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < NWM; ++w) mres = fmaxf(mres, wm[w]);
+  float lres = 0.f, ores = 0.f;
+  const int d = gtid;  // this thread's output element
+  if (mres > -INFINITY) {
+#pragma unroll
+    for (int w = 0; w < NWM; ++w) {
+      const float f = exp2f(wm[w] - mres);  // 0 for a warp without tokens
+      lres += wl[w] * f;
+      if (d < D) ores += wacc[w * D + d] * f;
+    }
+  }
+  mx = lres > 0.f ? mres + log2f(lres) : -INFINITY;
+  den = lres > 0.f ? 1.f : 0.f;
+  o = lres > 0.f ? ores / lres : 0.f;  // residual part relative to mx
+}
+
+// merge S partials into (mx, den, o), online in groups of MERGE_PF whose loads are all issued before any is
+// used (one round trip per group; a plain loop serializes one round trip per split: measured +2.4 us at
+// S = 44). load(s, lse, o) gives split s's lse (natural log) and this thread's element of its output.
+template <typename L>
+__device__ __forceinline__ void merge_partials(int S, L load, float& mx, float& den, float& o) {
+  for (int s0 = 0; s0 < S; s0 += MERGE_PF) {
+    float lv[MERGE_PF], ov[MERGE_PF];
+#pragma unroll
+    for (int u = 0; u < MERGE_PF; ++u) {
+      const int s = s0 + u;
+      if (s < S) {
+        load(s, lv[u], ov[u]);
+        lv[u] *= LOG2E;
+      } else {
+        lv[u] = -INFINITY;
+        ov[u] = 0.f;
+      }
+    }
+    float gm = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < MERGE_PF; ++u) gm = fmaxf(gm, lv[u]);
+    const float nm = fmaxf(mx, gm);
+    if (nm == -INFINITY) continue;  // nothing attended so far
+    const float f = exp2f(mx - nm);  // 0 when mx = -inf
+    den *= f;
+    o *= f;
+#pragma unroll
+    for (int u = 0; u < MERGE_PF; ++u) {
+      const float w = exp2f(lv[u] - nm);  // 0 for an empty split (lse -inf, o 0)
+      den += w;
+      o = fmaf(w, ov[u], o);
+    }
+    mx = nm;
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void write_output(const PQArgs& a, int b, int hq, int d, bool lead, float mx, float den,
+                                             float o) {
+  const bool any = mx > -INFINITY;
+  if (d < D) {
+    T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
+    ob[(long long)d * a.so_d] = Cvt<T>::to(any ? o / den : 0.f);
+  }
+  if (lead && a.lse_out) a.lse_out[(long long)b * a.Hq + hq] = any ? (mx + log2f(den)) * LN2 : -INFINITY;
+}
+
+// residual window (dense) + merge of the S partials; one block of NWM warps per (q head, batch).
+// Residual: warp w takes tokens r_lo + w*RT + k*NWM*RT (RT = 16 per round); lane l owns the EV = D/32
+// consecutive elements l*EV.. of every row, so each token's K and V rows are one coalesced warp load
+// and all 2*RT rows of a round are in flight at once (with q). Scores: per-lane partial dots reduced
+// by a transposing butterfly (lane t & 15 ends with token t's score). 4 warps and <= 128 registers so
+// that a merge block fits beside a 12-warp partial block: with programmatic dependent launch the
+// residual part runs while the partial kernel still runs. After griddepcontrol.wait every thread
+// merges its output element over the S partials on its own (the lse values are broadcast loads),
+// online in groups of MERGE_PF whose loads are issued together: one global round trip per group, no barrier.
+template <typename T, int D>
+__global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
+  constexpr int NWM = 4;
+  const int hq = blockIdx.x, b = blockIdx.y;
+  const int tid = threadIdx.x;
+  __shared__ float wacc[NWM * D];
+  __shared__ float wm[NWM], wl[NWM];
+  float mx, den, o;
+  residual_window<T, D, NWM>(a, b, hq, tid, true, wacc, wm, wl, mx, den, o);
+  // everything above (q, residual window) is independent of the partial kernel; wait for it here
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  const int S = a.S;
+  const long long row = (long long)b * a.Hq + hq;
+  const float* lp = a.lse_part + row * S;
+  const float* op = a.o_part + row * S * D + tid;
+  merge_partials(S, [&](int s, float& lv, float& ov) {
+    lv = lp[s];
+    ov = tid < D ? op[(long long)s * D] : 0.f;
+  }, mx, den, o);
+  write_output<T, D>(a, b, hq, tid, tid == 0, mx, den, o);
+}
+
+// the merge block of a cluster (rank S, a.cmerge): groups of NWM = D/32 warps, one query head of the
+// block's GB at a time, attend the residual window while the splits run, then (cluster barrier) merge the
+// S partials straight from the splits' shared memory and write the output
+template <typename T, int D, int GB, int NW>
+__device__ __forceinline__ void cm_merge_block(const PQArgs& a, unsigned char* smem) {
+  constexpr int NWM = D / 32, NG = NW / NWM, NP = (GB + NG - 1) / NG;
+  static_assert(NG >= 1 && NG * NWM == NW, "cluster merge: warps per block");
+  const int tid = threadIdx.x, grp = tid / (NWM * 32), gtid = tid % (NWM * 32);
+  const int b = blockIdx.z, hkv = blockIdx.y / a.ngroups;
+  const int hq0 = hkv * (a.Hq / a.Hkv) + (blockIdx.y % a.ngroups) * GB;
+  float* scratch = reinterpret_cast<float*>(smem) + grp * (NWM * D + 2 * NWM);
+  float mx[NP], den[NP], o[NP];
+#pragma unroll
+  for (int p = 0; p < NP; ++p) {
+    const int g = p * NG + grp;
+    residual_window<T, D, NWM>(a, b, hq0 + min(g, GB - 1), gtid, g < GB, scratch, scratch + NWM * D,
+                               scratch + NWM * D + NWM, mx[p], den[p], o[p]);
+    if (p + 1 < NP) __syncthreads();  // the scratch is reused by the next pass
+  }
+  cluster_sync_all();  // phase 1: every split's slot is written
+  const uint32_t slot = smem_addr(smem) + cm_slot_off<GB, D, NW>();
+#pragma unroll
+  for (int p = 0; p < NP; ++p) {
+    const int g = p * NG + grp;
+    if (g < GB)
+      merge_partials(a.S, [&](int s, float& lv, float& ov) {
+        lv = ld_dsmem(slot + 4u * (GB * D + g), (uint32_t)s);
+        ov = ld_dsmem(slot + 4u * (g * D + gtid), (uint32_t)s);
+      }, mx[p], den[p], o[p]);
+  }
+  cluster_sync_all();  // phase 2: the slots have been read, the splits may exit
+#pragma unroll
+  for (int p = 0; p < NP; ++p) {
+    const int g = p * NG + grp;
+    if (g < GB) write_output<T, D>(a, b, hq0 + g, gtid, gtid == 0, mx[p], den[p], o[p]);
+  }
+}
+
 template <typename T> __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                                                 uint32_t a3, uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same<T, __half>::value) {
@@ -958,7 +1221,7 @@ __device__ __forceinline__ uint32_t byte_of(const uint32_t* w, int j) {  // j co
   return __byte_perm(w[j >> 2], 0u, 0x4440u | (uint32_t)(j & 3));
 }
 
-template <typename T, int D, int DSUB, int GB, int NW, bool PF>
+template <typename T, int D, int DSUB, int GB, int NW, bool PF, bool CM = false>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, NT = NW * 32;
   constexpr int ESZ = 2 * DSUB;                 // bytes per centroid entry
@@ -974,12 +1237,25 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   unsigned char* tabV = smem + 256 * ROWB;
 
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  if constexpr (CM) {  // cluster merge: rank S merges the splits' partials (no second kernel)
+    if ((int)blockIdx.x == a.S) {
+      cm_merge_block<T, D, GB, NW>(a, smem);
+      return;
+    }
+  }
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
+  float* const cm_slot = CM ? reinterpret_cast<float*>(smem + cm_slot_off<GB, D, NW>()) : nullptr;
 
+  if (CM && lo >= hi) {  // an empty split of a merge cluster: o 0, lse -inf (weight 0), no tables
+    for (int x = tid; x < GB * D; x += NT) cm_slot[x] = 0.f;
+    if (tid < GB) cm_slot[GB * D + tid] = -INFINITY;
+    cm_split_done();
+    return;
+  }
   if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster fetches no tables
     write_empty_partial<GB, D, NT>(a, prow);
     return;
@@ -993,8 +1269,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   // cluster's final barrier (no copy may still target its shared memory).
   __shared__ __align__(8) uint64_t tab_bar[2];  // K table, V table: the K side starts before V arrives
   uint32_t crank = 0, csize = 1;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
-  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
+  if constexpr (!CM) {  // (a merge cluster does not share tables: every split fetches its own)
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
+  }
   const uint32_t bar = smem_addr(&tab_bar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * ROWB;  // bytes per table
   tables_init(bar, csize);
@@ -1218,7 +1496,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     }
   }
   __syncthreads();
-  merge_warps<GB, D, NW>(a, red, wm, wl, prow);
+  merge_warps<GB, D, NW>(a, red, wm, wl, prow, cm_slot);
+  if constexpr (CM) cm_split_done();
   cluster_exit();
 }
 
@@ -1231,157 +1510,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 // residual part runs while the partial kernel still runs. After griddepcontrol.wait every thread
 // merges its output element over the S partials on its own (the lse values are broadcast loads),
 // online in groups of MERGE_PF whose loads are issued together: one global round trip per group, no barrier.
-template <typename T, int D>
-__global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
-  constexpr int NWM = 4, EV = D / 32, RT = 16;
-  using VT = typename std::conditional<EV == 4, uint2, uint32_t>::type;
-  const int hq = blockIdx.x, b = blockIdx.y;
-  const int G = a.Hq / a.Hkv, hkv = hq / G;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  __shared__ float wacc[NWM][D];
-  __shared__ float wm[NWM], wl[NWM];
-
-  const int plen = a.pq_lens[b];
-  const int r_end = min(a.res_lens[b], a.R);
-  const int r_lo = max(a.starts[b] - plen, 0);
-  float m = -INFINITY, l = 0.f, acc[EV];
-#pragma unroll
-  for (int e = 0; e < EV; ++e) acc[e] = 0.f;
-  const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
-  const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
-  int j0 = r_lo + warp * RT;
-  if (j0 < r_end) {
-    float qv[EV];
-    {
-      const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq * a.sq_h;
-#pragma unroll
-      for (int e = 0; e < EV; ++e) qv[e] = Cvt<T>::f(qb[(long long)(lane * EV + e) * a.sq_d]) * a.scale_log2;
-    }
-    for (; j0 < r_end; j0 += NWM * RT) {
-      VT kk[RT], vv[RT];
-#pragma unroll
-      for (int t = 0; t < RT; ++t) {
-        const long long j = min(j0 + t, r_end - 1);
-        kk[t] = __ldg(reinterpret_cast<const VT*>(kr + j * a.skr_t) + lane);
-      }
-#pragma unroll
-      for (int t = 0; t < RT; ++t) {
-        const long long j = min(j0 + t, r_end - 1);
-        vv[t] = __ldg(reinterpret_cast<const VT*>(vr + j * a.svr_t) + lane);
-      }
-      float part[RT][1];
-#pragma unroll
-      for (int t = 0; t < RT; ++t) {
-        float x[EV];
-        if constexpr (EV == 4) {
-          const float2 u = Cvt<T>::pair(kk[t].x), w = Cvt<T>::pair(kk[t].y);
-          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
-        } else {
-          const float2 u = Cvt<T>::pair(kk[t]);
-          x[0] = u.x; x[1] = u.y;
-        }
-        float d = 0.f;
-#pragma unroll
-        for (int e = 0; e < EV; ++e) d = fmaf(x[e], qv[e], d);
-        part[t][0] = d;
-      }
-      butterfly<RT / 2, RT, 1>(part, lane);  // lane holds token (lane & 15) summed over its half-warp
-      const float dot = part[0][0] + __shfl_xor_sync(FULL, part[0][0], 16);
-      const float s = (j0 + (lane & 15) < r_end) ? dot : -INFINITY;
-      float cmax = s;
-#pragma unroll
-      for (int o = 8; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
-      if (cmax > m) {  // cmax is finite: token j0 is valid
-        const float alpha = exp2f(m - cmax);
-        l *= alpha;
-#pragma unroll
-        for (int e = 0; e < EV; ++e) acc[e] *= alpha;
-        m = cmax;
-      }
-      const float p = exp2f(s - m);
-      float ps = p;
-#pragma unroll
-      for (int o = 8; o >= 1; o >>= 1) ps += __shfl_xor_sync(FULL, ps, o);
-      l += ps;
-#pragma unroll
-      for (int t = 0; t < RT; ++t) {
-        const float pt = __shfl_sync(FULL, p, t);
-        float x[EV];
-        if constexpr (EV == 4) {
-          const float2 u = Cvt<T>::pair(vv[t].x), w = Cvt<T>::pair(vv[t].y);
-          x[0] = u.x; x[1] = u.y; x[2] = w.x; x[3] = w.y;
-        } else {
-          const float2 u = Cvt<T>::pair(vv[t]);
-          x[0] = u.x; x[1] = u.y;
-        }
-#pragma unroll
-        for (int e = 0; e < EV; ++e) acc[e] = fmaf(pt, x[e], acc[e]);
-      }
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < EV; ++e) wacc[warp][lane * EV + e] = acc[e];
-  if (lane == 0) { wm[warp] = m; wl[warp] = l; }
-  __syncthreads();
-
-  float mres = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < NWM; ++w) mres = fmaxf(mres, wm[w]);
-  float lres = 0.f, ores = 0.f;
-  const int d = tid;  // this thread's output element (D <= 128 threads)
-  if (mres > -INFINITY) {
-#pragma unroll
-    for (int w = 0; w < NWM; ++w) {
-      const float f = exp2f(wm[w] - mres);  // 0 for a warp without tokens
-      lres += wl[w] * f;
-      if (d < D) ores += wacc[w][d] * f;
-    }
-  }
-  const float lse2_res = lres > 0.f ? mres + log2f(lres) : -INFINITY;
-
-  // everything above (q, residual window) is independent of the partial kernel; wait for it here
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  const int S = a.S;
-  const long long row = (long long)b * a.Hq + hq;
-  const float* lp = a.lse_part + row * S;
-  const float* op = a.o_part + row * S * D + d;
-  // partials in groups of MERGE_PF whose loads are all issued before any is used (one global round trip
-  // per group; a plain loop serializes one round trip per split: measured +2.4 us at S = 44), merged
-  // online: running max mx, running denominator den and numerator o
-  float mx = lse2_res;
-  float den = lres > 0.f ? 1.f : 0.f, o = lres > 0.f ? ores / lres : 0.f;  // residual part relative to mx
-  for (int s0 = 0; s0 < S; s0 += MERGE_PF) {
-    float lv[MERGE_PF], ov[MERGE_PF];
-#pragma unroll
-    for (int u = 0; u < MERGE_PF; ++u) {
-      const int s = s0 + u;
-      lv[u] = s < S ? lp[s] * LOG2E : -INFINITY;
-      ov[u] = (s < S && d < D) ? op[(long long)s * D] : 0.f;
-    }
-    float gm = -INFINITY;
-#pragma unroll
-    for (int u = 0; u < MERGE_PF; ++u) gm = fmaxf(gm, lv[u]);
-    const float nm = fmaxf(mx, gm);
-    if (nm == -INFINITY) continue;  // nothing attended so far
-    const float f = exp2f(mx - nm);  // 0 when mx = -inf
-    den *= f;
-    o *= f;
-#pragma unroll
-    for (int u = 0; u < MERGE_PF; ++u) {
-      const float w = exp2f(lv[u] - nm);  // 0 for an empty split (lse -inf, o_part 0)
-      den += w;
-      o = fmaf(w, ov[u], o);
-    }
-    mx = nm;
-  }
-  const bool any = mx > -INFINITY;
-  if (d < D) {
-    T* ob = reinterpret_cast<T*>(a.out) + (long long)b * a.so_b + (long long)hq * a.so_h;
-    ob[(long long)d * a.so_d] = Cvt<T>::to(any ? o / den : 0.f);
-  }
-  if (tid == 0 && a.lse_out) a.lse_out[row] = any ? (mx + log2f(den)) * LN2 : -INFINITY;
-}
-
 // ---------------------------------------------------------------------------------------------
 static char g_err[512] = "";
 static int g_pdl = 1;  // MILLION_CUDA_PDL=0 turns programmatic dependent launch off (A/B timing)
@@ -1459,11 +1587,48 @@ static int launch_mma(const PQArgs& a, cudaStream_t st) {
   return launch_k<T, D>(pq_partial_mma_kernel<T, D, DSUB, GB, NW, PF>, tables > epi ? tables : epi, NW * 32,
                         configured, a, st);
 }
+// tensor-core kernel with the cluster merge (a.cmerge): grid (S + 1, H_kv * ngroups, B) in clusters of S + 1
+// (the S splits of a head and its merge block; up to 16, the non-portable H100 limit), one launch
+template <typename T, int D, int DSUB, int GB, int NW>
+static int launch_mma_cm(const PQArgs& a, cudaStream_t st) {
+  static bool configured = false;
+  constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
+  constexpr int tables = 2 * 256 * ROWB, epi = cm_slot_off<GB, D, NW>() + cm_slot_bytes<GB, D>();
+  constexpr int merge_scratch = (NW / (D / 32)) * ((D / 32) * D + 2 * (D / 32)) * 4;
+  constexpr int smem0 = tables > epi ? tables : epi, smem = smem0 > merge_scratch ? smem0 : merge_scratch;
+  auto kern = pq_partial_mma_kernel<T, D, DSUB, GB, NW, true, true>;
+  if (!configured) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e == cudaSuccess) e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 1; }
+    configured = true;
+  }
+  if (a.B > 0 && a.Hq > 0) {
+    cudaLaunchConfig_t pc = {};
+    pc.gridDim = dim3(a.S + 1, a.Hkv * a.ngroups, a.B);
+    pc.blockDim = dim3(NW * 32);
+    pc.dynamicSmemBytes = smem;
+    pc.stream = st;
+    cudaLaunchAttribute ca[1];
+    ca[0].id = cudaLaunchAttributeClusterDimension;
+    ca[0].val.clusterDim.x = a.S + 1;
+    ca[0].val.clusterDim.y = 1;
+    ca[0].val.clusterDim.z = 1;
+    pc.attrs = ca;
+    pc.numAttrs = 1;
+    cudaError_t pe = cudaLaunchKernelEx(&pc, kern, a);
+    if (pe != cudaSuccess) { snprintf(g_err, sizeof g_err, "cluster-merge launch (S=%d): %s", a.S, cudaGetErrorString(pe)); return 2; }
+  }
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
+  return 0;
+}
 // num_warps 8 / 12: codes of the next chunk prefetched a chunk ahead (registers allow it);
 // 16: loaded after their use (128 registers). Measured (docs/benchmarks.md): 8 warps fastest; the
 // prefetch is within noise of loading after use (8 warps, GQA 32K: 34.8 vs 34.5 us)
 template <typename T, int D, int DSUB, int GB>
 static int launch_mma_nw(const PQArgs& a, cudaStream_t st) {
+  if (a.cmerge) return launch_mma_cm<T, D, DSUB, GB, 8>(a, st);  // (8 warps only: checked by the caller)
   if (a.num_warps == 8) return launch_mma<T, D, DSUB, GB, 8, true>(a, st);
   if (a.num_warps == 12) return launch_mma<T, D, DSUB, GB, 12, true>(a, st);
   if (a.num_warps == 16) return launch_mma<T, D, DSUB, GB, 16, false>(a, st);
@@ -1521,7 +1686,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 5; }
+int million_pq_abi_version() { return 6; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
@@ -1537,6 +1702,12 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1 && a->kind != 2)) {
     snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel and the bulk-copy FFMA kernel",
              a->cluster);
+    return 3;
+  }
+  if (a->cmerge && (a->kind != 1 || a->num_warps != 8 || a->cluster != 1 || a->S + 1 > 16)) {
+    snprintf(g_err, sizeof g_err,
+             "cmerge needs the tensor-core kernel with 8 warps, no table cluster and S <= 15, got kind=%d num_warps=%d "
+             "cluster=%d S=%d", a->kind, a->num_warps, a->cluster, a->S);
     return 3;
   }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
