@@ -33,6 +33,6 @@ step sweep 80 env MILLION_CUDA_CMERGE=1 python3 benchmarks/bench_decode_cuda.py 
   --sweep-splits --sweep-spec 'smollm2:4096:4:4,7,11,15;smollm2:4096:2:4,7,11,15;gqa:4096:4:4,7,11,14,15;gqa:4096:2:7,11,15;smollm2:16384:4:7,11,15;gqa:16384:4:7,11,15' \
   --out "$W/sweep.json"
 step ab2 110 python3 benchmarks/bench_decode_cuda.py --no-triton --skip-check --cmerge-ab --shapes smollm2,gqa \
-  --batches 1 --contexts 1024,4096,16384 --out "$W/ab2.json"
+  --batches 1,32 --contexts 4096,16384 --out "$W/ab2.json"
 step gpu_cache 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py
 cat "$W/summary.txt"

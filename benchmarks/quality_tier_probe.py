@@ -56,6 +56,8 @@ def main(argv=None) -> int:
                     help="eviction budget per KV head (default) or shared by the KV heads of a layer")
     ap.add_argument("--head-floor", type=float, default=0.0,
                     help="with --scope layer: share of a head's own heavy budget it always keeps (default 0)")
+    ap.add_argument("--no-friendliness", action="store_true",
+                    help="choose by accumulated attention alone (no discount by quantization error)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rec, pool, side, obs, share = a.setting.split(":")
     rule = dict(recent=float(rec), pool=int(pool), pool_side=side, observe=int(obs) or None, pool_share=float(share),
-                scope=a.scope, head_floor=a.head_floor)
+                scope=a.scope, head_floor=a.head_floor, friendliness=not a.no_friendliness)
     src = resolve_model(a.model)
     model, tok = load_model(src, dtype=torch.float32, device=torch.device("cpu"))
     hay = tok(load_text("essays")[: 60 * 8192], return_tensors="pt", add_special_tokens=False).input_ids[0]
@@ -90,7 +92,8 @@ def main(argv=None) -> int:
     for hi in [float(x) for x in a.hi.split(",")]:
         m = PQHitter(a.bits, PQMethod(4, None, a.codebooks), high=hi, high_bits=a.hi_bits, high_by=a.hi_by, **rule)
         m.fit(model, calib)
-        tag = f"hi{hi:g}-b{a.hi_bits}-{a.hi_by}" + (f"-layer{a.head_floor:g}" if a.scope == "layer" else "")
+        tag = (f"hi{hi:g}-b{a.hi_bits}-{a.hi_by}" + (f"-layer{a.head_floor:g}" if a.scope == "layer" else "")
+               + ("-nofriend" if a.no_friendliness else ""))
         row = {"hi": hi, "hi_bits": a.hi_bits, "hi_by": a.hi_by, "keep": m.keep, "setting": rule, "codebooks": a.codebooks}
         for spec in [s for s in a.needles.split(",") if s]:
             c, d, sd = spec.split(":")

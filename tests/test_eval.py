@@ -631,6 +631,25 @@ def test_qhitter_layer_scope_shares_the_budget_across_heads(model):
     assert (lg - QHitter(2, chunk=16).make_runner(model).logits(ids)).abs().max() > 1e-3
 
 
+def test_qhitter_without_friendliness_ignores_quantization_error(model, monkeypatch):
+    # friendliness=False chooses by accumulated attention alone: scrambling the quantization errors the rule sees
+    # changes nothing, while the default (discounted) rule's choice, and so its logits, follow them
+    from million.eval import qhitter as qh
+
+    ids = ids_(160)
+    base_off = QHitter(2, chunk=16, friendliness=False).make_runner(model).logits(ids)
+    base_on = QHitter(2, chunk=16).make_runner(model).logits(ids)
+    assert (base_off - base_on).abs().max() > 1e-3
+    real, g = qh._discounted, torch.Generator().manual_seed(0)
+
+    def scrambled(score, err, among=None, on=True):
+        return real(score, err * 10 * torch.rand(err.shape, generator=g), among, on)
+
+    monkeypatch.setattr(qh, "_discounted", scrambled)
+    assert torch.equal(QHitter(2, chunk=16, friendliness=False).make_runner(model).logits(ids), base_off)
+    assert (QHitter(2, chunk=16).make_runner(model).logits(ids) - base_on).abs().max() > 1e-3
+
+
 def test_qhitter_scope_refuses_bad_options(model, calib):
     with pytest.raises(ValueError, match="scope='heads'.*allowed: 'head'"):
         QHitter(2, scope="heads")

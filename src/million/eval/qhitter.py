@@ -37,9 +37,12 @@ from .methods import KVMethod
 from .quant import uniform_qdq
 
 
-def _discounted(score, err, among=None):
+def _discounted(score, err, among=None, on: bool = True):
     """Scores discounted by quantization error ("quantization friendliness"): ``score / (1 + err / mean err)``, the
-    mean over the last axis, or over the slots where ``among`` is True."""
+    mean over the last axis, or over the slots where ``among`` is True; ``on=False`` (the rule's ``friendliness`` off):
+    the scores as they are."""
+    if not on:
+        return score
     if among is None:
         mean = err.mean(-1, keepdim=True)
     else:
@@ -114,7 +117,7 @@ class _QHLayer(DynamicLayer):
             n_recent = min(budget, int(m.rule.recent * budget))
             n_heavy = budget - n_recent
             old = n - n_recent
-            heavy = m.rule.heavy(_discounted(score[..., :old], errs[..., :old]), n_heavy)
+            heavy = m.rule.heavy(_discounted(score[..., :old], errs[..., :old], on=m.rule.friendliness), n_heavy)
             idx = torch.cat([heavy, torch.arange(old, n, device=K.device).expand(B, H, n_recent)], -1)  # [B, H, budget]
             g = lambda x: x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))  # noqa: E731
             gt = lambda x: x.gather(2, idx)  # noqa: E731
@@ -130,7 +133,7 @@ class _QHLayer(DynamicLayer):
         eligible[..., n_old:] = True
         eligible &= P >= m.exact_tokens()  # sinks are stored exact already
         kept = torch.zeros_like(T).scatter(2, idx, True)
-        adj = _discounted(score, errs)
+        adj = _discounted(score, errs, on=m.rule.friendliness)
         rank = m.rule.pooled(adj) if m.high_by == "pooled" else adj
         top = rank.masked_fill(~(kept & eligible), float("-inf")).topk(min(m.high_budget(o.seen + C), n), -1)
         T = torch.zeros_like(T).scatter(2, top.indices, torch.isfinite(top.values))
@@ -151,7 +154,8 @@ class _QHLayer(DynamicLayer):
         if int(valid.sum((1, 2)).max()) <= H * budget:
             keep = valid
         else:
-            heavy = _layer_heavy(m.rule, _discounted(score, errs, cand), cand, total, budget - n_recent, m.head_floor)
+            adj = _discounted(score, errs, cand, on=m.rule.friendliness)
+            heavy = _layer_heavy(m.rule, adj, cand, total, budget - n_recent, m.head_floor)
             keep = recent | heavy
         L = max(1, int(keep.sum(-1).max()))
         ar = torch.arange(n, device=K.device)
@@ -283,7 +287,7 @@ class QHitter(KVMethod):
 
     def __init__(self, bits: int, qbits: int = 4, group: int = 32, recent: float = 0.5, chunk: int = 128, head_dim: int = 64,
                  observe: int | None = None, pool: int = 1, pool_side: str = "both", pool_share: float = 1.0,
-                 scope: str = "head", head_floor: float = 0.0):
+                 scope: str = "head", head_floor: float = 0.0, friendliness: bool = True):
         from ..config import Eviction
 
         super().__init__(bits)
@@ -297,7 +301,8 @@ class QHitter(KVMethod):
                              "range; allowed: [0, 1]")
         self.scope, self.head_floor = scope, float(head_floor)
         # the selection options, checked (and pooled) as MillionCache's eviction does; keep is set below
-        self.rule = Eviction(keep=1.0, recent=recent, observe=observe, pool=pool, pool_side=pool_side, pool_share=pool_share)
+        self.rule = Eviction(keep=1.0, recent=recent, friendliness=friendliness, observe=observe, pool=pool,
+                             pool_side=pool_side, pool_share=pool_share)
         self.qbits, self.group, self.chunk = qbits, group, chunk
         self.head_dim = head_dim
         self.high, self.high_bits, self.high_by = 0.0, 8, "score"  # no high tier (PQHitter's option)
@@ -370,7 +375,7 @@ class PQHitter(QHitter):
 
     def __init__(self, bits: float, pq, recent: float = 0.5, chunk: int = 128, head_dim: int = 64, observe: int | None = None,
                  pool: int = 1, pool_side: str = "both", pool_share: float = 1.0, high: float = 0.0, high_bits: int = 8,
-                 high_by: str = "score", scope: str = "head", head_floor: float = 0.0):
+                 high_by: str = "score", scope: str = "head", head_floor: float = 0.0, friendliness: bool = True):
         if isinstance(high, bool) or not isinstance(high, (int, float)) or not 0 <= high < 1:
             raise ValueError(f"high={high!r} (share of tokens in the high tier) is out of range; allowed: [0, 1)")
         if high_bits not in (8, 16):
@@ -379,7 +384,8 @@ class PQHitter(QHitter):
             raise ValueError(f"high_by={high_by!r} is not allowed; allowed: 'score', 'pooled'")
         self.pq = pq
         super().__init__(bits, qbits=4, recent=recent, chunk=chunk, head_dim=head_dim, observe=observe, pool=pool,
-                         pool_side=pool_side, pool_share=pool_share, scope=scope, head_floor=head_floor)
+                         pool_side=pool_side, pool_share=pool_share, scope=scope, head_floor=head_floor,
+                         friendliness=friendliness)
         if scope == "layer" and high > 0:
             raise ValueError("scope='layer' with a high tier (high > 0) is not supported; allowed: one of the two")
         self.high, self.high_bits, self.high_by = float(high), high_bits, high_by
