@@ -10,7 +10,7 @@ T0=$(date +%s)
 OUT=${OUT:-gpu_out}
 W=${W:-/tmp/cm}
 LIB=${LIB:-.carry/attn_cm.so}
-DEADLINE=${DEADLINE:-540}
+DEADLINE=${DEADLINE:-440}
 mkdir -p "$OUT" "$W"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=$LIB
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }

@@ -424,17 +424,20 @@ def test_mma_kernel_cluster_merge_graph_replay(monkeypatch):
 
 
 def test_cluster_merge_choice(monkeypatch):
-    """CPU: where the cluster merge applies (tensor-core kernel, 8 warps, no table cluster) and bad modes."""
+    """CPU: where the opt-in cluster merge applies (tensor-core kernel, 8 warps, no table cluster), its default
+    (off) and bad modes."""
     from million.ops import cuda_attention as ca
 
+    monkeypatch.delenv("MILLION_CUDA_CMERGE", raising=False)
+    assert not ca.cluster_merge("mma", 8, 1)
     monkeypatch.setenv("MILLION_CUDA_CMERGE", "1")
-    assert ca.cluster_merge("mma", 8, 15, 1, 64, 1)
-    assert not ca.cluster_merge("mma", 12, 15, 1, 64, 1)
-    assert not ca.cluster_merge("mma", 8, 15, 2, 64, 1)
-    assert not ca.cluster_merge("lut", 16, 8, 1, 128, 1)
-    assert not ca.cluster_merge("ffma", 0, 4, 1, 128, 1)
+    assert ca.cluster_merge("mma", 8, 1)
+    assert not ca.cluster_merge("mma", 12, 1)
+    assert not ca.cluster_merge("mma", 8, 2)
+    assert not ca.cluster_merge("lut", 16, 1)
+    assert not ca.cluster_merge("ffma", 0, 1)
     monkeypatch.setenv("MILLION_CUDA_CMERGE", "0")
-    assert not ca.cluster_merge("mma", 8, 15, 1, 64, 1)
-    monkeypatch.setenv("MILLION_CUDA_CMERGE", "yes")
-    with pytest.raises(ValueError, match="MILLION_CUDA_CMERGE='yes'"):
-        ca.cluster_merge("mma", 8, 15, 1, 64, 1)
+    assert not ca.cluster_merge("mma", 8, 1)
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "auto")
+    with pytest.raises(ValueError, match="MILLION_CUDA_CMERGE='auto'"):
+        ca.cluster_merge("mma", 8, 1)

@@ -245,25 +245,19 @@ def _cluster(S: int, limit: int = 8) -> tuple[int, int]:
 CMERGE_MAX_SPLITS = 15  # splits + the merge block form one cluster: at most 16 blocks (H100, non-portable)
 
 
-def cluster_merge(kind: str, nw: int, S: int, C: int, D: int, B: int, override: str | None = None) -> bool:
+def cluster_merge(kind: str, nw: int, C: int, override: str | None = None) -> bool:
     """Whether the tensor-core kernel merges its splits inside a thread-block cluster (one launch: the S splits
     of a head keep their partials in shared memory and a merge block of the same cluster reads them through
     distributed shared memory) instead of the second, programmatic-dependent merge kernel.
 
-    ``override`` or ``$MILLION_CUDA_CMERGE``: ``0`` never, ``1`` wherever it applies (the tensor-core kernel
-    with 8 warps and no table cluster; the caller caps the splits at :data:`CMERGE_MAX_SPLITS`), ``auto``
-    (default) the measured rule of :func:`cmerge_auto`."""
-    mode = override or os.environ.get("MILLION_CUDA_CMERGE") or "auto"
-    if mode not in ("0", "1", "auto"):
-        raise ValueError(f"MILLION_CUDA_CMERGE={mode!r}: expected 0, 1 or auto")
-    if kind != "mma" or nw != 8 or C != 1 or mode == "0":
-        return False
-    return mode == "1" or cmerge_auto(S, D, B)
-
-
-def cmerge_auto(S: int, D: int, B: int) -> bool:
-    """The default of :func:`cluster_merge`: off until measured on the GPU (docs/kernel_notes.md)."""
-    return False
+    ``override`` or ``$MILLION_CUDA_CMERGE``: ``0`` (default) never, ``1`` wherever it applies (the tensor-core
+    kernel with 8 warps and no table cluster; the caller caps the splits at :data:`CMERGE_MAX_SPLITS`). Opt-in
+    only: measured slower than the merge kernel at every shape (H200, 2026-12-05; docs/kernel_notes.md,
+    "Cluster merge")."""
+    mode = override or os.environ.get("MILLION_CUDA_CMERGE") or "0"
+    if mode not in ("0", "1"):
+        raise ValueError(f"MILLION_CUDA_CMERGE={mode!r}: expected 0 or 1")
+    return mode == "1" and kind == "mma" and nw == 8 and C == 1
 
 
 def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str | None = None,
@@ -388,7 +382,7 @@ def pq_decode_attention(
         want = int(os.environ.get("MILLION_CUDA_CLUSTER", "1"))
         if want > 1:  # opt-in: clusters of splits multicast the tables (measured slower on the H100)
             S, C = _cluster(S, want)
-    cm = cluster_merge(kind, nw, min(S, CMERGE_MAX_SPLITS), C, D, B)
+    cm = cluster_merge(kind, nw, C)
     if cm:
         S = min(S, CMERGE_MAX_SPLITS)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)

@@ -1073,21 +1073,17 @@ __device__ __forceinline__ void residual_window(const PQArgs& a, int b, int hq, 
 
 // merge S partials into (mx, den, o), online in groups of MERGE_PF whose loads are all issued before any is
 // used (one round trip per group; a plain loop serializes one round trip per split: measured +2.4 us at
-// S = 44). load(s, lse, o) gives split s's lse (natural log) and this thread's element of its output.
-template <typename L>
-__device__ __forceinline__ void merge_partials(int S, L load, float& mx, float& den, float& o) {
+// S = 44). lse(s): split s's lse (natural log); out(s): this thread's element of its output (0 where the
+// thread has no element).
+template <typename LL, typename LO>
+__device__ __forceinline__ void merge_partials(int S, LL lse, LO out, float& mx, float& den, float& o) {
   for (int s0 = 0; s0 < S; s0 += MERGE_PF) {
     float lv[MERGE_PF], ov[MERGE_PF];
 #pragma unroll
     for (int u = 0; u < MERGE_PF; ++u) {
       const int s = s0 + u;
-      if (s < S) {
-        load(s, lv[u], ov[u]);
-        lv[u] *= LOG2E;
-      } else {
-        lv[u] = -INFINITY;
-        ov[u] = 0.f;
-      }
+      lv[u] = s < S ? lse(s) * LOG2E : -INFINITY;
+      ov[u] = s < S ? out(s) : 0.f;
     }
     float gm = -INFINITY;
 #pragma unroll
@@ -1142,10 +1138,8 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   const long long row = (long long)b * a.Hq + hq;
   const float* lp = a.lse_part + row * S;
   const float* op = a.o_part + row * S * D + tid;
-  merge_partials(S, [&](int s, float& lv, float& ov) {
-    lv = lp[s];
-    ov = tid < D ? op[(long long)s * D] : 0.f;
-  }, mx, den, o);
+  merge_partials(S, [&](int s) { return lp[s]; }, [&](int s) { return tid < D ? op[(long long)s * D] : 0.f; },
+                 mx, den, o);
   write_output<T, D>(a, b, hq, tid, tid == 0, mx, den, o);
 }
 
@@ -1174,10 +1168,8 @@ __device__ __forceinline__ void cm_merge_block(const PQArgs& a, unsigned char* s
   for (int p = 0; p < NP; ++p) {
     const int g = p * NG + grp;
     if (g < GB)
-      merge_partials(a.S, [&](int s, float& lv, float& ov) {
-        lv = ld_dsmem(slot + 4u * (GB * D + g), (uint32_t)s);
-        ov = ld_dsmem(slot + 4u * (g * D + gtid), (uint32_t)s);
-      }, mx[p], den[p], o[p]);
+      merge_partials(a.S, [&](int s) { return ld_dsmem(slot + 4u * (GB * D + g), (uint32_t)s); },
+                     [&](int s) { return ld_dsmem(slot + 4u * (g * D + gtid), (uint32_t)s); }, mx[p], den[p], o[p]);
   }
   cluster_sync_all();  // phase 2: the slots have been read, the splits may exit
 #pragma unroll
