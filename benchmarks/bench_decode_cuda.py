@@ -220,7 +220,7 @@ def sweep_splits(dev, spec: str = ""):
         G = Hq // Hkv
         gb = ca._group(G)
         kind, nw = ca.choose_kernel(torch.float16, gb, D, M, work=ctx)
-        s0 = ca.num_splits(1, Hkv, G // gb, ctx, dev, nw, ca.chunks_per_warp(kind, D))
+        s0 = ca.default_splits(1, Hkv, G // gb, ctx, dev, kind, nw, D)
         for s in sorted(set(values) | {s0}) if values else sorted({max(1, s0 // 4), max(1, s0 // 2), s0, 2 * s0, 4 * s0}):
             t = bench_graph(lambda *a, s=s: ca.pq_decode_attention(*a, num_splits_override=s), copies)
             out.append(dict(shape=name, context=ctx, bits=bits, splits=s, default=s == s0, us=t))

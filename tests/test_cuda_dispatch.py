@@ -125,3 +125,18 @@ def test_split_rule(monkeypatch):
     assert ca.num_splits(1, 8, 1, 4096, dev, 0) == 16  # 8 heads: 3 splits would leave most SMs idle
     assert ca.num_splits(2, 32, 1, 4096, dev, 0) == 2  # the SM rule is already below
     assert ca.num_splits(300, 8, 1, 1 << 20, dev, 8, mma128) == 1  # more rows than SMs
+
+
+def test_merge_rounded_split_rule(monkeypatch):
+    """The tensor-core kernel's splits: above 16 and under 1024 tokens per split, down to a multiple of 16 (the
+    merge's group per round trip); long splits and the other kernels keep the plain rule."""
+    monkeypatch.setattr(ca, "_sms", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    assert [ca.merge_rounded(s, t) for s, t in ((16, 4096), (44, 16384), (44, 32768), (44, 65536), (33, 8192))] == [
+        16, 32, 32, 44, 32]
+    assert ca.merge_rounded(17, 1000) == 16 and ca.merge_rounded(5, 100) == 5
+    # SmolLM2 shape (3 KV heads, GQA 3, d=64): 44 -> 32 at 16K-32K, 44 from 64K, 16 at 4K
+    assert [ca.default_splits(1, 3, 1, t, dev, "mma", 8, 64) for t in (4096, 16384, 32768, 65536, 131072)] == [
+        16, 32, 32, 44, 44]
+    assert ca.default_splits(1, 8, 1, 32768, dev, "mma", 8, 128) == 16  # GQA: unchanged
+    assert ca.default_splits(1, 2, 1, 16384, dev, "ffma", 0, 128) == ca.num_splits(1, 2, 1, 16384, dev, 0)

@@ -121,6 +121,23 @@ def num_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device, lut
     return max(1, min(s, int(T // (32 * chunks_per_warp * lut_warps) if lut_warps else T // 256), 1024))
 
 
+def merge_rounded(S: int, T: int) -> int:
+    """Splits of the tensor-core kernel after rounding: where S > 16 and the splits are short (under 1024 tokens
+    each), S goes down to a multiple of 16, the merge kernel's group of partials per global round trip
+    (``MERGE_PF``), so that the merge's serial tail takes one round trip fewer. H100, SmolLM2 shape (3 KV heads),
+    B=1, 4-bit (docs/kernel_notes.md, "Merge rounds in the split rule"): 16K S 44 -> 32 12.3 -> 11.3-11.4 us, 32K
+    13.8 -> 13.5 (2-bit 13.3 -> 12.9); from 64K (1489 tokens per split) S=44 stays faster (16.7 vs 17.8 us)."""
+    if S > 16 and T < 1024 * S:
+        return S // 16 * 16
+    return S
+
+
+def default_splits(B: int, Hkv: int, ngroups: int, T: int, device: torch.device, kind: str, nw: int, D: int) -> int:
+    """The split count the dispatcher uses for a partial kernel (``kind``, ``nw`` from :func:`choose_kernel`)."""
+    S = num_splits(B, Hkv, ngroups, T, device, nw, chunks_per_warp(kind, D))
+    return merge_rounded(S, T) if kind == "mma" else S
+
+
 def chunks_per_warp(kind: str, D: int) -> float:
     """Chunks each warp should get (the ``num_splits`` cap): 1.125 for the tensor-core kernel at d=128
     (split sweeps at GQA B=1 4K, 4-bit: S 16 / 14 / 12 / 8 measured 15.2 / 13.3 / 13.4 / 14.2 us, run 14 of
@@ -371,7 +388,7 @@ def pq_decode_attention(
     k_codes, v_codes = _codes_ok(k_codes, align), _codes_ok(v_codes, align)
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
-    S = num_splits_override or num_splits(B, Hkv, ngroups, T, dev, nw, chunks_per_warp(kind, D))
+    S = num_splits_override or default_splits(B, Hkv, ngroups, T, dev, kind, nw, D)
     C = 1
     kcode = 1 if kind == "mma" else 0
     if kind == "ffma" and GB == 1 and ffma_bulk():
