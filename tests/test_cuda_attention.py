@@ -163,9 +163,9 @@ def test_ticket_merge_many_splits_and_repeats(splits):
             torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
 
 
-def _check_poisoned(ca, case, dtype, seed, **kernel_args):
+def _check_poisoned(ca, case, dtype, seed, splits=(None, 3), **kernel_args):
     """One case against the naive twin in fp32: residual tails past each length and the allocator
-    NaN-poisoned, default and 3 splits; empty rows give output 0 and lse -inf."""
+    NaN-poisoned, at each of ``splits`` (default and 3); empty rows give output 0 and lse -inf."""
     B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = case
     q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=seed)
     for b in range(B):
@@ -177,10 +177,10 @@ def _check_poisoned(ca, case, dtype, seed, **kernel_args):
     ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
                                              vr.float(), res_lens, starts, return_lse=True)
     fin = torch.isfinite(ref_lse)
-    for splits in (None, 3):
+    for s in splits:
         torch.full((1 << 24,), float("nan"), device="cuda")
         out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
-                                          num_splits_override=splits, **kernel_args)
+                                          num_splits_override=s, **kernel_args)
         assert torch.isfinite(out.float()).all()
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
         torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
@@ -371,25 +371,7 @@ def test_mma_kernel_cluster_merge(case, dtype, monkeypatch):
     if not ca.available():
         pytest.skip("CUDA kernel library not available")
     monkeypatch.setenv("MILLION_CUDA_CMERGE", "1")
-    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = (CASES + LUT_CASES)[case]
-    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, Hc, seed=700 + case)
-    for b in range(B):
-        kr[b, :, rl[b]:] = float("nan")
-        vr[b, :, rl[b]:] = float("nan")
-    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
-    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
-    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
-    ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(),
-                                             vr.float(), res_lens, starts, return_lse=True)
-    fin = torch.isfinite(ref_lse)
-    for splits in (None, 1, 3, 7, 15):
-        torch.full((1 << 24,), float("nan"), device="cuda")
-        out, lse = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts, return_lse=True,
-                                          num_splits_override=splits, kernel_override="mma")
-        assert torch.isfinite(out.float()).all()
-        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
-        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=2e-3, rtol=0)
-        assert (lse[~fin] == float("-inf")).all() and (out.float()[~fin] == 0).all()
+    _check_poisoned(ca, (CASES + LUT_CASES)[case], dtype, 700 + case, splits=(None, 1, 3, 7, 15), kernel_override="mma")
 
 
 @pytest.mark.gpu
