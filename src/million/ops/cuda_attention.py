@@ -269,7 +269,7 @@ def cluster_merge(kind: str, nw: int, C: int, override: str | None = None) -> bo
 
     ``override`` or ``$MILLION_CUDA_CMERGE``: ``0`` (default) never, ``1`` wherever it applies (the tensor-core
     kernel with 8 warps and no table cluster; the caller caps the splits at :data:`CMERGE_MAX_SPLITS`). Opt-in
-    only: measured slower than the merge kernel at every shape (H200, 2026-12-05; docs/kernel_notes.md,
+    only: measured slower than the merge kernel at every shape (H200 and H100, 2026-12-05; docs/kernel_notes.md,
     "Cluster merge")."""
     mode = override or os.environ.get("MILLION_CUDA_CMERGE") or "0"
     if mode not in ("0", "1"):
