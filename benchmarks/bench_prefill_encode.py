@@ -1,9 +1,9 @@
 """What encoding costs a long prefill, end to end: a 7B-shaped LLaMA (random weights, fp16, on the GPU) prefills
-``--context`` tokens with no cache, with transformers' DynamicCache (fp16), and with MillionCache encoding on the
-caller's stream (``async_encode=False``) and on its side stream (the default: a layer's codes are written while the
-next layers compute). The cost of the codes is each MillionCache prefill's time over the cache-free prefill's, measured
-in the same process, rounds interleaved; the serialized encode (``ops.pq_encode`` of every layer's K and V at that
-length, CUDA events) is timed too, as ``bench_encode.py`` counts it.
+``--context`` tokens with no cache, with transformers' DynamicCache (fp16) and with MillionCache (which encodes each
+layer's K and V as the layer runs). The cost of the codes is the MillionCache prefill's time over the cache-free
+prefill's and over the DynamicCache prefill's, measured in the same process, rounds interleaved; the serialized encode
+(``ops.pq_encode`` of every layer's K and V at that length, CUDA events) is timed too, as ``bench_encode.py`` counts
+it.
 
 Speed does not depend on weight or centroid values, so both are random (``granularity="layer_head"``, as the
 default recipe stores them). Every variant's first prefill is untimed (kernel set-up; at 4 bits the encode's grid
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-VARIANTS = ("nocache", "dynamic", "pq-sync", "pq-async")
+VARIANTS = ("nocache", "dynamic", "pq")
 
 
 def main():
@@ -76,7 +76,7 @@ def main():
             elif name == "dynamic":
                 kw, use = cache_arg(model, DynamicCache(config=cfg)), True
             else:
-                kw, use = cache_arg(model, MillionCache(cb, cfg, async_encode=name == "pq-async")), True
+                kw, use = cache_arg(model, MillionCache(cb, cfg)), True
             with torch.no_grad():
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -123,21 +123,20 @@ def main():
             for v in variants:
                 row[f"{v}_over_nocache"] = med[v] / base - 1
         if "dynamic" in med:
-            for v in ("pq-sync", "pq-async"):
-                if v in med:
-                    row[f"{v}_over_dynamic"] = med[v] / med["dynamic"] - 1
+            if "pq" in med:
+                row["pq_over_dynamic"] = med["pq"] / med["dynamic"] - 1
         results.append(row)
 
     print(f"\n{T}-token prefill, {args.layers} layers, median of {args.rounds} (ms); cost = time over the cache-free prefill")
-    print("| bits | " + " | ".join(variants) + " | encode alone (all layers, K+V) | PQ sync cost | PQ async cost |")
+    print("| bits | " + " | ".join(variants) + " | encode alone (all layers, K+V) | PQ over no cache | PQ over DynamicCache |")
     print("|---|" + "---|" * len(variants) + "---|---|---|")
     for r in results:
         med = r["median_s"]
         cells = " | ".join(f"{med[v] * 1e3:.0f}" for v in variants)
         enc = (f"{r['encode_all_layers_s'] * 1e3:.0f} ({100 * r.get('encode_share_serialized', float('nan')):.1f}%)"
                if r["encode_all_layers_s"] else "-")
-        cost = lambda v: f"{100 * r[f'{v}_over_nocache']:+.1f}%" if f"{v}_over_nocache" in r else "-"
-        print(f"| {r['bits']:g} | {cells} | {enc} | {cost('pq-sync')} | {cost('pq-async')} |")
+        pct = lambda key: f"{100 * r[key]:+.1f}%" if key in r else "-"
+        print(f"| {r['bits']:g} | {cells} | {enc} | {pct('pq_over_nocache')} | {pct('pq_over_dynamic')} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(meta=meta, rows=results), f, indent=2)

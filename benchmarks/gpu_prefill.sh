@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One device call for the prefill's encode on the side stream (docs/benchmarks.md, "The prefill's encode off the
-# critical path"): the GPU tests of MillionCache (async vs sync bit for bit, the side-stream decode cases), the
-# 32K prefill of the 7B shape with no cache / DynamicCache / MillionCache sync / async at 2 and 4 bits, and a probe
-# of the table multicast at the SmolLM2 B=1 4K decode cell. Libraries prebuilt here and carried:
+# One device call for the cost of the codes in a long prefill (docs/benchmarks.md, "What the codes cost a 32K
+# prefill, end to end"): GPU tests of MillionCache, the 32K prefill of the 7B shape with no cache / DynamicCache /
+# MillionCache at 2 and 4 bits (bench_prefill_encode.py), and a probe of the table multicast at the SmolLM2 B=1 4K
+# decode cell. (Run at commit 13ad719 with the prefill's encode on the side stream as a fourth variant, refuted and
+# removed since.) Libraries prebuilt here and carried:
 #   ATTN_LIB=.carry/attn_cm2.so ENC_LIB=.carry/enc_h200.so bash benchmarks/gpu_prefill.sh   # `run` with carry [".carry"]
 set -uo pipefail
 T0=$(date +%s)
@@ -25,7 +26,7 @@ step() {  # name, timeout cap, command...
 }
 { date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv;
   git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
-step tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py -k "async or mha"
+step tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py -k mha
 step prefill2 150 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 2 --rounds 3 --json "$W/prefill2.json"
 step prefill4 200 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 4 --rounds 3 --json "$W/prefill4.json"
 for c in 1 2 4; do

@@ -189,27 +189,6 @@ def test_cache_rejects_wrong_attention_and_wrong_model():
     other = tiny_model(kv_heads=4)
     with pytest.raises(ValueError, match="num_key_value_heads"):
         MillionCache(cb, other.config)
-    model.config._attn_implementation = "million"
-    with pytest.raises(ValueError, match="async_encode must be True or False, got 'yes'"):
-        MillionCache(cb, model.config, async_encode="yes")
-
-
-def test_async_encode_off_gives_the_same_cache_on_the_cpu():
-    """``async_encode`` only chooses the CUDA stream: on the CPU both settings make the same codes and logits."""
-    model = tiny_model()
-    cb = tiny_codebooks(model, residual=4)
-    ids = torch.randint(0, 96, (2, 30), generator=torch.Generator().manual_seed(5))
-    got = {}
-    for mode in (True, False):
-        cache = MillionCache(cb, model.config, async_encode=mode)
-        with torch.no_grad():
-            logits = [model(input_ids=ids[:, :20], **cache_arg(model, cache), use_cache=True).logits[:, -1]]
-            for t in range(20, 30):
-                logits.append(model(input_ids=ids[:, t : t + 1], **cache_arg(model, cache), use_cache=True).logits[:, -1])
-        assert all(l.async_encode is mode and l._stream is None for l in cache.layers)
-        got[mode] = (torch.stack(logits), cache.layers[1].k_codes[:, :, : cache.layers[1].pq_len].clone())
-    assert got[True][1].shape[2] > 0
-    assert torch.equal(got[True][0], got[False][0]) and torch.equal(got[True][1], got[False][1])
 
 
 def test_sinks_are_kept_in_full_precision():

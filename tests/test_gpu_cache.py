@@ -83,38 +83,3 @@ def test_gpu_decode_matches_dequantized_attention(dtype, bits, kv_heads, transfo
 
 def test_gpu_kernels_are_used():
     assert ops.use_kernels(torch.zeros(1, device="cuda"))
-
-
-@pytest.mark.parametrize("evict", [False, True], ids=["all", "evict"])
-def test_gpu_async_prefill_encode_matches_sync(evict):
-    """A prefill's encode on the side stream (the default) writes exactly the codes the caller's stream writes
-    (``async_encode=False``), and the steps that read them right after (a second prefill chunk, decode steps, an
-    eviction) see them: same codes, same logits, bit for bit. The main stream allocates and overwrites memory right
-    after each prefill, so an input freed too early would show."""
-    model = _model(torch.float16, 2, head_dim=128)
-    cb = _codebooks(model, 4, residual=32)
-    B, T = 2, 3000
-    ids = torch.randint(0, 256, (B, T), device="cuda")
-    steps = torch.randint(0, 256, (B, 70), device="cuda")
-    out, codes = {}, {}
-    for mode in (False, True):
-        ev = million.Eviction(keep=0.5) if evict else None
-        cache = MillionCache(cb, model.config, evict=ev, async_encode=mode)
-        logits = []
-        with torch.no_grad():
-            logits.append(model(input_ids=ids[:, :2000], **cache_arg(model, cache), use_cache=True).logits[:, -1].float())
-            junk = [torch.full((1 << 22,), float(i), device="cuda") for i in range(8)]  # reuse freed blocks now
-            logits.append(model(input_ids=ids[:, 2000:], **cache_arg(model, cache), use_cache=True).logits[:, -1].float())
-            junk += [torch.full((1 << 22,), -1.0, device="cuda") for _ in range(8)]
-            for t in range(steps.shape[1]):
-                logits.append(model(input_ids=steps[:, t : t + 1], **cache_arg(model, cache), use_cache=True).logits[:, -1].float())
-            del junk
-        torch.cuda.synchronize()
-        out[mode] = torch.stack(logits)
-        codes[mode] = [(l.k_codes[:, :, : l.pq_len].clone(), l.v_codes[:, :, : l.pq_len].clone()) for l in cache.layers]
-        assert (cache.layers[0]._stream is not None) == mode
-        assert all(l.pq_len > 0 for l in cache.layers)
-    for (ka, va), (kb, vb) in zip(codes[False], codes[True]):
-        assert torch.equal(ka, kb) and torch.equal(va, vb)
-    assert torch.isfinite(out[True]).all()
-    assert torch.equal(out[False], out[True])

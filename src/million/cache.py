@@ -12,9 +12,7 @@ are committed to the codes (``pq_len += R``) only when the window is full, so th
 tokens are always attended in full precision. As long as nothing has been committed, decoding is
 exactly what ``DynamicCache`` does.
 
-Prefill (more than one query token) attends in full precision, then encodes; on a GPU that encode also runs on
-the side stream, so a layer's codes are written while the next layers compute (anything that reads the codes
-waits for them first; ``async_encode=False`` keeps every encode on the caller's stream). A decode step hands
+Prefill (more than one query token) attends in full precision, then encodes. A decode step hands
 the attention function a :class:`PQState` so attention runs on the codes without dequantizing the
 cache (see :mod:`million.attention`; the model must use ``attn_implementation="million"``).
 
@@ -94,11 +92,9 @@ class MillionLayer(CacheLayerMixin):
     is_croppable = False
 
     def __init__(self, config: PQConfig, k_centroids: torch.Tensor, v_centroids: torch.Tensor, max_cache_len: int | None = None,
-                 transforms: tuple | None = None, shared: dict | None = None, evict: Eviction | None = None,
-                 async_encode: bool = True):
+                 transforms: tuple | None = None, shared: dict | None = None, evict: Eviction | None = None):
         super().__init__()
         self.evict = evict
-        self.async_encode = bool(async_encode)
         self._shared = shared  # device copies of the centroids, shared by the caches of one Codebooks
         self.config = config
         self._kc_src, self._vc_src = k_centroids, v_centroids
@@ -118,7 +114,6 @@ class MillionLayer(CacheLayerMixin):
         self.res_len = 0  # tokens in the full-precision window
         self.pending = False  # the window's first R tokens are being encoded
         self._event = None
-        self._codes_event = None  # a prefill's encode of committed positions still running on the side stream
         self._stream = None
         self.static = False  # static decoding (see MillionCache.begin_static): device-indexed window writes
         self._fold = False  # static and no padding: sinks attended with the window in one kernel call
@@ -176,7 +171,7 @@ class MillionLayer(CacheLayerMixin):
             self._wscore = torch.zeros(B, H, 2 * R, dtype=torch.float32, device=self.device)
             self._qbuf = self._lbuf = None  # allocated at the first observed step (the query head count)
             self.code_starts = torch.zeros(B, dtype=torch.int32, device=self.device)
-        if self.device.type == "cuda" and self.async_encode:
+        if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(device=self.device)
         self.is_initialized = True
 
@@ -243,19 +238,12 @@ class MillionLayer(CacheLayerMixin):
     def values(self, v):
         pass
 
-    def _codes_ready(self) -> None:
-        """Make the caller's stream wait for a prefill's side-stream encode (codes of committed positions)."""
-        if self._codes_event is not None:
-            torch.cuda.current_stream(self.device).wait_event(self._codes_event)
-            self._codes_event = None
-
     def _ensure_capacity(self, n: int) -> None:
         cap = self.k_codes.shape[2]
         if n <= cap:
             return
         if self.max_cache_len is not None:
             raise ValueError(f"cache is full: {n} tokens do not fit max_cache_len={self.max_cache_len}")
-        self._codes_ready()  # the copy below reads the codes
         new_cap = max(n, 2 * cap)
         grow = new_cap - cap
         B, H, _, M = self.k_codes.shape
@@ -283,22 +271,6 @@ class MillionLayer(CacheLayerMixin):
                 return (ops.pq_decode(c, cent, torch.float32) - x).pow(2).sum(-1) / x.pow(2).sum(-1).clamp_min(1e-12)
 
             self.err[:, :, at : at + n] = ((rel(k, kc, self.k_centroids) + rel(v, vc, self.v_centroids)) / 2).to(self.err.dtype)
-
-    def _encode_committed(self, k: torch.Tensor, v: torch.Tensor, at: int) -> None:
-        """Encode tokens committed at once (a prefill's) into codes[at : at + n]: on the side stream when there is
-        one, recorded in ``_codes_event`` (readers of the codes call ``_codes_ready``), so the encode overlaps the
-        layers that run after this one."""
-        if self._stream is None:
-            self._encode_into(k, v, at)
-            return
-        self._stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self._stream):
-            self._encode_into(k, v, at)
-            self._codes_event = torch.cuda.Event()
-            self._codes_event.record(self._stream)
-        # k, v were made on the caller's stream: keep their memory from being reused before the encode has read it
-        k.record_stream(self._stream)
-        v.record_stream(self._stream)
 
     def _launch_pending(self) -> None:
         """Start encoding the window's first R tokens into codes[pq_len : pq_len + R]."""
@@ -366,9 +338,9 @@ class MillionLayer(CacheLayerMixin):
                 B, H = ks.shape[:2]
                 wsc = torch.cat([self._wscore[:, :, : self.res_len], self._wscore.new_zeros(B, H, n)], 2)
             if enc:
-                # room for the window's next block too, so that launching it below does not reallocate (and wait)
+                # room for the window's next block too (launched below): one reallocation per prefill, not two
                 self._ensure_capacity(self.pq_len + enc + (R if self.max_cache_len is None else 0))
-                self._encode_committed(ks[:, :, :enc], vs[:, :, :enc], self.pq_len)
+                self._encode_into(ks[:, :, :enc], vs[:, :, :enc], self.pq_len)
                 self._commit_sinks(ks[:, :, :enc], vs[:, :, :enc], self.pq_pos)
                 if self.evict is not None:
                     self.score[:, :, self.pq_len : self.pq_len + enc] = wsc[:, :, :enc]
@@ -438,7 +410,6 @@ class MillionLayer(CacheLayerMixin):
         S = self.config.sink_length
         if not self.is_initialized or self.pq_len == 0:
             raise RuntimeError("static decoding needs a prefilled layer with committed codes (pq_len > 0)")
-        self._codes_ready()  # before any capture: a captured step must not wait on an event from outside it
         # without padding, sinks and window go to the kernel as one block: rows [0, S + res_len) of the buffers
         fold = S > 0 and self.starts is None
         if fold and min(self._sfill) < S:
@@ -550,7 +521,6 @@ class MillionLayer(CacheLayerMixin):
         return ((j[None, :] >= first[:, None])[:, None, None, :] & causal[None, None]).contiguous()
 
     def _decoded(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._codes_ready()
         """Code slots ``[a, b)`` decoded to the model's space, in the window's dtype."""
         if self.transforms is None:
             kd = ops.pq_decode(self.k_codes[:, :, a:b], self.k_centroids, self.dtype)
@@ -568,7 +538,6 @@ class MillionLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q_len = key_states.shape[2]
-        self._codes_ready()
         if self._defer:  # the last multi-token step's queries never reached observe_dense: evict without them
             self._defer = False
             self._evict()
@@ -601,7 +570,6 @@ class MillionLayer(CacheLayerMixin):
         return self._state()
 
     def _state(self) -> tuple[PQState, PQState]:
-        self._codes_ready()  # the kernels read the codes
         tr = self.transforms
         folded = {}
         if self._fold:  # sinks then window, in the codes' space with transforms (the mapped buffers)
@@ -718,7 +686,6 @@ class MillionLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         if self.is_initialized:
-            self._codes_ready()
             if self._event is not None:
                 torch.cuda.current_stream(self.device).wait_event(self._event)
                 self._event = None
@@ -743,7 +710,6 @@ class MillionLayer(CacheLayerMixin):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if not self.is_initialized:
             return
-        self._codes_ready()
         if self._event is not None:
             torch.cuda.current_stream(self.device).wait_event(self._event)
             self._event = None
@@ -805,9 +771,6 @@ class MillionCache(Cache):
     max_cache_len : preallocate codes for this many tokens (static layout); default grows by doubling.
     evict : an :class:`~million.config.Eviction` to keep only part of the code tokens (heavy hitters by
         accumulated attention plus the most recent ones); default keeps every token.
-    async_encode : on a GPU, encode on a side CUDA stream (default True): a prefill's codes are written while the
-        next layers compute, the window's blocks while decode steps run. False encodes on the caller's stream (the
-        same codes, in order with everything else).
 
     Example
     -------
@@ -816,11 +779,8 @@ class MillionCache(Cache):
     >>> model.generate(**inputs, cache=cache, max_new_tokens=64)
     """
 
-    def __init__(self, codebooks: Codebooks, config, max_cache_len: int | None = None, evict: Eviction | None = None,
-                 async_encode: bool = True):
+    def __init__(self, codebooks: Codebooks, config, max_cache_len: int | None = None, evict: Eviction | None = None):
         codebooks.check_model(config)
-        if not isinstance(async_encode, bool):
-            raise ValueError(f"async_encode must be True or False, got {async_encode!r}")
         if evict is not None and not isinstance(evict, Eviction):
             raise ValueError(f"evict must be a million.Eviction or None, got {type(evict).__name__}")
         self.evict = evict
@@ -843,8 +803,7 @@ class MillionCache(Cache):
         placed = codebooks.__dict__.setdefault("_placed", {})  # device copies kept with the codebooks (see MillionLayer._placed)
         for i in range(n):
             kc, vc = codebooks.for_layer(i)
-            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i), placed, evict,
-                                       async_encode))
+            layers.append(MillionLayer(codebooks.config, kc, vc, max_cache_len, codebooks.transforms_for_layer(i), placed, evict))
         super().__init__(layers=layers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -956,8 +915,6 @@ def _score_queued_all(ls: list) -> None:
     codes and window with the queries' own log-sum-exp (on CUDA one Triton launch that reads the codes, nothing
     decoded to memory and nothing of size queries x keys)."""
     l0 = ls[0]
-    for l in ls:
-        l._codes_ready()
     j0, j1 = l0._scored, l0.res_len
     for l in ls:
         l._scored = j1
@@ -999,7 +956,6 @@ def _evict_all(ls: list) -> None:
     if all(k <= b for k, b in zip(lens, budgets)):
         return
     for l in ls:
-        l._codes_ready()
         if l._event is not None:
             torch.cuda.current_stream(l.device).wait_event(l._event)
     B, H, dev, L = l0.batch_size, l0.num_heads, l0.device, len(ls)
