@@ -1,5 +1,7 @@
 """Time of the 4-bit encode kernel's grid lists (``cuda_encode.build_grid_lists``) with and without the inner-cell
 prefilter, on random Gaussian centroids and on the centroids of a codebook directory; checks the lists are equal.
+``--triton`` (CUDA): also the fused one-launch build (``triton_grid.build_grid_lists``, what the encode uses on a GPU;
+compiled by an untimed call first).
 
     PYTHONPATH=src python benchmarks/bench_grid_build.py --codebooks runs/cb4-default --subspaces 64 --json out.json
 """
@@ -18,7 +20,9 @@ def main():
     ap.add_argument("--codebooks", default=None, help="a million calibrate directory (4-bit, dsub 2)")
     ap.add_argument("--subspaces", type=int, default=64)
     ap.add_argument("--prefilters", default="0,64")
+    ap.add_argument("--chunks", default="", help="subspaces per step of the build, e.g. 16,64,128 (default: the library's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--triton", action="store_true", help="also time the fused Triton build (CUDA)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from million.ops.cuda_encode import build_grid_lists
@@ -33,22 +37,48 @@ def main():
         sets["keys"] = cb.key_centroids.reshape(-1, 256, 2)[: args.subspaces].float()
         sets["values"] = cb.value_centroids.reshape(-1, 256, 2)[: args.subspaces].float()
     rows = []
+    if args.triton:
+        from million.ops import triton_grid
+
+        triton_grid.build_grid_lists(torch.randn(2, 256, 2, device=args.device))  # compile
     for name, c in sets.items():
         c = c.to(args.device)
         ref = None
+        chunks = [int(x) for x in args.chunks.split(",")] if args.chunks else [None]
         for pf in [int(x) for x in args.prefilters.split(",")]:
-            if c.is_cuda:
+            for ch in chunks:
+                if c.is_cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                t0 = time.perf_counter()
+                kept = build_grid_lists(c, prefilter=pf, chunk=ch)[0]
+                if c.is_cuda:
+                    torch.cuda.synchronize()
+                t = time.perf_counter() - t0
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if c.is_cuda else None
+                ref = kept if ref is None else ref
+                rows.append({"centroids": name, "subspaces": c.shape[0], "prefilter": pf, "chunk": ch, "seconds": t,
+                             "peak_mib": peak, "mean_list": kept.float().sum(-1).mean().item(),
+                             "same_as_first": bool(torch.equal(ref, kept))})
+                print(f"{name:>6} S={c.shape[0]} prefilter={pf:>3} chunk={ch}: {t:7.3f} s"
+                      + (f", peak {peak:.0f} MiB" if peak is not None else "")
+                      + f", mean list {rows[-1]['mean_list']:.3f}, same lists {rows[-1]['same_as_first']}", flush=True)
+        if args.triton:
+            for rep in range(2):
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            kept = build_grid_lists(c, prefilter=pf)[0]
-            if c.is_cuda:
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                t0 = time.perf_counter()
+                kept = triton_grid.build_grid_lists(c)[0]
                 torch.cuda.synchronize()
-            t = time.perf_counter() - t0
-            ref = kept if ref is None else ref
-            rows.append({"centroids": name, "subspaces": c.shape[0], "prefilter": pf, "seconds": t,
-                         "mean_list": kept.float().sum(-1).mean().item(), "same_as_first": bool(torch.equal(ref, kept))})
-            print(f"{name:>6} S={c.shape[0]} prefilter={pf:>3}: {t:7.2f} s, mean list {rows[-1]['mean_list']:.3f}, "
-                  f"same lists {rows[-1]['same_as_first']}", flush=True)
+                t = time.perf_counter() - t0
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+                rows.append({"centroids": name, "subspaces": c.shape[0], "builder": "triton", "seconds": t, "peak_mib": peak,
+                             "mean_list": kept.float().sum(-1).mean().item(),
+                             "same_as_first": bool(torch.equal(ref, kept)) if ref is not None else None})
+                print(f"{name:>6} S={c.shape[0]} triton: {t:7.3f} s, peak {peak:.0f} MiB, mean list "
+                      f"{rows[-1]['mean_list']:.3f}, same lists {rows[-1]['same_as_first']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)

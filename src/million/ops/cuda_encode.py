@@ -116,6 +116,19 @@ def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
     return ((g > tol * scale) & ~free).any(-1)
 
 
+def grid_lists(c: torch.Tensor, G: int = GRID):
+    """The grid lists of :func:`build_grid_lists` for ``c [S, 256, 2]``: on a CUDA device by the fused Triton build
+    (:mod:`million.ops.triton_grid`, one launch), elsewhere (or without Triton) by :func:`build_grid_lists`."""
+    if c.is_cuda:
+        try:
+            from . import triton_grid
+        except ImportError:
+            triton_grid = None
+        if triton_grid is not None:
+            return triton_grid.build_grid_lists(c, G)
+    return build_grid_lists(c, G)
+
+
 def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: float = 0.02,
                      tol: float = 1e-5, chunk: int | None = None, prefilter: int = 64):
     """Per-cell candidate lists for exact nearest-centroid search in 2-D.
@@ -291,7 +304,7 @@ def tables(centroids: torch.Tensor, kind: str) -> dict:
     c = centroids.detach().reshape(Hc * M, K, dsub)
     t: dict = {"tab": _tab8(c), "kind": kind}
     if kind == "pruned":
-        kept, lo, inv_w = build_grid_lists(c, GRID)
+        kept, lo, inv_w = grid_lists(c, GRID)
         cells, lists, lcap = _pack_lists(kept)
         smem = _MG * (256 * 16 + GRID * GRID * 4 + lcap) + _MG * 16
         if lcap > 65535 or smem > _SMEM_MAX:

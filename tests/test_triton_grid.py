@@ -1,0 +1,78 @@
+"""The fused Triton build of the 4-bit encode's grid lists (:mod:`million.ops.triton_grid`) against its twin,
+:func:`million.ops.cuda_encode.build_grid_lists`: the same lists on data without ties, and on every codebook kind of
+``test_cuda_encode_grid`` (tight clusters with exact duplicates, a degenerate line) every exact nearest centroid of
+every test point in the list of its cell. Without a GPU the kernel runs in Triton's interpreter."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton decorates the kernel
+pytest.importorskip("triton")
+
+from million.ops import cuda_encode  # noqa: E402
+from million.ops import triton_grid as tg  # noqa: E402
+from test_cuda_encode_grid import G, _codebooks, _points  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+if DEV == "cpu":
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tg._grid_kernel, InterpretedFunction):  # imported before TRITON_INTERPRET was set
+        tg = importlib.reload(tg)
+
+
+@pytest.mark.parametrize("kind", ["gauss", "aniso"])
+@pytest.mark.parametrize("g", [8, 16])
+def test_same_lists_as_the_twin(kind, g):
+    c = _codebooks(kind, 2, torch.Generator().manual_seed(4)).to(DEV)
+    got = tg.build_grid_lists(c, G=g)
+    ref = cuda_encode.build_grid_lists(c.cpu(), G=g)
+    assert got[0].dtype == torch.bool and got[0].shape == (2, g * g, 256)
+    for a, b in zip(got, ref):
+        assert torch.equal(a.cpu(), b)
+    assert ref[0].any(-1).all()  # no empty list
+
+
+@pytest.mark.parametrize("kind", ["gauss", "aniso", "clusters", "line"])
+def test_exact_argmin_is_in_the_cell_list(kind):
+    gen = torch.Generator().manual_seed(1)
+    c = _codebooks(kind, 2, gen)
+    kept, lo, inv_w = (t.cpu() for t in tg.build_grid_lists(c.to(DEV), G=G))
+    p = _points(c, lo, inv_w, gen)
+    cell = cuda_encode.grid_cells(p, lo, inv_w, G)
+    d = ((p.double()[:, :, None, :] - c.double()[:, None, :, :]) ** 2).sum(-1)
+    is_min = d <= d.min(-1, keepdim=True).values  # every exact minimiser, all of them on ties
+    cand = torch.gather(kept, 1, cell[..., None].expand(-1, -1, 256))
+    missing = is_min & ~cand
+    assert not missing.any(), f"{int(missing.any(-1).sum())} points lost their nearest centroid"
+    # as short as the twin's lists (the same rule; ties may pick other dominators)
+    ref = cuda_encode.build_grid_lists(c, G=G)[0]
+    assert abs(kept.float().sum(-1).mean().item() - ref.float().sum(-1).mean().item()) < 0.05 * ref.float().sum(-1).mean().item()
+
+
+def test_bad_shapes_and_empty():
+    with pytest.raises(ValueError, match="dsub=3"):
+        tg.build_grid_lists(torch.zeros(1, 256, 3, device=DEV))
+    with pytest.raises(ValueError, match="power-of-two number of centroids, got 200"):
+        tg.build_grid_lists(torch.zeros(1, 200, 2, device=DEV))
+    kept, lo, inv_w = tg.build_grid_lists(torch.zeros(0, 256, 2, device=DEV), G=4)
+    assert kept.shape == (0, 16, 256) and lo.shape == (0, 2) and inv_w.shape == (0, 2)
+
+
+def test_encode_tables_take_the_triton_build_on_cuda(monkeypatch):
+    """``cuda_encode.grid_lists``: the fused build for CUDA centroids, the twin for CPU ones."""
+    calls = []
+    monkeypatch.setattr(tg, "build_grid_lists", lambda c, G: calls.append("triton") or cuda_encode.build_grid_lists(c.cpu(), G))
+    c = torch.randn(1, 256, 2)
+    cuda_encode.grid_lists(c, 4)
+    assert calls == []
+    if DEV == "cuda":
+        cuda_encode.grid_lists(c.cuda(), 4)
+        assert calls == ["triton"]
