@@ -23,6 +23,8 @@ def main():
     ap.add_argument("--chunks", default="", help="subspaces per step of the build, e.g. 16,64,128 (default: the library's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--triton", action="store_true", help="also time the fused Triton build (CUDA)")
+    ap.add_argument("--launches", default="8:4", help="--triton: cells_per_program:num_warps pairs, e.g. 4:4,8:4,16:8")
+    ap.add_argument("--skip-torch", action="store_true", help="only the Triton build (its lists checked against the first launch's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from million.ops.cuda_encode import build_grid_lists
@@ -45,7 +47,7 @@ def main():
         c = c.to(args.device)
         ref = None
         chunks = [int(x) for x in args.chunks.split(",")] if args.chunks else [None]
-        for pf in [int(x) for x in args.prefilters.split(",")]:
+        for pf in [] if args.skip_torch else [int(x) for x in args.prefilters.split(",")]:
             for ch in chunks:
                 if c.is_cuda:
                     torch.cuda.synchronize()
@@ -65,20 +67,30 @@ def main():
                       + (f", peak {peak:.0f} MiB" if peak is not None else "")
                       + f", mean list {rows[-1]['mean_list']:.3f}, same lists {rows[-1]['same_as_first']}", flush=True)
         if args.triton:
-            for rep in range(2):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                t0 = time.perf_counter()
-                kept = triton_grid.build_grid_lists(c)[0]
-                torch.cuda.synchronize()
-                t = time.perf_counter() - t0
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-                rows.append({"centroids": name, "subspaces": c.shape[0], "builder": "triton", "seconds": t, "peak_mib": peak,
-                             "mean_list": kept.float().sum(-1).mean().item(),
-                             "same_as_first": bool(torch.equal(ref, kept)) if ref is not None else None})
-                print(f"{name:>6} S={c.shape[0]} triton: {t:7.3f} s, peak {peak:.0f} MiB, mean list "
-                      f"{rows[-1]['mean_list']:.3f}, same lists {rows[-1]['same_as_first']}", flush=True)
+            from million.ops.cuda_encode import _pack_lists
+
+            for spec in args.launches.split(","):
+                bc, nw = (int(v) for v in spec.split(":"))
+                kw = dict(cells_per_program=bc, num_warps=nw)
+                triton_grid.build_grid_lists(c[:2], **kw)  # compile this launch
+                for _ in range(2):
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    t0 = time.perf_counter()
+                    kept = triton_grid.build_grid_lists(c, **kw)[0]
+                    torch.cuda.synchronize()
+                    t = time.perf_counter() - t0
+                    _pack_lists(kept)
+                    torch.cuda.synchronize()
+                    t_pack = time.perf_counter() - t0 - t
+                    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+                    ref = kept if ref is None else ref
+                    rows.append({"centroids": name, "subspaces": c.shape[0], "builder": "triton", "cells_per_program": bc,
+                                 "num_warps": nw, "seconds": t, "pack_seconds": t_pack, "peak_mib": peak,
+                                 "mean_list": kept.float().sum(-1).mean().item(), "same_as_first": bool(torch.equal(ref, kept))})
+                    print(f"{name:>6} S={c.shape[0]} triton {bc}:{nw}: {t:7.3f} s (+ pack {t_pack:.3f} s), peak {peak:.0f} MiB, "
+                          f"mean list {rows[-1]['mean_list']:.3f}, same lists {rows[-1]['same_as_first']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
