@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--chunks", default="", help="subspaces per step of the build, e.g. 16,64,128 (default: the library's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--triton", action="store_true", help="also time the fused Triton build (CUDA)")
-    ap.add_argument("--launches", default="8:4", help="--triton: cells_per_program:num_warps pairs, e.g. 4:4,8:4,16:8")
+    ap.add_argument("--launches", default="8:4", help="--triton: cells_per_program:num_warps[:gather 0/1] items, e.g. 4:4,8:4:0,16:8")
     ap.add_argument("--skip-torch", action="store_true", help="only the Triton build (its lists checked against the first launch's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -70,8 +70,8 @@ def main():
             from million.ops.cuda_encode import _pack_lists
 
             for spec in args.launches.split(","):
-                bc, nw = (int(v) for v in spec.split(":"))
-                kw = dict(cells_per_program=bc, num_warps=nw)
+                bc, nw, *gth = (int(v) for v in spec.split(":"))
+                kw = dict(cells_per_program=bc, num_warps=nw, gather=bool(gth[0]) if gth else True)
                 triton_grid.build_grid_lists(c[:2], **kw)  # compile this launch
                 for _ in range(2):
                     torch.cuda.synchronize()
@@ -87,9 +87,9 @@ def main():
                     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
                     ref = kept if ref is None else ref
                     rows.append({"centroids": name, "subspaces": c.shape[0], "builder": "triton", "cells_per_program": bc,
-                                 "num_warps": nw, "seconds": t, "pack_seconds": t_pack, "peak_mib": peak,
+                                 "num_warps": nw, "gather": kw["gather"], "seconds": t, "pack_seconds": t_pack, "peak_mib": peak,
                                  "mean_list": kept.float().sum(-1).mean().item(), "same_as_first": bool(torch.equal(ref, kept))})
-                    print(f"{name:>6} S={c.shape[0]} triton {bc}:{nw}: {t:7.3f} s (+ pack {t_pack:.3f} s), peak {peak:.0f} MiB, "
+                    print(f"{name:>6} S={c.shape[0]} triton {spec}: {t:7.3f} s (+ pack {t_pack:.3f} s), peak {peak:.0f} MiB, "
                           f"mean list {rows[-1]['mean_list']:.3f}, same lists {rows[-1]['same_as_first']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -20,7 +20,7 @@ import triton.language as tl
 
 @triton.jit
 def _grid_kernel(c_ptr, lo_ptr, w_ptr, out_ptr, G, margin, tol,
-                 K: tl.constexpr, NDOM: tl.constexpr, BC: tl.constexpr):
+                 K: tl.constexpr, NDOM: tl.constexpr, BC: tl.constexpr, GATHER: tl.constexpr):
     s = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     GG = G * G
@@ -60,8 +60,12 @@ def _grid_kernel(c_ptr, lo_ptr, w_ptr, out_ptr, G, margin, tol,
     for _ in tl.static_range(NDOM):
         j = tl.argmin(d2, axis=1)  # [BC]: the next-nearest centroid to each cell's centre
         pick = kk[None, :] == j[:, None]
-        px = tl.sum(tl.where(pick, cx[None, :], 0.0), axis=1)
-        py = tl.sum(tl.where(pick, cy[None, :], 0.0), axis=1)
+        if GATHER:  # the dominator's coordinates loaded again (cached: this program's 4 KB of centroids)
+            px = tl.load(c_ptr + s * (2 * K) + 2 * j)
+            py = tl.load(c_ptr + s * (2 * K) + 2 * j + 1)
+        else:  # or picked out of the registers by two reductions
+            px = tl.sum(tl.where(pick, cx[None, :], 0.0), axis=1)
+            py = tl.sum(tl.where(pick, cy[None, :], 0.0), axis=1)
         d2 = tl.where(pick, float("inf"), d2)
         ncp = px * px + py * py
         amax_p = tl.maximum(tl.abs(px), tl.abs(py))
@@ -81,11 +85,13 @@ def _grid_kernel(c_ptr, lo_ptr, w_ptr, out_ptr, G, margin, tol,
 
 
 def build_grid_lists(c: torch.Tensor, G: int = 32, n_dom: int = 16, margin: float = 0.02, tol: float = 1e-5,
-                     chunk: int | None = None, prefilter: int = 64, *, cells_per_program: int = 8, num_warps: int = 4):
+                     chunk: int | None = None, prefilter: int = 64, *, cells_per_program: int = 8, num_warps: int = 4,
+                     gather: bool = True):
     """Same contract as :func:`million.ops.cuda_encode.build_grid_lists` (``chunk`` and ``prefilter`` are accepted
     and have nothing to set here): ``c [S, K, 2]`` on a CUDA device (or any device under ``TRITON_INTERPRET=1``),
     ``K`` a power of two. Returns ``(kept [S, G*G, K] bool, lo [S, 2] fp32, inv_w [S, 2] fp32)``.
-    ``cells_per_program`` (a power of two) and ``num_warps``: the launch (default measured on an H100: 8 and 4)."""
+    ``cells_per_program`` (a power of two) and ``num_warps``: the launch (default measured on an H100: 8 and 4);
+    ``gather``: a dominator's coordinates are loaded by index (True) or reduced out of the registers (False)."""
     S, K, two = c.shape
     if two != 2:
         raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={two}")
@@ -108,5 +114,5 @@ def build_grid_lists(c: torch.Tensor, G: int = 32, n_dom: int = 16, margin: floa
     if S:
         grid = (S, triton.cdiv(G * G, BC))
         _grid_kernel[grid](cd64, lo, w, kept, G, float(margin), float(tol), K=K, NDOM=min(int(n_dom), K), BC=BC,
-                           num_warps=int(num_warps))
+                           GATHER=bool(gather), num_warps=int(num_warps))
     return kept.view(torch.bool), lo32, inv_w32
