@@ -71,7 +71,7 @@ def main():
 
             for spec in args.launches.split(","):
                 bc, nw, *gth = (int(v) for v in spec.split(":"))
-                kw = dict(cells_per_program=bc, num_warps=nw, gather=bool(gth[0]) if gth else True)
+                kw = dict(cells_per_program=bc, num_warps=nw, gather=bool(gth[0]) if gth else False)
                 triton_grid.build_grid_lists(c[:2], **kw)  # compile this launch
                 for _ in range(2):
                     torch.cuda.synchronize()
