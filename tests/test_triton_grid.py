@@ -76,3 +76,14 @@ def test_encode_tables_take_the_triton_build_on_cuda(monkeypatch):
     if DEV == "cuda":
         cuda_encode.grid_lists(c.cuda(), 4)
         assert calls == ["triton"]
+
+
+@pytest.mark.parametrize("bc,gather", [(8, True), (2, False), (32, True)])
+def test_launch_options_give_the_same_lists(bc, gather):
+    """The dominators' coordinates loaded by index or reduced out of registers, any cells per program: same lists."""
+    c = _codebooks("gauss", 1, torch.Generator().manual_seed(6)).to(DEV)
+    got = tg.build_grid_lists(c, G=8, cells_per_program=bc, gather=gather)
+    ref = cuda_encode.build_grid_lists(c.cpu(), G=8)
+    assert torch.equal(got[0].cpu(), ref[0])
+    with pytest.raises(ValueError, match="cells_per_program=3"):
+        tg.build_grid_lists(c, G=8, cells_per_program=3)
