@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--chunks", default="", help="subspaces per step of the build, e.g. 16,64,128 (default: the library's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--triton", action="store_true", help="also time the fused Triton build (CUDA)")
-    ap.add_argument("--launches", default="8:4", help="--triton: cells_per_program:num_warps[:gather 0/1] items, e.g. 4:4,8:4:1,16:8")
+    ap.add_argument("--launches", default="4:2:1", help="--triton: cells_per_program:num_warps[:gather 0/1] items, e.g. 4:2,8:4:0,16:8")
     ap.add_argument("--skip-torch", action="store_true", help="only the Triton build (its lists checked against the first launch's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -71,7 +71,7 @@ def main():
 
             for spec in args.launches.split(","):
                 bc, nw, *gth = (int(v) for v in spec.split(":"))
-                kw = dict(cells_per_program=bc, num_warps=nw, gather=bool(gth[0]) if gth else False)
+                kw = dict(cells_per_program=bc, num_warps=nw, gather=bool(gth[0]) if gth else True)
                 triton_grid.build_grid_lists(c[:2], **kw)  # compile this launch
                 for _ in range(2):
                     torch.cuda.synchronize()

@@ -230,10 +230,13 @@ def _pack_lists(kept: torch.Tensor):
     total = int(lens.sum(-1).max().item()) if S else 0
     lcap = max(16, -(-total // 16) * 16)
     flat = kept.reshape(S, -1)
-    pos = flat.to(torch.int32).cumsum(-1) - 1
-    si, fi = flat.nonzero(as_tuple=True)
+    si, fi = flat.nonzero(as_tuple=True)  # row-major: by subspace, then cell, then centroid
+    # a kept flag's place in its subspace's list: its rank among the subspace's flags (no cumsum over every flag:
+    # for a 7B-shaped layer-head tensor that was 10 GB of int32 / int64 temporaries)
+    counts = lens.sum(-1)
+    pos = torch.arange(si.numel(), device=kept.device) - (counts.cumsum(0) - counts)[si]
     lists = torch.zeros(S, lcap, dtype=torch.uint8, device=kept.device)
-    lists[si, pos[si, fi].long()] = (fi % K).to(torch.uint8)
+    lists[si, pos] = (fi % K).to(torch.uint8)
     cells = (offs | (lens << 16)).to(torch.int32)
     return cells, lists, lcap
 

