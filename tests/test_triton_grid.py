@@ -87,3 +87,29 @@ def test_launch_options_give_the_same_lists(bc, gather):
     assert torch.equal(got[0].cpu(), ref[0])
     with pytest.raises(ValueError, match="cells_per_program=3"):
         tg.build_grid_lists(c, G=8, cells_per_program=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["gauss", "aniso", "clusters", "line"])
+def test_gpu_full_grid_against_the_twin(kind):
+    """On the GPU, the encode's own grid (32 x 32) over 64 subspaces: the twin's lists where there are no ties, and
+    every exact nearest centroid kept on every kind; then the encode that uses them equals the brute-force kernel."""
+    gen = torch.Generator().manual_seed(7)
+    c = _codebooks(kind, 64, gen)
+    got = tuple(t.cpu() for t in tg.build_grid_lists(c.cuda(), G=32))
+    ref = cuda_encode.build_grid_lists(c, G=32)
+    if kind in ("gauss", "aniso"):
+        assert torch.equal(got[0], ref[0])
+    assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+    p = (c[:, torch.randint(0, 256, (2000,), generator=gen)] + 0.3 * torch.randn(64, 2000, 2, generator=gen)).float()
+    cell = cuda_encode.grid_cells(p, got[1], got[2], 32)
+    d = ((p.double()[:, :, None, :] - c.double()[:, None, :, :]) ** 2).sum(-1)
+    is_min = d <= d.min(-1, keepdim=True).values
+    assert not (is_min & ~torch.gather(got[0], 1, cell[..., None].expand(-1, -1, 256))).any()
+    if cuda_encode.available():
+        x = p.transpose(0, 1).reshape(1, 1, 2000, 128).cuda()
+        cen = c.reshape(1, 64, 256, 2).cuda()
+        pruned = cuda_encode.pq_encode(x, cen, kind="pruned")
+        brute = cuda_encode.pq_encode(x, cen, kind="brute")
+        assert (pruned == brute).float().mean().item() > 0.9999
