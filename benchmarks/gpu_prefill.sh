@@ -3,7 +3,8 @@
 # prefill, end to end"): GPU tests of MillionCache, the 32K prefill of the 7B shape with no cache / DynamicCache /
 # MillionCache at 2 and 4 bits (bench_prefill_encode.py), and a probe of the table multicast at the SmolLM2 B=1 4K
 # decode cell. (Run at commit 13ad719 with the prefill's encode on the side stream as a fourth variant, refuted and
-# removed since.) Libraries prebuilt here and carried:
+# removed since; the stage helpers come from gpu_stages.sh since then, the mechanics checked on the CPU.) Libraries
+# prebuilt here and carried:
 #   ATTN_LIB=.carry/attn_cm2.so ENC_LIB=.carry/enc_h200.so bash benchmarks/gpu_prefill.sh   # `run` with carry [".carry"]
 set -uo pipefail
 T0=$(date +%s)
@@ -13,24 +14,18 @@ DEADLINE=${DEADLINE:-560}
 mkdir -p "$OUT" "$W"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-.carry/attn_cm2.so} \
   MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-.carry/enc_h200.so}
-left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
-step() {  # name, timeout cap, command...
-  local name=$1 cap=$2; shift 2
-  local t; t=$(left); (( t > cap )) && t=$cap
-  if (( t < 15 )); then echo "== $name skipped ($(left) s left)" | tee -a "$W/summary.txt"; return; fi
-  echo "== $name (timeout $t s, t=$(( $(date +%s) - T0 )) s)" | tee -a "$W/summary.txt"
-  timeout "$t" "$@" > "$W/$name.txt" 2>&1
-  echo "   $name rc=$?" | tee -a "$W/summary.txt"
-  tail -8 "$W/$name.txt" | sed 's/^/   /' >> "$W/summary.txt"
+pack() {  # after each stage (gpu_stages.sh's run): the stage's last lines into the summary, everything to $OUT
+  tail -8 "$W/$1.txt" | sed 's/^/   /' >> "$W/stages.txt"
   cp -r "$W"/. "$OUT"/ 2>/dev/null
 }
+. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
 { date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv;
   git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
-step tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py -k mha
-step prefill2 150 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 2 --rounds 3 --json "$W/prefill2.json"
-step prefill4 200 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 4 --rounds 3 --json "$W/prefill4.json"
+run tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py -k mha
+run prefill2 150 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 2 --rounds 3 --json "$W/prefill2.json"
+run prefill4 200 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 4 --rounds 3 --json "$W/prefill4.json"
 for c in 1 2 4; do
-  step cluster$c 45 env MILLION_CUDA_CLUSTER=$c python3 benchmarks/bench_decode_cuda.py --no-triton --skip-check \
+  run cluster$c 45 env MILLION_CUDA_CLUSTER=$c python3 benchmarks/bench_decode_cuda.py --no-triton --skip-check \
     --shapes smollm2 --batches 1 --contexts 4096,16384 --out "$W/cluster$c.json"
 done
-cat "$W/summary.txt"
+cat "$W/stages.txt"
