@@ -1,0 +1,79 @@
+"""How many candidates the 4-bit pruned encode scans per point on real K/V, against the Gaussian data the encode
+benchmark (``bench_encode.py``, ``bench_prefill_encode.py``) times: the mean length of the grid list of the cell each
+point falls in (``cuda_encode.build_grid_lists`` and ``grid_cells``, exactly as the kernel assigns cells), per layer
+and side, for SmolLM2's held-out SQuAD K/V in the space of a ``million calibrate`` codebook directory (its key and
+value transforms applied, the sink token left out), and for Gaussian points and centroids. CPU only.
+
+    PYTHONPATH=src python benchmarks/grid_list_probe.py --codebooks runs/cb4-s32k --layers 1,12,29 --out probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def list_lengths(x: torch.Tensor, c: torch.Tensor) -> dict:
+    """``x [S, N, 2]`` points, ``c [S, 256, 2]`` centroids: mean / p90 / max list length at the points, and averaged
+    over cells (every cell counted once)."""
+    from million.ops.cuda_encode import build_grid_lists, grid_cells
+
+    kept, lo, inv_w = build_grid_lists(c)
+    lens = kept.sum(-1)  # [S, G*G]
+    at = torch.gather(lens, 1, grid_cells(x, lo, inv_w))  # [S, N]
+    return {"mean_at_points": at.float().mean().item(), "p90_at_points": at.float().quantile(0.9).item(),
+            "max_at_points": int(at.max()), "mean_over_cells": lens.float().mean().item()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--codebooks", default="runs/cb4-s32k", help="4-bit codebooks (2-dim subspaces) of `million calibrate`")
+    ap.add_argument("--layers", default="1,12,29")
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    gen = torch.Generator().manual_seed(0)
+    data = {"gaussian (the benchmarks' data)": (torch.randn(96, a.tokens, 2, generator=gen), torch.randn(96, 256, 2, generator=gen))}
+    from million.data import load_text
+    from million.eval.calibdata import collect
+    from million.eval.methods import load_pq_codebooks
+    from million.models import load_model
+
+    model, tok = load_model("smollm2")
+    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    te = collect(model, tok, tok.decode(ids[65536 : 65536 + a.tokens]), tokens=a.tokens, window=a.tokens, attention=False)
+    cb = load_pq_codebooks(a.codebooks, model.config)
+    for l in (int(v) for v in a.layers.split(",")):
+        for side in ("k", "v"):
+            y = te.keys_post(l) if side == "k" else te.values[l]
+            A = cb.key_transform[l] if side == "k" else cb.value_transform[l]
+            y = torch.einsum("hnd,hde->hne", y[:, 1:].float(), A.float()) if A is not None else y[:, 1:].float()
+            c = (cb.key_centroids[l] if side == "k" else cb.value_centroids[l]).float()  # [Hc, M, 256, 2]
+            H, N, D = y.shape
+            M, dsub = c.shape[1], c.shape[3]
+            if dsub != 2 or c.shape[2] != 256:
+                raise SystemExit(f"--codebooks {a.codebooks}: subspaces of {dsub} dims and {c.shape[2]} centroids; "
+                                 "the grid lists are for 2 and 256 (4-bit)")
+            x = y.reshape(H, N, M, dsub).permute(0, 2, 1, 3).reshape(H * M, N, dsub)
+            c = c.expand(H, -1, -1, -1).reshape(H * M, 256, dsub)
+            data[f"smollm2 layer {l} {'keys' if side == 'k' else 'values'}"] = (x, c)
+    rows = []
+    for name, (x, c) in data.items():
+        t0 = time.time()
+        r = {"data": name, **list_lengths(x, c)}
+        rows.append(r)
+        print(f"{name:<32} list length at the points: mean {r['mean_at_points']:6.2f}, p90 {r['p90_at_points']:6.1f}, "
+              f"max {r['max_at_points']:4d}; over cells {r['mean_over_cells']:6.2f}  [{time.time() - t0:.1f} s]", flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"args": vars(a), "rows": rows, "torch": torch.__version__,
+                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
