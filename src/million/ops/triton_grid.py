@@ -19,7 +19,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _grid_kernel(c_ptr, lo_ptr, w_ptr, out_ptr, G, margin, tol,
+def _grid_kernel(c_ptr, lo_ptr, w_ptr, prm_ptr, out_ptr, G,
                  K: tl.constexpr, NDOM: tl.constexpr, BC: tl.constexpr, GATHER: tl.constexpr):
     s = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
@@ -33,6 +33,8 @@ def _grid_kernel(c_ptr, lo_ptr, w_ptr, out_ptr, G, margin, tol,
     loy = tl.load(lo_ptr + 2 * s + 1)
     wx = tl.load(w_ptr + 2 * s)
     wy = tl.load(w_ptr + 2 * s + 1)
+    margin = tl.load(prm_ptr)  # float64 from memory (a float argument would be rounded to float32)
+    tol = tl.load(prm_ptr + 1)
 
     cid = pid * BC + tl.arange(0, BC)
     valid = cid < GG
@@ -111,9 +113,10 @@ def build_grid_lists(c: torch.Tensor, G: int = 32, n_dom: int = 16, margin: floa
     inv_w32 = (G / span).float()
     w = (1.0 / inv_w32.double()).contiguous()  # the kernel's cell width
     lo = lo32.double().contiguous()
+    prm = torch.tensor([margin, tol], dtype=torch.float64, device=c.device)
     kept = torch.empty(S, G * G, K, dtype=torch.int8, device=c.device)
     if S:
         grid = (S, triton.cdiv(G * G, BC))
-        _grid_kernel[grid](cd64, lo, w, kept, G, float(margin), float(tol), K=K, NDOM=min(int(n_dom), K), BC=BC,
+        _grid_kernel[grid](cd64, lo, w, prm, kept, G, K=K, NDOM=min(int(n_dom), K), BC=BC,
                            GATHER=bool(gather), num_warps=int(num_warps))
     return kept.view(torch.bool), lo32, inv_w32
