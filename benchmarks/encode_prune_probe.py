@@ -68,6 +68,37 @@ def scanned(x, c, C, tile):
     return float(C + count.mean())
 
 
+def heldout_subspaces(codebooks: str, layers: list[int], tokens: int, dsub: int) -> dict:
+    """SmolLM2's K and V of held-out SQuAD tokens (65,536 on, the sink left out) in the space of the codebook
+    directory ``codebooks`` (its key and value transforms applied), per layer and side: ``{"smollm2 layer L k|v":
+    (points [H*M, N, dsub], centroids [H*M, 256, dsub])}``, one row per (KV head, subspace)."""
+    from million.data import load_text
+    from million.eval.calibdata import collect
+    from million.eval.methods import load_pq_codebooks
+    from million.models import load_model
+
+    model, tok = load_model("smollm2")
+    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    te = collect(model, tok, tok.decode(ids[65536 : 65536 + tokens]), tokens=tokens, window=tokens, attention=False)
+    cb = load_pq_codebooks(codebooks, model.config)
+    out = {}
+    for l in layers:
+        for side in ("k", "v"):
+            y = te.keys_post(l) if side == "k" else te.values[l]
+            A = cb.key_transform[l] if side == "k" else cb.value_transform[l]
+            y = torch.einsum("hnd,hde->hne", y[:, 1:].float(), A.float()) if A is not None else y[:, 1:].float()
+            c = (cb.key_centroids[l] if side == "k" else cb.value_centroids[l]).float()  # [Hc, M, 256, dsub]
+            H, N, D = y.shape
+            M = c.shape[1]
+            if c.shape[3] != dsub or c.shape[2] != 256:
+                raise SystemExit(f"--codebooks {codebooks}: subspaces of {c.shape[3]} dims and {c.shape[2]} centroids; "
+                                 f"this probe is for {dsub} and 256")
+            x = y.reshape(H, N, M, dsub).permute(0, 2, 1, 3).reshape(H * M, N, dsub)
+            c = c.expand(H, -1, -1, -1).reshape(H * M, 256, dsub)
+            out[f"smollm2 layer {l} {side}"] = (x, c)
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--codebooks", default="runs/cb2-s32k", help="2-bit codebooks (4-dim subspaces) of `million calibrate`")
@@ -83,28 +114,7 @@ def main(argv=None) -> None:
     Cs = [int(v) for v in a.clusters.split(",")]
     tiles = [int(v) for v in a.tiles.split(",")]
     data = {"gaussian": (torch.randn(32, a.tokens, 4, generator=gen), torch.randn(32, 256, 4, generator=gen))}
-    from million.data import load_text
-    from million.eval.calibdata import collect
-    from million.eval.methods import load_pq_codebooks
-    from million.models import load_model
-
-    model, tok = load_model("smollm2")
-    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    te = collect(model, tok, tok.decode(ids[65536 : 65536 + a.tokens]), tokens=a.tokens, window=a.tokens, attention=False)
-    cb = load_pq_codebooks(a.codebooks, model.config)
-    for l in (int(v) for v in a.layers.split(",")):
-        for side in ("k", "v"):
-            y = te.keys_post(l) if side == "k" else te.values[l]
-            A = cb.key_transform[l] if side == "k" else cb.value_transform[l]
-            y = torch.einsum("hnd,hde->hne", y[:, 1:].float(), A.float()) if A is not None else y[:, 1:].float()
-            c = (cb.key_centroids[l] if side == "k" else cb.value_centroids[l]).float()  # [Hc, M, 256, 4]
-            H, N, D = y.shape
-            M, dsub = c.shape[1], c.shape[3]
-            if dsub != 4 or c.shape[2] != 256:
-                raise SystemExit(f"--codebooks {a.codebooks}: subspaces of {dsub} dims and {c.shape[2]} centroids; the probe is for 4 and 256")
-            x = y.reshape(H, N, M, dsub).permute(0, 2, 1, 3).reshape(H * M, N, dsub)
-            c = c.expand(H, -1, -1, -1).reshape(H * M, 256, dsub)
-            data[f"smollm2 layer {l} {side}"] = (x, c)
+    data.update(heldout_subspaces(a.codebooks, [int(v) for v in a.layers.split(",")], a.tokens, dsub=4))
     rows = []
     for name, (x, c) in data.items():
         for C in Cs:

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode_prune_probe import heldout_subspaces  # noqa: E402
 
 
 def list_lengths(x: torch.Tensor, c: torch.Tensor) -> dict:
@@ -39,29 +44,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(0)
     data = {"gaussian (the benchmarks' data)": (torch.randn(96, a.tokens, 2, generator=gen), torch.randn(96, 256, 2, generator=gen))}
-    from million.data import load_text
-    from million.eval.calibdata import collect
-    from million.eval.methods import load_pq_codebooks
-    from million.models import load_model
-
-    model, tok = load_model("smollm2")
-    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    te = collect(model, tok, tok.decode(ids[65536 : 65536 + a.tokens]), tokens=a.tokens, window=a.tokens, attention=False)
-    cb = load_pq_codebooks(a.codebooks, model.config)
-    for l in (int(v) for v in a.layers.split(",")):
-        for side in ("k", "v"):
-            y = te.keys_post(l) if side == "k" else te.values[l]
-            A = cb.key_transform[l] if side == "k" else cb.value_transform[l]
-            y = torch.einsum("hnd,hde->hne", y[:, 1:].float(), A.float()) if A is not None else y[:, 1:].float()
-            c = (cb.key_centroids[l] if side == "k" else cb.value_centroids[l]).float()  # [Hc, M, 256, 2]
-            H, N, D = y.shape
-            M, dsub = c.shape[1], c.shape[3]
-            if dsub != 2 or c.shape[2] != 256:
-                raise SystemExit(f"--codebooks {a.codebooks}: subspaces of {dsub} dims and {c.shape[2]} centroids; "
-                                 "the grid lists are for 2 and 256 (4-bit)")
-            x = y.reshape(H, N, M, dsub).permute(0, 2, 1, 3).reshape(H * M, N, dsub)
-            c = c.expand(H, -1, -1, -1).reshape(H * M, 256, dsub)
-            data[f"smollm2 layer {l} {'keys' if side == 'k' else 'values'}"] = (x, c)
+    data.update(heldout_subspaces(a.codebooks, [int(v) for v in a.layers.split(",")], a.tokens, dsub=2))
     rows = []
     for name, (x, c) in data.items():
         t0 = time.time()
