@@ -99,6 +99,14 @@ def heldout_subspaces(codebooks: str, layers: list[int], tokens: int, dsub: int)
     return out
 
 
+def save_rows(path: str | None, args, rows: list) -> None:
+    """A probe's result file (nothing when ``path`` is None): its arguments, rows, torch version and UTC date."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"args": vars(args), "rows": rows, "torch": torch.__version__,
+                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--codebooks", default="runs/cb2-s32k", help="2-bit codebooks (4-dim subspaces) of `million calibrate`")
@@ -124,10 +132,7 @@ def main(argv=None) -> None:
                 rows.append({"data": name, "clusters": C, "tile": t, "candidates": v, "of": 256})
                 print(f"{name:<24} clusters {C:2d} tile {t:3d}: {v:6.1f} candidates per token of 256 ({256 / v:.2f}x fewer)"
                       f"  [{time.time() - t0:.1f} s]", flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"args": vars(a), "rows": rows, "torch": torch.__version__,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+    save_rows(a.out, a, rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ value transforms applied, the sink token left out), and for Gaussian points and 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode_prune_probe import heldout_subspaces  # noqa: E402
+from encode_prune_probe import heldout_subspaces, save_rows  # noqa: E402
 
 
 def list_lengths(x: torch.Tensor, c: torch.Tensor) -> dict:
@@ -52,10 +51,7 @@ def main(argv=None) -> None:
         rows.append(r)
         print(f"{name:<32} list length at the points: mean {r['mean_at_points']:6.2f}, p90 {r['p90_at_points']:6.1f}, "
               f"max {r['max_at_points']:4d}; over cells {r['mean_over_cells']:6.2f}  [{time.time() - t0:.1f} s]", flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"args": vars(a), "rows": rows, "torch": torch.__version__,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+    save_rows(a.out, a, rows)
 
 
 if __name__ == "__main__":
