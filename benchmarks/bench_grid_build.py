@@ -15,6 +15,20 @@ import time
 import torch
 
 
+def timed(fn, cuda: bool):
+    """``fn()``'s result, its wall time in s (synchronized on CUDA) and, on CUDA, the peak memory it added in MiB."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter() - t0
+    return out, t, (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--codebooks", default=None, help="a million calibrate directory (4-bit, dsub 2)")
@@ -49,16 +63,7 @@ def main():
         chunks = [int(x) for x in args.chunks.split(",")] if args.chunks else [None]
         for pf in [] if args.skip_torch else [int(x) for x in args.prefilters.split(",")]:
             for ch in chunks:
-                if c.is_cuda:
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                t0 = time.perf_counter()
-                kept = build_grid_lists(c, prefilter=pf, chunk=ch)[0]
-                if c.is_cuda:
-                    torch.cuda.synchronize()
-                t = time.perf_counter() - t0
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if c.is_cuda else None
+                kept, t, peak = timed(lambda: build_grid_lists(c, prefilter=pf, chunk=ch)[0], c.is_cuda)
                 ref = kept if ref is None else ref
                 rows.append({"centroids": name, "subspaces": c.shape[0], "prefilter": pf, "chunk": ch, "seconds": t,
                              "peak_mib": peak, "mean_list": kept.float().sum(-1).mean().item(),
@@ -74,17 +79,9 @@ def main():
                 kw = dict(cells_per_program=bc, num_warps=nw, gather=bool(gth[0]) if gth else True)
                 triton_grid.build_grid_lists(c[:2], **kw)  # compile this launch
                 for _ in range(2):
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    t0 = time.perf_counter()
-                    kept = triton_grid.build_grid_lists(c, **kw)[0]
-                    torch.cuda.synchronize()
-                    t = time.perf_counter() - t0
-                    _pack_lists(kept)
-                    torch.cuda.synchronize()
-                    t_pack = time.perf_counter() - t0 - t
-                    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+                    kept, t, peak = timed(lambda: triton_grid.build_grid_lists(c, **kw)[0], True)
+                    _, t_pack, pack_peak = timed(lambda: _pack_lists(kept), True)
+                    peak = max(peak, kept.numel() * kept.element_size() / 2**20 + pack_peak)  # the lists stay held while packed
                     ref = kept if ref is None else ref
                     rows.append({"centroids": name, "subspaces": c.shape[0], "builder": "triton", "cells_per_program": bc,
                                  "num_warps": nw, "gather": kw["gather"], "seconds": t, "pack_seconds": t_pack, "peak_mib": peak,

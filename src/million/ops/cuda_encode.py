@@ -117,6 +117,21 @@ def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
     return ((g > tol * scale) & ~free).any(-1)
 
 
+def grid_frame(c: torch.Tensor, G: int):
+    """The grid of :func:`build_grid_lists` over ``c [S, K, 2]``: ``(c in float64, lo, w, lo32, inv_w32)``, where
+    ``lo32``, ``inv_w32`` (float32, ``[S, 2]``) are what the encode kernel assigns cells with and ``lo``, ``w`` the
+    same origin and cell width in float64 (``w = 1 / inv_w32``), from which the cell boxes are built."""
+    if c.dim() != 3 or c.shape[-1] != 2:
+        raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={c.shape[-1]}")
+    cd64 = c.double()
+    lo = cd64.amin(1)
+    span = cd64.amax(1) - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    lo32 = lo.float()
+    inv_w32 = (G / span).float()
+    return cd64, lo32.double(), 1.0 / inv_w32.double(), lo32, inv_w32
+
+
 def grid_lists(c: torch.Tensor, G: int = GRID):
     """The grid lists of :func:`build_grid_lists` for ``c [S, 256, 2]``: on a CUDA device by the fused Triton build
     (:mod:`million.ops.triton_grid`, one launch), elsewhere (or without Triton) by :func:`build_grid_lists`."""
@@ -153,20 +168,11 @@ def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: fl
     Returns ``(kept [S, G*G, K] bool, lo [S, 2] fp32, inv_w [S, 2] fp32)``; a point ``p`` lies in cell
     ``clamp(floor((p - lo) * inv_w), 0, G - 1)`` computed in fp32 (as the kernel does).
     """
-    S, K, two = c.shape
-    if two != 2:
-        raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={two}")
+    S, K, _ = c.shape
     dev = c.device
     if chunk is None:
         chunk = 16 if c.is_cuda else 4
-    cd64 = c.double()
-    lo = cd64.amin(1)
-    span = cd64.amax(1) - lo
-    span = torch.where(span > 0, span, torch.ones_like(span))
-    lo32 = lo.float()
-    inv_w32 = (G / span).float()
-    w = 1.0 / inv_w32.double()  # the kernel's cell width
-    lo = lo32.double()
+    cd64, lo, w, lo32, inv_w32 = grid_frame(c, G)
     gi = torch.arange(G, dtype=torch.float64, device=dev)
     gx = torch.arange(G, device=dev).repeat(G)
     gy = torch.arange(G, device=dev).repeat_interleave(G)
