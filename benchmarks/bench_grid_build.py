@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--chunks", default="", help="subspaces per step of the build, e.g. 16,64,128 (default: the library's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--triton", action="store_true", help="also time the fused Triton build (CUDA)")
-    ap.add_argument("--launches", default="4:2:1", help="--triton: cells_per_program:num_warps[:gather 0/1] items, e.g. 4:2,8:4:0,16:8")
+    ap.add_argument("--launches", default="4:2:1", help="--triton: cells_per_program:num_warps[:gather 0/1] items, e.g. 4:2,8:4:0,1:1 (1, 2, 4 or 8 cells)")
     ap.add_argument("--skip-torch", action="store_true", help="only the Triton build (its lists checked against the first launch's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

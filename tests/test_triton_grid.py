@@ -78,15 +78,16 @@ def test_encode_tables_take_the_triton_build_on_cuda(monkeypatch):
         assert calls == ["triton"]
 
 
-@pytest.mark.parametrize("bc,gather", [(8, True), (2, False), (32, True)])
+@pytest.mark.parametrize("bc,gather", [(8, True), (2, False), (1, True)])
 def test_launch_options_give_the_same_lists(bc, gather):
     """The dominators' coordinates loaded by index or reduced out of registers, any cells per program: same lists."""
     c = _codebooks("gauss", 1, torch.Generator().manual_seed(6)).to(DEV)
     got = tg.build_grid_lists(c, G=8, cells_per_program=bc, gather=gather)
     ref = cuda_encode.build_grid_lists(c.cpu(), G=8)
     assert torch.equal(got[0].cpu(), ref[0])
-    with pytest.raises(ValueError, match="cells_per_program=3"):
-        tg.build_grid_lists(c, G=8, cells_per_program=3)
+    for bad in (3, 16):  # not a power of two; a launch whose float64 tiles spill (minutes of compile on a GPU)
+        with pytest.raises(ValueError, match=f"cells_per_program={bad}: expected 1, 2, 4 or 8"):
+            tg.build_grid_lists(c, G=8, cells_per_program=bad)
 
 
 @pytest.mark.gpu

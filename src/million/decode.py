@@ -163,9 +163,10 @@ class Decoder:
         else:
             layout = self.cache.layout_version if self.kind == "million" else 0
             if self._graph is not None and layout != self._layout:
-                self._graph = None  # a buffer moved: capture again
+                self._drop_graph()  # a buffer moved: capture again
             if self._stream is None:
                 self._stream = torch.cuda.Stream(device=self.device)
+            if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             if self._graph is None and self._static_steps < self.warmup:
                 # warm-up on the capture stream: real steps, eager
@@ -189,10 +190,15 @@ class Decoder:
         return logits
 
 
+    def _drop_graph(self) -> None:
+        """Forget the captured graph, its output and its memory pool: the next capture takes a new pool (torch
+        refuses a capture into a pool that no live graph uses while blocks of it are still held)."""
+        self._graph = self._out = self._pool = None
+
     def finish(self) -> None:
         """Drop the captured graph and return a MillionCache to its ordinary mode (so that it can take a multi-token
         forward or ``model.generate`` steps again)."""
-        self._graph = None
+        self._drop_graph()
         if self.kind == "million" and self.cache.layers and self.cache.layers[0].static:
             self.cache.end_static()
 

@@ -94,7 +94,7 @@ def build_grid_lists(c: torch.Tensor, G: int = 32, n_dom: int = 16, margin: floa
     """Same contract as :func:`million.ops.cuda_encode.build_grid_lists` (``chunk`` and ``prefilter`` are accepted
     and have nothing to set here): ``c [S, K, 2]`` on a CUDA device (or any device under ``TRITON_INTERPRET=1``),
     ``K`` a power of two. Returns ``(kept [S, G*G, K] bool, lo [S, 2] fp32, inv_w [S, 2] fp32)``.
-    ``cells_per_program`` (a power of two), ``num_warps`` and ``gather`` (a dominator's coordinates loaded by index
+    ``cells_per_program`` (1, 2, 4 or 8), ``num_warps`` and ``gather`` (a dominator's coordinates loaded by index
     rather than reduced out of the registers): the launch; the defaults were the fastest measured on an H100 (2026-12-05:
     0.060 s per 2048-subspace tensor, against 0.074 s at 8 cells / 4 warps and 0.096 s with reductions)."""
     S, K, _ = c.shape
@@ -103,8 +103,9 @@ def build_grid_lists(c: torch.Tensor, G: int = 32, n_dom: int = 16, margin: floa
     if G < 1:
         raise ValueError(f"G={G}: expected at least one cell per axis")
     BC = int(cells_per_program)
-    if BC < 1 or BC & (BC - 1):
-        raise ValueError(f"cells_per_program={cells_per_program}: expected a power of two")
+    if BC < 1 or BC & (BC - 1) or BC > 8:
+        # 16 and more cells per program hold [BC, K] float64 tiles that spill and take minutes to compile on a GPU
+        raise ValueError(f"cells_per_program={cells_per_program}: expected 1, 2, 4 or 8")
     cd64, lo, w, lo32, inv_w32 = (t.contiguous() for t in grid_frame(c, G))
     prm = torch.tensor([margin, tol], dtype=torch.float64, device=c.device)
     kept = torch.empty(S, G * G, K, dtype=torch.int8, device=c.device)
