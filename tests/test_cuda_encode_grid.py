@@ -104,6 +104,25 @@ def test_packed_lists_and_emulated_search_match_naive():
     assert (got == ref.long()).float().mean() >= 0.999
 
 
+@pytest.mark.parametrize("flags", [1, 3 * 16 * 256 + 5, 1 << 40], ids=["one-subspace", "uneven", "one-call"])
+def test_pack_in_chunks_gives_every_cell_its_list(flags, monkeypatch):
+    """``_pack_lists`` runs ``nonzero`` over a few subspaces at a time: any chunking gives every cell its kept
+    centroids, ascending, at its own offset; random densities, empty cells and no subspaces at all."""
+    import million.ops.cuda_encode as ce
+
+    monkeypatch.setattr(ce, "_PACK_FLAGS", flags)
+    gen = torch.Generator().manual_seed(3)
+    for S, dens in ((7, 0.05), (5, 0.6), (0, 0.1)):
+        kept = torch.rand(S, 16, 256, generator=gen) < dens
+        kept[:, 3] = False  # an empty cell
+        cells, lists, lcap = _pack_lists(kept)
+        assert cells.shape == (S, 16) and lists.shape == (S, lcap) and lcap % 16 == 0
+        for s in range(S):
+            for g in range(16):
+                off, n = int(cells[s, g]) & 0xFFFF, int(cells[s, g]) >> 16
+                assert torch.equal(lists[s, off : off + n].long(), kept[s, g].nonzero().flatten())
+
+
 def test_import_without_cuda():
     code = (
         "import torch\n"

@@ -228,6 +228,9 @@ def grid_cells(points: torch.Tensor, lo: torch.Tensor, inv_w: torch.Tensor, G: i
     return ij[..., 1] * G + ij[..., 0]
 
 
+_PACK_FLAGS = 1 << 26  # flags per `nonzero` call of _pack_lists (64 M: a few hundred MB of scan buffers)
+
+
 def _pack_lists(kept: torch.Tensor):
     """kept ``[S, GG, K]`` -> cells ``[S, GG]`` int32 (offset | len << 16), lists ``[S, lcap]`` uint8."""
     S, GG, K = kept.shape
@@ -235,14 +238,18 @@ def _pack_lists(kept: torch.Tensor):
     offs = lens.cumsum(-1) - lens
     total = int(lens.sum(-1).max().item()) if S else 0
     lcap = max(16, -(-total // 16) * 16)
-    flat = kept.reshape(S, -1)
-    si, fi = flat.nonzero(as_tuple=True)  # row-major: by subspace, then cell, then centroid
-    # a kept flag's place in its subspace's list: its rank among the subspace's flags (no cumsum over every flag:
-    # for a 7B-shaped layer-head tensor that was 10 GB of int32 / int64 temporaries)
+    flat = kept.reshape(S, GG * K)
     counts = lens.sum(-1)
-    pos = torch.arange(si.numel(), device=kept.device) - (counts.cumsum(0) - counts)[si]
     lists = torch.zeros(S, lcap, dtype=torch.uint8, device=kept.device)
-    lists[si, pos] = (fi % K).to(torch.uint8)
+    # a kept flag's place in its subspace's list is its rank among the subspace's flags (no cumsum over every flag:
+    # for a 7B-shaped layer-head tensor that was 10 GB of int32 / int64 temporaries); `nonzero` over a few subspaces
+    # at a time (over all 537 M flags of such a tensor at once its scan buffers took 4 GB on an H100)
+    step = max(1, _PACK_FLAGS // max(1, GG * K))
+    for a in range(0, S, step):
+        si, fi = flat[a : a + step].nonzero(as_tuple=True)  # row-major: by subspace, then cell, then centroid
+        n = counts[a : a + step]
+        pos = torch.arange(si.numel(), device=kept.device) - (n.cumsum(0) - n)[si]
+        lists[a + si, pos] = (fi % K).to(torch.uint8)
     cells = (offs | (lens << 16)).to(torch.int32)
     return cells, lists, lcap
 
