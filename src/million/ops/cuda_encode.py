@@ -228,26 +228,28 @@ def grid_cells(points: torch.Tensor, lo: torch.Tensor, inv_w: torch.Tensor, G: i
     return ij[..., 1] * G + ij[..., 0]
 
 
-_PACK_FLAGS = 1 << 26  # flags per `nonzero` call of _pack_lists (64 M: a few hundred MB of scan buffers)
+_PACK_FLAGS = 1 << 26  # flags per step of _pack_lists (64 M: at most 512 MB of int64 counts at a time)
 
 
 def _pack_lists(kept: torch.Tensor):
     """kept ``[S, GG, K]`` -> cells ``[S, GG]`` int32 (offset | len << 16), lists ``[S, lcap]`` uint8."""
     S, GG, K = kept.shape
-    lens = kept.sum(-1)  # [S, GG]
+    # a few subspaces at a time (about 64 M flags): over a whole 7B-shaped layer-head tensor (537 M flags) the
+    # counts alone took 4 GB on an H100 (the sum reads the flags as int64), an earlier cumsum over every flag 10 GB
+    step = max(1, _PACK_FLAGS // max(1, GG * K))
+    lens = torch.empty(S, GG, dtype=torch.int64, device=kept.device)
+    for a in range(0, S, step):
+        lens[a : a + step] = kept[a : a + step].sum(-1)
     offs = lens.cumsum(-1) - lens
-    total = int(lens.sum(-1).max().item()) if S else 0
+    counts = lens.sum(-1)
+    total = int(counts.max().item()) if S else 0
     lcap = max(16, -(-total // 16) * 16)
     flat = kept.reshape(S, GG * K)
-    counts = lens.sum(-1)
     lists = torch.zeros(S, lcap, dtype=torch.uint8, device=kept.device)
-    # a kept flag's place in its subspace's list is its rank among the subspace's flags (no cumsum over every flag:
-    # for a 7B-shaped layer-head tensor that was 10 GB of int32 / int64 temporaries); `nonzero` over a few subspaces
-    # at a time (over all 537 M flags of such a tensor at once its scan buffers took 4 GB on an H100)
-    step = max(1, _PACK_FLAGS // max(1, GG * K))
     for a in range(0, S, step):
         si, fi = flat[a : a + step].nonzero(as_tuple=True)  # row-major: by subspace, then cell, then centroid
         n = counts[a : a + step]
+        # a kept flag's place in its subspace's list: its rank among the subspace's flags
         pos = torch.arange(si.numel(), device=kept.device) - (n.cumsum(0) - n)[si]
         lists[a + si, pos] = (fi % K).to(torch.uint8)
     cells = (offs | (lens << 16)).to(torch.int32)
