@@ -43,10 +43,18 @@ def clusters(c, C, iters=20):
     return lab, mu, rho, sizes
 
 
-def scanned(x, c, C, tile):
-    """Mean candidates per token (centre distances + scanned members) of the exact cluster search; checks exactness."""
+def scanned(x, c, C, tile, sort=False, pad=1):
+    """Mean candidates per token (centre distances + scanned members) of the exact cluster search; checks exactness.
+    ``sort``: the tokens of each subspace ordered by their nearest cluster centre before they are cut into tiles (a
+    kernel would gather them in that order). ``pad``: each scanned cluster counts its size rounded up to a multiple of
+    ``pad`` (8 = the n-block of an m16n8 MMA)."""
     G, N, d = x.shape
     lab, mu, rho, sizes = clusters(c, C)
+    if pad > 1:
+        sizes = torch.ceil(sizes / pad) * pad
+    if sort:
+        perm = sqdist(x, mu).argmin(-1).argsort(dim=-1, stable=True)  # [G, N]
+        x = x.gather(1, perm[..., None].expand(-1, -1, d))
     D = sqdist(x, c)  # [G, N, K]
     exact = D.min(-1).values
     dmin = torch.full((G, N, C), float("inf")).scatter_reduce_(2, lab[:, None].expand(-1, N, -1), D, "amin", include_self=True)
@@ -114,6 +122,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--clusters", default="8,16,32")
     ap.add_argument("--tiles", default="1,16,64")
+    ap.add_argument("--sort", default="0", help="0, 1 or 0,1: tokens ordered by nearest cluster centre before tiling")
+    ap.add_argument("--pad", type=int, default=1, help="scanned clusters counted in multiples of this (8: MMA n-blocks)")
+    ap.add_argument("--gaussian-only", action="store_true", help="only the benchmark's data (no model, no codebooks)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -122,16 +133,20 @@ def main(argv=None) -> None:
     Cs = [int(v) for v in a.clusters.split(",")]
     tiles = [int(v) for v in a.tiles.split(",")]
     data = {"gaussian": (torch.randn(32, a.tokens, 4, generator=gen), torch.randn(32, 256, 4, generator=gen))}
-    data.update(heldout_subspaces(a.codebooks, [int(v) for v in a.layers.split(",")], a.tokens, dsub=4))
+    if not a.gaussian_only:
+        data.update(heldout_subspaces(a.codebooks, [int(v) for v in a.layers.split(",")], a.tokens, dsub=4))
+    sorts = [bool(int(v)) for v in a.sort.split(",")]
     rows = []
     for name, (x, c) in data.items():
         for C in Cs:
             for t in tiles:
-                t0 = time.time()
-                v = scanned(x, c, C, t)
-                rows.append({"data": name, "clusters": C, "tile": t, "candidates": v, "of": 256})
-                print(f"{name:<24} clusters {C:2d} tile {t:3d}: {v:6.1f} candidates per token of 256 ({256 / v:.2f}x fewer)"
-                      f"  [{time.time() - t0:.1f} s]", flush=True)
+                for so in sorts:
+                    t0 = time.time()
+                    v = scanned(x, c, C, t, sort=so, pad=a.pad)
+                    rows.append({"data": name, "clusters": C, "tile": t, "sorted": so, "pad": a.pad, "candidates": v,
+                                 "of": 256})
+                    print(f"{name:<24} clusters {C:2d} tile {t:3d}{' sorted' if so else '       '}: {v:6.1f} candidates "
+                          f"per token of 256 ({256 / v:.2f}x fewer)  [{time.time() - t0:.1f} s]", flush=True)
     save_rows(a.out, a, rows)
 
 
