@@ -106,7 +106,7 @@ def test_packed_lists_and_emulated_search_match_naive():
 
 @pytest.mark.parametrize("flags", [1, 3 * 16 * 256 + 5, 1 << 40], ids=["one-subspace", "uneven", "one-call"])
 def test_pack_in_chunks_gives_every_cell_its_list(flags, monkeypatch):
-    """``_pack_lists`` runs ``nonzero`` over a few subspaces at a time: any chunking gives every cell its kept
+    """``_pack_lists`` counts and packs a few subspaces at a time: any chunking gives every cell its kept
     centroids, ascending, at its own offset; random densities, empty cells and no subspaces at all."""
     import million.ops.cuda_encode as ce
 

@@ -189,7 +189,6 @@ class Decoder:
             self.cache.after_static_step()
         return logits
 
-
     def _drop_graph(self) -> None:
         """Forget the captured graph, its output and its memory pool: the next capture takes a new pool (torch
         refuses a capture into a pool that no live graph uses while blocks of it are still held)."""
