@@ -20,6 +20,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_prune_probe import heldout_subspaces, save_rows  # noqa: E402
 
 
+def quantile_frame(q: float):
+    """A grid frame like ``cuda_encode.grid_frame`` but over the ``q`` .. ``1 - q`` quantiles of the centroids per axis
+    instead of their bounding box (the border cells reach to infinity either way, so the lists stay exact)."""
+    def frame(c: torch.Tensor, G: int):
+        cd64 = c.double()
+        lo = torch.quantile(cd64, q, dim=1)
+        span = torch.quantile(cd64, 1 - q, dim=1) - lo
+        span = torch.where(span > 0, span, torch.ones_like(span))
+        lo32 = lo.float()
+        inv_w32 = (G / span).float()
+        return cd64, lo32.double(), 1.0 / inv_w32.double(), lo32, inv_w32
+
+    return frame
+
+
 def list_lengths(x: torch.Tensor, c: torch.Tensor) -> dict:
     """``x [S, N, 2]`` points, ``c [S, 256, 2]`` centroids: mean / p90 / max list length at the points, and averaged
     over cells (every cell counted once)."""
@@ -28,8 +43,11 @@ def list_lengths(x: torch.Tensor, c: torch.Tensor) -> dict:
     kept, lo, inv_w = build_grid_lists(c)
     lens = kept.sum(-1)  # [S, G*G]
     at = torch.gather(lens, 1, grid_cells(x, lo, inv_w))  # [S, N]
+    n = at.shape[1] - at.shape[1] % 32
+    warp = at[:, :n].reshape(at.shape[0], -1, 32).amax(-1)  # a warp's 32 consecutive tokens wait for the longest list
     return {"mean_at_points": at.float().mean().item(), "p90_at_points": at.float().quantile(0.9).item(),
-            "max_at_points": int(at.max()), "mean_over_cells": lens.float().mean().item()}
+            "max_at_points": int(at.max()), "mean_warp_max": warp.float().mean().item(),
+            "mean_over_cells": lens.float().mean().item()}
 
 
 def main(argv=None) -> None:
@@ -37,6 +55,7 @@ def main(argv=None) -> None:
     ap.add_argument("--codebooks", default="runs/cb4-s32k", help="4-bit codebooks (2-dim subspaces) of `million calibrate`")
     ap.add_argument("--layers", default="1,12,29")
     ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--frames", default="box", help="grid frames: box (the library's) and/or quantiles, e.g. box,0.01,0.05")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -44,13 +63,21 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
     data = {"gaussian (the benchmarks' data)": (torch.randn(96, a.tokens, 2, generator=gen), torch.randn(96, 256, 2, generator=gen))}
     data.update(heldout_subspaces(a.codebooks, [int(v) for v in a.layers.split(",")], a.tokens, dsub=2))
+    from million.ops import cuda_encode
+
+    box = cuda_encode.grid_frame
     rows = []
-    for name, (x, c) in data.items():
-        t0 = time.time()
-        r = {"data": name, **list_lengths(x, c)}
-        rows.append(r)
-        print(f"{name:<32} list length at the points: mean {r['mean_at_points']:6.2f}, p90 {r['p90_at_points']:6.1f}, "
-              f"max {r['max_at_points']:4d}; over cells {r['mean_over_cells']:6.2f}  [{time.time() - t0:.1f} s]", flush=True)
+    for fr in a.frames.split(","):
+        cuda_encode.grid_frame = box if fr == "box" else quantile_frame(float(fr))
+        for name, (x, c) in data.items():
+            t0 = time.time()
+            r = {"data": name, "frame": fr, **list_lengths(x, c)}
+            rows.append(r)
+            print(f"{name:<32} frame {fr:>5}: list length at the points: mean {r['mean_at_points']:6.2f}, p90 "
+                  f"{r['p90_at_points']:6.1f}, max {r['max_at_points']:4d}, warp max {r['mean_warp_max']:6.2f}; "
+                  f"over cells {r['mean_over_cells']:6.2f}"
+                  f"  [{time.time() - t0:.1f} s]", flush=True)
+    cuda_encode.grid_frame = box
     save_rows(a.out, a, rows)
 
 
