@@ -20,21 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_prune_probe import heldout_subspaces, save_rows  # noqa: E402
 
 
-def quantile_frame(q: float):
-    """A grid frame like ``cuda_encode.grid_frame`` but over the ``q`` .. ``1 - q`` quantiles of the centroids per axis
-    instead of their bounding box (the border cells reach to infinity either way, so the lists stay exact)."""
-    def frame(c: torch.Tensor, G: int):
-        cd64 = c.double()
-        lo = torch.quantile(cd64, q, dim=1)
-        span = torch.quantile(cd64, 1 - q, dim=1) - lo
-        span = torch.where(span > 0, span, torch.ones_like(span))
-        lo32 = lo.float()
-        inv_w32 = (G / span).float()
-        return cd64, lo32.double(), 1.0 / inv_w32.double(), lo32, inv_w32
-
-    return frame
-
-
 def list_lengths(x: torch.Tensor, c: torch.Tensor) -> dict:
     """``x [S, N, 2]`` points, ``c [S, 256, 2]`` centroids: mean / p90 / max list length at the points, and averaged
     over cells (every cell counted once)."""
@@ -68,7 +53,7 @@ def main(argv=None) -> None:
     box = cuda_encode.grid_frame
     rows = []
     for fr in a.frames.split(","):
-        cuda_encode.grid_frame = box if fr == "box" else quantile_frame(float(fr))
+        cuda_encode.grid_frame = box if fr == "box" else (lambda c, G, q=float(fr): box(c, G, q=q))
         for name, (x, c) in data.items():
             t0 = time.time()
             r = {"data": name, "frame": fr, **list_lengths(x, c)}

@@ -56,8 +56,16 @@ def _points(c: torch.Tensor, lo: torch.Tensor, inv_w: torch.Tensor, gen: torch.G
     return torch.cat(pts, 1).float()
 
 
+@pytest.mark.parametrize("q", [0.0, 0.05], ids=["box", "quantile-frame"])
 @pytest.mark.parametrize("kind", ["gauss", "aniso", "clusters", "line"])
-def test_exact_argmin_is_in_the_cell_list(kind):
+def test_exact_argmin_is_in_the_cell_list(kind, q, monkeypatch):
+    """Every exact nearest centroid is in the list of its point's cell, for the library's grid over the centroids'
+    bounding box and for a grid over their inner quantiles (``grid_frame(q=...)``: more points in the border cells)."""
+    import million.ops.cuda_encode as ce
+
+    if q:
+        box = ce.grid_frame
+        monkeypatch.setattr(ce, "grid_frame", lambda c, G: box(c, G, q=q))
     gen = torch.Generator().manual_seed(1)
     c = _codebooks(kind, 3, gen)
     kept, lo, inv_w = build_grid_lists(c, G=G)
@@ -121,6 +129,14 @@ def test_pack_in_chunks_gives_every_cell_its_list(flags, monkeypatch):
             for g in range(16):
                 off, n = int(cells[s, g]) & 0xFFFF, int(cells[s, g]) >> 16
                 assert torch.equal(lists[s, off : off + n].long(), kept[s, g].nonzero().flatten())
+
+
+def test_grid_frame_rejects_a_bad_quantile():
+    from million.ops.cuda_encode import grid_frame
+
+    for bad in (-0.1, 0.5):
+        with pytest.raises(ValueError, match=f"q={bad}: expected a quantile in"):
+            grid_frame(torch.zeros(1, 256, 2), 8, q=bad)
 
 
 def test_import_without_cuda():

@@ -117,15 +117,23 @@ def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
     return ((g > tol * scale) & ~free).any(-1)
 
 
-def grid_frame(c: torch.Tensor, G: int):
+def grid_frame(c: torch.Tensor, G: int, q: float = 0.0):
     """The grid of :func:`build_grid_lists` over ``c [S, K, 2]``: ``(c in float64, lo, w, lo32, inv_w32)``, where
     ``lo32``, ``inv_w32`` (float32, ``[S, 2]``) are what the encode kernel assigns cells with and ``lo``, ``w`` the
-    same origin and cell width in float64 (``w = 1 / inv_w32``), from which the cell boxes are built."""
+    same origin and cell width in float64 (``w = 1 / inv_w32``), from which the cell boxes are built. The grid spans
+    the centroids' bounding box, or with ``q > 0`` their ``q`` .. ``1 - q`` quantiles per axis (the border cells reach
+    to infinity either way, so the lists stay exact; ``benchmarks/grid_list_probe.py --frames`` compares them)."""
     if c.dim() != 3 or c.shape[-1] != 2:
         raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={c.shape[-1]}")
+    if not 0.0 <= q < 0.5:
+        raise ValueError(f"q={q}: expected a quantile in [0, 0.5)")
     cd64 = c.double()
-    lo = cd64.amin(1)
-    span = cd64.amax(1) - lo
+    if q > 0:
+        lo = torch.quantile(cd64, q, dim=1)
+        span = torch.quantile(cd64, 1 - q, dim=1) - lo
+    else:
+        lo = cd64.amin(1)
+        span = cd64.amax(1) - lo
     span = torch.where(span > 0, span, torch.ones_like(span))
     lo32 = lo.float()
     inv_w32 = (G / span).float()
