@@ -131,12 +131,29 @@ def test_pack_in_chunks_gives_every_cell_its_list(flags, monkeypatch):
                 assert torch.equal(lists[s, off : off + n].long(), kept[s, g].nonzero().flatten())
 
 
-def test_grid_frame_rejects_a_bad_quantile():
+def test_grid_frame_rejects_a_bad_quantile(monkeypatch):
     from million.ops.cuda_encode import grid_frame
 
     for bad in (-0.1, 0.5):
         with pytest.raises(ValueError, match=f"q={bad}: expected a quantile in"):
             grid_frame(torch.zeros(1, 256, 2), 8, q=bad)
+    for bad in ("0.7", "x"):
+        monkeypatch.setenv("MILLION_ENCODE_GRID_Q", bad)
+        with pytest.raises(ValueError, match=f"MILLION_ENCODE_GRID_Q='{bad}': expected a quantile"):
+            grid_frame(torch.zeros(1, 256, 2), 8)
+
+
+def test_grid_frame_default_comes_from_the_environment(monkeypatch):
+    from million.ops.cuda_encode import grid_frame
+
+    c = torch.randn(2, 256, 2, generator=torch.Generator().manual_seed(5))
+    box = grid_frame(c, 8, q=0.0)
+    inner = grid_frame(c, 8, q=0.02)
+    monkeypatch.delenv("MILLION_ENCODE_GRID_Q", raising=False)
+    assert all(torch.equal(a, b) for a, b in zip(grid_frame(c, 8), box))
+    monkeypatch.setenv("MILLION_ENCODE_GRID_Q", "0.02")
+    assert all(torch.equal(a, b) for a, b in zip(grid_frame(c, 8), inner))
+    assert (inner[4] > box[4]).all()  # finer cells over the inner quantiles
 
 
 def test_import_without_cuda():

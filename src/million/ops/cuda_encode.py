@@ -117,14 +117,29 @@ def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
     return ((g > tol * scale) & ~free).any(-1)
 
 
-def grid_frame(c: torch.Tensor, G: int, q: float = 0.0):
+def grid_q() -> float:
+    """The quantile of :func:`grid_frame`'s default frame: ``$MILLION_ENCODE_GRID_Q`` (default 0, the bounding box)."""
+    v = os.environ.get("MILLION_ENCODE_GRID_Q", "0")
+    try:
+        q = float(v)
+    except ValueError:
+        q = -1.0
+    if not 0.0 <= q < 0.5:
+        raise ValueError(f"MILLION_ENCODE_GRID_Q={v!r}: expected a quantile in [0, 0.5)")
+    return q
+
+
+def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
     """The grid of :func:`build_grid_lists` over ``c [S, K, 2]``: ``(c in float64, lo, w, lo32, inv_w32)``, where
     ``lo32``, ``inv_w32`` (float32, ``[S, 2]``) are what the encode kernel assigns cells with and ``lo``, ``w`` the
     same origin and cell width in float64 (``w = 1 / inv_w32``), from which the cell boxes are built. The grid spans
     the centroids' bounding box, or with ``q > 0`` their ``q`` .. ``1 - q`` quantiles per axis (the border cells reach
-    to infinity either way, so the lists stay exact; ``benchmarks/grid_list_probe.py --frames`` compares them)."""
+    to infinity either way, so the lists stay exact; ``benchmarks/grid_list_probe.py --frames`` compares them).
+    ``q=None``: :func:`grid_q` (an environment setting, so that a benchmark can compare frames without code changes)."""
     if c.dim() != 3 or c.shape[-1] != 2:
         raise ValueError(f"build_grid_lists needs 2-D subspaces, got dsub={c.shape[-1]}")
+    if q is None:
+        q = grid_q()
     if not 0.0 <= q < 0.5:
         raise ValueError(f"q={q}: expected a quantile in [0, 0.5)")
     cd64 = c.double()

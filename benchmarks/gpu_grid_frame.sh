@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call for the lead of docs/kernel_notes.md, "What a warp pays, and a grid over the centroids' inner 98%":
+# the 4-bit (pruned) encode timed with the grid lists over the centroids' bounding box (MILLION_ENCODE_GRID_Q=0, the
+# default) and over their inner quantiles (0.01, 0.02), interleaved twice (bench_encode.py, Gaussian data as every
+# encode timing so far), and the encode's GPU tests with the 0.01 frame (exact codes either way). Not yet run.
+# Libraries prebuilt here (flags of ops/_nvcc.py) and carried:
+#   ATTN_LIB=.carry/attn.so ENC_LIB=.carry/enc.so bash benchmarks/gpu_grid_frame.sh   # `run` with carry [".carry"]
+set -uo pipefail
+T0=$(date +%s)
+OUT=${OUT:-gpu_out}
+W=${W:-/tmp/gridq}
+DEADLINE=${DEADLINE:-400}
+mkdir -p "$OUT" "$W"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-.carry/attn.so} \
+  MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-.carry/enc.so}
+pack() {  # after each stage: the 4-bit encode lines (or the test summary) into the summary, everything to $OUT
+  grep -E "^encode 4b|passed|failed" "$W/$1.txt" | cut -c1-160 | sed 's/^/   /' >> "$W/stages.txt"
+  cp -r "$W"/. "$OUT"/ 2>/dev/null
+}
+. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
+{ date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version --format=csv;
+  sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
+for r in 1 2; do
+  for q in 0 0.01 0.02; do
+    run "enc_q${q}_$r" 60 env MILLION_ENCODE_GRID_Q=$q python3 benchmarks/bench_encode.py --no-prefill --prefill-ms 1431 \
+      --out "$W/enc_q${q}_$r.json"
+  done
+done
+run tests_q0.01 150 env MILLION_ENCODE_GRID_Q=0.01 python3 -m pytest -q -p no:cacheprovider -m gpu \
+  tests/test_cuda_encode.py tests/test_triton_grid.py
+cat "$W/stages.txt"
