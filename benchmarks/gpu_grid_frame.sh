@@ -6,20 +6,13 @@
 # Libraries prebuilt here (flags of ops/_nvcc.py) and carried:
 #   ATTN_LIB=.carry/attn.so ENC_LIB=.carry/enc.so bash benchmarks/gpu_grid_frame.sh   # `run` with carry [".carry"]
 set -uo pipefail
-T0=$(date +%s)
-OUT=${OUT:-gpu_out}
-W=${W:-/tmp/gridq}
-DEADLINE=${DEADLINE:-400}
-mkdir -p "$OUT" "$W"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-.carry/attn.so} \
-  MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-.carry/enc.so}
+. "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
+gpu_setup /tmp/gridq 400 .carry/attn.so .carry/enc.so
 pack() {  # after each stage: the 4-bit encode lines (or the test summary) into the summary, everything to $OUT
   grep -E "^encode 4b|passed|failed" "$W/$1.txt" | cut -c1-160 | sed 's/^/   /' >> "$W/stages.txt"
   cp -r "$W"/. "$OUT"/ 2>/dev/null
 }
-. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
-{ date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version --format=csv;
-  sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
+env_txt
 for r in 1 2; do
   for q in 0 0.01 0.02; do
     run "enc_q${q}_$r" 60 env MILLION_ENCODE_GRID_Q=$q python3 benchmarks/bench_encode.py --no-prefill --prefill-ms 1431 \

@@ -7,20 +7,13 @@
 # prebuilt here and carried:
 #   ATTN_LIB=.carry/attn_cm2.so ENC_LIB=.carry/enc_h200.so bash benchmarks/gpu_prefill.sh   # `run` with carry [".carry"]
 set -uo pipefail
-T0=$(date +%s)
-OUT=${OUT:-gpu_out}
-W=${W:-/tmp/pf}
-DEADLINE=${DEADLINE:-560}
-mkdir -p "$OUT" "$W"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-.carry/attn_cm2.so} \
-  MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-.carry/enc_h200.so}
+. "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
+gpu_setup /tmp/pf 560 .carry/attn_cm2.so .carry/enc_h200.so
 pack() {  # after each stage (gpu_stages.sh's run): the stage's last lines into the summary, everything to $OUT
   tail -8 "$W/$1.txt" | sed 's/^/   /' >> "$W/stages.txt"
   cp -r "$W"/. "$OUT"/ 2>/dev/null
 }
-. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
-{ date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv;
-  git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
+env_txt
 run tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_cache.py -k mha
 run prefill2 150 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 2 --rounds 3 --json "$W/prefill2.json"
 run prefill4 200 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 4 --rounds 3 --json "$W/prefill4.json"

@@ -1,5 +1,22 @@
-# Stage helpers shared by the one-call GPU scripts (gpu_h200.sh, gpu_e2e.sh); source it after setting T0, DEADLINE,
-# W and defining pack (called as `pack NAME` after each stage, NAME the stage just run).
+# Stage helpers shared by the one-call GPU scripts (gpu_h200.sh, gpu_e2e.sh, gpu_prefill.sh, gpu_verify.sh,
+# gpu_grid_frame.sh). `run` needs T0, DEADLINE, W and a function pack (called as `pack NAME` after each stage, NAME the
+# stage just run); gpu_setup sets the first three.
+# gpu_setup W DEADLINE ATTN_LIB ENC_LIB: the defaults of $W, $DEADLINE and of the carried libraries ($ATTN_LIB,
+# $ENC_LIB); starts the clock, makes $OUT and $W, exports PYTHONPATH and the libraries' variables
+gpu_setup() {
+  T0=$(date +%s)
+  OUT=${OUT:-gpu_out}
+  W=${W:-$1}
+  DEADLINE=${DEADLINE:-$2}
+  mkdir -p "$OUT" "$W"
+  export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-$3} MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-$4}
+}
+# env_txt: the date, the GPU, the commit and the two libraries' hashes into $W/env.txt
+env_txt() {
+  { date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv;
+    python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)';
+    git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
+}
 # left: seconds before the deadline; tmo CAP: the smaller of CAP and that (at least 1 s)
 left() { echo $((T0 + DEADLINE - $(date +%s))); }
 tmo() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }

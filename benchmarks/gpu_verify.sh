@@ -5,21 +5,13 @@
 # whose warm-up builds the 4-bit encode's grid lists. Libraries prebuilt here (flags of ops/_nvcc.py) and carried:
 #   ATTN_LIB=.carry/attn.so ENC_LIB=.carry/enc.so bash benchmarks/gpu_verify.sh   # `run` with carry [".carry"]
 set -uo pipefail
-T0=$(date +%s)
-OUT=${OUT:-gpu_out}
-W=${W:-/tmp/verify}
-DEADLINE=${DEADLINE:-560}
-mkdir -p "$OUT" "$W"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-.carry/attn.so} \
-  MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-.carry/enc.so}
+. "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
+gpu_setup /tmp/verify 560 .carry/attn.so .carry/enc.so
 pack() {  # after each stage: the stage's last lines into the summary, everything to $OUT
   tail -6 "$W/$1.txt" | sed 's/^/   /' >> "$W/stages.txt"
   cp -r "$W"/. "$OUT"/ 2>/dev/null
 }
-. "$(dirname "$0")/gpu_stages.sh"  # left, tmo, stage, run
-{ date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv;
-  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)';
-  git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
+env_txt
 P="python3 -m pytest -q -p no:cacheprovider"
 run grid 150 $P tests/test_triton_grid.py tests/test_cuda_encode_grid.py
 run grid_gpu 90 $P -m gpu tests/test_triton_grid.py

@@ -60,12 +60,9 @@ def _points(c: torch.Tensor, lo: torch.Tensor, inv_w: torch.Tensor, gen: torch.G
 @pytest.mark.parametrize("kind", ["gauss", "aniso", "clusters", "line"])
 def test_exact_argmin_is_in_the_cell_list(kind, q, monkeypatch):
     """Every exact nearest centroid is in the list of its point's cell, for the library's grid over the centroids'
-    bounding box and for a grid over their inner quantiles (``grid_frame(q=...)``: more points in the border cells)."""
-    import million.ops.cuda_encode as ce
-
-    if q:
-        box = ce.grid_frame
-        monkeypatch.setattr(ce, "grid_frame", lambda c, G: box(c, G, q=q))
+    bounding box and for a grid over their inner quantiles (``$MILLION_ENCODE_GRID_Q``: more points in the border
+    cells)."""
+    monkeypatch.setenv("MILLION_ENCODE_GRID_Q", str(q))
     gen = torch.Generator().manual_seed(1)
     c = _codebooks(kind, 3, gen)
     kept, lo, inv_w = build_grid_lists(c, G=G)

@@ -117,16 +117,22 @@ def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
     return ((g > tol * scale) & ~free).any(-1)
 
 
+def _env_setting(name: str, default: str, cast, ok, expected: str):
+    """The environment setting ``name`` (``default`` when unset) as ``cast`` of it; a clear error when it does not
+    parse or ``ok`` refuses it."""
+    v = os.environ.get(name, default)
+    try:
+        x = cast(v)
+    except ValueError:
+        x = None
+    if x is None or not ok(x):
+        raise ValueError(f"{name}={v!r}: expected {expected}")
+    return x
+
+
 def grid_q() -> float:
     """The quantile of :func:`grid_frame`'s default frame: ``$MILLION_ENCODE_GRID_Q`` (default 0, the bounding box)."""
-    v = os.environ.get("MILLION_ENCODE_GRID_Q", "0")
-    try:
-        q = float(v)
-    except ValueError:
-        q = -1.0
-    if not 0.0 <= q < 0.5:
-        raise ValueError(f"MILLION_ENCODE_GRID_Q={v!r}: expected a quantile in [0, 0.5)")
-    return q
+    return _env_setting("MILLION_ENCODE_GRID_Q", "0", float, lambda q: 0.0 <= q < 0.5, "a quantile in [0, 0.5)")
 
 
 def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
@@ -377,14 +383,7 @@ def small_encode() -> int:
     the fused build, so about 6 s for the 64 tensors of a 7B-shaped model; 1.3 s and a minute with the torch rule): a
     decode loop encodes R-token blocks, for which the brute kernel takes well under a millisecond; a long prefill
     builds the lists once. ``$MILLION_ENCODE_PRUNE_MIN`` (default 4096) sets it."""
-    v = os.environ.get("MILLION_ENCODE_PRUNE_MIN", "4096")
-    try:
-        n = int(v)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise ValueError(f"MILLION_ENCODE_PRUNE_MIN={v!r}: expected a token count >= 0")
-    return n
+    return _env_setting("MILLION_ENCODE_PRUNE_MIN", "4096", int, lambda n: n >= 0, "a token count >= 0")
 
 
 @functools.lru_cache(maxsize=None)
