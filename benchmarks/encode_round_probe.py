@@ -5,7 +5,7 @@ share of the exact nearest-centroid distortion, and the share of codes that chan
 P = 8 R^2, i.e. the grid on which 2^(8 - 2 extra) tag values fit below the distance bits (extra 0, 1, 2: 8-, 6- and
 4-bit tags). R is the largest centroid norm (``max_c``) or the 99.9% quantile of the point norms (``q999``).
 
-    python benchmarks/encode_round_probe.py --out round.json
+    PYTHONPATH=src python benchmarks/encode_round_probe.py --out round.json
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ import json
 
 import torch
 
-
-def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    c = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
-    for _ in range(iters):
-        a = torch.cdist(x, c).argmin(1)
-        s = torch.zeros_like(c).index_add_(0, a, x)
-        n = torch.bincount(a, minlength=k).unsqueeze(1)
-        c = torch.where(n > 0, s / n.clamp(min=1), c)
-    return c
+from million.kmeans import kmeans
 
 
 def main():
@@ -45,7 +37,7 @@ def main():
     print("| data | R | g | excess distortion (% of exact) | codes changed (%) |")
     print("|---|---|---|---|---|")
     for name, draw in data.items():
-        c = kmeans(draw(args.train), 256, args.iters, gen)
+        c = kmeans(draw(args.train)[None], 256, iters=args.iters, seed=args.seed).centroids[0].double()
         x = draw(args.points)
         d = torch.cdist(x, c) ** 2
         exact = d.min(1).values.mean()
