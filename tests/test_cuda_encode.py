@@ -43,7 +43,9 @@ def _check(x, c, got, min_match=0.9999):
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("kind,dsub,opt", [("pruned", 2, 0), ("pruned", 2, 1), ("brute", 2, 0), ("mma", 4, 0),
                                             ("mma", 4, 2), ("mma", 4, 4), ("mma", 4, 12), ("mma", 4, 20),
-                                            ("mma", 4, 28), ("brute", 4, 0)])
+                                            ("mma", 4, 28), ("mma", 4, 32), ("mma", 4, 96),
+                                            ("mma", 4, 160), ("mma", 4, 224), ("mma", 4, 76),
+                                            ("mma", 4, 140), ("mma", 4, 204), ("brute", 4, 0)])
 @pytest.mark.parametrize("T", [0, 1, 37, 1000, 4099])
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shared", [True, False])
@@ -53,6 +55,8 @@ def test_matches_naive(kind, dsub, opt, T, B, shared, dtype):
 
     if not ce.available():
         pytest.skip("CUDA encode library not available")
+    if opt & 32 and not ce.wgmma_available():
+        pytest.skip("the wgmma kernel needs sm_90a")
     g = torch.Generator(device="cuda").manual_seed(T * 7 + B)
     H, D = 4, 128
     M = D // dsub
@@ -78,14 +82,14 @@ def test_dispatch_strided_and_outliers():
     for dsub in (2, 4):
         c = torch.randn(6, 128 // dsub, 256, dsub, device="cuda", generator=g)
         _check(x, c, ops.pq_encode(x, c))
-        for opt in (1, 2, 4, 12):
+        for opt in (1, 2, 4, 12, 204) + ((32, 224) if ce.wgmma_available() else ()):
             _check(x, c, ce.pq_encode(x, c, opt=opt))
     # bf16 / fp32 values outside the fp16 range take the exact fix-up path of the mma kernel
     xf = torch.randn(1, 2, 64, 128, device="cuda", generator=g)
     xf[0, 1, 5, :8] = 1e6
     c = torch.randn(1, 32, 256, 4, device="cuda", generator=g) * 10
     assert ce.tables(c, "mma")["kind"] == "mma"
-    for opt in (0, 2, 4, 12):
+    for opt in (0, 2, 4, 12, 204) + ((32, 224) if ce.wgmma_available() else ()):
         _check(xf, c, ce.pq_encode(xf, c, kind="mma", opt=opt))
         _check(xf.bfloat16(), c, ce.pq_encode(xf.bfloat16(), c, kind="mma", opt=opt))
     # unsupported inputs fall back (ksub 16)
@@ -108,6 +112,12 @@ def test_large_offsets_and_graph_capture():
     tail = x[:, :, -4096:]
     assert torch.equal(got[:, :, -4096:], ce.pq_encode(tail.contiguous(), c))
     _check(tail, c, got[:, :, -4096:])
+    if ce.wgmma_available():  # 2-bit, the wgmma kernel: codes of 2**31 elements (the last at 2**31 - 1)
+        c4 = torch.randn(1, 32, 256, 4, device="cuda", generator=g)
+        got4 = ce.pq_encode(x, c4, opt=32)
+        assert torch.equal(got4[:, :, -4096:], ce.pq_encode(tail.contiguous(), c4, opt=32))
+        _check(tail, c4, got4[:, :, -4096:])
+        del got4
     del x, got
     # CUDA-graph capture after one eager call (tables cached)
     xs = torch.randn(1, 4, 512, 128, device="cuda", dtype=torch.float16, generator=g)
@@ -120,3 +130,14 @@ def test_large_offsets_and_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     _check(xs, c, out)
+    if ce.wgmma_available():  # the 2-bit wgmma kernel captured too
+        c4 = torch.randn(4, 32, 256, 4, device="cuda", generator=g)
+        ce.pq_encode(xs, c4, opt=32)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out4 = ce.pq_encode(xs, c4, opt=32)
+        xs.copy_(torch.randn(1, 4, 512, 128, device="cuda", dtype=torch.float16, generator=g))
+        graph.replay()
+        torch.cuda.synchronize()
+        _check(xs, c4, out4)

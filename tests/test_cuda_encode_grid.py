@@ -145,12 +145,15 @@ def test_grid_frame_default_comes_from_the_environment(monkeypatch):
 
     c = torch.randn(2, 256, 2, generator=torch.Generator().manual_seed(5))
     box = grid_frame(c, 8, q=0.0)
+    q01 = grid_frame(c, 8, q=0.01)
     inner = grid_frame(c, 8, q=0.02)
     monkeypatch.delenv("MILLION_ENCODE_GRID_Q", raising=False)
+    assert all(torch.equal(a, b) for a, b in zip(grid_frame(c, 8), q01))  # the default: the inner 98%
+    monkeypatch.setenv("MILLION_ENCODE_GRID_Q", "0")
     assert all(torch.equal(a, b) for a, b in zip(grid_frame(c, 8), box))
     monkeypatch.setenv("MILLION_ENCODE_GRID_Q", "0.02")
     assert all(torch.equal(a, b) for a, b in zip(grid_frame(c, 8), inner))
-    assert (inner[4] > box[4]).all()  # finer cells over the inner quantiles
+    assert (inner[4] > q01[4]).all() and (q01[4] > box[4]).all()  # finer cells over the inner quantiles
 
 
 def test_import_without_cuda():

@@ -23,6 +23,14 @@ FLAGS = (
 )
 
 
+# the encode library adds sm_90a machine code (its wgmma kernel needs it; the plain sm_90 pass compiles the
+# kernel empty and a probe tells which one the driver loaded) and keeps compute_90 PTX for newer GPUs
+FLAGS_SM90A = (
+    "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_90,code=compute_90",
+    "-Xcompiler", "-fPIC", "-shared",
+)
+
+
 def find_nvcc() -> str | None:
     for cand in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
         if cand and os.path.exists(cand):

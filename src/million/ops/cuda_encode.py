@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from ._nvcc import CudaLibrary
+from ._nvcc import FLAGS_SM90A, CudaLibrary
 
 _SRC = Path(__file__).with_name("cuda") / "pq_encode.cu"
 _ENV = "MILLION_CUDA_ENCODE_LIB"
-_LIBRARY = CudaLibrary(_SRC, "million_pq_encode", _ENV)
+_LIBRARY = CudaLibrary(_SRC, "million_pq_encode", _ENV, FLAGS_SM90A)
 KINDS = ("pruned", "brute", "mma")
 GRID = 32  # cells per axis of the dsub-2 pruning grid
 _MG = 8  # subspaces per block (pq_encode.cu)
@@ -61,7 +61,15 @@ def _lib():
     lib.million_pq_encode_args_size.restype = ctypes.c_int
     if lib.million_pq_encode_args_size() != ctypes.sizeof(_Args):
         raise RuntimeError(f"{path}: argument struct size mismatch (stale library?)")
+    lib.million_pq_encode_set_wg_layout.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.million_pq_encode_wgmma.restype = ctypes.c_int
     return lib
+
+
+def wgmma_available() -> bool:
+    """True when the loaded library runs the 2-bit encode's warpgroup-MMA kernel (``opt`` bit 5): it
+    was compiled for sm_90a and the GPU is of compute capability 9.0."""
+    return bool(_lib().million_pq_encode_wgmma())
 
 
 def available() -> bool:
@@ -131,8 +139,11 @@ def _env_setting(name: str, default: str, cast, ok, expected: str):
 
 
 def grid_q() -> float:
-    """The quantile of :func:`grid_frame`'s default frame: ``$MILLION_ENCODE_GRID_Q`` (default 0, the bounding box)."""
-    return _env_setting("MILLION_ENCODE_GRID_Q", "0", float, lambda q: 0.0 <= q < 0.5, "a quantile in [0, 0.5)")
+    """The quantile of :func:`grid_frame`'s default frame: ``$MILLION_ENCODE_GRID_Q``, default 0.01 (the centroids'
+    inner 98% per axis; 0 = their bounding box). The 4-bit encode ran 10-12% faster with 0.01 than with the box on
+    the H100 (2026-12-05, two rounds: 0.817-0.842 against 0.919-0.951 ms per 32K x 32-head tensor; docs/benchmarks.md);
+    the codes are the same either way (exact lists)."""
+    return _env_setting("MILLION_ENCODE_GRID_Q", "0.01", float, lambda q: 0.0 <= q < 0.5, "a quantile in [0, 0.5)")
 
 
 def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
@@ -149,7 +160,7 @@ def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
     if not 0.0 <= q < 0.5:
         raise ValueError(f"q={q}: expected a quantile in [0, 0.5)")
     cd64 = c.double()
-    if q > 0:
+    if q > 0 and cd64.shape[0] > 0:  # (torch.quantile refuses an empty tensor: no subspaces, no frame to fit)
         lo = torch.quantile(cd64, q, dim=1)
         span = torch.quantile(cd64, 1 - q, dim=1) - lo
     else:
@@ -411,15 +422,18 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     16-token tiles per B fragment load and ``||x||^2`` through the MMA (``enc_mma2_kernel``);
     bit 2: ``enc_mma3_kernel`` (mma2 with the candidate keys built by IMAD / LEA and a three-way DPX
     minimum instead of LOP3 + FMNMX per candidate; takes precedence over bit 1); bit 3 (with bit 2): its
-    subspace loop rolled (1/8 of the code); bit 4 (with bit 2): registers budgeted for 3 blocks per SM.
+    subspace loop rolled (1/8 of the code); bit 4 (with bit 2): registers budgeted for 3 blocks per SM;
+    bit 5: ``enc_wg_kernel`` (mma3's keys, distances from warpgroup MMAs, 64 tokens x 128 centroids per
+    instruction; needs :func:`wgmma_available`; takes precedence over bits 1-4); with bit 5, bit 6: keys
+    with the centroid index in their low 8 bits (a shorter quad reduction), bit 7: keys by IMAD.
     Default ``opt``: 12 = mma3 with the rolled loop (measured on the H100, 2026-11-23: 1.85 ms per 32K x
     32-head tensor vs 2.26-2.31 for mma2 and 2.04-2.07 for mma3 unrolled; 3 blocks per SM no faster);
     the pruned kernel ignores bits 2-4 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
     0.92-0.99 ms)."""
     if opt is None:
         opt = 12
-    if not 0 <= int(opt) < 32:
-        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 32) (see the docstring)")
+    if not 0 <= int(opt) < 256:
+        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 256) (see the docstring)")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):
@@ -451,6 +465,10 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
         # with 2 chunks vs 1.0 with 5 at H=32); mma / brute: ~8 blocks per SM
         per_sm = 2 if t["kind"] == "pruned" else 8
         chunks = max(1, min(-(-per_sm * _sms(idx) // (H * groups)), -(-N // 512)))
+        if t["kind"] == "mma" and opt & 32:
+            # the wg kernel: 3 resident blocks per SM and equal blocks, so one full wave (not more blocks
+            # than fit at once: a partial second wave would double the time)
+            chunks = max(1, min(3 * _sms(idx) // (H * groups), -(-N // 256)))
     null = lambda k: t[k].data_ptr() if k in t else None  # noqa: E731
     a = _Args(
         x.data_ptr(), codes.data_ptr(), t["tab"].data_ptr(), null("cells"), null("lists"), null("grid"), null("frags"),

@@ -555,6 +555,17 @@ __device__ __forceinline__ void mma16816_c(float& d0, float& d1, float& d2, floa
       : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(b.x), "r"(b.y), "f"(c01), "f"(c23));
 }
 __device__ __forceinline__ uint32_t key64(float d, uint32_t tag) { return __float_as_uint(d) * 64u + tag; }
+// Candidate keys of mma3 and the wg kernel. KM bit 0 ("key256"): key = bits(D) * 256 + (8 blk + parity), the lane's 2q OR-ed in before the quad
+// minimum, so the low 8 bits are the centroid index itself (D's exponent is common to the row: its
+// low bit is all that bits(D) * 256 keeps of it, and the whole mantissa stays); the quad reduction is
+// then two shuffles and two minima per row. Otherwise key = bits(D) * 64 + (2 blk + parity) as mma3.
+// KM bit 1: the multiplier comes from a register (kmul), so the key is an IMAD (FMA pipe) and not a
+// LEA (ALU pipe, which the VIMNMX3 minima already load).
+template <int KM>
+__device__ __forceinline__ uint32_t key_of(float d, uint32_t tag, uint32_t kmul) {
+  if constexpr (KM & 2) return __float_as_uint(d) * kmul + tag;
+  else return __float_as_uint(d) * ((KM & 1) ? 256u : 64u) + tag;
+}
 // 1.25 * (smallest power of two >= 4 * (sq + cmax)); sq + cmax >= 0
 __device__ __forceinline__ float big_of(float s) {
   const uint32_t b = __float_as_uint(fmaxf(4.f * s, 1e-30f));
@@ -563,8 +574,9 @@ __device__ __forceinline__ float big_of(float s) {
 
 // JU: unroll the subspace loop (false: a rolled loop, 1/8 of the code: fewer instruction-cache
 // misses); MINB: blocks per SM the registers are budgeted for.
-template <typename TX, int MG, bool JU, int MINB>
+template <typename TX, int MG, bool JU, int MINB, int KM>
 __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
+  const uint32_t kmul = (a.opt & 64) ? 256u : 64u;  // (a register: see key_of)
   extern __shared__ __align__(16) unsigned char smem[];
   uint2* fr = reinterpret_cast<uint2*>(smem);  // [MG][32 blocks][32 lanes]
   float* cmax = reinterpret_cast<float*>(smem + MG * 1024 * 8);  // [MG] max ||c||^2
@@ -655,25 +667,33 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
 #pragma unroll 8
       for (int blk = 0; blk < 32; ++blk) {
         const uint2 b = fj[blk * 32];
-        const uint32_t tag = (uint32_t)(blk * 2);
+        const uint32_t tag = (KM & 1) ? (uint32_t)(blk * 8) : (uint32_t)(blk * 2);
 #pragma unroll
         for (int t = 0; t < 2; ++t) {
           float d0, d1, d2, d3;
           mma16816_c(d0, d1, d2, d3, A[t], b, big[2 * t], big[2 * t + 1]);
-          k[2 * t] = __vimin3_u32(k[2 * t], key64(d0, tag), key64(d1, tag + 1));
-          k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key64(d2, tag), key64(d3, tag + 1));
+          k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
+          k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
         }
       }
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
+        int idx;
+        if constexpr (KM & 1) {  // the key's low 8 bits are the index once the lane's 2q is in
+          uint32_t kr = k[r] | (uint32_t)(2 * q);
+          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 1));
+          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 2));
+          idx = (int)(kr & 0xffu);
+        } else {
         // (value, centroid index) order across the quad: index = 8 blk + 2 q + parity
         uint32_t kv = k[r] >> 6;
-        int idx = (int)(((k[r] >> 1) & 31u) * 8u + 2u * q + (k[r] & 1u));
+        idx = (int)(((k[r] >> 1) & 31u) * 8u + 2u * q + (k[r] & 1u));
 #pragma unroll
         for (int off = 1; off <= 2; off <<= 1) {
           const uint32_t ov = __shfl_xor_sync(0xffffffffu, kv, off);
           const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
           if (ov < kv || (ov == kv && oi < idx)) { kv = ov; idx = oi; }
+        }
         }
         if (j & 4) cw1[r] |= (uint32_t)idx << (8 * (j & 3));
         else cw0[r] |= (uint32_t)idx << (8 * (j & 3));
@@ -692,6 +712,213 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// kind 2, opt bit 5 ("wg", sm_90a only): mma3's keys and minimum, but the distances come from warpgroup
+// MMAs (wgmma.mma_async m64n128k16, A = the tokens' augmented x from registers, B = the subspace's
+// centroid columns from shared memory): one instruction per 64 tokens x 128 centroids instead of 16
+// mma.sync, issued asynchronously, so the tensor pipe no longer paces the candidate bookkeeping
+// (mma3 without its tag IMAD was still bound by the mma.sync issue and latency, measured 2026-12-05).
+// A row = [x_hi(4), x_hi(4), x_lo(4), 1, 1, bigA, 0], B column = [-2c_hi, -2c_lo, -2c_hi, n_hi, n_lo,
+// 2^s, 0]: D = 1.375 P + ||c||^2 - 2 x.c, with P a power of two >= 4 (||x||^2 + max ||c||^2) and
+// 2^s the subspace's scale (bigA = 1.375 P / 2^s in fp16): wgmma has no separate C input, so the
+// row's offset enters through the K dimension. ||x||^2 is common to the row and dropped; d - ||x||^2
+// lies in [-||x||^2, ||x||^2 + 2 max ||c||^2], so every D of a row stays in [P, 2P) and its bits
+// order like the distances (as in mma3). Tokens whose x, or bigA, leave the fp16 range are redone
+// exactly (mma_finish). Block: one warpgroup (128 threads), 8 subspaces' B tiles (64 KB) in the
+// canonical no-swizzle K-major layout: core matrix (8 centroids x 8 K values, 128 contiguous bytes)
+// (n-group ng, k-group kg) at ng * 256 + kg * 128.
+static int g_wg_lbo = 128, g_wg_sbo = 256;  // descriptor offsets (bytes): K-adjacent, N-adjacent core matrices
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MILLION_WGMMA 1
+#endif
+
+#ifdef MILLION_WGMMA
+__device__ __forceinline__ void wg_mma_n128(float (&d)[64], const uint32_t (&A)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "l"(desc));
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// the accumulators are read only after the wait: tie each register to this point
+__device__ __forceinline__ void wg_hold(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// fold a finished 64-column half (h) of the row pair into the running keys k[row][chain] (key_of).
+template <int KM>
+__device__ __forceinline__ void wg_keys(const float (&d)[64], int h, uint32_t (&k)[2][2], uint32_t kmul) {
+#pragma unroll
+  for (int b = 0; b < 16; ++b) {
+    const uint32_t tag = (KM & 1) ? (uint32_t)((16 * h + b) * 8) : (uint32_t)((16 * h + b) * 2);
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      k[r][b & 1] = __vimin3_u32(k[r][b & 1], key_of<KM>(d[4 * b + 2 * r], tag, kmul),
+                                 key_of<KM>(d[4 * b + 2 * r + 1], tag + 1, kmul));
+  }
+}
+#endif
+
+template <typename TX, int MG, int KM>
+__global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int sbo, uint32_t kmul) {
+#ifdef MILLION_WGMMA
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3, half = q & 1;
+  const float* tab = reinterpret_cast<const float*>(a.tab);
+  float* cmax = reinterpret_cast<float*>(smem + MG * 8192);  // [MG] max ||c||^2
+  float* scl = cmax + MG;                                   // [MG] 2^-s
+  // prologue: per subspace, max ||c||^2 and the scale 2^s (the power of two >= 4 max ||c||^2, in fp16's
+  // normal range), then the B tile from the fragments (lane (g, q) of block blk holds rows 2q, 2q+1 and
+  // 8+2q, 8+2q+1 of centroid 8 blk + g) into the core-matrix layout; rows 14, 15 = (2^s, 0)
+  for (int j = warp; j < MG; j += 4) {
+    float mx = 0.f;
+    if (j < mg)
+      for (int c = lane; c < 256; c += 32) mx = fmaxf(mx, tab[((s0 + j) * 256 + c) * 8 + 4]);
+#pragma unroll
+    for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (lane == 0) {
+      const uint32_t b = __float_as_uint(fmaxf(4.f * mx, 0x1p-14f));
+      float p2 = __uint_as_float((b + 0x7fffffu) & 0xff800000u);
+      p2 = fminf(p2, 0x1p15f);
+      cmax[j] = mx;
+      scl[j] = 1.f / p2;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < MG * 1024; i += blockDim.x) {
+    const int j = i >> 10, blk = (i >> 5) & 31, ln = i & 31, gg = ln >> 2, qq = ln & 3;
+    uint2 v = j < mg ? a.frags[(s0 + j) * 1024 + blk * 32 + ln] : make_uint2(0u, 0u);
+    if (qq == 3) {
+      const __half s = __float2half_rn(1.f / scl[j]);
+      v.y = (uint32_t)__half_as_ushort(s);  // rows 14, 15 = (2^s, 0)
+    }
+    unsigned char* core = smem + j * 8192 + blk * 256 + gg * 16 + qq * 4;
+    *reinterpret_cast<uint32_t*>(core) = v.x;
+    *reinterpret_cast<uint32_t*>(core + 128) = v.y;
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+  const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+  const uint64_t dconst = ((uint64_t)((lbo >> 4) & 0x3fff) << 16) | ((uint64_t)((sbo >> 4) & 0x3fff) << 32);
+
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  float acc0[64], acc1[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) { acc0[i] = 0.f; acc1[i] = 0.f; }
+  for (long long tb = n0 + 16LL * warp; tb - 16LL * warp < n1; tb += 64) {
+    // every warp of the warpgroup runs every iteration (wgmma is warpgroup-wide); rows past n1 compute
+    // on zeros and are not stored
+    long long nn[2];
+    bool ok[2];
+    const TX* xp[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      nn[r] = tb + g + 8 * r;
+      ok[r] = nn[r] < n1;
+      xp[r] = X + (ok[r] ? xrow(a, h, nn[r]) : 0) + m0 * 4 + 2 * half;
+    }
+    float v[2][2], vn[2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      vn[r][0] = ok[r] ? Ld<TX>::one(xp[r]) : 0.f;
+      vn[r][1] = ok[r] ? Ld<TX>::one(xp[r] + 1) : 0.f;
+    }
+    static_assert(MG == 8, "two code words per row");
+    uint32_t cw0[2] = {0, 0}, cw1[2] = {0, 0};
+    bool bad[2] = {false, false};
+#pragma unroll 1
+    for (int j = 0; j < MG; ++j) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        v[r][0] = vn[r][0]; v[r][1] = vn[r][1];
+        const bool in = ok[r] && j + 1 < mg;
+        vn[r][0] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1)) : 0.f;
+        vn[r][1] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1) + 1) : 0.f;
+      }
+      const float cm = cmax[j], is = scl[j];
+      uint32_t A[4];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const __half2 hh = __floats2half2_rn(v[r][0], v[r][1]);
+        const float2 f = __half22float2(hh);
+        float sq = v[r][0] * v[r][0] + v[r][1] * v[r][1];
+        sq += __shfl_xor_sync(0xffffffffu, sq, 1);
+        const uint32_t pb = __float_as_uint(fmaxf(4.f * (sq + cm), 0x1p-40f));
+        const float P = __uint_as_float((pb + 0x7fffffu) & 0xff800000u);
+        const float bigA = 1.375f * P * is;  // exact: powers of two times 1.375
+        bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && bigA < 32768.f && bigA >= 0x1p-14f);
+        uint32_t hi_lo;
+        if (q < 2) hi_lo = pack_h2(v[r][0] - f.x, v[r][1] - f.y);
+        else if (q == 2) hi_lo = 0x3c003c00u;
+        else hi_lo = pack_h2(bigA, 0.f);
+        A[r] = *reinterpret_cast<const uint32_t*>(&hh);
+        A[2 + r] = hi_lo;
+      }
+      const uint64_t d0 = dconst | (uint64_t)(((sbase + j * 8192) & 0x3ffff) >> 4);
+      const uint64_t d1 = dconst | (uint64_t)(((sbase + j * 8192 + 4096) & 0x3ffff) >> 4);
+      wg_fence();
+      wg_mma_n128(acc0, A, d0);
+      wg_commit();
+      wg_mma_n128(acc1, A, d1);
+      wg_commit();
+      uint32_t k[2][2] = {{0xffffffffu, 0xffffffffu}, {0xffffffffu, 0xffffffffu}};
+      wg_wait<1>();
+      wg_hold(acc0);
+      wg_keys<KM>(acc0, 0, k, kmul);
+      wg_wait<0>();
+      wg_hold(acc1);
+      wg_keys<KM>(acc1, 1, k, kmul);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        uint32_t idx;
+        if constexpr (KM & 1) {
+          uint32_t kr = min(k[r][0], k[r][1]) | (uint32_t)(2 * q);
+          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 1));
+          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 2));
+          idx = kr & 0xffu;
+        } else {
+          const uint32_t kr = min(k[r][0], k[r][1]);
+          uint32_t kv = kr >> 6;
+          int ix = (int)(((kr >> 1) & 31u) * 8u + 2u * q + (kr & 1u));
+#pragma unroll
+          for (int off = 1; off <= 2; off <<= 1) {
+            const uint32_t ov = __shfl_xor_sync(0xffffffffu, kv, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, ix, off);
+            if (ov < kv || (ov == kv && oi < ix)) { kv = ov; ix = oi; }
+          }
+          idx = (uint32_t)ix;
+        }
+        if (j & 4) cw1[r] |= idx << (8 * (j & 3));
+        else cw0[r] |= idx << (8 * (j & 3));
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      bad[r] = __any_sync(0xffffffffu, bad[r]) && (__shfl_xor_sync(0xffffffffu, (int)bad[r], 1) | (int)bad[r]);
+    if (q == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (ok[r]) {
+          uint32_t cw[MG / 4] = {cw0[r], cw1[r]};
+          mma_finish<TX, MG>(a, X, tab, h, nn[r], s0, m0, mg, bad[r], cw);
+        }
+    }
+  }
+#endif
+}
 // ---------------------------------------------------------------------------------------------
 static int g_max_smem = 0;
 
@@ -706,6 +933,44 @@ static int launch(K kernel, const EncArgs& a, int MG, size_t smem, cudaStream_t 
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 5; }
   dim3 grid(a.chunks, (a.M + MG - 1) / MG, a.H);
   kernel<<<grid, 256, smem, st>>>(a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 6; }
+  return 0;
+}
+
+static int g_wg = -1;  // the wg kernel present (compiled for sm_90a and loaded as such): wg_ok
+// 1 when the wgmma kernel (opt bit 5) runs here. Without sm_90a machine code the driver loads the
+// compute_90 build, in which the kernel's body is compiled empty; the register count of the loaded
+// kernel tells the two apart without a launch or a copy (so this is safe inside a graph capture).
+static int wg_ok() {
+  if (g_wg >= 0) return g_wg;
+  cudaFuncAttributes at;
+  if (cudaFuncGetAttributes(&at, enc_wg_kernel<__half, 8, 0>) != cudaSuccess) { cudaGetLastError(); return 0; }
+  g_wg = at.numRegs > 64 ? 1 : 0;
+  return g_wg;
+}
+
+template <typename TX, int MG>
+static int launch_wg(const EncArgs& a, cudaStream_t st) {
+  if (wg_ok() != 1) {
+    snprintf(g_err, sizeof g_err, "opt bit 5 (wgmma kernel) needs the library built for sm_90a and run on a "
+             "compute capability 9.0 device (million_pq_encode_wgmma() = %d)", g_wg);
+    return 7;
+  }
+  const size_t smem = (size_t)MG * 8192 + MG * 8;
+  if (g_max_smem == 0) {
+    int dev; cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&g_max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  }
+  if ((int)smem > g_max_smem) { snprintf(g_err, sizeof g_err, "shared memory %zu > %d", smem, g_max_smem); return 4; }
+  // opt bit 6: key256; bit 7: keys by IMAD (enc_wg_kernel's KM)
+  const int km = ((a.opt >> 6) & 1) | (((a.opt >> 7) & 1) << 1);
+  void (*kernel)(EncArgs, int, int, uint32_t) = km == 0 ? enc_wg_kernel<TX, MG, 0> : km == 1 ? enc_wg_kernel<TX, MG, 1>
+                                                : km == 2 ? enc_wg_kernel<TX, MG, 2> : enc_wg_kernel<TX, MG, 3>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 5; }
+  dim3 grid(a.chunks, (a.M + MG - 1) / MG, a.H);
+  kernel<<<grid, 128, smem, st>>>(a, g_wg_lbo, g_wg_sbo, (km & 1) ? 256u : 64u);
   e = cudaGetLastError();
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 6; }
   return 0;
@@ -730,13 +995,20 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
   if (a.kind == 2) {
     if (a.dsub != 4) { snprintf(g_err, sizeof g_err, "mma kernel needs dsub 4, got %d", a.dsub); return 3; }
     size_t smem = (size_t)MG * 1024 * 8;
+    if (a.opt & 32) return launch_wg<TX, MG>(a, st);
     if (a.opt & 4) {  // bit 3: rolled subspace loop; bit 4: 3 blocks per SM
       if (a.opt & 16) {
-        if (a.opt & 8) return launch(enc_mma3_kernel<TX, MG, false, 3>, a, MG, smem + MG * 4, st);
-        return launch(enc_mma3_kernel<TX, MG, true, 3>, a, MG, smem + MG * 4, st);
+        if (a.opt & 8) return launch(enc_mma3_kernel<TX, MG, false, 3, 0>, a, MG, smem + MG * 4, st);
+        return launch(enc_mma3_kernel<TX, MG, true, 3, 0>, a, MG, smem + MG * 4, st);
       }
-      if (a.opt & 8) return launch(enc_mma3_kernel<TX, MG, false, 2>, a, MG, smem + MG * 4, st);
-      return launch(enc_mma3_kernel<TX, MG, true, 2>, a, MG, smem + MG * 4, st);
+      if (!(a.opt & 8)) return launch(enc_mma3_kernel<TX, MG, true, 2, 0>, a, MG, smem + MG * 4, st);
+      // rolled loop; bit 6: key256, bit 7: keys by IMAD (key_of)
+      switch ((a.opt >> 6) & 3) {
+        case 1: return launch(enc_mma3_kernel<TX, MG, false, 2, 1>, a, MG, smem + MG * 4, st);
+        case 2: return launch(enc_mma3_kernel<TX, MG, false, 2, 2>, a, MG, smem + MG * 4, st);
+        case 3: return launch(enc_mma3_kernel<TX, MG, false, 2, 3>, a, MG, smem + MG * 4, st);
+      }
+      return launch(enc_mma3_kernel<TX, MG, false, 2, 0>, a, MG, smem + MG * 4, st);
     }
     if (a.opt & 2) return launch(enc_mma2_kernel<TX, MG>, a, MG, smem, st);
     return launch(enc_mma_kernel<TX, MG>, a, MG, smem, st);
@@ -748,6 +1020,9 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
 extern "C" {
 int million_pq_encode_args_size() { return (int)sizeof(EncArgs); }
 const char* million_pq_encode_last_error() { return g_err; }
+int million_pq_encode_wgmma() { return wg_ok(); }
+// the wgmma B descriptor's byte offsets between core matrices (K-adjacent, N-adjacent); 128 / 256 by default
+void million_pq_encode_set_wg_layout(int lbo, int sbo) { g_wg_lbo = lbo; g_wg_sbo = sbo; }
 int million_pq_encode(const EncArgs* a, void* stream) {
   if ((long long)a->B * a->T == 0 || a->H == 0 || a->M == 0) return 0;
   if (a->chunks < 1) { snprintf(g_err, sizeof g_err, "chunks=%d < 1", a->chunks); return 3; }
