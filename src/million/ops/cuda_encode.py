@@ -426,12 +426,14 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     bit 5: ``enc_wg_kernel`` (mma3's keys, distances from warpgroup MMAs, 64 tokens x 128 centroids per
     instruction; needs :func:`wgmma_available`; takes precedence over bits 1-4); with bit 5, bit 6: keys
     with the centroid index in their low 8 bits (a shorter quad reduction), bit 7: keys by IMAD.
-    Default ``opt``: 12 = mma3 with the rolled loop (measured on the H100, 2026-11-23: 1.85 ms per 32K x
-    32-head tensor vs 2.26-2.31 for mma2 and 2.04-2.07 for mma3 unrolled; 3 blocks per SM no faster);
-    the pruned kernel ignores bits 2-4 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
+    Default ``opt``: 76 = mma3 with the rolled loop and the index in the keys' low 8 bits (H100, 2026-12-05,
+    two rounds: 1.764-1.789 ms per 32K x 32-head tensor against 1.836-1.861 for 12, mma3 alone; 12 itself measured
+    1.85 ms on 2026-11-23 against 2.26-2.31 for mma2 and 2.04-2.07 for mma3 unrolled; 3 blocks per SM no faster;
+    keys by IMAD, bit 7, 1.862-1.889; the wg kernel, bit 5, 2.14-2.31 and with both key bits 1.91-1.99);
+    the pruned kernel ignores bits 2-7 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
     0.92-0.99 ms)."""
     if opt is None:
-        opt = 12
+        opt = 76
     if not 0 <= int(opt) < 256:
         raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 256) (see the docstring)")
     if x.dim() != 4 or centroids.dim() != 4:

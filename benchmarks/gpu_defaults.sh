@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One device call that checks the library's defaults end to end after an encode change: the 32K prefill of the 7B
+# shape with no cache / DynamicCache / MillionCache at 2 and 4 bits (bench_prefill_encode.py, three rounds each), then
+# every `gpu` test file together. Libraries prebuilt here (ops/_nvcc.py: FLAGS for attention, FLAGS_SM90A for the
+# encode) and carried:
+#   ATTN_LIB=.carry/attn.so ENC_LIB=.carry/enc_wg.so bash benchmarks/gpu_defaults.sh   # `run` with carry [".carry"]
+set -uo pipefail
+. "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
+gpu_setup /tmp/defaults 560 .carry/attn.so .carry/enc_wg.so
+pack() {  # after each stage: the stage's last lines into the summary; the summary and the JSONs to $OUT
+  tail -8 "$W/$1.txt" | sed 's/^/   /' >> "$W/stages.txt"
+  cp "$W"/stages.txt "$W"/env.txt "$OUT"/ 2>/dev/null; cp "$W"/*.json "$OUT"/ 2>/dev/null
+}
+env_txt
+run prefill2 150 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 2 --rounds 3 --json "$W/prefill2.json"
+run prefill4 150 python3 benchmarks/bench_prefill_encode.py --context 32768 --bits 4 --rounds 3 --json "$W/prefill4.json"
+run tests 380 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_encode.py tests/test_cuda_attention.py \
+  tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py tests/test_triton_attention.py \
+  tests/test_triton_encode.py tests/test_triton_grid.py
+cat "$W/stages.txt"
