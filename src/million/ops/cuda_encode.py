@@ -424,8 +424,9 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     minimum instead of LOP3 + FMNMX per candidate; takes precedence over bit 1); bit 3 (with bit 2): its
     subspace loop rolled (1/8 of the code); bit 4 (with bit 2): registers budgeted for 3 blocks per SM;
     bit 5: ``enc_wg_kernel`` (mma3's keys, distances from warpgroup MMAs, 64 tokens x 128 centroids per
-    instruction; needs :func:`wgmma_available`; takes precedence over bits 1-4); with bit 5, bit 6: keys
-    with the centroid index in their low 8 bits (a shorter quad reduction), bit 7: keys by IMAD.
+    instruction; needs :func:`wgmma_available`; takes precedence over bits 1-4); bit 6 (the wg kernel, or mma3
+    with bit 3 and without bit 4): keys with the centroid index in their low 8 bits (a shorter quad reduction);
+    bit 7 (same kernels): keys by IMAD instead of LEA.
     Default ``opt``: 76 = mma3 with the rolled loop and the index in the keys' low 8 bits (H100, 2026-12-05,
     two rounds: 1.764-1.789 ms per 32K x 32-head tensor against 1.836-1.861 for 12, mma3 alone; 12 itself measured
     1.85 ms on 2026-11-23 against 2.26-2.31 for mma2 and 2.04-2.07 for mma3 unrolled; 3 blocks per SM no faster;
@@ -468,8 +469,8 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
         per_sm = 2 if t["kind"] == "pruned" else 8
         chunks = max(1, min(-(-per_sm * _sms(idx) // (H * groups)), -(-N // 512)))
         if t["kind"] == "mma" and opt & 32:
-            # the wg kernel: 3 resident blocks per SM and equal blocks, so one full wave (not more blocks
-            # than fit at once: a partial second wave would double the time)
+            # the wg kernel: 3 resident blocks per SM and equal blocks, so at most one full wave (a partial
+            # second wave leaves SMs idle; H100: 3 chunks at H = 32 2.20 ms, 2 chunks 2.60, 6 chunks 2.16-2.18)
             chunks = max(1, min(3 * _sms(idx) // (H * groups), -(-N // 256)))
     null = lambda k: t[k].data_ptr() if k in t else None  # noqa: E731
     a = _Args(
