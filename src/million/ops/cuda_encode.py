@@ -469,8 +469,8 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
         per_sm = 2 if t["kind"] == "pruned" else 8
         chunks = max(1, min(-(-per_sm * _sms(idx) // (H * groups)), -(-N // 512)))
         if t["kind"] == "mma" and opt & 32:
-            # the wg kernel: 3 resident blocks per SM and equal blocks, so at most one full wave (a partial
-            # second wave leaves SMs idle; H100: 3 chunks at H = 32 2.20 ms, 2 chunks 2.60, 6 chunks 2.16-2.18)
+            # the wg kernel: 3 resident blocks per SM, so about one full wave (H100, H = 32, 2-bit: 3 chunks
+            # 2.19-2.23 ms, 2 chunks 2.57-2.62, 6 chunks 2.14-2.20; not tuned further, the kernel is opt-in)
             chunks = max(1, min(3 * _sms(idx) // (H * groups), -(-N // 256)))
     null = lambda k: t[k].data_ptr() if k in t else None  # noqa: E731
     a = _Args(
