@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +41,16 @@ def find_nvcc() -> str | None:
 
 @dataclass(frozen=True)
 class CudaLibrary:
-    """One ``.cu`` source compiled to a shared library named ``<stem>_<hash>.so``; ``env`` names a prebuilt one."""
+    """One ``.cu`` source compiled to a shared library named ``<stem>_<hash>.so``; ``env`` names a prebuilt one.
+    ``fallback``: flags to build with when ``flags`` fail (an nvcc too old for sm_90a: CUDA 11.8 knows sm_90 only);
+    the library then lacks what needs the first flags and says so at run time (``cuda_encode.wgmma_available``);
+    the cache keeps that build under the first flags' name (delete it after upgrading nvcc)."""
 
     src: Path
     stem: str
     env: str
     flags: tuple = FLAGS
+    fallback: tuple | None = None
 
     def cache_path(self) -> Path:
         base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "million" / "cuda"
@@ -69,7 +74,15 @@ class CudaLibrary:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            subprocess.run([nvcc, *self.flags, "-o", tmp, str(self.src)], check=True, capture_output=True, text=True)
+            try:
+                subprocess.run([nvcc, *self.flags, "-o", tmp, str(self.src)], check=True, capture_output=True, text=True)
+            except subprocess.CalledProcessError as e:
+                if self.fallback is None:
+                    raise
+                warnings.warn(f"nvcc failed with {' '.join(self.flags)}; building {self.src.name} with "
+                              f"{' '.join(self.fallback)} instead:\n{e.stderr[-2000:]}", RuntimeWarning, stacklevel=2)
+                subprocess.run([nvcc, *self.fallback, "-o", tmp, str(self.src)], check=True, capture_output=True,
+                               text=True)
             os.replace(tmp, out)
         except subprocess.CalledProcessError as e:
             raise RuntimeError(f"nvcc failed:\n{e.stderr}") from e

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from ._nvcc import FLAGS_SM90A, CudaLibrary
+from ._nvcc import FLAGS, FLAGS_SM90A, CudaLibrary
 
 _SRC = Path(__file__).with_name("cuda") / "pq_encode.cu"
 _ENV = "MILLION_CUDA_ENCODE_LIB"
-_LIBRARY = CudaLibrary(_SRC, "million_pq_encode", _ENV, FLAGS_SM90A)
+_LIBRARY = CudaLibrary(_SRC, "million_pq_encode", _ENV, FLAGS_SM90A, fallback=FLAGS)
 KINDS = ("pruned", "brute", "mma")
 GRID = 32  # cells per axis of the dsub-2 pruning grid
 _MG = 8  # subspaces per block (pq_encode.cu)
