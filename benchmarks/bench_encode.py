@@ -45,6 +45,9 @@ def cuda_time(fn, warmup: int = 2, iters: int = 5) -> float:
     return statistics.median(ts)
 
 
+_KIND_DSUB = {"pruned": 2, "mma": 4}
+
+
 def run_variant(x: torch.Tensor, c: torch.Tensor, v: dict) -> torch.Tensor:
     """Encode ``x [B, H, T, D]`` with ``c [Hc, M, ksub, dsub]`` by the kernel variant ``v`` (see module doc)."""
     v = dict(v)
@@ -115,6 +118,8 @@ def main(argv=None):
             c = torch.randn(Hc, M, 256, D // M, device="cuda", dtype=torch.float16, generator=gen)
             best = None
             for v in variants:
+                if v.get("kind") in _KIND_DSUB and _KIND_DSUB[v["kind"]] != D // M:
+                    continue  # a CUDA kernel for the other subspace size (pruned: dsub 2, mma: dsub 4)
                 try:
                     t = cuda_time(lambda: run_variant(x, c, v), warmup=2, iters=5)
                 except Exception as e:
