@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call for the lead of docs/kernel_notes.md, "What a warp pays, and a grid over the centroids' inner 98%":
-# the 4-bit (pruned) encode timed with the grid lists over the centroids' bounding box (MILLION_ENCODE_GRID_Q=0, the
-# default) and over their inner quantiles (0.01, 0.02), interleaved twice (bench_encode.py, Gaussian data as every
-# encode timing so far), and the encode's GPU tests with the 0.01 frame (exact codes either way). Not yet run.
+# the 4-bit (pruned) encode timed with the grid lists over the centroids' bounding box (MILLION_ENCODE_GRID_Q=0) and
+# over their inner quantiles (0.01, the default since 2026-12-05, and 0.02), interleaved twice (bench_encode.py,
+# Gaussian data as every encode timing so far), and the encode's GPU tests with the 0.01 frame (exact codes either
+# way). Not run as such: the frames 0 and 0.01 were timed through gpu_encode_wg.sh ($FRAMES) on 2026-12-05.
 # Libraries prebuilt here (flags of ops/_nvcc.py) and carried:
 #   ATTN_LIB=.carry/attn.so ENC_LIB=.carry/enc.so bash benchmarks/gpu_grid_frame.sh   # `run` with carry [".carry"]
 set -uo pipefail
