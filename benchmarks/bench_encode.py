@@ -13,7 +13,9 @@ the CUDA C++ kernel (``million.ops.cuda_encode``); other entries are keyword ove
 ``pq_encode_launch``: ``kernel`` ("v2", "v3", "tc", "triton-cuda" = Triton's fp32 block kernel),
 ``BT``, ``KB``, ``MB``, ``num_warps``; ``{}`` (always first) is the default dispatch
 (``million.ops.pq_encode``: the CUDA kernel where supported). Without a prefill run (``--no-prefill``)
-the share is computed against ``--prefill-ms`` (default: the 1425 ms measured on the H100).
+the share is computed against ``--prefill-ms`` (default: the 1425 ms measured on the H100). At the end it prints a
+table of every timed variant with its ratio to the default dispatch in the same run; the JSON (``--out``) holds the
+same rows (``rows``) and the best variant per (bits, codebook heads) (``encode``).
 
     PYTHONPATH=src python benchmarks/bench_encode.py --no-prefill --variants '[{"kernel":"cuda","kind":"brute"},{"kernel":"v2"}]'
 """
@@ -87,6 +89,23 @@ def check_encode(gen) -> dict:
     return out
 
 
+def summary_table(rows: list[dict], T: int, H: int, D: int, prefill_ms: float) -> str:
+    """Markdown table of every timed variant: ms per ``[1, H, T, D]`` tensor, the ratio to the default dispatch's
+    time in the same run (``{}``, the first variant of each row group) and the share of a ``prefill_ms`` prefill."""
+    out = [f"\nencode, ms per [1,{H},{T},{D}] tensor; x default = the default dispatch's time / this one's (same run); "
+           f"share = all layers, K and V, of a {prefill_ms:.0f} ms prefill",
+           "| bits | Hc | variant | ms | x default | share |", "|---|---|---|---|---|---|"]
+    base = {}
+    for r in rows:
+        key = (r["bits"], r["Hc"])
+        if not r["variant"]:
+            base[key] = r["ms"]
+        ratio = f"{base[key] / r['ms']:.2f}x" if key in base else "-"
+        name = json.dumps(r["variant"], sort_keys=True) if r["variant"] else "default"
+        out.append(f"| {r['bits']} | {r['Hc']} | {name} | {r['ms']:.3f} | {ratio} | {100 * r['share_of_prefill']:.1f}% |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=32768)
@@ -113,6 +132,7 @@ def main(argv=None):
     x = torch.randn(1, H, T, D, device="cuda", dtype=torch.float16, generator=gen)
     variants = [{}] + (json.loads(args.variants) if args.variants else [])
     enc = {}
+    rows = []  # every timed (bits, Hc, variant): the summary table and the JSON's "rows"
     for bits, M in ((4, D // 2), (2, D // 4)):
         for Hc in (1, H):
             c = torch.randn(Hc, M, 256, D // M, device="cuda", dtype=torch.float16, generator=gen)
@@ -126,6 +146,7 @@ def main(argv=None):
                     print(f"  {bits}b Hc={Hc} {v}: {type(e).__name__}: {str(e)[:150]}", flush=True)
                     continue
                 share = 2 * args.layers * t / (args.prefill_ms * 1e-3)
+                rows.append(dict(bits=bits, M=M, Hc=Hc, variant=v, ms=t * 1e3, share_of_prefill=share))
                 print(f"encode {bits}b M={M} Hc={Hc} {v}: {t * 1e3:.3f} ms per [1,{H},{T},{D}] tensor, "
                       f"{T / t / 1e6:.2f} M tokens/s ({T * H / t / 1e6:.1f} M token-heads/s); all layers K+V "
                       f"{100 * share:.1f}% of a {args.prefill_ms:.0f} ms prefill", flush=True)
@@ -135,7 +156,8 @@ def main(argv=None):
                                           all_layers_kv_seconds=2 * args.layers * best[0])
     for v in enc.values():
         v["fraction_of_prefill_ms"] = v["all_layers_kv_seconds"] / (args.prefill_ms * 1e-3)
-    result = dict(meta=meta, checks=checks, encode=enc, prefill_ms_reference=args.prefill_ms)
+    result = dict(meta=meta, checks=checks, encode=enc, rows=rows, prefill_ms_reference=args.prefill_ms)
+    print(summary_table(rows, T, H, D, args.prefill_ms), flush=True)
 
     if not args.no_prefill:
         from transformers import LlamaConfig, LlamaForCausalLM
