@@ -20,7 +20,7 @@ for r in 1 2; do
   run "wg_$r" 90 python3 benchmarks/bench_encode.py --no-prefill --prefill-ms 1431 --variants "$V" --out "$W/wg_$r.json"
 done
 run tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_encode.py tests/test_triton_grid.py tests/test_triton_encode.py
-run sass 60 bash -c "for km in 0 1 2 3; do cuobjdump -sass -fun _Z13enc_wg_kernelI6__halfLi8ELi\${km}EEv7EncArgsiij $MILLION_CUDA_ENCODE_LIB \
+run sass 60 bash -c "for km in 0 1 2 3; do cuobjdump -sass -fun _Z13enc_wg_kernelI6__halfLi8ELi\${km}EEv7EncArgsii $MILLION_CUDA_ENCODE_LIB \
   > /tmp/wg\$km.sass; echo \"KM \$km: lines \$(grep -cE '^\s+/\*[0-9a-f]{4}\*/' /tmp/wg\$km.sass) LEA \$(grep -c ' LEA ' /tmp/wg\$km.sass) \
   IMAD \$(grep -c ' IMAD' /tmp/wg\$km.sass) VIMNMX3 \$(grep -c VIMNMX3 /tmp/wg\$km.sass) SHFL \$(grep -c SHFL /tmp/wg\$km.sass) \
   HGMMA \$(grep -c HGMMA /tmp/wg\$km.sass)\"; done > $OUT/sass.txt 2>&1; cat $OUT/sass.txt"

@@ -464,14 +464,15 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     N = B * T
     groups = -(-M // _MG)
     if chunks is None:
-        # pruned: ~2 blocks per SM in all (each block copies ~90 KB of tables; measured 0.91-0.96 ms
-        # with 2 chunks vs 1.0 with 5 at H=32); mma / brute: ~8 blocks per SM
-        per_sm = 2 if t["kind"] == "pruned" else 8
-        chunks = max(1, min(-(-per_sm * _sms(idx) // (H * groups)), -(-N // 512)))
         if t["kind"] == "mma" and opt & 32:
             # the wg kernel: 3 resident blocks per SM, so about one full wave (H100, H = 32, 2-bit: 3 chunks
             # 2.19-2.23 ms, 2 chunks 2.57-2.62, 6 chunks 2.14-2.20; not tuned further, the kernel is opt-in)
             chunks = max(1, min(3 * _sms(idx) // (H * groups), -(-N // 256)))
+        else:
+            # pruned: ~2 blocks per SM in all (each block copies ~90 KB of tables; measured 0.91-0.96 ms
+            # with 2 chunks vs 1.0 with 5 at H=32); mma / brute: ~8 blocks per SM
+            per_sm = 2 if t["kind"] == "pruned" else 8
+            chunks = max(1, min(-(-per_sm * _sms(idx) // (H * groups)), -(-N // 512)))
     null = lambda k: t[k].data_ptr() if k in t else None  # noqa: E731
     a = _Args(
         x.data_ptr(), codes.data_ptr(), t["tab"].data_ptr(), null("cells"), null("lists"), null("grid"), null("frags"),

@@ -566,6 +566,29 @@ __device__ __forceinline__ uint32_t key_of(float d, uint32_t tag, uint32_t kmul)
   if constexpr (KM & 2) return __float_as_uint(d) * kmul + tag;
   else return __float_as_uint(d) * ((KM & 1) ? 256u : 64u) + tag;
 }
+// the tag of column pair blk (0..31) at parity 0 (parity 1: + 1)
+template <int KM>
+__device__ __forceinline__ uint32_t tag_of(int blk) { return (KM & 1) ? (uint32_t)(blk * 8) : (uint32_t)(blk * 2); }
+// the row's centroid index from the lane's minimum key kr: the smallest (value, index) over the quad (lanes q)
+template <int KM>
+__device__ __forceinline__ uint32_t quad_argmin(uint32_t kr, int q) {
+  if constexpr (KM & 1) {  // the key's low 8 bits are the index once the lane's 2q is in
+    kr |= (uint32_t)(2 * q);
+    kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 1));
+    kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 2));
+    return kr & 0xffu;
+  } else {  // index = 8 blk + 2 q + parity
+    uint32_t kv = kr >> 6;
+    int idx = (int)(((kr >> 1) & 31u) * 8u + 2u * q + (kr & 1u));
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      const uint32_t ov = __shfl_xor_sync(0xffffffffu, kv, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
+      if (ov < kv || (ov == kv && oi < idx)) { kv = ov; idx = oi; }
+    }
+    return (uint32_t)idx;
+  }
+}
 // 1.25 * (smallest power of two >= 4 * (sq + cmax)); sq + cmax >= 0
 __device__ __forceinline__ float big_of(float s) {
   const uint32_t b = __float_as_uint(fmaxf(4.f * s, 1e-30f));
@@ -667,7 +690,7 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
 #pragma unroll 8
       for (int blk = 0; blk < 32; ++blk) {
         const uint2 b = fj[blk * 32];
-        const uint32_t tag = (KM & 1) ? (uint32_t)(blk * 8) : (uint32_t)(blk * 2);
+        const uint32_t tag = tag_of<KM>(blk);
 #pragma unroll
         for (int t = 0; t < 2; ++t) {
           float d0, d1, d2, d3;
@@ -678,23 +701,7 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
       }
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        int idx;
-        if constexpr (KM & 1) {  // the key's low 8 bits are the index once the lane's 2q is in
-          uint32_t kr = k[r] | (uint32_t)(2 * q);
-          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 1));
-          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 2));
-          idx = (int)(kr & 0xffu);
-        } else {
-        // (value, centroid index) order across the quad: index = 8 blk + 2 q + parity
-        uint32_t kv = k[r] >> 6;
-        idx = (int)(((k[r] >> 1) & 31u) * 8u + 2u * q + (k[r] & 1u));
-#pragma unroll
-        for (int off = 1; off <= 2; off <<= 1) {
-          const uint32_t ov = __shfl_xor_sync(0xffffffffu, kv, off);
-          const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
-          if (ov < kv || (ov == kv && oi < idx)) { kv = ov; idx = oi; }
-        }
-        }
+        const uint32_t idx = quad_argmin<KM>(k[r], q);
         if (j & 4) cw1[r] |= (uint32_t)idx << (8 * (j & 3));
         else cw0[r] |= (uint32_t)idx << (8 * (j & 3));
       }
@@ -756,7 +763,7 @@ template <int KM>
 __device__ __forceinline__ void wg_keys(const float (&d)[64], int h, uint32_t (&k)[2][2], uint32_t kmul) {
 #pragma unroll
   for (int b = 0; b < 16; ++b) {
-    const uint32_t tag = (KM & 1) ? (uint32_t)((16 * h + b) * 8) : (uint32_t)((16 * h + b) * 2);
+    const uint32_t tag = tag_of<KM>(16 * h + b);
 #pragma unroll
     for (int r = 0; r < 2; ++r)
       k[r][b & 1] = __vimin3_u32(k[r][b & 1], key_of<KM>(d[4 * b + 2 * r], tag, kmul),
@@ -766,8 +773,9 @@ __device__ __forceinline__ void wg_keys(const float (&d)[64], int h, uint32_t (&
 #endif
 
 template <typename TX, int MG, int KM>
-__global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int sbo, uint32_t kmul) {
+__global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int sbo) {
 #ifdef MILLION_WGMMA
+  const uint32_t kmul = (a.opt & 64) ? 256u : 64u;  // (a register: see key_of)
   extern __shared__ __align__(16) unsigned char smem[];
   const int h = blockIdx.z, m0 = blockIdx.y * MG;
   const int mg = min(MG, a.M - m0);
@@ -883,24 +891,7 @@ __global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int 
       wg_keys<KM>(acc1, 1, k, kmul);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        uint32_t idx;
-        if constexpr (KM & 1) {
-          uint32_t kr = min(k[r][0], k[r][1]) | (uint32_t)(2 * q);
-          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 1));
-          kr = min(kr, __shfl_xor_sync(0xffffffffu, kr, 2));
-          idx = kr & 0xffu;
-        } else {
-          const uint32_t kr = min(k[r][0], k[r][1]);
-          uint32_t kv = kr >> 6;
-          int ix = (int)(((kr >> 1) & 31u) * 8u + 2u * q + (kr & 1u));
-#pragma unroll
-          for (int off = 1; off <= 2; off <<= 1) {
-            const uint32_t ov = __shfl_xor_sync(0xffffffffu, kv, off);
-            const int oi = __shfl_xor_sync(0xffffffffu, ix, off);
-            if (ov < kv || (ov == kv && oi < ix)) { kv = ov; ix = oi; }
-          }
-          idx = (uint32_t)ix;
-        }
+        const uint32_t idx = quad_argmin<KM>(min(k[r][0], k[r][1]), q);
         if (j & 4) cw1[r] |= idx << (8 * (j & 3));
         else cw0[r] |= idx << (8 * (j & 3));
       }
@@ -922,8 +913,10 @@ __global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int 
 // ---------------------------------------------------------------------------------------------
 static int g_max_smem = 0;
 
-template <typename K>
-static int launch(K kernel, const EncArgs& a, int MG, size_t smem, cudaStream_t st) {
+// the launch every kernel shares: grid (chunks, groups of MG subspaces, heads), `threads` per block, the
+// kernel's arguments after EncArgs in `extra`
+template <typename K, typename... X>
+static int launch_n(K kernel, const EncArgs& a, int MG, size_t smem, cudaStream_t st, int threads, X... extra) {
   if (g_max_smem == 0) {
     int dev; cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&g_max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
@@ -932,10 +925,14 @@ static int launch(K kernel, const EncArgs& a, int MG, size_t smem, cudaStream_t 
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 5; }
   dim3 grid(a.chunks, (a.M + MG - 1) / MG, a.H);
-  kernel<<<grid, 256, smem, st>>>(a);
+  kernel<<<grid, threads, smem, st>>>(a, extra...);
   e = cudaGetLastError();
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 6; }
   return 0;
+}
+template <typename K>
+static int launch(K kernel, const EncArgs& a, int MG, size_t smem, cudaStream_t st) {
+  return launch_n(kernel, a, MG, smem, st, 256);
 }
 
 static int g_wg = -1;  // the wg kernel present (compiled for sm_90a and loaded as such): wg_ok
@@ -958,22 +955,11 @@ static int launch_wg(const EncArgs& a, cudaStream_t st) {
     return 7;
   }
   const size_t smem = (size_t)MG * 8192 + MG * 8;
-  if (g_max_smem == 0) {
-    int dev; cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&g_max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  }
-  if ((int)smem > g_max_smem) { snprintf(g_err, sizeof g_err, "shared memory %zu > %d", smem, g_max_smem); return 4; }
   // opt bit 6: key256; bit 7: keys by IMAD (enc_wg_kernel's KM)
   const int km = ((a.opt >> 6) & 1) | (((a.opt >> 7) & 1) << 1);
-  void (*kernel)(EncArgs, int, int, uint32_t) = km == 0 ? enc_wg_kernel<TX, MG, 0> : km == 1 ? enc_wg_kernel<TX, MG, 1>
-                                                : km == 2 ? enc_wg_kernel<TX, MG, 2> : enc_wg_kernel<TX, MG, 3>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 5; }
-  dim3 grid(a.chunks, (a.M + MG - 1) / MG, a.H);
-  kernel<<<grid, 128, smem, st>>>(a, g_wg_lbo, g_wg_sbo, (km & 1) ? 256u : 64u);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 6; }
-  return 0;
+  void (*kernel)(EncArgs, int, int) = km == 0 ? enc_wg_kernel<TX, MG, 0> : km == 1 ? enc_wg_kernel<TX, MG, 1>
+                                      : km == 2 ? enc_wg_kernel<TX, MG, 2> : enc_wg_kernel<TX, MG, 3>;
+  return launch_n(kernel, a, MG, smem, st, 128, g_wg_lbo, g_wg_sbo);
 }
 
 template <typename TX>
