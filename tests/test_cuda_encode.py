@@ -45,7 +45,9 @@ def _check(x, c, got, min_match=0.9999):
                                             ("mma", 4, 2), ("mma", 4, 4), ("mma", 4, 12), ("mma", 4, 20),
                                             ("mma", 4, 28), ("mma", 4, 32), ("mma", 4, 96),
                                             ("mma", 4, 160), ("mma", 4, 224), ("mma", 4, 76),
-                                            ("mma", 4, 140), ("mma", 4, 204), ("brute", 4, 0)])
+                                            ("mma", 4, 140), ("mma", 4, 204), ("mma", 4, 256),
+                                            ("mma", 4, 320), ("mma", 4, 336), ("mma", 4, 448), ("mma", 4, 832),
+                                            ("mma", 4, 960), ("brute", 4, 0)])
 @pytest.mark.parametrize("T", [0, 1, 37, 1000, 4099])
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shared", [True, False])
@@ -82,14 +84,14 @@ def test_dispatch_strided_and_outliers():
     for dsub in (2, 4):
         c = torch.randn(6, 128 // dsub, 256, dsub, device="cuda", generator=g)
         _check(x, c, ops.pq_encode(x, c))
-        for opt in (1, 2, 4, 12, 204) + ((32, 224) if ce.wgmma_available() else ()):
+        for opt in (1, 2, 4, 12, 204, 320, 960) + ((32, 224) if ce.wgmma_available() else ()):
             _check(x, c, ce.pq_encode(x, c, opt=opt))
     # bf16 / fp32 values outside the fp16 range take the exact fix-up path of the mma kernel
     xf = torch.randn(1, 2, 64, 128, device="cuda", generator=g)
     xf[0, 1, 5, :8] = 1e6
     c = torch.randn(1, 32, 256, 4, device="cuda", generator=g) * 10
     assert ce.tables(c, "mma")["kind"] == "mma"
-    for opt in (0, 2, 4, 12, 204) + ((32, 224) if ce.wgmma_available() else ()):
+    for opt in (0, 2, 4, 12, 204, 320, 960) + ((32, 224) if ce.wgmma_available() else ()):
         _check(xf, c, ce.pq_encode(xf, c, kind="mma", opt=opt))
         _check(xf.bfloat16(), c, ce.pq_encode(xf.bfloat16(), c, kind="mma", opt=opt))
     # unsupported inputs fall back (ksub 16)
@@ -141,3 +143,59 @@ def test_large_offsets_and_graph_capture():
         graph.replay()
         torch.cuda.synchronize()
         _check(xs, c4, out4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("T,M", [(1, 32), (45, 32), (4099, 32), (300, 13), (77, 9)])
+def test_staged_equals_mma3(dtype, T, M):
+    """The staged kernel (opt bit 8) feeds the MMAs the same A, B and C as mma3, so its codes are the same bits,
+    also at group tails (M not a multiple of 8) and on rows that take the exact path."""
+    from million.ops import cuda_encode as ce
+
+    if not ce.available():
+        pytest.skip("CUDA encode library not available")
+    g = torch.Generator(device="cuda").manual_seed(T + M)
+    x = (torch.randn(2, 3, T, M * 4, device="cuda", generator=g) * 2).to(dtype)
+    if dtype != torch.float16 and T > 2:
+        x[1, 2, 1, :4] = 1e6  # outside the fp16 range: the exact path
+    c = torch.randn(3, M, 256, 4, device="cuda", generator=g).to(dtype if dtype != torch.float32 else torch.float32)
+    ref = ce.pq_encode(x, c, kind="mma", opt=76)
+    for opt in (320, 336, 256, 448, 832, 960):
+        got = ce.pq_encode(x, c, kind="mma", opt=opt)
+        assert torch.equal(got, ref), f"opt {opt}: {(got != ref).sum().item()} codes differ"
+    # captured in a CUDA graph
+    ce.pq_encode(x, c, kind="mma", opt=336)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ce.pq_encode(x, c, kind="mma", opt=336)
+    x.copy_((torch.randn(x.shape, device="cuda", generator=g) * 2).to(dtype))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, ce.pq_encode(x, c, kind="mma", opt=76))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("D,dsub", [(80, 4), (52, 4), (36, 4), (80, 2), (52, 2), (26, 2), (36, 2)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_head_dims_off_the_vector_width(D, dsub, dtype):
+    """Head dims whose rows are not a multiple of the kernels' vector width (codes rows of M % 8 != 0 bytes, x rows
+    of D * size % 16 != 0 bytes; e.g. head_dim 80 at 2 bits): every kernel writes and reads them element-wise there."""
+    from million.ops import cuda_encode as ce
+
+    if not ce.available():
+        pytest.skip("CUDA encode library not available")
+    g = torch.Generator(device="cuda").manual_seed(D * 3 + dsub)
+    M = D // dsub
+    x = (torch.randn(2, 3, 1037, D, device="cuda", generator=g) * 1.5).to(dtype)
+    c = torch.randn(3, M, 256, dsub, device="cuda", generator=g)
+    if dsub == 2:
+        runs = [dict(kind="pruned", opt=0), dict(kind="pruned", opt=1), dict(kind="brute", opt=0)]
+    else:
+        runs = [dict(kind="mma", opt=o) for o in (0, 2, 12, 76, 320, 960)] + [dict(kind="brute", opt=0)]
+        if ce.wgmma_available():
+            runs.append(dict(kind="mma", opt=32))
+    for r in runs:
+        _check(x, c, ce.pq_encode(x, c, **r))
+    torch.cuda.synchronize()

@@ -426,17 +426,24 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     bit 5: ``enc_wg_kernel`` (mma3's keys, distances from warpgroup MMAs, 64 tokens x 128 centroids per
     instruction; needs :func:`wgmma_available`; takes precedence over bits 1-4); bit 6 (the wg kernel, or mma3
     with bit 3 and without bit 4): keys with the centroid index in their low 8 bits (a shorter quad reduction);
-    bit 7 (same kernels): keys by IMAD instead of LEA.
-    Default ``opt``: 76 = mma3 with the rolled loop and the index in the keys' low 8 bits (H100, 2026-12-05,
-    two rounds: 1.764-1.789 ms per 32K x 32-head tensor against 1.836-1.861 for 12, mma3 alone; 12 itself measured
+    bit 7 (same kernels): keys by IMAD instead of LEA; bit 8: ``enc_staged_kernel`` (mma3's MMAs and keys with each
+    row's values computed once by one lane and handed to the MMA lanes by ``ldmatrix``; the same codes as mma3; bit 4
+    budgets registers for 3 blocks per SM, bits 6 and 7 choose the keys as above; bit 5 takes precedence); bit 9 (with
+    bit 8): its column-block loop unrolled whole, registers for 3 blocks per SM (every tag a constant).
+    Default ``opt``: 960 = the staged kernel, its column-block loop unrolled whole, keys by IMAD with the index in
+    their low 8 bits (H100, 2026-12-05 22:19 UTC, two rounds: 1.369-1.381 ms per 32K x 32-head tensor against
+    1.407-1.410 for 320, the same kernel with the loop unrolled 8 and keys by LEA, and 1.778-1.781 for 76; at 21:52 UTC
+    320 took 1.407-1.441 against 1.776-1.805 for 76; bit 4 no faster, keys without bit 6 1.48-1.51 ms). Before it,
+    76 = mma3 with the rolled loop and the index in the keys' low 8 bits
+    (2026-12-05 19:47 UTC, two rounds: 1.764-1.789 ms against 1.836-1.861 for 12, mma3 alone; 12 itself measured
     1.85 ms on 2026-11-23 against 2.26-2.31 for mma2 and 2.04-2.07 for mma3 unrolled; 3 blocks per SM no faster;
     keys by IMAD, bit 7, 1.862-1.889; the wg kernel, bit 5, 2.14-2.31 and with both key bits 1.91-1.99);
     the pruned kernel ignores bits 2-7 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
     0.92-0.99 ms)."""
     if opt is None:
-        opt = 76
-    if not 0 <= int(opt) < 256:
-        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 256) (see the docstring)")
+        opt = 960
+    if not 0 <= int(opt) < 1024:
+        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 1024) (see the docstring)")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):

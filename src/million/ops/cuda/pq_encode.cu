@@ -1,6 +1,7 @@
 // PQ encoding (nearest centroid per subspace, ksub = 256, uint8 codes) in CUDA C++ (sm_90).
 //
-// x [B, H, T, D] (fp16 / bf16 / fp32, last dim contiguous, rows 16-byte aligned); codes
+// x [B, H, T, D] (fp16 / bf16 / fp32, last dim contiguous, base and row strides 16-byte aligned where D allows,
+// else rows of D elements, 8-byte aligned for dsub 4); codes
 // [B, H, T, M] uint8 contiguous. Tables are prepared on the host side (million/ops/cuda_encode.py)
 // per (centroid head hc, subspace m) = "table subspace" s = hc * M + m, and cached per codebook.
 //
@@ -21,7 +22,8 @@
 //   flip). Tokens whose |x| exceeds the fp16 range are redone exactly from the fp32 table.
 //   opt bit 1 (mma2): two tiles per B fragment, ||x||^2 through the MMA. opt bit 2 (mma3, the default
 //   with bit 3 = rolled subspace loop): keys built as bits(D) * 64 + tag on the IMAD / LEA pipes with
-//   a per-row accumulator offset that puts every D of a row in one binade, DPX three-way minimum.
+//   a per-row accumulator offset that puts every D of a row in one binade, DPX three-way minimum. opt bit 8
+//   ("staged"): mma3 with each row's values computed once, by one lane, and handed over by ldmatrix.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -125,7 +127,7 @@ __global__ void __launch_bounds__(256) enc_pruned_kernel(EncArgs a) {
   for (long long n = n0 + threadIdx.x; n < n1; n += blockDim.x) {
     float xv[NV];
     const TX* xp = X + xrow(a, h, n) + m0 * 2;
-    if (mg == MG) {
+    if (mg == MG && (reinterpret_cast<uintptr_t>(xp) & 15) == 0) {  // rows of D * size % 16 != 0 bytes: scalar loads
       uint4 raw[NL];
 #pragma unroll
       for (int i = 0; i < NL; ++i) raw[i] = __ldg(reinterpret_cast<const uint4*>(xp) + i);
@@ -198,7 +200,7 @@ __global__ void __launch_bounds__(256) enc_pruned_kernel(EncArgs a) {
       }
     }
     uint8_t* op = a.codes + orow(a, h, n) + m0;
-    if (mg == MG && MG == 8) {
+    if (mg == MG && MG == 8 && (reinterpret_cast<uintptr_t>(op) & 7) == 0) {  // (rows of M % 8 != 0 bytes: bytes)
       *reinterpret_cast<uint2*>(op) = make_uint2(lo, hi);
     } else {
       for (int j = 0; j < mg; ++j) op[j] = (uint8_t)((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) & 0xff);
@@ -299,7 +301,7 @@ __device__ __forceinline__ void mma_finish(const EncArgs& a, const TX* X, const 
     }
   }
   uint8_t* op = a.codes + orow(a, h, n) + m0;
-  if (mg == MG && MG == 8) {
+  if (mg == MG && MG == 8 && (reinterpret_cast<uintptr_t>(op) & 7) == 0) {  // (rows of M % 8 != 0 bytes: bytes)
     *reinterpret_cast<uint2*>(op) = make_uint2(cw[0], cw[1]);
   } else {
 #pragma unroll
@@ -721,6 +723,150 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// kind 2, opt bit 8 ("staged"): mma3's MMAs, keys and minimum, with the per-row work done once. In mma3
+// every lane of the quad that holds a row in the fragment layout computes that row's values (its x, its
+// norm, the offset P, the range check), four times the work per (token, subspace). Here lane r of a warp
+// owns row r of the warp's 32-token tile: it loads the row's 4 values of the subspace with one vector
+// load, computes the A row [x_hi(4), x_hi(4), x_lo(4), 1, 1, ||x||^2 hi, lo] and the accumulator input
+// 1.25 P once, and stores the A row to the warp's shared staging rows, from which two ldmatrix.x4 give the
+// two tiles' fragments; the accumulator inputs go by shuffle. The same A, B and C as mma3, so the same
+// distances and codes. Codes collect in shared memory (one byte per row and subspace) and the row's own
+// lane writes them (or redoes the row exactly, as mma3).
+template <typename TX> struct Ld4;  // 4 consecutive elements as floats (one 8- or 16-byte load)
+template <> struct Ld4<__half> {
+  static __device__ __forceinline__ float4 load(const __half* p) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  }
+};
+template <> struct Ld4<__nv_bfloat16> {
+  static __device__ __forceinline__ float4 load(const __nv_bfloat16* p) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                       __uint_as_float(v.y & 0xffff0000u));
+  }
+};
+template <> struct Ld4<float> {
+  static __device__ __forceinline__ float4 load(const float* p) { return *reinterpret_cast<const float4*>(p); }
+};
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+constexpr int kStageBytes = 32 * 32 + 32 * 8;  // per warp: 32 A rows of 32 bytes, 32 rows of 8 code bytes
+
+// BU: the unroll of the column-block loop (32: every tag a compile-time constant, so keys by IMAD with the multiplier
+// in a register take the tag as an immediate, KM bit 1)
+template <typename TX, int MG, int MINB, int KM, int BU>
+__global__ void __launch_bounds__(256, MINB) enc_staged_kernel(EncArgs a) {
+  const uint32_t kmul = (a.opt & 64) ? 256u : 64u;  // (a register: see key_of)
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint2* fr = reinterpret_cast<uint2*>(smem);                    // [MG][32 blocks][32 lanes]
+  float* cmax = reinterpret_cast<float*>(smem + MG * 1024 * 8);  // [MG] max ||c||^2
+  const int h = blockIdx.z, m0 = blockIdx.y * MG;
+  const int mg = min(MG, a.M - m0);
+  const int hc = a.Hc == 1 ? 0 : h;
+  const long long s0 = (long long)hc * a.M + m0;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const float* tab = reinterpret_cast<const float*>(a.tab);
+  unsigned char* wa = smem + MG * 1024 * 8 + 64 + warp * kStageBytes;  // this warp's A rows
+  uint8_t* wc = wa + 32 * 32;                                          // and code bytes [32 rows][8]
+  {
+    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
+    uint4* sf = reinterpret_cast<uint4*>(fr);
+    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
+    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
+    for (int j = warp; j < MG; j += nw) {
+      float mx = 0.f;
+      if (j < mg)
+        for (int k = lane; k < 256; k += 32) mx = fmaxf(mx, tab[((s0 + j) * 256 + k) * 8 + 4]);
+#pragma unroll
+      for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      if (lane == 0) cmax[j] = mx;
+    }
+  }
+  __syncthreads();
+  if (q == 3) {
+    for (int i = warp; i < MG * 32; i += nw) fr[i * 32 + lane].y = 0x3c003c00u;
+  }
+  __syncthreads();
+  // staging rows: row r at byte 32 r, its two 16-byte halves swapped when bit 2 of r is set, so that the
+  // 8 rows of every ldmatrix phase (and of every 8-lane phase of the 16-byte stores) hit 32 distinct banks
+  const uint32_t wa_s = (uint32_t)__cvta_generic_to_shared(wa);
+  uint32_t la[2];  // this lane's ldmatrix row address per tile: row (lane & 7) + 8 ((lane >> 3) & 1) + 16 t, half lane >> 4
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    const int row = (lane & 7) + 8 * ((lane >> 3) & 1) + 16 * t;
+    la[t] = wa_s + row * 32 + (((lane >> 4) ^ ((row >> 2) & 1)) * 16);
+  }
+  uint4* st_hi = reinterpret_cast<uint4*>(wa + lane * 32 + (((lane >> 2) & 1) * 16));
+  uint4* st_lo = reinterpret_cast<uint4*>(wa + lane * 32 + ((((lane >> 2) & 1) ^ 1) * 16));
+  long long n0, n1;
+  chunk_range(a, n0, n1);
+  const TX* X = reinterpret_cast<const TX*>(a.x);
+  static_assert(MG == 8, "two code words per row");
+  for (long long tb = n0 + 32LL * warp; tb < n1; tb += 32LL * nw) {
+    const long long n = tb + lane;  // this lane's row
+    const bool ok = n < n1;
+    const TX* xp = X + (ok ? xrow(a, h, n) : 0) + m0 * 4;
+    float4 xn = ok ? Ld4<TX>::load(xp) : make_float4(0.f, 0.f, 0.f, 0.f);
+    bool bad = false;
+#pragma unroll 1
+    for (int j = 0; j < MG; ++j) {
+      const float4 xv = xn;
+      if (ok && j + 1 < mg) xn = Ld4<TX>::load(xp + 4 * (j + 1));
+      else xn = make_float4(0.f, 0.f, 0.f, 0.f);
+      // the row's values, as mma3 computes them per lane (the same expressions, so the same bits)
+      const __half2 h01 = __floats2half2_rn(xv.x, xv.y), h23 = __floats2half2_rn(xv.z, xv.w);
+      const float2 f01 = __half22float2(h01), f23 = __half22float2(h23);
+      float s01 = xv.x * xv.x + xv.y * xv.y, s23 = xv.z * xv.z + xv.w * xv.w;
+      const float sq = s01 + s23;
+      bad |= !(fabsf(f01.x) < 65504.f && fabsf(f01.y) < 65504.f && fabsf(f23.x) < 65504.f && fabsf(f23.y) < 65504.f &&
+               sq < 32768.f);
+      const float big = big_of(sq + cmax[j]);
+      const __half sh = __float2half_rn(sq);
+      const float shf = __half2float(sh);
+      const uint32_t u01 = *reinterpret_cast<const uint32_t*>(&h01), u23 = *reinterpret_cast<const uint32_t*>(&h23);
+      __syncwarp();  // the previous subspace's fragments are loaded
+      *st_hi = make_uint4(u01, u23, u01, u23);
+      *st_lo = make_uint4(pack_h2(xv.x - f01.x, xv.y - f01.y), pack_h2(xv.z - f23.x, xv.w - f23.y), 0x3c003c00u,
+                          pack_h2(shf, sq - shf));
+      __syncwarp();
+      uint32_t A[2][4];
+      ldsm_x4(A[0], la[0]);
+      ldsm_x4(A[1], la[1]);
+      float bg[4];  // C of rows g, g+8 (tile 0), g+16, g+24 (tile 1)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) bg[r] = __shfl_sync(0xffffffffu, big, g + 8 * r);
+      uint32_t k[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+      const uint2* fj = fr + j * 1024 + lane;
+#pragma unroll BU
+      for (int blk = 0; blk < 32; ++blk) {
+        const uint2 b = fj[blk * 32];
+        const uint32_t tag = tag_of<KM>(blk);
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          float d0, d1, d2, d3;
+          mma16816_c(d0, d1, d2, d3, A[t], b, bg[2 * t], bg[2 * t + 1]);
+          k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
+          k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) wc[(g + 8 * r) * 8 + j] = (uint8_t)quad_argmin<KM>(k[r], q);
+    }
+    __syncwarp();
+    if (ok) {
+      const uint2 c = *reinterpret_cast<const uint2*>(wc + lane * 8);
+      uint32_t cw[MG / 4] = {c.x, c.y};
+      mma_finish<TX, MG>(a, X, tab, h, n, s0, m0, mg, bad, cw);
+    }
+  }
+}
+// ---------------------------------------------------------------------------------------------
 // kind 2, opt bit 5 ("wg", sm_90a only): mma3's keys and minimum, but the distances come from warpgroup
 // MMAs (wgmma.mma_async m64n128k16, A = the tokens' augmented x from registers, B = the subspace's
 // centroid columns from shared memory): one instruction per 64 tokens x 128 centroids instead of 16
@@ -982,6 +1128,22 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
     if (a.dsub != 4) { snprintf(g_err, sizeof g_err, "mma kernel needs dsub 4, got %d", a.dsub); return 3; }
     size_t smem = (size_t)MG * 1024 * 8;
     if (a.opt & 32) return launch_wg<TX, MG>(a, st);
+    if (a.opt & 256) {  // the staged kernel; bit 4: 3 blocks per SM; bits 6, 7: keys (key_of); bit 9: BU 32
+      const size_t ss = smem + 64 + 8 * kStageBytes;
+      const int km = (a.opt >> 6) & 3;
+      void (*k)(EncArgs);
+      if (a.opt & 512) {
+        k = km == 0 ? enc_staged_kernel<TX, MG, 3, 0, 32> : km == 1 ? enc_staged_kernel<TX, MG, 3, 1, 32>
+            : km == 2 ? enc_staged_kernel<TX, MG, 3, 2, 32> : enc_staged_kernel<TX, MG, 3, 3, 32>;
+      } else if (a.opt & 16) {
+        k = km == 0 ? enc_staged_kernel<TX, MG, 3, 0, 8> : km == 1 ? enc_staged_kernel<TX, MG, 3, 1, 8>
+            : km == 2 ? enc_staged_kernel<TX, MG, 3, 2, 8> : enc_staged_kernel<TX, MG, 3, 3, 8>;
+      } else {
+        k = km == 0 ? enc_staged_kernel<TX, MG, 2, 0, 8> : km == 1 ? enc_staged_kernel<TX, MG, 2, 1, 8>
+            : km == 2 ? enc_staged_kernel<TX, MG, 2, 2, 8> : enc_staged_kernel<TX, MG, 2, 3, 8>;
+      }
+      return launch(k, a, MG, ss, st);
+    }
     if (a.opt & 4) {  // bit 3: rolled subspace loop; bit 4: 3 blocks per SM
       if (a.opt & 16) {
         if (a.opt & 8) return launch(enc_mma3_kernel<TX, MG, false, 3, 0>, a, MG, smem + MG * 4, st);
