@@ -2,7 +2,7 @@
 # One device call for the 2-bit encode's staged kernel (opt bit 8: mma3 with each row's values computed once by one lane
 # and handed over by ldmatrix; bit 9: its column-block loop unrolled whole) against mma3 (opt 76): timed in two rounds ($V: the variants, JSON), the encode's
 # GPU tests, SASS counts of both kernels (and the staged kernel's SASS, opt 960), and an ncu summary of the kernels in
-# $NCU (kernel:opt pairs) at 8K tokens. Run 2026-12-05 21:52 and 22:1x UTC: docs/kernel_notes.md, "The 2-bit encode, staged".
+# $NCU (kernel:opt pairs) at 8K tokens. Run 2026-12-05 21:32 and 21:37 UTC: docs/kernel_notes.md, "The 2-bit encode, staged".
 # Libraries prebuilt here and carried; the encode library built with ops/_nvcc.py's FLAGS_SM90A:
 #   ATTN_LIB=.carry/attn.so ENC_LIB=.carry/enc_wg.so bash benchmarks/gpu_encode_staged.sh   # `run` with carry [".carry"]
 # Writes few files to $OUT (the device tool drops files past a count): stages.txt, env.txt, the benchmark JSONs,

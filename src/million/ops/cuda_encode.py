@@ -431,8 +431,8 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     budgets registers for 3 blocks per SM, bits 6 and 7 choose the keys as above; bit 5 takes precedence); bit 9 (with
     bit 8): its column-block loop unrolled whole, registers for 3 blocks per SM (every tag a constant).
     Default ``opt``: 960 = the staged kernel, its column-block loop unrolled whole, keys by IMAD with the index in
-    their low 8 bits (H100, 2026-12-05 22:19 UTC, two rounds: 1.369-1.381 ms per 32K x 32-head tensor against
-    1.407-1.410 for 320, the same kernel with the loop unrolled 8 and keys by LEA, and 1.779-1.781 for 76; at 21:52 UTC
+    their low 8 bits (H100, 2026-12-05 21:37 UTC, two rounds: 1.369-1.381 ms per 32K x 32-head tensor against
+    1.407-1.410 for 320, the same kernel with the loop unrolled 8 and keys by LEA, and 1.779-1.781 for 76; at 21:32 UTC
     320 took 1.407-1.441 against 1.776-1.805 for 76; bit 4 no faster, keys without bit 6 1.48-1.51 ms). Before it,
     76 = mma3 with the rolled loop and the index in the keys' low 8 bits
     (2026-12-05 19:47 UTC, two rounds: 1.764-1.789 ms against 1.836-1.861 for 12, mma3 alone; 12 itself measured
