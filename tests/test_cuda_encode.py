@@ -47,7 +47,8 @@ def _check(x, c, got, min_match=0.9999):
                                             ("mma", 4, 160), ("mma", 4, 224), ("mma", 4, 76),
                                             ("mma", 4, 140), ("mma", 4, 204), ("mma", 4, 256),
                                             ("mma", 4, 320), ("mma", 4, 336), ("mma", 4, 448), ("mma", 4, 832),
-                                            ("mma", 4, 960), ("brute", 4, 0)])
+                                            ("mma", 4, 960), ("mma", 4, 1984), ("mma", 4, 3008), ("mma", 4, 3904),
+                                            ("mma", 4, 4032), ("brute", 4, 0)])
 @pytest.mark.parametrize("T", [0, 1, 37, 1000, 4099])
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shared", [True, False])
@@ -84,14 +85,14 @@ def test_dispatch_strided_and_outliers():
     for dsub in (2, 4):
         c = torch.randn(6, 128 // dsub, 256, dsub, device="cuda", generator=g)
         _check(x, c, ops.pq_encode(x, c))
-        for opt in (1, 2, 4, 12, 204, 320, 960) + ((32, 224) if ce.wgmma_available() else ()):
+        for opt in (1, 2, 4, 12, 204, 320, 960, 4032) + ((32, 224) if ce.wgmma_available() else ()):
             _check(x, c, ce.pq_encode(x, c, opt=opt))
     # bf16 / fp32 values outside the fp16 range take the exact fix-up path of the mma kernel
     xf = torch.randn(1, 2, 64, 128, device="cuda", generator=g)
     xf[0, 1, 5, :8] = 1e6
     c = torch.randn(1, 32, 256, 4, device="cuda", generator=g) * 10
     assert ce.tables(c, "mma")["kind"] == "mma"
-    for opt in (0, 2, 4, 12, 204, 320, 960) + ((32, 224) if ce.wgmma_available() else ()):
+    for opt in (0, 2, 4, 12, 204, 320, 960, 4032) + ((32, 224) if ce.wgmma_available() else ()):
         _check(xf, c, ce.pq_encode(xf, c, kind="mma", opt=opt))
         _check(xf.bfloat16(), c, ce.pq_encode(xf.bfloat16(), c, kind="mma", opt=opt))
     # unsupported inputs fall back (ksub 16)
@@ -161,7 +162,7 @@ def test_staged_equals_mma3(dtype, T, M):
         x[1, 2, 1, :4] = 1e6  # outside the fp16 range: the exact path
     c = torch.randn(3, M, 256, 4, device="cuda", generator=g).to(dtype if dtype != torch.float32 else torch.float32)
     ref = ce.pq_encode(x, c, kind="mma", opt=76)
-    for opt in (320, 336, 256, 448, 832, 960):
+    for opt in (320, 336, 256, 448, 832, 960, 3008):
         got = ce.pq_encode(x, c, kind="mma", opt=opt)
         assert torch.equal(got, ref), f"opt {opt}: {(got != ref).sum().item()} codes differ"
     # captured in a CUDA graph
@@ -193,7 +194,7 @@ def test_head_dims_off_the_vector_width(D, dsub, dtype):
     if dsub == 2:
         runs = [dict(kind="pruned", opt=0), dict(kind="pruned", opt=1), dict(kind="brute", opt=0)]
     else:
-        runs = [dict(kind="mma", opt=o) for o in (0, 2, 12, 76, 320, 960)] + [dict(kind="brute", opt=0)]
+        runs = [dict(kind="mma", opt=o) for o in (0, 2, 12, 76, 320, 960, 4032)] + [dict(kind="brute", opt=0)]
         if ce.wgmma_available():
             runs.append(dict(kind="mma", opt=32))
     for r in runs:

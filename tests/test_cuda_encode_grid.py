@@ -180,3 +180,16 @@ def test_prefilter_gives_the_same_lists(kind, g):
     for kc in (64, 8):  # 8: chunks whose cells keep more than 8 fall back to the full rule
         got = build_grid_lists(c, G=g, prefilter=kc)
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+
+
+def test_default_encode_opt_comes_from_the_environment(monkeypatch):
+    from million.ops.cuda_encode import default_opt
+
+    monkeypatch.delenv("MILLION_ENCODE_OPT", raising=False)
+    assert default_opt() == 960
+    monkeypatch.setenv("MILLION_ENCODE_OPT", "76")
+    assert default_opt() == 76
+    for bad in ("4096", "-1", "x"):
+        monkeypatch.setenv("MILLION_ENCODE_OPT", bad)
+        with pytest.raises(ValueError, match=f"MILLION_ENCODE_OPT='{bad}': expected an opt bit mask"):
+            default_opt()

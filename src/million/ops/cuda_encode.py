@@ -146,6 +146,12 @@ def grid_q() -> float:
     return _env_setting("MILLION_ENCODE_GRID_Q", "0.01", float, lambda q: 0.0 <= q < 0.5, "a quantile in [0, 0.5)")
 
 
+def default_opt() -> int:
+    """The default ``opt`` of :func:`pq_encode`: ``$MILLION_ENCODE_OPT``, default 960 (see :func:`pq_encode`; an
+    environment setting so that an end-to-end benchmark can run another kernel variant without code changes)."""
+    return _env_setting("MILLION_ENCODE_OPT", "960", int, lambda o: 0 <= o < 4096, "an opt bit mask in [0, 4096)")
+
+
 def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
     """The grid of :func:`build_grid_lists` over ``c [S, K, 2]``: ``(c in float64, lo, w, lo32, inv_w32)``, where
     ``lo32``, ``inv_w32`` (float32, ``[S, 2]``) are what the encode kernel assigns cells with and ``lo``, ``w`` the
@@ -429,7 +435,10 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     bit 7 (same kernels): keys by IMAD instead of LEA; bit 8: ``enc_staged_kernel`` (mma3's MMAs and keys with each
     row's values computed once by one lane and handed to the MMA lanes by ``ldmatrix``; the same codes as mma3; bit 4
     budgets registers for 3 blocks per SM, bits 6 and 7 choose the keys as above; bit 5 takes precedence); bit 9 (with
-    bit 8): its column-block loop unrolled whole, registers for 3 blocks per SM (every tag a constant).
+    bit 8): its column-block loop unrolled whole, registers for 3 blocks per SM (every tag a constant); bit 10 (with bit
+    8; implies bits 9 and 6): the row's offset through the MMA's K dimension instead of its C input (codes may differ
+    from mma3's at near-ties within an ulp); bit 11 (with bit 8; implies bits 9 and 6): even and odd columns in separate
+    minima, one tag per column block.
     Default ``opt``: 960 = the staged kernel, its column-block loop unrolled whole, keys by IMAD with the index in
     their low 8 bits (H100, 2026-12-05 21:37 UTC, two rounds: 1.369-1.381 ms per 32K x 32-head tensor against
     1.407-1.410 for 320, the same kernel with the loop unrolled 8 and keys by LEA, and 1.779-1.781 for 76; at 21:32 UTC
@@ -441,9 +450,9 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     the pruned kernel ignores bits 2-7 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
     0.92-0.99 ms)."""
     if opt is None:
-        opt = 960
-    if not 0 <= int(opt) < 1024:
-        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 1024) (see the docstring)")
+        opt = default_opt()
+    if not 0 <= int(opt) < 4096:
+        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 4096) (see the docstring)")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):

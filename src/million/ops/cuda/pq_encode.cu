@@ -757,10 +757,16 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
 }
 constexpr int kStageBytes = 32 * 32 + 32 * 8;  // per warp: 32 A rows of 32 bytes, 32 rows of 8 code bytes
 
-// BU: the unroll of the column-block loop (32: every tag a compile-time constant, so keys by IMAD with the multiplier
-// in a register take the tag as an immediate, KM bit 1)
-template <typename TX, int MG, int MINB, int KM, int BU>
+// BU: the unroll of the column-block loop (32: every tag a compile-time constant). CK (opt bit 10): the row's offset
+// enters through the K dimension (A column 14 = 1.25 P in fp16, B row 14 = 1; ||x||^2, common to the row, dropped) and
+// the MMA's C is zero, so no per-row C registers (mma3 duplicates each row's C in two registers of the C fragment);
+// D = 1.25 P + ||c||^2 - 2 x.c stays in [P, 2P) as mma3's does, but rounds at a different point, so codes may differ
+// from mma3's at near-ties within one ulp of D; P outside [2^-14, 2^15] takes the exact path. PS (opt bit 11, needs
+// KM bit 0): even and odd columns in separate minima over pairs of column blocks, so a block needs one tag (8 blk)
+// instead of two; the parity bit is OR-ed into the odd minimum at the end.
+template <typename TX, int MG, int MINB, int KM, int BU, int CK = 0, int PS = 0>
 __global__ void __launch_bounds__(256, MINB) enc_staged_kernel(EncArgs a) {
+  static_assert(!PS || ((KM & 1) && BU % 2 == 0), "parity-split minima need key256 and an even unroll");
   const uint32_t kmul = (a.opt & 64) ? 256u : 64u;  // (a register: see key_of)
   extern __shared__ __align__(16) unsigned char smem[];
   uint2* fr = reinterpret_cast<uint2*>(smem);                    // [MG][32 blocks][32 lanes]
@@ -824,39 +830,78 @@ __global__ void __launch_bounds__(256, MINB) enc_staged_kernel(EncArgs a) {
       const float2 f01 = __half22float2(h01), f23 = __half22float2(h23);
       float s01 = xv.x * xv.x + xv.y * xv.y, s23 = xv.z * xv.z + xv.w * xv.w;
       const float sq = s01 + s23;
-      bad |= !(fabsf(f01.x) < 65504.f && fabsf(f01.y) < 65504.f && fabsf(f23.x) < 65504.f && fabsf(f23.y) < 65504.f &&
-               sq < 32768.f);
       const float big = big_of(sq + cmax[j]);
-      const __half sh = __float2half_rn(sq);
-      const float shf = __half2float(sh);
+      bad |= !(fabsf(f01.x) < 65504.f && fabsf(f01.y) < 65504.f && fabsf(f23.x) < 65504.f && fabsf(f23.y) < 65504.f &&
+               (CK ? (big >= 0x1p-14f * 1.25f && big <= 0x1p15f * 1.25f) : sq < 32768.f));
+      uint32_t k14;  // A columns 14, 15
+      if constexpr (CK) {
+        k14 = pack_h2(big, 0.f);  // 1.25 P: exact in fp16 inside the checked range
+      } else {
+        const __half sh = __float2half_rn(sq);
+        const float shf = __half2float(sh);
+        k14 = pack_h2(shf, sq - shf);
+      }
       const uint32_t u01 = *reinterpret_cast<const uint32_t*>(&h01), u23 = *reinterpret_cast<const uint32_t*>(&h23);
       __syncwarp();  // the previous subspace's fragments are loaded
       *st_hi = make_uint4(u01, u23, u01, u23);
-      *st_lo = make_uint4(pack_h2(xv.x - f01.x, xv.y - f01.y), pack_h2(xv.z - f23.x, xv.w - f23.y), 0x3c003c00u,
-                          pack_h2(shf, sq - shf));
+      *st_lo = make_uint4(pack_h2(xv.x - f01.x, xv.y - f01.y), pack_h2(xv.z - f23.x, xv.w - f23.y), 0x3c003c00u, k14);
       __syncwarp();
       uint32_t A[2][4];
       ldsm_x4(A[0], la[0]);
       ldsm_x4(A[1], la[1]);
       float bg[4];  // C of rows g, g+8 (tile 0), g+16, g+24 (tile 1)
+      if constexpr (!CK) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) bg[r] = __shfl_sync(0xffffffffu, big, g + 8 * r);
-      uint32_t k[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+        for (int r = 0; r < 4; ++r) bg[r] = __shfl_sync(0xffffffffu, big, g + 8 * r);
+      }
       const uint2* fj = fr + j * 1024 + lane;
-#pragma unroll BU
-      for (int blk = 0; blk < 32; ++blk) {
-        const uint2 b = fj[blk * 32];
-        const uint32_t tag = tag_of<KM>(blk);
+      uint32_t kf[4];
+      if constexpr (PS) {
+        uint32_t k[4][2];
 #pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          float d0, d1, d2, d3;
-          mma16816_c(d0, d1, d2, d3, A[t], b, bg[2 * t], bg[2 * t + 1]);
-          k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
-          k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
+        for (int r = 0; r < 4; ++r) { k[r][0] = 0xffffffffu; k[r][1] = 0xffffffffu; }
+#pragma unroll
+        for (int blk = 0; blk < 32; blk += 2) {
+          const uint2 b0 = fj[blk * 32], b1 = fj[(blk + 1) * 32];
+          const uint32_t t0 = tag_of<KM>(blk), t1 = tag_of<KM>(blk + 1);
+#pragma unroll
+          for (int t = 0; t < 2; ++t) {
+            float d0, d1, d2, d3, e0, e1, e2, e3;
+            if constexpr (CK) {
+              mma16816_z(d0, d1, d2, d3, A[t], b0);
+              mma16816_z(e0, e1, e2, e3, A[t], b1);
+            } else {
+              mma16816_c(d0, d1, d2, d3, A[t], b0, bg[2 * t], bg[2 * t + 1]);
+              mma16816_c(e0, e1, e2, e3, A[t], b1, bg[2 * t], bg[2 * t + 1]);
+            }
+            k[2 * t][0] = __vimin3_u32(k[2 * t][0], key_of<KM>(d0, t0, kmul), key_of<KM>(e0, t1, kmul));
+            k[2 * t][1] = __vimin3_u32(k[2 * t][1], key_of<KM>(d1, t0, kmul), key_of<KM>(e1, t1, kmul));
+            k[2 * t + 1][0] = __vimin3_u32(k[2 * t + 1][0], key_of<KM>(d2, t0, kmul), key_of<KM>(e2, t1, kmul));
+            k[2 * t + 1][1] = __vimin3_u32(k[2 * t + 1][1], key_of<KM>(d3, t0, kmul), key_of<KM>(e3, t1, kmul));
+          }
         }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) kf[r] = min(k[r][0], k[r][1] | 1u);  // odd columns: parity bit 1
+      } else {
+        uint32_t k[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+#pragma unroll BU
+        for (int blk = 0; blk < 32; ++blk) {
+          const uint2 b = fj[blk * 32];
+          const uint32_t tag = tag_of<KM>(blk);
+#pragma unroll
+          for (int t = 0; t < 2; ++t) {
+            float d0, d1, d2, d3;
+            if constexpr (CK) mma16816_z(d0, d1, d2, d3, A[t], b);
+            else mma16816_c(d0, d1, d2, d3, A[t], b, bg[2 * t], bg[2 * t + 1]);
+            k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
+            k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) kf[r] = k[r];
       }
 #pragma unroll
-      for (int r = 0; r < 4; ++r) wc[(g + 8 * r) * 8 + j] = (uint8_t)quad_argmin<KM>(k[r], q);
+      for (int r = 0; r < 4; ++r) wc[(g + 8 * r) * 8 + j] = (uint8_t)quad_argmin<KM>(kf[r], q);
     }
     __syncwarp();
     if (ok) {
@@ -1132,7 +1177,13 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
       const size_t ss = smem + 64 + 8 * kStageBytes;
       const int km = (a.opt >> 6) & 3;
       void (*k)(EncArgs);
-      if (a.opt & 512) {
+      const int cp = (a.opt >> 10) & 3;  // bit 10: CK, bit 11: PS (bit 9 and key256 implied; bit 7 kept)
+      if (cp) {
+        const bool im = (a.opt & 128) != 0;
+        k = cp == 1 ? (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 1, 0> : enc_staged_kernel<TX, MG, 3, 1, 32, 1, 0>)
+            : cp == 2 ? (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 0, 1> : enc_staged_kernel<TX, MG, 3, 1, 32, 0, 1>)
+                      : (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 1, 1> : enc_staged_kernel<TX, MG, 3, 1, 32, 1, 1>);
+      } else if (a.opt & 512) {
         k = km == 0 ? enc_staged_kernel<TX, MG, 3, 0, 32> : km == 1 ? enc_staged_kernel<TX, MG, 3, 1, 32>
             : km == 2 ? enc_staged_kernel<TX, MG, 3, 2, 32> : enc_staged_kernel<TX, MG, 3, 3, 32>;
       } else if (a.opt & 16) {
