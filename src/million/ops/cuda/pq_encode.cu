@@ -597,6 +597,34 @@ __device__ __forceinline__ float big_of(float s) {
   return 1.25f * __uint_as_float((b + 0x7fffffu) & 0xff800000u);
 }
 
+// the prologue of mma3 and the staged kernel: the MG subspaces' B fragments to shared memory (zeros past mg), B rows 14,
+// 15 = (1, 1) (lanes q == 3, second register), and per subspace the largest ||c||^2 (tab entry 4) into cmax
+template <int MG>
+__device__ __forceinline__ void mma3_prologue(const EncArgs& a, uint2* fr, float* cmax, const float* tab, long long s0,
+                                              int mg) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  {
+    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
+    uint4* sf = reinterpret_cast<uint4*>(fr);
+    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
+    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
+    // warp w: max ||c||^2 of subspace w
+    for (int j = warp; j < MG; j += nw) {
+      float mx = 0.f;
+      if (j < mg)
+        for (int k = lane; k < 256; k += 32) mx = fmaxf(mx, tab[((s0 + j) * 256 + k) * 8 + 4]);
+#pragma unroll
+      for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      if (lane == 0) cmax[j] = mx;
+    }
+  }
+  __syncthreads();
+  if ((lane & 3) == 3) {
+    for (int i = warp; i < MG * 32; i += nw) fr[i * 32 + lane].y = 0x3c003c00u;
+  }
+  __syncthreads();
+}
+
 // JU: unroll the subspace loop (false: a rolled loop, 1/8 of the code: fewer instruction-cache
 // misses); MINB: blocks per SM the registers are budgeted for.
 template <typename TX, int MG, bool JU, int MINB, int KM>
@@ -612,26 +640,7 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int g = lane >> 2, q = lane & 3, half = q & 1;
   const float* tab = reinterpret_cast<const float*>(a.tab);
-  {
-    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
-    uint4* sf = reinterpret_cast<uint4*>(fr);
-    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
-    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
-    // warp w: max ||c||^2 of subspace w (tab entry 4 = ||c||^2)
-    for (int j = warp; j < MG; j += nw) {
-      float mx = 0.f;
-      if (j < mg)
-        for (int k = lane; k < 256; k += 32) mx = fmaxf(mx, tab[((s0 + j) * 256 + k) * 8 + 4]);
-#pragma unroll
-      for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      if (lane == 0) cmax[j] = mx;
-    }
-  }
-  __syncthreads();
-  if (q == 3) {
-    for (int i = warp; i < MG * 32; i += nw) fr[i * 32 + lane].y = 0x3c003c00u;
-  }
-  __syncthreads();
+  mma3_prologue<MG>(a, fr, cmax, tab, s0, mg);
   long long n0, n1;
   chunk_range(a, n0, n1);
   const TX* X = reinterpret_cast<const TX*>(a.x);
@@ -780,25 +789,7 @@ __global__ void __launch_bounds__(256, MINB) enc_staged_kernel(EncArgs a) {
   const float* tab = reinterpret_cast<const float*>(a.tab);
   unsigned char* wa = smem + MG * 1024 * 8 + 64 + warp * kStageBytes;  // this warp's A rows
   uint8_t* wc = wa + 32 * 32;                                          // and code bytes [32 rows][8]
-  {
-    const uint4* gf = reinterpret_cast<const uint4*>(a.frags + s0 * 1024);
-    uint4* sf = reinterpret_cast<uint4*>(fr);
-    for (int i = threadIdx.x; i < mg * 512; i += blockDim.x) sf[i] = gf[i];
-    for (int i = mg * 512 + threadIdx.x; i < MG * 512; i += blockDim.x) sf[i] = make_uint4(0, 0, 0, 0);
-    for (int j = warp; j < MG; j += nw) {
-      float mx = 0.f;
-      if (j < mg)
-        for (int k = lane; k < 256; k += 32) mx = fmaxf(mx, tab[((s0 + j) * 256 + k) * 8 + 4]);
-#pragma unroll
-      for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      if (lane == 0) cmax[j] = mx;
-    }
-  }
-  __syncthreads();
-  if (q == 3) {
-    for (int i = warp; i < MG * 32; i += nw) fr[i * 32 + lane].y = 0x3c003c00u;
-  }
-  __syncthreads();
+  mma3_prologue<MG>(a, fr, cmax, tab, s0, mg);
   // staging rows: row r at byte 32 r, its two 16-byte halves swapped when bit 2 of r is set, so that the
   // 8 rows of every ldmatrix phase (and of every 8-lane phase of the 16-byte stores) hit 32 distinct banks
   const uint32_t wa_s = (uint32_t)__cvta_generic_to_shared(wa);
