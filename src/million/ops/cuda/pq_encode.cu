@@ -1168,7 +1168,12 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
       const size_t ss = smem + 64 + 8 * kStageBytes;
       const int km = (a.opt >> 6) & 3;
       void (*k)(EncArgs);
-      const int cp = (a.opt >> 10) & 3;  // bit 10: CK, bit 11: PS (bit 9 and key256 implied; bit 7 kept)
+      const int cp = (a.opt >> 10) & 3;  // bit 10: CK, bit 11: PS (bit 9 implied; bit 6 required; bit 7 kept)
+      if (cp && !(a.opt & 64)) {  // the kernel's key multiplier comes from bit 6 (key_of)
+        snprintf(g_err, sizeof g_err, "opt=%d: bits 10 and 11 need bit 6 (keys with the index in their low 8 bits)",
+                 a.opt);
+        return 3;
+      }
       if (cp) {
         const bool im = (a.opt & 128) != 0;
         k = cp == 1 ? (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 1, 0> : enc_staged_kernel<TX, MG, 3, 1, 32, 1, 0>)
