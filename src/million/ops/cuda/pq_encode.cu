@@ -597,6 +597,29 @@ __device__ __forceinline__ float big_of(float s) {
   return 1.25f * __uint_as_float((b + 0x7fffffu) & 0xff800000u);
 }
 
+// mma3's scan of one subspace for two 16-token tiles: 32 column blocks of 8 centroids (B fragment fj[blk * 32]), the
+// keys (key_of) of rows g, g+8 of tile 0 and of tile 1 folded into k[0..3] by three-way minima; C of those rows in
+// c[0..3] (CK: C zero, the offset is in A and B), BU the unroll of the block loop
+template <int KM, int BU, int CK>
+__device__ __forceinline__ void mma3_scan(uint32_t (&k)[4], const uint32_t (&A)[2][4], const uint2* fj, const float* c,
+                                          uint32_t kmul) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) k[r] = 0xffffffffu;
+#pragma unroll BU
+  for (int blk = 0; blk < 32; ++blk) {
+    const uint2 b = fj[blk * 32];
+    const uint32_t tag = tag_of<KM>(blk);
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      float d0, d1, d2, d3;
+      if constexpr (CK) mma16816_z(d0, d1, d2, d3, A[t], b);
+      else mma16816_c(d0, d1, d2, d3, A[t], b, c[2 * t], c[2 * t + 1]);
+      k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
+      k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
+    }
+  }
+}
+
 // the prologue of mma3 and the staged kernel: the MG subspaces' B fragments to shared memory (zeros past mg), B rows 14,
 // 15 = (1, 1) (lanes q == 3, second register), and per subspace the largest ||c||^2 (tab entry 4) into cmax
 template <int MG>
@@ -696,20 +719,8 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
       // C fragment rows: c0, c1 = row g, c2, c3 = row g + 8; every lane of the quad needs the row's
       // value, and lanes q = 0, 1 (x dims 0-1) and q = 2, 3 (dims 2-3) hold the same token: the sq of
       // a row is summed over both dim pairs already (shfl xor 1 pairs q 0/1 and 2/3 of one token)
-      uint32_t k[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
-      const uint2* fj = fr + j * 1024 + lane;
-#pragma unroll 8
-      for (int blk = 0; blk < 32; ++blk) {
-        const uint2 b = fj[blk * 32];
-        const uint32_t tag = tag_of<KM>(blk);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          float d0, d1, d2, d3;
-          mma16816_c(d0, d1, d2, d3, A[t], b, big[2 * t], big[2 * t + 1]);
-          k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
-          k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
-        }
-      }
+      uint32_t k[4];
+      mma3_scan<KM, 8, 0>(k, A, fr + j * 1024 + lane, big, kmul);
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const uint32_t idx = quad_argmin<KM>(k[r], q);
@@ -874,22 +885,7 @@ __global__ void __launch_bounds__(256, MINB) enc_staged_kernel(EncArgs a) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) kf[r] = min(k[r][0], k[r][1] | 1u);  // odd columns: parity bit 1
       } else {
-        uint32_t k[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
-#pragma unroll BU
-        for (int blk = 0; blk < 32; ++blk) {
-          const uint2 b = fj[blk * 32];
-          const uint32_t tag = tag_of<KM>(blk);
-#pragma unroll
-          for (int t = 0; t < 2; ++t) {
-            float d0, d1, d2, d3;
-            if constexpr (CK) mma16816_z(d0, d1, d2, d3, A[t], b);
-            else mma16816_c(d0, d1, d2, d3, A[t], b, bg[2 * t], bg[2 * t + 1]);
-            k[2 * t] = __vimin3_u32(k[2 * t], key_of<KM>(d0, tag, kmul), key_of<KM>(d1, tag + 1, kmul));
-            k[2 * t + 1] = __vimin3_u32(k[2 * t + 1], key_of<KM>(d2, tag, kmul), key_of<KM>(d3, tag + 1, kmul));
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < 4; ++r) kf[r] = k[r];
+        mma3_scan<KM, BU, CK>(kf, A, fj, bg, kmul);
       }
 #pragma unroll
       for (int r = 0; r < 4; ++r) wc[(g + 8 * r) * 8 + j] = (uint8_t)quad_argmin<KM>(kf[r], q);
