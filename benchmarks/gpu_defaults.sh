@@ -7,10 +7,7 @@
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
 gpu_setup /tmp/defaults 560 .carry/attn.so .carry/enc_wg.so
-pack() {  # after each stage: the stage's last lines into the summary; the summary and the JSONs to $OUT
-  tail -8 "$W/$1.txt" | sed 's/^/   /' >> "$W/stages.txt"
-  cp "$W"/stages.txt "$W"/env.txt "$OUT"/ 2>/dev/null; cp "$W"/*.json "$OUT"/ 2>/dev/null
-}
+pack() { pack_lines "$1" ""; }  # after each stage: its last lines into the summary; the summary and the JSONs to $OUT
 env_txt
 R=${ROUNDS:-3}
 # $PREFILL_BITS: the bit widths of the prefill stage (default "2 4")

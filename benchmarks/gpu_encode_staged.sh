@@ -10,10 +10,7 @@
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
 gpu_setup /tmp/encst 560 .carry/attn.so .carry/enc_wg.so
-pack() {
-  grep -E "^encode 2b|^encode 4b|passed|failed|^\{|Error|^\|" "$W/$1.txt" | cut -c1-220 | sed 's/^/   /' >> "$W/stages.txt"
-  cp "$W"/stages.txt "$W"/env.txt "$OUT"/ 2>/dev/null; cp "$W"/*.json "$OUT"/ 2>/dev/null
-}
+pack() { pack_lines "$1" "^encode 2b|^encode 4b|passed|failed|^\{|Error|^\|"; }
 env_txt
 C='"kernel":"cuda","kind":"mma"'
 V=${V:-"[{$C,\"opt\":76},{$C,\"opt\":320},{$C,\"opt\":832},{$C,\"opt\":960},{$C,\"opt\":896},{$C,\"opt\":768}]"}

@@ -10,10 +10,7 @@
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"  # gpu_setup, env_txt, left, tmo, stage, run
 gpu_setup /tmp/encwg 560 .carry/attn.so .carry/enc_wg.so
-pack() {
-  grep -E "^encode 2b|^encode 4b|passed|failed|^\{|Error" "$W/$1.txt" | cut -c1-200 | sed 's/^/   /' >> "$W/stages.txt"
-  cp "$W"/stages.txt "$W"/env.txt "$OUT"/ 2>/dev/null; cp "$W"/*.json "$OUT"/ 2>/dev/null
-}
+pack() { pack_lines "$1" "^encode 2b|^encode 4b|passed|failed|^\{|Error"; }
 env_txt
 V=${V:-'[{"kernel":"cuda","kind":"mma","opt":12},{"kernel":"cuda","kind":"mma","opt":76},{"kernel":"cuda","kind":"mma","opt":140},{"kernel":"cuda","kind":"mma","opt":204},{"kernel":"cuda","kind":"mma","opt":224}]'}
 for r in 1 2; do

@@ -1,6 +1,6 @@
 # Stage helpers shared by the one-call GPU scripts (gpu_h200.sh, gpu_e2e.sh, gpu_prefill.sh, gpu_verify.sh,
-# gpu_grid_frame.sh). `run` needs T0, DEADLINE, W and a function pack (called as `pack NAME` after each stage, NAME the
-# stage just run); gpu_setup sets the first three.
+# gpu_grid_frame.sh, gpu_defaults.sh, gpu_encode_wg.sh, gpu_encode_staged.sh). `run` needs T0, DEADLINE, W and a function
+# pack (called as `pack NAME` after each stage, NAME the stage just run); gpu_setup sets the first three.
 # gpu_setup W DEADLINE ATTN_LIB ENC_LIB: the defaults of $W, $DEADLINE and of the carried libraries ($ATTN_LIB,
 # $ENC_LIB); starts the clock, makes $OUT and $W, exports PYTHONPATH and the libraries' variables
 gpu_setup() {
@@ -31,4 +31,11 @@ run() {
   echo "   $name rc=$rc in $(( $(date +%s) - s )) s" | tee -a "$W/stages.txt"
   pack "$name"
   return $rc
+}
+# pack_lines NAME PATTERN: the lines of stage NAME's output that match PATTERN (its last 8 lines when PATTERN is empty)
+# into the summary; then the summary, env.txt and the JSONs of $W to $OUT (few files: the device tool drops files past
+# a count). A script's `pack` can be just this.
+pack_lines() {
+  if [ -n "$2" ]; then grep -E "$2" "$W/$1.txt" | cut -c1-220; else tail -8 "$W/$1.txt"; fi | sed 's/^/   /' >> "$W/stages.txt"
+  cp "$W"/stages.txt "$W"/env.txt "$OUT"/ 2>/dev/null; cp "$W"/*.json "$OUT"/ 2>/dev/null
 }

@@ -597,6 +597,66 @@ __device__ __forceinline__ float big_of(float s) {
   return 1.25f * __uint_as_float((b + 0x7fffffu) & 0xff800000u);
 }
 
+// The rows a lane holds in the m16n8k16 fragment layout (mma3: R = 4, rows g, g+8 of two tiles; the wg kernel: R = 2):
+// row r is token tb + g + 8 r; v[r] holds the lane's two x values of it in the current subspace (dims 2 half, 2 half + 1)
+// and vn[r] the next subspace's, loaded one ahead; cw0 / cw1 collect the codes of subspaces 0-3 / 4-7; bad marks rows
+// for the exact path. finish() merges the flags of the lane pair that shares a row and lets lane q == 0 write the codes.
+template <typename TX, int MG, int R>
+struct QuadRows {
+  static_assert(MG == 8, "two code words per row");
+  long long nn[R];
+  bool ok[R];
+  const TX* xp[R];
+  float v[R][2], vn[R][2];
+  uint32_t cw0[R], cw1[R];
+  bool bad[R];
+  __device__ __forceinline__ QuadRows(const EncArgs& a, const TX* X, int h, long long tb, long long n1, int g, int half,
+                                      int m0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      nn[r] = tb + g + 8 * r;
+      ok[r] = nn[r] < n1;
+      xp[r] = X + (ok[r] ? xrow(a, h, nn[r]) : 0) + m0 * 4 + 2 * half;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      vn[r][0] = ok[r] ? Ld<TX>::one(xp[r]) : 0.f;
+      vn[r][1] = ok[r] ? Ld<TX>::one(xp[r] + 1) : 0.f;
+      cw0[r] = 0;
+      cw1[r] = 0;
+      bad[r] = false;
+    }
+  }
+  // subspace j's values into v; subspace j + 1's loads issued
+  __device__ __forceinline__ void next(int j, int mg) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      v[r][0] = vn[r][0]; v[r][1] = vn[r][1];
+      const bool in = ok[r] && j + 1 < mg;
+      vn[r][0] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1)) : 0.f;
+      vn[r][1] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1) + 1) : 0.f;
+    }
+  }
+  __device__ __forceinline__ void code(int r, int j, uint32_t idx) {
+    if (j & 4) cw1[r] |= idx << (8 * (j & 3));
+    else cw0[r] |= idx << (8 * (j & 3));
+  }
+  __device__ __forceinline__ void finish(const EncArgs& a, const TX* X, const float* tab, int h, long long s0, int m0,
+                                         int mg, int q) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      bad[r] = __any_sync(0xffffffffu, bad[r]) && (__shfl_xor_sync(0xffffffffu, (int)bad[r], 1) | (int)bad[r]);
+    if (q == 0) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (ok[r]) {
+          uint32_t cw[MG / 4] = {cw0[r], cw1[r]};
+          mma_finish<TX, MG>(a, X, tab, h, nn[r], s0, m0, mg, bad[r], cw);
+        }
+    }
+  }
+};
+
 // mma3's scan of one subspace for two 16-token tiles: 32 column blocks of 8 centroids (B fragment fj[blk * 32]), the
 // keys (key_of) of rows g, g+8 of tile 0 and of tile 1 folded into k[0..3] by three-way minima; C of those rows in
 // c[0..3] (CK: C zero, the offset is in A and B), BU the unroll of the block loop
@@ -668,49 +728,26 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
   chunk_range(a, n0, n1);
   const TX* X = reinterpret_cast<const TX*>(a.x);
   for (long long tb = n0 + 32LL * warp; tb < n1; tb += 32LL * nw) {
-    long long nn[4];
-    bool ok[4];
-    const TX* xp[4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {  // rows g, g+8 of tile 0 and of tile 1
-      nn[r] = tb + g + 8 * r;
-      ok[r] = nn[r] < n1;
-      xp[r] = X + (ok[r] ? xrow(a, h, nn[r]) : 0) + m0 * 4 + 2 * half;
-    }
-    float v[4][2], vn[4][2];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      vn[r][0] = ok[r] ? Ld<TX>::one(xp[r]) : 0.f;
-      vn[r][1] = ok[r] ? Ld<TX>::one(xp[r] + 1) : 0.f;
-    }
-    static_assert(MG == 8, "two code words per row");
-    uint32_t cw0[4] = {0, 0, 0, 0}, cw1[4] = {0, 0, 0, 0};
-    bool bad[4] = {false, false, false, false};
+    QuadRows<TX, MG, 4> rw(a, X, h, tb, n1, g, half, m0);  // rows g, g+8 of tile 0 and of tile 1
 #pragma unroll (JU ? MG : 1)
     for (int j = 0; j < MG; ++j) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        v[r][0] = vn[r][0]; v[r][1] = vn[r][1];
-        const bool in = ok[r] && j + 1 < mg;
-        vn[r][0] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1)) : 0.f;
-        vn[r][1] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1) + 1) : 0.f;
-      }
+      rw.next(j, mg);
       const float cm = cmax[j];
       uint32_t A[2][4];
       float big[4];  // C of rows g, g+8 (tile 0), g, g+8 (tile 1)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const __half2 hh = __floats2half2_rn(v[r][0], v[r][1]);
+        const __half2 hh = __floats2half2_rn(rw.v[r][0], rw.v[r][1]);
         const float2 f = __half22float2(hh);
-        float sq = v[r][0] * v[r][0] + v[r][1] * v[r][1];
+        float sq = rw.v[r][0] * rw.v[r][0] + rw.v[r][1] * rw.v[r][1];
         sq += __shfl_xor_sync(0xffffffffu, sq, 1);
-        bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && sq < 32768.f);
+        rw.bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && sq < 32768.f);
         // the row's ||x||^2 over all 4 dims: lanes q and q^1 hold halves; q 0/1 and 2/3 see the same token
         big[r] = big_of(sq + cm);
         const __half sh = __float2half_rn(sq);
         const float shf = __half2float(sh);
         uint32_t hi_lo;
-        if (q < 2) hi_lo = pack_h2(v[r][0] - f.x, v[r][1] - f.y);
+        if (q < 2) hi_lo = pack_h2(rw.v[r][0] - f.x, rw.v[r][1] - f.y);
         else if (q == 2) hi_lo = 0x3c003c00u;
         else hi_lo = pack_h2(shf, sq - shf);
         A[r >> 1][(r & 1)] = *reinterpret_cast<const uint32_t*>(&hh);
@@ -723,22 +760,10 @@ __global__ void __launch_bounds__(256, MINB) enc_mma3_kernel(EncArgs a) {
       mma3_scan<KM, 8, 0>(k, A, fr + j * 1024 + lane, big, kmul);
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const uint32_t idx = quad_argmin<KM>(k[r], q);
-        if (j & 4) cw1[r] |= (uint32_t)idx << (8 * (j & 3));
-        else cw0[r] |= (uint32_t)idx << (8 * (j & 3));
+        rw.code(r, j, quad_argmin<KM>(k[r], q));
       }
     }
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-      bad[r] = __any_sync(0xffffffffu, bad[r]) && (__shfl_xor_sync(0xffffffffu, (int)bad[r], 1) | (int)bad[r]);
-    if (q == 0) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-        if (ok[r]) {
-          uint32_t cw[MG / 4] = {cw0[r], cw1[r]};
-          mma_finish<TX, MG>(a, X, tab, h, nn[r], s0, m0, mg, bad[r], cw);
-        }
-    }
+    rw.finish(a, X, tab, h, s0, m0, mg, q);
   }
 }
 
@@ -1007,47 +1032,24 @@ __global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int 
   for (long long tb = n0 + 16LL * warp; tb - 16LL * warp < n1; tb += 64) {
     // every warp of the warpgroup runs every iteration (wgmma is warpgroup-wide); rows past n1 compute
     // on zeros and are not stored
-    long long nn[2];
-    bool ok[2];
-    const TX* xp[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      nn[r] = tb + g + 8 * r;
-      ok[r] = nn[r] < n1;
-      xp[r] = X + (ok[r] ? xrow(a, h, nn[r]) : 0) + m0 * 4 + 2 * half;
-    }
-    float v[2][2], vn[2][2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      vn[r][0] = ok[r] ? Ld<TX>::one(xp[r]) : 0.f;
-      vn[r][1] = ok[r] ? Ld<TX>::one(xp[r] + 1) : 0.f;
-    }
-    static_assert(MG == 8, "two code words per row");
-    uint32_t cw0[2] = {0, 0}, cw1[2] = {0, 0};
-    bool bad[2] = {false, false};
+    QuadRows<TX, MG, 2> rw(a, X, h, tb, n1, g, half, m0);
 #pragma unroll 1
     for (int j = 0; j < MG; ++j) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        v[r][0] = vn[r][0]; v[r][1] = vn[r][1];
-        const bool in = ok[r] && j + 1 < mg;
-        vn[r][0] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1)) : 0.f;
-        vn[r][1] = in ? Ld<TX>::one(xp[r] + 4 * (j + 1) + 1) : 0.f;
-      }
+      rw.next(j, mg);
       const float cm = cmax[j], is = scl[j];
       uint32_t A[4];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const __half2 hh = __floats2half2_rn(v[r][0], v[r][1]);
+        const __half2 hh = __floats2half2_rn(rw.v[r][0], rw.v[r][1]);
         const float2 f = __half22float2(hh);
-        float sq = v[r][0] * v[r][0] + v[r][1] * v[r][1];
+        float sq = rw.v[r][0] * rw.v[r][0] + rw.v[r][1] * rw.v[r][1];
         sq += __shfl_xor_sync(0xffffffffu, sq, 1);
         const uint32_t pb = __float_as_uint(fmaxf(4.f * (sq + cm), 0x1p-40f));
         const float P = __uint_as_float((pb + 0x7fffffu) & 0xff800000u);
         const float bigA = 1.375f * P * is;  // exact: powers of two times 1.375
-        bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && bigA < 32768.f && bigA >= 0x1p-14f);
+        rw.bad[r] |= !(fabsf(f.x) < 65504.f && fabsf(f.y) < 65504.f && bigA < 32768.f && bigA >= 0x1p-14f);
         uint32_t hi_lo;
-        if (q < 2) hi_lo = pack_h2(v[r][0] - f.x, v[r][1] - f.y);
+        if (q < 2) hi_lo = pack_h2(rw.v[r][0] - f.x, rw.v[r][1] - f.y);
         else if (q == 2) hi_lo = 0x3c003c00u;
         else hi_lo = pack_h2(bigA, 0.f);
         A[r] = *reinterpret_cast<const uint32_t*>(&hh);
@@ -1069,22 +1071,10 @@ __global__ void __launch_bounds__(128, 3) enc_wg_kernel(EncArgs a, int lbo, int 
       wg_keys<KM>(acc1, 1, k, kmul);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const uint32_t idx = quad_argmin<KM>(min(k[r][0], k[r][1]), q);
-        if (j & 4) cw1[r] |= idx << (8 * (j & 3));
-        else cw0[r] |= idx << (8 * (j & 3));
+        rw.code(r, j, quad_argmin<KM>(min(k[r][0], k[r][1]), q));
       }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      bad[r] = __any_sync(0xffffffffu, bad[r]) && (__shfl_xor_sync(0xffffffffu, (int)bad[r], 1) | (int)bad[r]);
-    if (q == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-        if (ok[r]) {
-          uint32_t cw[MG / 4] = {cw0[r], cw1[r]};
-          mma_finish<TX, MG>(a, X, tab, h, nn[r], s0, m0, mg, bad[r], cw);
-        }
-    }
+    rw.finish(a, X, tab, h, s0, m0, mg, q);
   }
 #endif
 }
