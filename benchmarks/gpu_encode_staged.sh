@@ -19,7 +19,7 @@ for r in 1 2; do
 done
 run tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_encode.py
 LIB=$MILLION_CUDA_ENCODE_LIB
-run sass 60 bash -c "cuobjdump -sass -fun _Z17enc_staged_kernelI6__halfLi8ELi3ELi3ELi32EEv7EncArgs $LIB > /tmp/st.sass; \
+run sass 60 bash -c "cuobjdump -sass -fun _Z17enc_staged_kernelI6__halfLi8ELi3ELi3ELi32ELi0ELi0ELi256EEv7EncArgs $LIB > /tmp/st.sass; \
   cuobjdump -sass -fun _Z15enc_mma3_kernelI6__halfLi8ELb0ELi2ELi1EEv7EncArgs $LIB > /tmp/m3.sass; \
   for f in st m3; do echo \"\$f: lines \$(grep -cE '^\s+/\*[0-9a-f]{4}\*/' /tmp/\$f.sass) LEA \$(grep -c ' LEA ' /tmp/\$f.sass) \
   VIMNMX3 \$(grep -c VIMNMX3 /tmp/\$f.sass) HMMA \$(grep -c HMMA /tmp/\$f.sass) LDSM \$(grep -c LDSM /tmp/\$f.sass) \

@@ -48,7 +48,8 @@ def _check(x, c, got, min_match=0.9999):
                                             ("mma", 4, 140), ("mma", 4, 204), ("mma", 4, 256),
                                             ("mma", 4, 320), ("mma", 4, 336), ("mma", 4, 448), ("mma", 4, 832),
                                             ("mma", 4, 960), ("mma", 4, 1984), ("mma", 4, 3008), ("mma", 4, 3904),
-                                            ("mma", 4, 4032), ("brute", 4, 0)])
+                                            ("mma", 4, 4032), ("mma", 4, 5056), ("mma", 4, 6080),
+                                            ("mma", 4, 8128), ("brute", 4, 0)])
 @pytest.mark.parametrize("T", [0, 1, 37, 1000, 4099])
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shared", [True, False])
@@ -162,7 +163,7 @@ def test_staged_equals_mma3(dtype, T, M):
         x[1, 2, 1, :4] = 1e6  # outside the fp16 range: the exact path
     c = torch.randn(3, M, 256, 4, device="cuda", generator=g).to(dtype if dtype != torch.float32 else torch.float32)
     ref = ce.pq_encode(x, c, kind="mma", opt=76)
-    for opt in (320, 336, 256, 448, 832, 960, 3008):
+    for opt in (320, 336, 256, 448, 832, 960, 3008, 5056, 7104):
         got = ce.pq_encode(x, c, kind="mma", opt=opt)
         assert torch.equal(got, ref), f"opt {opt}: {(got != ref).sum().item()} codes differ"
     # captured in a CUDA graph
@@ -194,7 +195,7 @@ def test_head_dims_off_the_vector_width(D, dsub, dtype):
     if dsub == 2:
         runs = [dict(kind="pruned", opt=0), dict(kind="pruned", opt=1), dict(kind="brute", opt=0)]
     else:
-        runs = [dict(kind="mma", opt=o) for o in (0, 2, 12, 76, 320, 960)] + [dict(kind="brute", opt=0)]
+        runs = [dict(kind="mma", opt=o) for o in (0, 2, 12, 76, 320, 960, 5056, 6080)] + [dict(kind="brute", opt=0)]
         if ce.wgmma_available():
             runs.append(dict(kind="mma", opt=32))
     for r in runs:
@@ -204,7 +205,8 @@ def test_head_dims_off_the_vector_width(D, dsub, dtype):
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_staged_variant_bits_need_index_keys():
-    """opt bits 10 and 11 (the staged kernel's offset through K, parity-split minima) take the key multiplier from bit 6:
+    """opt bits 10, 11 and 12 (the staged kernel's offset through K, parity-split minima, 16 warps) take the key
+    multiplier from bit 6:
     without it the call is refused with a message naming the bits, not run with mismatched keys."""
     from million.ops import cuda_encode as ce
 
@@ -212,6 +214,6 @@ def test_staged_variant_bits_need_index_keys():
         pytest.skip("CUDA encode library not available")
     x = torch.randn(1, 2, 40, 128, device="cuda", dtype=torch.float16)
     c = torch.randn(1, 32, 256, 4, device="cuda")
-    for opt in (256 + 1024, 256 + 2048, 256 + 128 + 1024):
-        with pytest.raises(RuntimeError, match="bits 10 and 11 need bit 6"):
+    for opt in (256 + 1024, 256 + 2048, 256 + 128 + 1024, 256 + 4096, 256 + 512 + 128 + 4096):
+        with pytest.raises(RuntimeError, match="bits 10, 11 and 12 need bit 6"):
             ce.pq_encode(x, c, kind="mma", opt=opt)

@@ -189,7 +189,7 @@ def test_default_encode_opt_comes_from_the_environment(monkeypatch):
     assert default_opt() == 960
     monkeypatch.setenv("MILLION_ENCODE_OPT", "76")
     assert default_opt() == 76
-    for bad in ("4096", "-1", "x"):
+    for bad in ("8192", "-1", "x"):
         monkeypatch.setenv("MILLION_ENCODE_OPT", bad)
         with pytest.raises(ValueError, match=f"MILLION_ENCODE_OPT='{bad}': expected an opt bit mask"):
             default_opt()

@@ -149,7 +149,7 @@ def grid_q() -> float:
 def default_opt() -> int:
     """The default ``opt`` of :func:`pq_encode`: ``$MILLION_ENCODE_OPT``, default 960 (see :func:`pq_encode`; an
     environment setting so that an end-to-end benchmark can run another kernel variant without code changes)."""
-    return _env_setting("MILLION_ENCODE_OPT", "960", int, lambda o: 0 <= o < 4096, "an opt bit mask in [0, 4096)")
+    return _env_setting("MILLION_ENCODE_OPT", "960", int, lambda o: 0 <= o < 8192, "an opt bit mask in [0, 8192)")
 
 
 def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
@@ -438,8 +438,10 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     bit 8): its column-block loop unrolled whole, registers for 3 blocks per SM (every tag a constant); bit 10 (with bit
     8 and 6; implies bit 9): the row's offset through the MMA's K dimension instead of its C input (codes may differ
     from mma3's at near-ties within an ulp); bit 11 (with bits 8 and 6; implies bit 9): even and odd columns in separate
-    minima, one tag per column block. Bits 10 and 11 were built on 2026-12-05 and have not run on a GPU yet (no device
-    time was left): opt-in, untimed, and their GPU tests are written but not yet run.
+    minima, one tag per column block; bit 12 (with bits 8 and 6; implies bit 9): blocks of 16 warps, 2 per SM, registers
+    budgeted at 64 (32 warps per SM instead of 24; no spills with bits 10 and 11 off, sm_90a, nvcc 13.0). Bits 10-12
+    were built on 2026-12-05 and have not run on a GPU yet (no device time was left): opt-in, untimed, and their GPU
+    tests are written but not yet run.
     Default ``opt``: 960 = the staged kernel, its column-block loop unrolled whole, keys by IMAD with the index in
     their low 8 bits (H100, 2026-12-05 21:37 UTC, two rounds: 1.369-1.381 ms per 32K x 32-head tensor against
     1.407-1.410 for 320, the same kernel with the loop unrolled 8 and keys by LEA, and 1.779-1.781 for 76; at 21:32 UTC
@@ -452,8 +454,8 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     0.92-0.99 ms)."""
     if opt is None:
         opt = default_opt()
-    if not 0 <= int(opt) < 4096:
-        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 4096) (see the docstring)")
+    if not 0 <= int(opt) < 8192:
+        raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 8192) (see the docstring)")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):

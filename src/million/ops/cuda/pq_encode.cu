@@ -809,8 +809,8 @@ constexpr int kStageBytes = 32 * 32 + 32 * 8;  // per warp: 32 A rows of 32 byte
 // from mma3's at near-ties within one ulp of D; P outside [2^-14, 2^15] takes the exact path. PS (opt bit 11, needs
 // KM bit 0): even and odd columns in separate minima over pairs of column blocks, so a block needs one tag (8 blk)
 // instead of two; the parity bit is OR-ed into the odd minimum at the end.
-template <typename TX, int MG, int MINB, int KM, int BU, int CK = 0, int PS = 0>
-__global__ void __launch_bounds__(256, MINB) enc_staged_kernel(EncArgs a) {
+template <typename TX, int MG, int MINB, int KM, int BU, int CK = 0, int PS = 0, int NT = 256>
+__global__ void __launch_bounds__(NT, MINB) enc_staged_kernel(EncArgs a) {
   static_assert(!PS || ((KM & 1) && BU % 2 == 0), "parity-split minima need key256 and an even unroll");
   const uint32_t kmul = (a.opt & 64) ? 256u : 64u;  // (a register: see key_of)
   extern __shared__ __align__(16) unsigned char smem[];
@@ -1151,15 +1151,23 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
     size_t smem = (size_t)MG * 1024 * 8;
     if (a.opt & 32) return launch_wg<TX, MG>(a, st);
     if (a.opt & 256) {  // the staged kernel; bit 4: 3 blocks per SM; bits 6, 7: keys (key_of); bit 9: BU 32
-      const size_t ss = smem + 64 + 8 * kStageBytes;
       const int km = (a.opt >> 6) & 3;
       void (*k)(EncArgs);
       const int cp = (a.opt >> 10) & 3;  // bit 10: CK, bit 11: PS (bit 9 implied; bit 6 required; bit 7 kept)
-      if (cp && !(a.opt & 64)) {  // the kernel's key multiplier comes from bit 6 (key_of)
-        snprintf(g_err, sizeof g_err, "opt=%d: bits 10 and 11 need bit 6 (keys with the index in their low 8 bits)",
-                 a.opt);
+      if ((cp || (a.opt & 4096)) && !(a.opt & 64)) {  // the kernel's key multiplier comes from bit 6 (key_of)
+        snprintf(g_err, sizeof g_err,
+                 "opt=%d: bits 10, 11 and 12 need bit 6 (keys with the index in their low 8 bits)", a.opt);
         return 3;
       }
+      if (a.opt & 4096) {  // bit 12: 16 warps per block, 2 blocks per SM (64 registers); bit 9 implied
+        const bool im = (a.opt & 128) != 0;
+#define MILLION_W16(CK_, PS_) (im ? enc_staged_kernel<TX, MG, 2, 3, 32, CK_, PS_, 512> \
+                                  : enc_staged_kernel<TX, MG, 2, 1, 32, CK_, PS_, 512>)
+        k = cp == 0 ? MILLION_W16(0, 0) : cp == 1 ? MILLION_W16(1, 0) : cp == 2 ? MILLION_W16(0, 1) : MILLION_W16(1, 1);
+#undef MILLION_W16
+        return launch_n(k, a, MG, smem + 64 + 16 * kStageBytes, st, 512);
+      }
+      const size_t ss = smem + 64 + 8 * kStageBytes;
       if (cp) {
         const bool im = (a.opt & 128) != 0;
         k = cp == 1 ? (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 1, 0> : enc_staged_kernel<TX, MG, 3, 1, 32, 1, 0>)
