@@ -86,14 +86,14 @@ def test_dispatch_strided_and_outliers():
     for dsub in (2, 4):
         c = torch.randn(6, 128 // dsub, 256, dsub, device="cuda", generator=g)
         _check(x, c, ops.pq_encode(x, c))
-        for opt in (1, 2, 4, 12, 204, 320, 960) + ((32, 224) if ce.wgmma_available() else ()):
+        for opt in (1, 2, 4, 12, 204, 320, 960, 6080) + ((32, 224) if ce.wgmma_available() else ()):
             _check(x, c, ce.pq_encode(x, c, opt=opt))
     # bf16 / fp32 values outside the fp16 range take the exact fix-up path of the mma kernel
     xf = torch.randn(1, 2, 64, 128, device="cuda", generator=g)
     xf[0, 1, 5, :8] = 1e6
     c = torch.randn(1, 32, 256, 4, device="cuda", generator=g) * 10
     assert ce.tables(c, "mma")["kind"] == "mma"
-    for opt in (0, 2, 4, 12, 204, 320, 960) + ((32, 224) if ce.wgmma_available() else ()):
+    for opt in (0, 2, 4, 12, 204, 320, 960, 6080) + ((32, 224) if ce.wgmma_available() else ()):
         _check(xf, c, ce.pq_encode(xf, c, kind="mma", opt=opt))
         _check(xf.bfloat16(), c, ce.pq_encode(xf.bfloat16(), c, kind="mma", opt=opt))
     # unsupported inputs fall back (ksub 16)

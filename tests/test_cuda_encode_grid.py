@@ -186,7 +186,7 @@ def test_default_encode_opt_comes_from_the_environment(monkeypatch):
     from million.ops.cuda_encode import default_opt
 
     monkeypatch.delenv("MILLION_ENCODE_OPT", raising=False)
-    assert default_opt() == 960
+    assert default_opt() == 6080
     monkeypatch.setenv("MILLION_ENCODE_OPT", "76")
     assert default_opt() == 76
     for bad in ("8192", "-1", "x"):

@@ -147,9 +147,9 @@ def grid_q() -> float:
 
 
 def default_opt() -> int:
-    """The default ``opt`` of :func:`pq_encode`: ``$MILLION_ENCODE_OPT``, default 960 (see :func:`pq_encode`; an
+    """The default ``opt`` of :func:`pq_encode`: ``$MILLION_ENCODE_OPT``, default 6080 (see :func:`pq_encode`; an
     environment setting so that an end-to-end benchmark can run another kernel variant without code changes)."""
-    return _env_setting("MILLION_ENCODE_OPT", "960", int, lambda o: 0 <= o < 8192, "an opt bit mask in [0, 8192)")
+    return _env_setting("MILLION_ENCODE_OPT", "6080", int, lambda o: 0 <= o < 8192, "an opt bit mask in [0, 8192)")
 
 
 def grid_frame(c: torch.Tensor, G: int, q: float | None = None):
@@ -439,10 +439,13 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     8 and 6; implies bit 9): the row's offset through the MMA's K dimension instead of its C input (codes may differ
     from mma3's at near-ties within an ulp); bit 11 (with bits 8 and 6; implies bit 9): even and odd columns in separate
     minima, one tag per column block; bit 12 (with bits 8 and 6; implies bit 9): blocks of 16 warps, 2 per SM, registers
-    budgeted at 64 (32 warps per SM instead of 24; no spills with bits 10 and 11 off, sm_90a, nvcc 13.0). Bits 10-12
-    were built on 2026-12-05 and have not run on a GPU yet (no device time was left): opt-in, untimed, and their GPU
-    tests are written but not yet run.
-    Default ``opt``: 960 = the staged kernel, its column-block loop unrolled whole, keys by IMAD with the index in
+    budgeted at 64 (32 warps per SM instead of 24; no spills with bit 11 off, sm_90a, nvcc 13.0).
+    Default ``opt``: 6080 = the staged kernel with the offset through K (bit 10) in blocks of 16 warps (bit 12), keys
+    by IMAD with the index in their low 8 bits (H100, 2026-12-06 00:03-00:05 UTC, three rounds: 1.110-1.144 ms per
+    32K x 32-head tensor against 1.370-1.388 for 960 and 1.773-1.806 for 76; bit 10 alone, 1984, 1.157-1.169; bits 10
+    and 11, 4032, 1.151-1.178; bit 11 alone, 3008, and bit 12 alone, 5056, 1.438-1.477, slower than 960; a 32K 2-bit
+    prefill of the 7B shape encoded in 69-71 ms, 4.8-4.9% of its cache-free time). Before it,
+    960 = the staged kernel, its column-block loop unrolled whole, keys by IMAD with the index in
     their low 8 bits (H100, 2026-12-05 21:37 UTC, two rounds: 1.369-1.381 ms per 32K x 32-head tensor against
     1.407-1.410 for 320, the same kernel with the loop unrolled 8 and keys by LEA, and 1.779-1.781 for 76; at 21:32 UTC
     320 took 1.407-1.441 against 1.776-1.805 for 76; bit 4 no faster, keys without bit 6 1.48-1.51 ms). Before it,
