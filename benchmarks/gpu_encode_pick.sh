@@ -8,8 +8,8 @@ set -uo pipefail
 R=/tmp/pick; rm -rf $R; mkdir -p $R/enc $R/def
 FINAL_OUT=${OUT:-gpu_out}; mkdir -p "$FINAL_OUT"
 C='"kernel":"cuda","kind":"mma"'
-PICK=${PICK:-"960 1984 3008 4032 3904 5056 6080 7104"}
-FALLBACK=${FALLBACK:-960}
+PICK=${PICK:-"6080 960 1984 4032"}
+FALLBACK=${FALLBACK:-6080}
 if [ -z "${V:-}" ]; then
   V="[{$C,\"opt\":76}"; for o in $PICK; do V="$V,{$C,\"opt\":$o}"; done; V="$V]"
 fi

@@ -23,7 +23,8 @@
 //   opt bit 1 (mma2): two tiles per B fragment, ||x||^2 through the MMA. opt bit 2 (mma3, the default
 //   with bit 3 = rolled subspace loop): keys built as bits(D) * 64 + tag on the IMAD / LEA pipes with
 //   a per-row accumulator offset that puts every D of a row in one binade, DPX three-way minimum. opt bit 8
-//   ("staged"): mma3 with each row's values computed once, by one lane, and handed over by ldmatrix.
+//   ("staged"): mma3 with each row's values computed once, by one lane, and handed over by ldmatrix; with bit 10 the
+//   row's offset goes through the MMA's K dimension (C = 0), with bit 12 in blocks of 16 warps (the default, 6080).
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
