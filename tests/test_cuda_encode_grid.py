@@ -193,3 +193,15 @@ def test_default_encode_opt_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv("MILLION_ENCODE_OPT", bad)
         with pytest.raises(ValueError, match=f"MILLION_ENCODE_OPT='{bad}': expected an opt bit mask"):
             default_opt()
+
+
+@pytest.mark.parametrize("opt", [512, 1024, 2048, 4096, 4096 + 1024 + 64])
+def test_staged_variant_bits_without_the_staged_kernel_are_refused(opt):
+    """opt bits 9-12 only select variants of the staged kernel (bit 8): without it the call is refused with a message
+    naming the bits and the value with bit 8 added, instead of silently running another kernel."""
+    from million.ops.cuda_encode import pq_encode
+
+    x = torch.zeros(1, 1, 4, 8)
+    c = torch.zeros(1, 2, 256, 4)
+    with pytest.raises(ValueError, match=rf"opt={opt}: bits 9-12 .* need bit 8 \(256\), e.g. opt={opt | 256}"):
+        pq_encode(x, c, opt=opt)

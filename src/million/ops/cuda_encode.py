@@ -439,7 +439,8 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     8 and 6; implies bit 9): the row's offset through the MMA's K dimension instead of its C input (codes may differ
     from mma3's at near-ties within an ulp); bit 11 (with bits 8 and 6; implies bit 9): even and odd columns in separate
     minima, one tag per column block; bit 12 (with bits 8 and 6; implies bit 9): blocks of 16 warps, 2 per SM, registers
-    budgeted at 64 (32 warps per SM instead of 24; no spills with bit 11 off, sm_90a, nvcc 13.0).
+    budgeted at 64 (32 warps per SM instead of 24; no spills with bit 11 off, sm_90a, nvcc 13.0). Bits 9-12 without
+    bit 8 raise ``ValueError``; bits 10-12 without bit 6 raise ``RuntimeError`` from the library.
     Default ``opt``: 6080 = the staged kernel with the offset through K (bit 10) in blocks of 16 warps (bit 12), keys
     by IMAD with the index in their low 8 bits (H100, 2026-12-06 00:03-00:05 UTC, three rounds: 1.110-1.144 ms per
     32K x 32-head tensor against 1.370-1.388 for 960 and 1.773-1.806 for 76; bit 10 alone, 1984, 1.157-1.169; bits 10
@@ -459,6 +460,9 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
         opt = default_opt()
     if not 0 <= int(opt) < 8192:
         raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 8192) (see the docstring)")
+    if int(opt) & 0x1E00 and not int(opt) & 256:
+        raise ValueError(f"opt={opt}: bits 9-12 (512, 1024, 2048, 4096) choose variants of the staged kernel and need "
+                         f"bit 8 (256), e.g. opt={int(opt) | 256}")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):
