@@ -29,10 +29,10 @@ def main():
     marks = [i for i in (8, 12, 16, 24, 32, 48, 64) if i <= args.iters]
     print("| tensor | problems x points | " + " | ".join(f"it {i}" for i in marks) + " | it 32 / it 16 | iterations run |")
     print("|---" * (len(marks) + 4) + "|")
-    for name, store in (("K", rec._k), ("V", rec._v)):
+    for name, per_layer in (("K", rec.keys), ("V", rec.values)):
         xs = []
         for layer in (int(s) for s in args.layers.split(",")):
-            x = torch.cat(store[layer], 1)  # [H, N, D]
+            x = per_layer[layer]  # [H, N, D]
             H, N, D = x.shape
             xs.append(x.reshape(H, N, D // 2, 2).permute(0, 2, 1, 3).reshape(H * D // 2, N, 2))
         x = torch.cat(xs, 0)

@@ -456,13 +456,12 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor, kind: str | None = None,
     keys by IMAD, bit 7, 1.862-1.889; the wg kernel, bit 5, 2.14-2.31 and with both key bits 1.91-1.99);
     the pruned kernel ignores bits 2-7 (the interleaved scan, bit 0, was no faster: 0.92-0.93 vs
     0.92-0.99 ms)."""
-    if opt is None:
-        opt = default_opt()
-    if not 0 <= int(opt) < 8192:
+    opt = default_opt() if opt is None else int(opt)
+    if not 0 <= opt < 8192:
         raise ValueError(f"opt={opt} is not allowed; use a bit mask in [0, 8192) (see the docstring)")
-    if int(opt) & 0x1E00 and not int(opt) & 256:
+    if opt & 0x1E00 and not opt & 256:
         raise ValueError(f"opt={opt}: bits 9-12 (512, 1024, 2048, 4096) choose variants of the staged kernel and need "
-                         f"bit 8 (256), e.g. opt={int(opt) | 256}")
+                         f"bit 8 (256), e.g. opt={opt | 256}")
     if x.dim() != 4 or centroids.dim() != 4:
         raise ValueError(f"x must be [B, H, T, D] and centroids [Hc, M, ksub, dsub]; got {tuple(x.shape)}, {tuple(centroids.shape)}")
     if not supports(x, centroids):

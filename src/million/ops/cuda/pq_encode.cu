@@ -1131,6 +1131,23 @@ static int launch_wg(const EncArgs& a, cudaStream_t st) {
   return launch_n(kernel, a, MG, smem, st, 128, g_wg_lbo, g_wg_sbo);
 }
 
+// the staged kernel with its column-block loop unrolled whole and keys with the index in their low 8 bits (bit 6), by
+// IMAD when im (bit 7); cp: bit 0 CK (offset through K), bit 1 PS (parity-split minima); MINB blocks of NT threads
+using StagedFn = void (*)(EncArgs);
+template <typename TX, int MG, int MINB, int NT, int CK, int PS>
+static StagedFn staged_km(bool im) {
+  return im ? enc_staged_kernel<TX, MG, MINB, 3, 32, CK, PS, NT> : enc_staged_kernel<TX, MG, MINB, 1, 32, CK, PS, NT>;
+}
+template <typename TX, int MG, int MINB, int NT>
+static StagedFn staged_variant(int cp, bool im) {
+  switch (cp) {
+    case 0: return staged_km<TX, MG, MINB, NT, 0, 0>(im);
+    case 1: return staged_km<TX, MG, MINB, NT, 1, 0>(im);
+    case 2: return staged_km<TX, MG, MINB, NT, 0, 1>(im);
+    default: return staged_km<TX, MG, MINB, NT, 1, 1>(im);
+  }
+}
+
 template <typename TX>
 static int launch_t(const EncArgs& a, cudaStream_t st) {
   constexpr int MG = 8;
@@ -1160,20 +1177,12 @@ static int launch_t(const EncArgs& a, cudaStream_t st) {
                  "opt=%d: bits 10, 11 and 12 need bit 6 (keys with the index in their low 8 bits)", a.opt);
         return 3;
       }
-      if (a.opt & 4096) {  // bit 12: 16 warps per block, 2 blocks per SM (64 registers); bit 9 implied
-        const bool im = (a.opt & 128) != 0;
-#define MILLION_W16(CK_, PS_) (im ? enc_staged_kernel<TX, MG, 2, 3, 32, CK_, PS_, 512> \
-                                  : enc_staged_kernel<TX, MG, 2, 1, 32, CK_, PS_, 512>)
-        k = cp == 0 ? MILLION_W16(0, 0) : cp == 1 ? MILLION_W16(1, 0) : cp == 2 ? MILLION_W16(0, 1) : MILLION_W16(1, 1);
-#undef MILLION_W16
-        return launch_n(k, a, MG, smem + 64 + 16 * kStageBytes, st, 512);
-      }
+      const bool im = (a.opt & 128) != 0;
+      if (a.opt & 4096)  // bit 12: 16 warps per block, 2 blocks per SM (64 registers); bit 9 implied
+        return launch_n(staged_variant<TX, MG, 2, 512>(cp, im), a, MG, smem + 64 + 16 * kStageBytes, st, 512);
       const size_t ss = smem + 64 + 8 * kStageBytes;
       if (cp) {
-        const bool im = (a.opt & 128) != 0;
-        k = cp == 1 ? (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 1, 0> : enc_staged_kernel<TX, MG, 3, 1, 32, 1, 0>)
-            : cp == 2 ? (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 0, 1> : enc_staged_kernel<TX, MG, 3, 1, 32, 0, 1>)
-                      : (im ? enc_staged_kernel<TX, MG, 3, 3, 32, 1, 1> : enc_staged_kernel<TX, MG, 3, 1, 32, 1, 1>);
+        k = staged_variant<TX, MG, 3, 256>(cp, im);
       } else if (a.opt & 512) {
         k = km == 0 ? enc_staged_kernel<TX, MG, 3, 0, 32> : km == 1 ? enc_staged_kernel<TX, MG, 3, 1, 32>
             : km == 2 ? enc_staged_kernel<TX, MG, 3, 2, 32> : enc_staged_kernel<TX, MG, 3, 3, 32>;
