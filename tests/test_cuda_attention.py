@@ -423,3 +423,70 @@ def test_cluster_merge_choice(monkeypatch):
     monkeypatch.setenv("MILLION_CUDA_CMERGE", "auto")
     with pytest.raises(ValueError, match="MILLION_CUDA_CMERGE='auto'"):
         ca.cluster_merge("mma", 8, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("kernel", ["ffma", "mma"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(CASES) + len(LUT_CASES)))
+def test_chunk_stealing_matches_naive(case, dtype, kernel, monkeypatch):
+    """Chunks after the first round taken from a counter per head group (``MILLION_CUDA_STEAL=1``): every case at
+    1, 3, 7, 16 and 40 splits (blocks without a first-round chunk, empty rows, starts inside the range), twice in a
+    row, so that a counter the merge kernel failed to zero would skip chunks in the second pass."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_STEAL", "1")
+    for rep in range(2):
+        _check_poisoned(ca, (CASES + LUT_CASES)[case], dtype, 900 + case, splits=(None, 1, 3, 7, 16, 40),
+                        kernel_override=kernel)
+    counters = [b for (dev, _), b in ca._STEAL.items()]
+    assert counters and all(int(b.abs().sum()) == 0 for b in counters)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("kernel", ["ffma", "mma"])
+def test_chunk_stealing_graph_replay(kernel, monkeypatch):
+    """Stealing launches captured in a CUDA graph and replayed with new lengths: the counters stay consistent
+    across replays (zeroed by each replay's merge kernel)."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_STEAL", "1")
+    q, kc, vc, kcen, vcen, kr, vr = _make(2, 8, 2, 128, 4, 8192, 64, torch.float16, 2, seed=19)
+    pl = torch.tensor([8192, 1000], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([64, 3], dtype=torch.int32, device="cuda")
+    st = torch.zeros(2, dtype=torch.int32, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, st, kernel_override=kernel)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, st, kernel_override=kernel)
+    torch.cuda.current_stream().wait_stream(s)
+    for lens, res in (([8000, 4095], [0, 64]), ([0, 1], [64, 0]), ([8192, 8191], [64, 64]), ([8192, 8191], [64, 64])):
+        pl.copy_(torch.tensor(lens, dtype=torch.int32))
+        rl.copy_(torch.tensor(res, dtype=torch.int32))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pl, kr.float(), vr.float(), rl,
+                                        st)
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+
+
+def test_chunk_stealing_switch(monkeypatch):
+    """CPU: ``MILLION_CUDA_STEAL`` defaults to off, takes 0 / 1 and names a bad value."""
+    from million.ops import cuda_attention as ca
+
+    monkeypatch.delenv("MILLION_CUDA_STEAL", raising=False)
+    assert not ca.chunk_stealing()
+    monkeypatch.setenv("MILLION_CUDA_STEAL", "1")
+    assert ca.chunk_stealing()
+    monkeypatch.setenv("MILLION_CUDA_STEAL", "yes")
+    with pytest.raises(ValueError, match="MILLION_CUDA_STEAL='yes'"):
+        ca.chunk_stealing()

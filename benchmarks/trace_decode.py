@@ -1,0 +1,225 @@
+"""Phase timeline of one PQ decode-attention call (CUDA kernels), from a diagnostic build of the library.
+
+    nvcc -O3 -std=c++17 -DPQ_TRACE -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared \\
+        -o attn_trace.so src/million/ops/cuda/pq_attention.cu
+    PYTHONPATH=src MILLION_CUDA_LIB=attn_trace.so python benchmarks/trace_decode.py --out trace.json
+
+With ``-DPQ_TRACE`` every partial block stamps ``%globaltimer`` (and ``clock64``) at its phases: entry, K table
+in, tables ready (LUT built), loop start, all warps' loops done, partial written; every warp at the end of its
+chunk loop; every merge block at entry, residual window done, ``griddepcontrol.wait`` returned, output written.
+For each shape the script runs single calls (L2 flushed before each, inputs as in ``bench_decode_cuda.py``:
+random codes, one centroid head, 64 valid residual tokens) or, with ``--graph``, CUDA-graph replays as the benchmark
+times them (the stamps are the replay's last call's), reads the stamps back and prints where the call's time goes,
+measured from the first partial block's entry:
+
+- ``start``: spread of the partial blocks' entry times;
+- ``tables`` / ``lut``: K table arrival and tables ready, per block (median, max);
+- ``loop``: the chunk loop, per block; ``warp spread``: last minus first warp to finish its loop, per block;
+- ``epi``: epilogue (warps merged, partial written);
+- ``part end``: last partial block done; ``merge wait``: last merge block released by the dependent-launch
+  wait; ``end``: last merge block done;
+- ``floor``: the codes' bytes (K and V) at ``--gbps``.
+
+All times in microseconds. Prints a table, writes JSON (summary and the raw per-block stamps of the last rep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_decode_cuda import CALLS, make  # noqa: E402
+from million.ops import cuda_attention as ca  # noqa: E402
+
+SHAPES = {
+    "mha": (32, 32, 128),
+    "gqa": (32, 8, 128),
+    "smollm2": (9, 3, 64),
+}
+R_VALID = 64
+
+
+def parse_case(s: str):
+    """``shape:B:bits:context``, e.g. ``mha:1:4:32768``."""
+    parts = s.split(":")
+    if len(parts) != 4 or parts[0] not in SHAPES:
+        raise argparse.ArgumentTypeError(f"case {s!r}: expected shape:B:bits:context with shape in {sorted(SHAPES)}")
+    B, bits, T = (int(x) for x in parts[1:])
+    if bits not in (2, 4) or B < 1 or T < R_VALID + 1:
+        raise argparse.ArgumentTypeError(f"case {s!r}: bits 2 or 4, B >= 1, context > {R_VALID}")
+    return parts[0], B, bits, T
+
+
+def read_trace(lib):
+    n = lib.million_pq_trace_read(None, 0)
+    buf = (ctypes.c_ulonglong * n)()
+    rc = lib.million_pq_trace_read(buf, n)
+    if rc != n:
+        raise RuntimeError(f"million_pq_trace_read returned {rc}")
+    t = torch.frombuffer(bytearray(buf), dtype=torch.int64)
+    nblk = n // 40
+    return t[: nblk * 32].view(nblk, 32), t[nblk * 32:].view(nblk, 8)
+
+
+def us(x):
+    return round(float(x) / 1000.0, 2)
+
+
+def summarize(part, merge, nparts, nmerge):
+    p, m = part[:nparts].double(), merge[:nmerge].double()
+    valid = p[:, 0] > 0
+    p = p[valid]
+    t0 = p[:, 0].min()
+    entry, tk, tready, tloop, tdone, tend = (p[:, j] - t0 for j in range(6))
+    nch = p[:, 7]
+    w = p[:, 8:24]
+    wv = w > 0
+    wmax = torch.where(wv, w, torch.full_like(w, -1e30)).max(1).values
+    wmin = torch.where(wv, w, torch.full_like(w, 1e30)).min(1).values
+    # the loop from its start to the last warp's end (the block barrier after it adds the slowest warp's wait)
+    ready = tready.clone()
+    no_lut = p[:, 2] <= 0  # tensor-core kernel: no LUT stamp (slot 2), tables-in stamp only
+    ready[no_lut] = tk[no_lut]
+    start = torch.where(p[:, 3] > 0, tloop, tk)
+    s = {
+        "blocks": int(valid.sum()), "merge_blocks": int(nmerge),
+        "chunks_per_block": [int(nch.min()), int(nch.max())],
+        "start_spread": us(entry.max()),
+        "tables_med": us(tk.sub(entry).median()), "tables_max": us(tk.sub(entry).max()),
+        "ready_med": us(ready.sub(entry).median()), "ready_max": us(ready.sub(entry).max()),
+        "loop_med": us((wmax - t0 - start).median()), "loop_max": us((wmax - t0 - start).max()),
+        "warp_spread_med": us((wmax - wmin).median()), "warp_spread_max": us((wmax - wmin).max()),
+        "epi_med": us((tend - tdone).median()), "epi_max": us((tend - tdone).max()),
+        "first_block_end": us(tend.min()), "part_end": us(tend.max()),
+    }
+    if nmerge:
+        mv = m[m[:, 0] > 0]
+        s["merge_first_entry"] = us(mv[:, 0].min() - t0)
+        s["merge_last_entry"] = us(mv[:, 0].max() - t0)
+        s["merge_residual_done"] = us(mv[:, 1].max() - t0)
+        s["merge_wait"] = us(mv[:, 2].max() - t0)
+        s["end"] = us(mv[:, 3].max() - t0)
+    return s
+
+
+def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph):
+    Hq, Hkv, D = SHAPES[name]
+    M = D // 2 if bits == 4 else D // 4
+    # as bench_decode_cuda.bench: in graph mode enough input copies to exceed 4x the L2, rotated over CALLS calls
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    ncop = max(1, min(CALLS, math.ceil(4 * l2 / (2 * B * Hkv * T * M)))) if graph else 1
+    copies = []
+    for _ in range(ncop):
+        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, T, 128, torch.float16, dev)
+        pq_lens = torch.full((B,), T - R_VALID, dtype=torch.int32, device=dev)
+        res_lens = torch.full((B,), R_VALID, dtype=torch.int32, device=dev)
+        copies.append((q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens))
+
+    def one(i=0):
+        return ca.pq_decode_attention(*copies[i % ncop])
+
+    for i in range(max(3, ncop)):
+        one(i)
+    torch.cuda.synchronize()
+    if graph:  # the stamps read back are the last call's of a replay of CALLS calls
+        st = torch.cuda.Stream()
+        st.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(st):
+            one(0)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for i in range(CALLS):
+                    one(i)
+        torch.cuda.current_stream().wait_stream(st)
+        torch.cuda.synchronize()
+        for _ in range(3):
+            g.replay()
+        torch.cuda.synchronize()
+
+        def call():
+            g.replay()
+    else:
+        call = one
+    G = Hq // Hkv
+    GB = ca._group(G)
+    kind, nw = ca.choose_kernel(torch.float16, GB, D, M, None, work=B * T)
+    S = ca.default_splits(B, Hkv, G // GB, T, dev, kind, nw, D)
+    nparts, nmerge = S * Hkv * (G // GB) * B, Hq * B
+    floor_us = 2 * B * Hkv * (T - R_VALID) * M / (gbps * 1e3)
+    rows, ev_us = [], []
+    raw = None
+    for _ in range(reps):
+        if not graph:
+            flush.zero_()
+        lib.million_pq_trace_clear()
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        call()
+        e1.record()
+        torch.cuda.synchronize()
+        ev_us.append(e0.elapsed_time(e1) * 1e3 / (CALLS if graph else 1))
+        part, merge = read_trace(lib)
+        rows.append(summarize(part, merge, nparts, nmerge))
+        raw = (part[:nparts].tolist(), merge[:nmerge].tolist())
+    keys = rows[0].keys()
+    med = {k: (statistics.median(r[k] for r in rows) if not isinstance(rows[0][k], list) else rows[0][k]) for k in keys}
+    med.update(case=f"{name}:{B}:{bits}:{T}", kernel=kind, warps=nw, S=S, floor_us=round(floor_us, 2),
+               event_us=round(statistics.median(ev_us), 2), reps=reps, graph=graph, copies=ncop)
+    return med, rows, raw
+
+
+COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6), ("tables_med", 6),
+        ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("warp_spread_med", 6),
+        ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
+        ("end", 7), ("floor_us", 7), ("event_us", 7)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--case", action="append", type=parse_case,
+                    help="shape:B:bits:context (repeatable); default: MHA / GQA / SmolLM2 cases at 4K and 32K")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--graph", action="store_true",
+                    help=f"stamps of the last call of a CUDA-graph replay of {CALLS} calls over rotating input copies "
+                         "(the benchmark's steady state; event_us is then per call); default: single calls, L2 flushed")
+    ap.add_argument("--gbps", type=float, default=3000.0, help="copy rate for the byte floor (GB/s)")
+    ap.add_argument("--out", default="trace_decode.json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("trace_decode: needs a CUDA device")
+    lib = ca._lib()
+    if not hasattr(lib, "million_pq_trace_read"):
+        sys.exit("trace_decode: the loaded library has no million_pq_trace_read (set MILLION_CUDA_LIB to a trace build)")
+    lib.million_pq_trace_read.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    if lib.million_pq_trace_read(None, 0) <= 0:
+        sys.exit("trace_decode: the loaded library was built without -DPQ_TRACE (set MILLION_CUDA_LIB to a trace build)")
+    cases = args.case or [parse_case(c) for c in (
+        "mha:1:4:32768", "mha:1:4:4096", "mha:1:2:32768", "gqa:1:4:32768", "gqa:1:4:4096", "smollm2:1:4:4096",
+        "mha:8:4:32768")]
+    dev = torch.device("cuda")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "lib": os.environ.get("MILLION_CUDA_LIB", ""), "cases": []}
+    print(" ".join(f"{c[:w]:>{w}}" for c, w in COLS), flush=True)
+    for name, B, bits, T in cases:
+        med, rows, raw = run_case(lib, name, B, bits, T, args.reps, dev, flush, args.gbps, args.graph)
+        out["cases"].append({"summary": med, "reps": rows, "raw_last": {"partial": raw[0], "merge": raw[1]}})
+        print(" ".join(f"{str(med.get(c, '')):>{w}}" for c, w in COLS), flush=True)
+        Path(args.out).write_text(json.dumps(out))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
