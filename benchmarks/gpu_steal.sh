@@ -12,7 +12,7 @@ TRACE_LIB=${TRACE_LIB:-.carry/attn_trace.so}
 pack() { pack_lines "$1" "passed|failed|error|^(mha|gqa|smollm2) "; rm -f "$OUT"/*.json; tar czf "$OUT/all.tgz" -C "$W" .; }
 env_txt
 sha256sum "$TRACE_LIB" ${LIB_A:-} | cut -c1-16 >> "$W/env.txt"
-run tests 200 python3 -m pytest -q -m gpu -x tests/test_cuda_attention.py -p no:cacheprovider
+run tests 200 python3 -m pytest -q -m gpu -x tests/test_cuda_attention.py -p no:cacheprovider ${TESTK:+-k "$TESTK"}
 B="--skip-check --no-triton --contexts ${CTX:-4096,32768} --batches ${BATCHES:-1} --bits 4,2 --shapes mha,gqa,smollm2"
 for r in 1 2; do
   for lib in ${LIB_A:+a} b; do
