@@ -14,7 +14,7 @@ env_txt
 sha256sum "$TRACE_LIB" ${LIB_A:-} | cut -c1-16 >> "$W/env.txt"
 run tests 200 python3 -m pytest -q -m gpu -x tests/test_cuda_attention.py -p no:cacheprovider ${TESTK:+-k "$TESTK"}
 B="--skip-check --no-triton --contexts ${CTX:-4096,32768} --batches ${BATCHES:-1} --bits 4,2 --shapes mha,gqa,smollm2"
-for r in 1 2; do
+for r in $(seq 1 ${ROUNDS:-2}); do
   for lib in ${LIB_A:+a} b; do
     L=$MILLION_CUDA_LIB; [ "$lib" = a ] && L=$LIB_A
     for s in 0 1; do
