@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One device call: chunk stealing in the decode-attention partial kernels (MILLION_CUDA_STEAL). The attention GPU
-# tests with the new library ($ATTN_LIB), then B=1 timings (bench_decode_cuda.py, SDPA in the same run) with stealing
-# off / on, for $ATTN_LIB and, if given, $LIB_A (another build of the same ABI, e.g. before a kernel change),
-# interleaved twice, then the phase timelines of CUDA-graph replays (trace_decode.py --graph) off / on.
+# One device call: chunk stealing in the decode-attention partial kernels (MILLION_CUDA_STEAL). B=1 timings
+# (bench_decode_cuda.py, SDPA in the same run) with stealing off / on, for $ATTN_LIB and, if given, $LIB_A (another
+# build of the same ABI, e.g. before a kernel change), interleaved $ROUNDS times (default 2), then the attention GPU
+# tests with $ATTN_LIB ($TESTK: a -k selection), then the phase timelines of CUDA-graph replays (trace_decode.py
+# --graph) off / on.
 #   ATTN_LIB=.carry/attn.so [LIB_A=.carry/a.so] TRACE_LIB=.carry/attn_trace.so OUT=$OUT bash benchmarks/gpu_steal.sh
 set -uo pipefail
 source "$(dirname "$0")/gpu_stages.sh"
@@ -12,7 +13,6 @@ TRACE_LIB=${TRACE_LIB:-.carry/attn_trace.so}
 pack() { pack_lines "$1" "passed|failed|error|^(mha|gqa|smollm2) "; rm -f "$OUT"/*.json; tar czf "$OUT/all.tgz" -C "$W" .; }
 env_txt
 sha256sum "$TRACE_LIB" ${LIB_A:-} | cut -c1-16 >> "$W/env.txt"
-run tests 200 python3 -m pytest -q -m gpu -x tests/test_cuda_attention.py -p no:cacheprovider ${TESTK:+-k "$TESTK"}
 B="--skip-check --no-triton --contexts ${CTX:-4096,32768} --batches ${BATCHES:-1} --bits 4,2 --shapes mha,gqa,smollm2"
 for r in $(seq 1 ${ROUNDS:-2}); do
   for lib in ${LIB_A:+a} b; do
@@ -23,6 +23,7 @@ for r in $(seq 1 ${ROUNDS:-2}); do
     done
   done
 done
+run tests 200 python3 -m pytest -q -m gpu -x tests/test_cuda_attention.py -p no:cacheprovider ${TESTK:+-k "$TESTK"}
 for s in 0 1; do
   run trace_s$s 90 env MILLION_CUDA_STEAL=$s MILLION_CUDA_LIB="$TRACE_LIB" python3 benchmarks/trace_decode.py --graph \
     --reps 3 --out "$W/trace_s$s.json"
