@@ -32,7 +32,7 @@ _LOG2E = 1.4426950408889634
 class _Args(ctypes.Structure):
     _fields_ = [(n, ctypes.c_void_p) for n in (
         "q", "kc", "vc", "kcen", "vcen", "pq_lens", "res_lens", "starts", "kres", "vres", "out",
-        "lse_out", "o_part", "lse_part", "steal")] + [(n, ctypes.c_longlong) for n in (
+        "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
         "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster",
@@ -246,38 +246,6 @@ def ffma_bulk() -> bool:
     return v == "1"
 
 
-def chunk_stealing() -> bool:
-    """Whether the FFMA and tensor-core partial kernels take their chunks after the first round from a counter per
-    (batch, KV head, group) shared by the head's splits (``$MILLION_CUDA_STEAL``, default 0: static splits), so
-    that the blocks and warps that run ahead take more chunks."""
-    v = os.environ.get("MILLION_CUDA_STEAL", "0")
-    if v not in ("0", "1"):
-        raise ValueError(f"MILLION_CUDA_STEAL={v!r}: expected 0 or 1")
-    return v == "1"
-
-
-# chunk counters of the stealing kernels, per (device, stream): int32 zeros between calls (the merge kernel zeroes
-# what the partial kernel counted), so two calls on one stream share them safely; buffers that grew stay alive
-# (a captured CUDA graph keeps the pointer of its capture).
-_STEAL: dict = {}
-_STEAL_OLD: list = []
-
-
-def _steal_counters(dev: torch.device, n: int) -> torch.Tensor | None:
-    """A zeroed int32 buffer of at least ``n`` counters for the current stream, or None where one cannot be made
-    now (growing it while a CUDA graph is being captured: the call then runs with static splits)."""
-    key = (dev.index, torch.cuda.current_stream(dev).cuda_stream)
-    buf = _STEAL.get(key)
-    if buf is None or buf.numel() < n:
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        if buf is not None:
-            _STEAL_OLD.append(buf)
-        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=dev)
-        _STEAL[key] = buf
-    return buf
-
-
 def supports_centroids(c: torch.Tensor) -> bool:
     """Whether centroids of this shape can feed the tensor-core kernel (ksub 256, dsub 2 or 4, d 64 or 128)."""
     return c.dim() == 4 and c.shape[2] == 256 and c.shape[3] in (2, 4) and c.shape[1] * c.shape[3] in (64, 128)
@@ -434,9 +402,6 @@ def pq_decode_attention(
     cm = cluster_merge(kind, nw, C)
     if cm:
         S = min(S, CMERGE_MAX_SPLITS)
-    steal = None
-    if kind in ("ffma", "mma") and C == 1 and not cm and chunk_stealing():
-        steal = _steal_counters(dev, B * Hkv * ngroups)
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
     # partials go through global memory only without the cluster merge
@@ -448,7 +413,6 @@ def pq_decode_attention(
             q.data_ptr(), k_codes.data_ptr(), v_codes.data_ptr(), kcen.data_ptr(), vcen.data_ptr(),
             pq_lens.data_ptr(), res_lens.data_ptr(), starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
             out.data_ptr(), lse.data_ptr() if lse is not None else None, o_part.data_ptr(), lse_part.data_ptr(),
-            steal.data_ptr() if steal is not None else None,
             *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),

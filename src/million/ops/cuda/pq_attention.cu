@@ -33,7 +33,6 @@ struct PQArgs {
   const void* q; const uint8_t* kc; const uint8_t* vc; const void* kcen; const void* vcen;
   const int* pq_lens; const int* res_lens; const int* starts;
   const void* kres; const void* vres; void* out; float* lse_out; float* o_part; float* lse_part;
-  int* steal;  // chunk counters per (batch, KV head, group), zero between calls, or null (static splits); see split_range
   long long sq_b, sq_h, sq_d;
   long long sk_b, sk_h, sk_t;
   long long sv_b, sv_h, sv_t;
@@ -178,14 +177,9 @@ template <int M, int DSUB, int VEC> __device__ __forceinline__ int pro_k0(int id
 
 // ---- shared by the partial kernels ----
 // the block's split of the valid code tokens of (batch b, KV head hkv, query heads hq0..hq0+GB-1):
-// [lo, hi), 32-token aligned starts; prow = row of its partial (o_part / lse_part) for head hq0.
-// Chunk stealing (a.steal, kernels that pass their warp count nw > 0): every block of the head sees the head's whole
-// range [start, end) of 32-token chunks; block `split` takes chunks split*nw + warp in a first static round and every
-// later chunk from the head's counter (ctr, see next_chunk), so that blocks and warps that run ahead take more
-// chunks (per-block timelines: 1-3 us between the first and the last warp, and the last block, to finish a split of
-// equal size). A block without a first-round chunk is empty (hi = lo). The merge kernel zeroes the counter.
-struct SplitRange { int b, hkv, hq0, lo, hi; long long prow; int* ctr; };
-template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs& a, int nw = 0) {
+// [lo, hi), 32-token aligned starts; prow = row of its partial (o_part / lse_part) for head hq0
+struct SplitRange { int b, hkv, hq0, lo, hi; long long prow; };
+template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs& a) {
   SplitRange r;
   const int split = blockIdx.x;
   r.b = blockIdx.z;
@@ -194,32 +188,12 @@ template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs
   const int start = max(a.starts[r.b], 0);
   const int end = min(a.pq_lens[r.b], a.T);
   const int n = max(end - start, 0);
-  r.prow = ((long long)r.b * a.Hq + r.hq0) * a.S + split;
-  if (a.steal && nw > 0) {
-    r.ctr = a.steal + ((long long)r.b * a.Hkv + r.hkv) * a.ngroups + blockIdx.y % a.ngroups;
-    r.lo = start;
-    r.hi = split * nw * 32 < n ? end : start;
-    return r;
-  }
-  r.ctr = nullptr;
   int per = (n + a.S - 1) / a.S;
   per = (per + 31) & ~31;
   r.lo = start + split * per;
   r.hi = min(r.lo + per, end);
+  r.prow = ((long long)r.b * a.Hq + r.hq0) * a.S + split;
   return r;
-}
-// a warp's chunk schedule: first chunk, then next_chunk after each. Static: chunks warp, warp + nw, ... of the
-// split. Stealing (ctr): first chunk split*nw + warp; lane 0 asks the counter for a later chunk (ask, one atomicAdd)
-// a whole chunk of work before the answer is read (next_chunk), so the atomic's round trip stays off the loop's path.
-__device__ __forceinline__ int first_chunk(const SplitRange& r, int nw, int warp) {
-  return r.ctr ? (int)blockIdx.x * nw + warp : warp;
-}
-__device__ __forceinline__ void ask_chunk(const SplitRange& r, int lane, int& raw) {
-  if (r.ctr && lane == 0) raw = atomicAdd(r.ctr, 1);
-}
-__device__ __forceinline__ int next_chunk(const SplitRange& r, const PQArgs& a, int nw, int c, int nchunks, int raw) {
-  if (!r.ctr) return c + nw;
-  return c < nchunks ? __shfl_sync(FULL, raw, 0) + a.S * nw : nchunks;
 }
 // an empty split: zero output, lse -inf (the merge gives it weight 0)
 template <int GB, int D, int NT> __device__ __forceinline__ void write_empty_partial(const PQArgs& a, long long prow) {
@@ -342,7 +316,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // grid has started (it waits with griddepcontrol.wait before reading the partials)
   TRACE_P(0);
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  const SplitRange sr = split_range<GB>(a, NW);
+  const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -390,12 +364,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     }
   };
 
-  // the first chunk's codes (and, stealing, the request for the next chunk) are in flight while the tables are built
-  int c = first_chunk(sr, NW, warp), craw = 0;
-  if (c < nchunks) {
-    load(c, kw, vw);
-    ask_chunk(sr, lane, craw);
-  }
+  // the first chunk's codes are in flight while the tables are built
+  int c = warp;
+  if (c < nchunks) load(c, kw, vw);
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
@@ -439,46 +410,34 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
         return;
       }
-      // entry (k, m) sits at e = k*M + swz(m) in both the centroid table and the LUT. NT is a multiple of M, so a
-      // thread keeps one subspace m (its q pair in registers) and its entries are NT apart. The table and the LUT
-      // share their bytes, so the compiler cannot move a later entry's load above an earlier entry's store: the
-      // loads of a batch are issued together by hand (a load-store chain per entry measured ~3.5K cycles for the
-      // 32 entries of a thread at MHA 4-bit, the trace of 2026-12-06)
+      // entry (k, m) sits at e = k*M + swz(m) in both the centroid table and the LUT
       constexpr int NE = 256 * M, PER = NE / NT;
-      static_assert(NE % NT == 0 && NT % M == 0, "LUT entries per thread");
-      const int m = tid % M, e0 = (tid / M) * M + swz<M, DSUB>(m);
-      float qm[DSUB];
-#pragma unroll
-      for (int j = 0; j < DSUB; ++j) qm[j] = qs[DSUB * m + j];
+      static_assert(NE % NT == 0, "LUT entries per thread");
       if constexpr (DSUB == 2) {  // 4-byte entries, 4-byte LUT floats: in place, each thread its own entries
-        constexpr int BATCH = PER < 16 ? PER : 16;
-        static_assert(PER % BATCH == 0, "LUT batches");
-#pragma unroll
-        for (int u0 = 0; u0 < PER; u0 += BATCH) {
-          Entry ent[BATCH];
-#pragma unroll
-          for (int u = 0; u < BATCH; ++u) ent[u] = tabK[e0 + (u0 + u) * NT];
-#pragma unroll
-          for (int u = 0; u < BATCH; ++u) {
-            float ef[2];
-            entry_to_float<T, 2>(ent[u], ef);
-            lut[e0 + (u0 + u) * NT] = fmaf(qm[1], ef[1], qm[0] * ef[0]);
-          }
+#pragma unroll 4
+        for (int u = 0; u < PER; ++u) {
+          const int idx = tid + u * NT, k = idx / M, m = idx % M, e = k * M + swz<M, DSUB>(m);
+          float ef[2];
+          entry_to_float<T, 2>(tabK[e], ef);
+          lut[e] = fmaf(qs[2 * m + 1], ef[1], qs[2 * m] * ef[0]);
         }
       } else {  // 8-byte entries, 4-byte floats: read all of this thread's entries before anyone writes
         float val[PER];
+        int pos[PER];
 #pragma unroll
         for (int u = 0; u < PER; ++u) {
+          const int idx = tid + u * NT, k = idx / M, m = idx % M, e = k * M + swz<M, DSUB>(m);
           float ef[DSUB];
-          entry_to_float<T, DSUB>(tabK[e0 + u * NT], ef);
+          entry_to_float<T, DSUB>(tabK[e], ef);
           float acc = 0.f;
 #pragma unroll
-          for (int j = 0; j < DSUB; ++j) acc = fmaf(qm[j], ef[j], acc);
+          for (int j = 0; j < DSUB; ++j) acc = fmaf(qs[DSUB * m + j], ef[j], acc);
           val[u] = acc;
+          pos[u] = e;
         }
         __syncthreads();
 #pragma unroll
-        for (int u = 0; u < PER; ++u) lut[e0 + u * NT] = val[u];
+        for (int u = 0; u < PER; ++u) lut[pos[u]] = val[u];
       }
       if (csize == 1) mbar_wait(bar + 8);
       TRACE_P(2);
@@ -572,12 +531,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
   }
 
-  int cn = next_chunk(sr, a, NW, c, nchunks, craw);
-  while (c < nchunks) {
-    if (cn < nchunks) {
-      load(cn, kn, vn);
-      ask_chunk(sr, lane, craw);
-    }
+  for (; c < nchunks; c += NW) {
+    if (c + NW < nchunks) load(c + NW, kn, vn);
     // ---- scores: per-lane partial sums over its subspaces, step s = token s*TPI + h ----
     float part[NS][GB];
 #pragma unroll
@@ -642,8 +597,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     }
 #pragma unroll
     for (int s = 0; s < NS; ++s) { kw[s] = kn[s]; vw[s] = vn[s]; }
-    c = cn;
-    cn = next_chunk(sr, a, NW, c, nchunks, craw);
   }
 
   TRACE_W(warp);
@@ -1228,10 +1181,6 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   // everything above (q, residual window) is independent of the partial kernel; wait for it here
   asm volatile("griddepcontrol.wait;" ::: "memory");
   TRACE_M(2);
-  if (a.steal && tid == 0) {  // every partial block is done: the first head of each group zeroes its chunk counter
-    const int G = a.Hq / a.Hkv, GB = G / a.ngroups, hkv = hq / G;
-    if ((hq % G) % GB == 0) a.steal[((long long)b * a.Hkv + hkv) * a.ngroups + (hq % G) / GB] = 0;
-  }
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
   const float* lp = a.lse_part + row * S;
@@ -1335,7 +1284,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
       return;
     }
   }
-  const SplitRange sr = split_range<GB>(a, CM ? 0 : NW);
+  const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1422,12 +1371,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
         ld_codes<VB>(vbase + t * M, d[tt][j]);
       }
   };
-  int c = first_chunk(sr, NW, warp), craw = 0;
-  if (c < nchunks) {
-    loadK(c, kw);
-    loadV(c, vw);
-    ask_chunk(sr, lane, craw);
-  }
+  int c = warp;
+  if (c < nchunks) { loadK(c, kw); loadV(c, vw); }
 
   // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
   uint32_t bq[D / 8];
@@ -1467,12 +1412,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 #pragma unroll
     for (int z = 0; z < 4; ++z) o[r][z] = 0.f;
 
-  int cn = next_chunk(sr, a, NW, c, nchunks, craw);
-  while (c < nchunks) {
+  for (; c < nchunks; c += NW) {
     const int t0 = lo + c * 32;
-    const bool more = cn < nchunks;
-    if (more) ask_chunk(sr, lane, craw);
-    if (PF && more) { loadK(cn, kn); loadV(cn, vn); }
+    const bool more = c + NW < nchunks;
+    if (PF && more) { loadK(c + NW, kn); loadV(c + NW, vn); }
     // ---- scores (log2 units): sc[tt][z] = token 16tt + gid (+8 for z >= 2), head 2tig + (z & 1) ----
     float sc[2][4];
 #pragma unroll
@@ -1501,7 +1444,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
         sc[tt][z] = ok ? (acc2[0][z] + acc2[1][z]) * a.scale_log2 : -INFINITY;
       }
     }
-    if (!PF && more) loadK(cn, kw);
+    if (!PF && more) loadK(c + NW, kw);
     // ---- online softmax per head (lanes of one tig share heads 2tig, 2tig+1) ----
     uint32_t pk[2][2];  // [tt][row half]: half2 (head 2tig, head 2tig+1) of token gid / gid+8
 #pragma unroll
@@ -1574,10 +1517,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
         }
       }
     } else if (more) {
-      loadV(cn, vw);
+      loadV(c + NW, vw);
     }
-    c = cn;
-    cn = next_chunk(sr, a, NW, c, nchunks, craw);
   }
 
   TRACE_W(warp);
@@ -1798,7 +1739,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 7; }
+int million_pq_abi_version() { return 6; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
@@ -1843,12 +1784,6 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
     snprintf(g_err, sizeof g_err,
              "cmerge needs the tensor-core kernel with 8 warps, no table cluster and S <= 15, got kind=%d num_warps=%d "
              "cluster=%d S=%d", a->kind, a->num_warps, a->cluster, a->S);
-    return 3;
-  }
-  if (a->steal && (a->cluster != 1 || a->cmerge || (a->kind != 1 && a->num_warps != 0))) {
-    snprintf(g_err, sizeof g_err,
-             "chunk stealing needs the FFMA or tensor-core kernel without clusters, got kind=%d num_warps=%d cluster=%d "
-             "cmerge=%d", a->kind, a->num_warps, a->cluster, a->cmerge);
     return 3;
   }
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);

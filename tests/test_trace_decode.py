@@ -1,0 +1,56 @@
+"""benchmarks/trace_decode.py: the phase summary read off known stamps, and its case parser (CPU)."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+_path = Path(__file__).resolve().parent.parent / "benchmarks" / "trace_decode.py"
+_spec = importlib.util.spec_from_file_location("trace_decode", _path)
+trace_decode = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(trace_decode)
+
+
+def _stamps():
+    part = torch.zeros(4, 32, dtype=torch.int64)
+    # entry, K table in, tables ready, loop start, loops done, partial written (ns); SM id, chunks; warp loop ends
+    part[0, :8] = torch.tensor([1000, 2000, 3000, 3500, 10000, 10500, 7, 5])
+    part[0, 8:10] = torch.tensor([9000, 9800])
+    part[1, :8] = torch.tensor([1256, 2256, 3256, 3756, 12000, 12600, 9, 6])
+    part[1, 8:10] = torch.tensor([11000, 11900])
+    merge = torch.zeros(4, 8, dtype=torch.int64)
+    merge[0, :4] = torch.tensor([4000, 6000, 12700, 13000])
+    return part, merge
+
+
+def test_summary_of_known_stamps():
+    part, merge = _stamps()
+    s = trace_decode.summarize(part, merge, 2, 1)
+    assert s["blocks"] == 2 and s["merge_blocks"] == 1 and s["chunks_per_block"] == [5, 6]
+    assert s["start_spread"] == pytest.approx(0.26)
+    assert s["tables_med"] == pytest.approx(1.0) and s["ready_max"] == pytest.approx(2.0)
+    # loop: from each block's loop start to its last warp's end (6.3 and 8.144 us; torch's median takes the lower)
+    assert s["loop_med"] == pytest.approx(6.3) and s["loop_max"] == pytest.approx(8.14)
+    assert s["warp_spread_med"] == pytest.approx(0.8) and s["warp_spread_max"] == pytest.approx(0.9)
+    assert s["epi_med"] == pytest.approx(0.5) and s["epi_max"] == pytest.approx(0.6)
+    assert s["first_block_end"] == pytest.approx(9.5) and s["part_end"] == pytest.approx(11.6)
+    assert s["merge_first_entry"] == pytest.approx(3.0) and s["merge_residual_done"] == pytest.approx(5.0)
+    assert s["merge_wait"] == pytest.approx(11.7) and s["end"] == pytest.approx(12.0)
+
+
+def test_tensor_core_blocks_without_lut_stamp():
+    """The tensor-core kernel stamps no LUT (slot 2) and no loop start (slot 3): both fall back to the K-table stamp."""
+    part, merge = _stamps()
+    part[:2, 2:4] = 0
+    s = trace_decode.summarize(part, merge, 2, 1)
+    assert s["ready_med"] == pytest.approx(1.0)
+    assert s["loop_med"] == pytest.approx(7.8)  # 9800 - 2000
+
+
+def test_case_parser():
+    assert trace_decode.parse_case("mha:1:4:32768") == ("mha", 1, 4, 32768)
+    for bad in ("mla:1:4:32768", "mha:1:3:32768", "mha:0:4:4096", "mha:1:4", "mha:1:4:64"):
+        with pytest.raises(argparse.ArgumentTypeError, match="case"):
+            trace_decode.parse_case(bad)
