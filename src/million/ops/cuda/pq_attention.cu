@@ -68,12 +68,15 @@ __device__ __forceinline__ int trace_block() {
     g_trace[trace_block() * 32 + 24 + (slot)] = (unsigned long long)clock64(); } } while (0)
 #define TRACE_W(warp) do { if ((threadIdx.x & 31) == 0) g_trace[trace_block() * 32 + 8 + (warp)] = trace_now(); } while (0)
 #define TRACE_V(slot, v) do { if (threadIdx.x == 0) g_trace[trace_block() * 32 + (slot)] = (unsigned long long)(v); } while (0)
+#define TRACE_INFO(nchunks) do { if (threadIdx.x == 0) { unsigned smid_; asm volatile("mov.u32 %0, %%smid;" : "=r"(smid_)); \
+    TRACE_V(6, smid_); TRACE_V(7, nchunks); } } while (0)
 #define TRACE_M(slot) do { if (threadIdx.x == 0) { g_trace_merge[trace_block() * 8 + (slot)] = trace_now(); \
     g_trace_merge[trace_block() * 8 + 4 + (slot)] = (unsigned long long)clock64(); } } while (0)
 #else
 #define TRACE_P(slot) do { } while (0)
 #define TRACE_W(warp) do { } while (0)
 #define TRACE_V(slot, v) do { } while (0)
+#define TRACE_INFO(nchunks) do { } while (0)
 #define TRACE_M(slot) do { } while (0)
 #endif
 #ifndef PRO_UNR
@@ -333,14 +336,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
   const int nchunks = (hi - lo + 31) / 32;
   uint32_t kw[NS], vw[NS], kn[NS], vn[NS];
-#ifdef PQ_TRACE
-  if (threadIdx.x == 0) {
-    unsigned smid;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-    TRACE_V(6, smid);
-    TRACE_V(7, nchunks);
-  }
-#endif
+  TRACE_INFO(nchunks);
 
   // codes are contiguous over (t, m): step s of a chunk is 128 bytes further (immediate offsets);
   // the last, partial chunk clamps its tokens to hi - 1 (their scores are masked).
@@ -1340,14 +1336,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const uint8_t* kbase = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + KB * tig;
   const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + VB * gid;
   const int nchunks = (hi - lo + 31) / 32;
-#ifdef PQ_TRACE
-  if (threadIdx.x == 0) {
-    unsigned smid;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-    TRACE_V(6, smid);
-    TRACE_V(7, nchunks);
-  }
-#endif
+  TRACE_INFO(nchunks);
   // K codes: token tile tt, rows gid (e=0) / gid+8 (e=1); V codes: tile tt, tokens 2tig, 2tig+1, 2tig+8, 2tig+9
   // codes of the current chunk (kw, vw) and, with PF, of the warp's next chunk (kn, vn: loaded at the
   // top of an iteration, a whole chunk of work ahead of their use)
