@@ -113,9 +113,11 @@ def check(dev):
     return ok_all, results
 
 
-def bench_graph(fn, copies):
+def capture_graph(fn, copies):
+    """A CUDA graph of CALLS calls of ``fn`` rotating over ``copies`` (each an argument tuple), every copy called once
+    before the capture (per-tensor setup such as laid-out tables)."""
     n = len(copies)
-    for c in copies:  # every copy once outside the capture (per-tensor setup such as laid-out tables)
+    for c in copies:
         fn(*c)
     torch.cuda.synchronize()
     s = torch.cuda.Stream()
@@ -129,6 +131,11 @@ def bench_graph(fn, copies):
                 fn(*copies[i % n])
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
+    return g
+
+
+def bench_graph(fn, copies):
+    g = capture_graph(fn, copies)
     import triton
 
     return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decode_cuda import CALLS, make  # noqa: E402
+from bench_decode_cuda import CALLS, capture_graph, make  # noqa: E402
 from million.ops import cuda_attention as ca  # noqa: E402
 
 SHAPES = {
@@ -87,10 +87,9 @@ def summarize(part, merge, nparts, nmerge):
     wv = w > 0
     wmax = torch.where(wv, w, torch.full_like(w, -1e30)).max(1).values
     wmin = torch.where(wv, w, torch.full_like(w, 1e30)).min(1).values
+    # the tensor-core kernel stamps no LUT (slot 2) and no loop start (slot 3): both are its tables-in stamp
+    ready = torch.where(p[:, 2] > 0, tready, tk)
     # the loop from its start to the last warp's end (the block barrier after it adds the slowest warp's wait)
-    ready = tready.clone()
-    no_lut = p[:, 2] <= 0  # tensor-core kernel: no LUT stamp (slot 2), tables-in stamp only
-    ready[no_lut] = tk[no_lut]
     start = torch.where(p[:, 3] > 0, tloop, tk)
     s = {
         "blocks": int(valid.sum()), "merge_blocks": int(nmerge),
@@ -126,31 +125,17 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph):
         res_lens = torch.full((B,), R_VALID, dtype=torch.int32, device=dev)
         copies.append((q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens))
 
-    def one(i=0):
-        return ca.pq_decode_attention(*copies[i % ncop])
-
-    for i in range(max(3, ncop)):
-        one(i)
-    torch.cuda.synchronize()
     if graph:  # the stamps read back are the last call's of a replay of CALLS calls
-        st = torch.cuda.Stream()
-        st.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(st):
-            one(0)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for i in range(CALLS):
-                    one(i)
-        torch.cuda.current_stream().wait_stream(st)
-        torch.cuda.synchronize()
+        call = capture_graph(ca.pq_decode_attention, copies).replay
         for _ in range(3):
-            g.replay()
-        torch.cuda.synchronize()
-
-        def call():
-            g.replay()
+            call()
     else:
-        call = one
+        def call():
+            return ca.pq_decode_attention(*copies[0])
+
+        for _ in range(3):
+            call()
+    torch.cuda.synchronize()
     G = Hq // Hkv
     GB = ca._group(G)
     kind, nw = ca.choose_kernel(torch.float16, GB, D, M, None, work=B * T)
