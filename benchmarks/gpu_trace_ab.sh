@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the two decode-attention patches of docs/logs/trace_1206 (steal_lut.patch, respart.patch) and the
 # graph-replay timelines at this commit. Stages, each packed to $OUT as it ends (a deadline keeps the call inside 600 s):
+#   pf       the GPU attention tests against the -DPQ_L2PF=262144 build, then the production library against
+#            -DPQ_L2PF=32768 / 98304 / 262144 builds (B=1 and 8), the production library and 98304 once more
 #   main     trace_decode.py --graph with the -DPQ_TRACE build of this commit, and the production library's timings
 #   steal    the patch applied to the device's copy; the GPU attention tests against its library; stealing off / on
 #            for the LUT build (attn_lut.so) and the chained-LUT build (attn_steal.so), one process each, SDPA in each;
@@ -9,7 +11,8 @@
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared, plus
 # -DPQ_TRACE / -DPQ_LUT_CHAIN as named; the encode library with ops/_nvcc.py's FLAGS_SM90A) and carried in .carry:
 #   attn.so attn_trace.so enc_wg.so attn_lut.so attn_steal.so attn_trace_steal.so attn_respart.so
-# Usage: OUT=$OUT bash benchmarks/gpu_trace_ab.sh   ($STAGES: a subset of "main steal respart")
+#   attn_pf32k.so attn_pf96k.so attn_pf256k.so (-DPQ_L2PF=32768 / 98304 / 262144)
+# Usage: OUT=$OUT bash benchmarks/gpu_trace_ab.sh   ($STAGES: a subset of "pf main steal respart")
 # Writes to $OUT: stages.txt (each stage's exit status and summary lines), env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -21,8 +24,14 @@ pack() {
 env_txt
 sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
-for s in ${STAGES:-main steal respart}; do
+for s in ${STAGES:-pf main steal respart}; do
   case $s in
+  pf)  # L2 prefetch of each split's first code bytes during the prologue (-DPQ_L2PF=N builds) against attn.so
+    run pf_tests 100 env MILLION_CUDA_LIB=.carry/attn_pf256k.so python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/test_cuda_attention.py
+    for n in attn attn_pf32k attn_pf96k attn_pf256k attn_b attn_pf96k_b; do
+      run "pf_$n" 80 env MILLION_CUDA_LIB=.carry/${n%_b}.so $BENCH --contexts 4096,32768 --batches 1,8 --out "$W/pf_$n.json"
+    done ;;
   main)
     run main_trace 120 env MILLION_CUDA_LIB=.carry/attn_trace.so python3 benchmarks/trace_decode.py --graph --reps 5 \
       --out "$W/main_trace.json"

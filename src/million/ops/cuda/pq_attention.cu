@@ -254,6 +254,31 @@ __device__ __forceinline__ void cm_split_done() {
   cluster_sync_all();
   cluster_sync_all();
 }
+// Optional (-DPQ_L2PF=N, bytes; 0 by default, which emits nothing): while its tables are copied and built, a block
+// asks L2 for the first N bytes of its split's K codes and of its V codes (one bulk prefetch each), so that HBM is
+// not idle during the prologue
+#ifndef PQ_L2PF
+#define PQ_L2PF 0
+#endif
+template <int M> __device__ __forceinline__ void l2_prefetch_codes(const PQArgs& a, int b, int hkv, int lo, int hi) {
+#if PQ_L2PF > 0
+  if (threadIdx.x == 0 && lo < hi) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const uint8_t* base = s ? a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h
+                              : a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h;
+      unsigned long long p0 = reinterpret_cast<unsigned long long>(base + (long long)lo * M);
+      unsigned long long p1 = reinterpret_cast<unsigned long long>(base + (long long)hi * M);
+      if (p1 > p0 + (unsigned long long)PQ_L2PF) p1 = p0 + (unsigned long long)PQ_L2PF;
+      p0 = (p0 + 15ull) & ~15ull;
+      p1 &= ~15ull;
+      if (p1 > p0)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p0), "r"((uint32_t)(p1 - p0)) : "memory");
+    }
+  }
+#endif
+}
+
 
 // ---- table prologue by bulk copy (FFMA kernel with host-laid tables, tensor-core kernel) ----
 // mbarriers at shared addresses bar (K table) and bar + 8 (V table). In a cluster of csize blocks each
@@ -328,6 +353,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
+  l2_prefetch_codes<M>(a, b, hkv, lo, hi);
 
   const int i = lane % W, h = lane / W;
   const int sh = selh<M>(h);
@@ -685,6 +711,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
+  l2_prefetch_codes<M>(a, b, hkv, lo, hi);
 
   const int i = lane % W, h = lane / W;
   const int sh = selh<M>(h);
@@ -1297,6 +1324,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
+  l2_prefetch_codes<M>(a, b, hkv, lo, hi);
 
   // ---- prologue: both tables, pre-laid out on the host as the shared-memory rows [code][ROWB bytes]
   // (entries at their slots, rows padded), arrive by bulk copies (TMA) completing on one mbarrier: no
