@@ -3,7 +3,8 @@
 # graph-replay timelines at this commit. Stages, each packed to $OUT as it ends (a deadline keeps the call inside 600 s):
 #   pf       the GPU attention tests against the -DPQ_L2PF=262144 build, then the production library against
 #            -DPQ_L2PF=32768 / 98304 / 262144 builds (B=1 and 8), the production library and 98304 once more
-#   main     trace_decode.py --graph with the -DPQ_TRACE build of this commit, and the production library's timings
+#   main     trace_decode.py --graph with the -DPQ_TRACE build of this commit, and the production library's timings;
+#            the timelines of the -DPQ_TRACE -DPQ_L2PF=98304 build (attn_trace_pf96k.so)
 #   steal    the patch applied to the device's copy; the GPU attention tests against its library; stealing off / on
 #            for the LUT build (attn_lut.so) and the chained-LUT build (attn_steal.so), one process each, SDPA in each;
 #            the timelines with stealing on (attn_trace_steal.so); the patch reverted
@@ -35,7 +36,9 @@ for s in ${STAGES:-pf main steal respart}; do
   main)
     run main_trace 120 env MILLION_CUDA_LIB=.carry/attn_trace.so python3 benchmarks/trace_decode.py --graph --reps 5 \
       --out "$W/main_trace.json"
-    run main_bench 100 $BENCH --contexts 4096,32768 --batches 1 --out "$W/main_bench.json" ;;
+    run main_bench 100 $BENCH --contexts 4096,32768 --batches 1 --out "$W/main_bench.json"
+    run pf_trace 120 env MILLION_CUDA_LIB=.carry/attn_trace_pf96k.so python3 benchmarks/trace_decode.py --graph --reps 5 \
+      --out "$W/pf_trace.json" ;;
   steal)
     git apply docs/logs/trace_1206/steal_lut.patch || { echo "steal patch did not apply" >> "$W/stages.txt"; continue; }
     run steal_tests 100 env MILLION_CUDA_LIB=.carry/attn_lut.so python3 -m pytest -q -p no:cacheprovider -m gpu \
