@@ -141,8 +141,20 @@ def bench_graph(fn, copies):
     return triton.testing.do_bench(lambda: g.replay(), warmup=50, rep=300, return_mode="median") * 1e3 / CALLS
 
 
-def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtype=torch.float16, cmerge_ab=False):
+def with_q_op(fn):
+    """``fn`` preceded by an in-place op on its q (the first argument): a kernel of another library that writes
+    what the attention call reads, as a model's projection or rotary kernel does, between consecutive calls."""
+    def call(*a):
+        a[0].mul_(1.0)
+        return fn(*a)
+    return call
+
+
+def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtype=torch.float16, cmerge_ab=False,
+          q_op=False):
     from million.ops import triton_attention as ta
+
+    wrap = with_q_op if q_op else (lambda fn: fn)
 
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
     rows = []
@@ -159,7 +171,7 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                        torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype),
                        torch.randn(B, Hkv, ctx, D, device=dev, dtype=dtype)) for _ in range(ncop)]
                 gqa = Hq != Hkv
-                t_sdpa = bench_graph(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa), sd)
+                t_sdpa = bench_graph(wrap(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)), sd)
                 del sd
                 for bits in bits_list:
                     M = D // 2 if bits == 4 else D // 4
@@ -171,7 +183,7 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                         pl = torch.full((B,), ctx - rv, dtype=torch.int32, device=dev)
                         rl = torch.full((B,), rv, dtype=torch.int32, device=dev)
                         copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
-                    t_cuda = bench_graph(ca.pq_decode_attention, copies)
+                    t_cuda = bench_graph(wrap(ca.pq_decode_attention), copies)
                     # other partial kernels for GQA shapes (0 = FFMA kernel, 8/12/16 = packed-LUT kernel warps)
                     var = {}
                     if gqa:
@@ -190,7 +202,7 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                     floor_us = (code_bytes + 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
                     row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
                                triton_us=t_tri, x_sdpa=t_sdpa / t_cuda, triton_x_sdpa=t_sdpa / t_tri,
-                               floor_us_at_3TBps=floor_us, warps_us=var)
+                               floor_us_at_3TBps=floor_us, warps_us=var, q_op=q_op)
                     rows.append(row)
                     print(f"bench {name} B={B} ctx={ctx} bits={bits}: sdpa {t_sdpa:.1f} cuda {t_cuda:.1f} "
                           f"triton {t_tri:.1f} us  x{t_sdpa / t_cuda:.2f} (triton x{t_sdpa / t_tri:.2f}) "
@@ -282,6 +294,9 @@ def main():
     ap.add_argument("--warps", default="", help="GQA shapes: also time num_warps_override values, e.g. 0,12,16")
     ap.add_argument("--cmerge-ab", action="store_true",
                     help="GQA shapes: also time the tensor-core kernel with its merge kernel (cm0) and with the cluster merge (cm1)")
+    ap.add_argument("--q-op", action="store_true",
+                    help="an in-place torch op on q before every call (SDPA and PQ alike): the previous kernel is "
+                         "then another library's, as in a model, not the previous attention call")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="q, centroids, window and SDPA dtype")
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -302,7 +317,7 @@ def main():
         res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
                              shapes, [int(b) for b in args.bits.split(",")],
                              triton=not args.no_triton, warps=[int(w) for w in args.warps.split(",") if w],
-                             dtype=getattr(torch, args.dtype), cmerge_ab=args.cmerge_ab)
+                             dtype=getattr(torch, args.dtype), cmerge_ab=args.cmerge_ab, q_op=args.q_op)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if "bench" in res:

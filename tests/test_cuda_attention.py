@@ -423,3 +423,63 @@ def test_cluster_merge_choice(monkeypatch):
     monkeypatch.setenv("MILLION_CUDA_CMERGE", "auto")
     with pytest.raises(ValueError, match="MILLION_CUDA_CMERGE='auto'"):
         ca.cluster_merge("mma", 8, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("kernel", ["ffma", "mma", "lut", "cmerge"])
+def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch):
+    """Programmatic dependent launch (MILLION_CUDA_PDL=2, the default): the partial grid starts while the previous
+    kernel runs and copies its tables first. Between calls queued without a synchronization, torch kernels rewrite q,
+    the codes, the residual window and the lengths in place, and some calls follow each other directly (the next
+    partial grid after this merge grid, the partials' buffers reused); every output must match the naive reference
+    of the inputs of its own call."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1" if kernel == "cmerge" else "0")
+    if kernel == "ffma":
+        B, Hq, Hkv, D, bits, T, R = 2, 8, 8, 128, 4, 3000, 64
+    else:
+        B, Hq, Hkv, D, bits, T, R = 2, 32, 8, 128, 4, 3000, 64
+    dtype = torch.float16
+    over = "mma" if kernel == "cmerge" else kernel
+    monkeypatch.delenv("MILLION_CUDA_MMA_WARPS", raising=False)
+    states = []
+    for seed in range(4):
+        q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, dtype, 1, seed=20 + seed)
+        pl = torch.tensor([[3000, 1234], [17, 2999], [0, 3000], [2048, 1]][seed], dtype=torch.int32, device="cuda")
+        rl = torch.tensor([[64, 3], [0, 64], [64, 0], [1, 33]][seed], dtype=torch.int32, device="cuda")
+        states.append((q, kc, vc, kr, vr, pl, rl))
+    _, _, _, kcen, vcen, _, _ = _make(B, Hq, Hkv, D, bits, T, R, dtype, 1, seed=19)
+    work = [t.clone() for t in states[0]]
+    q, kc, vc, kr, vr, pl, rl = work
+    ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, kernel_override=over)  # tables laid out
+    torch.cuda.synchronize()
+    outs = []
+    order = [1, 2, 3, 0, 0, 2]
+    for n, i in enumerate(order):
+        if n == 0 or order[n - 1] != i:  # the same inputs twice: two attention calls back to back
+            for w, src in zip(work, states[i]):
+                w.copy_(src)
+        outs.append(ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl, kernel_override=over))
+    torch.cuda.synchronize()
+    for out, i in zip(outs, order):
+        sq, skc, svc, skr, svr, spl, srl = states[i]
+        ref = naive.pq_decode_attention(sq.float(), skc, svc, kcen.float(), vcen.float(), spl, skr.float(),
+                                        svr.float(), srl)
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
+
+
+def test_pdl_mode_checked(monkeypatch):
+    """CPU: a bad MILLION_CUDA_PDL is named before the library is looked for."""
+    from million.ops import cuda_attention as ca
+
+    monkeypatch.setenv("MILLION_CUDA_PDL", "on")
+    ca._lib.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="MILLION_CUDA_PDL='on'"):
+            ca._lib()
+    finally:
+        ca._lib.cache_clear()

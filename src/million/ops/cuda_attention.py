@@ -36,12 +36,15 @@ class _Args(ctypes.Structure):
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
         "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster",
-        "cmerge")] + [
+        "cmerge", "pdl")] + [
         ("scale_log2", ctypes.c_float)]
 
 
 @functools.lru_cache(maxsize=None)
 def _lib():
+    pdl = os.environ.get("MILLION_CUDA_PDL")
+    if pdl is not None and pdl not in ("0", "1", "2"):
+        raise ValueError(f"MILLION_CUDA_PDL={pdl!r}: expected 0 (off), 1 (the merge grid) or 2 (the partial grid too)")
     path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
@@ -172,6 +175,7 @@ def _codes_ok(c: torch.Tensor, align: int = 4) -> torch.Tensor:
 KERNELS = ("auto", "ffma", "lut", "mma")
 
 _TABLES: dict = {}  # (id(tensor), role) -> (weakref to the tensor, version, laid-out table)
+_TABLE_BUILDS = 0  # tables laid out so far: a call that lays one out launches its partial grid without PDL
 
 
 def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
@@ -192,6 +196,8 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     t[:, :, slot] = centroids.permute(0, 2, 1, 3)
     for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop tables of dead tensors
         del _TABLES[k]
+    global _TABLE_BUILDS
+    _TABLE_BUILDS += 1
     _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
     return t
 
@@ -224,6 +230,8 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
     t[:, :, pos] = centroids.permute(0, 2, 1, 3)
     for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop tables of dead tensors
         del _TABLES[k]
+    global _TABLE_BUILDS
+    _TABLE_BUILDS += 1
     _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
     return t
 
@@ -390,6 +398,7 @@ def pq_decode_attention(
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
     S = num_splits_override or default_splits(B, Hkv, ngroups, T, dev, kind, nw, D)
     C = 1
+    builds = _TABLE_BUILDS
     kcode = 1 if kind == "mma" else 0
     if kind == "ffma" and GB == 1 and ffma_bulk():
         kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 2
@@ -417,7 +426,9 @@ def pq_decode_attention(
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),
             B, Hq, Hkv, T, k_res.shape[2], D, M, S, 0 if q.dtype == torch.float16 else 1, GB, ngroups, nw,
-            kcode, C, int(cm),
+            # the partial grid copies its tables before waiting for the previous kernel (MILLION_CUDA_PDL=2): not
+            # when this call laid one out, since the kernel that wrote it may still be that previous kernel
+            kcode, C, int(cm), int(_TABLE_BUILDS == builds),
             scale * _LOG2E,
         )
         with torch.cuda.device(dev):

@@ -43,6 +43,9 @@ struct PQArgs {
   int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel,
   // 2: FFMA kernel (GB 1) with host-laid tables (cuda_attention.ffma_tables) fetched by bulk copy
   int cmerge;  // 1: one launch, the S splits of a head and a merge block form a cluster (tensor-core kernel)
+  int pdl;     // 1: the partial grid may start before the previous kernel on the stream ends (its tables, which no
+               // kernel of this call wrote, are copied before griddepcontrol.wait); the launcher passes 0 when it
+               // laid out a table in this call
   float scale_log2;
 };
 
@@ -254,30 +257,6 @@ __device__ __forceinline__ void cm_split_done() {
   cluster_sync_all();
   cluster_sync_all();
 }
-// Optional (-DPQ_L2PF=N, bytes; 0 by default, which emits nothing): while its tables are copied and built, a block
-// asks L2 for the first N bytes of its split's K codes and of its V codes (one bulk prefetch each), so that HBM is
-// not idle during the prologue
-#ifndef PQ_L2PF
-#define PQ_L2PF 0
-#endif
-template <int M> __device__ __forceinline__ void l2_prefetch_codes(const PQArgs& a, int b, int hkv, int lo, int hi) {
-#if PQ_L2PF > 0
-  if (threadIdx.x == 0 && lo < hi) {
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const uint8_t* base = s ? a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h
-                              : a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h;
-      unsigned long long p0 = reinterpret_cast<unsigned long long>(base + (long long)lo * M);
-      unsigned long long p1 = reinterpret_cast<unsigned long long>(base + (long long)hi * M);
-      if (p1 > p0 + (unsigned long long)PQ_L2PF) p1 = p0 + (unsigned long long)PQ_L2PF;
-      p0 = (p0 + 15ull) & ~15ull;
-      p1 &= ~15ull;
-      if (p1 > p0)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p0), "r"((uint32_t)(p1 - p0)) : "memory");
-    }
-  }
-#endif
-}
 
 
 // ---- table prologue by bulk copy (FFMA kernel with host-laid tables, tensor-core kernel) ----
@@ -331,6 +310,16 @@ __device__ __forceinline__ void mbar_wait(uint32_t mb) {
                  : "=r"(done) : "r"(mb) : "memory");
 }
 
+// programmatic dependent launch of the partial grid (MILLION_CUDA_PDL=2, a.pdl): a block may start while the
+// previous kernel on the stream still runs. Before this point it reads only its tables (written by no kernel of this
+// call); here it waits for that kernel (its writes of q, codes, lengths and residual window are then visible), and
+// only then lets the merge grid launch, whose q and residual-window reads precede its own wait. Launched without the
+// attribute, the wait returns at once.
+__device__ __forceinline__ void pdl_wait_then_trigger() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
@@ -340,10 +329,30 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   float* lut = reinterpret_cast<float*>(smem);    // GB == 1: LUT [256][M] (same or fewer bytes)
   Entry* tabV = tabK + 256 * M;
 
-  // programmatic dependent launch: the merge grid may be scheduled as soon as every block of this
-  // grid has started (it waits with griddepcontrol.wait before reading the partials)
   TRACE_P(0);
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  // host-laid tables (a.kind == 2): both copies are issued first, before the wait for the previous kernel
+  constexpr uint32_t TB = 256u * M * sizeof(Entry);
+  __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
+  const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
+  uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
+  const bool bulk = GB == 1 && a.kind == 2;
+  if (bulk) {
+    // Optional (a.cluster = C > 1): the C splits of a head form a cluster; each block fetches 1/C of the
+    // bytes and multicasts them to all C blocks (C-fold fewer L2 reads: at MHA B=1 every block reading its
+    // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
+    // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
+    // cluster's final barrier.
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
+    const int hkv0 = (int)blockIdx.y / a.ngroups;
+    tables_init(bar, csize);
+    tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv0 * a.kcen_h * 2,
+                reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv0 * a.vcen_h * 2,
+                smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+  }
+  // the merge grid may be scheduled as soon as every block of this grid is past this point (it waits with
+  // griddepcontrol.wait before reading the partials)
+  pdl_wait_then_trigger();
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -351,9 +360,12 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 
   if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
+    if (bulk) {  // the copies target this block's shared memory: it leaves after they land
+      mbar_wait(bar);
+      mbar_wait(bar + 8);
+    }
     return;
   }
-  l2_prefetch_codes<M>(a, b, hkv, lo, hi);
 
   const int i = lane % W, h = lane / W;
   const int sh = selh<M>(h);
@@ -392,28 +404,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
-  uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
   if constexpr (GB == 1) {
-    if (a.kind == 2) {
+    if (bulk) {
       // tables laid out on the host in the swizzled shared-memory order (cuda_attention.ffma_tables):
-      // both arrive by bulk copies (TMA) on one mbarrier while q is staged; the K entries then become
-      // LUT floats in place (ncu, MHA 32K: the per-thread prologue was ~21% of the kernel's warp time,
+      // both arrive by bulk copies (TMA, issued at the block's start) while q is staged; the K entries then
+      // become LUT floats in place (ncu, MHA 32K: the per-thread prologue was ~21% of the kernel's warp time,
       // scalar q loads and L2 round trips of the centroid loads)
-      // Optional (a.cluster = C > 1): the C splits of a head form a cluster; each block fetches 1/C of the
-      // bytes and multicasts them to all C blocks (C-fold fewer L2 reads: at MHA B=1 every block reading its
-      // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
-      // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
-      // cluster's final barrier.
-      constexpr uint32_t TB = 256u * M * sizeof(Entry);
-      __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
       __shared__ float qs[D];
-      const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
-      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
-      asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
-      tables_init(bar, csize);
-      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
-                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
-                  smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
       {
         const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
         for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
@@ -432,34 +429,46 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
         return;
       }
-      // entry (k, m) sits at e = k*M + swz(m) in both the centroid table and the LUT
+      // entry (k, m) sits at e = k*M + swz(m) in both the centroid table and the LUT. NT is a multiple of M, so a
+      // thread keeps one subspace m (its q pair in registers) and its entries are NT apart. The table and the LUT
+      // share their bytes, so the compiler cannot move a later entry's load above an earlier entry's store: the
+      // loads of a batch are issued together by hand (LUT build and V-table wait: a median 3.5 K cycles for the
+      // 32 entries per thread at MHA 4-bit, trace of 2026-12-06)
       constexpr int NE = 256 * M, PER = NE / NT;
-      static_assert(NE % NT == 0, "LUT entries per thread");
+      static_assert(NE % NT == 0 && NT % M == 0, "LUT entries per thread");
+      const int m = tid % M, e0 = (tid / M) * M + swz<M, DSUB>(m);
+      float qm[DSUB];
+#pragma unroll
+      for (int j = 0; j < DSUB; ++j) qm[j] = qs[DSUB * m + j];
       if constexpr (DSUB == 2) {  // 4-byte entries, 4-byte LUT floats: in place, each thread its own entries
-#pragma unroll 4
-        for (int u = 0; u < PER; ++u) {
-          const int idx = tid + u * NT, k = idx / M, m = idx % M, e = k * M + swz<M, DSUB>(m);
-          float ef[2];
-          entry_to_float<T, 2>(tabK[e], ef);
-          lut[e] = fmaf(qs[2 * m + 1], ef[1], qs[2 * m] * ef[0]);
+        constexpr int BATCH = PER < 16 ? PER : 16;
+        static_assert(PER % BATCH == 0, "LUT batches");
+#pragma unroll
+        for (int u0 = 0; u0 < PER; u0 += BATCH) {
+          Entry ent[BATCH];
+#pragma unroll
+          for (int u = 0; u < BATCH; ++u) ent[u] = tabK[e0 + (u0 + u) * NT];
+#pragma unroll
+          for (int u = 0; u < BATCH; ++u) {
+            float ef[2];
+            entry_to_float<T, 2>(ent[u], ef);
+            lut[e0 + (u0 + u) * NT] = fmaf(qm[1], ef[1], qm[0] * ef[0]);
+          }
         }
       } else {  // 8-byte entries, 4-byte floats: read all of this thread's entries before anyone writes
         float val[PER];
-        int pos[PER];
 #pragma unroll
         for (int u = 0; u < PER; ++u) {
-          const int idx = tid + u * NT, k = idx / M, m = idx % M, e = k * M + swz<M, DSUB>(m);
           float ef[DSUB];
-          entry_to_float<T, DSUB>(tabK[e], ef);
+          entry_to_float<T, DSUB>(tabK[e0 + u * NT], ef);
           float acc = 0.f;
 #pragma unroll
-          for (int j = 0; j < DSUB; ++j) acc = fmaf(qs[DSUB * m + j], ef[j], acc);
+          for (int j = 0; j < DSUB; ++j) acc = fmaf(qm[j], ef[j], acc);
           val[u] = acc;
-          pos[u] = e;
         }
         __syncthreads();
 #pragma unroll
-        for (int u = 0; u < PER; ++u) lut[pos[u]] = val[u];
+        for (int u = 0; u < PER; ++u) lut[e0 + u * NT] = val[u];
       }
       if (csize == 1) mbar_wait(bar + 8);
       TRACE_P(2);
@@ -701,7 +710,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   uint2* lut = reinterpret_cast<uint2*>(smem);                          // [256][M] x 4 fp16
   VEntry* tabV = reinterpret_cast<VEntry*>(smem + 256 * M * sizeof(uint2));
 
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  pdl_wait_then_trigger();
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -711,7 +720,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     write_empty_partial<GB, D, NT>(a, prow);
     return;
   }
-  l2_prefetch_codes<M>(a, b, hkv, lo, hi);
 
   const int i = lane % W, h = lane / W;
   const int sh = selh<M>(h);
@@ -1199,6 +1207,9 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   __shared__ float wm[NWM], wl[NWM];
   float mx, den, o;
   TRACE_M(0);
+  // the next call's partial grid (MILLION_CUDA_PDL=2) may be scheduled now: its blocks copy their tables while this
+  // grid and the tail of this call's partial grid run, then wait for this grid to end
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   residual_window<T, D, NWM>(a, b, hq, tid, true, wacc, wm, wl, mx, den, o);
   TRACE_M(1);
   // everything above (q, residual window) is independent of the partial kernel; wait for it here
@@ -1300,38 +1311,20 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   unsigned char* tabV = smem + 256 * ROWB;
 
   TRACE_P(0);
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   if constexpr (CM) {  // cluster merge: rank S merges the splits' partials (no second kernel)
     if ((int)blockIdx.x == a.S) {
+      pdl_wait_then_trigger();
       cm_merge_block<T, D, GB, NW>(a, smem);
       return;
     }
   }
-  const SplitRange sr = split_range<GB>(a);
-  const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
-  const long long prow = sr.prow;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int gid = lane >> 2, tig = lane & 3;
-  float* const cm_slot = CM ? reinterpret_cast<float*>(smem + cm_slot_off<GB, D, NW>()) : nullptr;
-
-  if (CM && lo >= hi) {  // an empty split of a merge cluster: o 0, lse -inf (weight 0), no tables
-    for (int x = tid; x < GB * D; x += NT) cm_slot[x] = 0.f;
-    if (tid < GB) cm_slot[GB * D + tid] = -INFINITY;
-    cm_split_done();
-    return;
-  }
-  if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster fetches no tables
-    write_empty_partial<GB, D, NT>(a, prow);
-    return;
-  }
-  l2_prefetch_codes<M>(a, b, hkv, lo, hi);
-
   // ---- prologue: both tables, pre-laid out on the host as the shared-memory rows [code][ROWB bytes]
   // (entries at their slots, rows padded), arrive by bulk copies (TMA) completing on one mbarrier: no
-  // per-thread loads, stores or registers. Optional (a.cluster > 1, measured slower on the H100): a
-  // cluster of C blocks (splits of the same head) where each block fetches 1/C of the bytes and
-  // multicasts them to all C blocks. Every block, empty ones too, takes part and leaves only after the
-  // cluster's final barrier (no copy may still target its shared memory).
+  // per-thread loads, stores or registers; issued at the block's start, before the wait for the previous
+  // kernel. Optional (a.cluster > 1, measured slower on the H100): a cluster of C blocks (splits of the same
+  // head) where each block fetches 1/C of the bytes and multicasts them to all C blocks. Every block, empty
+  // ones too, takes part; it leaves only after its copies landed (and, in a cluster, after the cluster's
+  // final barrier: no copy may still target its shared memory).
   __shared__ __align__(8) uint64_t tab_bar[2];  // K table, V table: the K side starts before V arrives
   uint32_t crank = 0, csize = 1;
   if constexpr (!CM) {  // (a merge cluster does not share tables: every split fetches its own)
@@ -1340,10 +1333,35 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   }
   const uint32_t bar = smem_addr(&tab_bar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * ROWB;  // bytes per table
-  tables_init(bar, csize);
-  tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
-              reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
-              smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+  {
+    const int hkv0 = (int)blockIdx.y / a.ngroups;
+    tables_init(bar, csize);
+    tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv0 * a.kcen_h * 2,
+                reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv0 * a.vcen_h * 2,
+                smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+  }
+  pdl_wait_then_trigger();
+  const SplitRange sr = split_range<GB>(a);
+  const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
+  const long long prow = sr.prow;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  float* const cm_slot = CM ? reinterpret_cast<float*>(smem + cm_slot_off<GB, D, NW>()) : nullptr;
+
+  if (CM && lo >= hi) {  // an empty split of a merge cluster: o 0, lse -inf (weight 0); its slot may overlap the
+    mbar_wait(bar);      // tables' bytes, so it is written after they landed
+    mbar_wait(bar + 8);
+    for (int x = tid; x < GB * D; x += NT) cm_slot[x] = 0.f;
+    if (tid < GB) cm_slot[GB * D + tid] = -INFINITY;
+    cm_split_done();
+    return;
+  }
+  if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster: leaves after its copies landed
+    write_empty_partial<GB, D, NT>(a, prow);
+    mbar_wait(bar);
+    mbar_wait(bar + 8);
+    return;
+  }
   auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
   auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
@@ -1582,7 +1600,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 // online in groups of MERGE_PF whose loads are issued together: one global round trip per group, no barrier.
 // ---------------------------------------------------------------------------------------------
 static char g_err[512] = "";
-static int g_pdl = 1;  // MILLION_CUDA_PDL=0 turns programmatic dependent launch off (A/B timing)
+// programmatic dependent launch (MILLION_CUDA_PDL): 0 off; 1 the merge grid only (it starts while the partial grid
+// runs); 2 (default) the partial grid too, where the launcher allows it (a.pdl): it starts while the previous kernel
+// on the stream runs and copies its tables before waiting for that kernel
+static int g_pdl = 2;
 
 template <typename T, int D>
 static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& configured, const PQArgs& a,
@@ -1594,25 +1615,33 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
   }
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
-    if (a.cluster > 1) {  // tensor-core kernel: clusters of splits share the table loads (multicast)
-      if (a.S % a.cluster) { snprintf(g_err, sizeof g_err, "S=%d not a multiple of cluster=%d", a.S, a.cluster); return 3; }
-      cudaLaunchConfig_t pc = {};
-      pc.gridDim = grid;
-      pc.blockDim = dim3(nthreads);
-      pc.dynamicSmemBytes = smem;
-      pc.stream = st;
-      cudaLaunchAttribute ca[1];
-      ca[0].id = cudaLaunchAttributeClusterDimension;
-      ca[0].val.clusterDim.x = a.cluster;
-      ca[0].val.clusterDim.y = 1;
-      ca[0].val.clusterDim.z = 1;
-      pc.attrs = ca;
-      pc.numAttrs = 1;
-      cudaError_t pe = cudaLaunchKernelEx(&pc, kern, a);
-      if (pe != cudaSuccess) { snprintf(g_err, sizeof g_err, "partial launch: %s", cudaGetErrorString(pe)); return 2; }
-    } else {
-      kern<<<grid, nthreads, smem, st>>>(a);
+    if (a.cluster > 1 && a.S % a.cluster) {
+      snprintf(g_err, sizeof g_err, "S=%d not a multiple of cluster=%d", a.S, a.cluster);
+      return 3;
     }
+    cudaLaunchConfig_t pc = {};
+    pc.gridDim = grid;
+    pc.blockDim = dim3(nthreads);
+    pc.dynamicSmemBytes = smem;
+    pc.stream = st;
+    cudaLaunchAttribute ca[2];
+    int na = 0;
+    if (a.cluster > 1) {  // clusters of splits share the table loads (multicast)
+      ca[na].id = cudaLaunchAttributeClusterDimension;
+      ca[na].val.clusterDim.x = a.cluster;
+      ca[na].val.clusterDim.y = 1;
+      ca[na].val.clusterDim.z = 1;
+      ++na;
+    }
+    if (g_pdl >= 2 && a.pdl) {
+      ca[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      ca[na].val.programmaticStreamSerializationAllowed = 1;
+      ++na;
+    }
+    pc.attrs = ca;
+    pc.numAttrs = na;
+    cudaError_t pe = cudaLaunchKernelEx(&pc, kern, a);
+    if (pe != cudaSuccess) { snprintf(g_err, sizeof g_err, "partial launch: %s", cudaGetErrorString(pe)); return 2; }
     // merge kernel as a programmatic dependent launch (overlaps its launch, q and residual-window
     // work with the partial kernel's tail; captured into CUDA graphs as a programmatic edge)
     cudaLaunchConfig_t cfg = {};
@@ -1622,7 +1651,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
     cfg.stream = st;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = g_pdl;
+    attr[0].val.programmaticStreamSerializationAllowed = g_pdl >= 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     cudaError_t le = cudaLaunchKernelEx(&cfg, pq_merge_kernel<T, D>, a);
@@ -1679,13 +1708,15 @@ static int launch_mma_cm(const PQArgs& a, cudaStream_t st) {
     pc.blockDim = dim3(NW * 32);
     pc.dynamicSmemBytes = smem;
     pc.stream = st;
-    cudaLaunchAttribute ca[1];
+    cudaLaunchAttribute ca[2];
     ca[0].id = cudaLaunchAttributeClusterDimension;
     ca[0].val.clusterDim.x = a.S + 1;
     ca[0].val.clusterDim.y = 1;
     ca[0].val.clusterDim.z = 1;
+    ca[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    ca[1].val.programmaticStreamSerializationAllowed = 1;
     pc.attrs = ca;
-    pc.numAttrs = 1;
+    pc.numAttrs = g_pdl >= 2 && a.pdl ? 2 : 1;
     cudaError_t pe = cudaLaunchKernelEx(&pc, kern, a);
     if (pe != cudaSuccess) { snprintf(g_err, sizeof g_err, "cluster-merge launch (S=%d): %s", a.S, cudaGetErrorString(pe)); return 2; }
   }
@@ -1756,7 +1787,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 6; }
+int million_pq_abi_version() { return 7; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
@@ -1784,7 +1815,11 @@ int million_pq_trace_clear() {
 }
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
   static int init = 0;
-  if (!init) { const char* e = getenv("MILLION_CUDA_PDL"); g_pdl = (e && e[0] == '0') ? 0 : 1; init = 1; }
+  if (!init) {
+    const char* e = getenv("MILLION_CUDA_PDL");
+    g_pdl = (e && e[0] >= '0' && e[0] <= '2' && e[1] == 0) ? e[0] - '0' : 2;
+    init = 1;
+  }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
   if (a->kind == 2 && (a->GB != 1 || a->num_warps != 0)) {
