@@ -10,9 +10,12 @@
 #   trace   trace_decode.py --graph with attn_trace_pdl.so (PDL 2)
 #   sweep   attn_pdl_lut.so over 4K-128K, B=1 and 8, plain and --q-op
 #   e2e     bench_e2e.py --graph (7B shape, fp16 StaticCache vs MillionCache) with PDL 1 and 2
+#   v3      (run alone, STAGES=v3) attn_v3.so, the FFMA kernel copying its tables after the wait: the GPU attention
+#           tests (PDL 2; back-to-back and graph with PDL 1), the A/B against the previous commit and attn_pdl_lut.so,
+#           the sweep plain and --q-op, and the MillionCache / decode-loop GPU tests
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared [-DPQ_TRACE];
 # the encode library with ops/_nvcc.py's FLAGS_SM90A) and carried in .carry with old_src:
-#   OUT=$OUT bash benchmarks/gpu_pdl_ab.sh      ($STAGES: a subset of "tests ab trace sweep e2e")
+#   OUT=$OUT bash benchmarks/gpu_pdl_ab.sh      ($STAGES: a subset of "tests ab trace sweep e2e v3")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -53,6 +56,24 @@ for s in ${STAGES:-tests ab trace sweep e2e}; do
   sweep)
     run sweep 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
     run sweep_qop 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
+  v3)  # the FFMA kernel with its tables copied after the wait (attn_v3.so), against the previous commit and attn_pdl_lut.so
+    run t_v3 90 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu $T
+    run t_v3_pdl1 60 env MILLION_CUDA_PDL=1 MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider \
+      -m gpu $T -k "back_to_back or graph"
+    for e in old v3 old_b v3_b lut; do
+      case $e in
+        old*) envs="PYTHONPATH=$PWD/.carry/old_src MILLION_CUDA_LIB=.carry/attn.so" ;;
+        v3*) envs="MILLION_CUDA_LIB=.carry/attn_v3.so" ;;
+        lut) envs="MILLION_CUDA_LIB=.carry/attn_pdl_lut.so" ;;
+      esac
+      run "v3_$e" 60 env $envs $BENCH --contexts 4096,32768 --batches 1,8 --out "$W/v3_$e.json"
+    done
+    run v3_sweep 90 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --out "$W/v3_sweep.json"
+    run v3_sweep_qop 90 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --q-op --out "$W/v3_sweep_qop.json"
+    run t_v3_cache 120 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/test_gpu_cache.py tests/test_gpu_decode.py ;;
   e2e)
     for p in 1 2; do
       run "e2e_pdl$p" 100 env MILLION_CUDA_PDL=$p MILLION_ENCODE_PRUNE_MIN=1000000000 python3 benchmarks/bench_e2e.py \

@@ -329,29 +329,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   float* lut = reinterpret_cast<float*>(smem);    // GB == 1: LUT [256][M] (same or fewer bytes)
   Entry* tabV = tabK + 256 * M;
 
+  // programmatic dependent launch: waits for the previous kernel (MILLION_CUDA_PDL=2), then lets the merge grid
+  // be scheduled (it waits with griddepcontrol.wait before reading the partials). The tables are copied after the
+  // wait: copied before it (as the tensor-core kernel does), this kernel measured 2-4% slower at MHA 4-bit (H100,
+  // 2026-12-06, docs/kernel_notes.md)
   TRACE_P(0);
-  // host-laid tables (a.kind == 2): both copies are issued first, before the wait for the previous kernel
-  constexpr uint32_t TB = 256u * M * sizeof(Entry);
-  __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
-  const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
-  uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
-  const bool bulk = GB == 1 && a.kind == 2;
-  if (bulk) {
-    // Optional (a.cluster = C > 1): the C splits of a head form a cluster; each block fetches 1/C of the
-    // bytes and multicasts them to all C blocks (C-fold fewer L2 reads: at MHA B=1 every block reading its
-    // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
-    // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
-    // cluster's final barrier.
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
-    const int hkv0 = (int)blockIdx.y / a.ngroups;
-    tables_init(bar, csize);
-    tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv0 * a.kcen_h * 2,
-                reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv0 * a.vcen_h * 2,
-                smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
-  }
-  // the merge grid may be scheduled as soon as every block of this grid is past this point (it waits with
-  // griddepcontrol.wait before reading the partials)
   pdl_wait_then_trigger();
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
@@ -360,10 +342,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 
   if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
-    if (bulk) {  // the copies target this block's shared memory: it leaves after they land
-      mbar_wait(bar);
-      mbar_wait(bar + 8);
-    }
     return;
   }
 
@@ -404,13 +382,28 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
+  uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
   if constexpr (GB == 1) {
-    if (bulk) {
+    if (a.kind == 2) {
       // tables laid out on the host in the swizzled shared-memory order (cuda_attention.ffma_tables):
-      // both arrive by bulk copies (TMA, issued at the block's start) while q is staged; the K entries then
-      // become LUT floats in place (ncu, MHA 32K: the per-thread prologue was ~21% of the kernel's warp time,
+      // both arrive by bulk copies (TMA) on one mbarrier while q is staged; the K entries then become
+      // LUT floats in place (ncu, MHA 32K: the per-thread prologue was ~21% of the kernel's warp time,
       // scalar q loads and L2 round trips of the centroid loads)
+      // Optional (a.cluster = C > 1): the C splits of a head form a cluster; each block fetches 1/C of the
+      // bytes and multicasts them to all C blocks (C-fold fewer L2 reads: at MHA B=1 every block reading its
+      // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
+      // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
+      // cluster's final barrier.
+      constexpr uint32_t TB = 256u * M * sizeof(Entry);
+      __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
       __shared__ float qs[D];
+      const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
+      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
+      asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
+      tables_init(bar, csize);
+      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
+                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
+                  smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
       {
         const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
         for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
