@@ -60,7 +60,7 @@ for s in ${STAGES:-tests ab trace sweep e2e}; do
     run t_v3 90 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu $T
     run t_v3_pdl1 60 env MILLION_CUDA_PDL=1 MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider \
       -m gpu $T -k "back_to_back or graph"
-    for e in old v3 old_b v3_b lut; do
+    for e in old v3 old_b v3_b; do
       case $e in
         old*) envs="PYTHONPATH=$PWD/.carry/old_src MILLION_CUDA_LIB=.carry/attn.so" ;;
         v3*) envs="MILLION_CUDA_LIB=.carry/attn_v3.so" ;;
@@ -72,6 +72,7 @@ for s in ${STAGES:-tests ab trace sweep e2e}; do
       --out "$W/v3_sweep.json"
     run v3_sweep_qop 90 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
       --q-op --out "$W/v3_sweep_qop.json"
+    run v3_lut 60 env MILLION_CUDA_LIB=.carry/attn_pdl_lut.so $BENCH --contexts 4096,32768 --batches 1,8 --out "$W/v3_lut.json"
     run t_v3_cache 120 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu \
       tests/test_gpu_cache.py tests/test_gpu_decode.py ;;
   e2e)
