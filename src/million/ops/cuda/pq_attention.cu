@@ -258,7 +258,6 @@ __device__ __forceinline__ void cm_split_done() {
   cluster_sync_all();
 }
 
-
 // ---- table prologue by bulk copy (FFMA kernel with host-laid tables, tensor-core kernel) ----
 // mbarriers at shared addresses bar (K table) and bar + 8 (V table). In a cluster of csize blocks each
 // block fetches 1/csize of the bytes and multicasts them to all (every block must take part).
@@ -1595,7 +1594,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 static char g_err[512] = "";
 // programmatic dependent launch (MILLION_CUDA_PDL): 0 off; 1 the merge grid only (it starts while the partial grid
 // runs); 2 (default) the partial grid too, where the launcher allows it (a.pdl): it starts while the previous kernel
-// on the stream runs and copies its tables before waiting for that kernel
+// on the stream runs (the tensor-core kernel copies its tables before it waits for that kernel)
 static int g_pdl = 2;
 
 template <typename T, int D>
