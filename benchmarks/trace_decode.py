@@ -18,6 +18,9 @@ measured from the first partial block's entry:
 - ``epi``: epilogue (warps merged, partial written);
 - ``part end``: last partial block done; ``merge wait``: last merge block released by the dependent-launch
   wait; ``end``: last merge block done;
+- ``gap from prev`` (``--graph``, trace builds since 2026-12-06 04:50 UTC): from the previous call's last merge block
+  done to this call's first partial block's entry (negative: this call's partial grid started before the previous
+  call ended, as a programmatic dependent launch may);
 - ``floor``: the codes' bytes (K and V) at ``--gbps``.
 
 All times in microseconds. Prints a table, writes JSON (summary and the raw per-block stamps of the last rep).
@@ -68,15 +71,19 @@ def read_trace(lib):
     if rc != n:
         raise RuntimeError(f"million_pq_trace_read returned {rc}")
     t = torch.frombuffer(bytearray(buf), dtype=torch.int64)
-    nblk = n // 40
-    return t[: nblk * 32].view(nblk, 32), t[nblk * 32:].view(nblk, 8)
+    # 32 partial slots and 8 merge slots per block, then (builds since 2026-12-06 04:50 UTC) one slot per merge block:
+    # its end stamp of the previous call
+    per = 41 if n % 41 == 0 else 40
+    nblk = n // per
+    prev = t[nblk * 40:].view(nblk) if per == 41 else None
+    return t[: nblk * 32].view(nblk, 32), t[nblk * 32: nblk * 40].view(nblk, 8), prev
 
 
 def us(x):
     return round(float(x) / 1000.0, 2)
 
 
-def summarize(part, merge, nparts, nmerge):
+def summarize(part, merge, nparts, nmerge, prev=None):
     p, m = part[:nparts].double(), merge[:nmerge].double()
     valid = p[:, 0] > 0
     p = p[valid]
@@ -109,6 +116,11 @@ def summarize(part, merge, nparts, nmerge):
         s["merge_residual_done"] = us(mv[:, 1].max() - t0)
         s["merge_wait"] = us(mv[:, 2].max() - t0)
         s["end"] = us(mv[:, 3].max() - t0)
+        if prev is not None:
+            pv = prev[:nmerge].double()
+            pv = pv[pv > 0]
+            if len(pv):  # a previous call in the same trace (graph replay): from its last output to this call's start
+                s["gap_from_prev"] = us(t0 - pv.max())
     return s
 
 
@@ -155,11 +167,12 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph):
         e1.record()
         torch.cuda.synchronize()
         ev_us.append(e0.elapsed_time(e1) * 1e3 / (CALLS if graph else 1))
-        part, merge = read_trace(lib)
-        rows.append(summarize(part, merge, nparts, nmerge))
+        part, merge, prev = read_trace(lib)
+        rows.append(summarize(part, merge, nparts, nmerge, prev))
         raw = (part[:nparts].tolist(), merge[:nmerge].tolist())
     keys = rows[0].keys()
-    med = {k: (statistics.median(r[k] for r in rows) if not isinstance(rows[0][k], list) else rows[0][k]) for k in keys}
+    med = {k: (statistics.median(r[k] for r in rows if k in r) if not isinstance(rows[0][k], list) else rows[0][k])
+           for k in keys}
     med.update(case=f"{name}:{B}:{bits}:{T}", kernel=kind, warps=nw, S=S, floor_us=round(floor_us, 2),
                event_us=round(statistics.median(ev_us), 2), reps=reps, graph=graph, copies=ncop)
     return med, rows, raw
@@ -168,7 +181,7 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph):
 COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6), ("tables_med", 6),
         ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("warp_spread_med", 6),
         ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
-        ("end", 7), ("floor_us", 7), ("event_us", 7)]
+        ("end", 7), ("gap_from_prev", 7), ("floor_us", 7), ("event_us", 7)]
 
 
 def main():

@@ -54,3 +54,35 @@ def test_case_parser():
     for bad in ("mla:1:4:32768", "mha:1:3:32768", "mha:0:4:4096", "mha:1:4", "mha:1:4:64"):
         with pytest.raises(argparse.ArgumentTypeError, match="case"):
             trace_decode.parse_case(bad)
+
+
+def test_gap_from_the_previous_call():
+    """Graph replays: each merge block keeps its previous call's end stamp; the gap runs from the latest of them to this
+    call's first partial entry (negative when this call's partial grid started first); absent without one."""
+    part, merge = _stamps()
+    prev = torch.zeros(4, dtype=torch.int64)
+    assert "gap_from_prev" not in trace_decode.summarize(part, merge, 2, 1, prev)
+    prev[0] = 400  # the previous call's last output at 400 ns, this call's first partial entry at 1000 ns
+    assert trace_decode.summarize(part, merge, 2, 1, prev)["gap_from_prev"] == pytest.approx(0.6)
+    prev[0] = 1512
+    assert trace_decode.summarize(part, merge, 2, 1, prev)["gap_from_prev"] == pytest.approx(-0.51)
+
+
+def test_read_trace_layouts():
+    """The reader splits a buffer of 41 slots per block (with the previous-call end stamps) or 40 (older builds)."""
+
+    class Lib:
+        def __init__(self, per):
+            self.per = per
+
+        def million_pq_trace_read(self, buf, n):
+            if buf is None:
+                return 4 * self.per
+            for i in range(n):
+                buf[i] = i
+            return n
+
+    part, merge, prev = trace_decode.read_trace(Lib(41))
+    assert part.shape == (4, 32) and merge.shape == (4, 8) and prev.tolist() == [160, 161, 162, 163]
+    part, merge, prev = trace_decode.read_trace(Lib(40))
+    assert merge[3, 7].item() == 159 and prev is None

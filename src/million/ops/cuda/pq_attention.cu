@@ -53,12 +53,14 @@ struct PQArgs {
 // Phase timeline (diagnostic builds only: nvcc -DPQ_TRACE; benchmarks/trace_decode.py reads it back through
 // million_pq_trace_read). Thread 0 of every partial block stamps %globaltimer at its phases (slots 0-5) and clock64
 // (slots 24-29), lane 0 of each warp %globaltimer at the end of its chunk loop (slots 8 + warp, 16 warps at most),
-// slot 6 holds the SM id, slot 7 the chunk count; merge blocks stamp slots 0-3 (clock64: 4-7) of their own region.
+// slot 6 holds the SM id, slot 7 the chunk count; merge blocks stamp slots 0-3 (clock64: 4-7) of their own region,
+// and keep the end stamp that their slot 3 held before (the previous call's, in a graph replay) in g_trace_prev_end.
 // A production build compiles none of this.
 #ifdef PQ_TRACE
 #define PQ_TRACE_BLOCKS 8192
 __device__ unsigned long long g_trace[PQ_TRACE_BLOCKS * 32];
 __device__ unsigned long long g_trace_merge[PQ_TRACE_BLOCKS * 8];
+__device__ unsigned long long g_trace_prev_end[PQ_TRACE_BLOCKS];
 __device__ __forceinline__ unsigned long long trace_now() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -75,12 +77,15 @@ __device__ __forceinline__ int trace_block() {
     TRACE_V(6, smid_); TRACE_V(7, nchunks); } } while (0)
 #define TRACE_M(slot) do { if (threadIdx.x == 0) { g_trace_merge[trace_block() * 8 + (slot)] = trace_now(); \
     g_trace_merge[trace_block() * 8 + 4 + (slot)] = (unsigned long long)clock64(); } } while (0)
+#define TRACE_M_END() do { if (threadIdx.x == 0) g_trace_prev_end[trace_block()] = g_trace_merge[trace_block() * 8 + 3]; \
+    TRACE_M(3); } while (0)
 #else
 #define TRACE_P(slot) do { } while (0)
 #define TRACE_W(warp) do { } while (0)
 #define TRACE_V(slot, v) do { } while (0)
 #define TRACE_INFO(nchunks) do { } while (0)
 #define TRACE_M(slot) do { } while (0)
+#define TRACE_M_END() do { } while (0)
 #endif
 #ifndef PRO_UNR
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
@@ -1214,7 +1219,7 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   merge_partials(S, [&](int s) { return lp[s]; }, [&](int s) { return tid < D ? op[(long long)s * D] : 0.f; },
                  mx, den, o);
   write_output<T, D>(a, b, hq, tid, tid == 0, mx, den, o);
-  TRACE_M(3);
+  TRACE_M_END();
 }
 
 // the merge block of a cluster (rank S, a.cmerge): groups of NWM = D/32 warps, one query head of the
@@ -1786,12 +1791,13 @@ const char* million_pq_last_error() { return g_err; }
 // region (PQ_TRACE_BLOCKS x 32 u64) then the merge blocks' (x 8). Returns the u64 count, 0 in a production build.
 int million_pq_trace_read(unsigned long long* host, int n) {
 #ifdef PQ_TRACE
-  const int np = PQ_TRACE_BLOCKS * 32, nm = PQ_TRACE_BLOCKS * 8;
-  if (!host) return np + nm;
-  if (n < np + nm) return -1;
+  const int np = PQ_TRACE_BLOCKS * 32, nm = PQ_TRACE_BLOCKS * 8, ne = PQ_TRACE_BLOCKS;
+  if (!host) return np + nm + ne;
+  if (n < np + nm + ne) return -1;
   if (cudaMemcpyFromSymbol(host, g_trace, sizeof(unsigned long long) * np) != cudaSuccess) return -2;
   if (cudaMemcpyFromSymbol(host + np, g_trace_merge, sizeof(unsigned long long) * nm) != cudaSuccess) return -2;
-  return np + nm;
+  if (cudaMemcpyFromSymbol(host + np + nm, g_trace_prev_end, sizeof(unsigned long long) * ne) != cudaSuccess) return -2;
+  return np + nm + ne;
 #else
   (void)host; (void)n;
   return 0;
@@ -1802,6 +1808,7 @@ int million_pq_trace_clear() {
   static unsigned long long z[PQ_TRACE_BLOCKS * 32];
   if (cudaMemcpyToSymbol(g_trace, z, sizeof z) != cudaSuccess) return -2;
   if (cudaMemcpyToSymbol(g_trace_merge, z, sizeof(unsigned long long) * PQ_TRACE_BLOCKS * 8) != cudaSuccess) return -2;
+  if (cudaMemcpyToSymbol(g_trace_prev_end, z, sizeof(unsigned long long) * PQ_TRACE_BLOCKS) != cudaSuccess) return -2;
 #endif
   return 0;
 }
