@@ -301,7 +301,8 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
-               torch=torch.__version__, dtype=args.dtype)
+               torch=torch.__version__, dtype=args.dtype, q_op=args.q_op,
+               env={k: v for k, v in os.environ.items() if k.startswith("MILLION_")})
     if not args.skip_check:
         ok, checks = check(dev)
         res["check_ok"] = ok

@@ -1,4 +1,5 @@
-"""benchmarks/trace_decode.py: the phase summary read off known stamps, and its case parser (CPU)."""
+"""benchmarks/trace_decode.py: the phase summary read off known stamps, its reader and case parser; and the --q-op
+wrapper of bench_decode_cuda.py, which it imports (CPU)."""
 
 import argparse
 import importlib.util
@@ -86,3 +87,19 @@ def test_read_trace_layouts():
     assert part.shape == (4, 32) and merge.shape == (4, 8) and prev.tolist() == [160, 161, 162, 163]
     part, merge, prev = trace_decode.read_trace(Lib(40))
     assert merge[3, 7].item() == 159 and prev is None
+
+
+def test_q_op_wrapper_writes_q_then_calls():
+    """bench_decode_cuda --q-op: every timed call is preceded by an in-place op on its q (the first argument), for
+    SDPA and PQ alike; q's values are unchanged and the call's result is returned."""
+    bench = trace_decode.sys.modules["bench_decode_cuda"]
+    seen = []
+
+    def fn(q, k):
+        seen.append((q._version, k))
+        return q.sum() + k
+
+    q = torch.ones(2, 3)
+    v0 = q._version
+    out = bench.with_q_op(fn)(q, 5)
+    assert seen == [(v0 + 1, 5)] and out.item() == 11.0 and torch.equal(q, torch.ones(2, 3))
