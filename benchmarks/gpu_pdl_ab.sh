@@ -12,10 +12,12 @@
 #   e2e     bench_e2e.py --graph (7B shape, fp16 StaticCache vs MillionCache) with PDL 1 and 2
 #   v3      (run alone, STAGES=v3) attn_v3.so, the FFMA kernel copying its tables after the wait: the GPU attention
 #           tests (PDL 2; back-to-back and graph with PDL 1), the A/B against the previous commit and attn_pdl_lut.so,
-#           the sweep plain and --q-op, and the MillionCache / decode-loop GPU tests
+#           the sweep plain and --q-op, and the MillionCache / decode-loop / eviction GPU tests
+#   gap     trace_decode.py --graph with a -DPQ_TRACE build of this commit (.carry/attn_trace.so), PDL 1 and 2: the
+#           timelines with gap_from_prev, the previous call's last output to this call's first partial entry
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared [-DPQ_TRACE];
 # the encode library with ops/_nvcc.py's FLAGS_SM90A) and carried in .carry with old_src:
-#   OUT=$OUT bash benchmarks/gpu_pdl_ab.sh      ($STAGES: a subset of "tests ab trace sweep e2e v3")
+#   OUT=$OUT bash benchmarks/gpu_pdl_ab.sh      ($STAGES: a subset of "tests ab trace sweep e2e v3 gap")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -74,7 +76,12 @@ for s in ${STAGES:-tests ab trace sweep e2e}; do
       --q-op --out "$W/v3_sweep_qop.json"
     run v3_lut 60 env MILLION_CUDA_LIB=.carry/attn_pdl_lut.so $BENCH --contexts 4096,32768 --batches 1,8 --out "$W/v3_lut.json"
     run t_v3_cache 120 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu \
-      tests/test_gpu_cache.py tests/test_gpu_decode.py ;;
+      tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py ;;
+  gap)  # graph timelines with the previous call's end (gap_from_prev), PDL 1 and 2: trace build of this commit
+    for p in 1 2; do
+      run "gap_pdl$p" 60 env MILLION_CUDA_PDL=$p MILLION_CUDA_LIB=.carry/attn_trace.so python3 benchmarks/trace_decode.py \
+        --graph --reps 5 --out "$W/gap_pdl$p.json"
+    done ;;
   e2e)
     for p in 1 2; do
       run "e2e_pdl$p" 100 env MILLION_CUDA_PDL=$p MILLION_ENCODE_PRUNE_MIN=1000000000 python3 benchmarks/bench_e2e.py \
