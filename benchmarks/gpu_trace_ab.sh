@@ -15,6 +15,8 @@
 #   attn_pf32k.so attn_pf96k.so attn_pf256k.so (-DPQ_L2PF=32768 / 98304 / 262144)
 # Usage: OUT=$OUT bash benchmarks/gpu_trace_ab.sh   ($STAGES: a subset of "pf main steal respart")
 # Writes to $OUT: stages.txt (each stage's exit status and summary lines), env.txt, w.tgz (every output and JSON).
+# Ran once, 2026-12-06 03:51 UTC, at 1c326db (docs/logs/pdl_1206/trace_ab/). The -DPQ_L2PF switch was removed after
+# it (cd899bd) and both patches apply to 9452687: to rerun, check out 1c326db.
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/trab "${DEADLINE:-560}" .carry/attn.so .carry/enc_wg.so

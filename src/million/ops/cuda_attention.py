@@ -178,6 +178,17 @@ _TABLES: dict = {}  # (id(tensor), role) -> (weakref to the tensor, version, lai
 _TABLE_BUILDS = 0  # tables laid out so far: a call that lays one out launches its partial grid without PDL
 
 
+def _remember(key, centroids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Cache a freshly laid-out table ``t`` of ``centroids`` under ``key`` (dropping tables of dead tensors) and count
+    the layout (``_TABLE_BUILDS``)."""
+    global _TABLE_BUILDS
+    for k in [k for k, v in _TABLES.items() if v[0]() is None]:
+        del _TABLES[k]
+    _TABLE_BUILDS += 1
+    _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
+    return t
+
+
 def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     """The tensor-core kernel's shared-memory table, laid out once on the device: ``[Hc, 256, M + pad, dsub]``
     (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding).
@@ -194,12 +205,7 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     slot = 4 * (m % (M // 4)) + m // (M // 4) if role == "k" else 8 * (m % (M // 8)) + m // (M // 8)
     t = torch.zeros(Hc, K, M + 16 // (2 * dsub), dsub, dtype=centroids.dtype, device=centroids.device)
     t[:, :, slot] = centroids.permute(0, 2, 1, 3)
-    for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop tables of dead tensors
-        del _TABLES[k]
-    global _TABLE_BUILDS
-    _TABLE_BUILDS += 1
-    _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
-    return t
+    return _remember(key, centroids, t)
 
 
 def _swz(M: int, dsub: int) -> list[int]:
@@ -228,12 +234,7 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
     pos = torch.tensor(_swz(M, dsub), device=centroids.device)
     t = torch.empty(Hc, K, M, dsub, dtype=centroids.dtype, device=centroids.device)
     t[:, :, pos] = centroids.permute(0, 2, 1, 3)
-    for k in [k for k, v in _TABLES.items() if v[0]() is None]:  # drop tables of dead tensors
-        del _TABLES[k]
-    global _TABLE_BUILDS
-    _TABLE_BUILDS += 1
-    _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
-    return t
+    return _remember(key, centroids, t)
 
 
 def prepare_tables(k_centroids: torch.Tensor, v_centroids: torch.Tensor) -> None:

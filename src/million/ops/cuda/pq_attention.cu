@@ -190,11 +190,13 @@ template <int M, int DSUB, int VEC> __device__ __forceinline__ int pro_k0(int id
 // the block's split of the valid code tokens of (batch b, KV head hkv, query heads hq0..hq0+GB-1):
 // [lo, hi), 32-token aligned starts; prow = row of its partial (o_part / lse_part) for head hq0
 struct SplitRange { int b, hkv, hq0, lo, hi; long long prow; };
+// the block's KV head: blockIdx only, so a block may use it (its tables) before griddepcontrol.wait
+__device__ __forceinline__ int block_hkv(const PQArgs& a) { return blockIdx.y / a.ngroups; }
 template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs& a) {
   SplitRange r;
   const int split = blockIdx.x;
   r.b = blockIdx.z;
-  r.hkv = blockIdx.y / a.ngroups;
+  r.hkv = block_hkv(a);
   r.hq0 = r.hkv * (a.Hq / a.Hkv) + (blockIdx.y % a.ngroups) * GB;
   const int start = max(a.starts[r.b], 0);
   const int end = min(a.pq_lens[r.b], a.T);
@@ -1330,13 +1332,12 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   }
   const uint32_t bar = smem_addr(&tab_bar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * ROWB;  // bytes per table
-  {
-    const int hkv0 = (int)blockIdx.y / a.ngroups;
-    tables_init(bar, csize);
-    tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv0 * a.kcen_h * 2,
-                reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv0 * a.vcen_h * 2,
-                smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
-  }
+  tables_init(bar, csize);
+  tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
+              reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
+              smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+  auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
+  auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   pdl_wait_then_trigger();
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
@@ -1346,8 +1347,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   float* const cm_slot = CM ? reinterpret_cast<float*>(smem + cm_slot_off<GB, D, NW>()) : nullptr;
 
   if (CM && lo >= hi) {  // an empty split of a merge cluster: o 0, lse -inf (weight 0); its slot may overlap the
-    mbar_wait(bar);      // tables' bytes, so it is written after they landed
-    mbar_wait(bar + 8);
+    wait_tables();       // tables' bytes, so it is written after they landed
     for (int x = tid; x < GB * D; x += NT) cm_slot[x] = 0.f;
     if (tid < GB) cm_slot[GB * D + tid] = -INFINITY;
     cm_split_done();
@@ -1355,12 +1355,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   }
   if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster: leaves after its copies landed
     write_empty_partial<GB, D, NT>(a, prow);
-    mbar_wait(bar);
-    mbar_wait(bar + 8);
+    wait_tables();
     return;
   }
-  auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
-  auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
     if (csize > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
   };
@@ -1601,6 +1598,7 @@ static char g_err[512] = "";
 // runs); 2 (default) the partial grid too, where the launcher allows it (a.pdl): it starts while the previous kernel
 // on the stream runs (the tensor-core kernel copies its tables before it waits for that kernel)
 static int g_pdl = 2;
+static bool partial_pdl(const PQArgs& a) { return g_pdl >= 2 && a.pdl; }
 
 template <typename T, int D>
 static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& configured, const PQArgs& a,
@@ -1630,7 +1628,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
       ca[na].val.clusterDim.z = 1;
       ++na;
     }
-    if (g_pdl >= 2 && a.pdl) {
+    if (partial_pdl(a)) {
       ca[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
       ca[na].val.programmaticStreamSerializationAllowed = 1;
       ++na;
@@ -1713,7 +1711,7 @@ static int launch_mma_cm(const PQArgs& a, cudaStream_t st) {
     ca[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     ca[1].val.programmaticStreamSerializationAllowed = 1;
     pc.attrs = ca;
-    pc.numAttrs = g_pdl >= 2 && a.pdl ? 2 : 1;
+    pc.numAttrs = partial_pdl(a) ? 2 : 1;
     cudaError_t pe = cudaLaunchKernelEx(&pc, kern, a);
     if (pe != cudaSuccess) { snprintf(g_err, sizeof g_err, "cluster-merge launch (S=%d): %s", a.S, cudaGetErrorString(pe)); return 2; }
   }
