@@ -5,7 +5,8 @@
 Timing: median of triton.testing.do_bench over CUDA-graph replays; one replay runs 20 calls that
 rotate over enough input copies to exceed 4x the L2, so the codes come from HBM (same method as
 benchmarks/bench_decode.py). PQ inputs: random uint8 codes, ksub 256, fp16 centroids shared by all
-heads, residual window capacity 128 with 64 valid tokens, pq_len = context - 64.
+heads (--head-codebooks: one table per KV head, as MillionCache serves), residual window capacity 128 with
+64 valid tokens, pq_len = context - 64, no starts (--zero-starts: a zero-filled starts tensor made in every call).
 """
 
 from __future__ import annotations
@@ -150,11 +151,20 @@ def with_q_op(fn):
     return call
 
 
+def with_zero_starts(fn):
+    """``fn`` given a zero-filled ``starts`` made in every call: what ``pq_decode_attention`` did itself for
+    ``starts=None`` before its kernels took a null pointer as 0 (one fill kernel in front of every call)."""
+    def call(*a):
+        return fn(*a, torch.zeros(a[0].shape[0], dtype=torch.int32, device=a[0].device))
+    return call
+
+
 def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtype=torch.float16, cmerge_ab=False,
-          q_op=False):
+          q_op=False, zero_starts=False, head_codebooks=False):
     from million.ops import triton_attention as ta
 
     wrap = with_q_op if q_op else (lambda fn: fn)
+    pq_wrap = (lambda fn: wrap(with_zero_starts(fn))) if zero_starts else wrap
 
     l2 = torch.cuda.get_device_properties(dev).L2_cache_size
     rows = []
@@ -179,11 +189,12 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                     ncop = max(1, min(CALLS, math.ceil(4 * l2 / code_bytes)))
                     copies = []
                     for _ in range(ncop):
-                        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, ctx, R, dtype, dev)
+                        q, kc, vc, kcen, vcen, kr, vr = make(B, Hq, Hkv, D, bits, ctx, R, dtype, dev,
+                                                             Hc=Hkv if head_codebooks else 1)
                         pl = torch.full((B,), ctx - rv, dtype=torch.int32, device=dev)
                         rl = torch.full((B,), rv, dtype=torch.int32, device=dev)
                         copies.append((q, kc, vc, kcen, vcen, pl, kr, vr, rl))
-                    t_cuda = bench_graph(wrap(ca.pq_decode_attention), copies)
+                    t_cuda = bench_graph(pq_wrap(ca.pq_decode_attention), copies)
                     # other partial kernels for GQA shapes (0 = FFMA kernel, 8/12/16 = packed-LUT kernel warps)
                     var = {}
                     if gqa:
@@ -199,10 +210,12 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                         else:
                             os.environ["MILLION_CUDA_CMERGE"] = saved
                     t_tri = bench_graph(ta.pq_decode_attention, copies) if triton else float("nan")
-                    floor_us = (code_bytes + 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
+                    n_tab = Hkv if head_codebooks else 1
+                    floor_us = (code_bytes + n_tab * 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
                     row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
                                triton_us=t_tri, x_sdpa=t_sdpa / t_cuda, triton_x_sdpa=t_sdpa / t_tri,
-                               floor_us_at_3TBps=floor_us, warps_us=var, q_op=q_op)
+                               floor_us_at_3TBps=floor_us, warps_us=var, q_op=q_op, zero_starts=zero_starts,
+                               head_codebooks=head_codebooks)
                     rows.append(row)
                     print(f"bench {name} B={B} ctx={ctx} bits={bits}: sdpa {t_sdpa:.1f} cuda {t_cuda:.1f} "
                           f"triton {t_tri:.1f} us  x{t_sdpa / t_cuda:.2f} (triton x{t_sdpa / t_tri:.2f}) "
@@ -297,11 +310,17 @@ def main():
     ap.add_argument("--q-op", action="store_true",
                     help="an in-place torch op on q before every call (SDPA and PQ alike): the previous kernel is "
                          "then another library's, as in a model, not the previous attention call")
+    ap.add_argument("--zero-starts", action="store_true",
+                    help="pass a zero-filled starts tensor made in every call (the library's own behaviour for "
+                         "starts=None before its kernels read a null pointer as 0)")
+    ap.add_argument("--head-codebooks", action="store_true",
+                    help="one centroid table per KV head, as MillionCache serves (default: one table for all heads)")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="q, centroids, window and SDPA dtype")
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
-               torch=torch.__version__, dtype=args.dtype, q_op=args.q_op,
+               torch=torch.__version__, dtype=args.dtype, q_op=args.q_op, zero_starts=args.zero_starts,
+               head_codebooks=args.head_codebooks,
                env={k: v for k, v in os.environ.items() if k.startswith("MILLION_")})
     if not args.skip_check:
         ok, checks = check(dev)
@@ -318,7 +337,8 @@ def main():
         res["bench"] = bench(dev, [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batches.split(",")],
                              shapes, [int(b) for b in args.bits.split(",")],
                              triton=not args.no_triton, warps=[int(w) for w in args.warps.split(",") if w],
-                             dtype=getattr(torch, args.dtype), cmerge_ab=args.cmerge_ab, q_op=args.q_op)
+                             dtype=getattr(torch, args.dtype), cmerge_ab=args.cmerge_ab, q_op=args.q_op,
+                             zero_starts=args.zero_starts, head_codebooks=args.head_codebooks)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     if "bench" in res:

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decode_cuda import CALLS, capture_graph, make  # noqa: E402
+from bench_decode_cuda import CALLS, capture_graph, make, with_zero_starts  # noqa: E402
 from million.ops import cuda_attention as ca  # noqa: E402
 
 SHAPES = {
@@ -124,7 +124,7 @@ def summarize(part, merge, nparts, nmerge, prev=None):
     return s
 
 
-def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph):
+def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph, zero_starts=False):
     Hq, Hkv, D = SHAPES[name]
     M = D // 2 if bits == 4 else D // 4
     # as bench_decode_cuda.bench: in graph mode enough input copies to exceed 4x the L2, rotated over CALLS calls
@@ -137,13 +137,14 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph):
         res_lens = torch.full((B,), R_VALID, dtype=torch.int32, device=dev)
         copies.append((q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens))
 
+    fn = with_zero_starts(ca.pq_decode_attention) if zero_starts else ca.pq_decode_attention
     if graph:  # the stamps read back are the last call's of a replay of CALLS calls
-        call = capture_graph(ca.pq_decode_attention, copies).replay
+        call = capture_graph(fn, copies).replay
         for _ in range(3):
             call()
     else:
         def call():
-            return ca.pq_decode_attention(*copies[0])
+            return fn(*copies[0])
 
         for _ in range(3):
             call()
@@ -193,6 +194,8 @@ def main():
                     help=f"stamps of the last call of a CUDA-graph replay of {CALLS} calls over rotating input copies "
                          "(the benchmark's steady state; event_us is then per call); default: single calls, L2 flushed")
     ap.add_argument("--gbps", type=float, default=3000.0, help="copy rate for the byte floor (GB/s)")
+    ap.add_argument("--zero-starts", action="store_true",
+                    help="a zero-filled starts tensor made in every call (bench_decode_cuda.py --zero-starts)")
     ap.add_argument("--out", default="trace_decode.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -209,10 +212,11 @@ def main():
     dev = torch.device("cuda")
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "lib": os.environ.get("MILLION_CUDA_LIB", ""), "cases": []}
+           "lib": os.environ.get("MILLION_CUDA_LIB", ""), "zero_starts": args.zero_starts, "cases": []}
     print(" ".join(f"{c[:w]:>{w}}" for c, w in COLS), flush=True)
     for name, B, bits, T in cases:
-        med, rows, raw = run_case(lib, name, B, bits, T, args.reps, dev, flush, args.gbps, args.graph)
+        med, rows, raw = run_case(lib, name, B, bits, T, args.reps, dev, flush, args.gbps, args.graph,
+                                  args.zero_starts)
         out["cases"].append({"summary": med, "reps": rows, "raw_last": {"partial": raw[0], "merge": raw[1]}})
         print(" ".join(f"{str(med.get(c, '')):>{w}}" for c, w in COLS), flush=True)
         Path(args.out).write_text(json.dumps(out))

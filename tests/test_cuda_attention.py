@@ -483,3 +483,34 @@ def test_pdl_mode_checked(monkeypatch):
             ca._lib()
     finally:
         ca._lib.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("kernel", ["ffma", "mma", "lut", "cmerge"])
+def test_no_starts_reads_zero_and_launches_only_the_attention_kernels(kernel, monkeypatch):
+    """``starts=None`` is a null pointer that the kernels read as 0 for every sequence: the same output, bit for bit,
+    as zero starts, and a call launches the attention kernels only (no fill kernel for a zero tensor in front)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1" if kernel == "cmerge" else "0")
+    over = "mma" if kernel == "cmerge" else kernel
+    Hq, Hkv = (8, 8) if kernel == "ffma" else (32, 8)
+    q, kc, vc, kcen, vcen, kr, vr = _make(3, Hq, Hkv, 128, 4, 2000, 64, torch.float16, 1, seed=40)
+    pl = torch.tensor([2000, 777, 0], dtype=torch.int32, device="cuda")
+    rl = torch.tensor([64, 5, 17], dtype=torch.int32, device="cuda")
+    zeros = torch.zeros(3, dtype=torch.int32, device="cuda")
+    args = (q, kc, vc, kcen, vcen, pl, kr, vr, rl)
+    ref = ca.pq_decode_attention(*args, zeros, kernel_override=over)
+    out = ca.pq_decode_attention(*args, kernel_override=over)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        ca.pq_decode_attention(*args, kernel_override=over)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert names and all("pq_" in n for n in names), names

@@ -103,3 +103,20 @@ def test_q_op_wrapper_writes_q_then_calls():
     v0 = q._version
     out = bench.with_q_op(fn)(q, 5)
     assert seen == [(v0 + 1, 5)] and out.item() == 11.0 and torch.equal(q, torch.ones(2, 3))
+
+
+def test_zero_starts_wrapper_appends_a_new_zero_tensor_per_call():
+    """bench_decode_cuda / trace_decode --zero-starts: every call gets a zero int32 ``starts`` of the batch size,
+    made in that call (the library's own behaviour for ``starts=None`` before the kernels read a null pointer)."""
+    bench = trace_decode.sys.modules["bench_decode_cuda"]
+    seen = []
+
+    def fn(q, k, starts):
+        seen.append(starts)
+        return k
+
+    q = torch.ones(3, 4, 8)
+    call = bench.with_zero_starts(fn)
+    assert call(q, 7) == 7 and call(q, 8) == 8
+    assert [s.dtype for s in seen] == [torch.int32] * 2 and all(torch.equal(s, torch.zeros(3, dtype=torch.int32)) for s in seen)
+    assert seen[0] is not seen[1]

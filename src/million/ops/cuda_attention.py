@@ -378,9 +378,11 @@ def pq_decode_attention(
     ngroups = G // GB
     dev = q.device
     scale = D**-0.5 if scale is None else float(scale)
-    if starts is None:
-        starts = torch.zeros(B, dtype=torch.int32, device=dev)
-    pq_lens, res_lens, starts = (t.to(device=dev, dtype=torch.int32).contiguous() for t in (pq_lens, res_lens, starts))
+    # no starts: the kernels read a null pointer as 0 for every sequence (a zero-filled tensor here would put one
+    # more kernel in front of every call)
+    pq_lens, res_lens = (t.to(device=dev, dtype=torch.int32).contiguous() for t in (pq_lens, res_lens))
+    if starts is not None:
+        starts = starts.to(device=dev, dtype=torch.int32).contiguous()
     kind, nw = choose_kernel(q.dtype, GB, D, M, kernel_override, work=B * T)
     if num_warps_override is not None:
         w = int(num_warps_override)
@@ -421,7 +423,7 @@ def pq_decode_attention(
         cen_stride = kcen[0].numel()  # elements (2 bytes) per centroid head, raw or laid out
         a = _Args(
             q.data_ptr(), k_codes.data_ptr(), v_codes.data_ptr(), kcen.data_ptr(), vcen.data_ptr(),
-            pq_lens.data_ptr(), res_lens.data_ptr(), starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
+            pq_lens.data_ptr(), res_lens.data_ptr(), None if starts is None else starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
             out.data_ptr(), lse.data_ptr() if lse is not None else None, o_part.data_ptr(), lse_part.data_ptr(),
             *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,

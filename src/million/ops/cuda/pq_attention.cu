@@ -31,7 +31,8 @@
 
 struct PQArgs {
   const void* q; const uint8_t* kc; const uint8_t* vc; const void* kcen; const void* vcen;
-  const int* pq_lens; const int* res_lens; const int* starts;
+  const int* pq_lens; const int* res_lens;
+  const int* starts;                  // each sequence's first valid position; nullptr: 0 for every sequence
   const void* kres; const void* vres; void* out; float* lse_out; float* o_part; float* lse_part;
   long long sq_b, sq_h, sq_d;
   long long sk_b, sk_h, sk_t;
@@ -187,6 +188,9 @@ template <int M, int DSUB, int VEC> __device__ __forceinline__ int pro_k0(int id
 }
 
 // ---- shared by the partial kernels ----
+// sequence b's first valid position (its left padding): a.starts may be null, every sequence then starts at 0 (no
+// zero-filled tensor, and no kernel writing one, in front of every call)
+__device__ __forceinline__ int seq_start(const PQArgs& a, int b) { return a.starts ? a.starts[b] : 0; }
 // the block's split of the valid code tokens of (batch b, KV head hkv, query heads hq0..hq0+GB-1):
 // [lo, hi), 32-token aligned starts; prow = row of its partial (o_part / lse_part) for head hq0
 struct SplitRange { int b, hkv, hq0, lo, hi; long long prow; };
@@ -198,7 +202,7 @@ template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs
   r.b = blockIdx.z;
   r.hkv = block_hkv(a);
   r.hq0 = r.hkv * (a.Hq / a.Hkv) + (blockIdx.y % a.ngroups) * GB;
-  const int start = max(a.starts[r.b], 0);
+  const int start = max(seq_start(a, r.b), 0);
   const int end = min(a.pq_lens[r.b], a.T);
   const int n = max(end - start, 0);
   int per = (n + a.S - 1) / a.S;
@@ -1046,7 +1050,7 @@ __device__ __forceinline__ void residual_window(const PQArgs& a, int b, int hq, 
   const int lane = gtid & 31, warp = gtid >> 5;
   const int plen = a.pq_lens[b];
   const int r_end = min(a.res_lens[b], a.R);
-  const int r_lo = max(a.starts[b] - plen, 0);
+  const int r_lo = max(seq_start(a, b) - plen, 0);
   float m = -INFINITY, l = 0.f, acc[EV];
 #pragma unroll
   for (int e = 0; e < EV; ++e) acc[e] = 0.f;
@@ -1782,7 +1786,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 7; }
+int million_pq_abi_version() { return 8; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'

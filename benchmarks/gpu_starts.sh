@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Device calls for the decode kernels taking starts=None as a null pointer (no zero-filled tensor, and no fill kernel,
+# in front of every call). Stages, each packed to $OUT as it ends (deadline $DEADLINE s):
+#   tests   the GPU attention tests against the library of this commit (.carry/attn_new.so)
+#   ab      bench_decode_cuda.py B=1 and 8, 4K and 32K, every shape, 4 and 2 bits, one process each: --zero-starts (a
+#           zero tensor made in every call: the library's behaviour before) and without; then both again at B=1
+#   gap     trace_decode.py --graph (trace build .carry/attn_trace_new.so): the steady-state timelines with
+#           gap_from_prev, without and with --zero-starts
+#   cache   the MillionCache, decode-loop and eviction GPU tests against this library
+#   headcb  bench_decode_cuda.py --head-codebooks (one table per KV head, as MillionCache serves) B=1 and 8, 4K and 32K
+#   sweep   bench_decode_cuda.py over 4K-128K, B=1 and 8
+# Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
+# [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
+# and carried in .carry:
+#   OUT=$OUT STAGES="tests ab gap" bash benchmarks/gpu_starts.sh
+# Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
+set -uo pipefail
+. "$(dirname "$0")/gpu_stages.sh"
+gpu_setup /tmp/starts "${DEADLINE:-540}" .carry/attn_new.so .carry/enc_wg.so
+pack() {
+  pack_lines "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ "
+  tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
+}
+env_txt
+sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
+BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
+T="tests/test_cuda_attention.py"
+for s in ${STAGES:-tests ab gap}; do
+  case $s in
+  tests)
+    run t_new 110 python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
+  ab)
+    run ab_zs 60 $BENCH --contexts 4096,32768 --batches 1,8 --zero-starts --out "$W/ab_zs.json"
+    run ab_new 60 $BENCH --contexts 4096,32768 --batches 1,8 --out "$W/ab_new.json"
+    run ab_zs_b 40 $BENCH --contexts 4096,32768 --batches 1 --zero-starts --out "$W/ab_zs_b.json"
+    run ab_new_b 40 $BENCH --contexts 4096,32768 --batches 1 --out "$W/ab_new_b.json" ;;
+  gap)
+    run gap_new 40 env MILLION_CUDA_LIB=.carry/attn_trace_new.so python3 benchmarks/trace_decode.py --graph --reps 5 \
+      --out "$W/gap_new.json"
+    run gap_zs 40 env MILLION_CUDA_LIB=.carry/attn_trace_new.so python3 benchmarks/trace_decode.py --graph --reps 5 \
+      --zero-starts --out "$W/gap_zs.json" ;;
+  cache)
+    run t_cache 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
+      tests/test_gpu_eviction.py ;;
+  headcb)
+    run headcb 60 $BENCH --contexts 4096,32768 --batches 1,8 --head-codebooks --out "$W/headcb.json" ;;
+  sweep)
+    run sweep 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json" ;;
+  esac
+done
+echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
