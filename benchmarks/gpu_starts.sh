@@ -3,16 +3,19 @@
 # in front of every call). Stages, each packed to $OUT as it ends (deadline $DEADLINE s):
 #   tests   the GPU attention tests against the library of this commit (.carry/attn_new.so)
 #   ab      bench_decode_cuda.py B=1 and 8, 4K and 32K, every shape, 4 and 2 bits, one process each: --zero-starts (a
-#           zero tensor made in every call: the library's behaviour before) and without; then both again at B=1
-#   gap     trace_decode.py --graph (trace build .carry/attn_trace_new.so): the steady-state timelines with
-#           gap_from_prev, without and with --zero-starts
+#           zero tensor made in every call: the library's behaviour before), without, and the -DPQ_FFMA_EARLY build
+#           (attn_early.so: the FFMA kernel's host-laid tables copied before the wait); the three again at B=1;
+#           this library and attn_early.so at B=1 with --q-op
+#   early_tests  the GPU attention tests against attn_early.so
+#   gap     trace_decode.py --graph (trace builds attn_trace_new.so, attn_trace_early.so): the steady-state timelines
+#           with gap_from_prev; attn_trace_new.so with --zero-starts
 #   cache   the MillionCache, decode-loop and eviction GPU tests against this library
 #   headcb  bench_decode_cuda.py --head-codebooks (one table per KV head, as MillionCache serves) B=1 and 8, 4K and 32K
-#   sweep   bench_decode_cuda.py over 4K-128K, B=1 and 8
+#   sweep   bench_decode_cuda.py over 4K-128K, B=1 and 8, plain and --q-op
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
 # and carried in .carry:
-#   OUT=$OUT STAGES="tests ab gap" bash benchmarks/gpu_starts.sh
+#   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -25,18 +28,29 @@ env_txt
 sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
 T="tests/test_cuda_attention.py"
-for s in ${STAGES:-tests ab gap}; do
+for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
   case $s in
   tests)
     run t_new 110 python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
   ab)
     run ab_zs 60 $BENCH --contexts 4096,32768 --batches 1,8 --zero-starts --out "$W/ab_zs.json"
     run ab_new 60 $BENCH --contexts 4096,32768 --batches 1,8 --out "$W/ab_new.json"
+    run ab_early 60 env MILLION_CUDA_LIB=.carry/attn_early.so $BENCH --contexts 4096,32768 --batches 1,8 \
+      --out "$W/ab_early.json"
     run ab_zs_b 40 $BENCH --contexts 4096,32768 --batches 1 --zero-starts --out "$W/ab_zs_b.json"
-    run ab_new_b 40 $BENCH --contexts 4096,32768 --batches 1 --out "$W/ab_new_b.json" ;;
+    run ab_new_b 40 $BENCH --contexts 4096,32768 --batches 1 --out "$W/ab_new_b.json"
+    run ab_early_b 40 env MILLION_CUDA_LIB=.carry/attn_early.so $BENCH --contexts 4096,32768 --batches 1 \
+      --out "$W/ab_early_b.json"
+    run ab_new_qop 40 $BENCH --contexts 4096,32768 --batches 1 --q-op --out "$W/ab_new_qop.json"
+    run ab_early_qop 40 env MILLION_CUDA_LIB=.carry/attn_early.so $BENCH --contexts 4096,32768 --batches 1 --q-op \
+      --out "$W/ab_early_qop.json" ;;
+  early_tests)
+    run t_early 110 env MILLION_CUDA_LIB=.carry/attn_early.so python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
   gap)
-    run gap_new 40 env MILLION_CUDA_LIB=.carry/attn_trace_new.so python3 benchmarks/trace_decode.py --graph --reps 5 \
-      --out "$W/gap_new.json"
+    for v in new early; do
+      run "gap_$v" 40 env MILLION_CUDA_LIB=.carry/attn_trace_$v.so python3 benchmarks/trace_decode.py --graph --reps 5 \
+        --out "$W/gap_$v.json"
+    done
     run gap_zs 40 env MILLION_CUDA_LIB=.carry/attn_trace_new.so python3 benchmarks/trace_decode.py --graph --reps 5 \
       --zero-starts --out "$W/gap_zs.json" ;;
   cache)
@@ -45,7 +59,8 @@ for s in ${STAGES:-tests ab gap}; do
   headcb)
     run headcb 60 $BENCH --contexts 4096,32768 --batches 1,8 --head-codebooks --out "$W/headcb.json" ;;
   sweep)
-    run sweep 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json" ;;
+    run sweep 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
+    run sweep_qop 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

@@ -344,6 +344,25 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // wait: copied before it (as the tensor-core kernel does), this kernel measured 2-4% slower at MHA 4-bit (H100,
   // 2026-12-06, docs/kernel_notes.md)
   TRACE_P(0);
+  // -DPQ_FFMA_EARLY (A/B builds): host-laid tables outside a cluster are copied before the wait, as the tensor-core
+  // kernel does
+  __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
+  const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
+  constexpr uint32_t TB = 256u * M * sizeof(Entry);
+  bool early = false;
+#ifdef PQ_FFMA_EARLY
+  if constexpr (GB == 1) {
+    uint32_t cs;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(cs));
+    if (a.kind == 2 && cs == 1) {
+      tables_init(bar, 1);
+      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
+                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
+                  smem_addr(tabK), smem_addr(tabV), TB, bar, 0, 1);
+      early = true;
+    }
+  }
+#endif
   pdl_wait_then_trigger();
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
@@ -352,6 +371,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 
   if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
+    if (early) { mbar_wait(bar); mbar_wait(bar + 8); }  // its copies target this block's shared memory
     return;
   }
 
@@ -404,16 +424,15 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
       // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
       // cluster's final barrier.
-      constexpr uint32_t TB = 256u * M * sizeof(Entry);
-      __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
       __shared__ float qs[D];
-      const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
       asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
-      tables_init(bar, csize);
-      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
-                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
-                  smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+      if (!early) {
+        tables_init(bar, csize);
+        tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)hkv * a.kcen_h * 2,
+                    reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
+                    smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+      }
       {
         const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
         for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
