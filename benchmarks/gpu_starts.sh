@@ -12,16 +12,22 @@
 #   cache   the MillionCache, decode-loop and eviction GPU tests against this library
 #   headcb  bench_decode_cuda.py --head-codebooks (one table per KV head, as MillionCache serves) B=1 and 8, 4K and 32K
 #   sweep   bench_decode_cuda.py over 4K-128K, B=1 and 8, plain and --q-op
+#   v2tests, v2ab, v2gap, v2sweep, v2cache: the same for attn_v2.so (attn_trace_v2.so), the FFMA kernel's tables
+#           copied before the wait and early partial grids at one block per SM (MILLION_CUDA_SOLO=1), against
+#           attn_new.so and SOLO=0, and with SOLO=0 / PDL=1 for the back-to-back, graph and no-starts tests
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
 # and carried in .carry:
-#   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep")
+#   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep"
+#                                               or of "v2tests v2ab v2gap v2sweep v2cache")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/starts "${DEADLINE:-540}" .carry/attn_new.so .carry/enc_wg.so
-pack() {
-  pack_lines "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ "
+pack() {  # stages.txt, env.txt and w.tgz only: the device returns a few files
+  grep -E "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ " "$W/$1.txt" | cut -c1-220 | sed 's/^/   /' \
+    >> "$W/stages.txt"
+  cp "$W/stages.txt" "$W/env.txt" "$OUT/" 2>/dev/null
   tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
 }
 env_txt
@@ -61,6 +67,35 @@ for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
   sweep)
     run sweep 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
     run sweep_qop 90 $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
+  v2tests)  # attn_v2.so: the FFMA kernel's tables before the wait, one block per SM for early grids (SOLO)
+    run t_v2 110 env MILLION_CUDA_LIB=.carry/attn_v2.so python3 -m pytest -q -p no:cacheprovider -m gpu $T
+    run t_v2_solo0 60 env MILLION_CUDA_SOLO=0 MILLION_CUDA_LIB=.carry/attn_v2.so python3 -m pytest -q \
+      -p no:cacheprovider -m gpu $T -k "back_to_back or graph or no_starts"
+    run t_v2_pdl1 60 env MILLION_CUDA_PDL=1 MILLION_CUDA_LIB=.carry/attn_v2.so python3 -m pytest -q \
+      -p no:cacheprovider -m gpu $T -k "back_to_back or graph or no_starts" ;;
+  v2ab)  # call 1's library (attn_new.so), attn_v2.so, attn_v2.so with SOLO=0; twice; 4K-32K
+    for r in "" _b; do
+      for e in new v2 v2solo0; do
+        case $e in
+          new) envs="MILLION_CUDA_LIB=.carry/attn_new.so" ;;
+          v2) envs="MILLION_CUDA_LIB=.carry/attn_v2.so" ;;
+          v2solo0) envs="MILLION_CUDA_SOLO=0 MILLION_CUDA_LIB=.carry/attn_v2.so" ;;
+        esac
+        run "v2ab_$e$r" 50 env $envs $BENCH --contexts 4096,16384,32768 --batches 1,8 --out "$W/v2ab_$e$r.json"
+      done
+    done ;;
+  v2gap)
+    run gap_v2 40 env MILLION_CUDA_LIB=.carry/attn_trace_v2.so python3 benchmarks/trace_decode.py --graph --reps 5 \
+      --case mha:1:4:32768 --case mha:1:4:4096 --case mha:1:2:32768 --case gqa:1:4:32768 --case smollm2:1:4:4096 \
+      --case smollm2:8:4:32768 --case mha:8:4:32768 --out "$W/gap_v2.json" ;;
+  v2sweep)
+    run v2sweep 90 env MILLION_CUDA_LIB=.carry/attn_v2.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --out "$W/v2sweep.json"
+    run v2sweep_qop 90 env MILLION_CUDA_LIB=.carry/attn_v2.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --q-op --out "$W/v2sweep_qop.json" ;;
+  v2cache)
+    run t_v2_cache 150 env MILLION_CUDA_LIB=.carry/attn_v2.so python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

@@ -427,7 +427,7 @@ def test_cluster_merge_choice(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("kernel", ["ffma", "mma", "lut", "cmerge"])
+@pytest.mark.parametrize("kernel", ["ffma", "mma", "lut", "cmerge", "mma64"])
 def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch):
     """Programmatic dependent launch (MILLION_CUDA_PDL=2, the default): the partial grid starts while the previous
     kernel runs and copies its tables first. Between calls queued without a synchronization, torch kernels rewrite q,
@@ -441,10 +441,12 @@ def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch)
     monkeypatch.setenv("MILLION_CUDA_CMERGE", "1" if kernel == "cmerge" else "0")
     if kernel == "ffma":
         B, Hq, Hkv, D, bits, T, R = 2, 8, 8, 128, 4, 3000, 64
+    elif kernel == "mma64":  # d=64: blocks that could share an SM (MILLION_CUDA_SOLO pads them to one per SM)
+        B, Hq, Hkv, D, bits, T, R = 2, 9, 3, 64, 4, 3000, 64
     else:
         B, Hq, Hkv, D, bits, T, R = 2, 32, 8, 128, 4, 3000, 64
     dtype = torch.float16
-    over = "mma" if kernel == "cmerge" else kernel
+    over = "mma" if kernel in ("cmerge", "mma64") else kernel
     monkeypatch.delenv("MILLION_CUDA_MMA_WARPS", raising=False)
     states = []
     for seed in range(4):
@@ -514,3 +516,16 @@ def test_no_starts_reads_zero_and_launches_only_the_attention_kernels(kernel, mo
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert names and all("pq_" in n for n in names), names
+
+
+def test_solo_mode_checked(monkeypatch):
+    """CPU: a bad MILLION_CUDA_SOLO is named before the library is looked for."""
+    from million.ops import cuda_attention as ca
+
+    monkeypatch.setenv("MILLION_CUDA_SOLO", "yes")
+    ca._lib.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="MILLION_CUDA_SOLO='yes'"):
+            ca._lib()
+    finally:
+        ca._lib.cache_clear()

@@ -340,17 +340,15 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   Entry* tabV = tabK + 256 * M;
 
   // programmatic dependent launch: waits for the previous kernel (MILLION_CUDA_PDL=2), then lets the merge grid
-  // be scheduled (it waits with griddepcontrol.wait before reading the partials). The tables are copied after the
-  // wait: copied before it (as the tensor-core kernel does), this kernel measured 2-4% slower at MHA 4-bit (H100,
-  // 2026-12-06, docs/kernel_notes.md)
+  // be scheduled (it waits with griddepcontrol.wait before reading the partials). Host-laid tables outside a cluster
+  // are copied before the wait, as the tensor-core kernel does (no kernel of this call writes them): MHA 32K 4-bit
+  // 54.0 -> 53.2 us, 4K 15.9 -> 15.6 (H100, 2026-12-06, docs/kernel_notes.md). Measured 2-4% slower while the
+  // previous kernel was a fill of the starts tensor (before starts=None became a null pointer).
   TRACE_P(0);
-  // -DPQ_FFMA_EARLY (A/B builds): host-laid tables outside a cluster are copied before the wait, as the tensor-core
-  // kernel does
   __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
   const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * M * sizeof(Entry);
   bool early = false;
-#ifdef PQ_FFMA_EARLY
   if constexpr (GB == 1) {
     uint32_t cs;
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(cs));
@@ -362,7 +360,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       early = true;
     }
   }
-#endif
   pdl_wait_then_trigger();
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
@@ -1622,17 +1619,36 @@ static char g_err[512] = "";
 // on the stream runs (the tensor-core kernel copies its tables before it waits for that kernel)
 static int g_pdl = 2;
 static bool partial_pdl(const PQArgs& a) { return g_pdl >= 2 && a.pdl; }
+// MILLION_CUDA_SOLO (default 1): a partial grid launched early (partial_pdl) whose blocks could share an SM (the
+// d=64 tables leave room for 3) but that fits one block per SM asks for half an SM's shared memory per block, so
+// that the next call's blocks, placed while this call's still run, cannot pile onto the free SMs (SmolLM2 shape,
+// B=8, 32K: 59.6 us with piles against 36.9 before the early launch; H100, 2026-12-06, docs/kernel_notes.md)
+static int g_solo = 1;
+
+struct KernelState {  // per kernel instantiation: attributes set, blocks per SM at its own shared memory
+  bool configured = false;
+  int occ = 1, half = 0, sms = 0;
+};
 
 template <typename T, int D>
-static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& configured, const PQArgs& a,
+static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelState& ks, const PQArgs& a,
                     cudaStream_t st) {
-  if (!configured) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (!ks.configured) {
+    int dev = 0, smem_sm = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+    cudaDeviceGetAttribute(&ks.sms, cudaDevAttrMultiProcessorCount, dev);
+    ks.half = smem_sm / 2;
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         smem > ks.half ? smem : ks.half);
+    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ks.occ, kern, nthreads, smem);
     if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 1; }
-    configured = true;
+    ks.configured = true;
   }
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
+    const long long blocks = (long long)a.S * a.Hkv * a.ngroups * a.B;
+    if (g_solo && partial_pdl(a) && ks.occ > 1 && blocks <= ks.sms && smem < ks.half) smem = ks.half;
     if (a.cluster > 1 && a.S % a.cluster) {
       snprintf(g_err, sizeof g_err, "S=%d not a multiple of cluster=%d", a.S, a.cluster);
       return 3;
@@ -1682,14 +1698,14 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, bool& co
 
 template <typename T, int D, int DSUB, int GB, int NW>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
-  static bool configured = false;
+  static KernelState configured;
   return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2, NW * 32, configured, a, st);
 }
 
 // packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
 template <int D, int DSUB, int GB, int NW>
 static int launch_lut(const PQArgs& a, cudaStream_t st) {
-  static bool configured = false;
+  static KernelState configured;
   constexpr int M = D / DSUB;
   return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB), NW * 32, configured,
                              a, st);
@@ -1698,7 +1714,7 @@ static int launch_lut(const PQArgs& a, cudaStream_t st) {
 // tensor-core kernel: two padded tables [256][M * 2*DSUB + 16 bytes]
 template <typename T, int D, int DSUB, int GB, int NW, bool PF>
 static int launch_mma(const PQArgs& a, cudaStream_t st) {
-  static bool configured = false;
+  static KernelState configured;
   constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
   constexpr int tables = 2 * 256 * ROWB, epi = (NW * GB * D + 2 * NW * GB) * 4;
   return launch_k<T, D>(pq_partial_mma_kernel<T, D, DSUB, GB, NW, PF>, tables > epi ? tables : epi, NW * 32,
@@ -1838,6 +1854,8 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (!init) {
     const char* e = getenv("MILLION_CUDA_PDL");
     g_pdl = (e && e[0] >= '0' && e[0] <= '2' && e[1] == 0) ? e[0] - '0' : 2;
+    const char* so = getenv("MILLION_CUDA_SOLO");
+    g_solo = (so && so[0] == '0' && so[1] == 0) ? 0 : 1;
     init = 1;
   }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
