@@ -15,11 +15,13 @@
 #   v2tests, v2ab, v2gap, v2sweep, v2cache: the same for attn_v2.so (attn_trace_v2.so), the FFMA kernel's tables
 #           copied before the wait and early partial grids at one block per SM (MILLION_CUDA_SOLO=1), against
 #           attn_new.so and SOLO=0, and with SOLO=0 / PDL=1 for the back-to-back, graph and no-starts tests
+#   v3      attn_v3.so (the 3/4-of-the-SMs rule for SOLO=1): the tests (and SOLO=2 back to back), SOLO 0 / 1 / 2 at the
+#           SmolLM2 shape B = 1, 2, 4, 8, 4K-32K, twice; the sweeps; the MillionCache, decode-loop and eviction tests
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
 # and carried in .carry:
 #   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep"
-#                                               or of "v2tests v2ab v2gap v2sweep v2cache")
+#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or v3)
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -95,6 +97,24 @@ for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
       --q-op --out "$W/v2sweep_qop.json" ;;
   v2cache)
     run t_v2_cache 150 env MILLION_CUDA_LIB=.carry/attn_v2.so python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py ;;
+  v3)  # attn_v3.so (MILLION_CUDA_SOLO=1 now the 3/4-of-the-SMs rule): tests, SOLO 0 / 1 / 2 at the SmolLM2 shape
+    # (B = 1, 2, 4, 8), twice; the sweeps; the MillionCache, decode-loop and eviction tests
+    run t_v3 110 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu $T
+    run t_v3_solo2 60 env MILLION_CUDA_SOLO=2 MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q \
+      -p no:cacheprovider -m gpu $T -k "back_to_back or graph or no_starts"
+    for r in "" _b; do
+      for m in 0 1 2; do
+        run "solo$m$r" 40 env MILLION_CUDA_SOLO=$m MILLION_CUDA_LIB=.carry/attn_v3.so python3 benchmarks/bench_decode_cuda.py \
+          --skip-check --no-triton --bits 4,2 --shapes smollm2 --contexts 4096,16384,32768 --batches 1,2,4,8 \
+          --out "$W/solo$m$r.json"
+      done
+    done
+    run v3sweep 90 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --out "$W/v3sweep.json"
+    run v3sweep_qop 90 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --q-op --out "$W/v3sweep_qop.json"
+    run t_v3_cache 150 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu \
       tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py ;;
   esac
 done

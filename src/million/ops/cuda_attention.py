@@ -46,9 +46,10 @@ def _lib():
     if pdl is not None and pdl not in ("0", "1", "2"):
         raise ValueError(f"MILLION_CUDA_PDL={pdl!r}: expected 0 (off), 1 (the merge grid) or 2 (the partial grid too)")
     solo = os.environ.get("MILLION_CUDA_SOLO")
-    if solo is not None and solo not in ("0", "1"):
-        raise ValueError(f"MILLION_CUDA_SOLO={solo!r}: expected 1 (an early-launched partial grid that fits one block "
-                         f"per SM takes a whole SM per block, the default) or 0")
+    if solo is not None and solo not in ("0", "1", "2"):
+        raise ValueError(f"MILLION_CUDA_SOLO={solo!r}: expected 0 (never), 1 (the default: an early-launched partial "
+                         f"grid that fits one block per SM and covers more than 3/4 of the SMs takes a whole SM per "
+                         f"block) or 2 (every such grid)")
     path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]

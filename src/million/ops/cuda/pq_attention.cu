@@ -1619,11 +1619,17 @@ static char g_err[512] = "";
 // on the stream runs (the tensor-core kernel copies its tables before it waits for that kernel)
 static int g_pdl = 2;
 static bool partial_pdl(const PQArgs& a) { return g_pdl >= 2 && a.pdl; }
-// MILLION_CUDA_SOLO (default 1): a partial grid launched early (partial_pdl) whose blocks could share an SM (the
-// d=64 tables leave room for 3) but that fits one block per SM asks for half an SM's shared memory per block, so
-// that the next call's blocks, placed while this call's still run, cannot pile onto the free SMs (SmolLM2 shape,
-// B=8, 32K: 59.6 us with piles against 36.9 before the early launch; H100, 2026-12-06, docs/kernel_notes.md)
+// MILLION_CUDA_SOLO: a partial grid launched early (partial_pdl) whose blocks could share an SM (the d=64 tables
+// leave room for 3) but that fits one block per SM may ask for half an SM's shared memory per block, so that the
+// next call's blocks, placed while this call's still run, cannot pile onto the free SMs. 0: never; 2: always; 1
+// (default): where the grid covers more than 3/4 of the SMs. H100, 2026-12-06 (docs/kernel_notes.md), SmolLM2 shape:
+// B=8 (120 blocks) 4K / 16K / 32K 12.7 / 32.8 / 60.1 us without, 10.4 / 20.8 / 35.0 with; B=1 16K (96 blocks) 8.2
+// without, 8.5 with
 static int g_solo = 1;
+static bool solo(long long blocks, int occ, int sms) {
+  if (!g_solo || occ <= 1 || blocks > sms) return false;
+  return g_solo == 2 || 4 * blocks > 3LL * sms;
+}
 
 struct KernelState {  // per kernel instantiation: attributes set, blocks per SM at its own shared memory
   bool configured = false;
@@ -1648,7 +1654,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
     const long long blocks = (long long)a.S * a.Hkv * a.ngroups * a.B;
-    if (g_solo && partial_pdl(a) && ks.occ > 1 && blocks <= ks.sms && smem < ks.half) smem = ks.half;
+    if (partial_pdl(a) && solo(blocks, ks.occ, ks.sms) && smem < ks.half) smem = ks.half;
     if (a.cluster > 1 && a.S % a.cluster) {
       snprintf(g_err, sizeof g_err, "S=%d not a multiple of cluster=%d", a.S, a.cluster);
       return 3;
@@ -1855,7 +1861,7 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
     const char* e = getenv("MILLION_CUDA_PDL");
     g_pdl = (e && e[0] >= '0' && e[0] <= '2' && e[1] == 0) ? e[0] - '0' : 2;
     const char* so = getenv("MILLION_CUDA_SOLO");
-    g_solo = (so && so[0] == '0' && so[1] == 0) ? 0 : 1;
+    g_solo = (so && so[0] >= '0' && so[0] <= '2' && so[1] == 0) ? so[0] - '0' : 1;
     init = 1;
   }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
