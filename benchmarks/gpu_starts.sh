@@ -17,13 +17,15 @@
 #           attn_new.so and SOLO=0, and with SOLO=0 / PDL=1 for the back-to-back, graph and no-starts tests
 #   v3      attn_v3.so (the 3/4-of-the-SMs rule for SOLO=1): the tests (and SOLO=2 back to back), SOLO 0 / 1 / 2 at the
 #           SmolLM2 shape B = 1, 2, 4, 8, 4K-32K, twice; the sweeps; the MillionCache, decode-loop and eviction tests
+#   multi   (nvidia-h100-x2) the every-device test against attn_v3.so and attn_v4.so (kernel attributes per device),
+#           the attention suite against attn_v4.so
 #   short   attn_v3.so at 1K and 2K, B=1 and 8, every shape, plain and --q-op
 #   b32     attn_v3.so at B=32 (every shape, 4K-32K, plain and --q-op); SOLO 1 / 2 at the SmolLM2 shape, B=16 and 32
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
 # and carried in .carry:
 #   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep"
-#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or of "v3 b32 short")
+#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or of "v3 b32 short multi")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -131,6 +133,13 @@ for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
     run short 40 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 1024,2048 --batches 1,8 --out "$W/short.json"
     run short_qop 40 env MILLION_CUDA_LIB=.carry/attn_v3.so $BENCH --contexts 1024,2048 --batches 1,8 --q-op \
       --out "$W/short_qop.json" ;;
+  multi)  # two GPUs: the every-device test against attn_v3.so (kernel attributes set once per process) and attn_v4.so
+    # (once per device), then the attention suite against attn_v4.so
+    run t_multi_v3 60 env MILLION_CUDA_LIB=.carry/attn_v3.so python3 -m pytest -q -p no:cacheprovider -m gpu $T \
+      -k every_device
+    run t_multi_v4 60 env MILLION_CUDA_LIB=.carry/attn_v4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T \
+      -k every_device
+    run t_v4 110 env MILLION_CUDA_LIB=.carry/attn_v4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

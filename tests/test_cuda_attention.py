@@ -529,3 +529,30 @@ def test_solo_mode_checked(monkeypatch):
             ca._lib()
     finally:
         ca._lib.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("kernel", ["ffma", "mma", "lut", "cmerge"])
+def test_every_device(kernel, monkeypatch):
+    """A kernel's shared-memory attribute belongs to one device: calls on the first device, then on every other one
+    (each needs the attribute set on its own device), then on the first again, all match the naive reference."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1" if kernel == "cmerge" else "0")
+    over = "mma" if kernel == "cmerge" else kernel
+    Hq, Hkv = (8, 8) if kernel == "ffma" else (32, 8)
+    base = _make(2, Hq, Hkv, 128, 4, 1500, 32, torch.float16, 1, seed=50)
+    pl = torch.tensor([1500, 600], dtype=torch.int32)
+    rl = torch.tensor([32, 7], dtype=torch.int32)
+    devices = list(range(torch.cuda.device_count())) + [0]
+    for d in devices:
+        dev = torch.device("cuda", d)
+        q, kc, vc, kcen, vcen, kr, vr = (t.to(dev) for t in base)
+        out = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl.to(dev), kr, vr, rl.to(dev), kernel_override=over)
+        assert out.device == dev
+        ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pl.to(dev), kr.float(),
+                                        vr.float(), rl.to(dev))
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)

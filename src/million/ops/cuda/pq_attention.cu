@@ -1631,17 +1631,31 @@ static bool solo(long long blocks, int occ, int sms) {
   return g_solo == 2 || 4 * blocks > 3LL * sms;
 }
 
-struct KernelState {  // per kernel instantiation: attributes set, blocks per SM at its own shared memory
+// per kernel instantiation and device (a function's attributes belong to one device's context: a kernel configured
+// on one GPU is not configured on the next): attributes set, blocks per SM at its own shared memory
+constexpr int MAX_DEVICES = 64;
+struct KernelState {
   bool configured = false;
   int occ = 1, half = 0, sms = 0;
 };
+// the current device's index, or -1 (with g_err set) when it has none or too high an index
+static int current_device() {
+  int dev = -1;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= MAX_DEVICES) {
+    snprintf(g_err, sizeof g_err, "current CUDA device %d: expected 0..%d", dev, MAX_DEVICES - 1);
+    return -1;
+  }
+  return dev;
+}
 
 template <typename T, int D>
-static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelState& ks, const PQArgs& a,
+static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelState* states, const PQArgs& a,
                     cudaStream_t st) {
+  const int dev = current_device();
+  if (dev < 0) return 1;
+  KernelState& ks = states[dev];
   if (!ks.configured) {
-    int dev = 0, smem_sm = 0;
-    cudaGetDevice(&dev);
+    int smem_sm = 0;
     cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
     cudaDeviceGetAttribute(&ks.sms, cudaDevAttrMultiProcessorCount, dev);
     ks.half = smem_sm / 2;
@@ -1704,14 +1718,14 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
 
 template <typename T, int D, int DSUB, int GB, int NW>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
-  static KernelState configured;
+  static KernelState configured[MAX_DEVICES];
   return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2, NW * 32, configured, a, st);
 }
 
 // packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
 template <int D, int DSUB, int GB, int NW>
 static int launch_lut(const PQArgs& a, cudaStream_t st) {
-  static KernelState configured;
+  static KernelState configured[MAX_DEVICES];
   constexpr int M = D / DSUB;
   return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB), NW * 32, configured,
                              a, st);
@@ -1720,7 +1734,7 @@ static int launch_lut(const PQArgs& a, cudaStream_t st) {
 // tensor-core kernel: two padded tables [256][M * 2*DSUB + 16 bytes]
 template <typename T, int D, int DSUB, int GB, int NW, bool PF>
 static int launch_mma(const PQArgs& a, cudaStream_t st) {
-  static KernelState configured;
+  static KernelState configured[MAX_DEVICES];
   constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
   constexpr int tables = 2 * 256 * ROWB, epi = (NW * GB * D + 2 * NW * GB) * 4;
   return launch_k<T, D>(pq_partial_mma_kernel<T, D, DSUB, GB, NW, PF>, tables > epi ? tables : epi, NW * 32,
@@ -1730,7 +1744,10 @@ static int launch_mma(const PQArgs& a, cudaStream_t st) {
 // (the S splits of a head and its merge block; up to 16, the non-portable H100 limit), one launch
 template <typename T, int D, int DSUB, int GB, int NW>
 static int launch_mma_cm(const PQArgs& a, cudaStream_t st) {
-  static bool configured = false;
+  static bool configured_on[MAX_DEVICES] = {};
+  const int dev = current_device();
+  if (dev < 0) return 1;
+  bool& configured = configured_on[dev];
   constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
   constexpr int tables = 2 * 256 * ROWB, epi = cm_slot_off<GB, D, NW>() + cm_slot_bytes<GB, D>();
   constexpr int merge_scratch = (NW / (D / 32)) * ((D / 32) * D + 2 * (D / 32)) * 4;
