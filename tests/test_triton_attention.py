@@ -282,3 +282,14 @@ def test_gpu_cuda_graph_reads_lengths_on_device():
         ref = naive.pq_decode_attention(*[a if a is None else (a.float() if a.is_floating_point() else a)
                                           for a in args])
         assert rel_rms(out.float(), ref) < 3e-3
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_no_starts_is_zero_starts(G, nan_buffers):
+    """starts=None reads 0 for every sequence inside the kernel (no zero tensor made per call): the same output as
+    zero starts, bit for bit, for codes that reach into the residual window too."""
+    args, ref = make_case(2, 2, G, 33, 32, 16, 8, 2, 3, [33, 12], [0, 0], [3, 2], torch.float32, seed=11 + G)
+    zeros = ta.pq_decode_attention(*args)
+    none = ta.pq_decode_attention(*args[:9], None)
+    assert torch.equal(none, zeros)
+    assert rel_rms(none.cpu(), ref) < 1e-5

@@ -118,7 +118,7 @@ def _pq_attn_partial_kernel(
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, M: tl.constexpr, DSUB: tl.constexpr,
     KSP: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr,
     K_LUT: tl.constexpr, USE_DOT: tl.constexpr, IEEE_DOT: tl.constexpr, NUM_STAGES: tl.constexpr,
-    PREFETCH: tl.constexpr, TAU: tl.constexpr, PART: tl.constexpr,
+    PREFETCH: tl.constexpr, TAU: tl.constexpr, PART: tl.constexpr, HAS_STARTS: tl.constexpr = True,
 ):
     # Programs pid_s < S attend to 1/S of the code tokens; program pid_s == S to the residual window.
     # PART (benchmarks only): 0 = full kernel, 1 = score side only, 2 = value side only.
@@ -130,7 +130,10 @@ def _pq_attn_partial_kernel(
     b64 = b.to(tl.int64)  # batch/head offsets of the code tensors can pass 2**31 elements
     hk64 = hk.to(tl.int64)
 
-    start = tl.maximum(tl.load(starts_ptr + b).to(tl.int32), 0)
+    if HAS_STARTS:
+        start = tl.maximum(tl.load(starts_ptr + b).to(tl.int32), 0)
+    else:  # no starts: every sequence starts at 0 (no zero tensor, and no kernel filling one, per call)
+        start = tl.zeros([], dtype=tl.int32)
     end = tl.minimum(tl.load(pq_lens_ptr + b).to(tl.int32), T)
 
     offs_g = tl.arange(0, GP)
@@ -382,8 +385,7 @@ def pq_decode_attention_launch(
     R = k_res.shape[2]
     dev = q.device
     scale = D**-0.5 if scale is None else float(scale)
-    if starts is None:
-        starts = torch.zeros(B, dtype=torch.int32, device=dev)
+    has_starts = starts is not None
     cfg = choose_config(B, Hkv, G, T, D, M, ksub, q.dtype, dev)
     if config:
         cfg.update(config)
@@ -419,7 +421,7 @@ def pq_decode_attention_launch(
     BR = 16 if use_dot else max(1, min(32, 4096 // (GP * D)))
     _pq_attn_partial_kernel[(S + 1, Hkv, B)](
         q, k_codes, v_codes, kcen, vcen, lut, k_res, v_res,
-        pq_lens, res_lens, starts, o_part, lse_part,
+        pq_lens, res_lens, starts if has_starts else pq_lens, o_part, lse_part,
         T, R, S, scale * _LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k_codes.stride(0), k_codes.stride(1), k_codes.stride(2), k_codes.stride(3),
@@ -431,7 +433,7 @@ def pq_decode_attention_launch(
         G=G, GP=gp_kernel, D=D, M=M, DSUB=dsub, KSP=KSP, BT=cfg["BT"], BR=BR,
         K_LUT=cfg["K_LUT"], USE_DOT=use_dot, IEEE_DOT=q.dtype == torch.float32, NUM_STAGES=cfg["NUM_STAGES"],
         PREFETCH=cfg["PREFETCH"],
-        TAU=cfg["TAU"], PART=cfg.get("PART", 0),
+        TAU=cfg["TAU"], PART=cfg.get("PART", 0), HAS_STARTS=has_starts,
         num_warps=cfg["num_warps"],
     )
     _pq_attn_combine_kernel[(B, Hq)](
