@@ -19,13 +19,14 @@
 #           SmolLM2 shape B = 1, 2, 4, 8, 4K-32K, twice; the sweeps; the MillionCache, decode-loop and eviction tests
 #   multi   (nvidia-h100-x2) the every-device test against attn_v3.so and attn_v4.so (kernel attributes per device),
 #           the attention suite against attn_v4.so
+#   triton  the Triton decode kernel's GPU tests
 #   short   attn_v3.so at 1K and 2K, B=1 and 8, every shape, plain and --q-op
 #   b32     attn_v3.so at B=32 (every shape, 4K-32K, plain and --q-op); SOLO 1 / 2 at the SmolLM2 shape, B=16 and 32
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
 # and carried in .carry:
 #   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep"
-#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or of "v3 b32 short multi")
+#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or of "v3 b32 short multi triton")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -140,6 +141,8 @@ for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
     run t_multi_v4 60 env MILLION_CUDA_LIB=.carry/attn_v4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T \
       -k every_device
     run t_v4 110 env MILLION_CUDA_LIB=.carry/attn_v4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
+  triton)  # the Triton decode kernel's GPU tests (starts=None read as 0 in the kernel)
+    run t_triton 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_attention.py ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
