@@ -20,13 +20,15 @@
 #   multi   (nvidia-h100-x2) the every-device test against attn_v3.so and attn_v4.so (kernel attributes per device),
 #           the attention suite against attn_v4.so
 #   triton  the Triton decode kernel's GPU tests
+#   vec4    (not yet run) the -DPQ_LUT_VEC4 build (attn_vec4.so) against attn_v4.so: tests, then MHA and SmolLM2 shapes
+#           B=1 and 8, 4K-32K, two rounds
 #   short   attn_v3.so at 1K and 2K, B=1 and 8, every shape, plain and --q-op
 #   b32     attn_v3.so at B=32 (every shape, 4K-32K, plain and --q-op); SOLO 1 / 2 at the SmolLM2 shape, B=16 and 32
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] src/million/ops/cuda/pq_attention.cu; the encode library with ops/_nvcc.py's FLAGS_SM90A as enc_wg.so)
 # and carried in .carry:
 #   OUT=$OUT bash benchmarks/gpu_starts.sh     ($STAGES: a subset of "tests ab early_tests gap cache headcb sweep"
-#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or of "v3 b32 short multi triton")
+#                                               or of "v2tests v2ab v2gap v2sweep v2cache", or of "v3 b32 short multi triton vec4")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -143,6 +145,15 @@ for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
     run t_v4 110 env MILLION_CUDA_LIB=.carry/attn_v4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
   triton)  # the Triton decode kernel's GPU tests (starts=None read as 0 in the kernel)
     run t_triton 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_attention.py ;;
+  vec4)  # the -DPQ_LUT_VEC4 build (the FFMA kernel's LUT built 4 entries per 16-byte load and store) against this
+    # commit's library (attn_v4.so): the attention tests, then MHA B=1 and 8, 4K-32K, two rounds, one process each
+    run t_vec4 110 env MILLION_CUDA_LIB=.carry/attn_vec4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T
+    for r in "" _b; do
+      for e in v4 vec4; do
+        run "vec4ab_$e$r" 40 env MILLION_CUDA_LIB=.carry/attn_$e.so python3 benchmarks/bench_decode_cuda.py --skip-check \
+          --no-triton --bits 4,2 --shapes mha,smollm2 --contexts 4096,16384,32768 --batches 1,8 --out "$W/vec4ab_$e$r.json"
+      done
+    done ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

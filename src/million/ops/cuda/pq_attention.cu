@@ -121,6 +121,12 @@ template <int M, int DSUB> __device__ __forceinline__ int swz(int m) {
   if (M == 32) return (m >> 2) + 8 * (m & 1) + 16 * ((m >> 1) & 1);
   return (m >> 2) + 4 * (m & 3);  // M == 16
 }
+// the subspace whose entry sits at position p of a row (swz's inverse; dsub 2: M = 64 and M = 32)
+template <int M, int DSUB> __device__ __forceinline__ int swz_inv(int p) {
+  static_assert(DSUB == 2 && (M == 64 || M == 32), "swz_inv: dsub 2, M 64 or 32");
+  if (M == 64) return 4 * (p & 15) + 2 * ((p >> 4) & 1) + ((p >> 5) & 1);
+  return 4 * (p & 7) + (p >> 3);
+}
 template <int M> __device__ __forceinline__ int selh(int h) {
   if (M == 64) return 2 * h;
   if (M == 32) return h;
@@ -459,6 +465,37 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       float qm[DSUB];
 #pragma unroll
       for (int j = 0; j < DSUB; ++j) qm[j] = qs[DSUB * m + j];
+#ifdef PQ_LUT_VEC4
+      // (A/B builds, not yet measured) a thread owns 4 adjacent entries of a row (4 subspaces, their q pairs in
+      // registers): one 16-byte load and one 16-byte store per 4 entries instead of 4 of each
+      if constexpr (DSUB == 2 && NT % (M / 4) == 0 && 256 % (NT / (M / 4)) == 0) {
+        constexpr int CPR = M / 4, RPI = NT / CPR, IT = 256 / RPI;
+        const int p0 = 4 * (tid % CPR), r0 = tid / CPR;
+        float q4[4][2];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int mj = swz_inv<M, DSUB>(p0 + j);
+          q4[j][0] = qs[2 * mj];
+          q4[j][1] = qs[2 * mj + 1];
+        }
+        uint4 ent[IT];
+#pragma unroll
+        for (int u = 0; u < IT; ++u) ent[u] = *reinterpret_cast<const uint4*>(&tabK[(r0 + u * RPI) * M + p0]);
+#pragma unroll
+        for (int u = 0; u < IT; ++u) {
+          const uint32_t w[4] = {ent[u].x, ent[u].y, ent[u].z, ent[u].w};
+          float4 o;
+          float* of = reinterpret_cast<float*>(&o);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            float ef[2];
+            entry_to_float<T, 2>(w[j], ef);
+            of[j] = fmaf(q4[j][1], ef[1], q4[j][0] * ef[0]);
+          }
+          *reinterpret_cast<float4*>(&lut[(r0 + u * RPI) * M + p0]) = o;
+        }
+      } else
+#endif
       if constexpr (DSUB == 2) {  // 4-byte entries, 4-byte LUT floats: in place, each thread its own entries
         constexpr int BATCH = PER < 16 ? PER : 16;
         static_assert(PER % BATCH == 0, "LUT batches");
