@@ -474,14 +474,16 @@ def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch)
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
 
 
-def test_pdl_mode_checked(monkeypatch):
-    """CPU: a bad MILLION_CUDA_PDL is named before the library is looked for."""
+@pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"), ("MILLION_CUDA_SOLO", "3")])
+def test_launch_switch_checked(var, bad, monkeypatch):
+    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO) is named before the library is
+    looked for."""
     from million.ops import cuda_attention as ca
 
-    monkeypatch.setenv("MILLION_CUDA_PDL", "on")
+    monkeypatch.setenv(var, bad)
     ca._lib.cache_clear()
     try:
-        with pytest.raises(ValueError, match="MILLION_CUDA_PDL='on'"):
+        with pytest.raises(ValueError, match=f"{var}='{bad}'"):
             ca._lib()
     finally:
         ca._lib.cache_clear()
@@ -516,19 +518,6 @@ def test_no_starts_reads_zero_and_launches_only_the_attention_kernels(kernel, mo
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert names and all("pq_" in n for n in names), names
-
-
-def test_solo_mode_checked(monkeypatch):
-    """CPU: a bad MILLION_CUDA_SOLO is named before the library is looked for."""
-    from million.ops import cuda_attention as ca
-
-    monkeypatch.setenv("MILLION_CUDA_SOLO", "yes")
-    ca._lib.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="MILLION_CUDA_SOLO='yes'"):
-            ca._lib()
-    finally:
-        ca._lib.cache_clear()
 
 
 @pytest.mark.gpu
