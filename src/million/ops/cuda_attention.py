@@ -428,7 +428,8 @@ def pq_decode_attention(
         cen_stride = kcen[0].numel()  # elements (2 bytes) per centroid head, raw or laid out
         a = _Args(
             q.data_ptr(), k_codes.data_ptr(), v_codes.data_ptr(), kcen.data_ptr(), vcen.data_ptr(),
-            pq_lens.data_ptr(), res_lens.data_ptr(), None if starts is None else starts.data_ptr(), k_res.data_ptr(), v_res.data_ptr(),
+            pq_lens.data_ptr(), res_lens.data_ptr(), None if starts is None else starts.data_ptr(),
+            k_res.data_ptr(), v_res.data_ptr(),
             out.data_ptr(), lse.data_ptr() if lse is not None else None, o_part.data_ptr(), lse_part.data_ptr(),
             *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,

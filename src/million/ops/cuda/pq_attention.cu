@@ -1699,7 +1699,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          smem > ks.half ? smem : ks.half);
     if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ks.occ, kern, nthreads, smem);
-    if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "cudaFuncSetAttribute: %s", cudaGetErrorString(e)); return 1; }
+    if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "kernel set-up: %s", cudaGetErrorString(e)); return 1; }
     ks.configured = true;
   }
   if (a.B > 0 && a.Hq > 0) {
