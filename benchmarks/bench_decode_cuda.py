@@ -211,7 +211,8 @@ def bench(dev, contexts, batches, shapes, bits_list, triton=True, warps=(), dtyp
                             os.environ["MILLION_CUDA_CMERGE"] = saved
                     t_tri = bench_graph(ta.pq_decode_attention, copies) if triton else float("nan")
                     n_tab = Hkv if head_codebooks else 1
-                    floor_us = (code_bytes + n_tab * 2 * M * 256 * (D // M) * 2 + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
+                    table_bytes = n_tab * 2 * M * 256 * (D // M) * 2
+                    floor_us = (code_bytes + table_bytes + 2 * B * Hkv * rv * D * 2) / 3.0e12 * 1e6
                     row = dict(shape=name, B=B, context=ctx, bits=bits, sdpa_us=t_sdpa, cuda_us=t_cuda,
                                triton_us=t_tri, x_sdpa=t_sdpa / t_cuda, triton_x_sdpa=t_sdpa / t_tri,
                                floor_us_at_3TBps=floor_us, warps_us=var, q_op=q_op, zero_starts=zero_starts,

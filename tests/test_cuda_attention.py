@@ -474,7 +474,8 @@ def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch)
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"), ("MILLION_CUDA_SOLO", "3")])
+@pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"),
+                                      ("MILLION_CUDA_SOLO", "3")])
 def test_launch_switch_checked(var, bad, monkeypatch):
     """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO) is named before the library is
     looked for."""

@@ -118,5 +118,6 @@ def test_zero_starts_wrapper_appends_a_new_zero_tensor_per_call():
     q = torch.ones(3, 4, 8)
     call = bench.with_zero_starts(fn)
     assert call(q, 7) == 7 and call(q, 8) == 8
-    assert [s.dtype for s in seen] == [torch.int32] * 2 and all(torch.equal(s, torch.zeros(3, dtype=torch.int32)) for s in seen)
+    assert [s.dtype for s in seen] == [torch.int32] * 2
+    assert all(torch.equal(s, torch.zeros(3, dtype=torch.int32)) for s in seen)
     assert seen[0] is not seen[1]
