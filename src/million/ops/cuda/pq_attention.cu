@@ -766,7 +766,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   uint2* lut = reinterpret_cast<uint2*>(smem);                          // [256][M] x 4 fp16
   VEntry* tabV = reinterpret_cast<VEntry*>(smem + 256 * M * sizeof(uint2));
 
+  TRACE_P(0);
   pdl_wait_then_trigger();
+  TRACE_P(1);  // (this kernel loads its tables after the wait: slot 1 is the wait's return)
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -783,6 +785,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   const uint8_t* vbase = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + 4 * i;
   const int nchunks = (hi - lo + 31) / 32;
   uint32_t kw[NS], vw[NS];
+  TRACE_INFO(nchunks);
 
   auto load = [&](int c, const uint8_t* base, uint32_t* d) {
     const int t0 = lo + c * 32 + h;
@@ -895,6 +898,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     baseV[bb] = smem_addr(tabV) + swz<M, DSUB>(m) * (uint32_t)sizeof(VEntry);
   }
   __syncthreads();
+  TRACE_P(2);  // LUT built, V table in
+  TRACE_P(3);
 
   float m_run[GB], l_run[GB], acc[4][GB][DSUB];
 #pragma unroll
@@ -1027,6 +1032,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
         }
   }
 
+  TRACE_W(warp);
   // ---- epilogue (as pq_partial_kernel) ----
   float accc[4][GB][DSUB];
 #pragma unroll
@@ -1054,6 +1060,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     for (int o = 16; o >= 1; o >>= 1) l_run[g] += __shfl_xor_sync(FULL, l_run[g], o);
 
   __syncthreads();
+  TRACE_P(4);
   float* red = reinterpret_cast<float*>(smem);  // [NW][GB][D]
   float* wm = red + NW * GB * D;
   float* wl = wm + NW * GB;
@@ -1071,6 +1078,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   }
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
+  TRACE_P(5);
 }
 
 // ---------------------------------------------------------------------------------------------
