@@ -58,9 +58,10 @@ def million_attention_forward(module, query, key, value, attention_mask, dropout
         B, Hq, q_len, D = query.shape
         if q_len != 1:
             raise ValueError(f"PQ decode attention takes one query token, got {q_len}")
-        if st.static or attention_mask is None or st.code_starts is not None:
+        if st.static or attention_mask is None or st.code_starts is not None or not _reads_starts(st):
             # static steps carry their padding starts (a mask made during capture is stale); so do caches that
-            # evict (their mask no longer lines up with the kept tokens)
+            # evict (their mask no longer lines up with the kept tokens). A step that attends from the cache's own
+            # code starts (sinks, or sinks folded into the window) does not read them: no kernels spent on the mask
             starts = st.starts
         else:
             starts = _starts_from_mask(attention_mask, B, query.device)
@@ -116,6 +117,12 @@ def _prefill_with_lse(module, query, key, value, attention_mask, dropout, scalin
             continue
         return out.transpose(1, 2).contiguous(), lse.reshape(B, Hq, -1)[:, :, :C].float(), kernel
     return None
+
+
+def _reads_starts(st) -> bool:
+    """Whether :func:`_pq_attention` reads the ``starts`` it is given (otherwise the codes start where the cache says:
+    ``st.code_from`` with sinks, folded or apart, ``st.code_starts`` with eviction)."""
+    return st.k_folded is None and st.sink_length == 0 and st.code_starts is None
 
 
 def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False):
