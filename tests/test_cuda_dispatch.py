@@ -35,9 +35,20 @@ def test_kernel_overrides(monkeypatch):
     assert ca.choose_kernel(f16, 1, 128, 64) == ("mma", 16)
     with pytest.raises(ValueError, match="'fast'.*expected one of"):
         ca.choose_kernel(f16, 4, 128, 64, "fast")
-    monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", "10")
-    with pytest.raises(ValueError, match="MILLION_CUDA_MMA_WARPS=10: expected 8, 12 or 16"):
-        ca.choose_kernel(f16, 4, 128, 64)
+    for bad in ("10", "eight"):
+        monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", bad)
+        with pytest.raises(ValueError, match=f"MILLION_CUDA_MMA_WARPS='{bad}': expected one of 8, 12, 16"):
+            ca.choose_kernel(f16, 4, 128, 64)
+
+
+@pytest.mark.parametrize("bad", ["9", "0", "two"])
+def test_cluster_setting_checked(bad, monkeypatch):
+    """A bad MILLION_CUDA_CLUSTER (table multicast over clusters of splits, 1-8) is named, not read as a stray int."""
+    monkeypatch.setenv("MILLION_CUDA_CLUSTER", bad)
+    with pytest.raises(ValueError, match=f"MILLION_CUDA_CLUSTER='{bad}': expected one of 1, 2, 3, 4, 5, 6, 7, 8"):
+        ca._env_int("MILLION_CUDA_CLUSTER", "1", ca.CLUSTER_SIZES)
+    monkeypatch.setenv("MILLION_CUDA_CLUSTER", "4")
+    assert ca._env_int("MILLION_CUDA_CLUSTER", "1", ca.CLUSTER_SIZES) == 4
 
 
 @pytest.mark.parametrize("M,dsub", [(64, 2), (32, 4), (32, 2), (16, 4)])

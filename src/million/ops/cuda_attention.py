@@ -265,6 +265,17 @@ def supports_centroids(c: torch.Tensor) -> bool:
     return c.dim() == 4 and c.shape[2] == 256 and c.shape[3] in (2, 4) and c.shape[1] * c.shape[3] in (64, 128)
 
 
+def _env_int(name: str, default: str, allowed: tuple[str, ...]) -> int:
+    """``$name`` (or ``default``) as an int, after checking it is one of ``allowed``; a bad value is named."""
+    v = os.environ.get(name, default)
+    if v not in allowed:
+        raise ValueError(f"{name}={v!r}: expected one of {', '.join(allowed)}")
+    return int(v)
+
+
+CLUSTER_SIZES = tuple(str(c) for c in range(1, 9))  # $MILLION_CUDA_CLUSTER: blocks per table-sharing cluster (opt-in)
+
+
 def _cluster(S: int, limit: int = 8) -> tuple[int, int]:
     """(S, C): splits rounded down to a multiple of the cluster size C (a power of two <= min(limit, 8, S))."""
     C = 1
@@ -301,9 +312,7 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
-    mma_warps = int(os.environ.get("MILLION_CUDA_MMA_WARPS", "8"))
-    if mma_warps not in (8, 12, 16):
-        raise ValueError(f"MILLION_CUDA_MMA_WARPS={mma_warps}: expected 8, 12 or 16")
+    mma_warps = _env_int("MILLION_CUDA_MMA_WARPS", "8", ("8", "12", "16"))
     if kind == "mma":
         return "mma", mma_warps
     nw = lut_warps(q_dtype, GB, D, M)
@@ -413,7 +422,7 @@ def pq_decode_attention(
     if kind == "mma":
         kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
     if kcode in (1, 2):
-        want = int(os.environ.get("MILLION_CUDA_CLUSTER", "1"))
+        want = _env_int("MILLION_CUDA_CLUSTER", "1", CLUSTER_SIZES)
         if want > 1:  # opt-in: clusters of splits multicast the tables (measured slower on the H100)
             S, C = _cluster(S, want)
     cm = cluster_merge(kind, nw, C)
