@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ._env import env_choice
 from ._nvcc import CudaLibrary
 
 _SRC = Path(__file__).with_name("cuda") / "pq_attention.cu"
@@ -42,14 +43,11 @@ class _Args(ctypes.Structure):
 
 @functools.lru_cache(maxsize=None)
 def _lib():
-    pdl = os.environ.get("MILLION_CUDA_PDL")
-    if pdl is not None and pdl not in ("0", "1", "2"):
-        raise ValueError(f"MILLION_CUDA_PDL={pdl!r}: expected 0 (off), 1 (the merge grid) or 2 (the partial grid too)")
-    solo = os.environ.get("MILLION_CUDA_SOLO")
-    if solo is not None and solo not in ("0", "1", "2"):
-        raise ValueError(f"MILLION_CUDA_SOLO={solo!r}: expected 0 (never), 1 (the default: an early-launched partial "
-                         f"grid that fits one block per SM and covers more than 3/4 of the SMs takes a whole SM per "
-                         f"block) or 2 (every such grid)")
+    # (read by the library itself; checked here so that a bad value is named)
+    env_choice("MILLION_CUDA_PDL", "2", ("0", "1", "2"), "0 (off), 1 (the merge grid) or 2 (the partial grid too)")
+    env_choice("MILLION_CUDA_SOLO", "1", ("0", "1", "2"),
+               "0 (never), 1 (the default: an early-launched partial grid that fits one block per SM and covers more "
+               "than 3/4 of the SMs takes a whole SM per block) or 2 (every such grid)")
     path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
@@ -254,10 +252,7 @@ def prepare_tables(k_centroids: torch.Tensor, v_centroids: torch.Tensor) -> None
 def ffma_bulk() -> bool:
     """Whether the FFMA kernel (one query head per block) reads host-laid tables by bulk copy
     (``$MILLION_CUDA_FFMA_BULK``, default 1; 0 = the per-thread prologue, for A/B timing)."""
-    v = os.environ.get("MILLION_CUDA_FFMA_BULK", "1")
-    if v not in ("0", "1"):
-        raise ValueError(f"MILLION_CUDA_FFMA_BULK={v!r}: expected 0 or 1")
-    return v == "1"
+    return env_choice("MILLION_CUDA_FFMA_BULK", "1", ("0", "1"), "0 or 1") == "1"
 
 
 def supports_centroids(c: torch.Tensor) -> bool:
@@ -267,10 +262,7 @@ def supports_centroids(c: torch.Tensor) -> bool:
 
 def _env_int(name: str, default: str, allowed: tuple[str, ...]) -> int:
     """``$name`` (or ``default``) as an int, after checking it is one of ``allowed``; a bad value is named."""
-    v = os.environ.get(name, default)
-    if v not in allowed:
-        raise ValueError(f"{name}={v!r}: expected one of {', '.join(allowed)}")
-    return int(v)
+    return int(env_choice(name, default, allowed))
 
 
 CLUSTER_SIZES = tuple(str(c) for c in range(1, 9))  # $MILLION_CUDA_CLUSTER: blocks per table-sharing cluster (opt-in)

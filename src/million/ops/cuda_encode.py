@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ._env import env_setting as _env_setting
 from ._nvcc import FLAGS, FLAGS_SM90A, CudaLibrary
 
 _SRC = Path(__file__).with_name("cuda") / "pq_encode.cu"
@@ -123,19 +124,6 @@ def _dropped(cc, cp, clo, chi, unb_lo, unb_hi, tol):
         free |= unb_hi[None, :, None, None, d] & (a < eps)
     scale = nc[..., None] + ncp[:, :, None, :] + 2 * box * (amax_c[..., None] + amax_p[:, :, None, :])
     return ((g > tol * scale) & ~free).any(-1)
-
-
-def _env_setting(name: str, default: str, cast, ok, expected: str):
-    """The environment setting ``name`` (``default`` when unset) as ``cast`` of it; a clear error when it does not
-    parse or ``ok`` refuses it."""
-    v = os.environ.get(name, default)
-    try:
-        x = cast(v)
-    except ValueError:
-        x = None
-    if x is None or not ok(x):
-        raise ValueError(f"{name}={v!r}: expected {expected}")
-    return x
 
 
 def grid_q() -> float:
