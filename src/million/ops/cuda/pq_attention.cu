@@ -1670,6 +1670,11 @@ static bool partial_pdl(const PQArgs& a) { return g_pdl >= 2 && a.pdl; }
 // (default): where the grid covers more than 3/4 of the SMs. H100, 2026-12-06 (docs/kernel_notes.md), SmolLM2 shape:
 // B=8 (120 blocks) 4K / 16K / 32K 12.7 / 32.8 / 60.1 us without, 10.4 / 20.8 / 35.0 with; B=1 16K (96 blocks) 8.2
 // without, 8.5 with
+// a one-digit environment setting 0..hi, or def when unset or anything else (the Python side names bad values)
+static int env_digit(const char* name, int hi, int def) {
+  const char* e = getenv(name);
+  return (e && e[0] >= '0' && e[0] <= '0' + hi && e[1] == 0) ? e[0] - '0' : def;
+}
 static int g_solo = 1;
 static bool solo(long long blocks, int occ, int sms) {
   if (!g_solo || occ <= 1 || blocks > sms) return false;
@@ -1920,10 +1925,8 @@ int million_pq_trace_clear() {
 int million_pq_decode_attention(const PQArgs* a, void* stream) {
   static int init = 0;
   if (!init) {
-    const char* e = getenv("MILLION_CUDA_PDL");
-    g_pdl = (e && e[0] >= '0' && e[0] <= '2' && e[1] == 0) ? e[0] - '0' : 2;
-    const char* so = getenv("MILLION_CUDA_SOLO");
-    g_solo = (so && so[0] >= '0' && so[0] <= '2' && so[1] == 0) ? so[0] - '0' : 1;
+    g_pdl = env_digit("MILLION_CUDA_PDL", 2, 2);
+    g_solo = env_digit("MILLION_CUDA_SOLO", 2, 1);
     init = 1;
   }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
