@@ -22,12 +22,7 @@
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/pdl "${DEADLINE:-560}" .carry/attn_pdl_lut.so .carry/enc_wg.so
-pack() {
-  grep -E "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ |^ *(fp16static|pq)" "$W/$1.txt" | cut -c1-200 \
-    | sed 's/^/   /' >> "$W/stages.txt"
-  cp "$W/stages.txt" "$W/env.txt" "$OUT/" 2>/dev/null
-  tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
-}
+pack() { pack_tgz "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ |^ *(fp16static|pq)"; }
 env_txt
 sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"

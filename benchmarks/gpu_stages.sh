@@ -1,4 +1,4 @@
-# Stage helpers shared by the one-call GPU scripts (gpu_h200.sh, gpu_e2e.sh, gpu_prefill.sh, gpu_verify.sh,
+# Stage helpers shared by the one-call GPU scripts (gpu_h200.sh, gpu_e2e.sh, gpu_prefill.sh, gpu_verify.sh, gpu_starts.sh,
 # gpu_grid_frame.sh, gpu_defaults.sh, gpu_encode_wg.sh, gpu_encode_staged.sh). `run` needs T0, DEADLINE, W and a function
 # pack (called as `pack NAME` after each stage, NAME the stage just run); gpu_setup sets the first three.
 # gpu_setup W DEADLINE ATTN_LIB ENC_LIB: the defaults of $W, $DEADLINE and of the carried libraries ($ATTN_LIB,
@@ -38,4 +38,11 @@ run() {
 pack_lines() {
   if [ -n "$2" ]; then grep -E "$2" "$W/$1.txt" | cut -c1-220; else tail -8 "$W/$1.txt"; fi | sed 's/^/   /' >> "$W/stages.txt"
   cp "$W"/stages.txt "$W"/env.txt "$OUT"/ 2>/dev/null; cp "$W"/*.json "$OUT"/ 2>/dev/null
+}
+# pack_tgz NAME PATTERN: the lines of stage NAME's output that match PATTERN into the summary, then only stages.txt,
+# env.txt and w.tgz (every output and JSON of $W) to $OUT: the device tool returns at most 8 files
+pack_tgz() {
+  grep -E "$2" "$W/$1.txt" | cut -c1-220 | sed 's/^/   /' >> "$W/stages.txt"
+  cp "$W/stages.txt" "$W/env.txt" "$OUT/" 2>/dev/null
+  tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
 }

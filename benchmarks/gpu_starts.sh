@@ -33,12 +33,7 @@
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/starts "${DEADLINE:-540}" .carry/attn_new.so .carry/enc_wg.so
-pack() {  # stages.txt, env.txt and w.tgz only: the device returns a few files
-  grep -E "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ " "$W/$1.txt" | cut -c1-220 | sed 's/^/   /' \
-    >> "$W/stages.txt"
-  cp "$W/stages.txt" "$W/env.txt" "$OUT/" 2>/dev/null
-  tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
-}
+pack() { pack_tgz "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ "; }
 env_txt
 sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
