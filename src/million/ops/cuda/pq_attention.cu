@@ -34,6 +34,8 @@ struct PQArgs {
   const int* pq_lens; const int* res_lens;
   const int* starts;                  // each sequence's first valid position; nullptr: 0 for every sequence
   const void* kres; const void* vres; void* out; float* lse_out; float* o_part; float* lse_part;
+  int* done;                          // per (batch, query head) partials written so far, zero between calls, or
+                                      // nullptr: the merge waits for the whole partial grid (see signal_heads)
   long long sq_b, sq_h, sq_d;
   long long sk_b, sk_h, sk_t;
   long long sv_b, sv_h, sv_t;
@@ -218,6 +220,25 @@ template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs
   r.prow = ((long long)r.b * a.Hq + r.hq0) * a.S + split;
   return r;
 }
+// per-head completion (a.done, MILLION_CUDA_HEADWAIT=1): once a partial block's rows are written, it adds 1 to the
+// counter of each of its GB query heads; the head's merge block waits for S there instead of griddepcontrol.wait (the
+// end of the whole partial grid), then zeroes it for the next call. Every thread fences its own writes before the
+// barrier, the counting threads fence again (release), and the merge reads the partials through L2 (__ldcg) after an
+// acquire load. Called by every thread of the block, at every exit that wrote a partial row.
+__device__ __forceinline__ void signal_heads(const PQArgs& a, int b, int hq0, int gb) {
+  if (!a.done) return;
+  __threadfence();
+  __syncthreads();
+  if ((int)threadIdx.x < gb) {
+    __threadfence();
+    atomicAdd(a.done + (long long)b * a.Hq + hq0 + threadIdx.x, 1);
+  }
+}
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
 // an empty split: zero output, lse -inf (the merge gives it weight 0)
 template <int GB, int D, int NT> __device__ __forceinline__ void write_empty_partial(const PQArgs& a, long long prow) {
   const int tid = threadIdx.x;
@@ -375,6 +396,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
     if (early) { mbar_wait(bar); mbar_wait(bar + 8); }  // its copies target this block's shared memory
+    signal_heads(a, b, hq0, GB);
     return;
   }
 
@@ -451,6 +473,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       }
       if (lo >= hi) {  // an empty split of a cluster: its part of the copies is done
         write_empty_partial<GB, D, NT>(a, prow);
+        signal_heads(a, b, hq0, GB);
         if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
         return;
       }
@@ -733,6 +756,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
   TRACE_P(5);
+  signal_heads(a, b, hq0, GB);
   if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
@@ -776,6 +800,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
 
   if (lo >= hi) {
     write_empty_partial<GB, D, NT>(a, prow);
+    signal_heads(a, b, hq0, GB);
     return;
   }
 
@@ -1079,6 +1104,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
   TRACE_P(5);
+  signal_heads(a, b, hq0, GB);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1276,15 +1302,34 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   residual_window<T, D, NWM>(a, b, hq, tid, true, wacc, wm, wl, mx, den, o);
   TRACE_M(1);
-  // everything above (q, residual window) is independent of the partial kernel; wait for it here
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  TRACE_M(2);
+  // everything above (q, residual window) is independent of the partial kernel; wait for it here: for the whole
+  // partial grid, or (a.done) for this head's S partials only
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
+  if (a.done) {
+    if (tid == 0) {
+      int* ctr = a.done + row;
+      unsigned long long t0;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+      for (int n = 1; ld_acquire_gpu(ctr) < S; ++n) {
+        __nanosleep(32);
+        if ((n & 1023) == 0) {  // a partial that never signals is a bug: fail the launch, do not hang
+          unsigned long long t1;
+          asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
+          if (t1 - t0 > 20000000000ull) __trap();
+        }
+      }
+      *ctr = 0;  // no partial block of the next call counts before this grid has ended (its griddepcontrol.wait)
+    }
+    __syncthreads();
+  } else {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+  }
+  TRACE_M(2);
   const float* lp = a.lse_part + row * S;
   const float* op = a.o_part + row * S * D + tid;
-  merge_partials(S, [&](int s) { return lp[s]; }, [&](int s) { return tid < D ? op[(long long)s * D] : 0.f; },
-                 mx, den, o);
+  merge_partials(S, [&](int s) { return __ldcg(lp + s); },
+                 [&](int s) { return tid < D ? __ldcg(op + (long long)s * D) : 0.f; }, mx, den, o);
   write_output<T, D>(a, b, hq, tid, tid == 0, mx, den, o);
   TRACE_M_END();
 }
@@ -1421,6 +1466,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster: leaves after its copies landed
     write_empty_partial<GB, D, NT>(a, prow);
     wait_tables();
+    signal_heads(a, b, hq0, GB);
     return;
   }
   auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
@@ -1433,6 +1479,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   if (lo >= hi) {  // (in a cluster: its copies target this block's shared memory, wait for them)
     write_empty_partial<GB, D, NT>(a, prow);
     wait_tables();
+    signal_heads(a, b, hq0, GB);
     cluster_done();
     cluster_exit();
     return;
@@ -1645,6 +1692,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   merge_warps<GB, D, NW>(a, red, wm, wl, prow, cm_slot);
   TRACE_P(5);
   if constexpr (CM) cm_split_done();
+  else signal_heads(a, b, hq0, GB);
   cluster_exit();
 }
 
@@ -1759,7 +1807,12 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     cudaError_t le = cudaLaunchKernelEx(&cfg, pq_merge_kernel<T, D>, a);
-    if (le != cudaSuccess) { snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le)); return 2; }
+    if (le != cudaSuccess) {
+      // the partial grid counted its heads: zero them, or the next call's merge would start on stale partials
+      if (a.done) cudaMemsetAsync(a.done, 0, sizeof(int) * (size_t)a.B * a.Hq, st);
+      snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le));
+      return 2;
+    }
   }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
@@ -1894,7 +1947,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 8; }
+int million_pq_abi_version() { return 9; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
