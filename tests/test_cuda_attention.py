@@ -214,6 +214,45 @@ def test_lut_kernel_matches_naive(case, warps):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("warps", [8, 12, 16])
+@pytest.mark.parametrize("case", range(len(LUT_CASES)))
+def test_lut_kernel_bulk_tables(case, warps, monkeypatch):
+    """``MILLION_CUDA_LUT_BULK=1``: the packed-LUT kernel copies the host-laid tables before its wait and builds the
+    LUT from the copied K centroids. Against the naive twin (NaN-poisoned, default and 3 splits), and bit for bit
+    the output and lse of the per-thread prologue (the same fp16 arithmetic per entry), at several split counts."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "1")
+    _check_poisoned(ca, LUT_CASES[case], torch.float16, 100 + case, kernel_override="lut", num_warps_override=warps)
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = LUT_CASES[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=200 + case)
+    args = (q, kc, vc, kcen, vcen, torch.tensor(pl, dtype=torch.int32, device="cuda"), kr, vr,
+            torch.tensor(rl, dtype=torch.int32, device="cuda"), torch.tensor(st, dtype=torch.int32, device="cuda"))
+    for splits in (None, 1, 5, 64):
+        got = []
+        for bulk in ("0", "1"):
+            monkeypatch.setenv("MILLION_CUDA_LUT_BULK", bulk)
+            got.append(ca.pq_decode_attention(*args, return_lse=True, num_splits_override=splits,
+                                              kernel_override="lut", num_warps_override=warps))
+        torch.testing.assert_close(got[1][0], got[0][0], atol=0, rtol=0)
+        torch.testing.assert_close(got[1][1], got[0][1], atol=0, rtol=0)
+
+
+def test_lut_bulk_switch_checked(monkeypatch):
+    """CPU: a bad ``MILLION_CUDA_LUT_BULK`` is named."""
+    from million.ops import cuda_attention as ca
+
+    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "yes")
+    with pytest.raises(ValueError, match="MILLION_CUDA_LUT_BULK='yes'"):
+        ca.lut_bulk()
+    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "1")
+    assert ca.lut_bulk()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_lut_kernel_large_scores():
     """Peaked attention (scores of tens in log2 units): fp16 LUT rounding stays inside tolerance."""
     from million.ops import cuda_attention as ca
@@ -475,10 +514,10 @@ def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch)
 
 
 @pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"),
-                                      ("MILLION_CUDA_SOLO", "3"), ("MILLION_CUDA_HEADWAIT", "2")])
+                                      ("MILLION_CUDA_SOLO", "3")])
 def test_launch_switch_checked(var, bad, monkeypatch):
-    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO, MILLION_CUDA_HEADWAIT) is named
-    before the library is looked for."""
+    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO) is named before the library is
+    looked for."""
     from million.ops import cuda_attention as ca
 
     monkeypatch.setenv(var, bad)
@@ -546,52 +585,3 @@ def test_every_device(kernel, monkeypatch):
         ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pl.to(dev), kr.float(),
                                         vr.float(), rl.to(dev))
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("kernel", ["ffma", "ffma_cluster", "mma", "mma16", "lut", "cmerge"])
-def test_head_wait_equals_grid_wait(kernel, monkeypatch):
-    """``MILLION_CUDA_HEADWAIT=1``: each merge block waits for its own head's partials (counters per (batch, query
-    head)) instead of the whole partial grid. At odd shapes, with empty splits (64 splits of short lengths), the
-    output and lse equal those of the grid wait bit for bit and match the naive reference, calls of other shapes
-    follow on the same stream, and every counter is back at zero after the calls."""
-    from million.ops import cuda_attention as ca
-
-    if not ca.available():
-        pytest.skip("CUDA kernel library not available")
-    over = {"ffma_cluster": "ffma", "mma16": "mma", "cmerge": "mma"}.get(kernel, kernel)
-    monkeypatch.setenv("MILLION_CUDA_CMERGE", "1" if kernel == "cmerge" else "0")
-    if kernel == "ffma_cluster":
-        monkeypatch.setenv("MILLION_CUDA_CLUSTER", "2")
-        monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "1")
-    warps = 16 if kernel == "mma16" else None
-    cases = [c for c in (CASES if over == "ffma" else LUT_CASES) if c[0] > 1] + [CASES[0]]
-    for n, case in enumerate(cases):
-        B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = case
-        if over == "lut" and D != 128:
-            continue
-        q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=60 + n)
-        args = (q, kc, vc, kcen, vcen, torch.tensor(pl, dtype=torch.int32, device="cuda"), kr, vr,
-                torch.tensor(rl, dtype=torch.int32, device="cuda"), torch.tensor(st, dtype=torch.int32, device="cuda"))
-        ref, ref_lse = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), args[5], kr.float(),
-                                                 vr.float(), args[8], args[9], return_lse=True)
-        fin = torch.isfinite(ref_lse)
-        for splits in (None, 64):
-            got = {}
-            for mode in ("0", "1", "1"):
-                monkeypatch.setenv("MILLION_CUDA_HEADWAIT", mode)
-                got.setdefault(mode, []).append(ca.pq_decode_attention(
-                    *args, return_lse=True, num_splits_override=splits, kernel_override=over,
-                    num_warps_override=warps))
-            torch.cuda.synchronize()
-            (o0, l0), = got["0"]
-            for o1, l1 in got["1"]:
-                torch.testing.assert_close(o1, o0, atol=0, rtol=0)
-                torch.testing.assert_close(l1, l0, atol=0, rtol=0)
-            torch.testing.assert_close(o0.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
-            torch.testing.assert_close(l0[fin], ref_lse[fin], atol=2e-3, rtol=0)
-    counters = list(ca._DONE.values())
-    if kernel == "cmerge":  # the cluster merge keeps its partials in shared memory: no counters
-        return
-    assert counters and all(int(c.abs().sum()) == 0 for c in counters)

@@ -33,7 +33,7 @@ _LOG2E = 1.4426950408889634
 class _Args(ctypes.Structure):
     _fields_ = [(n, ctypes.c_void_p) for n in (
         "q", "kc", "vc", "kcen", "vcen", "pq_lens", "res_lens", "starts", "kres", "vres", "out",
-        "lse_out", "o_part", "lse_part", "done")] + [(n, ctypes.c_longlong) for n in (
+        "lse_out", "o_part", "lse_part")] + [(n, ctypes.c_longlong) for n in (
         "sq_b", "sq_h", "sq_d", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "kcen_h", "vcen_h",
         "skr_b", "skr_h", "skr_t", "svr_b", "svr_h", "svr_t", "so_b", "so_h", "so_d")] + [(n, ctypes.c_int) for n in (
         "B", "Hq", "Hkv", "T", "R", "D", "M", "S", "dtype", "GB", "ngroups", "num_warps", "kind", "cluster",
@@ -48,7 +48,6 @@ def _lib():
     env_choice("MILLION_CUDA_SOLO", "1", ("0", "1", "2"),
                "0 (never), 1 (the default: an early-launched partial grid that fits one block per SM and covers more "
                "than 3/4 of the SMs takes a whole SM per block) or 2 (every such grid)")
-    head_wait()
     path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
@@ -58,36 +57,6 @@ def _lib():
     if lib.million_pq_args_size() != ctypes.sizeof(_Args):
         raise RuntimeError(f"{path}: argument struct size mismatch (stale library?)")
     return lib
-
-
-def head_wait() -> bool:
-    """Whether each merge block waits for its own head's partials (``$MILLION_CUDA_HEADWAIT=1``: a counter per
-    (batch, query head) that the partial blocks count up and the merge block zeroes) instead of the end of the whole
-    partial grid (``0``, the default)."""
-    return env_choice("MILLION_CUDA_HEADWAIT", "0", ("0", "1"),
-                      "0 (the merge waits for the whole partial grid) or 1 (for its own head's partials)") == "1"
-
-
-# per-head counters of MILLION_CUDA_HEADWAIT=1, per (device, stream): int32 zeros between calls (each merge block zeroes
-# its head's), so the calls of one stream share them; a buffer that grew stays alive (a captured CUDA graph keeps the
-# pointer of its capture)
-_DONE: dict = {}
-_DONE_OLD: list = []
-
-
-def _done_counters(dev: torch.device, n: int) -> torch.Tensor | None:
-    """A zeroed int32 buffer of at least ``n`` counters for the current stream, or None where none can be made now
-    (growing it while a CUDA graph is being captured: that call's merge then waits for the whole partial grid)."""
-    key = (dev.index, torch.cuda.current_stream(dev).cuda_stream)
-    buf = _DONE.get(key)
-    if buf is None or buf.numel() < n:
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        if buf is not None:
-            _DONE_OLD.append(buf)
-        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=dev)
-        _DONE[key] = buf
-    return buf
 
 
 def available() -> bool:
@@ -286,6 +255,13 @@ def ffma_bulk() -> bool:
     return env_choice("MILLION_CUDA_FFMA_BULK", "1", ("0", "1"), "0 or 1") == "1"
 
 
+def lut_bulk() -> bool:
+    """Whether the packed-LUT kernel (fp16 GQA) reads the FFMA kernel's host-laid tables by bulk copies issued before
+    it waits for the previous kernel, and builds its LUT from the copied K centroids (``$MILLION_CUDA_LUT_BULK=1``),
+    or loads both tables from global memory after the wait (``0``, the default)."""
+    return env_choice("MILLION_CUDA_LUT_BULK", "0", ("0", "1"), "0 or 1") == "1"
+
+
 def supports_centroids(c: torch.Tensor) -> bool:
     """Whether centroids of this shape can feed the tensor-core kernel (ksub 256, dsub 2 or 4, d 64 or 128)."""
     return c.dim() == 4 and c.shape[2] == 256 and c.shape[3] in (2, 4) and c.shape[1] * c.shape[3] in (64, 128)
@@ -442,6 +418,8 @@ def pq_decode_attention(
     kcode = 1 if kind == "mma" else 0
     if kind == "ffma" and GB == 1 and ffma_bulk():
         kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 2
+    if kind == "lut" and lut_bulk():
+        kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 3
     if kind == "mma":
         kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
     if kcode in (1, 2):
@@ -456,7 +434,6 @@ def pq_decode_attention(
     # partials go through global memory only without the cluster merge
     o_part = torch.empty(B, Hq, 0 if cm else S, D, dtype=torch.float32, device=dev)
     lse_part = torch.empty(B, Hq, 0 if cm else S, dtype=torch.float32, device=dev)
-    done = _done_counters(dev, B * Hq) if not cm and B * Hq > 0 and head_wait() else None
     if B > 0 and Hq > 0:
         cen_stride = kcen[0].numel()  # elements (2 bytes) per centroid head, raw or laid out
         a = _Args(
@@ -464,7 +441,6 @@ def pq_decode_attention(
             pq_lens.data_ptr(), res_lens.data_ptr(), None if starts is None else starts.data_ptr(),
             k_res.data_ptr(), v_res.data_ptr(),
             out.data_ptr(), lse.data_ptr() if lse is not None else None, o_part.data_ptr(), lse_part.data_ptr(),
-            None if done is None else done.data_ptr(),
             *q.stride(), *k_codes.stride()[:3], *v_codes.stride()[:3],
             cen_stride if kcen.shape[0] > 1 else 0, cen_stride if vcen.shape[0] > 1 else 0,
             *k_res.stride()[:3], *v_res.stride()[:3], *out.stride(),

@@ -34,8 +34,6 @@ struct PQArgs {
   const int* pq_lens; const int* res_lens;
   const int* starts;                  // each sequence's first valid position; nullptr: 0 for every sequence
   const void* kres; const void* vres; void* out; float* lse_out; float* o_part; float* lse_part;
-  int* done;                          // per (batch, query head) partials written so far, zero between calls, or
-                                      // nullptr: the merge waits for the whole partial grid (see signal_heads)
   long long sq_b, sq_h, sq_d;
   long long sk_b, sk_h, sk_t;
   long long sv_b, sv_h, sv_t;
@@ -44,7 +42,8 @@ struct PQArgs {
   long long svr_b, svr_h, svr_t;
   long long so_b, so_h, so_d;
   int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel,
-  // 2: FFMA kernel (GB 1) with host-laid tables (cuda_attention.ffma_tables) fetched by bulk copy
+  // 2: FFMA kernel (GB 1) with host-laid tables (cuda_attention.ffma_tables) fetched by bulk copy; 3: packed-LUT
+  // kernel with the same host-laid tables, fetched by bulk copy
   int cmerge;  // 1: one launch, the S splits of a head and a merge block form a cluster (tensor-core kernel)
   int pdl;     // 1: the partial grid may start before the previous kernel on the stream ends (its tables, which no
                // kernel of this call wrote, are copied before griddepcontrol.wait); the launcher passes 0 when it
@@ -123,11 +122,13 @@ template <int M, int DSUB> __device__ __forceinline__ int swz(int m) {
   if (M == 32) return (m >> 2) + 8 * (m & 1) + 16 * ((m >> 1) & 1);
   return (m >> 2) + 4 * (m & 3);  // M == 16
 }
-// the subspace whose entry sits at position p of a row (swz's inverse; dsub 2: M = 64 and M = 32)
+// the subspace whose entry sits at position p of a row (swz's inverse)
 template <int M, int DSUB> __device__ __forceinline__ int swz_inv(int p) {
-  static_assert(DSUB == 2 && (M == 64 || M == 32), "swz_inv: dsub 2, M 64 or 32");
+  static_assert(M == 64 || M == 32 || M == 16, "swz_inv: M 64, 32 or 16");
   if (M == 64) return 4 * (p & 15) + 2 * ((p >> 4) & 1) + ((p >> 5) & 1);
-  return 4 * (p & 7) + (p >> 3);
+  if (M == 32 && DSUB == 2) return 4 * (p & 7) + (p >> 3);
+  if (M == 32) return 4 * (p & 7) + 2 * ((p >> 4) & 1) + ((p >> 3) & 1);
+  return 4 * (p & 3) + (p >> 2);  // M == 16
 }
 template <int M> __device__ __forceinline__ int selh(int h) {
   if (M == 64) return 2 * h;
@@ -219,25 +220,6 @@ template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs
   r.hi = min(r.lo + per, end);
   r.prow = ((long long)r.b * a.Hq + r.hq0) * a.S + split;
   return r;
-}
-// per-head completion (a.done, MILLION_CUDA_HEADWAIT=1): once a partial block's rows are written, it adds 1 to the
-// counter of each of its GB query heads; the head's merge block waits for S there instead of griddepcontrol.wait (the
-// end of the whole partial grid), then zeroes it for the next call. Every thread fences its own writes before the
-// barrier, the counting threads fence again (release), and the merge reads the partials through L2 (__ldcg) after an
-// acquire load. Called by every thread of the block, at every exit that wrote a partial row.
-__device__ __forceinline__ void signal_heads(const PQArgs& a, int b, int hq0, int gb) {
-  if (!a.done) return;
-  __threadfence();
-  __syncthreads();
-  if ((int)threadIdx.x < gb) {
-    __threadfence();
-    atomicAdd(a.done + (long long)b * a.Hq + hq0 + threadIdx.x, 1);
-  }
-}
-__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
 }
 // an empty split: zero output, lse -inf (the merge gives it weight 0)
 template <int GB, int D, int NT> __device__ __forceinline__ void write_empty_partial(const PQArgs& a, long long prow) {
@@ -396,7 +378,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
     if (early) { mbar_wait(bar); mbar_wait(bar + 8); }  // its copies target this block's shared memory
-    signal_heads(a, b, hq0, GB);
     return;
   }
 
@@ -473,7 +454,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       }
       if (lo >= hi) {  // an empty split of a cluster: its part of the copies is done
         write_empty_partial<GB, D, NT>(a, prow);
-        signal_heads(a, b, hq0, GB);
         if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
         return;
       }
@@ -756,7 +736,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
   TRACE_P(5);
-  signal_heads(a, b, hq0, GB);
   if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
@@ -791,8 +770,23 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   VEntry* tabV = reinterpret_cast<VEntry*>(smem + 256 * M * sizeof(uint2));
 
   TRACE_P(0);
+  // a.kind == 3: both tables laid out on the host as the FFMA kernel's (cuda_attention.ffma_tables: entry (k, m) at
+  // k*M + swz(m)) arrive by bulk copies issued before the wait, as in the other two kernels: the V table at its place,
+  // the K centroids at the end of the LUT's bytes, where the LUT is then built from them after the wait (q is needed).
+  // Otherwise every thread loads its share of both tables from global memory after the wait.
+  __shared__ __align__(8) uint64_t tbar[2];  // K table, V table
+  const uint32_t bar = smem_addr(&tbar[0]);
+  constexpr uint32_t LUTB = 256u * M * sizeof(uint2), TB = 256u * M * sizeof(VEntry);
+  static_assert(TB <= LUTB, "K table inside the LUT's bytes");
+  const bool bulk = a.kind == 3;
+  if (bulk) {
+    tables_init(bar, 1);
+    tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
+                reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
+                smem_addr(smem) + LUTB - TB, smem_addr(tabV), TB, bar, 0, 1);
+  }
   pdl_wait_then_trigger();
-  TRACE_P(1);  // (this kernel loads its tables after the wait: slot 1 is the wait's return)
+  TRACE_P(1);  // (the wait's return: without bulk copies this kernel loads its tables after it)
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -800,7 +794,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
 
   if (lo >= hi) {
     write_empty_partial<GB, D, NT>(a, prow);
-    signal_heads(a, b, hq0, GB);
+    if (bulk) { mbar_wait(bar); mbar_wait(bar + 8); }  // its copies target this block's shared memory
     return;
   }
 
@@ -830,7 +824,70 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   int c = warp;
   if (c < nchunks) { load(c, kbase, kw); load(c, vbase, vw); }
   // ---- prologue: packed fp16 LUT (K) and V centroid table -> shared memory ----
-  {
+  // scaled q of subspace m, head pairs packed as half2: an entry's GB scores are DSUB packed HFMA2 per pair of heads
+  // (products and sums in fp16, like the stored entry)
+  auto q_pairs = [&](int m, __half2 (&qh2)[DSUB][2]) {
+    const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
+#pragma unroll
+    for (int j = 0; j < DSUB; ++j)
+#pragma unroll
+      for (int gp = 0; gp < 2; ++gp) {
+        float v2[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int g = 2 * gp + e;
+          v2[e] = g < GB ? Cvt<T>::f(qh[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2
+                         : 0.f;
+        }
+        qh2[j][gp] = __floats2half2_rn(v2[0], v2[1]);
+      }
+  };
+  // the GB packed scores of one centroid entry
+  auto lut_entry = [&](const VEntry& ent, const __half2 (&qh2)[DSUB][2]) {
+    __half2 cb[DSUB];  // centroid element j broadcast to both halves
+    if constexpr (DSUB == 2) {
+      const __half2 x = *reinterpret_cast<const __half2*>(&ent);
+      cb[0] = __low2half2(x); cb[1] = __high2half2(x);
+    } else {
+      const __half2 x = *reinterpret_cast<const __half2*>(&ent.x);
+      const __half2 y = *reinterpret_cast<const __half2*>(&ent.y);
+      cb[0] = __low2half2(x); cb[1] = __high2half2(x); cb[2] = __low2half2(y); cb[3] = __high2half2(y);
+    }
+    __half2 sg[2];
+#pragma unroll
+    for (int gp = 0; gp < 2; ++gp) {
+      if (gp == 1 && GB <= 2) { sg[1] = __float2half2_rn(0.f); continue; }
+      sg[gp] = __hmul2(qh2[0][gp], cb[0]);
+#pragma unroll
+      for (int j = 1; j < DSUB; ++j) sg[gp] = __hfma2(qh2[j][gp], cb[j], sg[gp]);
+    }
+    uint2 e;
+    e.x = *reinterpret_cast<uint32_t*>(&sg[0]);
+    e.y = *reinterpret_cast<uint32_t*>(&sg[1]);
+    return e;
+  };
+  if (bulk) {
+    // NT is a multiple of M, so a thread keeps one table column p (subspace m) and its q pairs in registers; every
+    // thread reads all its K entries (they share their bytes with the LUT's second half) before any LUT store
+    constexpr int NE = 256 * M, PER = (NE + NT - 1) / NT;
+    static_assert(NT % M == 0, "LUT build: one column per thread");
+    const int p = tid % M, m = swz_inv<M, DSUB>(p), slot = swz8<M>(m);
+    __half2 qh2[DSUB][2];
+    q_pairs(m, qh2);
+    const VEntry* tk = reinterpret_cast<const VEntry*>(smem + LUTB - TB);
+    VEntry ent[PER];
+    mbar_wait(bar);
+#pragma unroll
+    for (int u = 0; u < PER; ++u)
+      if (tid + u * NT < NE) ent[u] = tk[tid + u * NT];
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < PER; ++u) {
+      const int e = tid + u * NT;
+      if (e < NE) lut[(e / M) * M + slot] = lut_entry(ent[u], qh2);
+    }
+    mbar_wait(bar + 8);
+  } else {
     const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
     const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
     constexpr int VEC = 16 / (DSUB * 2);
@@ -1104,7 +1161,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   __syncthreads();
   merge_warps<GB, D, NW>(a, red, wm, wl, prow);
   TRACE_P(5);
-  signal_heads(a, b, hq0, GB);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1302,34 +1358,15 @@ __global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   residual_window<T, D, NWM>(a, b, hq, tid, true, wacc, wm, wl, mx, den, o);
   TRACE_M(1);
-  // everything above (q, residual window) is independent of the partial kernel; wait for it here: for the whole
-  // partial grid, or (a.done) for this head's S partials only
+  // everything above (q, residual window) is independent of the partial kernel; wait for it here
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  TRACE_M(2);
   const int S = a.S;
   const long long row = (long long)b * a.Hq + hq;
-  if (a.done) {
-    if (tid == 0) {
-      int* ctr = a.done + row;
-      unsigned long long t0;
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-      for (int n = 1; ld_acquire_gpu(ctr) < S; ++n) {
-        __nanosleep(32);
-        if ((n & 1023) == 0) {  // a partial that never signals is a bug: fail the launch, do not hang
-          unsigned long long t1;
-          asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
-          if (t1 - t0 > 20000000000ull) __trap();
-        }
-      }
-      *ctr = 0;  // no partial block of the next call counts before this grid has ended (its griddepcontrol.wait)
-    }
-    __syncthreads();
-  } else {
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-  }
-  TRACE_M(2);
   const float* lp = a.lse_part + row * S;
   const float* op = a.o_part + row * S * D + tid;
-  merge_partials(S, [&](int s) { return __ldcg(lp + s); },
-                 [&](int s) { return tid < D ? __ldcg(op + (long long)s * D) : 0.f; }, mx, den, o);
+  merge_partials(S, [&](int s) { return lp[s]; }, [&](int s) { return tid < D ? op[(long long)s * D] : 0.f; },
+                 mx, den, o);
   write_output<T, D>(a, b, hq, tid, tid == 0, mx, den, o);
   TRACE_M_END();
 }
@@ -1466,7 +1503,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   if (lo >= hi && a.cluster <= 1) {  // an empty split outside a cluster: leaves after its copies landed
     write_empty_partial<GB, D, NT>(a, prow);
     wait_tables();
-    signal_heads(a, b, hq0, GB);
     return;
   }
   auto cluster_done = [&]() {  // after the tables arrived everywhere: arrive now, wait before exit
@@ -1479,7 +1515,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   if (lo >= hi) {  // (in a cluster: its copies target this block's shared memory, wait for them)
     write_empty_partial<GB, D, NT>(a, prow);
     wait_tables();
-    signal_heads(a, b, hq0, GB);
     cluster_done();
     cluster_exit();
     return;
@@ -1692,7 +1727,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   merge_warps<GB, D, NW>(a, red, wm, wl, prow, cm_slot);
   TRACE_P(5);
   if constexpr (CM) cm_split_done();
-  else signal_heads(a, b, hq0, GB);
   cluster_exit();
 }
 
@@ -1807,12 +1841,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     cudaError_t le = cudaLaunchKernelEx(&cfg, pq_merge_kernel<T, D>, a);
-    if (le != cudaSuccess) {
-      // the partial grid counted its heads: zero them, or the next call's merge would start on stale partials
-      if (a.done) cudaMemsetAsync(a.done, 0, sizeof(int) * (size_t)a.B * a.Hq, st);
-      snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le));
-      return 2;
-    }
+    if (le != cudaSuccess) { snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le)); return 2; }
   }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "launch: %s", cudaGetErrorString(e)); return 2; }
@@ -1947,7 +1976,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 9; }
+int million_pq_abi_version() { return 8; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
