@@ -9,19 +9,23 @@ from million.ops import cuda_attention as ca
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
-    for v in ("MILLION_CUDA_KERNEL", "MILLION_CUDA_MMA_WARPS", "MILLION_CUDA_CLUSTER"):
+    for v in ("MILLION_CUDA_KERNEL", "MILLION_CUDA_MMA_WARPS", "MILLION_CUDA_CLUSTER", "MILLION_CUDA_LUT_BULK"):
         monkeypatch.delenv(v, raising=False)
 
 
-def test_kernel_choice_per_shape():
+def test_kernel_choice_per_shape(monkeypatch):
     f16, bf16 = torch.float16, torch.bfloat16
     assert ca.choose_kernel(f16, 1, 128, 64) == ("ffma", 0)  # MHA
     assert ca.choose_kernel(bf16, 1, 64, 16) == ("ffma", 0)
     assert ca.choose_kernel(f16, 4, 128, 64, work=32768) == ("mma", 8)  # GQA 4-bit, small work
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("lut", 16)  # GQA 4-bit, large work
-    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 8)  # GQA 2-bit
+    assert ca.choose_kernel(f16, 4, 128, 32, work=32768) == ("mma", 8)  # GQA 2-bit, small work
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("lut", 12)  # GQA 2-bit, large work: bulk-copied LUT
     assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 8)  # SmolLM2 shape
     assert ca.choose_kernel(bf16, 4, 128, 64, work=1 << 20) == ("mma", 8)  # bf16 GQA: no LUT kernel
+    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # LUT tables loaded after the wait: 2 bits stay on tensor cores
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 8)
+    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("lut", 16)
 
 
 def test_kernel_overrides(monkeypatch):

@@ -257,9 +257,11 @@ def ffma_bulk() -> bool:
 
 def lut_bulk() -> bool:
     """Whether the packed-LUT kernel (fp16 GQA) reads the FFMA kernel's host-laid tables by bulk copies issued before
-    it waits for the previous kernel, and builds its LUT from the copied K centroids (``$MILLION_CUDA_LUT_BULK=1``),
-    or loads both tables from global memory after the wait (``0``, the default)."""
-    return env_choice("MILLION_CUDA_LUT_BULK", "0", ("0", "1"), "0 or 1") == "1"
+    it waits for the previous kernel, and builds its LUT from the copied K centroids (``$MILLION_CUDA_LUT_BULK=1``, the
+    default), or loads both tables from global memory after the wait (``0``). H100, 2026-12-06 (docs/kernel_notes.md):
+    faster at every GQA cell measured, 4K-32K, B=1 and 8, 4 and 2 bits (B=1 32K 4-bit 33.8 -> 30.3 us, B=8 32K 2-bit
+    115.1 -> 111.3)."""
+    return env_choice("MILLION_CUDA_LUT_BULK", "1", ("0", "1"), "0 or 1") == "1"
 
 
 def supports_centroids(c: torch.Tensor) -> bool:
@@ -306,8 +308,9 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
     one of ``ffma`` (float32 LUT / K-centroid FFMA kernel), ``lut`` (packed fp16 LUT, fp16 GQA only),
     ``mma`` (tensor-core kernel: gathered centroids as mma.sync fragments); ``auto`` the measured
-    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA except fp16 4-bit
-    at d=128 from 2^17 tokens of ``work`` (batch x code capacity), where the packed LUT is faster."""
+    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA except fp16 at d=128 from
+    2^17 tokens of ``work`` (batch x code capacity), where the packed LUT is faster (at 2 bits only with its tables
+    copied before the wait, :func:`lut_bulk`)."""
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
@@ -325,8 +328,10 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     # bits, 25.7 vs 29.8 at 2 bits; SmolLM2 shape 4K 8.5 vs 9.9); at 4 bits and d=128 from 2^17 tokens
     # of work the packed LUT is ahead (B=8 32K 142.8 vs 154.0 us, B=1 131K 81.7 vs 83.5), at 2 bits the
     # tensor-core kernel stays ahead (B=8 32K 127.3 vs 133.3). bf16 GQA (no LUT kernel): tensor-core kernel
-    # (B=1 32K 31.1 vs 42.7 us on the FFMA kernel, B=8 32K 153.9 vs 229.0).
-    if GB >= 2 and (not nw or D // M == 4 or work < 1 << 17):
+    # (B=1 32K 31.1 vs 42.7 us on the FFMA kernel, B=8 32K 153.9 vs 229.0). With the LUT kernel's tables copied
+    # before its wait (H100, 2026-12-06) it passes the tensor-core kernel at 2 bits too from 2^17 tokens: B=8 16K
+    # 63.3 vs 68.3 us, 32K 111.3 vs 125.8; below (B=1 32K 26.5 vs 23.9, B=8 4K 26.9 vs 25.0) it stays behind.
+    if GB >= 2 and (not nw or work < 1 << 17 or (D // M == 4 and not lut_bulk())):
         return "mma", mma_warps
     return ("lut", nw) if nw else ("ffma", 0)
 

@@ -468,37 +468,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       float qm[DSUB];
 #pragma unroll
       for (int j = 0; j < DSUB; ++j) qm[j] = qs[DSUB * m + j];
-#ifdef PQ_LUT_VEC4
-      // (A/B builds, not yet measured) a thread owns 4 adjacent entries of a row (4 subspaces, their q pairs in
-      // registers): one 16-byte load and one 16-byte store per 4 entries instead of 4 of each
-      if constexpr (DSUB == 2 && NT % (M / 4) == 0 && 256 % (NT / (M / 4)) == 0) {
-        constexpr int CPR = M / 4, RPI = NT / CPR, IT = 256 / RPI;
-        const int p0 = 4 * (tid % CPR), r0 = tid / CPR;
-        float q4[4][2];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int mj = swz_inv<M, DSUB>(p0 + j);
-          q4[j][0] = qs[2 * mj];
-          q4[j][1] = qs[2 * mj + 1];
-        }
-        uint4 ent[IT];
-#pragma unroll
-        for (int u = 0; u < IT; ++u) ent[u] = *reinterpret_cast<const uint4*>(&tabK[(r0 + u * RPI) * M + p0]);
-#pragma unroll
-        for (int u = 0; u < IT; ++u) {
-          const uint32_t w[4] = {ent[u].x, ent[u].y, ent[u].z, ent[u].w};
-          float4 o;
-          float* of = reinterpret_cast<float*>(&o);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            float ef[2];
-            entry_to_float<T, 2>(w[j], ef);
-            of[j] = fmaf(q4[j][1], ef[1], q4[j][0] * ef[0]);
-          }
-          *reinterpret_cast<float4*>(&lut[(r0 + u * RPI) * M + p0]) = o;
-        }
-      } else
-#endif
       if constexpr (DSUB == 2) {  // 4-byte entries, 4-byte LUT floats: in place, each thread its own entries
         constexpr int BATCH = PER < 16 ? PER : 16;
         static_assert(PER % BATCH == 0, "LUT batches");
@@ -886,7 +855,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
       const int e = tid + u * NT;
       if (e < NE) lut[(e / M) * M + slot] = lut_entry(ent[u], qh2);
     }
-    mbar_wait(bar + 8);
+    // (the V table is waited for at each warp's first value step: its copy lands while the first scores run)
   } else {
     const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
     const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
@@ -980,8 +949,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     baseV[bb] = smem_addr(tabV) + swz<M, DSUB>(m) * (uint32_t)sizeof(VEntry);
   }
   __syncthreads();
-  TRACE_P(2);  // LUT built, V table in
+  TRACE_P(2);  // LUT built (and, without bulk copies, the V table in)
   TRACE_P(3);
+  bool v_pending = bulk;
 
   float m_run[GB], l_run[GB], acc[4][GB][DSUB];
 #pragma unroll
@@ -1069,6 +1039,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
           p2[u][gp] = *reinterpret_cast<const uint32_t*>(&hp);
         }
     }
+    if (v_pending) {  // this warp's first value step: the V table's bulk copy must have landed
+      mbar_wait(bar + 8);
+      v_pending = false;
+    }
     // ---- values: fp16 accumulation over this chunk's tokens, then float32. Each head's p is broadcast
     // to both halves once per step and multiplies the centroid entry as stored (x = dims j, j+1), so
     // hacc[bb][g][jj] holds head g's dims 2jj, 2jj+1: no per-lookup broadcast of centroid halves ----
@@ -1115,6 +1089,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   }
 
   TRACE_W(warp);
+  if (v_pending) mbar_wait(bar + 8);  // a warp without chunks: no copy may still target this block when it leaves
   // ---- epilogue (as pq_partial_kernel) ----
   float accc[4][GB][DSUB];
 #pragma unroll
