@@ -10,10 +10,18 @@
 #   vec4    attn_vec4.so (-DPQ_LUT_VEC4 of 5acfcaf) against attn_v4.so (afd6a02: the same kernels without it), MHA B=1
 #           and 8, 4K-32K, two rounds; then the attention tests against attn_vec4.so
 #   tests0  the GPU attention tests against attn_lb.so with LUT_BULK=0
-#   sweep   the default dispatch and the bulk LUT kernel over 4K-128K, GQA, B=1 and 8, plain and --q-op
+#   vtests  (call 3) the GPU attention tests against $LIB (default attn_lv.so: 2c3fb74, the bulk LUT kernel waits for
+#           its V table at each warp's first value step; call 4: attn_lb.so, the final kernels) with this commit's defaults
+#   vab     attn_lb.so (V table waited for before the loop) against attn_lv.so, the LUT kernel at GQA B=1 and 8,
+#           4K-32K, 4 and 2 bits, and the default dispatch of attn_lv.so; twice
+#   vtrace  trace_decode.py --graph (attn_lv_trace.so), the LUT kernel at GQA B=1 4K and 32K
+#   cache   the MillionCache, decode-loop and eviction GPU tests against $LIB
+#   sweep   the default dispatch of $LIB over 4K-128K, every shape, B=1 and 8, plain and --q-op
+#   ncu     an Nsight Compute summary of the bulk LUT kernel at GQA B=1 32K 4-bit (launch statistics, warp states)
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] -o .carry/attn_lb[_trace].so src/million/ops/cuda/pq_attention.cu) and carried in .carry:
-#   OUT=$OUT bash benchmarks/gpu_lutbulk.sh     ($STAGES: a subset of "tests ab trace vec4 tests0 sweep")
+#   OUT=$OUT bash benchmarks/gpu_lutbulk.sh     ($STAGES: a subset of "tests ab trace vec4 tests0", call 2 (07:58 UTC),
+#                                                or of "vtests vab vtrace cache sweep")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -23,6 +31,7 @@ env_txt
 sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 T="tests/test_cuda_attention.py"
+L=${LIB:-.carry/attn_lv.so}
 for s in ${STAGES:-tests ab trace vec4 tests0}; do
   case $s in
   tests)
@@ -51,12 +60,33 @@ for s in ${STAGES:-tests ab trace vec4 tests0}; do
     run t_vec4 150 env MILLION_CUDA_LIB=.carry/attn_vec4.so python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
   tests0)
     run t_lb0 150 env MILLION_CUDA_LUT_BULK=0 python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
+  vtests)
+    run t_lv 150 env MILLION_CUDA_LIB=$L python3 -m pytest -q -p no:cacheprovider -m gpu $T ;;
+  vab)
+    for r in "" _b; do
+      for e in lb lv; do
+        run "vab_$e$r" 50 env MILLION_CUDA_LIB=.carry/attn_$e.so MILLION_CUDA_KERNEL=lut $B --shapes gqa \
+          --contexts 4096,16384,32768 --batches 1,8 --out "$W/vab_$e$r.json"
+      done
+      run "vab_auto$r" 50 env MILLION_CUDA_LIB=.carry/attn_lv.so $B --shapes gqa --contexts 4096,16384,32768 \
+        --batches 1,8 --out "$W/vab_auto$r.json"
+    done ;;
+  vtrace)
+    run tr_lv 30 env MILLION_CUDA_KERNEL=lut MILLION_CUDA_LIB=.carry/attn_lv_trace.so python3 benchmarks/trace_decode.py \
+      --graph --reps 5 --case gqa:1:4:32768 --case gqa:1:2:32768 --case gqa:1:4:4096 --out "$W/tr_lv.json" ;;
+  cache)
+    run t_cache 150 env MILLION_CUDA_LIB=$L python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/test_gpu_cache.py tests/test_gpu_decode.py tests/test_gpu_eviction.py ;;
   sweep)
-    run sweep_auto 90 $B --shapes gqa --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep_auto.json"
-    run sweep_lut1 90 env MILLION_CUDA_KERNEL=lut MILLION_CUDA_LUT_BULK=1 $B --shapes gqa --contexts 4096,16384,32768,131072 \
-      --batches 1,8 --out "$W/sweep_lut1.json"
-    run sweep_lut1_qop 90 env MILLION_CUDA_KERNEL=lut MILLION_CUDA_LUT_BULK=1 $B --shapes gqa \
-      --contexts 4096,16384,32768,131072 --batches 1,8 --q-op --out "$W/sweep_lut1_qop.json" ;;
+    run sweep 90 env MILLION_CUDA_LIB=$L $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 \
+      --out "$W/sweep.json"
+    run sweep_qop 90 env MILLION_CUDA_LIB=$L $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 \
+      --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
+  ncu)
+    run ncu_lut 90 env MILLION_CUDA_LIB=$L MILLION_CUDA_KERNEL=lut MILLION_CUDA_PDL=0 ncu --clock-control none \
+      -k regex:pq_partial_lut --launch-skip 1 --launch-count 1 --section SpeedOfLight --section SchedulerStats \
+      --section WarpStateStats --section Occupancy --section LaunchStats --section InstructionStats \
+      --section MemoryWorkloadAnalysis python3 benchmarks/ncu_decode.py gqa:32768 ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

@@ -855,7 +855,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
       const int e = tid + u * NT;
       if (e < NE) lut[(e / M) * M + slot] = lut_entry(ent[u], qh2);
     }
-    // (the V table is waited for at each warp's first value step: its copy lands while the first scores run)
+    mbar_wait(bar + 8);
   } else {
     const T* kcen = reinterpret_cast<const T*>(a.kcen) + (long long)hkv * a.kcen_h;
     const T* vcen = reinterpret_cast<const T*>(a.vcen) + (long long)hkv * a.vcen_h;
@@ -949,9 +949,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     baseV[bb] = smem_addr(tabV) + swz<M, DSUB>(m) * (uint32_t)sizeof(VEntry);
   }
   __syncthreads();
-  TRACE_P(2);  // LUT built (and, without bulk copies, the V table in)
+  TRACE_P(2);  // LUT built, V table in
   TRACE_P(3);
-  bool v_pending = bulk;
 
   float m_run[GB], l_run[GB], acc[4][GB][DSUB];
 #pragma unroll
@@ -1039,10 +1038,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
           p2[u][gp] = *reinterpret_cast<const uint32_t*>(&hp);
         }
     }
-    if (v_pending) {  // this warp's first value step: the V table's bulk copy must have landed
-      mbar_wait(bar + 8);
-      v_pending = false;
-    }
     // ---- values: fp16 accumulation over this chunk's tokens, then float32. Each head's p is broadcast
     // to both halves once per step and multiplies the centroid entry as stored (x = dims j, j+1), so
     // hacc[bb][g][jj] holds head g's dims 2jj, 2jj+1: no per-lookup broadcast of centroid halves ----
@@ -1089,7 +1084,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   }
 
   TRACE_W(warp);
-  if (v_pending) mbar_wait(bar + 8);  // a warp without chunks: no copy may still target this block when it leaves
   // ---- epilogue (as pq_partial_kernel) ----
   float accc[4][GB][DSUB];
 #pragma unroll
