@@ -17,6 +17,8 @@
 #   vtrace  trace_decode.py --graph (attn_lv_trace.so), the LUT kernel at GQA B=1 4K and 32K
 #   cache   the MillionCache, decode-loop and eviction GPU tests against $LIB
 #   sweep   the default dispatch of $LIB over 4K-128K, every shape, B=1 and 8, plain and --q-op
+#   ab128   the LUT kernel with LUT_BULK 0 and 1 at GQA B=1 and 8, 128K, 4 and 2 bits; twice
+#   lsplits the bulk LUT kernel at GQA B=1 32K over 8-32 splits (--sweep-splits)
 #   ncu     an Nsight Compute summary of the bulk LUT kernel at GQA B=1 32K 4-bit (launch statistics, warp states)
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] -o .carry/attn_lb[_trace].so src/million/ops/cuda/pq_attention.cu) and carried in .carry:
@@ -82,6 +84,16 @@ for s in ${STAGES:-tests ab trace vec4 tests0}; do
       --out "$W/sweep.json"
     run sweep_qop 90 env MILLION_CUDA_LIB=$L $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 \
       --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
+  ab128)
+    for r in "" _b; do
+      for m in 0 1; do
+        run "ab128_lut$m$r" 60 env MILLION_CUDA_LIB=$L MILLION_CUDA_KERNEL=lut MILLION_CUDA_LUT_BULK=$m $B --shapes gqa \
+          --contexts 131072 --batches 1,8 --out "$W/ab128_lut$m$r.json"
+      done
+    done ;;
+  lsplits)  # the bulk LUT kernel's split count at GQA B=1 32K (the default rule gives 16)
+    run lsplits 90 env MILLION_CUDA_LIB=$L MILLION_CUDA_KERNEL=lut $B --shapes gqa --contexts 32768 --batches 1 \
+      --sweep-splits --sweep-spec "gqa:32768:4:8,12,16,20,24,32;gqa:32768:2:8,12,16,24,32" --out "$W/lsplits.json" ;;
   ncu)
     run ncu_lut 90 env MILLION_CUDA_LIB=$L MILLION_CUDA_KERNEL=lut MILLION_CUDA_PDL=0 ncu --clock-control none \
       -k regex:pq_partial_lut --launch-skip 1 --launch-count 1 --section SpeedOfLight --section SchedulerStats \
