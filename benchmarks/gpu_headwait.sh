@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Refuted and reverted: runs against 8d96c75, the commit of the change, which docs/logs/headwait_1206/headwait.patch holds; run
+# 2026-12-06 07:51 UTC, docs/kernel_notes.md "The merge waiting for its own head".)
 # Device calls for the merge that waits for its own head's partials (MILLION_CUDA_HEADWAIT=1: a counter per (batch,
 # query head) that the partial blocks count up) instead of the end of the whole partial grid (0, the default). Stages,
 # each packed to $OUT as it ends (deadline $DEADLINE s):

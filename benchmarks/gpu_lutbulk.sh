@@ -19,6 +19,7 @@
 #   sweep   the default dispatch of $LIB over 4K-128K, every shape, B=1 and 8, plain and --q-op
 #   ab128   the LUT kernel with LUT_BULK 0 and 1 at GQA B=1 and 8, 128K, 4 and 2 bits; twice
 #   lsplits the bulk LUT kernel at GQA B=1 32K over 8-32 splits (--sweep-splits)
+#   refactor  attn_lr.so (the per-thread LUT path written with the bulk path's helpers): tests and an A/B against attn_lb.so
 #   ncu     an Nsight Compute summary of the bulk LUT kernel at GQA B=1 32K 4-bit (launch statistics, warp states)
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] -o .carry/attn_lb[_trace].so src/million/ops/cuda/pq_attention.cu) and carried in .carry:
@@ -94,6 +95,16 @@ for s in ${STAGES:-tests ab trace vec4 tests0}; do
   lsplits)  # the bulk LUT kernel's split count at GQA B=1 32K (the default rule gives 16)
     run lsplits 90 env MILLION_CUDA_LIB=$L MILLION_CUDA_KERNEL=lut $B --shapes gqa --contexts 32768 --batches 1 \
       --sweep-splits --sweep-spec "gqa:32768:4:8,12,16,20,24,32;gqa:32768:2:8,12,16,24,32" --out "$W/lsplits.json" ;;
+  refactor)  # attn_lr.so (the per-thread LUT path through the bulk path's helpers): the attention suite with LUT_BULK 1
+    # and 0, then the LUT kernel with LUT_BULK 0 and 1 against attn_lb.so at GQA B=1 and 8, 32K and 128K
+    run t_lr1 150 env MILLION_CUDA_LIB=.carry/attn_lr.so MILLION_CUDA_LUT_BULK=1 python3 -m pytest -q -p no:cacheprovider -m gpu $T
+    run t_lr0 150 env MILLION_CUDA_LIB=.carry/attn_lr.so MILLION_CUDA_LUT_BULK=0 python3 -m pytest -q -p no:cacheprovider -m gpu $T
+    for e in lb lr; do
+      for m in 0 1; do
+        run "rf_${e}$m" 60 env MILLION_CUDA_LIB=.carry/attn_$e.so MILLION_CUDA_KERNEL=lut MILLION_CUDA_LUT_BULK=$m $B \
+          --shapes gqa --contexts 32768,131072 --batches 1,8 --out "$W/rf_${e}$m.json"
+      done
+    done ;;
   ncu)
     run ncu_lut 90 env MILLION_CUDA_LIB=$L MILLION_CUDA_KERNEL=lut MILLION_CUDA_PDL=0 ncu --clock-control none \
       -k regex:pq_partial_lut --launch-skip 1 --launch-count 1 --section SpeedOfLight --section SchedulerStats \
