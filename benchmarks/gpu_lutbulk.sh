@@ -20,6 +20,7 @@
 #   ab128   the LUT kernel with LUT_BULK 0 and 1 at GQA B=1 and 8, 128K, 4 and 2 bits; twice
 #   lsplits the bulk LUT kernel at GQA B=1 32K over 8-32 splits (--sweep-splits)
 #   refactor  attn_lr.so (the per-thread LUT path written with the bulk path's helpers): tests and an A/B against attn_lb.so
+#           (run 08:32 UTC on 2c18b49; not kept: 0.5-1% slower at 128K B=8)
 #   ncu     an Nsight Compute summary of the bulk LUT kernel at GQA B=1 32K 4-bit (launch statistics, warp states)
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # [-DPQ_TRACE] -o .carry/attn_lb[_trace].so src/million/ops/cuda/pq_attention.cu) and carried in .carry:

@@ -866,8 +866,25 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     // LUT order: lanes l and l+16 read the two 16-byte halves of one 32-byte sector of subspace m;
     // the 16 lanes of a half-warp hold 16 different subspaces (conflict-free 8-byte stores with swz8)
     const int lm = ((tid >> 5) % MB) * 16 + (lane & 15);
-    __half2 qh2[DSUB][2];  // this thread's subspace
-    q_pairs(lm, qh2);
+    // scaled q of this thread's subspace, head pairs packed as half2: an entry's GB scores are
+    // 2*DSUB packed HFMA2 per pair of heads (products and sums in fp16, like the stored entry)
+    __half2 qh2[DSUB][2];
+    {
+      const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
+#pragma unroll
+      for (int j = 0; j < DSUB; ++j)
+#pragma unroll
+        for (int gp = 0; gp < 2; ++gp) {
+          float v2[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int g = 2 * gp + e;
+            v2[e] = g < GB ? Cvt<T>::f(qh[(long long)(hq0 + g) * a.sq_h + (long long)(lm * DSUB + j) * a.sq_d]) * a.scale_log2
+                           : 0.f;
+          }
+          qh2[j][gp] = __floats2half2_rn(v2[0], v2[1]);
+        }
+    }
     for (int it0 = 0; it0 < ITERS; it0 += UNR) {
       uint4 vk[UNR], vv[UNR];
 #pragma unroll
@@ -888,7 +905,29 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
           const VEntry* ek = reinterpret_cast<const VEntry*>(&vk[u]);
           const int slot = swz8<M>(lm);
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) lut[(k0 + v) * M + slot] = lut_entry(ek[v], qh2);
+          for (int v = 0; v < VEC; ++v) {
+            __half2 cb[DSUB];  // centroid element j broadcast to both halves
+            if constexpr (DSUB == 2) {
+              const __half2 x = *reinterpret_cast<const __half2*>(&ek[v]);
+              cb[0] = __low2half2(x); cb[1] = __high2half2(x);
+            } else {
+              const __half2 x = *reinterpret_cast<const __half2*>(&ek[v].x);
+              const __half2 y = *reinterpret_cast<const __half2*>(&ek[v].y);
+              cb[0] = __low2half2(x); cb[1] = __high2half2(x); cb[2] = __low2half2(y); cb[3] = __high2half2(y);
+            }
+            __half2 sg[2];
+#pragma unroll
+            for (int gp = 0; gp < 2; ++gp) {
+              if (gp == 1 && GB <= 2) { sg[1] = __float2half2_rn(0.f); continue; }
+              sg[gp] = __hmul2(qh2[0][gp], cb[0]);
+#pragma unroll
+              for (int j = 1; j < DSUB; ++j) sg[gp] = __hfma2(qh2[j][gp], cb[j], sg[gp]);
+            }
+            uint2 e;
+            e.x = *reinterpret_cast<uint32_t*>(&sg[0]);
+            e.y = *reinterpret_cast<uint32_t*>(&sg[1]);
+            lut[(k0 + v) * M + slot] = e;
+          }
           const int m = pro_m<M, DSUB>(idx), kv0 = pro_k0<M, DSUB, VEC>(idx);
           const int sw = swz<M, DSUB>(m);
           const VEntry* ev = reinterpret_cast<const VEntry*>(&vv[u]);
