@@ -205,12 +205,17 @@ __device__ __forceinline__ int seq_start(const PQArgs& a, int b) { return a.star
 struct SplitRange { int b, hkv, hq0, lo, hi; long long prow; };
 // the block's KV head: blockIdx only, so a block may use it (its tables) before griddepcontrol.wait
 __device__ __forceinline__ int block_hkv(const PQArgs& a) { return blockIdx.y / a.ngroups; }
+// the block's first query head, from blockIdx only: q may be loaded before the lengths are (split_range), so that
+// the two global round trips after griddepcontrol.wait overlap instead of following each other
+template <int GB> __device__ __forceinline__ int block_hq0(const PQArgs& a) {
+  return block_hkv(a) * (a.Hq / a.Hkv) + (blockIdx.y % a.ngroups) * GB;
+}
 template <int GB> __device__ __forceinline__ SplitRange split_range(const PQArgs& a) {
   SplitRange r;
   const int split = blockIdx.x;
   r.b = blockIdx.z;
   r.hkv = block_hkv(a);
-  r.hq0 = r.hkv * (a.Hq / a.Hkv) + (blockIdx.y % a.ngroups) * GB;
+  r.hq0 = block_hq0<GB>(a);
   const int start = max(seq_start(a, r.b), 0);
   const int end = min(a.pq_lens[r.b], a.T);
   const int n = max(end - start, 0);
@@ -370,6 +375,15 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     }
   }
   pdl_wait_then_trigger();
+  // host-laid tables: this thread's q element, loaded before the lengths (staged into qs below)
+  float q_early = 0.f;
+  if constexpr (GB == 1) {
+    static_assert(NT >= D, "one q element per thread");
+    if (a.kind == 2 && (int)threadIdx.x < D)
+      q_early = Cvt<T>::f(reinterpret_cast<const T*>(a.q)[(long long)blockIdx.z * a.sq_b +
+                                                         (long long)block_hq0<GB>(a) * a.sq_h +
+                                                         (long long)threadIdx.x * a.sq_d]) * a.scale_log2;
+  }
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -439,10 +453,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                     reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
                     smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
       }
-      {
-        const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
-        for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
-      }
+      if (tid < D) qs[tid] = q_early;
       __syncthreads();  // qs
       // the K table is waited for here; outside a cluster the V table after the LUT build (its copy overlaps
       // the build; a wait inside the chunk loop measured slower from 32K, run 19)
@@ -756,6 +767,29 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   }
   pdl_wait_then_trigger();
   TRACE_P(1);  // (the wait's return: without bulk copies this kernel loads its tables after it)
+  // scaled q of subspace m, head pairs packed as half2: an entry's GB scores are DSUB packed HFMA2 per pair of heads
+  // (products and sums in fp16, like the stored entry)
+  auto q_pairs = [&](int b_, int hq0_, int m, __half2 (&qh2)[DSUB][2]) {
+    const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b_ * a.sq_b;
+#pragma unroll
+    for (int j = 0; j < DSUB; ++j)
+#pragma unroll
+      for (int gp = 0; gp < 2; ++gp) {
+        float v2[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int g = 2 * gp + e;
+          v2[e] = g < GB ? Cvt<T>::f(qh[(long long)(hq0_ + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2
+                         : 0.f;
+        }
+        qh2[j][gp] = __floats2half2_rn(v2[0], v2[1]);
+      }
+  };
+  // bulk: NT is a multiple of M, so a thread keeps one table column p = tid % M (subspace swz_inv(p)) in the LUT
+  // build; its q pairs are loaded here, before the lengths (split_range), so that the two round trips overlap
+  static_assert(NT % M == 0, "LUT build: one column per thread");
+  __half2 qh2b[DSUB][2];
+  if (bulk) q_pairs(blockIdx.z, block_hq0<GB>(a), swz_inv<M, DSUB>((int)threadIdx.x % M), qh2b);
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -793,24 +827,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   int c = warp;
   if (c < nchunks) { load(c, kbase, kw); load(c, vbase, vw); }
   // ---- prologue: packed fp16 LUT (K) and V centroid table -> shared memory ----
-  // scaled q of subspace m, head pairs packed as half2: an entry's GB scores are DSUB packed HFMA2 per pair of heads
-  // (products and sums in fp16, like the stored entry)
-  auto q_pairs = [&](int m, __half2 (&qh2)[DSUB][2]) {
-    const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b;
-#pragma unroll
-    for (int j = 0; j < DSUB; ++j)
-#pragma unroll
-      for (int gp = 0; gp < 2; ++gp) {
-        float v2[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int g = 2 * gp + e;
-          v2[e] = g < GB ? Cvt<T>::f(qh[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2
-                         : 0.f;
-        }
-        qh2[j][gp] = __floats2half2_rn(v2[0], v2[1]);
-      }
-  };
   // the GB packed scores of one centroid entry
   auto lut_entry = [&](const VEntry& ent, const __half2 (&qh2)[DSUB][2]) {
     __half2 cb[DSUB];  // centroid element j broadcast to both halves
@@ -839,10 +855,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     // NT is a multiple of M, so a thread keeps one table column p (subspace m) and its q pairs in registers; every
     // thread reads all its K entries (they share their bytes with the LUT's second half) before any LUT store
     constexpr int NE = 256 * M, PER = (NE + NT - 1) / NT;
-    static_assert(NT % M == 0, "LUT build: one column per thread");
-    const int p = tid % M, m = swz_inv<M, DSUB>(p), slot = swz8<M>(m);
-    __half2 qh2[DSUB][2];
-    q_pairs(m, qh2);
+    const int slot = swz8<M>(swz_inv<M, DSUB>(tid % M));
     const VEntry* tk = reinterpret_cast<const VEntry*>(smem + LUTB - TB);
     VEntry ent[PER];
     mbar_wait(bar);
@@ -853,7 +866,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
 #pragma unroll
     for (int u = 0; u < PER; ++u) {
       const int e = tid + u * NT;
-      if (e < NE) lut[(e / M) * M + slot] = lut_entry(ent[u], qh2);
+      if (e < NE) lut[(e / M) * M + slot] = lut_entry(ent[u], qh2b);
     }
     mbar_wait(bar + 8);
   } else {
@@ -1455,11 +1468,29 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
   auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   pdl_wait_then_trigger();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  // q, loaded before the lengths (split_range): the two round trips overlap
+  // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
+  uint32_t bq[D / 8];
+  {
+    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)blockIdx.z * a.sq_b +
+                  (long long)(block_hq0<GB>(a) + gid) * a.sq_h;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      if (gid < GB) {
+        const long long d0 = (long long)((D / 4) * tig + 2 * j);
+        const T x0 = qb[d0 * a.sq_d], x1 = qb[(d0 + 1) * a.sq_d];
+        bq[j] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&x0)) |
+                ((uint32_t)(*reinterpret_cast<const unsigned short*>(&x1)) << 16);
+      } else {
+        bq[j] = 0u;
+      }
+    }
+  }
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int gid = lane >> 2, tig = lane & 3;
   float* const cm_slot = CM ? reinterpret_cast<float*>(smem + cm_slot_off<GB, D, NW>()) : nullptr;
 
   if (CM && lo >= hi) {  // an empty split of a merge cluster: o 0, lse -inf (weight 0); its slot may overlap the
@@ -1519,22 +1550,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   int c = warp;
   if (c < nchunks) { loadK(c, kw); loadV(c, vw); }
 
-  // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
-  uint32_t bq[D / 8];
-  {
-    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)(hq0 + gid) * a.sq_h;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      if (gid < GB) {
-        const long long d0 = (long long)((D / 4) * tig + 2 * j);
-        const T x0 = qb[d0 * a.sq_d], x1 = qb[(d0 + 1) * a.sq_d];
-        bq[j] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&x0)) |
-                ((uint32_t)(*reinterpret_cast<const unsigned short*>(&x1)) << 16);
-      } else {
-        bq[j] = 0u;
-      }
-    }
-  }
   const uint32_t baseK = smem_addr(tabK) + tig * ESZ;  // + 4w*ESZ + code*ROWB
   const uint32_t baseV = smem_addr(tabV) + gid * ESZ;  // + 8r*ESZ + code*ROWB
   const uint32_t psel = (gid & 1) ? 0x7632u : 0x5410u;

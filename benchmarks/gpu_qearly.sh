@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Device call for q loaded right after griddepcontrol.wait, before the lengths (attn_qe.so: the FFMA kernel's q element,
+# the tensor-core kernel's q fragments and the bulk LUT kernel's q pairs no longer wait for the lengths' round trip),
+# against attn_lb.so (the kernels before). Stages, each packed to $OUT as it ends (deadline $DEADLINE s):
+#   tests   the GPU attention tests against attn_qe.so
+#   ab      bench_decode_cuda.py every shape, B=1 and 8, 4K and 32K, 4 and 2 bits, one process each: attn_lb.so and
+#           attn_qe.so, twice; then both at B=1 with --q-op
+#   cache   the MillionCache, decode-loop and eviction GPU tests against attn_qe.so
+#   sweep   attn_qe.so over 4K-128K, every shape, B=1 and 8, plain and --q-op
+# Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
+# -o .carry/attn_qe.so src/million/ops/cuda/pq_attention.cu; attn_lb.so from 91a3d41) and carried in .carry:
+#   OUT=$OUT bash benchmarks/gpu_qearly.sh     ($STAGES: a subset of "tests ab cache sweep")
+# Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
+set -uo pipefail
+. "$(dirname "$0")/gpu_stages.sh"
+gpu_setup /tmp/qearly "${DEADLINE:-540}" .carry/attn_qe.so .carry/enc_wg.so
+pack() { pack_tgz "$1" "passed|failed|Error|^bench "; }
+env_txt
+sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
+B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
+for s in ${STAGES:-tests ab cache sweep}; do
+  case $s in
+  tests)
+    run t_qe 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py ;;
+  ab)
+    for r in "" _b; do
+      for e in lb qe; do
+        run "ab_$e$r" 60 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --contexts 4096,32768 --batches 1,8 --out "$W/ab_$e$r.json"
+      done
+    done
+    for e in lb qe; do
+      run "qop_$e" 40 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --contexts 4096,32768 --batches 1 --q-op --out "$W/qop_$e.json"
+    done ;;
+  cache)
+    run t_cache 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
+      tests/test_gpu_eviction.py ;;
+  sweep)
+    run sweep 90 $B --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
+    run sweep_qop 90 $B --contexts 4096,16384,32768,131072 --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
+  esac
+done
+echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
