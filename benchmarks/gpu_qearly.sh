@@ -6,11 +6,12 @@
 #   ab      bench_decode_cuda.py every shape, B=1 and 8, 4K and 32K, 4 and 2 bits, one process each: attn_lb.so and
 #           attn_qe.so, twice; then both at B=1 with --q-op
 #   ab2     (second call) --q-op at B=1 again, and MHA / GQA B=8 128K, both libraries
+#   mix     attn_mx.so (q loaded early at 4 bits only, after the lengths at 2 bits as before) against attn_lb.so
 #   cache   the MillionCache, decode-loop and eviction GPU tests against attn_qe.so
 #   sweep   attn_qe.so over 4K-128K, every shape, B=1 and 8, plain and --q-op
 # Libraries prebuilt here (nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared
 # -o .carry/attn_qe.so src/million/ops/cuda/pq_attention.cu; attn_lb.so from 91a3d41) and carried in .carry:
-#   OUT=$OUT bash benchmarks/gpu_qearly.sh     ($STAGES: a subset of "tests ab cache sweep ab2")
+#   OUT=$OUT bash benchmarks/gpu_qearly.sh     ($STAGES: a subset of "tests ab cache sweep ab2 mix")
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -37,6 +38,13 @@ for s in ${STAGES:-tests ab cache sweep}; do
       run "qop2_$e" 40 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --contexts 4096,32768 --batches 1 --q-op --out "$W/qop2_$e.json"
       run "b128_$e" 60 env MILLION_CUDA_LIB=.carry/attn_$e.so python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton \
         --bits 4,2 --shapes mha,gqa --contexts 131072 --batches 8 --out "$W/b128_$e.json"
+    done ;;
+  mix)  # attn_mx.so (q early at 4 bits only) against attn_lb.so: its attention tests, then B=1 plain and --q-op and
+    # B=8 plain at 4K and 32K, every shape, one process each
+    run t_mx 150 env MILLION_CUDA_LIB=.carry/attn_mx.so python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
+    for e in lb mx; do
+      run "mx_$e" 60 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --contexts 4096,32768 --batches 1,8 --out "$W/mx_$e.json"
+      run "mxq_$e" 40 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --contexts 4096,32768 --batches 1 --q-op --out "$W/mxq_$e.json"
     done ;;
   cache)
     run t_cache 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
