@@ -375,11 +375,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     }
   }
   pdl_wait_then_trigger();
-  // host-laid tables, 4 bits (dsub 2): this thread's q element, loaded before the lengths (staged into qs below), so
-  // that the two round trips overlap. H100, 2026-12-06: MHA B=1 4K 15.6 -> 13.9 us, 32K 53.1 -> 51.5; at 2 bits
-  // (dsub 4) 1-3% slower behind a torch kernel writing q (--q-op), so dsub 4 loads q after the lengths as before
+  // host-laid tables: this thread's q element, loaded before the lengths (staged into qs below), so that the two round
+  // trips overlap. H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 4K 4-bit 15.6 -> 13.9 us, 32K 53.1 -> 51.5
   float q_early = 0.f;
-  if constexpr (GB == 1 && DSUB == 2) {
+  if constexpr (GB == 1) {
     static_assert(NT >= D, "one q element per thread");
     if (a.kind == 2 && (int)threadIdx.x < D)
       q_early = Cvt<T>::f(reinterpret_cast<const T*>(a.q)[(long long)blockIdx.z * a.sq_b +
@@ -455,12 +454,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                     reinterpret_cast<const unsigned char*>(a.vcen) + (long long)hkv * a.vcen_h * 2,
                     smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
       }
-      if constexpr (DSUB == 2) {
-        if (tid < D) qs[tid] = q_early;
-      } else {
-        const T* qh = reinterpret_cast<const T*>(a.q) + (long long)b * a.sq_b + (long long)hq0 * a.sq_h;
-        for (int d = tid; d < D; d += NT) qs[d] = Cvt<T>::f(qh[(long long)d * a.sq_d]) * a.scale_log2;
-      }
+      if (tid < D) qs[tid] = q_early;
       __syncthreads();  // qs
       // the K table is waited for here; outside a cluster the V table after the LUT build (its copy overlaps
       // the build; a wait inside the chunk loop measured slower from 32K, run 19)
@@ -793,13 +787,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
       }
   };
   // bulk: NT is a multiple of M, so a thread keeps one table column p = tid % M (subspace swz_inv(p)) in the LUT
-  // build; at 4 bits (dsub 2) its q pairs are loaded here, before the lengths (split_range), so that the two round
-  // trips overlap (at 2 bits after them, as the FFMA kernel: see there)
+  // build; its q pairs are loaded here, before the lengths (split_range), so that the two round trips overlap
   static_assert(NT % M == 0, "LUT build: one column per thread");
   __half2 qh2b[DSUB][2];
-  if constexpr (DSUB == 2) {
-    if (bulk) q_pairs(blockIdx.z, block_hq0<GB>(a), swz_inv<M, DSUB>((int)threadIdx.x % M), qh2b);
-  }
+  if (bulk) q_pairs(blockIdx.z, block_hq0<GB>(a), swz_inv<M, DSUB>((int)threadIdx.x % M), qh2b);
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -866,7 +857,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     // thread reads all its K entries (they share their bytes with the LUT's second half) before any LUT store
     constexpr int NE = 256 * M, PER = (NE + NT - 1) / NT;
     const int slot = swz8<M>(swz_inv<M, DSUB>(tid % M));
-    if constexpr (DSUB != 2) q_pairs(b, hq0, swz_inv<M, DSUB>(tid % M), qh2b);
     const VEntry* tk = reinterpret_cast<const VEntry*>(smem + LUTB - TB);
     VEntry ent[PER];
     mbar_wait(bar);
@@ -1481,12 +1471,12 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   pdl_wait_then_trigger();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
-  // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1. At 4 bits (dsub 2)
-  // loaded here, before the lengths (split_range), so that the two round trips overlap; at 2 bits after them (see the
-  // FFMA kernel)
+  // q, loaded before the lengths (split_range): the two round trips overlap
+  // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
   uint32_t bq[D / 8];
-  auto load_q = [&](int b_, int hq0_) {
-    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)b_ * a.sq_b + (long long)(hq0_ + gid) * a.sq_h;
+  {
+    const T* qb = reinterpret_cast<const T*>(a.q) + (long long)blockIdx.z * a.sq_b +
+                  (long long)(block_hq0<GB>(a) + gid) * a.sq_h;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       if (gid < GB) {
@@ -1498,8 +1488,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
         bq[j] = 0u;
       }
     }
-  };
-  if constexpr (DSUB == 2) load_q(blockIdx.z, block_hq0<GB>(a));
+  }
   const SplitRange sr = split_range<GB>(a);
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
@@ -1561,7 +1550,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   };
   int c = warp;
   if (c < nchunks) { loadK(c, kw); loadV(c, vw); }
-  if constexpr (DSUB != 2) load_q(b, hq0);
 
   const uint32_t baseK = smem_addr(tabK) + tig * ESZ;  // + 4w*ESZ + code*ROWB
   const uint32_t baseV = smem_addr(tabV) + gid * ESZ;  // + 8r*ESZ + code*ROWB
