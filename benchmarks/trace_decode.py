@@ -109,6 +109,10 @@ def summarize(part, merge, nparts, nmerge, prev=None):
         "epi_med": us((tend - tdone).median()), "epi_max": us((tend - tdone).max()),
         "first_block_end": us(tend.min()), "part_end": us(tend.max()),
     }
+    if bool((p[:, 30] > 0).all()):  # builds since 2026-12-06 10:00 UTC: wait returned (30), lengths in (31)
+        tw, tl = p[:, 30] - t0, p[:, 31] - t0
+        s["wait_first"], s["wait_med"], s["wait_max"] = us(tw.min()), us(tw.median()), us(tw.max())
+        s["lens_med"] = us(tl.sub(tw).median())
     if nmerge:
         mv = m[m[:, 0] > 0]
         s["merge_first_entry"] = us(mv[:, 0].min() - t0)
@@ -121,6 +125,8 @@ def summarize(part, merge, nparts, nmerge, prev=None):
             pv = pv[pv > 0]
             if len(pv):  # a previous call in the same trace (graph replay): from its last output to this call's start
                 s["gap_from_prev"] = us(t0 - pv.max())
+                if "wait_first" in s:  # from the previous call's last output to this call's first wait return
+                    s["wait_after_prev"] = us(p[:, 30].min() - pv.max())
     return s
 
 
@@ -179,7 +185,8 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph, zero_starts=F
     return med, rows, raw
 
 
-COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6), ("tables_med", 6),
+COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6), ("wait_first", 6),
+        ("wait_med", 6), ("wait_max", 6), ("lens_med", 6), ("wait_after_prev", 6), ("tables_med", 6),
         ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("warp_spread_med", 6),
         ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
         ("end", 7), ("gap_from_prev", 7), ("floor_us", 7), ("event_us", 7)]

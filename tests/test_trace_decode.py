@@ -69,6 +69,24 @@ def test_gap_from_the_previous_call():
     assert trace_decode.summarize(part, merge, 2, 1, prev)["gap_from_prev"] == pytest.approx(-0.51)
 
 
+def test_wait_and_lengths_stamps():
+    """Builds since 2026-12-06 stamp the wait's return (slot 30) and the lengths' arrival (slot 31); the wait is also
+    given from the previous call's last output. Older builds (slot 30 zero) leave the keys out."""
+    part, merge = _stamps()
+    assert "wait_med" not in trace_decode.summarize(part, merge, 2, 1)
+    part[0, 30:32] = torch.tensor([1500, 2100])
+    part[1, 30:32] = torch.tensor([1700, 2500])
+    prev = torch.zeros(4, dtype=torch.int64)
+    prev[0] = 1200
+    s = trace_decode.summarize(part, merge, 2, 1, prev)
+    assert s["wait_first"] == pytest.approx(0.5) and s["wait_max"] == pytest.approx(0.7)
+    assert s["wait_med"] == pytest.approx(0.5)  # torch's median of two takes the lower
+    assert s["lens_med"] == pytest.approx(0.6)  # 600 and 800 ns after the wait
+    assert s["wait_after_prev"] == pytest.approx(0.3)
+    part[1, 30] = 0  # one block without the stamp: none reported
+    assert "wait_first" not in trace_decode.summarize(part, merge, 2, 1, prev)
+
+
 def test_read_trace_layouts():
     """The reader splits a buffer of 41 slots per block (with the previous-call end stamps) or 40 (older builds)."""
 

@@ -75,6 +75,8 @@ __device__ __forceinline__ int trace_block() {
     g_trace[trace_block() * 32 + 24 + (slot)] = (unsigned long long)clock64(); } } while (0)
 #define TRACE_W(warp) do { if ((threadIdx.x & 31) == 0) g_trace[trace_block() * 32 + 8 + (warp)] = trace_now(); } while (0)
 #define TRACE_V(slot, v) do { if (threadIdx.x == 0) g_trace[trace_block() * 32 + (slot)] = (unsigned long long)(v); } while (0)
+// slot 31: the time the split's lengths arrived (the empty asm needs their values: the stamp cannot run before)
+#define TRACE_LENS(sr) do { asm volatile("" ::"r"((sr).lo), "r"((sr).hi)); TRACE_V(31, trace_now()); } while (0)
 #define TRACE_INFO(nchunks) do { if (threadIdx.x == 0) { unsigned smid_; asm volatile("mov.u32 %0, %%smid;" : "=r"(smid_)); \
     TRACE_V(6, smid_); TRACE_V(7, nchunks); } } while (0)
 #define TRACE_M(slot) do { if (threadIdx.x == 0) { g_trace_merge[trace_block() * 8 + (slot)] = trace_now(); \
@@ -85,6 +87,7 @@ __device__ __forceinline__ int trace_block() {
 #define TRACE_P(slot) do { } while (0)
 #define TRACE_W(warp) do { } while (0)
 #define TRACE_V(slot, v) do { } while (0)
+#define TRACE_LENS(sr) do { } while (0)
 #define TRACE_INFO(nchunks) do { } while (0)
 #define TRACE_M(slot) do { } while (0)
 #define TRACE_M_END() do { } while (0)
@@ -366,6 +369,19 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   if constexpr (GB == 1) {
     uint32_t cs;
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(cs));
+#ifdef PQ_CLUSTER_EARLY
+    // A/B build: clusters of splits (a.cluster > 1) also issue their multicast copies before the wait (the cluster
+    // barrier of tables_init first: every block's mbarriers exist before a copy lands in it)
+    if (a.kind == 2) {
+      uint32_t cr;
+      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(cr));
+      tables_init(bar, cs);
+      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
+                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
+                  smem_addr(tabK), smem_addr(tabV), TB, bar, cr, cs);
+      early = true;
+    }
+#else
     if (a.kind == 2 && cs == 1) {
       tables_init(bar, 1);
       tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
@@ -373,8 +389,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                   smem_addr(tabK), smem_addr(tabV), TB, bar, 0, 1);
       early = true;
     }
+#endif
   }
   pdl_wait_then_trigger();
+  TRACE_V(30, trace_now());  // (trace builds) the wait returned
   // host-laid tables: this thread's q element, loaded before the lengths (staged into qs below), so that the two round
   // trips overlap. H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 4K 4-bit 15.6 -> 13.9 us, 32K 53.1 -> 51.5
   float q_early = 0.f;
@@ -386,6 +404,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                                                          (long long)threadIdx.x * a.sq_d]) * a.scale_log2;
   }
   const SplitRange sr = split_range<GB>(a);
+  TRACE_LENS(sr);  // (trace builds) the lengths are in
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -767,6 +786,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
                 smem_addr(smem) + LUTB - TB, smem_addr(tabV), TB, bar, 0, 1);
   }
   pdl_wait_then_trigger();
+  TRACE_V(30, trace_now());  // (trace builds) the wait returned
   TRACE_P(1);  // (the wait's return: without bulk copies this kernel loads its tables after it)
   // scaled q of subspace m, head pairs packed as half2: an entry's GB scores are DSUB packed HFMA2 per pair of heads
   // (products and sums in fp16, like the stored entry)
@@ -792,6 +812,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   __half2 qh2b[DSUB][2];
   if (bulk) q_pairs(blockIdx.z, block_hq0<GB>(a), swz_inv<M, DSUB>((int)threadIdx.x % M), qh2b);
   const SplitRange sr = split_range<GB>(a);
+  TRACE_LENS(sr);  // (trace builds) the lengths are in
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1469,6 +1490,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
   auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   pdl_wait_then_trigger();
+  TRACE_V(30, trace_now());  // (trace builds) the wait returned
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   // q, loaded before the lengths (split_range): the two round trips overlap
@@ -1490,6 +1512,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     }
   }
   const SplitRange sr = split_range<GB>(a);
+  TRACE_LENS(sr);  // (trace builds) the lengths are in
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   float* const cm_slot = CM ? reinterpret_cast<float*>(smem + cm_slot_off<GB, D, NW>()) : nullptr;
