@@ -95,6 +95,44 @@ def test_matches_naive(case, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("layout", ["strided", "offset"])
+@pytest.mark.parametrize("kernel", ["ffma", "mma", "lut"])
+@pytest.mark.parametrize("case", [0, 2, 4, 6])
+def test_q_layouts(case, kernel, layout, monkeypatch):
+    """q as a strided view (head dim not contiguous) and as a view 2 bytes off a 16-byte boundary: the kernels that
+    load q as vectors where its rows allow (the tensor-core kernel's fragments) fall back to scalar loads, the others
+    read it element by element; every kernel against the naive twin and against the same q made contiguous."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = CASES[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=case)
+    if layout == "strided":  # element d at d * 2: sq_d == 2
+        qv = torch.zeros(B, Hq, D, 2, dtype=q.dtype, device="cuda")
+        qv[..., 0] = q
+        qv = qv[..., 0]
+        assert qv.stride(-1) == 2
+    else:  # rows start one element past an aligned address
+        buf = torch.zeros(B * Hq * D + 1, dtype=q.dtype, device="cuda")
+        qv = buf[1:].view(B, Hq, D)
+        qv.copy_(q)
+        assert qv.data_ptr() % 16 == 2
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    monkeypatch.setenv("MILLION_CUDA_KERNEL", kernel)
+    out = ca.pq_decode_attention(qv, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
+                                    res_lens, starts)
+    tol = 1e-2 * ref.abs().max().item() + 1e-6
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
+    base = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    torch.testing.assert_close(out, base, atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_fallback_unsupported_float32():
     from million.ops import cuda_attention as ca
 

@@ -350,6 +350,12 @@ __device__ __forceinline__ void pdl_wait_then_trigger() {
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
+#ifdef PQ_MHA_NOLUT
+  // A/B build: GB == 1 scores from the K centroids like GB > 1 (no LUT build in the prologue)
+  constexpr bool USE_LUT = false;
+#else
+  constexpr bool USE_LUT = GB == 1;
+#endif
   using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
@@ -453,6 +459,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
   uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
+  __shared__ float qs[GB == 1 ? D : 1];  // bulk-copy path: q * scale * log2(e), staged once
   if constexpr (GB == 1) {
     if (a.kind == 2) {
       // tables laid out on the host in the swizzled shared-memory order (cuda_attention.ffma_tables):
@@ -464,7 +471,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
       // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
       // cluster's final barrier.
-      __shared__ float qs[D];
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
       asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
       if (!early) {
@@ -493,6 +499,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // share their bytes, so the compiler cannot move a later entry's load above an earlier entry's store: the
       // loads of a batch are issued together by hand (LUT build and V-table wait: a median 3.5 K cycles for the
       // 32 entries per thread at MHA 4-bit, trace of 2026-12-06)
+      if constexpr (USE_LUT) {
       constexpr int NE = 256 * M, PER = NE / NT;
       static_assert(NE % NT == 0 && NT % M == 0, "LUT entries per thread");
       const int m = tid % M, e0 = (tid / M) * M + swz<M, DSUB>(m);
@@ -529,6 +536,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
         for (int u = 0; u < PER; ++u) lut[e0 + u * NT] = val[u];
       }
+      }  // USE_LUT
       if (csize == 1) mbar_wait(bar + 8);
       TRACE_P(2);
       built = true;
@@ -562,7 +570,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
           const int sw = swz<M, DSUB>(m);
           const Entry* ek = reinterpret_cast<const Entry*>(&vk[u]);
           const Entry* ev = reinterpret_cast<const Entry*>(&vv[u]);
-          if constexpr (GB == 1) {
+          if constexpr (USE_LUT) {
             float qm[DSUB];
 #pragma unroll
             for (int j = 0; j < DSUB; ++j) qm[j] = Cvt<T>::f(qh[(long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
@@ -599,13 +607,18 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       const int m = 4 * i + c;
       selb[bb] = 0x4440u | (uint32_t)c;
       off[bb] = swz<M, DSUB>(m);
-      baseK[bb] = smem_addr(smem) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
+      baseK[bb] = smem_addr(smem) + off[bb] * (USE_LUT ? 4u : (uint32_t)sizeof(Entry));
       baseV[bb] = smem_addr(tabV) + off[bb] * (uint32_t)sizeof(Entry);
+      if (GB == 1 && built) {  // (dead code where the LUT is built: the scores then use no qr)
 #pragma unroll
-      for (int g = 0; g < GB; ++g)
+        for (int j = 0; j < DSUB; ++j) qr[bb][0][j] = qs[m * DSUB + j];
+      } else {
 #pragma unroll
-        for (int j = 0; j < DSUB; ++j)
-          qr[bb][g][j] = Cvt<T>::f(qb[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
+        for (int g = 0; g < GB; ++g)
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j)
+            qr[bb][g][j] = Cvt<T>::f(qb[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
+      }
     }
   }
   __syncthreads();
@@ -632,7 +645,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
-        if constexpr (GB == 1) {
+        if constexpr (USE_LUT) {
           part[s][0] += __uint_as_float(lds32(baseK[bb] + code * (M * 4)));
         } else {
           const Entry e = lds_entry<Entry>(baseK[bb] + code * (M * (uint32_t)sizeof(Entry)));
@@ -1499,15 +1512,29 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   {
     const T* qb = reinterpret_cast<const T*>(a.q) + (long long)blockIdx.z * a.sq_b +
                   (long long)(block_hq0<GB>(a) + gid) * a.sq_h;
+    // a lane's D/8 pairs are the D/4 consecutive elements from (D/4)*tig: with contiguous, 16-byte aligned rows they
+    // are D/32 vector loads instead of D/4 scalar ones (a block's scalar q loads, ~1 K sectors, held up the lengths'
+    // load behind them: 1.5-2 us from the wait to the lengths at GQA 32K, against 0.8 in the FFMA kernel; timeline of
+    // 2026-12-06)
+    const bool vec = a.sq_d == 1 && (reinterpret_cast<uintptr_t>(qb + (D / 4) * tig) & 15u) == 0;
+    if (gid < GB && vec) {
+      const uint4* qv = reinterpret_cast<const uint4*>(qb + (D / 4) * tig);
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      if (gid < GB) {
-        const long long d0 = (long long)((D / 4) * tig + 2 * j);
-        const T x0 = qb[d0 * a.sq_d], x1 = qb[(d0 + 1) * a.sq_d];
-        bq[j] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&x0)) |
-                ((uint32_t)(*reinterpret_cast<const unsigned short*>(&x1)) << 16);
-      } else {
-        bq[j] = 0u;
+      for (int v = 0; v < D / 32; ++v) {
+        const uint4 w = qv[v];
+        bq[4 * v] = w.x; bq[4 * v + 1] = w.y; bq[4 * v + 2] = w.z; bq[4 * v + 3] = w.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        if (gid < GB) {
+          const long long d0 = (long long)((D / 4) * tig + 2 * j);
+          const T x0 = qb[d0 * a.sq_d], x1 = qb[(d0 + 1) * a.sq_d];
+          bq[j] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&x0)) |
+                  ((uint32_t)(*reinterpret_cast<const unsigned short*>(&x1)) << 16);
+        } else {
+          bq[j] = 0u;
+        }
       }
     }
   }
