@@ -1512,11 +1512,12 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   {
     const T* qb = reinterpret_cast<const T*>(a.q) + (long long)blockIdx.z * a.sq_b +
                   (long long)(block_hq0<GB>(a) + gid) * a.sq_h;
-    // a lane's D/8 pairs are the D/4 consecutive elements from (D/4)*tig: with contiguous, 16-byte aligned rows they
-    // are D/32 vector loads instead of D/4 scalar ones (a block's scalar q loads, ~1 K sectors, held up the lengths'
-    // load behind them: 1.5-2 us from the wait to the lengths at GQA 32K, against 0.8 in the FFMA kernel; timeline of
-    // 2026-12-06)
-    const bool vec = a.sq_d == 1 && (reinterpret_cast<uintptr_t>(qb + (D / 4) * tig) & 15u) == 0;
+    // d = 128: a lane's D/8 pairs are the D/4 consecutive elements from (D/4)*tig; with contiguous, 16-byte aligned
+    // rows they are D/32 vector loads instead of D/4 scalar ones. The block's scalar q loads held up the lengths' load
+    // behind them: 1.8 us from the wait to the lengths at GQA 32K, 1.0 with the vector loads (FFMA kernel: 0.8).
+    // H100, 2026-12-06 (docs/kernel_notes.md): GQA B=1 4K 11.7 -> 11.3 us (2-bit 10.8 -> 10.3), 32K 29.8 -> 29.6;
+    // at d = 64 (SmolLM2 shape) 1-3% slower, so d = 64 keeps the scalar loads
+    const bool vec = D == 128 && a.sq_d == 1 && (reinterpret_cast<uintptr_t>(qb + (D / 4) * tig) & 15u) == 0;
     if (gid < GB && vec) {
       const uint4* qv = reinterpret_cast<const uint4*>(qb + (D / 4) * tig);
 #pragma unroll
