@@ -317,11 +317,17 @@ def main():
     ap.add_argument("--head-codebooks", action="store_true",
                     help="one centroid table per KV head, as MillionCache serves (default: one table for all heads)")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"], help="q, centroids, window and SDPA dtype")
+    ap.add_argument("--calls", type=int, default=CALLS,
+                    help=f"calls per CUDA-graph replay (default {CALLS}; every replay follows do_bench's L2-clearing fill, "
+                         "so more calls spread the first call's cold start over more calls), PQ and SDPA alike")
     args = ap.parse_args()
+    if args.calls < 1:
+        ap.error(f"--calls {args.calls}: expected at least 1")
+    globals()["CALLS"] = args.calls
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
                torch=torch.__version__, dtype=args.dtype, q_op=args.q_op, zero_starts=args.zero_starts,
-               head_codebooks=args.head_codebooks,
+               head_codebooks=args.head_codebooks, calls=args.calls,
                env={k: v for k, v in os.environ.items() if k.startswith("MILLION_")})
     if not args.skip_check:
         ok, checks = check(dev)

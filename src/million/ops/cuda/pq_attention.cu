@@ -502,7 +502,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       if constexpr (USE_LUT) {
       constexpr int NE = 256 * M, PER = NE / NT;
       static_assert(NE % NT == 0 && NT % M == 0, "LUT entries per thread");
-      const int m = tid % M, e0 = (tid / M) * M + swz<M, DSUB>(m);
+      // M = 64: a thread takes row position p = tid % M (subspace swz_inv(p)), so that the 32 lanes of a warp touch 32
+      // consecutive words; by subspace (m = tid % M, position swz(m)) lanes m and m ^ 1 share a bank (2-way conflicts
+      // in every load and store of the build). Elsewhere swz maps a warp's 32 subspaces to distinct banks already.
+      const int m = M == 64 ? swz_inv<M, DSUB>(tid % M) : tid % M;
+      const int e0 = (tid / M) * M + (M == 64 ? tid % M : swz<M, DSUB>(m));
       float qm[DSUB];
 #pragma unroll
       for (int j = 0; j < DSUB; ++j) qm[j] = qs[DSUB * m + j];
