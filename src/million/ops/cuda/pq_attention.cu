@@ -454,7 +454,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 
   // the first chunk's codes are in flight while the tables are built
   int c = warp;
+#ifndef PQ_LOAD_AFTER_LUT
   if (c < nchunks) load(c, kw, vw);
+#endif
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
@@ -625,6 +627,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       }
     }
   }
+#ifdef PQ_LOAD_AFTER_LUT
+  // A/B build: the first chunk's codes loaded after the LUT build (its global loads then do not share the load/store
+  // unit with the build's shared-memory traffic)
+  if (c < nchunks) load(c, kw, vw);
+#endif
   __syncthreads();
   TRACE_P(3);
 
