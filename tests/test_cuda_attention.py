@@ -133,6 +133,40 @@ def test_q_layouts(case, kernel, layout, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("offset", [4, 16])
+@pytest.mark.parametrize("case", [0, 2, 5])
+def test_codes_offset_views(case, offset):
+    """K/V codes as views 4 or 16 bytes into a larger buffer (4: not 16-byte aligned, so no kernel may bulk-copy
+    them), against the naive twin and bit for bit against the same codes in their own tensors."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    B, Hq, Hkv, D, bits, T, R, pl, rl, st, Hc = CASES[case]
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, Hc, seed=case)
+
+    def shifted(x):
+        buf = torch.zeros(x.numel() + offset, dtype=torch.uint8, device="cuda")
+        v = buf[offset:].view(x.shape)
+        v.copy_(x)
+        assert v.data_ptr() % 16 == offset % 16
+        return v
+
+    kv, vv = shifted(kc), shifted(vc)
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    out = ca.pq_decode_attention(q, kv, vv, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
+                                    res_lens, starts)
+    tol = 1e-2 * ref.abs().max().item() + 1e-6
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
+    base = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    torch.testing.assert_close(out, base, atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_fallback_unsupported_float32():
     from million.ops import cuda_attention as ca
 

@@ -368,7 +368,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // 54.0 -> 53.2 us, 4K 15.9 -> 15.6 (H100, 2026-12-06, docs/kernel_notes.md). Measured 2-4% slower while the
   // previous kernel was a fill of the starts tensor (before starts=None became a null pointer).
   TRACE_P(0);
+#ifdef PQ_STAGE_FIRST
+  __shared__ __align__(8) uint64_t tbar[3];  // K table, V table, the first chunks' codes (bar + 16)
+#else
   __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
+#endif
   const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * M * sizeof(Entry);
   bool early = false;
@@ -454,7 +458,37 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 
   // the first chunk's codes are in flight while the tables are built
   int c = warp;
-#ifndef PQ_LOAD_AFTER_LUT
+#ifdef PQ_STAGE_FIRST
+  // A/B build (bulk-copy path, GB == 1): the block's first NW chunks of K and V codes (contiguous over (t, m)) arrive
+  // by two bulk copies into shared memory after the tables, instead of 2*NS global loads per thread that occupy the
+  // load/store unit in front of the LUT build's shared-memory traffic (timeline, 2026-12-06)
+  constexpr int STG = NW * 32 * M;  // bytes per side
+  unsigned char* const stg = smem + 2 * TB;
+  const int ntok = min(hi - lo, NW * 32);
+  const unsigned char* const kstg = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + (long long)lo * M;
+  const unsigned char* const vstg = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + (long long)lo * M;
+  const uint32_t sbytes = (uint32_t)max(ntok, 0) * M;
+  const bool staged = GB == 1 && a.kind == 2 && ntok > 0 &&
+                      ((reinterpret_cast<uintptr_t>(kstg) | reinterpret_cast<uintptr_t>(vstg) | sbytes) & 15u) == 0;
+  if (staged) {
+    if (tid == 0) {
+      const uint32_t sb = bar + 16;
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sb));
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sb), "r"(2 * sbytes) : "memory");
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const unsigned char* src = t == 0 ? kstg : vstg;
+        const uint32_t dst = smem_addr(stg) + t * STG;
+        for (uint32_t o = 0; o < sbytes; o += 16384u)
+          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                       ::"r"(dst + o), "l"(src + o), "r"(min(16384u, sbytes - o)), "r"(sb) : "memory");
+      }
+    }
+  } else if (c < nchunks) {
+    load(c, kw, vw);
+  }
+#elif !defined(PQ_LOAD_AFTER_LUT)
   if (c < nchunks) load(c, kw, vw);
 #endif
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
@@ -633,6 +667,19 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   if (c < nchunks) load(c, kw, vw);
 #endif
   __syncthreads();
+#ifdef PQ_STAGE_FIRST
+  if (staged) {  // this warp's first chunk from the stage, tokens clamped as load() clamps them (c = warp < NW)
+    mbar_wait(bar + 16);
+    if (c < nchunks) {
+#pragma unroll
+      for (int s2 = 0; s2 < NS; ++s2) {
+        const int t = min(c * 32 + h + s2 * TPI, ntok - 1);
+        kw[s2] = *reinterpret_cast<const uint32_t*>(stg + t * M + 4 * i);
+        vw[s2] = *reinterpret_cast<const uint32_t*>(stg + STG + t * M + 4 * i);
+      }
+    }
+  }
+#endif
   TRACE_P(3);
 
   float m_run[GB], l_run[GB], acc[4][GB][DSUB];
@@ -1898,7 +1945,12 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
 template <typename T, int D, int DSUB, int GB, int NW>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
-  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2, NW * 32, configured, a, st);
+#ifdef PQ_STAGE_FIRST
+  constexpr int stage = GB == 1 ? 2 * NW * 32 * (D / DSUB) : 0;  // the first chunks' codes (A/B build)
+#else
+  constexpr int stage = 0;
+#endif
+  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2 + stage, NW * 32, configured, a, st);
 }
 
 // packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
