@@ -398,6 +398,26 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                   reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
                   smem_addr(tabK), smem_addr(tabV), TB, bar, 0, 1);
       early = true;
+#ifdef PQ_PF_EARLY
+      // A/B build: the split's first NW chunks of K and V codes prefetched into L2 before the wait (their loads after
+      // it took ~3 us from HBM, the timeline's critical path). The lengths read here may be stale (the previous kernel
+      // may still write them): they only pick the lines of a prefetch, which changes no value read after the wait.
+      if (threadIdx.x == 0) {
+        const SplitRange pr = split_range<GB>(a);
+        const int n = min(pr.hi - pr.lo, NW * 32);
+        if (n > 0) {
+          const unsigned char* k0 = a.kc + (long long)pr.b * a.sk_b + (long long)pr.hkv * a.sk_h + (long long)pr.lo * M;
+          const unsigned char* v0 = a.vc + (long long)pr.b * a.sv_b + (long long)pr.hkv * a.sv_h + (long long)pr.lo * M;
+          if (((reinterpret_cast<uintptr_t>(k0) | reinterpret_cast<uintptr_t>(v0)) & 15u) == 0) {
+            const uint32_t bytes = (uint32_t)(n * M);  // a multiple of 16 (M >= 16)
+            for (uint32_t o = 0; o < bytes; o += 16384u) {
+              asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(k0 + o), "r"(min(16384u, bytes - o)) : "memory");
+              asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(v0 + o), "r"(min(16384u, bytes - o)) : "memory");
+            }
+          }
+        }
+      }
+#endif
     }
 #endif
   }

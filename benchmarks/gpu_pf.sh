@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call (2026-12-06): the FFMA kernel with the split's first chunks of K and V codes prefetched into L2 before
+# griddepcontrol.wait (-DPQ_PF_EARLY, attn_pf.so) against the library (attn_col.so), two rounds; where the variant is
+# faster at MHA B=1 32K 4-bit in both rounds by more than 0.5%, its sweep and MillionCache tests in the same call.
+#   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
+#   nvcc $F -o .carry/attn_col.so src/million/ops/cuda/pq_attention.cu
+#   nvcc $F -DPQ_PF_EARLY -o .carry/attn_pf.so src/million/ops/cuda/pq_attention.cu
+# Usage: OUT=$OUT DEADLINE=280 bash benchmarks/gpu_pf.sh      (writes stages.txt, env.txt, w.tgz)
+set -uo pipefail
+. "$(dirname "$0")/gpu_stages.sh"
+gpu_setup /tmp/pf "${DEADLINE:-280}" .carry/attn_pf.so .carry/enc_wg.so
+pack() { pack_tgz "$1" "passed|failed|Error|^bench |^adopt"; }
+env_txt
+sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
+B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
+run t_pf 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
+for r in "" _b; do
+  for e in col pf; do
+    run "ab_$e$r" 30 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --shapes mha --contexts 4096,32768,131072 --batches 1,8 \
+      --out "$W/ab_$e$r.json"
+  done
+done
+for e in col pf; do
+  run "qop_$e" 20 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --shapes mha --contexts 4096,32768 --batches 1 --q-op \
+    --out "$W/qop_$e.json"
+done
+run adopt 10 python3 - "$W" <<'PY'
+import json, sys
+w = sys.argv[1]
+def t(n):
+    return {(r["shape"], r["B"], r["context"], r["bits"]): r["cuda_us"] for r in json.load(open(f"{w}/{n}.json"))["bench"]}
+k = ("mha", 1, 32768, 4)
+ok = all(t(f"ab_pf{r}")[k] < 0.995 * t(f"ab_col{r}")[k] for r in ("", "_b"))
+print("adopt", ok)
+open(f"{w}/adopt", "w").write("1" if ok else "0")
+PY
+if [ "$(cat "$W/adopt" 2>/dev/null)" = 1 ]; then
+  run sweep 50 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
+  run sweep_qop 50 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --q-op \
+    --out "$W/sweep_qop.json"
+  run t_cache 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
+    tests/test_gpu_eviction.py
+fi
+echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
