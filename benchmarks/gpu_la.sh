@@ -8,6 +8,8 @@
 #   nvcc $F -DPQ_LOAD_AFTER_LUT -DPQ_TRACE -o .carry/attn_trace_la.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace3.so src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=420 bash benchmarks/gpu_la.sh      (writes stages.txt, env.txt, w.tgz)
+# The A/B macros (-DPQ_CLUSTER_EARLY, -DPQ_MHA_NOLUT, -DPQ_LOAD_AFTER_LUT, -DPQ_STAGE_FIRST) left the source once measured:
+# apply docs/logs/mcast_1206/ab_variants.patch before building a variant (or build from f762721, which has them all).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/la "${DEADLINE:-420}" .carry/attn_la.so .carry/enc_wg.so

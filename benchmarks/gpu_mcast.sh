@@ -15,6 +15,8 @@
 #   ce     attn_ce.so with MILLION_CUDA_CLUSTER=2 and =1 (same build), B=1, 4K and 32K, interleaved twice
 # Usage: OUT=$OUT DEADLINE=400 bash benchmarks/gpu_mcast.sh
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
+# The A/B macros (-DPQ_CLUSTER_EARLY, -DPQ_MHA_NOLUT, -DPQ_LOAD_AFTER_LUT, -DPQ_STAGE_FIRST) left the source once measured:
+# apply docs/logs/mcast_1206/ab_variants.patch before building a variant (or build from f762721, which has them all).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/mcast "${DEADLINE:-400}" .carry/attn_qe.so .carry/enc_wg.so

@@ -3,8 +3,9 @@
 # griddepcontrol.wait (-DPQ_PF_EARLY, attn_pf.so) against the library (attn_col.so), two rounds; where the variant is
 # faster at MHA B=1 32K 4-bit in both rounds by more than 0.5%, its sweep and MillionCache tests in the same call.
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
-#   nvcc $F -o .carry/attn_col.so src/million/ops/cuda/pq_attention.cu
-#   nvcc $F -DPQ_PF_EARLY -o .carry/attn_pf.so src/million/ops/cuda/pq_attention.cu
+#   git show adb68ae:src/million/ops/cuda/pq_attention.cu > /tmp/col.cu; nvcc $F -o .carry/attn_col.so /tmp/col.cu
+#   nvcc $F -o .carry/attn_pf.so src/million/ops/cuda/pq_attention.cu   (the prefetch is the default since 4bbcf89;
+#   the measured build was f762721's source with -DPQ_PF_EARLY, whose nvcc -ptx output is the same)
 # Usage: OUT=$OUT DEADLINE=280 bash benchmarks/gpu_pf.sh      (writes stages.txt, env.txt, w.tgz)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"

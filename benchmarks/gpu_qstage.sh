@@ -20,6 +20,8 @@
 #   cache  the MillionCache, decode-loop and eviction GPU tests against attn_q2.so
 # Usage: OUT=$OUT DEADLINE=480 bash benchmarks/gpu_qstage.sh
 # Writes to $OUT: stages.txt, env.txt, w.tgz (every output and JSON).
+# The A/B macros (-DPQ_CLUSTER_EARLY, -DPQ_MHA_NOLUT, -DPQ_LOAD_AFTER_LUT, -DPQ_STAGE_FIRST) left the source once measured:
+# apply docs/logs/mcast_1206/ab_variants.patch before building a variant (or build from f762721, which has them all).
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/qstage "${DEADLINE:-480}" .carry/attn_q2.so .carry/enc_wg.so

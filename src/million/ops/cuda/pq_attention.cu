@@ -350,12 +350,7 @@ __device__ __forceinline__ void pdl_wait_then_trigger() {
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
-#ifdef PQ_MHA_NOLUT
-  // A/B build: GB == 1 scores from the K centroids like GB > 1 (no LUT build in the prologue)
-  constexpr bool USE_LUT = false;
-#else
-  constexpr bool USE_LUT = GB == 1;
-#endif
+  constexpr bool USE_LUT = GB == 1;  // the K side as a float32 lookup table (GB > 1: the K centroids)
   using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
@@ -368,30 +363,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // 54.0 -> 53.2 us, 4K 15.9 -> 15.6 (H100, 2026-12-06, docs/kernel_notes.md). Measured 2-4% slower while the
   // previous kernel was a fill of the starts tensor (before starts=None became a null pointer).
   TRACE_P(0);
-#ifdef PQ_STAGE_FIRST
-  __shared__ __align__(8) uint64_t tbar[3];  // K table, V table, the first chunks' codes (bar + 16)
-#else
   __shared__ __align__(8) uint64_t tbar[2];  // K table, V table: the LUT build starts before V arrives
-#endif
   const uint32_t bar = smem_addr(&tbar[0]);  // bar + 8: the V table's
   constexpr uint32_t TB = 256u * M * sizeof(Entry);
   bool early = false;
   if constexpr (GB == 1) {
     uint32_t cs;
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(cs));
-#ifdef PQ_CLUSTER_EARLY
-    // A/B build: clusters of splits (a.cluster > 1) also issue their multicast copies before the wait (the cluster
-    // barrier of tables_init first: every block's mbarriers exist before a copy lands in it)
-    if (a.kind == 2) {
-      uint32_t cr;
-      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(cr));
-      tables_init(bar, cs);
-      tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
-                  reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
-                  smem_addr(tabK), smem_addr(tabV), TB, bar, cr, cs);
-      early = true;
-    }
-#else
     if (a.kind == 2 && cs == 1) {
       tables_init(bar, 1);
       tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
@@ -418,7 +396,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         }
       }
     }
-#endif
   }
   pdl_wait_then_trigger();
   TRACE_V(30, trace_now());  // (trace builds) the wait returned
@@ -477,39 +454,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 
   // the first chunk's codes are in flight while the tables are built
   int c = warp;
-#ifdef PQ_STAGE_FIRST
-  // A/B build (bulk-copy path, GB == 1): the block's first NW chunks of K and V codes (contiguous over (t, m)) arrive
-  // by two bulk copies into shared memory after the tables, instead of 2*NS global loads per thread that occupy the
-  // load/store unit in front of the LUT build's shared-memory traffic (timeline, 2026-12-06)
-  constexpr int STG = NW * 32 * M;  // bytes per side
-  unsigned char* const stg = smem + 2 * TB;
-  const int ntok = min(hi - lo, NW * 32);
-  const unsigned char* const kstg = a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h + (long long)lo * M;
-  const unsigned char* const vstg = a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h + (long long)lo * M;
-  const uint32_t sbytes = (uint32_t)max(ntok, 0) * M;
-  const bool staged = GB == 1 && a.kind == 2 && ntok > 0 &&
-                      ((reinterpret_cast<uintptr_t>(kstg) | reinterpret_cast<uintptr_t>(vstg) | sbytes) & 15u) == 0;
-  if (staged) {
-    if (tid == 0) {
-      const uint32_t sb = bar + 16;
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sb));
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sb), "r"(2 * sbytes) : "memory");
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        const unsigned char* src = t == 0 ? kstg : vstg;
-        const uint32_t dst = smem_addr(stg) + t * STG;
-        for (uint32_t o = 0; o < sbytes; o += 16384u)
-          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                       ::"r"(dst + o), "l"(src + o), "r"(min(16384u, sbytes - o)), "r"(sb) : "memory");
-      }
-    }
-  } else if (c < nchunks) {
-    load(c, kw, vw);
-  }
-#elif !defined(PQ_LOAD_AFTER_LUT)
   if (c < nchunks) load(c, kw, vw);
-#endif
   // ---- prologue: tables -> shared memory (swizzled). GB == 1: the K side is a float32 lookup table
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
@@ -668,37 +613,14 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       off[bb] = swz<M, DSUB>(m);
       baseK[bb] = smem_addr(smem) + off[bb] * (USE_LUT ? 4u : (uint32_t)sizeof(Entry));
       baseV[bb] = smem_addr(tabV) + off[bb] * (uint32_t)sizeof(Entry);
-      if (GB == 1 && built) {  // (dead code where the LUT is built: the scores then use no qr)
 #pragma unroll
-        for (int j = 0; j < DSUB; ++j) qr[bb][0][j] = qs[m * DSUB + j];
-      } else {
+      for (int g = 0; g < GB; ++g)
 #pragma unroll
-        for (int g = 0; g < GB; ++g)
-#pragma unroll
-          for (int j = 0; j < DSUB; ++j)
-            qr[bb][g][j] = Cvt<T>::f(qb[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
-      }
+        for (int j = 0; j < DSUB; ++j)
+          qr[bb][g][j] = Cvt<T>::f(qb[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
     }
   }
-#ifdef PQ_LOAD_AFTER_LUT
-  // A/B build: the first chunk's codes loaded after the LUT build (its global loads then do not share the load/store
-  // unit with the build's shared-memory traffic)
-  if (c < nchunks) load(c, kw, vw);
-#endif
   __syncthreads();
-#ifdef PQ_STAGE_FIRST
-  if (staged) {  // this warp's first chunk from the stage, tokens clamped as load() clamps them (c = warp < NW)
-    mbar_wait(bar + 16);
-    if (c < nchunks) {
-#pragma unroll
-      for (int s2 = 0; s2 < NS; ++s2) {
-        const int t = min(c * 32 + h + s2 * TPI, ntok - 1);
-        kw[s2] = *reinterpret_cast<const uint32_t*>(stg + t * M + 4 * i);
-        vw[s2] = *reinterpret_cast<const uint32_t*>(stg + STG + t * M + 4 * i);
-      }
-    }
-  }
-#endif
   TRACE_P(3);
 
   float m_run[GB], l_run[GB], acc[4][GB][DSUB];
@@ -1964,12 +1886,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
 template <typename T, int D, int DSUB, int GB, int NW>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
-#ifdef PQ_STAGE_FIRST
-  constexpr int stage = GB == 1 ? 2 * NW * 32 * (D / DSUB) : 0;  // the first chunks' codes (A/B build)
-#else
-  constexpr int stage = 0;
-#endif
-  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2 + stage, NW * 32, configured, a, st);
+  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2, NW * 32, configured, a, st);
 }
 
 // packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
