@@ -31,21 +31,5 @@ for e in cur pg1 pg2; do
   run "qop_$e" 30 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --shapes gqa,smollm2 --contexts 4096,32768 --batches 1 \
     --q-op --out "$W/qop_$e.json"
 done
-run adopt 10 python3 - "$W" <<'PY'
-import json, sys
-w = sys.argv[1]
-def t(n):
-    return {(r["shape"], r["B"], r["context"], r["bits"]): r["cuda_us"] for r in json.load(open(f"{w}/{n}.json"))["bench"]}
-k = ("gqa", 1, 4096, 4)
-ok = all(t(f"ab_pg1{r}")[k] < 0.995 * t(f"ab_cur{r}")[k] for r in ("", "_b"))
-print("adopt", ok)
-open(f"{w}/adopt", "w").write("1" if ok else "0")
-PY
-if [ "$(cat "$W/adopt" 2>/dev/null)" = 1 ]; then
-  run sweep 50 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
-  run sweep_qop 50 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --q-op \
-    --out "$W/sweep_qop.json"
-  run t_cache 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
-    tests/test_gpu_eviction.py
-fi
+adopt_then_sweep cur pg1 gqa:1:4096:4 50 120
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

@@ -33,22 +33,5 @@ run tr_col 40 env MILLION_CUDA_LIB=.carry/attn_trace3.so python3 benchmarks/trac
   --case mha:1:4:32768 --case mha:1:4:4096 --case mha:1:2:32768 --out "$W/tr_col.json"
 run tr_st 40 env MILLION_CUDA_LIB=.carry/attn_trace_st.so python3 benchmarks/trace_decode.py --graph --reps 5 \
   --case mha:1:4:32768 --case mha:1:4:4096 --case mha:1:2:32768 --out "$W/tr_st.json"
-# adopt: st faster at MHA B=1 32K 4-bit in both rounds by more than 0.5%
-run adopt 10 python3 - "$W" <<'PY'
-import json, sys
-w = sys.argv[1]
-def t(n):
-    return {(r["shape"], r["B"], r["context"], r["bits"]): r["cuda_us"] for r in json.load(open(f"{w}/{n}.json"))["bench"]}
-k = ("mha", 1, 32768, 4)
-ok = all(t(f"ab_st{r}")[k] < 0.995 * t(f"ab_col{r}")[k] for r in ("", "_b"))
-print("adopt", ok)
-open(f"{w}/adopt", "w").write("1" if ok else "0")
-PY
-if [ "$(cat "$W/adopt" 2>/dev/null)" = 1 ]; then
-  run sweep 90 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
-  run sweep_qop 90 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --q-op \
-    --out "$W/sweep_qop.json"
-  run t_cache 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
-    tests/test_gpu_eviction.py
-fi
+adopt_then_sweep col st mha:1:32768:4 90 150
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

@@ -93,6 +93,22 @@ def test_matches_naive(case, dtype):
     torch.testing.assert_close(out2, out, atol=0, rtol=0)
 
 
+def _check_view(ca, inputs, views, pl, rl, st):
+    """The kernel on views of (q, K codes, V codes) against the naive twin, and bit for bit against the same call on
+    the inputs themselves."""
+    q, kc, vc, kcen, vcen, kr, vr = inputs
+    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
+    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
+    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
+    out = ca.pq_decode_attention(*views, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
+                                    res_lens, starts)
+    tol = 1e-2 * ref.abs().max().item() + 1e-6
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
+    base = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
+    torch.testing.assert_close(out, base, atol=0, rtol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("layout", ["strided", "offset"])
@@ -118,17 +134,8 @@ def test_q_layouts(case, kernel, layout, monkeypatch):
         qv = buf[1:].view(B, Hq, D)
         qv.copy_(q)
         assert qv.data_ptr() % 16 == 2
-    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
-    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
-    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
     monkeypatch.setenv("MILLION_CUDA_KERNEL", kernel)
-    out = ca.pq_decode_attention(qv, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
-    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
-                                    res_lens, starts)
-    tol = 1e-2 * ref.abs().max().item() + 1e-6
-    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
-    base = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
-    torch.testing.assert_close(out, base, atol=0, rtol=0)
+    _check_view(ca, (q, kc, vc, kcen, vcen, kr, vr), (qv, kc, vc), pl, rl, st)
 
 
 @pytest.mark.gpu
@@ -152,17 +159,7 @@ def test_codes_offset_views(case, offset):
         assert v.data_ptr() % 16 == offset % 16
         return v
 
-    kv, vv = shifted(kc), shifted(vc)
-    pq_lens = torch.tensor(pl, dtype=torch.int32, device="cuda")
-    res_lens = torch.tensor(rl, dtype=torch.int32, device="cuda")
-    starts = torch.tensor(st, dtype=torch.int32, device="cuda")
-    out = ca.pq_decode_attention(q, kv, vv, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
-    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
-                                    res_lens, starts)
-    tol = 1e-2 * ref.abs().max().item() + 1e-6
-    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
-    base = ca.pq_decode_attention(q, kc, vc, kcen, vcen, pq_lens, kr, vr, res_lens, starts)
-    torch.testing.assert_close(out, base, atol=0, rtol=0)
+    _check_view(ca, (q, kc, vc, kcen, vcen, kr, vr), (q, shifted(kc), shifted(vc)), pl, rl, st)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,57 @@
+"""Decision rule of the one-call A/B scripts (gpu_la.sh, gpu_stage.sh, gpu_pf.sh, gpu_pf_gqa.sh), written before a run:
+adopt the variant where its time at one cell is below (1 - margin) x the base's in every round.
+
+    python benchmarks/ab_adopt.py DIR BASE VARIANT --cell mha:1:32768:4 [--margin 0.005] [--rounds ,_b]
+
+reads DIR/ab_BASE{round}.json and DIR/ab_VARIANT{round}.json (bench_decode_cuda.py output), prints "adopt True" or
+"adopt False" and writes 1 or 0 to DIR/adopt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cell_time(path: Path, cell: tuple) -> float:
+    for r in json.loads(path.read_text())["bench"]:
+        if (r["shape"], r["B"], r["context"], r["bits"]) == cell:
+            return float(r["cuda_us"])
+    raise SystemExit(f"ab_adopt: cell {':'.join(map(str, cell))} not in {path}")
+
+
+def decide(d: Path, base: str, variant: str, cell: tuple, margin: float, rounds: list[str]) -> bool:
+    return all(cell_time(d / f"ab_{variant}{r}.json", cell) < (1 - margin) * cell_time(d / f"ab_{base}{r}.json", cell)
+               for r in rounds)
+
+
+def parse_cell(s: str) -> tuple:
+    parts = s.split(":")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"cell {s!r}: expected shape:B:context:bits")
+    try:
+        return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cell {s!r}: B, context and bits must be integers") from None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("base")
+    ap.add_argument("variant")
+    ap.add_argument("--cell", type=parse_cell, required=True, help="shape:B:context:bits")
+    ap.add_argument("--margin", type=float, default=0.005, help="fraction the variant must be faster by (default 0.005)")
+    ap.add_argument("--rounds", default=",_b", help="comma-separated suffixes of the rounds' JSON names (default ',_b')")
+    args = ap.parse_args(argv)
+    if not 0 <= args.margin < 1:
+        ap.error(f"--margin {args.margin}: expected 0 <= margin < 1")
+    ok = decide(args.dir, args.base, args.variant, args.cell, args.margin, args.rounds.split(","))
+    print("adopt", ok)
+    (args.dir / "adopt").write_text("1" if ok else "0")
+    return ok
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/ab_adopt.py: the one-call A/B scripts' decision rule, on made-up bench_decode_cuda.py outputs (CPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_path = Path(__file__).resolve().parent.parent / "benchmarks" / "ab_adopt.py"
+_spec = importlib.util.spec_from_file_location("ab_adopt", _path)
+ab_adopt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ab_adopt)
+
+
+def _write(d, name, us, other=10.0):
+    rows = [dict(shape="mha", B=1, context=32768, bits=4, cuda_us=us),
+            dict(shape="mha", B=1, context=32768, bits=2, cuda_us=other)]
+    (d / f"ab_{name}.json").write_text(json.dumps({"bench": rows}))
+
+
+def test_adopts_only_when_every_round_beats_the_margin(tmp_path, capsys):
+    _write(tmp_path, "col", 52.3)
+    _write(tmp_path, "col_b", 52.4)
+    _write(tmp_path, "pf", 51.5)
+    _write(tmp_path, "pf_b", 51.5)
+    assert ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4"]) is True
+    assert (tmp_path / "adopt").read_text() == "1" and "adopt True" in capsys.readouterr().out
+    _write(tmp_path, "pf_b", 52.2)  # 0.4% faster in round 2: under the 0.5% margin
+    assert ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4"]) is False
+    assert (tmp_path / "adopt").read_text() == "0"
+    assert ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--margin", "0.001"]) is True
+    assert ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--rounds", ""]) is True
+
+
+def test_bad_input_is_named(tmp_path):
+    _write(tmp_path, "col", 52.3)
+    _write(tmp_path, "pf", 51.5)
+    with pytest.raises(SystemExit, match="cell mha:8:32768:4 not in"):
+        ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:8:32768:4", "--rounds", ""])
+    with pytest.raises(SystemExit):
+        ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768"])
+    with pytest.raises(SystemExit):
+        ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--margin", "1.5"])
