@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Prepared 2026-12-06 for the next device call (not run yet): the L2 prefetch of the split's first chunks before the
 # wait, which the MHA kernel has had since 4bbcf89 (MHA B=1 32K 4-bit 52.3 -> 51.5 us), in the tensor-core and packed-LUT
-# kernels (GQA, SmolLM2 shape): docs/logs/mcast_1206/next_pf_gqa.patch adds it behind -DPQ_PF_EARLY_GQA=N (N x NW chunks).
+# kernels (GQA, SmolLM2 shape): docs/logs/mcast_1206/next_pf_gqa.patch adds it behind -DPQ_PF_EARLY_GQA=N (N x NW chunks),
+# and -DPQ_PF_MHA_CHUNKS=N (the MHA kernel's prefetch over N x NW chunks instead of NW).
 # Build here and carry .carry:
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_cur.so src/million/ops/cuda/pq_attention.cu                     # the library
 #   git apply docs/logs/mcast_1206/next_pf_gqa.patch
 #   nvcc $F -DPQ_PF_EARLY_GQA=1 -o .carry/attn_pg1.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_PF_EARLY_GQA=2 -o .carry/attn_pg2.so src/million/ops/cuda/pq_attention.cu
+#   nvcc $F -DPQ_PF_MHA_CHUNKS=2 -o .carry/attn_pm2.so src/million/ops/cuda/pq_attention.cu
 #   git checkout src/million/ops/cuda/pq_attention.cu
 # Then: the attention suite against attn_pg1.so; GQA and SmolLM2 shapes, B=1 and 8, 4K and 32K, 4 and 2 bits: cur, pg1,
-# pg2, twice, and --q-op at B=1; where pg1 is faster at GQA B=1 4K 4-bit in both rounds by more than 0.5%, its sweep
-# and the MillionCache tests in the same call (the decision written here, before the run).
+# pg2, twice, and --q-op at B=1; MHA, the same cells, cur against pm2, twice (reported only); where pg1 is faster at GQA
+# B=1 4K 4-bit in both rounds by more than 0.5%, its sweep and the MillionCache tests in the same call (the decision
+# written here, before the run).
 # Usage: OUT=$OUT DEADLINE=400 bash benchmarks/gpu_pf_gqa.sh      (writes stages.txt, env.txt, w.tgz)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
@@ -25,6 +28,12 @@ for r in "" _b; do
   for e in cur pg1 pg2; do
     run "ab_$e$r" 40 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --shapes gqa,smollm2 --contexts 4096,32768 --batches 1,8 \
       --out "$W/ab_$e$r.json"
+  done
+done
+for r in "" _b; do
+  for e in cur pm2; do
+    run "mha_$e$r" 30 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --shapes mha --contexts 4096,32768 --batches 1,8 \
+      --out "$W/mha_$e$r.json"
   done
 done
 for e in cur pg1 pg2; do
