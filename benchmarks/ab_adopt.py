@@ -1,4 +1,4 @@
-"""Decision rule of the one-call A/B scripts (gpu_la.sh, gpu_stage.sh, gpu_pf.sh, gpu_pf_gqa.sh), written before a run:
+"""Decision rule of the one-call A/B scripts (gpu_ab_mha.sh, gpu_pf_gqa.sh), written before a run:
 adopt the variant where its time at one cell is below (1 - margin) x the base's in every round.
 
     python benchmarks/ab_adopt.py DIR BASE VARIANT --cell mha:1:32768:4 [--margin 0.005] [--rounds ,_b]

@@ -44,12 +44,9 @@ for s in ${STAGES:-tests ab calls sweep cache}; do
         --batches 1 --calls $c --out "$W/calls$c.json"
     done ;;
   sweep)
-    run sweep 90 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
-    run sweep_qop 90 $B --shapes mha,gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8 --q-op \
-      --out "$W/sweep_qop.json" ;;
+    sweep_all 90 ;;
   cache)
-    run t_cache 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
-      tests/test_gpu_eviction.py ;;
+    cache_tests 150 ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

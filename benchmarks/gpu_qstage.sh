@@ -60,8 +60,7 @@ for s in ${STAGES:-tests ab long trace cl cache}; do
         --out "$W/cl$c.json"
     done ;;
   cache)
-    run t_cache 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
-      tests/test_gpu_eviction.py ;;
+    cache_tests 150 ;;
   esac
 done
 echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .

@@ -46,16 +46,24 @@ pack_tgz() {
   cp "$W/stages.txt" "$W/env.txt" "$OUT/" 2>/dev/null
   tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
 }
+# sweep_all CAP: bench_decode_cuda.py against $MILLION_CUDA_LIB, every shape, 4K-128K, B=1 and 8, 4 and 2 bits, plain
+# and --q-op ($W/sweep.json, $W/sweep_qop.json)
+sweep_all() {
+  local S="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
+  S="$S --contexts 4096,16384,32768,131072 --batches 1,8"
+  run sweep "$1" $S --out "$W/sweep.json"
+  run sweep_qop "$1" $S --q-op --out "$W/sweep_qop.json"
+}
+# cache_tests CAP: the MillionCache, decode-loop and eviction GPU tests against $MILLION_CUDA_LIB
+cache_tests() {
+  run t_cache "$1" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
+    tests/test_gpu_eviction.py
+}
 # adopt_then_sweep BASE VARIANT CELL [SWEEP_CAP CACHE_CAP]: the A/B scripts' decision rule (benchmarks/ab_adopt.py on
-# $W/ab_BASE*.json and $W/ab_VARIANT*.json at CELL, two rounds); where it adopts, the sweep (every shape, 4K-128K, B=1
-# and 8, plain and --q-op) and the MillionCache / decode-loop / eviction GPU tests against $MILLION_CUDA_LIB
+# $W/ab_BASE*.json and $W/ab_VARIANT*.json at CELL, two rounds); where it adopts, sweep_all and cache_tests
 adopt_then_sweep() {
   run adopt 10 python3 benchmarks/ab_adopt.py "$W" "$1" "$2" --cell "$3"
   [ "$(cat "$W/adopt" 2>/dev/null)" = 1 ] || return 0
-  local S="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
-  S="$S --contexts 4096,16384,32768,131072 --batches 1,8"
-  run sweep "${4:-50}" $S --out "$W/sweep.json"
-  run sweep_qop "${4:-50}" $S --q-op --out "$W/sweep_qop.json"
-  run t_cache "${5:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
-    tests/test_gpu_eviction.py
+  sweep_all "${4:-50}"
+  cache_tests "${5:-120}"
 }

@@ -350,7 +350,6 @@ __device__ __forceinline__ void pdl_wait_then_trigger() {
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
-  constexpr bool USE_LUT = GB == 1;  // the K side as a float32 lookup table (GB > 1: the K centroids)
   using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
@@ -459,7 +458,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   // lut[k][m] = scale*log2e * q_m . kcen[m][k]; GB > 1: the K centroids themselves.
   bool built = false;
   uint32_t crank = 0, csize = 1;  // cluster of splits (bulk-copy path only)
-  __shared__ float qs[GB == 1 ? D : 1];  // bulk-copy path: q * scale * log2(e), staged once
   if constexpr (GB == 1) {
     if (a.kind == 2) {
       // tables laid out on the host in the swizzled shared-memory order (cuda_attention.ffma_tables):
@@ -471,6 +469,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // own 128 KB makes the copy L2-bound, ncu 2026-11-23; measured slower all the same: clusters of one
       // 128 KB block per SM leave SMs idle); every block, empty ones too, takes part and leaves only after the
       // cluster's final barrier.
+      __shared__ float qs[D];
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(crank));
       asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
       if (!early) {
@@ -499,14 +498,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // share their bytes, so the compiler cannot move a later entry's load above an earlier entry's store: the
       // loads of a batch are issued together by hand (LUT build and V-table wait: a median 3.5 K cycles for the
       // 32 entries per thread at MHA 4-bit, trace of 2026-12-06)
-      if constexpr (USE_LUT) {
       constexpr int NE = 256 * M, PER = NE / NT;
       static_assert(NE % NT == 0 && NT % M == 0, "LUT entries per thread");
       // M = 64: a thread takes row position p = tid % M (subspace swz_inv(p)), so that the 32 lanes of a warp touch 32
       // consecutive words; by subspace (m = tid % M, position swz(m)) lanes m and m ^ 1 share a bank (2-way conflicts
       // in every load and store of the build). Elsewhere swz maps a warp's 32 subspaces to distinct banks already.
-      const int m = M == 64 ? swz_inv<M, DSUB>(tid % M) : tid % M;
-      const int e0 = (tid / M) * M + (M == 64 ? tid % M : swz<M, DSUB>(m));
+      const int p = tid % M, m = M == 64 ? swz_inv<M, DSUB>(p) : p;
+      const int e0 = (tid / M) * M + (M == 64 ? p : swz<M, DSUB>(m));
       float qm[DSUB];
 #pragma unroll
       for (int j = 0; j < DSUB; ++j) qm[j] = qs[DSUB * m + j];
@@ -540,7 +538,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
         for (int u = 0; u < PER; ++u) lut[e0 + u * NT] = val[u];
       }
-      }  // USE_LUT
       if (csize == 1) mbar_wait(bar + 8);
       TRACE_P(2);
       built = true;
@@ -574,7 +571,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
           const int sw = swz<M, DSUB>(m);
           const Entry* ek = reinterpret_cast<const Entry*>(&vk[u]);
           const Entry* ev = reinterpret_cast<const Entry*>(&vv[u]);
-          if constexpr (USE_LUT) {
+          if constexpr (GB == 1) {
             float qm[DSUB];
 #pragma unroll
             for (int j = 0; j < DSUB; ++j) qm[j] = Cvt<T>::f(qh[(long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
@@ -611,7 +608,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       const int m = 4 * i + c;
       selb[bb] = 0x4440u | (uint32_t)c;
       off[bb] = swz<M, DSUB>(m);
-      baseK[bb] = smem_addr(smem) + off[bb] * (USE_LUT ? 4u : (uint32_t)sizeof(Entry));
+      baseK[bb] = smem_addr(smem) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
       baseV[bb] = smem_addr(tabV) + off[bb] * (uint32_t)sizeof(Entry);
 #pragma unroll
       for (int g = 0; g < GB; ++g)
@@ -644,7 +641,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
-        if constexpr (USE_LUT) {
+        if constexpr (GB == 1) {
           part[s][0] += __uint_as_float(lds32(baseK[bb] + code * (M * 4)));
         } else {
           const Entry e = lds_entry<Entry>(baseK[bb] + code * (M * (uint32_t)sizeof(Entry)));
