@@ -347,6 +347,24 @@ __device__ __forceinline__ void pdl_wait_then_trigger() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
+// the split's first `chunks` chunks of 32 tokens of K and V codes (contiguous over (t, m)) prefetched into L2 by the
+// calling thread before griddepcontrol.wait. The lengths read here may be stale (the previous kernel may still write
+// them): they only pick the lines of a prefetch, which changes no value read after the wait.
+template <int GB>
+__device__ __forceinline__ void prefetch_first_chunks(const PQArgs& a, int M, int chunks) {
+  const SplitRange pr = split_range<GB>(a);
+  const int n = min(pr.hi - pr.lo, chunks * 32);
+  if (n <= 0) return;
+  const unsigned char* k0 = a.kc + (long long)pr.b * a.sk_b + (long long)pr.hkv * a.sk_h + (long long)pr.lo * M;
+  const unsigned char* v0 = a.vc + (long long)pr.b * a.sv_b + (long long)pr.hkv * a.sv_h + (long long)pr.lo * M;
+  if (((reinterpret_cast<uintptr_t>(k0) | reinterpret_cast<uintptr_t>(v0)) & 15u) != 0) return;
+  const uint32_t bytes = (uint32_t)(n * M);  // a multiple of 16 (M >= 16)
+  for (uint32_t o = 0; o < bytes; o += 16384u) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(k0 + o), "r"(min(16384u, bytes - o)) : "memory");
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(v0 + o), "r"(min(16384u, bytes - o)) : "memory");
+  }
+}
+
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
@@ -376,9 +394,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                   smem_addr(tabK), smem_addr(tabV), TB, bar, 0, 1);
       early = true;
       // the split's first NW chunks of K and V codes prefetched into L2 before the wait: their loads after it took
-      // ~3 us from HBM, the critical path of the timeline. The lengths read here may be stale (the previous kernel may
-      // still write them): they only pick the lines of a prefetch, which changes no value read after the wait.
-      // H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 32K 4-bit 52.3 -> 51.5 us, 4K 14.0 -> 13.6; 2-bit within 1%
+      // ~3 us from HBM, the critical path of the timeline (the same prefetch as prefetch_first_chunks, kept inline: the
+      // helper gives this kernel different code, not yet timed). The lengths read here may be stale (the previous
+      // kernel may still write them): they only pick the lines of a prefetch, which changes no value read after the wait.
+      // H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 32K 4-bit 52.3 -> 51.5 us, 4K 14.0 -> 13.6; 2-bit within 1%.
+      // 2 x NW chunks measured slower (4K 13.6 -> 14.8 us; 32K 50.9 -> 50.7).
       if (threadIdx.x == 0) {
         const SplitRange pr = split_range<GB>(a);
         const int n = min(pr.hi - pr.lo, NW * 32);
@@ -793,6 +813,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
                 reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
                 smem_addr(smem) + LUTB - TB, smem_addr(tabV), TB, bar, 0, 1);
+    if (threadIdx.x == 0) prefetch_first_chunks<GB>(a, M, NW);  // see pq_partial_mma_kernel
   }
   pdl_wait_then_trigger();
   TRACE_V(30, trace_now());  // (trace builds) the wait returned
@@ -1496,6 +1517,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
               reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
               smem_addr(tabK), smem_addr(tabV), TB, bar, crank, csize);
+  // the split's first NW chunks of codes prefetched into L2 before the wait. H100, 2026-12-06 (docs/kernel_notes.md):
+  // GQA B=1 4K 4-bit 11.3 -> 10.7 us, 32K 29.4 -> 28.5; SmolLM2 B=1 4K 6.1 -> 5.8; 2 x NW chunks no faster
+  if (threadIdx.x == 0) prefetch_first_chunks<GB>(a, M, NW);
   auto wait_table = [&](int t) { mbar_wait(bar + 8u * t); };
   auto wait_tables = [&]() { wait_table(0); wait_table(1); };
   pdl_wait_then_trigger();
