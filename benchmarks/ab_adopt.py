@@ -1,7 +1,8 @@
 """Decision rule of the one-call A/B scripts (gpu_ab_mha.sh, gpu_pf_gqa.sh), written before a run:
-adopt the variant where its time at one cell is below (1 - margin) x the base's in every round.
+adopt the variant where its time at one cell is below (1 - margin) x the base's in every round, and (with --guard G)
+no cell that both runs timed is above (1 + G) x the base's in every round.
 
-    python benchmarks/ab_adopt.py DIR BASE VARIANT --cell mha:1:32768:4 [--margin 0.005] [--rounds ,_b]
+    python benchmarks/ab_adopt.py DIR BASE VARIANT --cell mha:1:32768:4 [--margin 0.005] [--guard 0.02] [--rounds ,_b]
 
 reads DIR/ab_BASE{round}.json and DIR/ab_VARIANT{round}.json (bench_decode_cuda.py output), prints "adopt True" or
 "adopt False" and writes 1 or 0 to DIR/adopt.
@@ -14,16 +15,35 @@ import json
 from pathlib import Path
 
 
+def cell_times(path: Path) -> dict:
+    return {(r["shape"], r["B"], r["context"], r["bits"]): float(r["cuda_us"])
+            for r in json.loads(path.read_text())["bench"]}
+
+
 def cell_time(path: Path, cell: tuple) -> float:
-    for r in json.loads(path.read_text())["bench"]:
-        if (r["shape"], r["B"], r["context"], r["bits"]) == cell:
-            return float(r["cuda_us"])
-    raise SystemExit(f"ab_adopt: cell {':'.join(map(str, cell))} not in {path}")
+    t = cell_times(path)
+    if cell not in t:
+        raise SystemExit(f"ab_adopt: cell {':'.join(map(str, cell))} not in {path}")
+    return t[cell]
 
 
-def decide(d: Path, base: str, variant: str, cell: tuple, margin: float, rounds: list[str]) -> bool:
-    return all(cell_time(d / f"ab_{variant}{r}.json", cell) < (1 - margin) * cell_time(d / f"ab_{base}{r}.json", cell)
-               for r in rounds)
+def slower_cells(d: Path, base: str, variant: str, guard: float, rounds: list[str]) -> list:
+    """The cells timed by both in every round where the variant is above (1 + guard) x the base in every round."""
+    pairs = [(cell_times(d / f"ab_{base}{r}.json"), cell_times(d / f"ab_{variant}{r}.json")) for r in rounds]
+    common = set.intersection(*(set(b) & set(v) for b, v in pairs))
+    return sorted(c for c in common if all(v[c] > (1 + guard) * b[c] for b, v in pairs))
+
+
+def decide(d: Path, base: str, variant: str, cell: tuple, margin: float, rounds: list[str],
+           guard: float | None = None) -> bool:
+    faster = all(cell_time(d / f"ab_{variant}{r}.json", cell) < (1 - margin) * cell_time(d / f"ab_{base}{r}.json", cell)
+                 for r in rounds)
+    if not faster or guard is None:
+        return faster
+    bad = slower_cells(d, base, variant, guard, rounds)
+    for c in bad:
+        print("slower:", ":".join(map(str, c)))
+    return not bad
 
 
 def parse_cell(s: str) -> tuple:
@@ -43,11 +63,15 @@ def main(argv=None):
     ap.add_argument("variant")
     ap.add_argument("--cell", type=parse_cell, required=True, help="shape:B:context:bits")
     ap.add_argument("--margin", type=float, default=0.005, help="fraction the variant must be faster by (default 0.005)")
+    ap.add_argument("--guard", type=float, default=None,
+                    help="refuse where any cell is slower than (1 + guard) x the base in every round (default: off)")
     ap.add_argument("--rounds", default=",_b", help="comma-separated suffixes of the rounds' JSON names (default ',_b')")
     args = ap.parse_args(argv)
     if not 0 <= args.margin < 1:
         ap.error(f"--margin {args.margin}: expected 0 <= margin < 1")
-    ok = decide(args.dir, args.base, args.variant, args.cell, args.margin, args.rounds.split(","))
+    if args.guard is not None and not 0 <= args.guard < 1:
+        ap.error(f"--guard {args.guard}: expected 0 <= guard < 1")
+    ok = decide(args.dir, args.base, args.variant, args.cell, args.margin, args.rounds.split(","), args.guard)
     print("adopt", ok)
     (args.dir / "adopt").write_text("1" if ok else "0")
     return ok

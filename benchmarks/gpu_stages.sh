@@ -60,9 +60,10 @@ cache_tests() {
     tests/test_gpu_eviction.py
 }
 # adopt_then_sweep BASE VARIANT CELL [SWEEP_CAP CACHE_CAP]: the A/B scripts' decision rule (benchmarks/ab_adopt.py on
-# $W/ab_BASE*.json and $W/ab_VARIANT*.json at CELL, two rounds); where it adopts, sweep_all and cache_tests
+# $W/ab_BASE*.json and $W/ab_VARIANT*.json at CELL, two rounds; with $GUARD set, also no cell slower by more than that
+# fraction in both rounds); where it adopts, sweep_all and cache_tests
 adopt_then_sweep() {
-  run adopt 10 python3 benchmarks/ab_adopt.py "$W" "$1" "$2" --cell "$3"
+  run adopt 10 python3 benchmarks/ab_adopt.py "$W" "$1" "$2" --cell "$3" ${GUARD:+--guard "$GUARD"}
   [ "$(cat "$W/adopt" 2>/dev/null)" = 1 ] || return 0
   sweep_all "${4:-50}"
   cache_tests "${5:-120}"

@@ -32,6 +32,20 @@ def test_adopts_only_when_every_round_beats_the_margin(tmp_path, capsys):
     assert ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--rounds", ""]) is True
 
 
+def test_guard_refuses_a_cell_slower_in_every_round(tmp_path, capsys):
+    _write(tmp_path, "col", 52.3, other=10.0)
+    _write(tmp_path, "col_b", 52.4, other=10.0)
+    _write(tmp_path, "pf", 51.5, other=10.5)  # the other cell 5% slower in both rounds
+    _write(tmp_path, "pf_b", 51.5, other=10.5)
+    args = [str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4"]
+    assert ab_adopt.main(args) is True  # no guard: only the cell counts
+    assert ab_adopt.main(args + ["--guard", "0.02"]) is False
+    assert "slower: mha:1:32768:2" in capsys.readouterr().out
+    assert ab_adopt.main(args + ["--guard", "0.06"]) is True
+    _write(tmp_path, "pf_b", 51.5, other=10.1)  # 1% slower in round 2 only: not slower in every round
+    assert ab_adopt.main(args + ["--guard", "0.02"]) is True
+
+
 def test_bad_input_is_named(tmp_path):
     _write(tmp_path, "col", 52.3)
     _write(tmp_path, "pf", 51.5)
@@ -41,3 +55,5 @@ def test_bad_input_is_named(tmp_path):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768"])
     with pytest.raises(SystemExit):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--margin", "1.5"])
+    with pytest.raises(SystemExit):
+        ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--guard", "-0.1"])
