@@ -62,13 +62,14 @@ def main(argv=None):
     ap.add_argument("base")
     ap.add_argument("variant")
     ap.add_argument("--cell", type=parse_cell, required=True, help="shape:B:context:bits")
-    ap.add_argument("--margin", type=float, default=0.005, help="fraction the variant must be faster by (default 0.005)")
+    ap.add_argument("--margin", type=float, default=0.005, help="fraction the variant must be faster by (default 0.005); negative for a change meant to be neutral "
+                    "(-0.005: at most 0.5%% slower)")
     ap.add_argument("--guard", type=float, default=None,
                     help="refuse where any cell is slower than (1 + guard) x the base in every round (default: off)")
     ap.add_argument("--rounds", default=",_b", help="comma-separated suffixes of the rounds' JSON names (default ',_b')")
     args = ap.parse_args(argv)
-    if not 0 <= args.margin < 1:
-        ap.error(f"--margin {args.margin}: expected 0 <= margin < 1")
+    if not -1 < args.margin < 1:
+        ap.error(f"--margin {args.margin}: expected -1 < margin < 1 (negative: the variant may be that much slower)")
     if args.guard is not None and not 0 <= args.guard < 1:
         ap.error(f"--guard {args.guard}: expected 0 <= guard < 1")
     ok = decide(args.dir, args.base, args.variant, args.cell, args.margin, args.rounds.split(","), args.guard)

@@ -46,6 +46,15 @@ def test_guard_refuses_a_cell_slower_in_every_round(tmp_path, capsys):
     assert ab_adopt.main(args + ["--guard", "0.02"]) is True
 
 
+def test_negative_margin_accepts_a_neutral_change(tmp_path):
+    _write(tmp_path, "col", 52.3)
+    _write(tmp_path, "mh", 52.5)  # 0.4% slower
+    args = [str(tmp_path), "col", "mh", "--cell", "mha:1:32768:4", "--rounds", ""]
+    assert ab_adopt.main(args) is False
+    assert ab_adopt.main(args + ["--margin", "-0.005"]) is True
+    assert ab_adopt.main(args + ["--margin", "-0.002"]) is False
+
+
 def test_bad_input_is_named(tmp_path):
     _write(tmp_path, "col", 52.3)
     _write(tmp_path, "pf", 51.5)
@@ -55,5 +64,7 @@ def test_bad_input_is_named(tmp_path):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768"])
     with pytest.raises(SystemExit):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--margin", "1.5"])
+    with pytest.raises(SystemExit):
+        ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--margin", "-1"])
     with pytest.raises(SystemExit):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--guard", "-0.1"])
