@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-06 for one device call: the merge kernel limited to 64 registers (__launch_bounds__(128, 8), from
+# Ran 2026-12-06 12:04 UTC (refuted; docs/kernel_notes.md, "Eight merge blocks per SM"): the merge kernel limited to 64 registers (__launch_bounds__(128, 8), from
 # docs/logs/pfgqa_1206/next_merge_minb.patch as -DPQ_MERGE_MINB=8), so that 8 merge blocks fit on an SM instead of 5.
 # Why: at B=1 32K (MHA and GQA) the partial grid takes 128 of the 132 SMs with all their registers; the 4 free SMs hold
 # 20 of the 32 merge blocks (96 registers x 128 threads each), the other 12 enter only when partial blocks exit and then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-06 for the next device call (not run yet): the L2 prefetch of the split's first chunks before the
+# Ran 2026-12-06 11:38 UTC (docs/kernel_notes.md, "The L2 prefetch in the tensor-core and packed-LUT kernels"; taken): the L2 prefetch of the split's first chunks before the
 # wait, which the MHA kernel has had since 4bbcf89 (MHA B=1 32K 4-bit 52.3 -> 51.5 us), in the tensor-core and packed-LUT
 # kernels (GQA, SmolLM2 shape): docs/logs/mcast_1206/next_pf_gqa.patch adds it behind -DPQ_PF_EARLY_GQA=N (N x NW chunks),
 # and -DPQ_PF_MHA_CHUNKS=N (the MHA kernel's prefetch over N x NW chunks instead of NW).
