@@ -6,7 +6,7 @@
 # attend the residual window (3-4.6 us) after the last partial: the graph timeline of 11:38 UTC puts their ends 2-3.5 us
 # after the early blocks' at MHA 2-bit, 1.5 us at GQA 4-bit, 0.5 us at MHA 4-bit. Predicted: MHA B=1 32K 2-bit
 # 33.8 -> ~30.5 us, GQA 28.6 -> ~27.1, MHA 4-bit 50.9 -> ~50.4; other cells unchanged (d = 64 merges already use 64).
-# Build here and carry .carry:
+# Build here and carry .carry (at 620239d):
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_new.so src/million/ops/cuda/pq_attention.cu                  # the library
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace_new.so src/million/ops/cuda/pq_attention.cu

@@ -3,7 +3,7 @@
 # wait, which the MHA kernel has had since 4bbcf89 (MHA B=1 32K 4-bit 52.3 -> 51.5 us), in the tensor-core and packed-LUT
 # kernels (GQA, SmolLM2 shape): docs/logs/mcast_1206/next_pf_gqa.patch adds it behind -DPQ_PF_EARLY_GQA=N (N x NW chunks),
 # and -DPQ_PF_MHA_CHUNKS=N (the MHA kernel's prefetch over N x NW chunks instead of NW).
-# Build here and carry .carry:
+# Build here and carry .carry (these commands apply to a48bf5c; since 2ce4295 the source has the prefetch, N = 1):
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_cur.so src/million/ops/cuda/pq_attention.cu                     # the library
 #   git apply docs/logs/mcast_1206/next_pf_gqa.patch
