@@ -293,6 +293,7 @@ def profile(dev):
 
 
 def main():
+    global CALLS  # --calls sets the module's replay length, read by capture_graph, bench_graph and the copy counts
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="cuda_decode.json")
     ap.add_argument("--contexts", default="4096,16384,32768,131072")
@@ -323,7 +324,7 @@ def main():
     args = ap.parse_args()
     if args.calls < 1:
         ap.error(f"--calls {args.calls}: expected at least 1")
-    globals()["CALLS"] = args.calls
+    CALLS = args.calls
     dev = torch.device("cuda")
     res = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), device=torch.cuda.get_device_name(),
                torch=torch.__version__, dtype=args.dtype, q_op=args.q_op, zero_starts=args.zero_starts,
