@@ -99,7 +99,7 @@ def summarize(part, merge, nparts, nmerge, prev=None):
     # the loop from its start to the last warp's end (the block barrier after it adds the slowest warp's wait)
     start = torch.where(p[:, 3] > 0, tloop, tk)
     s = {
-        "blocks": int(valid.sum()), "merge_blocks": int(nmerge),
+        "blocks": int(valid.sum()), "merge_blocks": int((m[:, 0] > 0).sum()),
         "chunks_per_block": [int(nch.min()), int(nch.max())],
         "start_spread": us(entry.max()),
         "tables_med": us(tk.sub(entry).median()), "tables_max": us(tk.sub(entry).max()),
