@@ -158,16 +158,10 @@ def _sdpa_decode_us(B, cfg, T, reps=50):
 
 
 def graph_main(args, model, cfg, cb, vocab):
-    from transformers import StaticCache
-
-    from million import MillionCache
-    from million.decode import Decoder
-
     names = args.caches.split(",")
     bad = [n for n in names if n not in ("fp16static", "pq", "pq-tr", "pq-ev")]
     if bad:
         raise SystemExit(f"--caches: unknown {bad}; allowed: fp16static, pq, pq-tr, pq-ev")
-    from million import Eviction
     cb_tr = _transformed(cb, cfg) if "pq-tr" in names else None
     rows = []
     B = args.batch
@@ -175,55 +169,80 @@ def graph_main(args, model, cfg, cb, vocab):
         res = {"context": ctx, "batch": B, "shape": args.shape, "layers": args.layers, "bits": args.bits, "steps": args.steps,
                "mode": "graph"}
         for name in names:
-            n_new = args.warmup + args.steps + 2
-            if name == "fp16static":
-                cache = StaticCache(config=cfg, max_cache_len=ctx + n_new)
-            else:
-                cache = MillionCache(cb_tr if name == "pq-tr" else cb, cfg,
-                                     evict=Eviction(keep=args.keep) if name == "pq-ev" else None)
-            ids = torch.randint(0, vocab, (B, ctx), device="cuda")
-            dec = Decoder(model, cache, graph=True)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            dec.prefill(ids, max_new_tokens=n_new)
-            torch.cuda.synchronize()
-            res[f"{name}_prefill_s"] = time.perf_counter() - t0
-            tok = torch.randint(0, vocab, (B,), device="cuda")
-            for _ in range(args.warmup):  # eager warm-up steps, then the capture
-                dec.step(tok)
-            torch.cuda.synchronize()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0 = time.perf_counter()
-            s.record()
-            for _ in range(args.steps):
-                dec.step(tok)
-            e.record()
-            e.synchronize()
-            res[f"{name}_step_ms"] = s.elapsed_time(e) / args.steps
-            res[f"{name}_host_ms"] = (time.perf_counter() - t0) * 1e3 / args.steps
-            res[f"{name}_graph"] = dec._graph is not None
-            if name != "fp16static":
-                res[f"{name}_kv_bytes"] = cache.kv_bytes()
-            del cache, dec
+            try:
+                _graph_row(args, res, name, model, cfg, cb_tr if name == "pq-tr" else cb, vocab, ctx)
+            except torch.cuda.OutOfMemoryError as err:  # the row keeps the caches that fit (an fp16 cache may not)
+                res[f"{name}_error"] = "out of memory: " + str(err).splitlines()[0][:160]
+                torch.cuda.empty_cache()
+                print(f"ctx {ctx:>6} B={B} {name:>10}: out of memory, left out of this row", flush=True)
+        try:
+            res.update(_sdpa_decode_us(B, cfg, ctx + args.warmup + args.steps + 2))
+            print(f"ctx {ctx:>6} B={B} SDPA decode, one layer: masked (as StaticCache) {res['sdpa_masked_us']:.1f} us, "
+                  f"mask-free {res['sdpa_nomask_us']:.1f} us", flush=True)
+        except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            print(f"ctx {ctx:>6} B={B} {name:>10}: {res[f'{name}_step_ms']:.3f} ms/step (graph {res[f'{name}_graph']}), "
-                  f"prefill {res[f'{name}_prefill_s']:.2f} s", flush=True)
-        res.update(_sdpa_decode_us(B, cfg, ctx + args.warmup + args.steps + 2))
-        print(f"ctx {ctx:>6} B={B} SDPA decode, one layer: masked (as StaticCache) {res['sdpa_masked_us']:.1f} us, "
-              f"mask-free {res['sdpa_nomask_us']:.1f} us", flush=True)
+            print(f"ctx {ctx:>6} B={B} SDPA decode, one layer: out of memory", flush=True)
         for name in names:
-            if name != "fp16static" and "fp16static" in names:
+            if name != "fp16static" and "fp16static_step_ms" in res and f"{name}_step_ms" in res:
                 res[f"{name}_speedup"] = res["fp16static_step_ms"] / res[f"{name}_step_ms"]
         rows.append(res)
+        _write_json(args.json, rows)  # after every row: a later failure keeps the rows done
     head = " | ".join(f"{n} ms/step" for n in names)
     print(f"\n| context | B | {head} | " + " | ".join(f"{n} x fp16static" for n in names if n != "fp16static") + " |")
     print("|---|---|" + "---|" * (2 * len(names) - ("fp16static" in names)))
     for r in rows:
-        cells = [f"{r[f'{n}_step_ms']:.3f}" for n in names]
-        cells += [f"{r[f'{n}_speedup']:.2f}x" for n in names if n != "fp16static" and f"{n}_speedup" in r]
+        cells = [f"{r[f'{n}_step_ms']:.3f}" if f"{n}_step_ms" in r else "OOM" for n in names]
+        cells += [f"{r[f'{n}_speedup']:.2f}x" if f"{n}_speedup" in r else "-" for n in names if n != "fp16static"]
         print(f"| {r['context']} | {r['batch']} | " + " | ".join(cells) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
+
+
+def _graph_row(args, res, name, model, cfg, cb, vocab, ctx):
+    """One cache's prefill and replayed decode steps at one context, into res (keys ``{name}_...``)."""
+    from transformers import StaticCache
+
+    from million import Eviction, MillionCache
+    from million.decode import Decoder
+
+    B = args.batch
+    n_new = args.warmup + args.steps + 2
+    if name == "fp16static":
+        cache = StaticCache(config=cfg, max_cache_len=ctx + n_new)
+    else:
+        cache = MillionCache(cb, cfg, evict=Eviction(keep=args.keep) if name == "pq-ev" else None)
+    ids = torch.randint(0, vocab, (B, ctx), device="cuda")
+    dec = Decoder(model, cache, graph=True)
+    try:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        dec.prefill(ids, max_new_tokens=n_new)
+        torch.cuda.synchronize()
+        res[f"{name}_prefill_s"] = time.perf_counter() - t0
+        tok = torch.randint(0, vocab, (B,), device="cuda")
+        for _ in range(args.warmup):  # eager warm-up steps, then the capture
+            dec.step(tok)
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        s.record()
+        for _ in range(args.steps):
+            dec.step(tok)
+        e.record()
+        e.synchronize()
+        res[f"{name}_step_ms"] = s.elapsed_time(e) / args.steps
+        res[f"{name}_host_ms"] = (time.perf_counter() - t0) * 1e3 / args.steps
+        res[f"{name}_graph"] = dec._graph is not None
+        if name != "fp16static":
+            res[f"{name}_kv_bytes"] = cache.kv_bytes()
+    finally:
+        del cache, dec
+        torch.cuda.empty_cache()
+    print(f"ctx {ctx:>6} B={B} {name:>10}: {res[f'{name}_step_ms']:.3f} ms/step (graph {res[f'{name}_graph']}), "
+          f"prefill {res[f'{name}_prefill_s']:.2f} s", flush=True)
+
+
+def _write_json(path, rows):
+    if path:
+        with open(path, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
 
 

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran 2026-12-06 14:13 UTC inside gpu_pair_e2e.sh (the helper not taken; the end-to-end rows in docs/e2e.md, "The graph
+# decode on an H100"); kept for its build lines.
 # Prepared 2026-12-06 for one device call: (1) the MHA kernel's L2 prefetch through the shared helper
 # prefetch_first_chunks (docs/logs/pfgqa_1206/next_mha_helper.patch; the source keeps an inline copy because the helper
 # gives that kernel different PTX), A/B against the library, MHA only, two rounds; (2) the end-to-end decode of the

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran 2026-12-06 14:13 UTC as gpu_pair_e2e.sh (pairs refuted, the helper not taken: docs/kernel_notes.md, "Merge blocks of
+# two query heads"); its code is in docs/logs/pair_1206/pair.patch, no longer in the source.
 # Prepared 2026-12-06 (second session of the day) for one device call: merge blocks of two query heads
 # (pq_merge2_kernel, MILLION_CUDA_MERGE_PAIR=1 by default in this build), A/B against the library of 2ce4295, and the
 # MHA kernel's L2 prefetch through the shared helper (docs/logs/pfgqa_1206/next_mha_helper.patch), both two rounds.
@@ -13,8 +15,8 @@
 # B=8 and 4K cells unchanged.
 # Build here and carry .carry:
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
-#   git stash; nvcc $F -o .carry/attn_new.so src/million/ops/cuda/pq_attention.cu; git stash pop   # 2ce4295's kernels
-#   nvcc $F -o .carry/attn_pair.so src/million/ops/cuda/pq_attention.cu                  # this tree (pairs)
+#   nvcc $F -o .carry/attn_new.so src/million/ops/cuda/pq_attention.cu     # 2ce4295 kernels, before the patch
+#   git apply docs/logs/pair_1206/pair.patch; nvcc $F -o .carry/attn_pair.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace_pair.so src/million/ops/cuda/pq_attention.cu
 #   (attn_mh.so, attn_trace_new.so: see gpu_e2e_mh.sh)
 # Decisions (written before the run):

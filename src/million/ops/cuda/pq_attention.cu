@@ -394,8 +394,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
                   smem_addr(tabK), smem_addr(tabV), TB, bar, 0, 1);
       early = true;
       // the split's first NW chunks of K and V codes prefetched into L2 before the wait: their loads after it took
-      // ~3 us from HBM, the critical path of the timeline (the same prefetch as prefetch_first_chunks, kept inline: the
-      // helper gives this kernel different code, not yet timed). The lengths read here may be stale (the previous
+      // ~3 us from HBM, the critical path of the timeline (the same prefetch as prefetch_first_chunks, kept inline:
+      // through the helper nvcc emits different code for this kernel, measured 0.7-2.6% slower at three 2-bit cells in
+      // both rounds of an A/B, H100 2026-12-06 14:13 UTC). The lengths read here may be stale (the previous
       // kernel may still write them): they only pick the lines of a prefetch, which changes no value read after the wait.
       // H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 32K 4-bit 52.3 -> 51.5 us, 4K 14.0 -> 13.6; 2-bit within 1%.
       // 2 x NW chunks measured slower (4K 13.6 -> 14.8 us; 32K 50.9 -> 50.7).
