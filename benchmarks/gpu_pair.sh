@@ -16,7 +16,7 @@
 # Build here and carry .carry:
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_new.so src/million/ops/cuda/pq_attention.cu     # 2ce4295 kernels, before the patch
-#   git apply docs/logs/pair_1206/pair.patch; nvcc $F -o .carry/attn_pair.so src/million/ops/cuda/pq_attention.cu
+#   git apply --exclude=benchmarks/trace_decode.py docs/logs/pair_1206/pair.patch; nvcc $F -o .carry/attn_pair.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace_pair.so src/million/ops/cuda/pq_attention.cu
 #   (attn_mh.so, attn_trace_new.so: see gpu_e2e_mh.sh)
 # Decisions (written before the run):
