@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared 2026-12-06 14:30 UTC for one short device call: bench_e2e.py --graph at B=8 with a context whose fp16
+# Ran 2026-12-06 14:29 UTC (docs/e2e.md, "The graph decode on an H100"). Prepared for one short device call: bench_e2e.py --graph at B=8 with a context whose fp16
 # StaticCache does not fit an 80 GB card (16K), to check on the GPU that the benchmark now leaves that cache out of its
 # row and keeps the JSON of every row (the 14:13 UTC run lost its 4K row's JSON there), and the B=8 8K row between.
 # Library: .carry/attn_new.so (2ce4295's kernels, the library's). Usage: OUT=$OUT bash benchmarks/gpu_e2e_b8.sh
