@@ -1,10 +1,33 @@
 #!/usr/bin/env bash
-# gpu_pair.sh and gpu_e2e_lib.sh in one device call (2026-12-06: starts were refused for an hour, each refusal costing
-# device time), stages in order of need: the GPU kernel tests on the pair build, the pairs A/B (two rounds, the sweep's
-# cells), its decision, the MHA helper A/B and its decision, the end-to-end graph decode on the library the pairs
-# decision leaves, the pair build's timelines, the --q-op sweep, the MillionCache tests. Decisions and builds: see
-# gpu_pair.sh (written before the run).
-# Usage: OUT=$OUT DEADLINE=540 bash benchmarks/gpu_pair_e2e.sh      (writes stages.txt, env.txt, w.tgz)
+# Ran 2026-12-06 14:13 UTC (docs/kernel_notes.md, "Merge blocks of two query heads (refuted); the MHA prefetch through
+# the shared helper (not taken)"; docs/e2e.md, "The graph decode on an H100"; raw docs/logs/pair_1206/call1/).
+# One device call, stages in order of need: the GPU kernel tests on the pair build, the pairs A/B (two rounds, the
+# sweep's cells), its decision, the MHA helper A/B and its decision, the end-to-end graph decode on the library the
+# pairs decision leaves, the pair build's timelines, the --q-op sweep, the MillionCache tests.
+# (1) Merge blocks of two query heads (pq_merge2_kernel, MILLION_CUDA_MERGE_PAIR=1 by default in the pair build):
+#   at B=1 32K (MHA and GQA) the partial grid takes 128 of the 132 SMs with all their registers; 20 of the 32 merge
+#   blocks fit on the 4 free SMs and attend their residual windows while the partial grid runs, the other 12 start only
+#   as partial blocks exit and attend theirs after the last one (2-3.3 us on the critical path at MHA 2-bit). 16 blocks
+#   of two heads fit at once. Every other kernel's PTX byte-identical (per-function nvcc -ptx comparison). Predicted:
+#   MHA B=1 32K 2-bit 33.8 -> ~31.5 us, GQA B=1 32K 4-bit 28.5 -> ~27.5, MHA 4-bit 50.9 -> ~50.5; others unchanged.
+# (2) The MHA kernel's L2 prefetch through the shared helper prefetch_first_chunks (the source keeps an inline copy
+#   because the helper gives that kernel different PTX): docs/logs/pfgqa_1206/next_mha_helper.patch.
+# (3) The 7B-shaped end-to-end graph decode (StaticCache fp16 vs MillionCache) on the library left; 128K does not fit
+#   StaticCache beside the weights on an 80 GB card, so B=1 runs 4K, 32K and 64K.
+# Decisions (written before the run):
+# - pairs: adopt where faster at MHA B=1 32K 2-bit by more than 0.5% in both rounds and no cell more than 1% slower in
+#   both rounds (ab_adopt.py --margin 0.005 --guard 0.01); then the end-to-end runs use the pair build.
+# - helper: take it where at most 0.5% slower at MHA B=1 32K 4-bit and no cell more than 0.5% slower, both rounds
+#   (ab_adopt.py --margin -0.005 --guard 0.005).
+# Build here (nvcc 13.0) and carry .carry:
+#   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
+#   nvcc $F -o .carry/attn_new.so src/million/ops/cuda/pq_attention.cu            # the library (2ce4295's kernels)
+#   git apply docs/logs/pfgqa_1206/next_mha_helper.patch
+#   nvcc $F -o .carry/attn_mh.so src/million/ops/cuda/pq_attention.cu; git checkout src
+#   git apply --exclude=benchmarks/trace_decode.py docs/logs/pair_1206/pair.patch
+#   nvcc $F -o .carry/attn_pair.so src/million/ops/cuda/pq_attention.cu
+#   nvcc $F -DPQ_TRACE -o .carry/attn_trace_pair.so src/million/ops/cuda/pq_attention.cu; git checkout src tests
+# Usage: OUT=$OUT DEADLINE=530 bash benchmarks/gpu_pair_e2e.sh      (writes stages.txt, env.txt, w.tgz)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/paire2e "${DEADLINE:-540}" .carry/attn_pair.so .carry/enc_wg.so
