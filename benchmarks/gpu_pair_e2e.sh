@@ -22,8 +22,9 @@
 # Build here (nvcc 13.0) and carry .carry:
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_new.so src/million/ops/cuda/pq_attention.cu            # the library (2ce4295's kernels)
+#   git checkout 6ce287e -- src/million/ops/cuda/pq_attention.cu   # (the helper patch predates a comment change)
 #   git apply docs/logs/pfgqa_1206/next_mha_helper.patch
-#   nvcc $F -o .carry/attn_mh.so src/million/ops/cuda/pq_attention.cu; git checkout src
+#   nvcc $F -o .carry/attn_mh.so src/million/ops/cuda/pq_attention.cu; git checkout HEAD -- src
 #   git apply --exclude=benchmarks/trace_decode.py docs/logs/pair_1206/pair.patch
 #   nvcc $F -o .carry/attn_pair.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace_pair.so src/million/ops/cuda/pq_attention.cu; git checkout src tests
