@@ -20,7 +20,6 @@ BASE=${BASE:-col}
 gpu_setup "/tmp/ab_$VAR" "${DEADLINE:-420}" ".carry/attn_$VAR.so" .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^adopt"; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 run "t_$VAR" 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
 for r in "" _b; do
@@ -40,4 +39,4 @@ if [ "${TRACE:-0}" = 1 ]; then
   done
 fi
 adopt_then_sweep "$BASE" "$VAR" mha:1:32768:4 90 150
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

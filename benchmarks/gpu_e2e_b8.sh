@@ -10,4 +10,4 @@ pack() { pack_tgz "$1" "passed|failed|Error|^ctx |^\| "; }
 env_txt
 MILLION_ENCODE_PRUNE_MIN=1000000000 run graph_b8 170 python3 benchmarks/bench_e2e.py --graph --batch 8 \
   --contexts 8192,16384 --steps 128 --json "$W/e2e_graph_b8.json"
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

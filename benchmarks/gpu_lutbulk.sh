@@ -32,7 +32,6 @@ set -uo pipefail
 gpu_setup /tmp/lutbulk "${DEADLINE:-540}" .carry/attn_lb.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 T="tests/test_cuda_attention.py"
 L=${LIB:-.carry/attn_lv.so}
@@ -113,4 +112,4 @@ for s in ${STAGES:-tests ab trace vec4 tests0}; do
       --section MemoryWorkloadAnalysis python3 benchmarks/ncu_decode.py gqa:32768 ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

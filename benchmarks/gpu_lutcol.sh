@@ -20,7 +20,6 @@ SL=${SWEEP_LIB:-col}
 gpu_setup /tmp/lutcol "${DEADLINE:-480}" .carry/attn_$SL.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 for s in ${STAGES:-tests ab calls sweep cache}; do
   case $s in
@@ -49,4 +48,4 @@ for s in ${STAGES:-tests ab calls sweep cache}; do
     cache_tests 150 ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -22,7 +22,6 @@ set -uo pipefail
 gpu_setup /tmp/mcast "${DEADLINE:-400}" .carry/attn_qe.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 --contexts 4096,32768"
 for s in ${STAGES:-trace mix ce}; do
   case $s in
@@ -51,4 +50,4 @@ for s in ${STAGES:-trace mix ce}; do
     done ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -21,7 +21,6 @@ set -uo pipefail
 gpu_setup /tmp/mg8 "${DEADLINE:-420}" .carry/attn_mg8.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^adopt|^slower|^wrote"; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 run t_mg8 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
 for r in "" _b; do
@@ -37,4 +36,4 @@ for e in new mg8; do
     --out "$W/trace_$e.json"
 done
 GUARD=0.02 adopt_then_sweep new mg8 mha:1:32768:2 50 120
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

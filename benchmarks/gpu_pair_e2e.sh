@@ -31,10 +31,9 @@
 # Usage: OUT=$OUT DEADLINE=530 bash benchmarks/gpu_pair_e2e.sh      (writes stages.txt, env.txt, w.tgz)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
-gpu_setup /tmp/paire2e "${DEADLINE:-540}" .carry/attn_pair.so .carry/enc_wg.so
+gpu_setup /tmp/paire2e "${DEADLINE:-530}" .carry/attn_pair.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^adopt|^slower|^wrote|^ctx "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 C="--contexts 4096,16384,32768,131072 --batches 1,8"
 run t_pair 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
@@ -60,4 +59,4 @@ run trace_pair 30 env MILLION_CUDA_LIB=.carry/attn_trace_pair.so python3 benchma
   --out "$W/trace_pair.json"
 run sweep_qop 45 $B --shapes mha,gqa,smollm2 $C --q-op --out "$W/sweep_qop.json"
 cache_tests 150
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -24,7 +24,6 @@ set -uo pipefail
 gpu_setup /tmp/pdl "${DEADLINE:-560}" .carry/attn_pdl_lut.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ |^ *(fp16static|pq)"; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
 T="tests/test_cuda_attention.py"
 for s in ${STAGES:-tests ab trace sweep e2e}; do
@@ -84,4 +83,4 @@ for s in ${STAGES:-tests ab trace sweep e2e}; do
     done ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

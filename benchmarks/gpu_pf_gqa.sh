@@ -21,7 +21,6 @@ set -uo pipefail
 gpu_setup /tmp/pfg "${DEADLINE:-400}" .carry/attn_pg1.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^adopt"; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 run t_pg1 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
 for r in "" _b; do
@@ -41,4 +40,4 @@ for e in cur pg1 pg2; do
     --q-op --out "$W/qop_$e.json"
 done
 adopt_then_sweep cur pg1 gqa:1:4096:4 50 120
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -18,7 +18,6 @@ set -uo pipefail
 gpu_setup /tmp/qearly "${DEADLINE:-540}" .carry/attn_qe.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
 for s in ${STAGES:-tests ab cache sweep}; do
   case $s in
@@ -54,4 +53,4 @@ for s in ${STAGES:-tests ab cache sweep}; do
     run sweep_qop 90 $B --contexts 4096,16384,32768,131072 --batches 1,8 --q-op --out "$W/sweep_qop.json" ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -27,7 +27,6 @@ set -uo pipefail
 gpu_setup /tmp/qstage "${DEADLINE:-480}" .carry/attn_q2.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2"
 for s in ${STAGES:-tests ab long trace cl cache}; do
   case $s in
@@ -63,4 +62,4 @@ for s in ${STAGES:-tests ab long trace cl cache}; do
     cache_tests 150 ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -11,11 +11,19 @@ gpu_setup() {
   mkdir -p "$OUT" "$W"
   export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 MILLION_CUDA_LIB=${ATTN_LIB:-$3} MILLION_CUDA_ENCODE_LIB=${ENC_LIB:-$4}
 }
-# env_txt: the date, the GPU, the commit and the two libraries' hashes into $W/env.txt
+# env_txt: the date, the GPU, the commit, the two libraries' hashes, then every carried library's (hash prefix and
+# path) into $W/env.txt
 env_txt() {
   { date -u '+%Y-%m-%d %H:%M:%S UTC'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv;
     python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)';
-    git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16; } > "$W/env.txt" 2>&1
+    git rev-parse HEAD 2>/dev/null; sha256sum "$MILLION_CUDA_LIB" "$MILLION_CUDA_ENCODE_LIB" | cut -c1-16;
+    sha256sum .carry/*.so 2>/dev/null | cut -c1-16,66-; } > "$W/env.txt" 2>&1
+}
+# finish_call: the call's total time into the summary; the summary and w.tgz (every output of $W) to $OUT
+finish_call() {
+  echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"
+  cp "$W/stages.txt" "$OUT/"
+  tar czf "$OUT/w.tgz" -C "$W" .
 }
 # left: seconds before the deadline; tmo CAP: the smaller of CAP and that (at least 1 s)
 left() { echo $((T0 + DEADLINE - $(date +%s))); }

@@ -35,7 +35,6 @@ set -uo pipefail
 gpu_setup /tmp/starts "${DEADLINE:-540}" .carry/attn_new.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench |^ +[a-z0-9]+:[0-9]+:[0-9]+:[0-9]+ "; }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
 T="tests/test_cuda_attention.py"
 for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
@@ -151,4 +150,4 @@ for s in ${STAGES:-tests ab early_tests gap cache headcb sweep}; do
     done ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -11,4 +11,4 @@ pack() { pack_tgz "$1" "Error|^wrote"; }
 env_txt
 run trace_graph 60 python3 benchmarks/trace_decode.py --graph --reps 5 --out "$W/trace_graph.json"
 run trace_cold 60 python3 benchmarks/trace_decode.py --reps 5 --out "$W/trace_cold.json"
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call

@@ -25,7 +25,6 @@ pack() {
   tar czf "$OUT/w.tgz" -C "$W" . 2>/dev/null
 }
 env_txt
-sha256sum .carry/*.so | cut -c1-16,66- >> "$W/env.txt"
 BENCH="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
 for s in ${STAGES:-pf main steal respart}; do
   case $s in
@@ -65,4 +64,4 @@ for s in ${STAGES:-pf main steal respart}; do
     git apply -R docs/logs/trace_1206/respart.patch ;;
   esac
 done
-echo "done in $(( $(date +%s) - T0 )) s" | tee -a "$W/stages.txt"; cp "$W/stages.txt" "$OUT/"; tar czf "$OUT/w.tgz" -C "$W" .
+finish_call
