@@ -95,6 +95,9 @@ __device__ __forceinline__ int trace_block() {
 #ifndef PRO_UNR
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
 #endif
+#ifndef PQ_VH2
+#define PQ_VH2 0  // 1: the FFMA kernel (fp16, one query head) accumulates each chunk's values in half2 (experiment)
+#endif
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -368,6 +371,7 @@ __device__ __forceinline__ void prefetch_first_chunks(const PQArgs& a, int M, in
 template <typename T, int D, int DSUB, int GB, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
+  constexpr bool VH2 = PQ_VH2 && GB == 1 && std::is_same<T, __half>::value;
   using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
@@ -698,21 +702,51 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       l_run[g] += p[g];
     }
     // ---- values ----
+    if constexpr (VH2) {
+      // fp16 inputs, one query head: the chunk's NS tokens accumulate in half2 (p rounded to fp16, one HFMA2 per
+      // centroid pair instead of two conversions and two FFMAs), added into the float32 accumulators once per chunk
+      __half2 hacc[4][DSUB / 2];
 #pragma unroll
-    for (int s = 0; s < NS; ++s) {
-      float ps[GB];
+      for (int bb = 0; bb < 4; ++bb)
 #pragma unroll
-      for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
+        for (int j = 0; j < DSUB / 2; ++j) hacc[bb][j] = __float2half2_rn(0.f);
 #pragma unroll
-      for (int bb = 0; bb < 4; ++bb) {
-        const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
-        const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
-        float ef[DSUB];
-        entry_to_float<T, DSUB>(e, ef);
+      for (int s = 0; s < NS; ++s) {
+        const __half2 ph = __float2half2_rn(__shfl_sync(FULL, p[0], h * W + s));
 #pragma unroll
-        for (int g = 0; g < GB; ++g)
+        for (int bb = 0; bb < 4; ++bb) {
+          const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
+          const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
+          const __half2* e2 = reinterpret_cast<const __half2*>(&e);
 #pragma unroll
-          for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = fmaf(ps[g], ef[j], acc[bb][g][j]);
+          for (int j = 0; j < DSUB / 2; ++j) hacc[bb][j] = __hfma2(ph, e2[j], hacc[bb][j]);
+        }
+      }
+#pragma unroll
+      for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+        for (int j = 0; j < DSUB / 2; ++j) {
+          const float2 f = __half22float2(hacc[bb][j]);
+          acc[bb][0][2 * j] += f.x;
+          acc[bb][0][2 * j + 1] += f.y;
+        }
+    } else {
+#pragma unroll
+      for (int s = 0; s < NS; ++s) {
+        float ps[GB];
+#pragma unroll
+        for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) {
+          const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
+          const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
+          float ef[DSUB];
+          entry_to_float<T, DSUB>(e, ef);
+#pragma unroll
+          for (int g = 0; g < GB; ++g)
+#pragma unroll
+            for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = fmaf(ps[g], ef[j], acc[bb][g][j]);
+        }
       }
     }
 #pragma unroll
