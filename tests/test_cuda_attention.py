@@ -442,6 +442,69 @@ def test_ffma_kernel_host_tables_and_per_thread_prologue(case, dtype, bulk, monk
     _check_poisoned(ca, cases[case], dtype, 900 + case, kernel_override="ffma")
 
 
+HALF_V_CASES = [CASES[0], CASES[5], CASES[7], CASES[9],
+                (2, 4, 4, 64, 4, 700, 32, [700, 13], [32, 0], [0, 0], 4),
+                # many chunks per warp, 2 bits at d = 128
+                (1, 8, 8, 128, 2, 70000, 64, [70000], [64], [0], 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("half_v", ["1", "0"])
+@pytest.mark.parametrize("case", range(len(HALF_V_CASES)))
+def test_ffma_half2_values(case, half_v, monkeypatch):
+    """fp16 MHA (the FFMA kernel, host-laid tables): each chunk's values accumulated in half2 (kind 4,
+    ``MILLION_CUDA_HALF_V=1``) and in float32 (``0``), NaN-poisoned, at the default split count and 3, against the naive
+    twin."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_HALF_V", half_v)
+    monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "1")
+    _check_poisoned(ca, HALF_V_CASES[case], torch.float16, 1100 + case)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_ffma_half2_values_path_and_range_guard(monkeypatch):
+    """With MILLION_CUDA_HALF_V=1 an fp16 MHA call takes the half2 value path (its output differs from the float32
+    path's, both near the naive twin). V centroids past +-2048 take the float32 path: with every probability 1 (q = 0) and every V code
+    on a centroid of 6000, a chunk's 16 half2 products would sum past the fp16 range; the output is that centroid,
+    finite, and equal bit for bit to the float32 path's."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "1")
+    monkeypatch.setenv("MILLION_CUDA_HALF_V", "1")
+    B, Hq, Hkv, D, bits, T, R = 2, 8, 8, 128, 4, 3000, 16
+    q, kc, vc, kcen, vcen, kr, vr = _make(B, Hq, Hkv, D, bits, T, R, torch.float16, 1, seed=1200)
+    pq_lens = torch.tensor([3000, 2500], dtype=torch.int32, device="cuda")
+    res_lens = torch.zeros(B, dtype=torch.int32, device="cuda")
+
+    def run(qq, v_codes, v_cen, half):
+        monkeypatch.setenv("MILLION_CUDA_HALF_V", half)
+        return ca.pq_decode_attention(qq, kc, v_codes, kcen, v_cen, pq_lens, kr, vr, res_lens)
+
+    assert ca.ffma_half_values(vcen)
+    ref = naive.pq_decode_attention(q.float(), kc, vc, kcen.float(), vcen.float(), pq_lens, kr.float(), vr.float(),
+                                    res_lens)
+    h, f = run(q, vc, vcen, "1"), run(q, vc, vcen, "0")
+    for out in (h, f):
+        torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+    assert not torch.equal(h, f)
+
+    big = vcen.clone()
+    big[:, :, 7, :] = 6000.0  # code 7 of every subspace
+    assert not ca.ffma_half_values(big)
+    q0, v7 = torch.zeros_like(q), torch.full_like(vc, 7)
+    g, f = run(q0, v7, big, "1"), run(q0, v7, big, "0")
+    assert torch.isfinite(g.float()).all()
+    torch.testing.assert_close(g.float(), torch.full_like(g.float(), 6000.0), atol=0, rtol=0)
+    assert torch.equal(g, f)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("cluster", ["2", "4"])

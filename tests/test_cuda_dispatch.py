@@ -1,6 +1,8 @@
 """CPU checks of the CUDA decode dispatch: kernel choice per shape, the tensor-core kernel's table layout
 and its cache, cluster sizing. No GPU needed (the layout is plain torch)."""
 
+import ctypes
+
 import pytest
 import torch
 
@@ -120,6 +122,62 @@ def test_ffma_bulk_switch(monkeypatch):
     monkeypatch.setenv("MILLION_CUDA_FFMA_BULK", "yes")
     with pytest.raises(ValueError, match="MILLION_CUDA_FFMA_BULK='yes'"):
         ca.ffma_bulk()
+
+
+def test_ffma_half_values_rule(monkeypatch):
+    """The half2 value path's eligibility: fp16 V centroids, finite and within +-HALF_VALUES_MAX, the switch on;
+    cached per tensor and version (an in-place change is checked again)."""
+    monkeypatch.setenv("MILLION_CUDA_HALF_V", "1")
+    c = torch.randn(2, 16, 256, 4).half()
+    assert ca.ffma_half_values(c)
+    assert not ca.ffma_half_values(c.float())
+    assert not ca.ffma_half_values(c.to(torch.bfloat16))
+    c[1, 3, 200, 2] = ca.HALF_VALUES_MAX
+    assert ca.ffma_half_values(c)
+    c[1, 3, 200, 2] = -2 * ca.HALF_VALUES_MAX
+    assert not ca.ffma_half_values(c)
+    c[1, 3, 200, 2] = float("nan")
+    assert not ca.ffma_half_values(c)
+    c[1, 3, 200, 2] = 1.0
+    assert ca.ffma_half_values(c)
+    assert ca.ffma_half_values(torch.empty(0, 16, 256, 4, dtype=torch.float16))
+    monkeypatch.setenv("MILLION_CUDA_HALF_V", "0")
+    assert not ca.half_values_enabled() and not ca.ffma_half_values(c)
+    monkeypatch.setenv("MILLION_CUDA_HALF_V", "2")
+    with pytest.raises(ValueError, match="MILLION_CUDA_HALF_V='2'"):
+        ca.ffma_half_values(c)
+
+
+def test_library_abi_checked(monkeypatch, tmp_path):
+    """A kernel library built from another source revision (MILLION_CUDA_LIB pointing at a stale build) is refused
+    with a message naming both versions, instead of running kernels that read the arguments differently."""
+
+    class Fn:
+        def __init__(self, v):
+            self.v, self.argtypes, self.restype = v, None, None
+
+        def __call__(self, *a):
+            return self.v
+
+    class FakeLib:
+        def __init__(self, abi):
+            self.million_pq_decode_attention = Fn(0)
+            self.million_pq_last_error = Fn(b"")
+            self.million_pq_args_size = Fn(ctypes.sizeof(ca._Args))
+            self.million_pq_abi_version = Fn(abi)
+
+    monkeypatch.setenv("MILLION_CUDA_LIB", str(tmp_path / "lib.so"))
+    for abi, ok in ((ca.ABI_VERSION, True), (ca.ABI_VERSION - 1, False)):
+        monkeypatch.setattr(ca.ctypes, "CDLL", lambda path, abi=abi: FakeLib(abi))
+        ca._lib.cache_clear()
+        try:
+            if ok:
+                assert ca._lib().million_pq_abi_version() == ca.ABI_VERSION
+            else:
+                with pytest.raises(RuntimeError, match=f"ABI {abi}, this code needs {ca.ABI_VERSION}"):
+                    ca._lib()
+        finally:
+            ca._lib.cache_clear()
 
 
 def test_split_rule(monkeypatch):

@@ -28,6 +28,7 @@ from ._nvcc import CudaLibrary
 _SRC = Path(__file__).with_name("cuda") / "pq_attention.cu"
 _LIBRARY = CudaLibrary(_SRC, "million_pq", "MILLION_CUDA_LIB")
 _LOG2E = 1.4426950408889634
+ABI_VERSION = 9  # million_pq_abi_version() of the library this code drives (9: kind 4, the half2 value path)
 
 
 class _Args(ctypes.Structure):
@@ -54,8 +55,12 @@ def _lib():
     lib.million_pq_decode_attention.restype = ctypes.c_int
     lib.million_pq_last_error.restype = ctypes.c_char_p
     lib.million_pq_args_size.restype = ctypes.c_int
+    lib.million_pq_abi_version.restype = ctypes.c_int
     if lib.million_pq_args_size() != ctypes.sizeof(_Args):
         raise RuntimeError(f"{path}: argument struct size mismatch (stale library?)")
+    if lib.million_pq_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{path}: kernel library ABI {lib.million_pq_abi_version()}, this code needs {ABI_VERSION} "
+                           "(a library built from an older source: rebuild it, or unset MILLION_CUDA_LIB)")
     return lib
 
 
@@ -240,13 +245,47 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
     return _remember(key, centroids, t)
 
 
+HALF_VALUES_MAX = 2048.0  # V centroid bound of the half2 value path: 16 products of p <= 1 stay within +-32768
+_HALF_V: dict = {}  # id(tensor) -> (weakref to the tensor, version, whether the half2 value path may read it)
+
+
+def ffma_half_values(v_centroids: torch.Tensor) -> bool:
+    """Whether the FFMA kernel (one query head per block) may accumulate each chunk's values in half2 for these V
+    centroids (kind 4): fp16 entries, all finite and within +-``HALF_VALUES_MAX`` (a chunk sums at most 16 products of
+    a probability <= 1, so its half2 sums stay inside the fp16 range), and ``$MILLION_CUDA_HALF_V`` not ``0``. Else
+    the values accumulate in float32 (kind 2). The check reads the tensor's maximum back to the host once per live
+    tensor and version (cached); during CUDA-graph capture a tensor not checked before takes the float32 path
+    (:func:`prepare_tables` checks the cache's codebooks at allocation)."""
+    if v_centroids.dtype != torch.float16 or not half_values_enabled():
+        return False
+    key = id(v_centroids)
+    hit = _HALF_V.get(key)
+    if hit is not None and hit[0]() is v_centroids and hit[1] == v_centroids._version:
+        return hit[2]
+    if v_centroids.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    ok = v_centroids.numel() == 0 or bool((v_centroids.float().abs().amax() <= HALF_VALUES_MAX).item())
+    for k in [k for k, v in _HALF_V.items() if v[0]() is None]:
+        del _HALF_V[k]
+    _HALF_V[key] = (weakref.ref(v_centroids), v_centroids._version, ok)
+    return ok
+
+
+def half_values_enabled() -> bool:
+    """``$MILLION_CUDA_HALF_V``: ``1`` lets the FFMA kernel accumulate fp16 values in half2 per chunk where
+    :func:`ffma_half_values` allows it; ``0`` (default until timed on a GPU) keeps float32 accumulation."""
+    return env_choice("MILLION_CUDA_HALF_V", "0", ("0", "1"), "0 or 1") == "1"
+
+
 def prepare_tables(k_centroids: torch.Tensor, v_centroids: torch.Tensor) -> None:
     """Lay out every table the decode kernels may read for these codebooks (MillionCache calls it at
-    allocation, so that a decode step captured into a CUDA graph replays only the attention kernels)."""
+    allocation, so that a decode step captured into a CUDA graph replays only the attention kernels), and check
+    the V centroids for the half2 value path (:func:`ffma_half_values`)."""
     if supports_centroids(k_centroids) and supports_centroids(v_centroids):
         for c, role in ((k_centroids, "k"), (v_centroids, "v")):
             mma_tables(c, role)
             ffma_tables(c)
+        ffma_half_values(v_centroids)
 
 
 def ffma_bulk() -> bool:
@@ -422,12 +461,14 @@ def pq_decode_attention(
     builds = _TABLE_BUILDS
     kcode = 1 if kind == "mma" else 0
     if kind == "ffma" and GB == 1 and ffma_bulk():
-        kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 2
+        # kind 4: fp16 values accumulated in half2 per chunk where the V centroids allow it (ffma_half_values)
+        kcode = 4 if q.dtype == torch.float16 and ffma_half_values(v_centroids) else 2
+        kcen, vcen = ffma_tables(kcen), ffma_tables(vcen)
     if kind == "lut" and lut_bulk():
         kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 3
     if kind == "mma":
         kcen, vcen = mma_tables(kcen, "k"), mma_tables(vcen, "v")
-    if kcode in (1, 2):
+    if kcode in (1, 2, 4):
         want = _env_int("MILLION_CUDA_CLUSTER", "1", CLUSTER_SIZES)
         if want > 1:  # opt-in: clusters of splits multicast the tables (measured slower on the H100)
             S, C = _cluster(S, want)

@@ -43,7 +43,8 @@ struct PQArgs {
   long long so_b, so_h, so_d;
   int B, Hq, Hkv, T, R, D, M, S, dtype, GB, ngroups, num_warps, kind, cluster;  // kind 1: tensor-core kernel,
   // 2: FFMA kernel (GB 1) with host-laid tables (cuda_attention.ffma_tables) fetched by bulk copy; 3: packed-LUT
-  // kernel with the same host-laid tables, fetched by bulk copy
+  // kernel with the same host-laid tables, fetched by bulk copy; 4: kind 2 with each chunk's values accumulated in
+  // half2 (fp16 only; the launcher passes the kernel kind 2)
   int cmerge;  // 1: one launch, the S splits of a head and a merge block form a cluster (tensor-core kernel)
   int pdl;     // 1: the partial grid may start before the previous kernel on the stream ends (its tables, which no
                // kernel of this call wrote, are copied before griddepcontrol.wait); the launcher passes 0 when it
@@ -94,9 +95,6 @@ __device__ __forceinline__ int trace_block() {
 #endif
 #ifndef PRO_UNR
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
-#endif
-#ifndef PQ_VH2
-#define PQ_VH2 0  // 1: the FFMA kernel (fp16, one query head) accumulates each chunk's values in half2 (experiment)
 #endif
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
@@ -368,10 +366,11 @@ __device__ __forceinline__ void prefetch_first_chunks(const PQArgs& a, int M, in
   }
 }
 
-template <typename T, int D, int DSUB, int GB, int NW>
+// VF: fp16 inputs and one query head (kind 4 at the launcher): each chunk's values accumulate in half2 (see the loop)
+template <typename T, int D, int DSUB, int GB, int NW, bool VF = false>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
-  constexpr bool VH2 = PQ_VH2 && GB == 1 && std::is_same<T, __half>::value;
+  constexpr bool VH2 = VF && GB == 1 && std::is_same<T, __half>::value;
   using Entry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
@@ -704,7 +703,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     // ---- values ----
     if constexpr (VH2) {
       // fp16 inputs, one query head: the chunk's NS tokens accumulate in half2 (p rounded to fp16, one HFMA2 per
-      // centroid pair instead of two conversions and two FFMAs), added into the float32 accumulators once per chunk
+      // centroid pair instead of two conversions and two FFMAs), added into the float32 accumulators once per chunk.
+      // The launcher takes this path only for V tables within +-2048 (cuda_attention.ffma_half_values): NS <= 16
+      // products of p <= 1 then stay within +-32768, inside the fp16 range.
       __half2 hacc[4][DSUB / 2];
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb)
@@ -1939,10 +1940,10 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
   return 0;
 }
 
-template <typename T, int D, int DSUB, int GB, int NW>
+template <typename T, int D, int DSUB, int GB, int NW, bool VF = false>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
-  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW>, 2 * 256 * D * 2, NW * 32, configured, a, st);
+  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW, VF>, 2 * 256 * D * 2, NW * 32, configured, a, st);
 }
 
 // packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
@@ -2046,6 +2047,13 @@ static int launch_g(const PQArgs& a, cudaStream_t st) {
       }
     }
   }
+  if constexpr (std::is_same<T, __half>::value) {
+    if (a.kind == 4) {  // kind 2 with the values of each chunk accumulated in half2
+      PQArgs b = a;
+      b.kind = 2;
+      return launch_t<T, D, DSUB, 1, 16, true>(b, st);
+    }
+  }
   switch (a.GB) {
     case 1: return launch_t<T, D, DSUB, 1, 16>(a, st);
     case 2: return launch_t<T, D, DSUB, 2, 8>(a, st);
@@ -2067,7 +2075,7 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 }
 
 extern "C" {
-int million_pq_abi_version() { return 8; }
+int million_pq_abi_version() { return 9; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
@@ -2104,12 +2112,16 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
   if (a->S < 1 || a->S > 1024) { snprintf(g_err, sizeof g_err, "S=%d out of range", a->S); return 3; }
-  if (a->kind == 2 && (a->GB != 1 || a->num_warps != 0)) {
-    snprintf(g_err, sizeof g_err, "kind 2 (host-laid FFMA tables) needs GB 1 and the FFMA kernel, got GB=%d num_warps=%d",
-             a->GB, a->num_warps);
+  if ((a->kind == 2 || a->kind == 4) && (a->GB != 1 || a->num_warps != 0)) {
+    snprintf(g_err, sizeof g_err, "kind %d (host-laid FFMA tables) needs GB 1 and the FFMA kernel, got GB=%d num_warps=%d",
+             a->kind, a->GB, a->num_warps);
     return 3;
   }
-  if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1 && a->kind != 2)) {
+  if (a->kind == 4 && a->dtype != 0) {
+    snprintf(g_err, sizeof g_err, "kind 4 (half2 values) needs fp16 inputs, got dtype=%d", a->dtype);
+    return 3;
+  }
+  if (a->cluster < 1 || a->cluster > 8 || (a->cluster > 1 && a->kind != 1 && a->kind != 2 && a->kind != 4)) {
     snprintf(g_err, sizeof g_err, "cluster=%d: 1, or 2..8 for the tensor-core kernel and the bulk-copy FFMA kernel",
              a->cluster);
     return 3;
