@@ -8,6 +8,7 @@ the residual lengths, fallback for unsupported inputs, and a CUDA-graph replay w
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -645,11 +646,25 @@ def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch)
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_merge8_matches_naive():
+    """MILLION_CUDA_MERGE8=2: every merge grid as 64-register blocks (pq_merge_kernel<T, D, 8>), for every partial
+    kernel, fp16 and bf16, d 64 and 128. The switch is read once per process, so the matching, many-splits and
+    back-to-back tests run again in a subprocess with it set."""
+    env = dict(os.environ, MILLION_CUDA_MERGE8="2")
+    tests = "test_matches_naive or test_ticket_merge or test_back_to_back or test_mma_kernel_matches_naive or lut_kernel or ffma"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", __file__, "-k",
+                        tests], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
 @pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"),
-                                      ("MILLION_CUDA_SOLO", "3")])
+                                      ("MILLION_CUDA_SOLO", "3"), ("MILLION_CUDA_MERGE8", "4")])
 def test_launch_switch_checked(var, bad, monkeypatch):
-    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO) is named before the library is
-    looked for."""
+    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO, MILLION_CUDA_MERGE8) is named before
+    the library is looked for."""
     from million.ops import cuda_attention as ca
 
     monkeypatch.setenv(var, bad)

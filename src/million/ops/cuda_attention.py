@@ -49,6 +49,9 @@ def _lib():
     env_choice("MILLION_CUDA_SOLO", "1", ("0", "1", "2"),
                "0 (never), 1 (the default: an early-launched partial grid that fits one block per SM and covers more "
                "than 3/4 of the SMs takes a whole SM per block) or 2 (every such grid)")
+    env_choice("MILLION_CUDA_MERGE8", "0", ("0", "1", "2"),
+               "0 (the default: 128-register merge blocks), 1 (64-register merge blocks at 2 bits where only they all fit "
+               "beside a one-wave partial grid) or 2 (always 64-register merge blocks)")
     path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]

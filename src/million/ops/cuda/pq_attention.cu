@@ -1414,8 +1414,10 @@ __device__ __forceinline__ void write_output(const PQArgs& a, int b, int hq, int
 // residual part runs while the partial kernel still runs. After griddepcontrol.wait every thread
 // merges its output element over the S partials on its own (the lse values are broadcast loads),
 // online in groups of MERGE_PF whose loads are issued together: one global round trip per group, no barrier.
-template <typename T, int D>
-__global__ void __launch_bounds__(128) pq_merge_kernel(const PQArgs a) {
+// MINB = 8 (launcher: merge8): at most 64 registers at d = 128, so that 8 merge blocks fit on an SM the partial grid
+// leaves free instead of 5 (MINB = 0: no bound).
+template <typename T, int D, int MINB = 0>
+__global__ void __launch_bounds__(128, MINB) pq_merge_kernel(const PQArgs a) {
   constexpr int NWM = 4;
   const int hq = blockIdx.x, b = blockIdx.y;
   const int tid = threadIdx.x;
@@ -1854,6 +1856,17 @@ static bool solo(long long blocks, int occ, int sms) {
   if (!g_solo || occ <= 1 || blocks > sms) return false;
   return g_solo == 2 || 4 * blocks > 3LL * sms;
 }
+// MILLION_CUDA_MERGE8: the merge grid as 64-register blocks (pq_merge_kernel<T, D, 8>). 0: never; 2: always; 1: at
+// 2 bits (dsub 4) where the merge blocks that fit beside a one-wave partial grid (merge_slots) are fewer than the
+// merge grid's blocks, and 64-register blocks fit all of them. There the partial blocks end within ~1 us of each
+// other, so the residual windows of merge blocks that enter only as partial blocks exit lie on the critical path
+// (H100 timelines, MHA B=1 32K 2-bit: 2-3.3 us); at 4 bits their ends spread over ~4 us and hide those windows, and
+// 8 blocks per SM made the merge after the wait longer (docs/kernel_notes.md, 2026-12-06)
+static int g_merge8 = 0;
+static bool merge8(int B, int Hq, int dsub, long long slots, long long slots8) {
+  if (g_merge8 == 0) return false;
+  return g_merge8 == 2 || (dsub == 4 && (long long)B * Hq > slots && (long long)B * Hq <= slots8);
+}
 
 // per kernel instantiation and device (a function's attributes belong to one device's context: a kernel configured
 // on one GPU is not configured on the next): attributes set, blocks per SM at its own shared memory
@@ -1861,7 +1874,34 @@ constexpr int MAX_DEVICES = 64;
 struct KernelState {
   bool configured = false;
   int occ = 1, half = 0, sms = 0;
+  int regs_sm = 0, regs_block = 0;  // an SM's registers; one block's, as allocated (per warp, in units of 256)
 };
+// registers a block of `threads` threads of `kern` holds on an SM (0 where the attributes cannot be read)
+static int block_registers(const void* kern, int threads) {
+  cudaFuncAttributes fa;
+  if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) return 0;
+  return (fa.numRegs * 32 + 255) / 256 * 256 * ((threads + 31) / 32);
+}
+// a merge kernel's blocks per SM and registers per block on device dev, read once per device
+template <typename T, int D, int MINB>
+static const KernelState& merge_state(int dev) {
+  static KernelState st[MAX_DEVICES];
+  KernelState& m = st[dev];
+  if (!m.configured) {
+    const void* k = (const void*)pq_merge_kernel<T, D, MINB>;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&m.occ, pq_merge_kernel<T, D, MINB>, 128, 0) != cudaSuccess) m.occ = 0;
+    m.regs_block = block_registers(k, 128);
+    m.configured = true;
+  }
+  return m;
+}
+// the merge blocks that can run while a one-wave partial grid of `blocks` blocks (state ps) runs: m.occ on each SM it
+// leaves free, plus those that fit beside a partial block's registers; 0 when the grid takes more than one wave
+static long long merge_slots(const KernelState& ps, const KernelState& m, long long blocks) {
+  if (blocks > ps.sms || m.regs_block <= 0) return 0;
+  const long long beside = ps.regs_block > 0 ? (ps.regs_sm - ps.regs_block) / m.regs_block : 0;
+  return (ps.sms - blocks) * m.occ + blocks * (beside > 0 ? beside : 0);
+}
 // the current device's index, or -1 (with g_err set) when it has none or too high an index
 static int current_device() {
   int dev = -1;
@@ -1887,6 +1927,8 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
                                          smem > ks.half ? smem : ks.half);
     if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ks.occ, kern, nthreads, smem);
     if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "kernel set-up: %s", cudaGetErrorString(e)); return 1; }
+    cudaDeviceGetAttribute(&ks.regs_sm, cudaDevAttrMaxRegistersPerMultiprocessor, dev);
+    ks.regs_block = block_registers((const void*)kern, nthreads);
     ks.configured = true;
   }
   if (a.B > 0 && a.Hq > 0) {
@@ -1932,7 +1974,9 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
     attr[0].val.programmaticStreamSerializationAllowed = g_pdl >= 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    cudaError_t le = cudaLaunchKernelEx(&cfg, pq_merge_kernel<T, D>, a);
+    const bool m8 = g_merge8 != 0 && merge8(a.B, a.Hq, D / a.M, merge_slots(ks, merge_state<T, D, 0>(dev), blocks),
+                                            merge_slots(ks, merge_state<T, D, 8>(dev), blocks));
+    cudaError_t le = cudaLaunchKernelEx(&cfg, m8 ? pq_merge_kernel<T, D, 8> : pq_merge_kernel<T, D>, a);
     if (le != cudaSuccess) { snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le)); return 2; }
   }
   cudaError_t e = cudaGetLastError();
@@ -2108,6 +2152,7 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (!init) {
     g_pdl = env_digit("MILLION_CUDA_PDL", 2, 2);
     g_solo = env_digit("MILLION_CUDA_SOLO", 2, 1);
+    g_merge8 = env_digit("MILLION_CUDA_MERGE8", 2, 0);
     init = 1;
   }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
