@@ -657,7 +657,8 @@ def test_merge8_matches_naive():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", __file__, "-k",
                         tests], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert " passed" in last and "failed" not in last and "error" not in last, r.stdout[-2000:]
 
 
 @pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"),
