@@ -96,6 +96,9 @@ __device__ __forceinline__ int trace_block() {
 #ifndef PRO_UNR
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
 #endif
+#ifndef PQ_LOOP_PF
+#define PQ_LOOP_PF 0  // (A/B builds) FFMA kernel: L2 prefetch distance of the chunk loop, in chunks per warp (0: none)
+#endif
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -654,8 +657,23 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
   }
 
+#if PQ_LOOP_PF
+  // (A/B build) each of the first 2 * PFL lanes prefetches one 128-byte line of the K (then V) codes of chunk
+  // c + PQ_LOOP_PF * NW into L2 while chunk c is processed and chunk c + NW is in flight to registers
+  constexpr int PFL = M / 4;  // 128-byte lines per 32-token chunk and tensor
+  const bool pf_lane = lane < 2 * PFL;
+  const uint8_t* pf_base = (lane < PFL ? a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h
+                                       : a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h) + (lane % PFL) * 128;
+#endif
   for (; c < nchunks; c += NW) {
     if (c + NW < nchunks) load(c + NW, kn, vn);
+#if PQ_LOOP_PF
+    {
+      const int cp = c + PQ_LOOP_PF * NW;
+      if (pf_lane && lo + cp * 32 + 32 <= hi)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(pf_base + (long long)(lo + cp * 32) * M));
+    }
+#endif
     // ---- scores: per-lane partial sums over its subspaces, step s = token s*TPI + h ----
     float part[NS][GB];
 #pragma unroll
