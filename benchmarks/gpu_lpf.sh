@@ -19,14 +19,14 @@
 #   nvcc $F -o .carry/attn_fin2.so src/million/ops/cuda/pq_attention.cu          # the library
 #   nvcc $F -DPQ_LOOP_PF=2 -o .carry/attn_lpf2.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_LOOP_PF=3 -o .carry/attn_lpf3.so src/million/ops/cuda/pq_attention.cu
-# Usage: OUT=$OUT DEADLINE=240 bash benchmarks/gpu_lpf.sh      (writes stages.txt, env.txt, w.tgz)
+# Usage: OUT=$OUT DEADLINE=180 bash benchmarks/gpu_lpf.sh      (writes stages.txt, env.txt, w.tgz)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
-gpu_setup /tmp/lpf "${DEADLINE:-240}" .carry/attn_fin2.so .carry/enc_wg.so
+gpu_setup /tmp/lpf "${DEADLINE:-180}" .carry/attn_fin2.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench mha B=1 ctx=32768|^adopt|^slower|^wrote|FAIL"; }
 env_txt
 lib() { case $1 in base) echo .carry/attn_fin2.so;; *) echo .carry/attn_$1.so;; esac; }
-B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --shapes mha --contexts 4096,16384,32768,131072"
+B="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --shapes mha --contexts 4096,32768,131072"
 for bits in 2 4; do
   for r in "" _b; do
     for e in base lpf2 lpf3; do
