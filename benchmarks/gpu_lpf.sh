@@ -17,8 +17,10 @@
 # Build here (nvcc 13.0) and carry .carry:
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_fin2.so src/million/ops/cuda/pq_attention.cu          # the library
+#   git apply docs/logs/lpf_1206/lpf.patch                                          # the macro PQ_LOOP_PF
 #   nvcc $F -DPQ_LOOP_PF=2 -o .carry/attn_lpf2.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_LOOP_PF=3 -o .carry/attn_lpf3.so src/million/ops/cuda/pq_attention.cu
+#   git checkout src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=180 bash benchmarks/gpu_lpf.sh      (writes stages.txt, env.txt, w.tgz)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"

@@ -185,17 +185,27 @@ def _codes_ok(c: torch.Tensor, align: int = 4) -> torch.Tensor:
 
 KERNELS = ("auto", "ffma", "lut", "mma")
 
-_TABLES: dict = {}  # (id(tensor), role) -> (weakref to the tensor, version, laid-out table)
+_TABLES: dict = {}  # (id(tensor), role) -> (weakref to the tensor, version, laid-out table or derived value)
 _TABLE_BUILDS = 0  # tables laid out so far: a call that lays one out launches its partial grid without PDL
 
 
-def _remember(key, centroids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Cache a freshly laid-out table ``t`` of ``centroids`` under ``key`` (dropping tables of dead tensors) and count
-    the layout (``_TABLE_BUILDS``)."""
+def _cached(key, centroids: torch.Tensor):
+    """What :func:`_remember` holds for ``centroids`` under ``key``, or None (another or a dead tensor, or a version
+    changed in place since)."""
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0]() is centroids and hit[1] == centroids._version:
+        return hit[2]
+    return None
+
+
+def _remember(key, centroids: torch.Tensor, t, table: bool = True):
+    """Cache ``t`` (a freshly laid-out table of ``centroids``, or with ``table=False`` a value derived from them)
+    under ``key``, dropping entries of dead tensors; a table counts as a layout (``_TABLE_BUILDS``)."""
     global _TABLE_BUILDS
     for k in [k for k, v in _TABLES.items() if v[0]() is None]:
         del _TABLES[k]
-    _TABLE_BUILDS += 1
+    if table:
+        _TABLE_BUILDS += 1
     _TABLES[key] = (weakref.ref(centroids), centroids._version, t)
     return t
 
@@ -208,9 +218,9 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
     once; a fresh tensor (or one modified in place) gets a fresh table."""
     key = (id(centroids), role)
-    hit = _TABLES.get(key)
-    if hit is not None and hit[0]() is centroids and hit[1] == centroids._version:
-        return hit[2]
+    hit = _cached(key, centroids)
+    if hit is not None:
+        return hit
     Hc, M, K, dsub = centroids.shape
     m = torch.arange(M, device=centroids.device)
     slot = 4 * (m % (M // 4)) + m // (M // 4) if role == "k" else 8 * (m % (M // 8)) + m // (M // 8)
@@ -238,9 +248,9 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
     the kernel brings it in with bulk copies (K: turned into its float32 score table in place). Cached
     like :func:`mma_tables` (per live centroid tensor and version)."""
     key = (id(centroids), "ffma")
-    hit = _TABLES.get(key)
-    if hit is not None and hit[0]() is centroids and hit[1] == centroids._version:
-        return hit[2]
+    hit = _cached(key, centroids)
+    if hit is not None:
+        return hit
     Hc, M, K, dsub = centroids.shape
     pos = torch.tensor(_swz(M, dsub), device=centroids.device)
     t = torch.empty(Hc, K, M, dsub, dtype=centroids.dtype, device=centroids.device)
@@ -249,7 +259,6 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
 
 
 HALF_VALUES_MAX = 2048.0  # V centroid bound of the half2 value path: 16 products of p <= 1 stay within +-32768
-_HALF_V: dict = {}  # id(tensor) -> (weakref to the tensor, version, whether the half2 value path may read it)
 
 
 def ffma_half_values(v_centroids: torch.Tensor) -> bool:
@@ -261,17 +270,14 @@ def ffma_half_values(v_centroids: torch.Tensor) -> bool:
     (:func:`prepare_tables` checks the cache's codebooks at allocation)."""
     if v_centroids.dtype != torch.float16 or not half_values_enabled():
         return False
-    key = id(v_centroids)
-    hit = _HALF_V.get(key)
-    if hit is not None and hit[0]() is v_centroids and hit[1] == v_centroids._version:
-        return hit[2]
+    key = (id(v_centroids), "half_v")
+    hit = _cached(key, v_centroids)
+    if hit is not None:
+        return hit
     if v_centroids.is_cuda and torch.cuda.is_current_stream_capturing():
         return False
     ok = v_centroids.numel() == 0 or bool((v_centroids.float().abs().amax() <= HALF_VALUES_MAX).item())
-    for k in [k for k, v in _HALF_V.items() if v[0]() is None]:
-        del _HALF_V[k]
-    _HALF_V[key] = (weakref.ref(v_centroids), v_centroids._version, ok)
-    return ok
+    return _remember(key, v_centroids, ok, table=False)
 
 
 def half_values_enabled() -> bool:

@@ -96,9 +96,6 @@ __device__ __forceinline__ int trace_block() {
 #ifndef PRO_UNR
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
 #endif
-#ifndef PQ_LOOP_PF
-#define PQ_LOOP_PF 0  // (A/B builds) FFMA kernel: L2 prefetch distance of the chunk loop, in chunks per warp (0: none)
-#endif
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -657,23 +654,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
   }
 
-#if PQ_LOOP_PF
-  // (A/B build) each of the first 2 * PFL lanes prefetches one 128-byte line of the K (then V) codes of chunk
-  // c + PQ_LOOP_PF * NW into L2 while chunk c is processed and chunk c + NW is in flight to registers
-  constexpr int PFL = M / 4;  // 128-byte lines per 32-token chunk and tensor
-  const bool pf_lane = lane < 2 * PFL;
-  const uint8_t* pf_base = (lane < PFL ? a.kc + (long long)b * a.sk_b + (long long)hkv * a.sk_h
-                                       : a.vc + (long long)b * a.sv_b + (long long)hkv * a.sv_h) + (lane % PFL) * 128;
-#endif
   for (; c < nchunks; c += NW) {
     if (c + NW < nchunks) load(c + NW, kn, vn);
-#if PQ_LOOP_PF
-    {
-      const int cp = c + PQ_LOOP_PF * NW;
-      if (pf_lane && lo + cp * 32 + 32 <= hi)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(pf_base + (long long)(lo + cp * 32) * M));
-    }
-#endif
     // ---- scores: per-lane partial sums over its subspaces, step s = token s*TPI + h ----
     float part[NS][GB];
 #pragma unroll
@@ -719,48 +701,35 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       l_run[g] += p[g];
     }
     // ---- values ----
+    // VH2 (fp16 inputs, one query head): the chunk's NS tokens accumulate in half2 (p rounded to fp16, one HFMA2 per
+    // centroid pair instead of two conversions and two FFMAs), added into the float32 accumulators once per chunk.
+    // The launcher takes this path only for V tables within +-2048 (cuda_attention.ffma_half_values): NS <= 16
+    // products of p <= 1 then stay within +-32768, inside the fp16 range. SASS per 32-token chunk at d = 128: 693 ->
+    // 541 instructions at 2 bits, 1052 -> 892 at 4. H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 32K 2-bit
+    // 33.9 -> 31.6 us (loop median 24.3 -> 22.5 us), 128K 2-bit 115.3 -> 101.0, 4-bit 32K 50.8 -> 50.3.
+    __half2 hacc[4][DSUB / 2];
     if constexpr (VH2) {
-      // fp16 inputs, one query head: the chunk's NS tokens accumulate in half2 (p rounded to fp16, one HFMA2 per
-      // centroid pair instead of two conversions and two FFMAs), added into the float32 accumulators once per chunk.
-      // The launcher takes this path only for V tables within +-2048 (cuda_attention.ffma_half_values): NS <= 16
-      // products of p <= 1 then stay within +-32768, inside the fp16 range. SASS per 32-token chunk at d = 128: 693 ->
-      // 541 instructions at 2 bits, 1052 -> 892 at 4. H100, 2026-12-06 (docs/kernel_notes.md): MHA B=1 32K 2-bit
-      // 33.9 -> 31.6 us (loop median 24.3 -> 22.5 us), 128K 2-bit 115.3 -> 101.0, 4-bit 32K 50.8 -> 50.3.
-      __half2 hacc[4][DSUB / 2];
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb)
 #pragma unroll
         for (int j = 0; j < DSUB / 2; ++j) hacc[bb][j] = __float2half2_rn(0.f);
+    }
 #pragma unroll
-      for (int s = 0; s < NS; ++s) {
-        const __half2 ph = __float2half2_rn(__shfl_sync(FULL, p[0], h * W + s));
+    for (int s = 0; s < NS; ++s) {
+      float ps[GB];
 #pragma unroll
-        for (int bb = 0; bb < 4; ++bb) {
-          const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
-          const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
+      for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
+      __half2 ph;  // p of the token in fp16 (VH2 only)
+      if constexpr (VH2) ph = __float2half2_rn(ps[0]);
+#pragma unroll
+      for (int bb = 0; bb < 4; ++bb) {
+        const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
+        const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
+        if constexpr (VH2) {
           const __half2* e2 = reinterpret_cast<const __half2*>(&e);
 #pragma unroll
           for (int j = 0; j < DSUB / 2; ++j) hacc[bb][j] = __hfma2(ph, e2[j], hacc[bb][j]);
-        }
-      }
-#pragma unroll
-      for (int bb = 0; bb < 4; ++bb)
-#pragma unroll
-        for (int j = 0; j < DSUB / 2; ++j) {
-          const float2 f = __half22float2(hacc[bb][j]);
-          acc[bb][0][2 * j] += f.x;
-          acc[bb][0][2 * j + 1] += f.y;
-        }
-    } else {
-#pragma unroll
-      for (int s = 0; s < NS; ++s) {
-        float ps[GB];
-#pragma unroll
-        for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
-#pragma unroll
-        for (int bb = 0; bb < 4; ++bb) {
-          const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
-          const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
+        } else {
           float ef[DSUB];
           entry_to_float<T, DSUB>(e, ef);
 #pragma unroll
@@ -769,6 +738,16 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
             for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = fmaf(ps[g], ef[j], acc[bb][g][j]);
         }
       }
+    }
+    if constexpr (VH2) {
+#pragma unroll
+      for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+        for (int j = 0; j < DSUB / 2; ++j) {
+          const float2 f = __half22float2(hacc[bb][j]);
+          acc[bb][0][2 * j] += f.x;
+          acc[bb][0][2 * j + 1] += f.y;
+        }
     }
 #pragma unroll
     for (int s = 0; s < NS; ++s) { kw[s] = kn[s]; vw[s] = vn[s]; }
