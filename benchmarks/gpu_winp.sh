@@ -18,7 +18,8 @@
 # than 1% in both rounds and no cell of the sweep is more than 1% slower than lib in both rounds (ab_adopt.py --margin
 # 0.01 --guard 0.01); both pass: the faster at that cell in the mean of the rounds. Taken: the library's default
 # MILLION_CUDA_WINP becomes that arm's value (device code identical to the measured build: only the host default moves).
-# Build here (nvcc 13.0) and carry .carry:
+# Build here (nvcc 13.0) and carry .carry; the change is docs/logs/winp_1206/winp.patch (source, Python side, tests):
+#   git apply docs/logs/winp_1206/winp.patch
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_wp.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace_wp.so src/million/ops/cuda/pq_attention.cu
