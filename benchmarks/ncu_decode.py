@@ -1,8 +1,9 @@
-"""Inputs for an Nsight Compute run of the CUDA decode kernels (B=1, 4-bit, 64 valid residual tokens).
+"""Inputs for an Nsight Compute run of the CUDA decode kernels (B=1, 64 valid residual tokens).
 
     MILLION_CUDA_PDL=0 ncu --clock-control none --metrics <list> -k regex:pq_ python3 benchmarks/ncu_decode.py [SHAPES]
 
-SHAPES: comma-separated name:context items, default mha:4096,mha:32768,gqa:4096,gqa:32768,smollm2:4096.
+SHAPES: comma-separated name:context[:bits] items (bits 4 or 2, default 4), default
+mha:4096,mha:32768,gqa:4096,gqa:32768,smollm2:4096.
 Each shape runs the full call twice (the first builds the tables' caches); profile the second with
 ``--launch-skip`` / ``--launch-count`` or read both.
 """
@@ -19,13 +20,16 @@ from million.ops import cuda_attention as ca  # noqa: E402
 SHAPES = {"mha": (32, 32, 128), "gqa": (32, 8, 128), "smollm2": (9, 3, 64)}
 want = sys.argv[1] if len(sys.argv) > 1 else "mha:4096,mha:32768,gqa:4096,gqa:32768,smollm2:4096"
 for item in want.split(","):
-    name, T = item.split(":")
+    name, T, *rest = item.split(":")
+    bits = int(rest[0]) if rest else 4
+    if name not in SHAPES or bits not in (2, 4):
+        raise SystemExit(f"bad item {item!r}: name one of {sorted(SHAPES)}, bits 4 or 2")
     Hq, Hkv, D = SHAPES[name]
     T = int(T)
-    q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, 4, T, 128, torch.float16, "cuda")
+    q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, bits, T, 128, torch.float16, "cuda")
     pl = torch.full((1,), T - 64, dtype=torch.int32, device="cuda")
     rl = torch.full((1,), 64, dtype=torch.int32, device="cuda")
     for _ in range(2):
         ca.pq_decode_attention(q, kc, vc, kcen, vcen, pl, kr, vr, rl)
     torch.cuda.synchronize()
-    print(name, T, flush=True)
+    print(name, T, bits, flush=True)
