@@ -21,6 +21,9 @@ set -uo pipefail
 gpu_setup /tmp/wq "${DEADLINE:-150}" .carry/attn_wp2.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench mha B=1 ctx=32768|^adopt|^slower|^wrote|FAIL"; }
 env_txt
+# the patch's Python side and tests in this (device) copy of the tree; the library is the carried build
+git apply docs/logs/winp_1206/winp2.patch 2>/dev/null && echo "winp2.patch applied" | tee -a "$W/stages.txt" ||
+  echo "winp2.patch not applied (already in the tree?)" | tee -a "$W/stages.txt"
 B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 2 --skip-check --shapes mha --contexts 4096,32768,131072 --batches 1,8"
 for r in "" _b; do
   run "ab_lib$r" 25 env MILLION_CUDA_LIB=.carry/attn_fin2.so $B --out "$W/ab_lib$r.json"
