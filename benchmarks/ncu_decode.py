@@ -20,12 +20,12 @@ from million.ops import cuda_attention as ca  # noqa: E402
 SHAPES = {"mha": (32, 32, 128), "gqa": (32, 8, 128), "smollm2": (9, 3, 64)}
 want = sys.argv[1] if len(sys.argv) > 1 else "mha:4096,mha:32768,gqa:4096,gqa:32768,smollm2:4096"
 for item in want.split(","):
-    name, T, *rest = item.split(":")
-    bits = int(rest[0]) if rest else 4
-    if name not in SHAPES or bits not in (2, 4):
-        raise SystemExit(f"bad item {item!r}: name one of {sorted(SHAPES)}, bits 4 or 2")
+    parts = item.split(":")
+    ok = len(parts) in (2, 3) and parts[0] in SHAPES and all(p.isdigit() for p in parts[1:])
+    if not ok or (len(parts) == 3 and parts[2] not in ("2", "4")):
+        raise SystemExit(f"bad item {item!r}: expected name:context[:bits], name one of {sorted(SHAPES)}, bits 4 or 2")
+    name, T, bits = parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else 4
     Hq, Hkv, D = SHAPES[name]
-    T = int(T)
     q, kc, vc, kcen, vcen, kr, vr = make(1, Hq, Hkv, D, bits, T, 128, torch.float16, "cuda")
     pl = torch.full((1,), T - 64, dtype=torch.int32, device="cuda")
     rl = torch.full((1,), 64, dtype=torch.int32, device="cuda")
