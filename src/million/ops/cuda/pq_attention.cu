@@ -96,6 +96,15 @@ __device__ __forceinline__ int trace_block() {
 #ifndef PRO_UNR
 #define PRO_UNR 8  // prologue: 16-byte table loads in flight per thread and table (was 4)
 #endif
+#ifndef PQ_P8
+#define PQ_P8 1  // FFMA kernel, one query head, 256-byte table rows: lookup addresses by one byte permute (see P8;
+                 // -DPQ_P8=0: the kernels before it)
+#endif
+// P8 kernels (pq_partial_kernel): both tables at 64 KB-aligned shared addresses, so that a lookup's address is one byte
+// permute; the dynamic allocation covers the alignment (192 KB instead of 128)
+template <int D, int DSUB, int GB> __host__ __device__ constexpr bool p8_on() {
+  return PQ_P8 && GB == 1 && (D / DSUB) * 2 * DSUB == 256;
+}
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -372,9 +381,21 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
   constexpr bool VH2 = VF && GB == 1 && std::is_same<T, __half>::value;
   using Entry = typename EntryT<DSUB>::type;
+  // P8 (-DPQ_P8=1; one query head, 256-byte rows in both tables: d = 128): the K table (then the LUT) starts at a
+  // 64 KB-aligned shared address and the V table 64 KB after it, so that a lookup's address is one byte permute of the
+  // code word and a per-lane word holding the entry offset (byte 0) and the table base (bytes 2-3): offset | code << 8
+  // | base, instead of a permute and an IMAD (code * row bytes + lane base): 64 of the 541 instructions of a 32-token
+  // chunk at 2 bits, 128 of 892 at 4. At dsub 4 the LUT keeps the K centroid table's 256-byte rows (its floats in the
+  // first half of each row). H100, 2026-12-06 20:08 UTC (docs/kernel_notes.md): faster at every MHA cell, B=1 32K 2-bit
+  // 31.5 -> 30.7 us, 4-bit 50.4 -> 49.3, B=1 4K 2-bit 10.8 -> 9.3.
+  constexpr bool P8 = p8_on<D, DSUB, GB>();
+  constexpr int LS = P8 ? 64 : M;  // LUT floats per row
+  static_assert(!P8 || (M * (int)sizeof(Entry) == 256 && (DSUB == 4 || LS == M)), "P8 table rows");
   extern __shared__ __align__(16) unsigned char smem[];
-  Entry* tabK = reinterpret_cast<Entry*>(smem);  // GB > 1: K centroids [256][M]
-  float* lut = reinterpret_cast<float*>(smem);    // GB == 1: LUT [256][M] (same or fewer bytes)
+  unsigned char* tables = smem;
+  if constexpr (P8) tables = smem + ((0u - smem_addr(smem)) & 0xFFFFu);
+  Entry* tabK = reinterpret_cast<Entry*>(tables);  // GB > 1: K centroids [256][M]
+  float* lut = reinterpret_cast<float*>(tables);    // GB == 1: LUT [256][M] (same or fewer bytes)
   Entry* tabV = tabK + 256 * M;
 
   // programmatic dependent launch: waits for the previous kernel (MILLION_CUDA_PDL=2), then lets the merge grid
@@ -560,7 +581,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         }
         __syncthreads();
 #pragma unroll
-        for (int u = 0; u < PER; ++u) lut[e0 + u * NT] = val[u];
+        for (int u = 0; u < PER; ++u) {
+          if constexpr (P8) lut[((e0 + u * NT) / M) * LS + (e0 + u * NT) % M] = val[u];
+          else lut[e0 + u * NT] = val[u];
+        }
       }
       if (csize == 1) mbar_wait(bar + 8);
       TRACE_P(2);
@@ -606,7 +630,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
               float acc = 0.f;
 #pragma unroll
               for (int j = 0; j < DSUB; ++j) acc = fmaf(qm[j], ef[j], acc);
-              lut[(k0 + v) * M + sw] = acc;
+              lut[(k0 + v) * LS + sw] = acc;
             }
           } else {
 #pragma unroll
@@ -630,9 +654,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     for (int bb = 0; bb < 4; ++bb) {
       const int c = (bb + sh) & 3;
       const int m = 4 * i + c;
-      selb[bb] = 0x4440u | (uint32_t)c;
+      // P8: the address's byte 0 is the lane's entry offset (byte 0 of baseK / baseV), byte 1 code c, bytes 2-3 the
+      // table's 64 KB-aligned base (bytes 2-3 of baseK / baseV)
+      selb[bb] = P8 ? 0x7604u | ((uint32_t)c << 4) : 0x4440u | (uint32_t)c;
       off[bb] = swz<M, DSUB>(m);
-      baseK[bb] = smem_addr(smem) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
+      baseK[bb] = smem_addr(P8 ? tables : smem) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
       baseV[bb] = smem_addr(tabV) + off[bb] * (uint32_t)sizeof(Entry);
 #pragma unroll
       for (int g = 0; g < GB; ++g)
@@ -664,6 +690,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int g = 0; g < GB; ++g) part[s][g] = 0.f;
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
+        if constexpr (P8) {
+          part[s][0] += __uint_as_float(lds32(__byte_perm(kw[s], baseK[bb], selb[bb])));
+          continue;
+        }
         const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
         if constexpr (GB == 1) {
           part[s][0] += __uint_as_float(lds32(baseK[bb] + code * (M * 4)));
@@ -723,8 +753,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       if constexpr (VH2) ph = __float2half2_rn(ps[0]);
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
-        const uint32_t code = __byte_perm(vw[s], 0u, selb[bb]);
-        const Entry e = lds_entry<Entry>(baseV[bb] + code * (M * (uint32_t)sizeof(Entry)));
+        const Entry e = P8 ? lds_entry<Entry>(__byte_perm(vw[s], baseV[bb], selb[bb]))
+                           : lds_entry<Entry>(baseV[bb] + __byte_perm(vw[s], 0u, selb[bb]) * (M * (uint32_t)sizeof(Entry)));
         if constexpr (VH2) {
           const __half2* e2 = reinterpret_cast<const __half2*>(&e);
 #pragma unroll
@@ -1986,7 +2016,8 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
 template <typename T, int D, int DSUB, int GB, int NW, bool VF = false>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
-  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW, VF>, 2 * 256 * D * 2, NW * 32, configured, a, st);
+  constexpr int smem = p8_on<D, DSUB, GB>() ? 3 * 65536 : 2 * 256 * D * 2;
+  return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW, VF>, smem, NW * 32, configured, a, st);
 }
 
 // packed fp16 LUT kernel (fp16, GB >= 2): LUT [256][M] x 8 bytes + V table [256][M] x 2*DSUB bytes
