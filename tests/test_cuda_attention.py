@@ -661,10 +661,56 @@ def test_merge8_matches_naive():
     assert " passed" in last and "failed" not in last and "error" not in last, r.stdout[-2000:]
 
 
+WINDOW_CASES = [
+    # B, Hq, Hkv, D, bits, T, R, pq_lens, res_lens, starts, Hc  (MHA: the FFMA kernel with host-laid tables)
+    # the benchmark's MHA shape: one wave of S = 4 splits, full and partial windows, one sequence with codes only
+    (1, 32, 32, 128, 2, 8192, 128, [8192], [128], [0], 32),
+    (3, 32, 32, 128, 4, 2000, 128, [2000, 1500, 7], [77, 128, 0], [0, 0, 0], 32),
+    # a window only (no code tokens: every split empty but its window rows), left padding into the window
+    (2, 8, 8, 128, 2, 600, 256, [0, 600], [200, 256], [0, 650], 1),
+    # d 64 at both widths (TPI 4 and 8), window rows not a multiple of the step, a window longer than the codes
+    (2, 6, 6, 64, 2, 333, 100, [333, 5], [99, 100], [0, 0], 1),
+    (2, 6, 6, 64, 4, 1000, 40, [1000, 1], [40, 39], [3, 0], 6),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(WINDOW_CASES)))
+def test_window_cases_match_naive(case, dtype):
+    """MHA cases for the partial blocks' own residual window (``MILLION_CUDA_WINP``, 2-bit cases; run with each setting
+    by ``test_window_in_partial_blocks_matches_naive``): NaN-poisoned, at the default split count, 3, 7 and 64."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    _check_poisoned(ca, WINDOW_CASES[case], dtype, 1300 + case, splits=(None, 3, 7, 64))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("winp", ["1", "2"])
+def test_window_in_partial_blocks_matches_naive(winp):
+    """MILLION_CUDA_WINP=1 (by rule) and 2 (wherever it fits): at 2 bits the MHA kernel's partial blocks attend the
+    residual window, staged in shared memory, inside their own softmax, and the merge attends none. The switch is read
+    once per process, so the matching, window, graph and back-to-back tests run again in a subprocess with it set."""
+    env = dict(os.environ, MILLION_CUDA_WINP=winp)
+    tests = ("test_matches_naive or window_cases or ffma or test_back_to_back or graph_replay or no_starts or "
+             "test_ticket_merge")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", __file__, "-k",
+                        tests], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert " passed" in last and "failed" not in last and "error" not in last, r.stdout[-2000:]
+
+
 @pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"),
-                                      ("MILLION_CUDA_SOLO", "3"), ("MILLION_CUDA_MERGE8", "4")])
+                                      ("MILLION_CUDA_SOLO", "3"), ("MILLION_CUDA_MERGE8", "4"),
+                                      ("MILLION_CUDA_WINP", "on")])
 def test_launch_switch_checked(var, bad, monkeypatch):
-    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO, MILLION_CUDA_MERGE8) is named before
+    """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO, MILLION_CUDA_MERGE8, MILLION_CUDA_WINP) is
+    named before
     the library is looked for."""
     from million.ops import cuda_attention as ca
 

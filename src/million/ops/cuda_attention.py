@@ -52,6 +52,10 @@ def _lib():
     env_choice("MILLION_CUDA_MERGE8", "0", ("0", "1", "2"),
                "0 (the default: 128-register merge blocks), 1 (64-register merge blocks at 2 bits where only they all fit "
                "beside a one-wave partial grid) or 2 (always 64-register merge blocks)")
+    env_choice("MILLION_CUDA_WINP", "0", ("0", "1", "2"),
+               "0 (the default: the merge blocks attend the residual window), 1 (at 2 bits the MHA kernel's partial "
+               "blocks attend it, on a one-wave partial grid beside which some merge blocks would not fit) or 2 (at 2 "
+               "bits wherever its rows fit)")
     path = _LIBRARY.path()
     lib = ctypes.CDLL(str(path))
     lib.million_pq_decode_attention.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]

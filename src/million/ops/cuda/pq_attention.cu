@@ -51,6 +51,9 @@ struct PQArgs {
                // laid out a table in this call
   float scale_log2;
 };
+// rows of the residual window each split attends in the FFMA kernel's window instance (WP): split s takes rows
+// [s * rows, (s + 1) * rows) of the window, a multiple of 8 (every TPI divides it)
+__host__ __device__ __forceinline__ int window_rows(int R, int S) { return ((R + S - 1) / S + 7) & ~7; }
 
 #define FULL 0xffffffffu
 // Phase timeline (diagnostic builds only: nvcc -DPQ_TRACE; benchmarks/trace_decode.py reads it back through
@@ -376,7 +379,9 @@ __device__ __forceinline__ void prefetch_first_chunks(const PQArgs& a, int M, in
 }
 
 // VF: fp16 inputs and one query head (kind 4 at the launcher): each chunk's values accumulate in half2 (see the loop)
-template <typename T, int D, int DSUB, int GB, int NW, bool VF = false>
+// WP (GB 1, host-laid tables; the launcher's MILLION_CUDA_WINP): the block also attends its rows of the residual window
+// (window_rows), and the merge grid is the instance that attends none
+template <typename T, int D, int DSUB, int GB, int NW, bool VF = false, bool WP = false>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
   constexpr bool VH2 = VF && GB == 1 && std::is_same<T, __half>::value;
@@ -458,8 +463,36 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
   const int b = sr.b, hkv = sr.hkv, hq0 = sr.hq0, lo = sr.lo, hi = sr.hi;
   const long long prow = sr.prow;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // WP: this block attends rows [wlo, whi) of the residual window inside its own softmax (the merge attends none), so
+  // that no merge block has the window's dependent loads left to do after the partial grid ends. The rows are staged
+  // behind the tables by cp.async, issued here (after the wait: the previous kernel may append to the window) so that
+  // they land while the LUT is built; rows past whi are zero-filled.
+  int wlo = 0, whi = 0;
+  int winp = 0;
+  if constexpr (GB == 1 && WP) {
+    winp = window_rows(a.R, a.S);
+    {
+      const int plen = a.pq_lens[b];
+      wlo = max(seq_start(a, b) - plen, 0) + (int)blockIdx.x * winp;
+      whi = min(wlo + winp, min(a.res_lens[b], a.R));
+      if (wlo < whi) {
+        constexpr int PIECES = D * 2 / 16;  // 16-byte pieces per row
+        const uint32_t stage = smem_addr(tables) + 2 * TB;
+        const T* kr = reinterpret_cast<const T*>(a.kres) + (long long)b * a.skr_b + (long long)hkv * a.skr_h;
+        const T* vr = reinterpret_cast<const T*>(a.vres) + (long long)b * a.svr_b + (long long)hkv * a.svr_h;
+        const int rows = winp * PIECES;
+        for (int x = tid; x < 2 * rows; x += NT) {
+          const int side = x >= rows, r = (x - side * rows) / PIECES, col = (x - side * rows) % PIECES;
+          const int j = wlo + r < whi ? wlo + r : wlo;
+          const T* src = (side ? vr + (long long)j * a.svr_t : kr + (long long)j * a.skr_t) + col * 8;
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(stage + (uint32_t)x * 16u), "l"(src),
+                       "r"(wlo + r < whi ? 16 : 0) : "memory");
+        }
+      }
+    }
+  }
 
-  if (lo >= hi && a.cluster <= 1) {  // (in a cluster every block takes part in the table copies)
+  if (lo >= hi && a.cluster <= 1 && (!WP || wlo >= whi)) {  // (in a cluster every block takes part in the table copies)
     write_empty_partial<GB, D, NT>(a, prow);
     if (early) { mbar_wait(bar); mbar_wait(bar + 8); }  // its copies target this block's shared memory
     return;
@@ -533,7 +566,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         mbar_wait(bar + 8);
         asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // tables are in
       }
-      if (lo >= hi) {  // an empty split of a cluster: its part of the copies is done
+      if (lo >= hi && (!WP || wlo >= whi)) {  // an empty split of a cluster: its part of the copies is done
         write_empty_partial<GB, D, NT>(a, prow);
         if (csize > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
         return;
@@ -667,6 +700,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
           qr[bb][g][j] = Cvt<T>::f(qb[(long long)(hq0 + g) * a.sq_h + (long long)(m * DSUB + j) * a.sq_d]) * a.scale_log2;
     }
   }
+  if constexpr (GB == 1 && WP) {
+    if (wlo < whi) asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's window pieces
+  }
   __syncthreads();
   TRACE_P(3);
 
@@ -678,6 +714,52 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     for (int bb = 0; bb < 4; ++bb)
 #pragma unroll
       for (int j = 0; j < DSUB; ++j) acc[bb][g][j] = 0.f;
+  }
+
+  // the block's window rows (a.winp): steps of TPI tokens in the chunk loop's lane layout (lane (h, i): token h of the
+  // step, subspaces 4i..4i+3), warp w taking steps w, w + NW, ...; the score is reduced over the W lanes of a token
+  if constexpr (GB == 1 && WP) {
+    if (wlo < whi) {
+      const uint32_t kst = smem_addr(tables) + 2 * TB, vst = kst + (uint32_t)winp * (D * 2);
+      const int nst = (whi - wlo + TPI - 1) / TPI;
+      for (int st = warp; st < nst; st += NW) {
+        const int r = st * TPI + h;  // < winp (a multiple of 8 >= TPI); rows past whi - wlo are zeros
+        float part = 0.f;
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) {
+          const int m = 4 * i + ((bb + sh) & 3);
+          float x[DSUB];
+          entry_to_float<T, DSUB>(lds_entry<Entry>(kst + (uint32_t)(r * D + m * DSUB) * 2u), x);
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) part = fmaf(qr[bb][0][j], x[j], part);  // q of subspace m
+        }
+#pragma unroll
+        for (int o = W / 2; o >= 1; o >>= 1) part += __shfl_xor_sync(FULL, part, o);
+        const float sc = wlo + r < whi ? part : -INFINITY;
+        float cmax = sc;
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
+        if (cmax > m_run[0]) {  // token st * TPI is valid: cmax is finite
+          const float alpha = exp2f(m_run[0] - cmax);
+          l_run[0] *= alpha;
+#pragma unroll
+          for (int bb = 0; bb < 4; ++bb)
+#pragma unroll
+            for (int j = 0; j < DSUB; ++j) acc[bb][0][j] *= alpha;
+          m_run[0] = cmax;
+        }
+        const float p = exp2f(sc - m_run[0]);
+        if (i == 0) l_run[0] += p;  // once per token (the epilogue sums l over all lanes)
+#pragma unroll
+        for (int bb = 0; bb < 4; ++bb) {
+          const int m = 4 * i + ((bb + sh) & 3);
+          float x[DSUB];
+          entry_to_float<T, DSUB>(lds_entry<Entry>(vst + (uint32_t)(r * D + m * DSUB) * 2u), x);
+#pragma unroll
+          for (int j = 0; j < DSUB; ++j) acc[bb][0][j] = fmaf(p, x[j], acc[bb][0][j]);
+        }
+      }
+    }
   }
 
   for (; c < nchunks; c += NW) {
@@ -1445,7 +1527,8 @@ __device__ __forceinline__ void write_output(const PQArgs& a, int b, int hq, int
 // online in groups of MERGE_PF whose loads are issued together: one global round trip per group, no barrier.
 // MINB = 8 (launcher: merge8): at most 64 registers at d = 128, so that 8 merge blocks fit on an SM the partial grid
 // leaves free instead of 5 (MINB = 0: no bound).
-template <typename T, int D, int MINB = 0>
+// WIN = false: the window instance's merge (the partial blocks attended the window)
+template <typename T, int D, int MINB = 0, bool WIN = true>
 __global__ void __launch_bounds__(128, MINB) pq_merge_kernel(const PQArgs a) {
   constexpr int NWM = 4;
   const int hq = blockIdx.x, b = blockIdx.y;
@@ -1457,7 +1540,7 @@ __global__ void __launch_bounds__(128, MINB) pq_merge_kernel(const PQArgs a) {
   // the next call's partial grid (MILLION_CUDA_PDL=2) may be scheduled now: its blocks copy their tables while this
   // grid and the tail of this call's partial grid run, then wait for this grid to end
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  residual_window<T, D, NWM>(a, b, hq, tid, true, wacc, wm, wl, mx, den, o);
+  residual_window<T, D, NWM>(a, b, hq, tid, WIN, wacc, wm, wl, mx, den, o);
   TRACE_M(1);
   // everything above (q, residual window) is independent of the partial kernel; wait for it here
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -1892,6 +1975,12 @@ static bool solo(long long blocks, int occ, int sms) {
 // (H100 timelines, MHA B=1 32K 2-bit: 2-3.3 us); at 4 bits their ends spread over ~4 us and hide those windows, and
 // 8 blocks per SM made the merge after the wait longer (docs/kernel_notes.md, 2026-12-06)
 static int g_merge8 = 0;
+// MILLION_CUDA_WINP: the residual window attended by the FFMA partial blocks at 2 bits (dsub 4, GB 1, host-laid tables;
+// the kernel's WP instance, window_rows rows per split staged in shared memory) instead of by the merge blocks.
+// 0: never; 2: wherever the rows fit; 1: on a one-wave partial grid beside which some merge blocks would not fit
+// (merge_slots), so that they would attend their windows only after partial blocks exit (H100 timelines, MHA B=1 32K
+// 2-bit: the call's last 3-4.6 us; docs/kernel_notes.md, 2026-12-06)
+static int g_winp = 0;
 static bool merge8(int B, int Hq, int dsub, long long slots, long long slots8) {
   if (g_merge8 == 0) return false;
   return g_merge8 == 2 || (dsub == 4 && (long long)B * Hq > slots && (long long)B * Hq <= slots8);
@@ -1904,6 +1993,7 @@ struct KernelState {
   bool configured = false;
   int occ = 1, half = 0, sms = 0;
   int regs_sm = 0, regs_block = 0;  // an SM's registers; one block's, as allocated (per warp, in units of 256)
+  int optin = 0;                    // a block's dynamic shared memory limit (beside its static shared memory)
 };
 // registers a block of `threads` threads of `kern` holds on an SM (0 where the attributes cannot be read)
 static int block_registers(const void* kern, int threads) {
@@ -1941,9 +2031,16 @@ static int current_device() {
   return dev;
 }
 
+// residual-window rows staged with 16-byte copies: 16-byte aligned rows and strides
+static bool window_aligned(const PQArgs& a) {
+  return a.kres && a.vres && ((reinterpret_cast<uintptr_t>(a.kres) | reinterpret_cast<uintptr_t>(a.vres)) & 15u) == 0 &&
+         ((a.skr_b | a.skr_h | a.skr_t | a.svr_b | a.svr_h | a.svr_t) & 7) == 0;
+}
+
+// kern_w (states_w): the partial kernel's window instance, where it has one (the FFMA kernel at dsub 4, GB 1)
 template <typename T, int D>
 static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelState* states, const PQArgs& a,
-                    cudaStream_t st) {
+                    cudaStream_t st, void (*kern_w)(const PQArgs) = nullptr, KernelState* states_w = nullptr) {
   const int dev = current_device();
   if (dev < 0) return 1;
   KernelState& ks = states[dev];
@@ -1963,6 +2060,29 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
   if (a.B > 0 && a.Hq > 0) {
     dim3 grid(a.S, a.Hkv * a.ngroups, a.B);
     const long long blocks = (long long)a.S * a.Hkv * a.ngroups * a.B;
+    bool win = false;  // the window instance, and the merge that attends no window
+    if (kern_w && g_winp && a.kind == 2 && a.R > 0 && a.cluster == 1 && window_aligned(a)) {
+      KernelState& kw = states_w[dev];
+      if (!kw.configured) {  // its limit: the device's, less its static shared memory
+        cudaFuncAttributes fa;
+        cudaDeviceGetAttribute(&kw.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        cudaError_t e = cudaFuncGetAttributes(&fa, (const void*)kern_w);
+        if (e == cudaSuccess) {
+          kw.optin -= (int)fa.sharedSizeBytes;
+          e = cudaFuncSetAttribute(kern_w, cudaFuncAttributeMaxDynamicSharedMemorySize, kw.optin);
+        }
+        if (e != cudaSuccess) { snprintf(g_err, sizeof g_err, "window kernel set-up: %s", cudaGetErrorString(e)); return 1; }
+        kw.configured = true;
+      }
+      const int bytes = 2 * window_rows(a.R, a.S) * D * 2;
+      win = smem + bytes <= kw.optin &&
+            (g_winp == 2 ||
+             (blocks <= ks.sms && (long long)a.B * a.Hq > merge_slots(ks, merge_state<T, D, 0>(dev), blocks)));
+      if (win) {
+        kern = kern_w;
+        smem += bytes;
+      }
+    }
     if (partial_pdl(a) && solo(blocks, ks.occ, ks.sms) && smem < ks.half) smem = ks.half;
     if (a.cluster > 1 && a.S % a.cluster) {
       snprintf(g_err, sizeof g_err, "S=%d not a multiple of cluster=%d", a.S, a.cluster);
@@ -2005,7 +2125,8 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
     cfg.numAttrs = 1;
     const bool m8 = g_merge8 != 0 && merge8(a.B, a.Hq, D / a.M, merge_slots(ks, merge_state<T, D, 0>(dev), blocks),
                                             merge_slots(ks, merge_state<T, D, 8>(dev), blocks));
-    cudaError_t le = cudaLaunchKernelEx(&cfg, m8 ? pq_merge_kernel<T, D, 8> : pq_merge_kernel<T, D>, a);
+    cudaError_t le = cudaLaunchKernelEx(&cfg, win ? pq_merge_kernel<T, D, 0, false>
+                                              : m8 ? pq_merge_kernel<T, D, 8> : pq_merge_kernel<T, D>, a);
     if (le != cudaSuccess) { snprintf(g_err, sizeof g_err, "merge launch: %s", cudaGetErrorString(le)); return 2; }
   }
   cudaError_t e = cudaGetLastError();
@@ -2017,6 +2138,11 @@ template <typename T, int D, int DSUB, int GB, int NW, bool VF = false>
 static int launch_t(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
   constexpr int smem = p8_on<D, DSUB, GB>() ? 3 * 65536 : 2 * 256 * D * 2;
+  if constexpr (GB == 1 && DSUB == 4) {
+    static KernelState configured_w[MAX_DEVICES];
+    return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW, VF>, smem, NW * 32, configured, a, st,
+                          pq_partial_kernel<T, D, DSUB, GB, NW, VF, true>, configured_w);
+  }
   return launch_k<T, D>(pq_partial_kernel<T, D, DSUB, GB, NW, VF>, smem, NW * 32, configured, a, st);
 }
 
@@ -2183,6 +2309,7 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
     g_pdl = env_digit("MILLION_CUDA_PDL", 2, 2);
     g_solo = env_digit("MILLION_CUDA_SOLO", 2, 1);
     g_merge8 = env_digit("MILLION_CUDA_MERGE8", 2, 0);
+    g_winp = env_digit("MILLION_CUDA_WINP", 2, 0);
     init = 1;
   }
   if (a->sk_t != a->M || a->sv_t != a->M) { snprintf(g_err, sizeof g_err, "codes must be contiguous over (t, m)"); return 3; }
