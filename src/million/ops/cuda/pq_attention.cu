@@ -108,9 +108,6 @@ __device__ __forceinline__ int trace_block() {
 template <int D, int DSUB, int GB> __host__ __device__ constexpr bool p8_on() {
   return PQ_P8 && GB == 1 && (D / DSUB) * 2 * DSUB == 256;
 }
-#ifndef PQ_LOOPX
-#define PQ_LOOPX 0  // FFMA kernel, fp16, one query head (half2 values): ex2.approx.ftz exponentials, p packed before its shuffle
-#endif
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -172,12 +169,6 @@ __device__ __forceinline__ void entry_to_float(const typename EntryT<DSUB>::type
 // shared-memory loads by 32-bit shared-window address (base + code * row bytes: one IMAD per lookup;
 // generic pointers made the compiler add the CTA's shared window base at every lookup)
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-// 2^x by one MUFU.EX2 (results below 2^-126 flush to zero; exp2f adds a range test and two scalings around it)
-__device__ __forceinline__ float ex2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 __device__ __forceinline__ uint32_t lds32(uint32_t a) {
   uint32_t v;
   asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
@@ -394,7 +385,6 @@ template <typename T, int D, int DSUB, int GB, int NW, bool VF = false, bool WP 
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
   constexpr bool VH2 = VF && GB == 1 && std::is_same<T, __half>::value;
-  constexpr bool LX = PQ_LOOPX && VH2;
   using Entry = typename EntryT<DSUB>::type;
   // P8 (-DPQ_P8=1; one query head, 256-byte rows in both tables: d = 128): the K table (then the LUT) starts at a
   // 64 KB-aligned shared address and the V table 64 KB after it, so that a lookup's address is one byte permute of the
@@ -811,7 +801,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
       for (int o = 16; o >= 1; o >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o));
       if (cmax > m_run[g]) {
-        const float alpha = LX ? ex2_ftz(m_run[g] - cmax) : exp2f(m_run[g] - cmax);
+        const float alpha = exp2f(m_run[g] - cmax);
         l_run[g] *= alpha;
 #pragma unroll
         for (int bb = 0; bb < 4; ++bb)
@@ -819,15 +809,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
           for (int j = 0; j < DSUB; ++j) acc[bb][g][j] *= alpha;
         m_run[g] = cmax;
       }
-      p[g] = LX ? ex2_ftz(sc - m_run[g]) : exp2f(sc - m_run[g]);
+      p[g] = exp2f(sc - m_run[g]);
       l_run[g] += p[g];
-    }
-    // LX: each lane rounds its own p to fp16 once; the steps shuffle the packed pair (one conversion per chunk
-    // instead of one per step)
-    uint32_t p2 = 0u;
-    if constexpr (LX) {
-      const __half2 t = __float2half2_rn(p[0]);
-      p2 = *reinterpret_cast<const uint32_t*>(&t);
     }
     // ---- values ----
     // VH2 (fp16 inputs, one query head): the chunk's NS tokens accumulate in half2 (p rounded to fp16, one HFMA2 per
@@ -846,15 +829,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
       float ps[GB];
-      __half2 ph;  // p of the token in fp16 (VH2 only)
-      if constexpr (LX) {
-        const uint32_t u = __shfl_sync(FULL, p2, h * W + s);
-        ph = *reinterpret_cast<const __half2*>(&u);
-      } else {
 #pragma unroll
-        for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
-        if constexpr (VH2) ph = __float2half2_rn(ps[0]);
-      }
+      for (int g = 0; g < GB; ++g) ps[g] = __shfl_sync(FULL, p[g], h * W + s);
+      __half2 ph;  // p of the token in fp16 (VH2 only)
+      if constexpr (VH2) ph = __float2half2_rn(ps[0]);
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
         const Entry e = P8 ? lds_entry<Entry>(__byte_perm(vw[s], baseV[bb], selb[bb]))
