@@ -1979,7 +1979,9 @@ static int g_merge8 = 0;
 // the kernel's WP instance, window_rows rows per split staged in shared memory) instead of by the merge blocks.
 // 0: never; 2: wherever the rows fit; 1: on a one-wave partial grid beside which some merge blocks would not fit
 // (merge_slots), so that they would attend their windows only after partial blocks exit (H100 timelines, MHA B=1 32K
-// 2-bit: the call's last 3-4.6 us; docs/kernel_notes.md, 2026-12-06)
+// 2-bit: the call's last 3-4.6 us; docs/kernel_notes.md, 2026-12-06). Measured with =1 (H100, 2026-12-06): MHA B=1 32K
+// 2-bit 31.5 -> 30.5 us on the kernels before the byte-permute lookups (20:08 UTC), 31.0 -> 32.0 on them (20:55 UTC),
+// hence 0 by default
 static int g_winp = 0;
 static bool merge8(int B, int Hq, int dsub, long long slots, long long slots8) {
   if (g_merge8 == 0) return false;
