@@ -11,9 +11,12 @@
 # Decision (written before the run): ta against lib over the GQA and SmolLM2 cells of both widths, two rounds: faster at
 # GQA B=1 4K 4-bit by more than 1% in both rounds and no cell more than 1% slower in both rounds (ab_adopt.py --margin
 # 0.01 --guard 0.01). Taken: PQ_TALIGN's default becomes 1024, provided the attention tests pass on the build.
-# Build here (nvcc 13.0) and carry .carry:
+# Build here (nvcc 13.0) and carry .carry (attn_ta.so ac7e54f2cc3ab472: the source of 62460b1 plus the patch;
+# at PQ_TALIGN=0 the patched source's PTX is the library's, 219 of 219 functions):
+#   git apply docs/logs/ta_1206/ta.patch
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -DPQ_TALIGN=1024 -o .carry/attn_ta.so src/million/ops/cuda/pq_attention.cu
+#   git checkout src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=200 bash benchmarks/gpu_ta.sh      (carry .carry: attn_p8w.so, attn_ta.so, enc_wg.so)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
