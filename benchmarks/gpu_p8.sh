@@ -14,7 +14,8 @@
 # rounds: faster at MHA B=1 32K 2-bit by more than 1% in both rounds and no cell more than 1% slower in both rounds
 # (ab_adopt.py --margin 0.01 --guard 0.01). Taken: PQ_P8's default becomes 1 (the kernels then those of the measured
 # build), provided the kernel tests pass on the build.
-# Build here (nvcc 13.0) and carry .carry:
+# Build here (nvcc 13.0) and carry .carry (as run at 20:08 UTC, on the source of 2a9472a; P8 has been the library's
+# default since b3fd679, where `-DPQ_P8=0` builds the kernels before it):
 #   git apply docs/logs/p8_1206/p8.patch
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -DPQ_P8=1 -o .carry/attn_p8.so src/million/ops/cuda/pq_attention.cu
