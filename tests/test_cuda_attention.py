@@ -646,19 +646,25 @@ def test_back_to_back_calls_see_the_previous_kernels_writes(kernel, monkeypatch)
         torch.testing.assert_close(out.float(), ref, atol=1e-2 * ref.abs().max().item() + 1e-6, rtol=0)
 
 
+def _rerun_gpu_tests_with(var, value, tests):
+    """Launch switches are read once per process: run the GPU tests selected by ``tests`` (a ``-k`` expression) again in a
+    subprocess with ``var=value`` and require that they all pass."""
+    env = dict(os.environ, **{var: value})
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", __file__, "-k",
+                        tests], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert " passed" in last and "failed" not in last and "error" not in last, r.stdout[-2000:]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_merge8_matches_naive():
     """MILLION_CUDA_MERGE8=2: every merge grid as 64-register blocks (pq_merge_kernel<T, D, 8>), for every partial
     kernel, fp16 and bf16, d 64 and 128. The switch is read once per process, so the matching, many-splits and
     back-to-back tests run again in a subprocess with it set."""
-    env = dict(os.environ, MILLION_CUDA_MERGE8="2")
-    tests = "test_matches_naive or test_ticket_merge or test_back_to_back or test_mma_kernel_matches_naive or lut_kernel or ffma"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", __file__, "-k",
-                        tests], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    last = r.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "failed" not in last and "error" not in last, r.stdout[-2000:]
+    _rerun_gpu_tests_with("MILLION_CUDA_MERGE8", "2", "test_matches_naive or test_ticket_merge or test_back_to_back or "
+                          "test_mma_kernel_matches_naive or lut_kernel or ffma")
 
 
 WINDOW_CASES = [
@@ -695,14 +701,8 @@ def test_window_in_partial_blocks_matches_naive(winp):
     """MILLION_CUDA_WINP=1 (by rule) and 2 (wherever it fits): at 2 bits the MHA kernel's partial blocks attend the
     residual window, staged in shared memory, inside their own softmax, and the merge attends none. The switch is read
     once per process, so the matching, window, graph and back-to-back tests run again in a subprocess with it set."""
-    env = dict(os.environ, MILLION_CUDA_WINP=winp)
-    tests = ("test_matches_naive or window_cases or ffma or test_back_to_back or graph_replay or no_starts or "
-             "test_ticket_merge")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", __file__, "-k",
-                        tests], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    last = r.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "failed" not in last and "error" not in last, r.stdout[-2000:]
+    _rerun_gpu_tests_with("MILLION_CUDA_WINP", winp, "test_matches_naive or window_cases or ffma or test_back_to_back or "
+                          "graph_replay or no_starts or test_ticket_merge")
 
 
 @pytest.mark.parametrize("var, bad", [("MILLION_CUDA_PDL", "on"), ("MILLION_CUDA_SOLO", "yes"),
@@ -710,8 +710,7 @@ def test_window_in_partial_blocks_matches_naive(winp):
                                       ("MILLION_CUDA_WINP", "on")])
 def test_launch_switch_checked(var, bad, monkeypatch):
     """CPU: a bad value of a launch switch (MILLION_CUDA_PDL, MILLION_CUDA_SOLO, MILLION_CUDA_MERGE8, MILLION_CUDA_WINP) is
-    named before
-    the library is looked for."""
+    named before the library is looked for."""
     from million.ops import cuda_attention as ca
 
     monkeypatch.setenv(var, bad)

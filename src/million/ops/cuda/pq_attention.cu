@@ -691,7 +691,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       // table's 64 KB-aligned base (bytes 2-3 of baseK / baseV)
       selb[bb] = P8 ? 0x7604u | ((uint32_t)c << 4) : 0x4440u | (uint32_t)c;
       off[bb] = swz<M, DSUB>(m);
-      baseK[bb] = smem_addr(P8 ? tables : smem) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
+      baseK[bb] = smem_addr(tables) + off[bb] * (GB == 1 ? 4u : (uint32_t)sizeof(Entry));
       baseV[bb] = smem_addr(tabV) + off[bb] * (uint32_t)sizeof(Entry);
 #pragma unroll
       for (int g = 0; g < GB; ++g)
@@ -722,16 +722,20 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
     if (wlo < whi) {
       const uint32_t kst = smem_addr(tables) + 2 * TB, vst = kst + (uint32_t)winp * (D * 2);
       const int nst = (whi - wlo + TPI - 1) / TPI;
+      // staged row r's entry of subspace 4i + ((bb + sh) & 3) (the lane's subspace at sub-step bb), as floats
+      auto row_entry = [&](uint32_t base, int r, int bb, float (&x)[DSUB]) {
+        const int m = 4 * i + ((bb + sh) & 3);
+        entry_to_float<T, DSUB>(lds_entry<Entry>(base + (uint32_t)(r * D + m * DSUB) * 2u), x);
+      };
       for (int st = warp; st < nst; st += NW) {
         const int r = st * TPI + h;  // < winp (a multiple of 8 >= TPI); rows past whi - wlo are zeros
         float part = 0.f;
 #pragma unroll
         for (int bb = 0; bb < 4; ++bb) {
-          const int m = 4 * i + ((bb + sh) & 3);
           float x[DSUB];
-          entry_to_float<T, DSUB>(lds_entry<Entry>(kst + (uint32_t)(r * D + m * DSUB) * 2u), x);
+          row_entry(kst, r, bb, x);
 #pragma unroll
-          for (int j = 0; j < DSUB; ++j) part = fmaf(qr[bb][0][j], x[j], part);  // q of subspace m
+          for (int j = 0; j < DSUB; ++j) part = fmaf(qr[bb][0][j], x[j], part);  // q of the lane's subspace
         }
 #pragma unroll
         for (int o = W / 2; o >= 1; o >>= 1) part += __shfl_xor_sync(FULL, part, o);
@@ -752,9 +756,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
         if (i == 0) l_run[0] += p;  // once per token (the epilogue sums l over all lanes)
 #pragma unroll
         for (int bb = 0; bb < 4; ++bb) {
-          const int m = 4 * i + ((bb + sh) & 3);
           float x[DSUB];
-          entry_to_float<T, DSUB>(lds_entry<Entry>(vst + (uint32_t)(r * D + m * DSUB) * 2u), x);
+          row_entry(vst, r, bb, x);
 #pragma unroll
           for (int j = 0; j < DSUB; ++j) acc[bb][0][j] = fmaf(p, x[j], acc[bb][0][j]);
         }
@@ -772,12 +775,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) 
       for (int g = 0; g < GB; ++g) part[s][g] = 0.f;
 #pragma unroll
       for (int bb = 0; bb < 4; ++bb) {
+        const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
         if constexpr (P8) {
           part[s][0] += __uint_as_float(lds32(__byte_perm(kw[s], baseK[bb], selb[bb])));
-          continue;
-        }
-        const uint32_t code = __byte_perm(kw[s], 0u, selb[bb]);
-        if constexpr (GB == 1) {
+        } else if constexpr (GB == 1) {
           part[s][0] += __uint_as_float(lds32(baseK[bb] + code * (M * 4)));
         } else {
           const Entry e = lds_entry<Entry>(baseK[bb] + code * (M * (uint32_t)sizeof(Entry)));
