@@ -46,6 +46,21 @@ def test_guard_refuses_a_cell_slower_in_every_round(tmp_path, capsys):
     assert ab_adopt.main(args + ["--guard", "0.02"]) is True
 
 
+def test_guard_of_one_width(tmp_path, capsys):
+    _write(tmp_path, "col", 52.3, other=10.0)
+    _write(tmp_path, "col_b", 52.4, other=10.0)
+    _write(tmp_path, "pf", 51.5, other=10.5)  # the 2-bit cell 5% slower in both rounds
+    _write(tmp_path, "pf_b", 51.5, other=10.5)
+    args = [str(tmp_path), "col", "pf", "--guard", "0.02"]
+    assert ab_adopt.main(args + ["--cell", "mha:1:32768:4"]) is False  # every width guarded
+    assert ab_adopt.main(args + ["--cell", "mha:1:32768:4", "--guard-bits"]) is True  # the 4-bit cells only
+    _write(tmp_path, "pf", 52.3 * 1.03, other=9.0)  # the 2-bit cell 10% faster, the 4-bit one 3% slower
+    _write(tmp_path, "pf_b", 52.4 * 1.03, other=9.0)
+    assert ab_adopt.main(args + ["--cell", "mha:1:32768:2", "--guard-bits"]) is True
+    assert ab_adopt.main(args + ["--cell", "mha:1:32768:2"]) is False
+    assert "slower: mha:1:32768:4" in capsys.readouterr().out
+
+
 def test_negative_margin_accepts_a_neutral_change(tmp_path):
     _write(tmp_path, "col", 52.3)
     _write(tmp_path, "mh", 52.5)  # 0.4% slower
