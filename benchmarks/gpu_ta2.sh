@@ -13,7 +13,7 @@
 # two rounds: faster at GQA B=1 4K 4-bit by more than 1% in both rounds and no cell more than 1% slower in both rounds
 # (ab_adopt.py --margin 0.01 --guard 0.01). If both pass, the one with the lower total time over every cell and both
 # rounds is taken. Taken: the source gets its defaults (PQ_TALIGN, PQ_TALIGN_DMIN), provided its tests pass; the call then
-# sweeps it and runs the MillionCache tests on it.
+# sweeps it (plain, no --q-op) and runs the MillionCache tests on it.
 # Build here (nvcc 13.0) and carry .carry (attn_tb.so, attn_tc.so: the source of 06bd3d5 plus ta2.patch; at PQ_TALIGN=0
 # the patched source's PTX is the library's):
 #   git apply docs/logs/ta_1206/ta2.patch
@@ -21,10 +21,10 @@
 #   nvcc $F -DPQ_TALIGN=1024 -DPQ_TALIGN_DMIN=128 -o .carry/attn_tb.so src/million/ops/cuda/pq_attention.cu
 #   nvcc $F -DPQ_TALIGN=128 -o .carry/attn_tc.so src/million/ops/cuda/pq_attention.cu
 #   git checkout src/million/ops/cuda/pq_attention.cu
-# Usage: OUT=$OUT DEADLINE=400 bash benchmarks/gpu_ta2.sh      (carry .carry: attn_p8w.so, attn_tb.so, attn_tc.so, enc_wg.so)
+# Usage: OUT=$OUT DEADLINE=330 bash benchmarks/gpu_ta2.sh      (carry .carry: attn_p8w.so, attn_tb.so, attn_tc.so, enc_wg.so)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
-gpu_setup /tmp/ta2 "${DEADLINE:-400}" .carry/attn_p8w.so .carry/enc_wg.so
+gpu_setup /tmp/ta2 "${DEADLINE:-330}" .carry/attn_p8w.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=(4096|32768)|^adopt|^slower|^take|FAIL"; }
 env_txt
 lib() { case $1 in lib) echo .carry/attn_p8w.so;; *) echo .carry/attn_$1.so;; esac; }
@@ -57,7 +57,8 @@ done
 take=$(cat "$W/take" 2>/dev/null || echo none)
 if [ "$take" != none ]; then
   export MILLION_CUDA_LIB=$(lib "$take")
-  sweep_all 60
+  run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
+    --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
   cache_tests 100
 fi
 finish_call
