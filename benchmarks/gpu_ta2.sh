@@ -12,8 +12,8 @@
 # Decision (written before the run), for each of tb and tc against lib over the GQA and SmolLM2 cells of both widths,
 # two rounds: faster at GQA B=1 4K 4-bit by more than 1% in both rounds and no cell more than 1% slower in both rounds
 # (ab_adopt.py --margin 0.01 --guard 0.01). If both pass, the one with the lower total time over every cell and both
-# rounds is taken. Taken: the source gets its defaults (PQ_TALIGN, PQ_TALIGN_DMIN), provided its tests pass; the call then
-# sweeps it (plain, no --q-op) and runs the MillionCache tests on it.
+# rounds is taken. Taken: the source gets its defaults (PQ_TALIGN, PQ_TALIGN_DMIN), provided its tests pass (run on the taken build
+# only); the call then sweeps it (plain, no --q-op) and runs the MillionCache tests on it.
 # Build here (nvcc 13.0) and carry .carry (attn_tb.so, attn_tc.so: the source of 06bd3d5 plus ta2.patch; at PQ_TALIGN=0
 # the patched source's PTX is the library's):
 #   git apply docs/logs/ta_1206/ta2.patch
@@ -50,13 +50,11 @@ take = min(ok, key=tot.get) if ok else "none"
 print("take", take)
 (d / "take").write_text(take)
 PY
-for e in tb tc; do
-  run "t_$e" 40 env MILLION_CUDA_LIB=$(lib $e) python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_cuda_attention.py -k "mma or lut or test_matches_naive or back_to_back or graph_replay"
-done
 take=$(cat "$W/take" 2>/dev/null || echo none)
 if [ "$take" != none ]; then
   export MILLION_CUDA_LIB=$(lib "$take")
+  run "t_$take" 40 python3 -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_cuda_attention.py -k "mma or lut or test_matches_naive or back_to_back or graph_replay"
   run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
     --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
   cache_tests 100
