@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Not run as such: its A/B ran as the second half of gpu_pipe.sh, H100 2026-12-06 22:46 UTC; next: gpu_ta2.sh.)
 # One device call: the tensor-core (GQA, SmolLM2 shape) and packed-LUT kernels with their tables at a 1024-byte aligned
 # shared address (-DPQ_TALIGN=1024, attn_ta.so), against the library (attn_p8w.so, the source of 9b7ca04) in the same call.
 # Why: the byte-permute lookups of 2026-12-06 (docs/kernel_notes.md) put the MHA kernel's tables at 64 KB-aligned

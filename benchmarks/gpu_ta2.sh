@@ -22,6 +22,7 @@
 #   nvcc $F -DPQ_TALIGN=128 -o .carry/attn_tc.so src/million/ops/cuda/pq_attention.cu
 #   git checkout src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=330 bash benchmarks/gpu_ta2.sh      (carry .carry: attn_p8w.so, attn_tb.so, attn_tc.so, enc_wg.so)
+#        ARMS=tb OUT=$OUT DEADLINE=150 bash benchmarks/gpu_ta2.sh  (tb alone, about 100 s: where little device time is left)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/ta2 "${DEADLINE:-330}" .carry/attn_p8w.so .carry/enc_wg.so
@@ -30,11 +31,11 @@ env_txt
 lib() { case $1 in lib) echo .carry/attn_p8w.so;; *) echo .carry/attn_$1.so;; esac; }
 B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2 --contexts 4096,32768,131072 --batches 1,8"
 for r in "" _b; do
-  for e in lib tb tc; do
+  for e in lib ${ARMS:-tb tc}; do
     run "ab_$e$r" 45 env MILLION_CUDA_LIB=$(lib $e) $B --out "$W/ab_$e$r.json"
   done
 done
-for e in tb tc; do
+for e in ${ARMS:-tb tc}; do
   run "adopt_$e" 10 python3 benchmarks/ab_adopt.py "$W" lib $e --cell gqa:1:4096:4 --margin 0.01 --guard 0.01
   cp "$W/adopt" "$W/adopt_$e"
 done
@@ -42,7 +43,7 @@ run take 10 python3 - "$W" <<'PY'
 import json, sys
 from pathlib import Path
 d = Path(sys.argv[1])
-ok = [e for e in ("tb", "tc") if (d / f"adopt_{e}").read_text() == "1"]
+ok = [e for e in ("tb", "tc") if (d / f"adopt_{e}").exists() and (d / f"adopt_{e}").read_text() == "1"]
 tot = {e: sum(r["cuda_us"] for s in ("", "_b") for r in json.loads((d / f"ab_{e}{s}.json").read_text())["bench"]) for e in ok}
 for e in ok:
     print(f"total {e}: {tot[e]:.1f} us")
