@@ -22,7 +22,7 @@
 #   git checkout src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=540 bash benchmarks/gpu_gqa7.sh
 #        (carry .carry/attn_p8w.so, attn_tb.so, attn_tc.so, attn_lp2.so, attn_lp4.so, enc_wg.so; ARMS="tb lp4" for a subset;
-#        NCU=0 to skip the profile)
+#        NCU=0 to skip the profile, NCU_FULL=0 for its metrics list only, without the full set)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/gqa7 "${DEADLINE:-540}" .carry/attn_p8w.so .carry/enc_wg.so
@@ -59,7 +59,7 @@ if [ "${NCU:-1}" = 1 ]; then
   K="--clock-control none -k regex:pq_partial_mma --launch-skip 1 --launch-count 1"
   run ncu_gqa 60 env MILLION_CUDA_PDL=0 MILLION_CUDA_LIB=.carry/attn_p8w.so ncu $K --metrics "$STALL" --page raw \
     python3 benchmarks/ncu_decode.py gqa:32768:4
-  run ncu_gqa_full 90 env MILLION_CUDA_PDL=0 MILLION_CUDA_LIB=.carry/attn_p8w.so ncu $K --set full --page details \
+  [ "${NCU_FULL:-1}" = 1 ] && run ncu_gqa_full 90 env MILLION_CUDA_PDL=0 MILLION_CUDA_LIB=.carry/attn_p8w.so ncu $K --set full --page details \
     python3 benchmarks/ncu_decode.py gqa:32768:4
 fi
 take=$(cat "$W/take" 2>/dev/null || echo none)
