@@ -22,7 +22,8 @@
 #   git checkout src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=540 bash benchmarks/gpu_gqa7.sh
 #        (carry .carry/attn_p8w.so, attn_tb.so, attn_tc.so, attn_lp2.so, attn_lp4.so, enc_wg.so; ARMS="tb lp4" for a subset;
-#        NCU=0 to skip the profile, NCU_FULL=0 for its metrics list only, without the full set)
+#        NCU=0 to skip the profile, NCU_FULL=0 for its metrics list only, without the full set;
+#        SWEEP=0: no sweep of the arm taken)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/gqa7 "${DEADLINE:-540}" .carry/attn_p8w.so .carry/enc_wg.so
@@ -67,7 +68,7 @@ if [ "$take" != none ]; then
   export MILLION_CUDA_LIB=$(lib "$take")
   run "t_$take" 40 python3 -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_cuda_attention.py -k "mma or lut or test_matches_naive or back_to_back or graph_replay"
-  run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
+  [ "${SWEEP:-1}" = 1 ] && run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
     --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
 fi
 finish_call
