@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran as the tb arm of gpu_gqa7.sh (H100, 2026-12-07 01:51 UTC): tb taken, now the library's defaults (PQ_TALIGN=1024,
+# PQ_TALIGN_DMIN=128); tc not measured. Kept as the record of the prepared call.
 # One device call: the tensor-core and packed-LUT kernels' tables at an aligned shared address, in the two forms the
 # first A/B (gpu_pipe.sh, H100 2026-12-06 22:46 UTC) points at, against the library (attn_p8w.so) in the same call.
 # That A/B (-DPQ_TALIGN=1024 at every head dim, attn_ta.so): GQA B=1 4K 4-bit 10.7 -> 8.7 us and 2-bit 10.1 -> 8.0 in

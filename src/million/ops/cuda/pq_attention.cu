@@ -108,6 +108,17 @@ __device__ __forceinline__ int trace_block() {
 template <int D, int DSUB, int GB> __host__ __device__ constexpr bool p8_on() {
   return PQ_P8 && GB == 1 && (D / DSUB) * 2 * DSUB == 256;
 }
+#ifndef PQ_TALIGN
+// tensor-core and packed-LUT kernels: tables at a PQ_TALIGN-byte aligned shared address, the allocation grown by as
+// much (0: at the dynamic allocation's start, 16-byte aligned behind the static shared memory). H100, 2026-12-07
+// (docs/kernel_notes.md, "Aligned GQA tables at d = 128"): 1024 at d = 128 only, GQA B=1 4K 4-bit 10.8 -> 8.7 us
+// (2-bit 10.1 -> 8.0), 32K 28.7 -> 27.6; at every head dim (2026-12-06) the d = 64 cells were 8-31% slower from 32K
+#define PQ_TALIGN 1024
+#endif
+#ifndef PQ_TALIGN_DMIN
+#define PQ_TALIGN_DMIN 128  // PQ_TALIGN applies to head dims from this one up (not at d = 64, whose blocks share an SM)
+#endif
+template <int D> __host__ __device__ constexpr unsigned talign() { return D >= PQ_TALIGN_DMIN ? PQ_TALIGN : 0; }
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -943,8 +954,10 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
   static_assert(NW % MB == 0, "prologue: subspace of a thread must not change between iterations");
   using VEntry = typename EntryT<DSUB>::type;
   extern __shared__ __align__(16) unsigned char smem[];
-  uint2* lut = reinterpret_cast<uint2*>(smem);                          // [256][M] x 4 fp16
-  VEntry* tabV = reinterpret_cast<VEntry*>(smem + 256 * M * sizeof(uint2));
+  unsigned char* tb = smem;  // the tables' start (PQ_TALIGN: aligned; the launcher allocates PQ_TALIGN bytes more)
+  if constexpr (talign<D>() > 0) tb = smem + ((0u - smem_addr(smem)) & (talign<D>() - 1u));
+  uint2* lut = reinterpret_cast<uint2*>(tb);                          // [256][M] x 4 fp16
+  VEntry* tabV = reinterpret_cast<VEntry*>(tb + 256 * M * sizeof(uint2));
 
   TRACE_P(0);
   // a.kind == 3: both tables laid out on the host as the FFMA kernel's (cuda_attention.ffma_tables: entry (k, m) at
@@ -960,7 +973,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     tables_init(bar, 1);
     tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
                 reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
-                smem_addr(smem) + LUTB - TB, smem_addr(tabV), TB, bar, 0, 1);
+                smem_addr(tb) + LUTB - TB, smem_addr(tabV), TB, bar, 0, 1);
     if (threadIdx.x == 0) prefetch_first_chunks<GB>(a, M, NW);  // see pq_partial_mma_kernel
   }
   pdl_wait_then_trigger();
@@ -1056,7 +1069,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_lut_kernel(const PQArgs
     // thread reads all its K entries (they share their bytes with the LUT's second half) before any LUT store
     constexpr int NE = 256 * M, PER = (NE + NT - 1) / NT;
     const int slot = swz8<M>(swz_inv<M, DSUB>(tid % M));
-    const VEntry* tk = reinterpret_cast<const VEntry*>(smem + LUTB - TB);
+    const VEntry* tk = reinterpret_cast<const VEntry*>(tb + LUTB - TB);
     VEntry ent[PER];
     mbar_wait(bar);
 #pragma unroll
@@ -1638,8 +1651,9 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   constexpr int VR = M / 8;                     // V: subspaces per lane (= NVT for dsub 2, NVT/2 for dsub 4)
   static_assert(GB >= 1 && GB <= 4, "GB");
   extern __shared__ __align__(16) unsigned char smem[];
-  unsigned char* tabK = smem;
-  unsigned char* tabV = smem + 256 * ROWB;
+  unsigned char* tabK = smem;  // PQ_TALIGN (outside a merge cluster): at an aligned address, PQ_TALIGN bytes allocated more
+  if constexpr (talign<D>() > 0 && !CM) tabK = smem + ((0u - smem_addr(smem)) & (talign<D>() - 1u));
+  unsigned char* tabV = tabK + 256 * ROWB;
 
   TRACE_P(0);
   if constexpr (CM) {  // cluster merge: rank S merges the splits' partials (no second kernel)
@@ -2154,7 +2168,7 @@ template <int D, int DSUB, int GB, int NW>
 static int launch_lut(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
   constexpr int M = D / DSUB;
-  return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB), NW * 32, configured,
+  return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB) + talign<D>(), NW * 32, configured,
                              a, st);
 }
 
@@ -2163,7 +2177,7 @@ template <typename T, int D, int DSUB, int GB, int NW, bool PF>
 static int launch_mma(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
   constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
-  constexpr int tables = 2 * 256 * ROWB, epi = (NW * GB * D + 2 * NW * GB) * 4;
+  constexpr int tables = 2 * 256 * ROWB + (int)talign<D>(), epi = (NW * GB * D + 2 * NW * GB) * 4;
   return launch_k<T, D>(pq_partial_mma_kernel<T, D, DSUB, GB, NW, PF>, tables > epi ? tables : epi, NW * 32,
                         configured, a, st);
 }
