@@ -25,11 +25,10 @@
 #   git checkout src/million/ops/cuda/pq_attention.cu
 # Usage: OUT=$OUT DEADLINE=330 bash benchmarks/gpu_ta2.sh      (carry .carry: attn_p8w.so, attn_tb.so, attn_tc.so, enc_wg.so)
 #        ARMS=tb OUT=$OUT DEADLINE=150 bash benchmarks/gpu_ta2.sh  (tb alone, about 100 s: where little device time is left)
-#        NCU=1 ...: also Nsight Compute on the library's GQA tensor-core kernel (about 60-100 s more)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/ta2 "${DEADLINE:-330}" .carry/attn_p8w.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=(4096|32768)|^adopt|^slower|^take|FAIL|Duration|DRAM Throughput|Issue Slots Busy|Eligible Warps|Warp Cycles Per Issued|Bank|stalled_(short|long|barrier|mio|wait|math|not_sel|lg|tex)|wavefronts|issue_active"; }
+pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=(4096|32768)|^adopt|^slower|^take|FAIL"; }
 env_txt
 lib() { case $1 in lib) echo .carry/attn_p8w.so;; *) echo .carry/attn_$1.so;; esac; }
 B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2 --contexts 4096,32768,131072 --batches 1,8"
@@ -54,16 +53,6 @@ take = min(ok, key=tot.get) if ok else "none"
 print("take", take)
 (d / "take").write_text(take)
 PY
-# NCU=1: Nsight Compute on the library's tensor-core kernel at GQA B=1 32K 4-bit (warp stalls per issued instruction,
-# shared-memory wavefronts, DRAM bytes; the second call profiled), for the GQA 2.5x design: where its loop waits.
-if [ "${NCU:-0}" = 1 ]; then
-  STALL="regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg,dram__bytes_read.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed_op_shared_ld.sum"
-  K="--clock-control none -k regex:pq_partial_mma --launch-skip 1 --launch-count 1"
-  run ncu_gqa 60 env MILLION_CUDA_PDL=0 MILLION_CUDA_LIB=.carry/attn_p8w.so ncu $K --metrics "$STALL" --page raw \
-    python3 benchmarks/ncu_decode.py gqa:32768:4
-  run ncu_gqa_full 90 env MILLION_CUDA_PDL=0 MILLION_CUDA_LIB=.carry/attn_p8w.so ncu $K --set full --page details \
-    python3 benchmarks/ncu_decode.py gqa:32768:4
-fi
 take=$(cat "$W/take" 2>/dev/null || echo none)
 if [ "$take" != none ]; then
   export MILLION_CUDA_LIB=$(lib "$take")

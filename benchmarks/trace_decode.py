@@ -83,14 +83,16 @@ def us(x):
     return round(float(x) / 1000.0, 2)
 
 
-def summarize(part, merge, nparts, nmerge, prev=None):
+def summarize(part, merge, nparts, nmerge, prev=None, first_slots=False):
+    """``first_slots``: the tensor-core kernel at 8 warps (trace builds since 2026-12-07) stamps each warp's first chunk
+    end in the warp-end slots of warps 8-15."""
     p, m = part[:nparts].double(), merge[:nmerge].double()
     valid = p[:, 0] > 0
     p = p[valid]
     t0 = p[:, 0].min()
     entry, tk, tready, tloop, tdone, tend = (p[:, j] - t0 for j in range(6))
     nch = p[:, 7]
-    w = p[:, 8:24]
+    w = p[:, 8:16] if first_slots else p[:, 8:24]
     wv = w > 0
     wmax = torch.where(wv, w, torch.full_like(w, -1e30)).max(1).values
     wmin = torch.where(wv, w, torch.full_like(w, 1e30)).min(1).values
@@ -109,6 +111,14 @@ def summarize(part, merge, nparts, nmerge, prev=None):
         "epi_med": us((tend - tdone).median()), "epi_max": us((tend - tdone).max()),
         "first_block_end": us(tend.min()), "part_end": us(tend.max()),
     }
+    f = p[:, 16:24]
+    if first_slots and bool((f > 0).any()):
+        # first chunk: from the loop's start to the median warp's first chunk end; per chunk: the loop over the
+        # chunks of its busiest warp (8 warps take the chunks round-robin)
+        fv = torch.where(f > 0, f - t0 - start.unsqueeze(1), torch.full_like(f, float("nan"))).nanmedian(1).values
+        s["first_chunk_med"], s["first_chunk_max"] = us(fv.median()), us(fv.max())
+        per = (wmax - t0 - start) / torch.clamp(torch.ceil(nch / 8), min=1)
+        s["per_chunk_med"] = us(per.median())
     if bool((p[:, 30] > 0).all()):  # builds since 2026-12-06 10:00 UTC: wait returned (30), lengths in (31)
         tw, tl = p[:, 30] - t0, p[:, 31] - t0
         s["wait_first"], s["wait_med"], s["wait_max"] = us(tw.min()), us(tw.median()), us(tw.max())
@@ -175,7 +185,7 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph, zero_starts=F
         torch.cuda.synchronize()
         ev_us.append(e0.elapsed_time(e1) * 1e3 / (CALLS if graph else 1))
         part, merge, prev = read_trace(lib)
-        rows.append(summarize(part, merge, nparts, nmerge, prev))
+        rows.append(summarize(part, merge, nparts, nmerge, prev, first_slots=kind == "mma" and nw == 8))
         raw = (part[:nparts].tolist(), merge[:nmerge].tolist())
     keys = rows[0].keys()
     med = {k: (statistics.median(r[k] for r in rows if k in r) if not isinstance(rows[0][k], list) else rows[0][k])
@@ -187,7 +197,7 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph, zero_starts=F
 
 COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6), ("wait_first", 6),
         ("wait_med", 6), ("wait_max", 6), ("lens_med", 6), ("wait_after_prev", 6), ("tables_med", 6),
-        ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("warp_spread_med", 6),
+        ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("first_chunk_med", 6), ("per_chunk_med", 6), ("warp_spread_med", 6),
         ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
         ("end", 7), ("gap_from_prev", 7), ("floor_us", 7), ("event_us", 7)]
 

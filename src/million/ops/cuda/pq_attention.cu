@@ -1916,6 +1916,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     } else if (more) {
       loadV(c + NW, vw);
     }
+#ifdef PQ_TRACE
+    // (trace builds, 8 warps) the end of each warp's first chunk, in the warp-end slots of warps 8-15: the first chunk's
+    // time against the loop's per-chunk average says whether its codes' arrival after the wait is on the path
+    if constexpr (NW <= 8) {
+      if (c == warp && lane == 0) g_trace[trace_block() * 32 + 16 + warp] = trace_now();
+    }
+#endif
   }
 
   TRACE_W(warp);
