@@ -139,3 +139,21 @@ def test_zero_starts_wrapper_appends_a_new_zero_tensor_per_call():
     assert [s.dtype for s in seen] == [torch.int32] * 2
     assert all(torch.equal(s, torch.zeros(3, dtype=torch.int32)) for s in seen)
     assert seen[0] is not seen[1]
+
+
+def test_first_chunk_stamps_of_the_tensor_core_kernel():
+    """Trace builds since 2026-12-07: the tensor-core kernel at 8 warps stamps each warp's first chunk end in the
+    warp-end slots of warps 8-15; read as such, they give the first chunk beside the loop's per-chunk time and do not
+    count as warp ends. Without the flag they are warp ends (the FFMA kernel's 16 warps)."""
+    part, merge = _stamps()
+    part[:2, 2:4] = 0  # no LUT / loop-start stamps: the loop starts at the K-table stamp (2000 / 2256 ns)
+    part[0, 16:18] = torch.tensor([5000, 5400])  # warp 0 / 1 first chunk ends
+    part[1, 16:18] = torch.tensor([3256, 3456])
+    s = trace_decode.summarize(part, merge, 2, 1, first_slots=True)
+    # block 0: median of (3000, 3400) ns after its loop start -> 3.0 us (torch's median takes the lower); block 1: 1.0
+    assert s["first_chunk_med"] == pytest.approx(1.0) and s["first_chunk_max"] == pytest.approx(3.0)
+    # per chunk: the loop (7.8 / 9.644 us) over ceil(5 / 8) = ceil(6 / 8) = 1 chunk per warp
+    assert s["per_chunk_med"] == pytest.approx(7.8)
+    assert s["warp_spread_med"] == pytest.approx(0.8)  # the first-chunk stamps are not warp ends
+    plain = trace_decode.summarize(part, merge, 2, 1)
+    assert "first_chunk_med" not in plain and plain["warp_spread_max"] > 4.0
