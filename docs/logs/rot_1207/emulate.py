@@ -1,0 +1,58 @@
+"""CPU emulation of rot.patch's K gathers (PQ_ROT=1, tensor-core kernel, dsub 2): the kernel's address arithmetic on
+the unpadded K table that ops.cuda_attention.mma_tables lays out (with the patch applied), its code-byte rotation
+(word select + funnel shift) and the three-stage register rotation, against direct centroid lookups; and the banks of
+each gather instruction (32 lanes: 8 tokens x 4 subspace lanes) are 32 distinct ones.
+
+    git apply docs/logs/rot_1207/rot.patch && PYTHONPATH=src python docs/logs/rot_1207/emulate.py
+"""
+
+import torch
+
+from million.ops import cuda_attention as ca
+
+
+def rot_bytes(words, g):
+    """The kernel's rotation of a lane's code words: byte u of the result = byte (u + g) mod 4n of the input."""
+    n = len(words)
+    a = [words[(x + 1) % n] if g & 4 else words[x] for x in range(n)]
+    s = 8 * (g & 3)
+    return [(((a[(x + 1) % n] << 32) | a[x]) >> s) & 0xFFFFFFFF for x in range(n)]
+
+
+def main():
+    torch.manual_seed(0)
+    ca._mma_kpad = lambda cen: 0  # what the PQ_ROT build reports for dsub 2
+    for D in (128, 64):
+        M, K, ESZ = D // 2, 256, 4
+        MQ, ROWBK = M // 4, M * ESZ
+        c = torch.randn(1, M, K, 2)
+        entries = ca.mma_tables(c, "k").view(-1, 2)  # one row per 4-byte fp16 entry of the kernel
+        conflict_free = True
+        for _ in range(20):
+            codes = torch.randint(0, 256, (8, M))
+            for tig in range(4):
+                for gid in range(8):
+                    kb = [int(codes[gid, MQ * tig + j]) for j in range(MQ)]
+                    words = [sum(kb[4 * x + k] << (8 * k) for k in range(4)) for x in range(MQ // 4)]
+                    rk = rot_bytes(words, gid)
+                    regs = []
+                    for u in range(MQ):
+                        byte = (rk[u >> 2] >> (8 * (u & 3))) & 255
+                        off = (4 * ESZ * (u + gid)) & (ROWBK - 1)
+                        regs.append(entries[(tig * ESZ + off + byte * ROWBK) // ESZ])
+                    for b in (1, 2, 4):
+                        if gid & b:
+                            regs = [regs[(i - b) % MQ] for i in range(MQ)]
+                    for w in range(MQ):
+                        m = MQ * tig + w
+                        assert torch.equal(regs[w], c[0, m, codes[gid, m]]), (D, tig, gid, w)
+            for u in range(MQ):
+                banks = {((tig * ESZ + ((4 * ESZ * (u + gid)) & (ROWBK - 1))
+                           + int(codes[gid, MQ * tig + (u + gid) % MQ]) * ROWBK) // 4) % 32
+                         for gid in range(8) for tig in range(4)}
+                conflict_free &= len(banks) == 32
+        print(f"d={D}: every gathered entry is its centroid; every instruction conflict-free: {conflict_free}")
+
+
+if __name__ == "__main__":
+    main()
