@@ -28,13 +28,8 @@ gpu_setup /tmp/next8 "${DEADLINE:-420}" .carry/attn_tb.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^wrote|gqa|^bench (gqa|smollm2) B=1 ctx=(4096|32768)|^adopt|^slower|FAIL"; }
 env_txt
 git apply --include='src/million/ops/cuda_attention.py' docs/logs/rot_1207/rot.patch 2>&1 | tee -a "$W/stages.txt"
-if [ "${TRACE:-1}" = 1 ]; then
-  C="--case gqa:1:4:32768 --case gqa:1:2:32768 --case gqa:1:4:4096 --case gqa:8:4:4096"
-  run trace_graph 60 env MILLION_CUDA_LIB=.carry/attn_trace7.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
-    --out "$W/trace_graph.json"
-  run trace_cold 60 env MILLION_CUDA_LIB=.carry/attn_trace7.so python3 benchmarks/trace_decode.py --reps 5 $C \
-    --out "$W/trace_cold.json"
-fi
+# the timeline: gpu_trace7.sh as it stands, its files under $OUT/trace
+[ "${TRACE:-1}" = 1 ] && run trace 130 env OUT="$OUT/trace" W=/tmp/trace7 DEADLINE=120 bash benchmarks/gpu_trace7.sh
 run t_rot 60 env MILLION_CUDA_LIB=.carry/attn_rot.so python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_cuda_attention.py -k "mma or test_matches_naive or back_to_back or graph_replay"
 if [ "$(grep -c ' failed\|error' "$W/t_rot.txt")" = 0 ] && grep -q ' passed' "$W/t_rot.txt"; then

@@ -111,8 +111,8 @@ def summarize(part, merge, nparts, nmerge, prev=None, first_slots=False):
         "epi_med": us((tend - tdone).median()), "epi_max": us((tend - tdone).max()),
         "first_block_end": us(tend.min()), "part_end": us(tend.max()),
     }
-    f = p[:, 16:24]
-    if first_slots and bool((f > 0).any()):
+    f = p[:, 16:24] if first_slots else None
+    if f is not None and bool((f > 0).any()):
         # first chunk: from the loop's start to the median warp's first chunk end; per chunk: the loop over the
         # chunks of its busiest warp (8 warps take the chunks round-robin)
         fv = torch.where(f > 0, f - t0 - start.unsqueeze(1), torch.full_like(f, float("nan"))).nanmedian(1).values
@@ -197,8 +197,8 @@ def run_case(lib, name, B, bits, T, reps, dev, flush, gbps, graph, zero_starts=F
 
 COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6), ("wait_first", 6),
         ("wait_med", 6), ("wait_max", 6), ("lens_med", 6), ("wait_after_prev", 6), ("tables_med", 6),
-        ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("first_chunk_med", 6), ("per_chunk_med", 6), ("warp_spread_med", 6),
-        ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
+        ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("first_chunk_med", 6),
+        ("per_chunk_med", 6), ("warp_spread_med", 6), ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
         ("end", 7), ("gap_from_prev", 7), ("floor_us", 7), ("event_us", 7)]
 
 

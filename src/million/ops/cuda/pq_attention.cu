@@ -1916,13 +1916,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     } else if (more) {
       loadV(c + NW, vw);
     }
-#ifdef PQ_TRACE
     // (trace builds, 8 warps) the end of each warp's first chunk, in the warp-end slots of warps 8-15: the first chunk's
     // time against the loop's per-chunk average says whether its codes' arrival after the wait is on the path
     if constexpr (NW <= 8) {
-      if (c == warp && lane == 0) g_trace[trace_block() * 32 + 16 + warp] = trace_now();
+      if (c == warp) TRACE_W(8 + warp);
     }
-#endif
   }
 
   TRACE_W(warp);
@@ -2175,8 +2173,8 @@ template <int D, int DSUB, int GB, int NW>
 static int launch_lut(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
   constexpr int M = D / DSUB;
-  return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB) + talign<D>(), NW * 32, configured,
-                             a, st);
+  return launch_k<__half, D>(pq_partial_lut_kernel<D, DSUB, GB, NW>, 256 * M * (8 + 2 * DSUB) + talign<D>(), NW * 32,
+                             configured, a, st);
 }
 
 // tensor-core kernel: two padded tables [256][M * 2*DSUB + 16 bytes]
