@@ -42,19 +42,7 @@ for e in $ARMS; do
   run "adopt_$e" 10 python3 benchmarks/ab_adopt.py "$W" lib $e --cell "$(cell $e)" --margin 0.01 --guard 0.01
   cp "$W/adopt" "$W/adopt_$e"
 done
-run take 10 python3 - "$W" $ARMS <<'PY'
-import json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-tot = {e: sum(r["cuda_us"] for s in ("", "_b") for r in json.loads((d / f"ab_{e}{s}.json").read_text())["bench"])
-       for e in ["lib"] + sys.argv[2:] if (d / f"ab_{e}.json").exists() and (d / f"ab_{e}_b.json").exists()}
-for e, t in tot.items():
-    print(f"total {e}: {t:.1f} us")
-ok = [e for e in sys.argv[2:] if e in tot and (d / f"adopt_{e}").exists() and (d / f"adopt_{e}").read_text() == "1"]
-take = min(ok, key=tot.get) if ok else "none"
-print("take", take)
-(d / "take").write_text(take)
-PY
+run take 10 python3 benchmarks/ab_take.py "$W" $ARMS
 if [ "${NCU:-1}" = 1 ]; then
   STALL="regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg,dram__bytes_read.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed_op_shared_ld.sum"
   K="--clock-control none -k regex:pq_partial_mma --launch-skip 1 --launch-count 1"

@@ -83,3 +83,23 @@ def test_bad_input_is_named(tmp_path):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--margin", "-1"])
     with pytest.raises(SystemExit):
         ab_adopt.main([str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4", "--guard", "-0.1"])
+
+
+def test_take_is_the_fastest_arm_that_passed(tmp_path, capsys):
+    _path_take = _path.parent / "ab_take.py"
+    spec = importlib.util.spec_from_file_location("ab_take", _path_take)
+    ab_take = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab_take)
+    for name, us in (("lib", 30.0), ("a", 28.0), ("b", 27.0), ("c", 26.0)):
+        _write(tmp_path, name, us)
+        _write(tmp_path, name + "_b", us)
+    (tmp_path / "adopt_a").write_text("1")
+    (tmp_path / "adopt_b").write_text("1")
+    (tmp_path / "adopt_c").write_text("0")  # the fastest, but refused by its rule
+    assert ab_take.main([str(tmp_path), "a", "b", "c"]) == "b"
+    assert (tmp_path / "take").read_text() == "b" and "total lib: 80.0 us" in capsys.readouterr().out
+    (tmp_path / "adopt_b").write_text("0")
+    assert ab_take.main([str(tmp_path), "a", "b", "c"]) == "a"
+    (tmp_path / "adopt_a").unlink()  # an arm without a decision is not taken
+    assert ab_take.main([str(tmp_path), "a", "b", "c"]) == "none"
+    assert (tmp_path / "take").read_text() == "none"

@@ -1,4 +1,4 @@
-"""CPU emulation of rot.patch's K gathers (PQ_ROT=1, tensor-core kernel, dsub 2): the kernel's address arithmetic on
+"""CPU emulation of rot.patch's K gathers (and, PQ_ROT=2, its V gathers) (PQ_ROT=1, tensor-core kernel, dsub 2): the kernel's address arithmetic on
 the unpadded K table that ops.cuda_attention.mma_tables lays out (with the patch applied), its code-byte rotation
 (word select + funnel shift) and the three-stage register rotation, against direct centroid lookups; and the banks of
 each gather instruction (32 lanes: 8 tokens x 4 subspace lanes) are 32 distinct ones.
@@ -21,7 +21,7 @@ def rot_bytes(words, g):
 
 def main():
     torch.manual_seed(0)
-    ca._mma_kpad = lambda cen: 0  # what the PQ_ROT build reports for dsub 2
+    ca._mma_kpad = lambda cen, role="k": 0  # what the PQ_ROT=2 build reports for dsub 2 (K and V)
     for D in (128, 64):
         M, K, ESZ = D // 2, 256, 4
         MQ, ROWBK = M // 4, M * ESZ
@@ -52,6 +52,42 @@ def main():
                          for gid in range(8) for tig in range(4)}
                 conflict_free &= len(banks) == 32
         print(f"d={D}: every gathered entry is its centroid; every instruction conflict-free: {conflict_free}")
+        emulate_v(D)
+
+
+def emulate_v(D):
+    """PQ_ROT=2's V gathers: lane (gid, tig) holds the VR code bytes of subspaces VR*gid + r of its token; at step u it
+    reads output tile (u + tig) mod VR of the unpadded V table; the registers are rotated back in two select stages."""
+    M, K, ESZ = D // 2, 256, 4
+    VR, ROWBV = M // 8, M * ESZ
+    c = torch.randn(1, M, K, 2)
+    entries = ca.mma_tables(c, "v").view(-1, 2)
+    conflict_free = True
+    for _ in range(20):
+        codes = torch.randint(0, 256, (4, M))  # one token per tig (the instruction's token j of each lane)
+        for gid in range(8):
+            for tig in range(4):
+                vb = [int(codes[tig, VR * gid + r]) for r in range(VR)]
+                words = [sum(vb[4 * x + k] << (8 * k) for k in range(min(4, VR))) for x in range(max(1, VR // 4))]
+                n, sh = len(words), 8 * tig
+                rv = [(((words[(x + 1) % n] << 32) | words[x]) >> sh) & 0xFFFFFFFF for x in range(n)]
+                regs = []
+                for u in range(VR):
+                    byte = (rv[u >> 2] >> (8 * (u & 3))) & 255
+                    off = (8 * ESZ * (u + tig)) & (ROWBV - 1)
+                    regs.append(entries[(gid * ESZ + off + byte * ROWBV) // ESZ])
+                for b in (1, 2):
+                    if b < VR and tig & b:
+                        regs = [regs[(i - b) % VR] for i in range(VR)]
+                for r in range(VR):
+                    m = VR * gid + r
+                    assert torch.equal(regs[r], c[0, m, codes[tig, m]]), (D, gid, tig, r)
+        for u in range(VR):
+            banks = {((gid * ESZ + ((8 * ESZ * (u + tig)) & (ROWBV - 1))
+                       + int(codes[tig, VR * gid + (u + tig) % VR]) * ROWBV) // 4) % 32
+                     for gid in range(8) for tig in range(4)}
+            conflict_free &= len(banks) == 32
+    print(f"d={D} V: every gathered entry is its centroid; every instruction conflict-free: {conflict_free}")
 
 
 if __name__ == "__main__":
