@@ -38,10 +38,7 @@ for r in "" _b; do
     run "ab_$e$r" 45 env MILLION_CUDA_LIB=$(lib $e) $B --out "$W/ab_$e$r.json"
   done
 done
-for e in $ARMS; do
-  run "adopt_$e" 10 python3 benchmarks/ab_adopt.py "$W" lib $e --cell "$(cell $e)" --margin 0.01 --guard 0.01
-  cp "$W/adopt" "$W/adopt_$e"
-done
+for e in $ARMS; do adopt_arm $e "$(cell $e)"; done
 run take 10 python3 benchmarks/ab_take.py "$W" $ARMS
 if [ "${NCU:-1}" = 1 ]; then
   STALL="regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg,dram__bytes_read.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed_op_shared_ld.sum"

@@ -54,11 +54,7 @@ if [ -n "$ok" ]; then
       run "ab_$e$r" 45 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --out "$W/ab_$e$r.json"
     done
   done
-  for e in $ok; do
-    rm -f "$W/adopt"  # (a decision that did not run leaves no file: no arm inherits the one before it)
-    run "adopt_$e" 10 python3 benchmarks/ab_adopt.py "$W" lib $e --cell gqa:1:32768:4 --margin 0.01 --guard 0.01
-    cp "$W/adopt" "$W/adopt_$e" 2>/dev/null
-  done
+  for e in $ok; do adopt_arm $e gqa:1:32768:4; done
   run take 10 python3 benchmarks/ab_take.py "$W" $ok
   take=$(cat "$W/take" 2>/dev/null || echo none)
   if [ "$take" != none ]; then

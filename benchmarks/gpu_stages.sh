@@ -76,3 +76,11 @@ adopt_then_sweep() {
   sweep_all "${4:-50}"
   cache_tests "${5:-120}"
 }
+# adopt_arm ARM CELL: one arm of a multi-arm A/B (gpu_ta2.sh, gpu_gqa7.sh, gpu_next8.sh) against "lib" by ab_adopt.py's
+# rule at CELL (margin and guard 1%, two rounds), its decision kept as $W/adopt_ARM for ab_take.py; a decision that
+# did not run leaves no file (no arm inherits the one before it)
+adopt_arm() {
+  rm -f "$W/adopt"
+  run "adopt_$1" 10 python3 benchmarks/ab_adopt.py "$W" lib "$1" --cell "$2" --margin 0.01 --guard 0.01
+  cp "$W/adopt" "$W/adopt_$1" 2>/dev/null
+}

@@ -37,22 +37,8 @@ for r in "" _b; do
     run "ab_$e$r" 45 env MILLION_CUDA_LIB=$(lib $e) $B --out "$W/ab_$e$r.json"
   done
 done
-for e in ${ARMS:-tb tc}; do
-  run "adopt_$e" 10 python3 benchmarks/ab_adopt.py "$W" lib $e --cell gqa:1:4096:4 --margin 0.01 --guard 0.01
-  cp "$W/adopt" "$W/adopt_$e"
-done
-run take 10 python3 - "$W" <<'PY'
-import json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-ok = [e for e in ("tb", "tc") if (d / f"adopt_{e}").exists() and (d / f"adopt_{e}").read_text() == "1"]
-tot = {e: sum(r["cuda_us"] for s in ("", "_b") for r in json.loads((d / f"ab_{e}{s}.json").read_text())["bench"]) for e in ok}
-for e in ok:
-    print(f"total {e}: {tot[e]:.1f} us")
-take = min(ok, key=tot.get) if ok else "none"
-print("take", take)
-(d / "take").write_text(take)
-PY
+for e in ${ARMS:-tb tc}; do adopt_arm $e gqa:1:4096:4; done
+run take 10 python3 benchmarks/ab_take.py "$W" ${ARMS:-tb tc}
 take=$(cat "$W/take" 2>/dev/null || echo none)
 if [ "$take" != none ]; then
   export MILLION_CUDA_LIB=$(lib "$take")

@@ -10,6 +10,9 @@ _path = Path(__file__).resolve().parent.parent / "benchmarks" / "ab_adopt.py"
 _spec = importlib.util.spec_from_file_location("ab_adopt", _path)
 ab_adopt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ab_adopt)
+_spec_take = importlib.util.spec_from_file_location("ab_take", _path.parent / "ab_take.py")
+ab_take = importlib.util.module_from_spec(_spec_take)
+_spec_take.loader.exec_module(ab_take)
 
 
 def _write(d, name, us, other=10.0):
@@ -86,10 +89,6 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_take_is_the_fastest_arm_that_passed(tmp_path, capsys):
-    _path_take = _path.parent / "ab_take.py"
-    spec = importlib.util.spec_from_file_location("ab_take", _path_take)
-    ab_take = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab_take)
     for name, us in (("lib", 30.0), ("a", 28.0), ("b", 27.0), ("c", 26.0)):
         _write(tmp_path, name, us)
         _write(tmp_path, name + "_b", us)

@@ -19,6 +19,14 @@ def rot_bytes(words, g):
     return [(((a[(x + 1) % n] << 32) | a[x]) >> s) & 0xFFFFFFFF for x in range(n)]
 
 
+def unrotate(regs, g):
+    """The kernel's select stages: register i of the result = register (i - g) mod n of the input (g < 8)."""
+    for b in (1, 2, 4):
+        if b < len(regs) and g & b:
+            regs = [regs[(i - b) % len(regs)] for i in range(len(regs))]
+    return regs
+
+
 def main():
     torch.manual_seed(0)
     ca._mma_kpad = lambda cen, role="k": 0  # what the PQ_ROT=2 build reports for dsub 2 (K and V)
@@ -40,9 +48,7 @@ def main():
                         byte = (rk[u >> 2] >> (8 * (u & 3))) & 255
                         off = (4 * ESZ * (u + gid)) & (ROWBK - 1)
                         regs.append(entries[(tig * ESZ + off + byte * ROWBK) // ESZ])
-                    for b in (1, 2, 4):
-                        if gid & b:
-                            regs = [regs[(i - b) % MQ] for i in range(MQ)]
+                    regs = unrotate(regs, gid)
                     for w in range(MQ):
                         m = MQ * tig + w
                         assert torch.equal(regs[w], c[0, m, codes[gid, m]]), (D, tig, gid, w)
@@ -69,16 +75,13 @@ def emulate_v(D):
             for tig in range(4):
                 vb = [int(codes[tig, VR * gid + r]) for r in range(VR)]
                 words = [sum(vb[4 * x + k] << (8 * k) for k in range(min(4, VR))) for x in range(max(1, VR // 4))]
-                n, sh = len(words), 8 * tig
-                rv = [(((words[(x + 1) % n] << 32) | words[x]) >> sh) & 0xFFFFFFFF for x in range(n)]
+                rv = rot_bytes(words, tig)
                 regs = []
                 for u in range(VR):
                     byte = (rv[u >> 2] >> (8 * (u & 3))) & 255
                     off = (8 * ESZ * (u + tig)) & (ROWBV - 1)
                     regs.append(entries[(gid * ESZ + off + byte * ROWBV) // ESZ])
-                for b in (1, 2):
-                    if b < VR and tig & b:
-                        regs = [regs[(i - b) % VR] for i in range(VR)]
+                regs = unrotate(regs, tig)
                 for r in range(VR):
                     m = VR * gid + r
                     assert torch.equal(regs[r], c[0, m, codes[tig, m]]), (D, gid, tig, r)
