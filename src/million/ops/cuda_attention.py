@@ -221,7 +221,8 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     (``ops/cuda/pq_attention.cu``). Cached per centroid tensor object (alive, same version): codebooks
     held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
     once; a fresh tensor (or one modified in place) gets a fresh table."""
-    key = (id(centroids), role)
+    kpad = _mma_kpad(centroids, role)
+    key = (id(centroids), role) if kpad == 16 else (id(centroids), role, kpad)
     hit = _cached(key, centroids)
     if hit is not None:
         return hit
@@ -229,8 +230,23 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     m = torch.arange(M, device=centroids.device)
     slot = 4 * (m % (M // 4)) + m // (M // 4) if role == "k" else 8 * (m % (M // 8)) + m // (M // 8)
     t = torch.zeros(Hc, K, M + 16 // (2 * dsub), dsub, dtype=centroids.dtype, device=centroids.device)
-    t[:, :, slot] = centroids.permute(0, 2, 1, 3)
+    # (A/B builds with unpadded rows: the rows packed at the start of the same bytes, the padding at the end)
+    rows = t if kpad == 16 else t.view(Hc, -1, dsub)[:, : K * M].view(Hc, K, M, dsub)
+    rows[:, :, slot] = centroids.permute(0, 2, 1, 3)
     return _remember(key, centroids, t)
+
+
+def _mma_kpad(centroids: torch.Tensor, role: str = "k") -> int:
+    """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or what the loaded library reports
+    (``million_pq_mma_kpad`` / ``million_pq_mma_vpad``, exported by A/B builds with unpadded rows at dsub 2;
+    CPU tensors: 16)."""
+    if not centroids.is_cuda:
+        return 16
+    f = getattr(_lib(), "million_pq_mma_kpad" if role == "k" else "million_pq_mma_vpad", None)
+    if f is None:
+        return 16
+    f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
+    return int(f(int(centroids.shape[3])))
 
 
 def _swz(M: int, dsub: int) -> list[int]:

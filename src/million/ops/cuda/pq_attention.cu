@@ -119,6 +119,15 @@ template <int D, int DSUB, int GB> __host__ __device__ constexpr bool p8_on() {
 #define PQ_TALIGN_DMIN 128  // PQ_TALIGN applies to head dims from this one up (not at d = 64, whose blocks share an SM)
 #endif
 template <int D> __host__ __device__ constexpr unsigned talign() { return D >= PQ_TALIGN_DMIN ? PQ_TALIGN : 0; }
+#ifndef PQ_ROT
+// (A/B builds) tensor-core kernel at dsub 2: K table rows unpadded (M * 4 bytes), the 8 tokens of a gather instruction
+// reading 8 different subspaces (one wavefront), each lane's gathered registers rotated back by its token slot
+#define PQ_ROT 1
+#endif
+template <int DSUB> __host__ __device__ constexpr int mma_kpad() { return (PQ_ROT && DSUB == 2) ? 0 : 16; }
+// (PQ_ROT=2) the V table too: rows unpadded, the 4 token lanes (tig) of a gather instruction reading 4 different
+// output tiles, each lane's gathered registers rotated back by tig
+template <int DSUB> __host__ __device__ constexpr int mma_vpad() { return (PQ_ROT >= 2 && DSUB == 2) ? 0 : 16; }
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -1644,6 +1653,8 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   constexpr int M = D / DSUB, NT = NW * 32;
   constexpr int ESZ = 2 * DSUB;                 // bytes per centroid entry
   constexpr int ROWB = M * ESZ + 16;            // padded table row (one code)
+  constexpr int ROWBK = M * ESZ + mma_kpad<DSUB>();  // K table row (PQ_ROT: unpadded, in the same bytes)
+  constexpr int ROWBV = M * ESZ + mma_vpad<DSUB>();  // V table row (PQ_ROT=2: unpadded, in the same bytes)
   constexpr int KB = M / 4, VB = M / 8;         // code bytes per lane and token: K, V
   constexpr int KWN = (KB + 3) / 4, VWN = (VB + 3) / 4;
   constexpr int NKT = D / 16;                   // K: mma k-tiles (16 dims) per token tile
@@ -1818,22 +1829,62 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 #pragma unroll
     for (int tt = 0; tt < 2; ++tt) {
       float acc2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};  // even / odd k-tiles: two mma chains
+#if PQ_ROT
+      if constexpr (DSUB == 2) {
+        // step u: lane gid reads its subspace (u + gid) mod MQ; with unpadded rows a lookup's bank is its slot alone,
+        // so the 8 tokens of an instruction hit 8 distinct bank groups. Codes and registers are rotated by gid.
+        constexpr int MQ = M / 4;
+        uint32_t rk[2][KWN], R[2][MQ];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          uint32_t A[KWN];
+#pragma unroll
+          for (int x = 0; x < KWN; ++x) A[x] = (gid & 4) ? kw[tt][e][(x + 1) % KWN] : kw[tt][e][x];
+#pragma unroll
+          for (int x = 0; x < KWN; ++x) rk[e][x] = __funnelshift_r(A[x], A[(x + 1) % KWN], 8 * (gid & 3));
+        }
+#pragma unroll
+        for (int u = 0; u < MQ; ++u) {
+          const uint32_t off = (uint32_t)((4 * ESZ * (u + gid)) & (ROWBK - 1));
+          R[0][u] = lds32(baseK + off + byte_of(rk[0], u) * ROWBK);
+          R[1][u] = lds32(baseK + off + byte_of(rk[1], u) * ROWBK);
+        }
+#pragma unroll
+        for (int b = 1; b < 8; b <<= 1) {
+          const bool sh = (gid & b) != 0;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            uint32_t Tm[MQ];
+#pragma unroll
+            for (int i = 0; i < MQ; ++i) Tm[i] = sh ? R[e][(i - b + MQ) % MQ] : R[e][i];
+#pragma unroll
+            for (int i = 0; i < MQ; ++i) R[e][i] = Tm[i];
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < NKT; ++r)
+          mma_16816<T>(acc2[r & 1], R[0][2 * r], R[1][2 * r], R[0][2 * r + 1], R[1][2 * r + 1], bq[2 * r], bq[2 * r + 1]);
+      } else {
+#else
+      {
+#endif
 #pragma unroll
       for (int r = 0; r < NKT; ++r) {
         float (&acc)[4] = acc2[r & 1];
         uint32_t a0, a1, a2, a3;
         if constexpr (DSUB == 2) {
           const int w0 = 2 * r, w1 = 2 * r + 1;
-          a0 = lds32(baseK + 4 * w0 * ESZ + byte_of(kw[tt][0], w0) * ROWB);
-          a1 = lds32(baseK + 4 * w0 * ESZ + byte_of(kw[tt][1], w0) * ROWB);
-          a2 = lds32(baseK + 4 * w1 * ESZ + byte_of(kw[tt][0], w1) * ROWB);
-          a3 = lds32(baseK + 4 * w1 * ESZ + byte_of(kw[tt][1], w1) * ROWB);
+          a0 = lds32(baseK + 4 * w0 * ESZ + byte_of(kw[tt][0], w0) * ROWBK);
+          a1 = lds32(baseK + 4 * w0 * ESZ + byte_of(kw[tt][1], w0) * ROWBK);
+          a2 = lds32(baseK + 4 * w1 * ESZ + byte_of(kw[tt][0], w1) * ROWBK);
+          a3 = lds32(baseK + 4 * w1 * ESZ + byte_of(kw[tt][1], w1) * ROWBK);
         } else {
-          const uint2 e0 = lds64(baseK + 4 * r * ESZ + byte_of(kw[tt][0], r) * ROWB);
-          const uint2 e1 = lds64(baseK + 4 * r * ESZ + byte_of(kw[tt][1], r) * ROWB);
+          const uint2 e0 = lds64(baseK + 4 * r * ESZ + byte_of(kw[tt][0], r) * ROWBK);
+          const uint2 e1 = lds64(baseK + 4 * r * ESZ + byte_of(kw[tt][1], r) * ROWBK);
           a0 = e0.x; a1 = e1.x; a2 = e0.y; a3 = e1.y;
         }
         mma_16816<T>(acc, a0, a1, a2, a3, bq[2 * r], bq[2 * r + 1]);
+      }
       }
 #pragma unroll
       for (int z = 0; z < 4; ++z) {
@@ -1878,6 +1929,39 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
       const uint32_t ya = __shfl_sync(FULL, pk[tt][1], srcA), yb = __shfl_sync(FULL, pk[tt][1], srcB);
       const uint32_t b0 = gid < GB ? __byte_perm(xa, xb, psel) : 0u;
       const uint32_t b1 = gid < GB ? __byte_perm(ya, yb, psel) : 0u;
+#if PQ_ROT >= 2
+      if constexpr (DSUB == 2) {
+        // step u: lane tig reads output tile (u + tig) mod VR; unpadded rows put a lookup's bank at its slot
+        // 8 r + gid alone, so the 4 token lanes of an instruction hit 4 distinct groups of 8 banks
+        uint32_t E[4][VR];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          uint32_t rv[VWN];
+#pragma unroll
+          for (int x = 0; x < VWN; ++x) rv[x] = __funnelshift_r(vw[tt][j][x], vw[tt][j][(x + 1) % VWN], 8 * tig);
+#pragma unroll
+          for (int u = 0; u < VR; ++u)
+            E[j][u] = lds32(baseV + ((uint32_t)(8 * ESZ * (u + tig)) & (ROWBV - 1)) + byte_of(rv, u) * ROWBV);
+        }
+#pragma unroll
+        for (int b = 1; b < 4 && b < VR; b <<= 1) {
+          const bool sh = (tig & b) != 0;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t Tm[VR];
+#pragma unroll
+            for (int i = 0; i < VR; ++i) Tm[i] = sh ? E[j][(i - b + VR) % VR] : E[j][i];
+#pragma unroll
+            for (int i = 0; i < VR; ++i) E[j][i] = Tm[i];
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < VR; ++r)
+          mma_16816<T>(o[r], __byte_perm(E[0][r], E[1][r], 0x5410u), __byte_perm(E[0][r], E[1][r], 0x7632u),
+                       __byte_perm(E[2][r], E[3][r], 0x5410u), __byte_perm(E[2][r], E[3][r], 0x7632u), b0, b1);
+        continue;
+      }
+#endif
 #pragma unroll
       for (int r = 0; r < VR; ++r) {
         if constexpr (DSUB == 2) {
@@ -2299,6 +2383,9 @@ static int launch_d(const PQArgs& a, cudaStream_t st) {
 extern "C" {
 int million_pq_abi_version() { return 9; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
+// bytes of padding per K table row of the tensor-core kernel at dsub 2 or 4 (ops.cuda_attention.mma_tables)
+int million_pq_mma_kpad(int dsub) { return dsub == 2 ? mma_kpad<2>() : mma_kpad<4>(); }
+int million_pq_mma_vpad(int dsub) { return dsub == 2 ? mma_vpad<2>() : mma_vpad<4>(); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
 // region (PQ_TRACE_BLOCKS x 32 u64) then the merge blocks' (x 8). Returns the u64 count, 0 in a production build.
