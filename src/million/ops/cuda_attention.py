@@ -238,8 +238,8 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
 
 def _mma_kpad(centroids: torch.Tensor, role: str = "k") -> int:
     """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or what the loaded library reports
-    (``million_pq_mma_kpad`` / ``million_pq_mma_vpad``, exported by A/B builds with unpadded rows at dsub 2;
-    CPU tensors: 16)."""
+    (``million_pq_mma_kpad`` / ``million_pq_mma_vpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded,
+    ``PQ_ROT=1``; a library without the export, built before, pads every row by 16; CPU tensors: 16)."""
     if not centroids.is_cuda:
         return 16
     f = getattr(_lib(), "million_pq_mma_kpad" if role == "k" else "million_pq_mma_vpad", None)

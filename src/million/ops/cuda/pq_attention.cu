@@ -120,12 +120,14 @@ template <int D, int DSUB, int GB> __host__ __device__ constexpr bool p8_on() {
 #endif
 template <int D> __host__ __device__ constexpr unsigned talign() { return D >= PQ_TALIGN_DMIN ? PQ_TALIGN : 0; }
 #ifndef PQ_ROT
-// (A/B builds) tensor-core kernel at dsub 2: K table rows unpadded (M * 4 bytes), the 8 tokens of a gather instruction
-// reading 8 different subspaces (one wavefront), each lane's gathered registers rotated back by its token slot
+// tensor-core kernel at dsub 2: K table rows unpadded (M * 4 bytes), the 8 tokens of a gather instruction reading 8
+// different subspaces (one wavefront instead of ~3.35), each lane's gathered registers rotated back by its token slot.
+// H100, 2026-12-07 (docs/kernel_notes.md): GQA B=1 32K 4-bit 27.5 -> 23.4 us, B=8 4K 27.8 -> 23.9; 2 (V side too)
+// 24.1 / 24.4 and up to 7.7% slower at the SmolLM2 shape; 0 the padded rows of before
 #define PQ_ROT 1
 #endif
 template <int DSUB> __host__ __device__ constexpr int mma_kpad() { return (PQ_ROT && DSUB == 2) ? 0 : 16; }
-// (PQ_ROT=2) the V table too: rows unpadded, the 4 token lanes (tig) of a gather instruction reading 4 different
+// (PQ_ROT=2, measured slower than 1) the V table too: rows unpadded, the 4 token lanes (tig) of a gather instruction reading 4 different
 // output tiles, each lane's gathered registers rotated back by tig
 template <int DSUB> __host__ __device__ constexpr int mma_vpad() { return (PQ_ROT >= 2 && DSUB == 2) ? 0 : 16; }
 #ifndef MERGE_PF
