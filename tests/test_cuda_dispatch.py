@@ -72,6 +72,23 @@ def test_mma_table_layout(M, dsub):
     assert not tk[:, :, M:].any() and not tv[:, :, M:].any()
 
 
+@pytest.mark.parametrize("M", [64, 32])
+def test_mma_table_layout_unpadded(M, monkeypatch):
+    """The library's K rows at dsub 2 (PQ_ROT=1, reported by million_pq_mma_kpad): the rows packed at the start of
+    the padded table's bytes, so that the kernel's row stride is M entries, the padding left at the end as zeros."""
+    monkeypatch.setattr(ca, "_mma_kpad", lambda c, role="k": 0 if role == "k" else 16)
+    c = torch.randn(2, M, 256, 2, dtype=torch.float16)
+    tk, tv = ca.mma_tables(c, "k"), ca.mma_tables(c, "v")
+    assert tk.shape == tv.shape == (2, 256, M + 4, 2)  # same bytes as the padded layout
+    rows = tk.reshape(2, -1, 2)[:, : 256 * M].reshape(2, 256, M, 2)
+    KB, VB = M // 4, M // 8
+    for m in range(M):
+        assert torch.equal(rows[:, :, 4 * (m % KB) + m // KB], c[:, m])  # K: unpadded rows of M entries
+        assert torch.equal(tv[:, :, 8 * (m % VB) + m // VB], c[:, m])  # V: still padded
+    assert not tk.reshape(2, -1, 2)[:, 256 * M:].any()
+    assert ca.mma_tables(c, "k") is tk  # cached under its own key
+
+
 def test_mma_tables_cache_follows_the_tensor():
     c = torch.randn(1, 64, 256, 2, dtype=torch.float16)
     t1 = ca.mma_tables(c, "k")

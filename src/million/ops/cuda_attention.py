@@ -216,7 +216,9 @@ def _remember(key, centroids: torch.Tensor, t, table: bool = True):
 
 def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     """The tensor-core kernel's shared-memory table, laid out once on the device: ``[Hc, 256, M + pad, dsub]``
-    (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding).
+    (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding; where the
+    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 since 2026-12-07, the rows are packed
+    at the start of the same bytes and the padding moves to the end).
     K slots: subspace ``m = (M/4)*tig + w`` at ``4w + tig``; V: ``m = (M/8)*gid + r`` at ``8r + gid``
     (``ops/cuda/pq_attention.cu``). Cached per centroid tensor object (alive, same version): codebooks
     held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
@@ -230,7 +232,7 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     m = torch.arange(M, device=centroids.device)
     slot = 4 * (m % (M // 4)) + m // (M // 4) if role == "k" else 8 * (m % (M // 8)) + m // (M // 8)
     t = torch.zeros(Hc, K, M + 16 // (2 * dsub), dsub, dtype=centroids.dtype, device=centroids.device)
-    # (A/B builds with unpadded rows: the rows packed at the start of the same bytes, the padding at the end)
+    # unpadded rows (kpad 0): packed at the start of the same bytes, the padding at the end
     rows = t if kpad == 16 else t.view(Hc, -1, dsub)[:, : K * M].view(Hc, K, M, dsub)
     rows[:, :, slot] = centroids.permute(0, 2, 1, 3)
     return _remember(key, centroids, t)
