@@ -4,18 +4,21 @@
 # of work: B=1 128K, B=8 16K and up)? Two rounds, `auto` (the dispatch as committed) against MILLION_CUDA_KERNEL=mma,
 # interleaved, over the GQA cells of both widths at 16K-128K, B=1 and 8. Decision (written before the run): a cell moves
 # to the tensor-core kernel only if it is faster there by more than 1% in both rounds; the dispatch change itself is made
-# by hand from the table, in Python (no kernel change).
+# by hand from the table, in Python (no kernel change). The `cells` stage lists them: ab_adopt.py with mma as the base and
+# auto as the variant, its guard at 1%, prints "slower: CELL" for every cell where auto is slower than mma by more than 1%
+# in both rounds (its "adopt" line is not the decision here). Dry-run on the CPU with stubbed GPU commands (2026-12-07).
 # The library: .carry/attn_rot.so (its PTX is the library source's with PQ_ROT=1, checked by docs/logs/rot_1207/adopt.sh).
 # Usage: OUT=$OUT DEADLINE=150 bash benchmarks/gpu_kmma.sh     (carry .carry/attn_rot.so, .carry/enc_wg.so; about 80 s)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/kmma "${DEADLINE:-150}" .carry/attn_rot.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "^bench gqa|FAIL|Error"; }
+pack() { pack_tgz "$1" "^bench gqa|^adopt|^slower|FAIL|Error"; }
 env_txt
 B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa --contexts 16384,32768,131072 --batches 1,8"
 for r in "" _b; do
   run "ab_auto$r" 40 $B --out "$W/ab_auto$r.json"
   run "ab_mma$r" 40 env MILLION_CUDA_KERNEL=mma $B --out "$W/ab_mma$r.json"
 done
-run adopt 10 python3 benchmarks/ab_adopt.py "$W" auto mma --cell gqa:8:32768:4 --margin 0.01
+# the cells to move: where auto (the LUT there) is slower than mma by more than 1% in both rounds ("slower:" lines)
+run cells 10 python3 benchmarks/ab_adopt.py "$W" mma auto --cell gqa:8:32768:4 --margin -0.9 --guard 0.01
 finish_call
