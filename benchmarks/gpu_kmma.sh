@@ -8,6 +8,11 @@
 # auto as the variant, its guard at 1%, prints "slower: CELL" for every cell where auto is slower than mma by more than 1%
 # in both rounds (its "adopt" line is not the decision here). Dry-run on the CPU with stubbed GPU commands (2026-12-07).
 # The library: .carry/attn_rot.so (its PTX is the library source's with PQ_ROT=1, checked by docs/logs/rot_1207/adopt.sh).
+# Where .carry is gone, a plain build of the source is that library (nvcc 13.0, here; about 2 min on 2 cores):
+#   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
+#   nvcc $F -o .carry/attn_rot.so src/million/ops/cuda/pq_attention.cu
+#   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 -Xcompiler -fPIC \
+#        -shared -o .carry/enc_wg.so src/million/ops/cuda/pq_encode.cu
 # Usage: OUT=$OUT DEADLINE=150 bash benchmarks/gpu_kmma.sh     (carry .carry/attn_rot.so, .carry/enc_wg.so; about 80 s)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
