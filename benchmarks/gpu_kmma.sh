@@ -19,11 +19,5 @@ set -uo pipefail
 gpu_setup /tmp/kmma "${DEADLINE:-150}" .carry/attn_rot.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "^bench gqa|^adopt|^slower|FAIL|Error"; }
 env_txt
-B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa --contexts 16384,32768,131072 --batches 1,8"
-for r in "" _b; do
-  run "ab_auto$r" 40 $B --out "$W/ab_auto$r.json"
-  run "ab_mma$r" 40 env MILLION_CUDA_KERNEL=mma $B --out "$W/ab_mma$r.json"
-done
-# the cells to move: where auto (the LUT there) is slower than mma by more than 1% in both rounds ("slower:" lines)
-run cells 10 python3 benchmarks/ab_adopt.py "$W" mma auto --cell gqa:8:32768:4 --margin -0.9 --guard 0.01
+kmma_cells  # the cells to move: where auto (the LUT there) is slower than mma by >1% in both rounds ("slower:")
 finish_call

@@ -52,11 +52,6 @@ if [ "${R4:-1}" = 1 ]; then
   fi
 fi
 if [ "${KMMA:-1}" = 1 ]; then
-  K="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa --contexts 16384,32768,131072 --batches 1,8"
-  for r in "" _b; do
-    run "ab_auto$r" 40 $K --out "$W/ab_auto$r.json"
-    run "ab_mma$r" 40 env MILLION_CUDA_KERNEL=mma $K --out "$W/ab_mma$r.json"
-  done
-  run cells 10 python3 benchmarks/ab_adopt.py "$W" mma auto --cell gqa:8:32768:4 --margin -0.9 --guard 0.01
+  kmma_cells
 fi
 finish_call

@@ -84,3 +84,16 @@ adopt_arm() {
   run "adopt_$1" 10 python3 benchmarks/ab_adopt.py "$W" lib "$1" --cell "$2" --margin 0.01 --guard 0.01
   cp "$W/adopt" "$W/adopt_$1" 2>/dev/null
 }
+# kmma_cells: gpu_kmma.sh's question (gpu_kmma.sh, gpu_next9.sh): `auto` against MILLION_CUDA_KERNEL=mma over the GQA cells
+# of both widths at 16K-128K, B=1 and 8, two rounds interleaved, against $MILLION_CUDA_LIB; the `cells` stage prints
+# "slower: CELL" for each cell where auto is slower than mma by more than 1% in both rounds (ab_adopt.py with the
+# bases swapped and its guard at 1%; its "adopt" line is not the decision)
+kmma_cells() {
+  local K="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa --contexts 16384,32768,131072 --batches 1,8"
+  local r
+  for r in "" _b; do
+    run "ab_auto$r" 40 $K --out "$W/ab_auto$r.json"
+    run "ab_mma$r" 40 env MILLION_CUDA_KERNEL=mma $K --out "$W/ab_mma$r.json"
+  done
+  run cells 10 python3 benchmarks/ab_adopt.py "$W" mma auto --cell gqa:8:32768:4 --margin -0.9 --guard 0.01
+}

@@ -4,7 +4,7 @@ the unpadded K table that ops.cuda_attention.mma_tables lays out (with the patch
 each gather instruction (32 lanes: 8 tokens x 4 subspace lanes) are 32 distinct ones.
 
     git apply docs/logs/rot_1207/rot.patch && PYTHONPATH=src python docs/logs/rot_1207/emulate.py
-    (since 2026-12-07 PQ_ROT=1 is the library's; emulate_k4 checks rot4.patch's dsub-4 K gathers, PQ_ROT4=1)
+    (since 2026-12-07 PQ_ROT=1 is the library's; emulate_k(D, 4) checks rot4.patch's dsub-4 K gathers, PQ_ROT4=1)
 """
 
 import torch
@@ -30,37 +30,53 @@ def unrotate(regs, g):
 
 def main():
     torch.manual_seed(0)
-    ca._mma_kpad = lambda cen, role="k": 0  # what the PQ_ROT=2 build reports for dsub 2 (K and V)
+    ca._mma_kpad = lambda cen, role="k": 0  # what the PQ_ROT=2 (+ PQ_ROT4=1) build reports (K and V, dsub 2 and 4)
     for D in (128, 64):
-        M, K, ESZ = D // 2, 256, 4
-        MQ, ROWBK = M // 4, M * ESZ
-        c = torch.randn(1, M, K, 2)
-        entries = ca.mma_tables(c, "k").view(-1, 2)  # one row per 4-byte fp16 entry of the kernel
-        conflict_free = True
-        for _ in range(20):
-            codes = torch.randint(0, 256, (8, M))
-            for tig in range(4):
-                for gid in range(8):
-                    kb = [int(codes[gid, MQ * tig + j]) for j in range(MQ)]
-                    words = [sum(kb[4 * x + k] << (8 * k) for k in range(4)) for x in range(MQ // 4)]
-                    rk = rot_bytes(words, gid)
-                    regs = []
-                    for u in range(MQ):
-                        byte = (rk[u >> 2] >> (8 * (u & 3))) & 255
-                        off = (4 * ESZ * (u + gid)) & (ROWBK - 1)
-                        regs.append(entries[(tig * ESZ + off + byte * ROWBK) // ESZ])
-                    regs = unrotate(regs, gid)
-                    for w in range(MQ):
-                        m = MQ * tig + w
-                        assert torch.equal(regs[w], c[0, m, codes[gid, m]]), (D, tig, gid, w)
-            for u in range(MQ):
-                banks = {((tig * ESZ + ((4 * ESZ * (u + gid)) & (ROWBK - 1))
-                           + int(codes[gid, MQ * tig + (u + gid) % MQ]) * ROWBK) // 4) % 32
-                         for gid in range(8) for tig in range(4)}
-                conflict_free &= len(banks) == 32
-        print(f"d={D}: every gathered entry is its centroid; every instruction conflict-free: {conflict_free}")
+        ok = emulate_k(D, 2)
+        print(f"d={D}: every gathered entry is its centroid; every instruction conflict-free: {ok}")
         emulate_v(D)
-        emulate_k4(D)
+        ok = emulate_k(D, 4)
+        print(f"d={D} K, dsub 4: every gathered entry is its centroid; every instruction 2 wavefronts: {ok}")
+
+
+def emulate_k(D, dsub):
+    """The K gathers at dsub 2 (PQ_ROT=1) or 4 (rot4.patch, PQ_ROT4=1). Lane (gid, tig) holds the MQ = M/4 code bytes
+    of subspaces MQ*tig + w of its token; at step u it reads the entry (2*dsub bytes) of slot 4((u + gid) mod MQ) + tig
+    of the unpadded K table; the registers are rotated back by gid. Returns whether every instruction takes its least
+    wavefronts: at dsub 2 the 32 lanes hit 32 distinct banks; a 64-bit load (dsub 4) is served per half-warp (lanes
+    4 gid + tig, gid 0-3 and 4-7), whose 16 lanes must touch 32 distinct banks (2 wavefronts)."""
+    M, K, ESZ = D // dsub, 256, 2 * dsub
+    MQ, ROWBK = M // 4, M * ESZ
+    c = torch.randn(1, M, K, dsub)
+    entries = ca.mma_tables(c, "k").view(-1, dsub)  # one row per entry of the kernel
+    halves = (range(8),) if dsub == 2 else (range(4), range(4, 8))
+    least = True
+    for _ in range(20):
+        codes = torch.randint(0, 256, (8, M))
+        for tig in range(4):
+            for gid in range(8):
+                kb = [int(codes[gid, MQ * tig + j]) for j in range(MQ)]
+                words = [sum(kb[4 * x + k] << (8 * k) for k in range(4)) for x in range(MQ // 4)]
+                rk = rot_bytes(words, gid)
+                regs = []
+                for u in range(MQ):
+                    byte = (rk[u >> 2] >> (8 * (u & 3))) & 255
+                    off = (4 * ESZ * (u + gid)) & (ROWBK - 1)
+                    regs.append(entries[(tig * ESZ + off + byte * ROWBK) // ESZ])
+                regs = unrotate(regs, gid)
+                for w in range(MQ):
+                    m = MQ * tig + w
+                    assert torch.equal(regs[w], c[0, m, codes[gid, m]]), (D, dsub, tig, gid, w)
+        for u in range(MQ):
+            for half in halves:
+                banks = set()
+                for gid in half:
+                    for tig in range(4):
+                        a = (tig * ESZ + ((4 * ESZ * (u + gid)) & (ROWBK - 1))
+                             + int(codes[gid, MQ * tig + (u + gid) % MQ]) * ROWBK) // 4
+                        banks |= {(a + k) % 32 for k in range(ESZ // 4)}
+                least &= len(banks) == 32
+    return least
 
 
 def emulate_v(D):
@@ -93,45 +109,6 @@ def emulate_v(D):
                      for gid in range(8) for tig in range(4)}
             conflict_free &= len(banks) == 32
     print(f"d={D} V: every gathered entry is its centroid; every instruction conflict-free: {conflict_free}")
-
-
-def emulate_k4(D):
-    """rot4.patch (PQ_ROT4=1): the K gathers at dsub 4 (2 bits). Lane (gid, tig) holds the MQ = M/4 code bytes of
-    subspaces MQ*tig + w of its token; at step u it reads the 8-byte entry of slot 4((u + gid) mod MQ) + tig of the
-    unpadded K table; the registers are rotated back by gid. A 64-bit shared load is served per half-warp (lanes
-    4 gid + tig, gid 0-3 and 4-7): each half's 16 lanes must touch 32 distinct banks (2 wavefronts per instruction, the
-    least a 64-bit load takes)."""
-    M, K, ESZ = D // 4, 256, 8
-    MQ, ROWBK = M // 4, M * ESZ
-    c = torch.randn(1, M, K, 4)
-    entries = ca.mma_tables(c, "k").view(-1, 4)  # one row per 8-byte entry
-    conflict_free = True
-    for _ in range(20):
-        codes = torch.randint(0, 256, (8, M))
-        for tig in range(4):
-            for gid in range(8):
-                kb = [int(codes[gid, MQ * tig + j]) for j in range(MQ)]
-                words = [sum(kb[4 * x + k] << (8 * k) for k in range(4)) for x in range(MQ // 4)]
-                rk = rot_bytes(words, gid)
-                regs = []
-                for u in range(MQ):
-                    byte = (rk[u >> 2] >> (8 * (u & 3))) & 255
-                    off = (4 * ESZ * (u + gid)) & (ROWBK - 1)
-                    regs.append(entries[(tig * ESZ + off + byte * ROWBK) // ESZ])
-                regs = unrotate(regs, gid)
-                for w in range(MQ):
-                    m = MQ * tig + w
-                    assert torch.equal(regs[w], c[0, m, codes[gid, m]]), (D, tig, gid, w)
-        for u in range(MQ):
-            for half in (range(4), range(4, 8)):
-                banks = set()
-                for gid in half:
-                    for tig in range(4):
-                        a = (tig * ESZ + ((4 * ESZ * (u + gid)) & (ROWBK - 1))
-                             + int(codes[gid, MQ * tig + (u + gid) % MQ]) * ROWBK) // 4
-                        banks |= {a % 32, (a + 1) % 32}
-                conflict_free &= len(banks) == 32
-    print(f"d={D} K, dsub 4: every gathered entry is its centroid; every instruction 2 wavefronts: {conflict_free}")
 
 
 if __name__ == "__main__":
