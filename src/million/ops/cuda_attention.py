@@ -224,7 +224,7 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
     once; a fresh tensor (or one modified in place) gets a fresh table."""
     kpad = _mma_kpad(centroids, role)
-    key = (id(centroids), role) if kpad == 16 else (id(centroids), role, kpad)
+    key = (id(centroids), role, kpad)
     hit = _cached(key, centroids)
     if hit is not None:
         return hit
@@ -239,16 +239,22 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
 
 
 def _mma_kpad(centroids: torch.Tensor, role: str = "k") -> int:
-    """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or what the loaded library reports
-    (``million_pq_mma_kpad`` / ``million_pq_mma_vpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded,
-    ``PQ_ROT=1``; a library without the export, built before, pads every row by 16; CPU tensors: 16)."""
-    if not centroids.is_cuda:
+    """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or for K what the loaded library reports
+    (``million_pq_mma_kpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded, ``PQ_ROT=1``; a library
+    without the export, built before, pads every row by 16); V rows and CPU tensors: 16."""
+    if role != "k" or not centroids.is_cuda:
         return 16
-    f = getattr(_lib(), "million_pq_mma_kpad" if role == "k" else "million_pq_mma_vpad", None)
+    return _lib_kpad(int(centroids.shape[3]))
+
+
+@functools.lru_cache(maxsize=None)
+def _lib_kpad(dsub: int) -> int:
+    # once per process and dsub (the library is loaded once): mma_tables runs at every tensor-core call
+    f = getattr(_lib(), "million_pq_mma_kpad", None)
     if f is None:
         return 16
     f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
-    return int(f(int(centroids.shape[3])))
+    return int(f(dsub))
 
 
 def _swz(M: int, dsub: int) -> list[int]:

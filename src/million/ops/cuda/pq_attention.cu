@@ -122,14 +122,12 @@ template <int D> __host__ __device__ constexpr unsigned talign() { return D >= P
 #ifndef PQ_ROT
 // tensor-core kernel at dsub 2: K table rows unpadded (M * 4 bytes), the 8 tokens of a gather instruction reading 8
 // different subspaces (one wavefront instead of ~3.35), each lane's gathered registers rotated back by its token slot.
-// H100, 2026-12-07 (docs/kernel_notes.md): GQA B=1 32K 4-bit 27.5 -> 23.4 us, B=8 4K 27.8 -> 23.9; 2 (V side too)
-// 24.1 / 24.4 and up to 7.7% slower at the SmolLM2 shape; 0 the padded rows of before
+// H100, 2026-12-07 (docs/kernel_notes.md): GQA B=1 32K 4-bit 27.5 -> 23.4 us, B=8 4K 27.8 -> 23.9; 0 the padded rows
+// of before. The V side rotated as well (docs/logs/rot_1207/rot2.patch, PQ_ROT=2) was slower (24.1 us, up to 7.7% at
+// the SmolLM2 shape) and is not in this source
 #define PQ_ROT 1
 #endif
 template <int DSUB> __host__ __device__ constexpr int mma_kpad() { return (PQ_ROT && DSUB == 2) ? 0 : 16; }
-// (PQ_ROT=2, measured slower than 1) the V table too: rows unpadded, the 4 token lanes (tig) of a gather instruction reading 4 different
-// output tiles, each lane's gathered registers rotated back by tig
-template <int DSUB> __host__ __device__ constexpr int mma_vpad() { return (PQ_ROT >= 2 && DSUB == 2) ? 0 : 16; }
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -1656,7 +1654,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   constexpr int ESZ = 2 * DSUB;                 // bytes per centroid entry
   constexpr int ROWB = M * ESZ + 16;            // padded table row (one code)
   constexpr int ROWBK = M * ESZ + mma_kpad<DSUB>();  // K table row (PQ_ROT: unpadded, in the same bytes)
-  constexpr int ROWBV = M * ESZ + mma_vpad<DSUB>();  // V table row (PQ_ROT=2: unpadded, in the same bytes)
   constexpr int KB = M / 4, VB = M / 8;         // code bytes per lane and token: K, V
   constexpr int KWN = (KB + 3) / 4, VWN = (VB + 3) / 4;
   constexpr int NKT = D / 16;                   // K: mma k-tiles (16 dims) per token tile
@@ -1931,39 +1928,6 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
       const uint32_t ya = __shfl_sync(FULL, pk[tt][1], srcA), yb = __shfl_sync(FULL, pk[tt][1], srcB);
       const uint32_t b0 = gid < GB ? __byte_perm(xa, xb, psel) : 0u;
       const uint32_t b1 = gid < GB ? __byte_perm(ya, yb, psel) : 0u;
-#if PQ_ROT >= 2
-      if constexpr (DSUB == 2) {
-        // step u: lane tig reads output tile (u + tig) mod VR; unpadded rows put a lookup's bank at its slot
-        // 8 r + gid alone, so the 4 token lanes of an instruction hit 4 distinct groups of 8 banks
-        uint32_t E[4][VR];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          uint32_t rv[VWN];
-#pragma unroll
-          for (int x = 0; x < VWN; ++x) rv[x] = __funnelshift_r(vw[tt][j][x], vw[tt][j][(x + 1) % VWN], 8 * tig);
-#pragma unroll
-          for (int u = 0; u < VR; ++u)
-            E[j][u] = lds32(baseV + ((uint32_t)(8 * ESZ * (u + tig)) & (ROWBV - 1)) + byte_of(rv, u) * ROWBV);
-        }
-#pragma unroll
-        for (int b = 1; b < 4 && b < VR; b <<= 1) {
-          const bool sh = (tig & b) != 0;
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            uint32_t Tm[VR];
-#pragma unroll
-            for (int i = 0; i < VR; ++i) Tm[i] = sh ? E[j][(i - b + VR) % VR] : E[j][i];
-#pragma unroll
-            for (int i = 0; i < VR; ++i) E[j][i] = Tm[i];
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < VR; ++r)
-          mma_16816<T>(o[r], __byte_perm(E[0][r], E[1][r], 0x5410u), __byte_perm(E[0][r], E[1][r], 0x7632u),
-                       __byte_perm(E[2][r], E[3][r], 0x5410u), __byte_perm(E[2][r], E[3][r], 0x7632u), b0, b1);
-        continue;
-      }
-#endif
 #pragma unroll
       for (int r = 0; r < VR; ++r) {
         if constexpr (DSUB == 2) {
@@ -2387,7 +2351,6 @@ int million_pq_abi_version() { return 9; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 // bytes of padding per K table row of the tensor-core kernel at dsub 2 or 4 (ops.cuda_attention.mma_tables)
 int million_pq_mma_kpad(int dsub) { return dsub == 2 ? mma_kpad<2>() : mma_kpad<4>(); }
-int million_pq_mma_vpad(int dsub) { return dsub == 2 ? mma_vpad<2>() : mma_vpad<4>(); }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
 // region (PQ_TRACE_BLOCKS x 32 u64) then the merge blocks' (x 8). Returns the u64 count, 0 in a production build.
