@@ -3,7 +3,7 @@ adopt the variant where its time at one cell is below (1 - margin) x the base's 
 no cell that both runs timed is above (1 + G) x the base's in every round.
 
     python benchmarks/ab_adopt.py DIR BASE VARIANT --cell mha:1:32768:4 [--margin 0.005] [--guard 0.02 [--guard-bits]]
-        [--rounds ,_b]
+        [--rounds ,_b] [--shapes gqa,smollm2]
 
 reads DIR/ab_BASE{round}.json and DIR/ab_VARIANT{round}.json (bench_decode_cuda.py output), prints "adopt True" or
 "adopt False" and writes 1 or 0 to DIR/adopt.
@@ -28,23 +28,26 @@ def cell_time(path: Path, cell: tuple) -> float:
     return t[cell]
 
 
-def slower_cells(d: Path, base: str, variant: str, guard: float, rounds: list[str], bits: int | None = None) -> list:
-    """The cells timed by both in every round (of ``bits`` bits only, where given) where the variant is above
-    (1 + guard) x the base in every round."""
+def slower_cells(d: Path, base: str, variant: str, guard: float, rounds: list[str], bits: int | None = None,
+                 shapes: set | None = None) -> list:
+    """The cells timed by both in every round (of ``bits`` bits only, of ``shapes`` only, where given) where the
+    variant is above (1 + guard) x the base in every round."""
     pairs = [(cell_times(d / f"ab_{base}{r}.json"), cell_times(d / f"ab_{variant}{r}.json")) for r in rounds]
     common = set.intersection(*(set(b) & set(v) for b, v in pairs))
     if bits is not None:
         common = {c for c in common if c[3] == bits}
+    if shapes is not None:
+        common = {c for c in common if c[0] in shapes}
     return sorted(c for c in common if all(v[c] > (1 + guard) * b[c] for b, v in pairs))
 
 
 def decide(d: Path, base: str, variant: str, cell: tuple, margin: float, rounds: list[str],
-           guard: float | None = None, guard_bits: bool = False) -> bool:
+           guard: float | None = None, guard_bits: bool = False, shapes: set | None = None) -> bool:
     faster = all(cell_time(d / f"ab_{variant}{r}.json", cell) < (1 - margin) * cell_time(d / f"ab_{base}{r}.json", cell)
                  for r in rounds)
     if not faster or guard is None:
         return faster
-    bad = slower_cells(d, base, variant, guard, rounds, cell[3] if guard_bits else None)
+    bad = slower_cells(d, base, variant, guard, rounds, cell[3] if guard_bits else None, shapes)
     for c in bad:
         print("slower:", ":".join(map(str, c)))
     return not bad
@@ -72,13 +75,19 @@ def main(argv=None):
                     help="refuse where any cell is slower than (1 + guard) x the base in every round (default: off)")
     ap.add_argument("--guard-bits", action="store_true",
                     help="the guard looks at the cells of --cell's width only (a change decided per width)")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated shapes the guard looks at (default: every shape both timed)")
     ap.add_argument("--rounds", default=",_b", help="comma-separated suffixes of the rounds' JSON names (default ',_b')")
     args = ap.parse_args(argv)
     if not -1 < args.margin < 1:
         ap.error(f"--margin {args.margin}: expected -1 < margin < 1 (negative: the variant may be that much slower)")
     if args.guard is not None and not 0 <= args.guard < 1:
         ap.error(f"--guard {args.guard}: expected 0 <= guard < 1")
-    ok = decide(args.dir, args.base, args.variant, args.cell, args.margin, args.rounds.split(","), args.guard, args.guard_bits)
+    shapes = set(args.shapes.split(",")) if args.shapes else None
+    if shapes is not None and args.cell[0] not in shapes:
+        ap.error(f"--shapes {args.shapes}: the decision cell's shape {args.cell[0]!r} is not among them")
+    ok = decide(args.dir, args.base, args.variant, args.cell, args.margin, args.rounds.split(","), args.guard,
+                args.guard_bits, shapes)
     print("adopt", ok)
     (args.dir / "adopt").write_text("1" if ok else "0")
     return ok

@@ -64,6 +64,22 @@ def test_guard_of_one_width(tmp_path, capsys):
     assert "slower: mha:1:32768:4" in capsys.readouterr().out
 
 
+def test_guard_of_some_shapes(tmp_path, capsys):
+    def write(name, gqa_us, mha_us):
+        rows = [dict(shape="gqa", B=1, context=32768, bits=4, cuda_us=gqa_us),
+                dict(shape="mha", B=1, context=32768, bits=2, cuda_us=mha_us)]
+        (tmp_path / f"ab_{name}.json").write_text(json.dumps({"bench": rows}))
+    for r in ("", "_b"):
+        write("lib" + r, 23.4, 30.7)
+        write("m8" + r, 22.0, 32.0)  # the GQA cell 6% faster, the MHA cell 4% slower
+    args = [str(tmp_path), "lib", "m8", "--cell", "gqa:1:32768:4", "--guard", "0.01"]
+    assert ab_adopt.main(args) is False
+    assert "slower: mha:1:32768:2" in capsys.readouterr().out
+    assert ab_adopt.main(args + ["--shapes", "gqa,smollm2"]) is True  # the MHA cell is not guarded
+    with pytest.raises(SystemExit):  # the decision cell's shape must be among the guarded ones
+        ab_adopt.main(args + ["--shapes", "mha"])
+
+
 def test_negative_margin_accepts_a_neutral_change(tmp_path):
     _write(tmp_path, "col", 52.3)
     _write(tmp_path, "mh", 52.5)  # 0.4% slower

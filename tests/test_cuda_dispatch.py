@@ -20,14 +20,15 @@ def test_kernel_choice_per_shape(monkeypatch):
     assert ca.choose_kernel(f16, 1, 128, 64) == ("ffma", 0)  # MHA
     assert ca.choose_kernel(bf16, 1, 64, 16) == ("ffma", 0)
     assert ca.choose_kernel(f16, 4, 128, 64, work=32768) == ("mma", 8)  # GQA 4-bit, small work
-    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("lut", 16)  # GQA 4-bit, large work
+    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("mma", 8)  # GQA 4-bit, large work (conflict-free K)
+    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 22) == ("mma", 8)
     assert ca.choose_kernel(f16, 4, 128, 32, work=32768) == ("mma", 8)  # GQA 2-bit, small work
     assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("lut", 12)  # GQA 2-bit, large work: bulk-copied LUT
     assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 8)  # SmolLM2 shape
     assert ca.choose_kernel(bf16, 4, 128, 64, work=1 << 20) == ("mma", 8)  # bf16 GQA: no LUT kernel
     monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # LUT tables loaded after the wait: 2 bits stay on tensor cores
     assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 8)
-    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("lut", 16)
+    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("mma", 8)
 
 
 def test_kernel_overrides(monkeypatch):
@@ -72,20 +73,21 @@ def test_mma_table_layout(M, dsub):
     assert not tk[:, :, M:].any() and not tv[:, :, M:].any()
 
 
-@pytest.mark.parametrize("M", [64, 32])
-def test_mma_table_layout_unpadded(M, monkeypatch):
-    """The library's K rows at dsub 2 (PQ_ROT=1, reported by million_pq_mma_kpad): the rows packed at the start of
-    the padded table's bytes, so that the kernel's row stride is M entries, the padding left at the end as zeros."""
+@pytest.mark.parametrize("M,dsub", [(64, 2), (32, 2), (32, 4), (16, 4)])
+def test_mma_table_layout_unpadded(M, dsub, monkeypatch):
+    """The library's K rows at dsub 2 and 4 (PQ_ROT=1, PQ_ROT4=1, reported by million_pq_mma_kpad): the rows packed at
+    the start of the padded table's bytes, so that the kernel's row stride is M entries, the padding left at the end as
+    zeros."""
     monkeypatch.setattr(ca, "_mma_kpad", lambda c, role="k": 0 if role == "k" else 16)
-    c = torch.randn(2, M, 256, 2, dtype=torch.float16)
+    c = torch.randn(2, M, 256, dsub, dtype=torch.float16)
     tk, tv = ca.mma_tables(c, "k"), ca.mma_tables(c, "v")
-    assert tk.shape == tv.shape == (2, 256, M + 4, 2)  # same bytes as the padded layout
-    rows = tk.reshape(2, -1, 2)[:, : 256 * M].reshape(2, 256, M, 2)
+    assert tk.shape == tv.shape == (2, 256, M + 16 // (2 * dsub), dsub)  # same bytes as the padded layout
+    rows = tk.reshape(2, -1, dsub)[:, : 256 * M].reshape(2, 256, M, dsub)
     KB, VB = M // 4, M // 8
     for m in range(M):
         assert torch.equal(rows[:, :, 4 * (m % KB) + m // KB], c[:, m])  # K: unpadded rows of M entries
         assert torch.equal(tv[:, :, 8 * (m % VB) + m // VB], c[:, m])  # V: still padded
-    assert not tk.reshape(2, -1, 2)[:, 256 * M:].any()
+    assert not tk.reshape(2, -1, dsub)[:, 256 * M:].any()
     assert ca.mma_tables(c, "k") is tk  # cached under its own key
 
 

@@ -217,7 +217,7 @@ def _remember(key, centroids: torch.Tensor, t, table: bool = True):
 def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     """The tensor-core kernel's shared-memory table, laid out once on the device: ``[Hc, 256, M + pad, dsub]``
     (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding; where the
-    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 since 2026-12-07, the rows are packed
+    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 and 4 since 2026-12-07, the rows are packed
     at the start of the same bytes and the padding moves to the end).
     K slots: subspace ``m = (M/4)*tig + w`` at ``4w + tig``; V: ``m = (M/8)*gid + r`` at ``8r + gid``
     (``ops/cuda/pq_attention.cu``). Cached per centroid tensor object (alive, same version): codebooks
@@ -240,7 +240,8 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
 
 def _mma_kpad(centroids: torch.Tensor, role: str = "k") -> int:
     """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or for K what the loaded library reports
-    (``million_pq_mma_kpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded, ``PQ_ROT=1``; a library
+    (``million_pq_mma_kpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded, ``PQ_ROT=1``, and at dsub 4,
+    ``PQ_ROT4=1``; a library
     without the export, built before, pads every row by 16); V rows and CPU tensors: 16."""
     if role != "k" or not centroids.is_cuda:
         return 16
@@ -386,9 +387,9 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
     one of ``ffma`` (float32 LUT / K-centroid FFMA kernel), ``lut`` (packed fp16 LUT, fp16 GQA only),
     ``mma`` (tensor-core kernel: gathered centroids as mma.sync fragments); ``auto`` the measured
-    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA except fp16 at d=128 from
-    2^17 tokens of ``work`` (batch x code capacity), where the packed LUT is faster (at 2 bits only with its tables
-    copied before the wait, :func:`lut_bulk`)."""
+    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA except fp16 at d=128, 2 bits
+    (dsub 4), from 2^17 tokens of ``work`` (batch x code capacity), where the packed LUT is faster with its tables
+    copied before the wait (:func:`lut_bulk`)."""
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
@@ -409,7 +410,10 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     # (B=1 32K 31.1 vs 42.7 us on the FFMA kernel, B=8 32K 153.9 vs 229.0). With the LUT kernel's tables copied
     # before its wait (H100, 2026-12-06) it passes the tensor-core kernel at 2 bits too from 2^17 tokens: B=8 16K
     # 63.3 vs 68.3 us, 32K 111.3 vs 125.8; below (B=1 32K 26.5 vs 23.9, B=8 4K 26.9 vs 25.0) it stays behind.
-    if GB >= 2 and (not nw or work < 1 << 17 or (D // M == 4 and not lut_bulk())):
+    # With conflict-free K gathers (PQ_ROT, H100, 2026-12-07) the tensor-core kernel passes the LUT at 4 bits from
+    # 2^17 tokens too (GQA, two rounds each): B=1 128K 66.9 vs 75.0 us, B=8 16K 67.7 vs 75.8, 32K 125.8 vs 139.6,
+    # 128K 477.7 vs 528.4; at 2 bits the LUT stays ahead there (B=8 32K 112.2 vs 135.4, 128K 411.7 vs 514.3).
+    if GB >= 2 and (not nw or D // M == 2 or work < 1 << 17 or (D // M == 4 and not lut_bulk())):
         return "mma", mma_warps
     return ("lut", nw) if nw else ("ffma", 0)
 

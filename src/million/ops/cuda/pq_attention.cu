@@ -127,7 +127,16 @@ template <int D> __host__ __device__ constexpr unsigned talign() { return D >= P
 // the SmolLM2 shape) and is not in this source
 #define PQ_ROT 1
 #endif
-template <int DSUB> __host__ __device__ constexpr int mma_kpad() { return (PQ_ROT && DSUB == 2) ? 0 : 16; }
+#ifndef PQ_ROT4
+// the same for the K gathers at dsub 4 (2 bits): unpadded K rows, lane gid reading k-tile (u + gid) mod M/4 at step u
+// (8-byte entries: each half-warp's 16 lanes hit 32 distinct banks), the registers rotated back by gid.
+// H100, 2026-12-07 (docs/kernel_notes.md): GQA B=1 32K 2-bit 23.1 -> 22.7 us, SmolLM2 B=8 128K 2-bit 111 -> 98.5;
+// 0 the padded rows of before
+#define PQ_ROT4 1
+#endif
+template <int DSUB> __host__ __device__ constexpr int mma_kpad() {
+  return ((PQ_ROT && DSUB == 2) || (PQ_ROT4 && DSUB == 4)) ? 0 : 16;
+}
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -1863,6 +1872,41 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 #pragma unroll
         for (int r = 0; r < NKT; ++r)
           mma_16816<T>(acc2[r & 1], R[0][2 * r], R[1][2 * r], R[0][2 * r + 1], R[1][2 * r + 1], bq[2 * r], bq[2 * r + 1]);
+      } else if constexpr (DSUB == 4 && PQ_ROT4) {
+        // dsub 4: lane gid reads its k-tile (u + gid) mod MQ at step u (one 8-byte entry: the tile's 4 dims of subspace
+        // slot 4w + tig); the same code-byte and register rotations as at dsub 2, on 8-byte registers
+        constexpr int MQ = M / 4;
+        uint32_t rk[2][KWN];
+        uint2 R[2][MQ];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          uint32_t A[KWN];
+#pragma unroll
+          for (int x = 0; x < KWN; ++x) A[x] = (gid & 4) ? kw[tt][e][(x + 1) % KWN] : kw[tt][e][x];
+#pragma unroll
+          for (int x = 0; x < KWN; ++x) rk[e][x] = __funnelshift_r(A[x], A[(x + 1) % KWN], 8 * (gid & 3));
+        }
+#pragma unroll
+        for (int u = 0; u < MQ; ++u) {
+          const uint32_t off = (uint32_t)((4 * ESZ * (u + gid)) & (ROWBK - 1));
+          R[0][u] = lds64(baseK + off + byte_of(rk[0], u) * ROWBK);
+          R[1][u] = lds64(baseK + off + byte_of(rk[1], u) * ROWBK);
+        }
+#pragma unroll
+        for (int b = 1; b < 8 && b < MQ; b <<= 1) {
+          const bool sh = (gid & b) != 0;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            uint2 Tm[MQ];
+#pragma unroll
+            for (int i = 0; i < MQ; ++i) Tm[i] = sh ? R[e][(i - b + MQ) % MQ] : R[e][i];
+#pragma unroll
+            for (int i = 0; i < MQ; ++i) R[e][i] = Tm[i];
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < NKT; ++r)
+          mma_16816<T>(acc2[r & 1], R[0][r].x, R[1][r].x, R[0][r].y, R[1][r].y, bq[2 * r], bq[2 * r + 1]);
       } else {
 #else
       {
