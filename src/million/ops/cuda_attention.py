@@ -50,8 +50,8 @@ def _lib():
                "0 (never), 1 (the default: an early-launched partial grid that fits one block per SM and covers more "
                "than 3/4 of the SMs takes a whole SM per block) or 2 (every such grid)")
     env_choice("MILLION_CUDA_MERGE8", "0", ("0", "1", "2"),
-               "0 (the default: 128-register merge blocks), 1 (64-register merge blocks at 2 bits where only they all fit "
-               "beside a one-wave partial grid) or 2 (always 64-register merge blocks)")
+               "0 (the default: 128-register merge blocks), 1 (64-register merge blocks at 2 bits or with grouped query "
+               "heads, where only they all fit beside a one-wave partial grid) or 2 (always 64-register merge blocks)")
     env_choice("MILLION_CUDA_WINP", "0", ("0", "1", "2"),
                "0 (the default: the merge blocks attend the residual window), 1 (at 2 bits the MHA kernel's partial "
                "blocks attend it, on a one-wave partial grid beside which some merge blocks would not fit) or 2 (at 2 "

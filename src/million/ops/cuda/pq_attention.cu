@@ -2083,11 +2083,13 @@ static bool solo(long long blocks, int occ, int sms) {
   return g_solo == 2 || 4 * blocks > 3LL * sms;
 }
 // MILLION_CUDA_MERGE8: the merge grid as 64-register blocks (pq_merge_kernel<T, D, 8>). 0: never; 2: always; 1: at
-// 2 bits (dsub 4) where the merge blocks that fit beside a one-wave partial grid (merge_slots) are fewer than the
-// merge grid's blocks, and 64-register blocks fit all of them. There the partial blocks end within ~1 us of each
-// other, so the residual windows of merge blocks that enter only as partial blocks exit lie on the critical path
-// (H100 timelines, MHA B=1 32K 2-bit: 2-3.3 us); at 4 bits their ends spread over ~4 us and hide those windows, and
-// 8 blocks per SM made the merge after the wait longer (docs/kernel_notes.md, 2026-12-06)
+// 2 bits (dsub 4) or with grouped query heads (Hq > Hkv) where the merge blocks that fit beside a one-wave partial
+// grid (merge_slots) are fewer than the merge grid's blocks, and 64-register blocks fit all of them. There the
+// partial blocks end within ~1 us of each other, so the residual windows of merge blocks that enter only as partial
+// blocks exit lie on the critical path (H100 timelines, MHA B=1 32K 2-bit: 2-3.3 us; GQA B=1 32K 4-bit, 2026-12-07:
+// 12 of 32 merge blocks entering at 23.8 us, the call ending at 29.4 instead of 27.4); at 4 bits with MHA the partial
+// blocks' ends spread over ~4 us and hide those windows, and 8 blocks per SM made the merge after the wait longer
+// (docs/kernel_notes.md, 2026-12-06)
 static int g_merge8 = 0;
 // MILLION_CUDA_WINP: the residual window attended by the FFMA partial blocks at 2 bits (dsub 4, GB 1, host-laid tables;
 // the kernel's WP instance, window_rows rows per split staged in shared memory) instead of by the merge blocks.
@@ -2097,9 +2099,9 @@ static int g_merge8 = 0;
 // 2-bit 31.5 -> 30.5 us on the kernels before the byte-permute lookups (20:08 UTC), 31.0 -> 32.0 on them (20:55 UTC),
 // hence 0 by default
 static int g_winp = 0;
-static bool merge8(int B, int Hq, int dsub, long long slots, long long slots8) {
+static bool merge8(int B, int Hq, int Hkv, int dsub, long long slots, long long slots8) {
   if (g_merge8 == 0) return false;
-  return g_merge8 == 2 || (dsub == 4 && (long long)B * Hq > slots && (long long)B * Hq <= slots8);
+  return g_merge8 == 2 || ((dsub == 4 || Hq > Hkv) && (long long)B * Hq > slots && (long long)B * Hq <= slots8);
 }
 
 // per kernel instantiation and device (a function's attributes belong to one device's context: a kernel configured
@@ -2239,7 +2241,7 @@ static int launch_k(void (*kern)(const PQArgs), int smem, int nthreads, KernelSt
     attr[0].val.programmaticStreamSerializationAllowed = g_pdl >= 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    const bool m8 = g_merge8 != 0 && merge8(a.B, a.Hq, D / a.M, merge_slots(ks, merge_state<T, D, 0>(dev), blocks),
+    const bool m8 = g_merge8 != 0 && merge8(a.B, a.Hq, a.Hkv, D / a.M, merge_slots(ks, merge_state<T, D, 0>(dev), blocks),
                                             merge_slots(ks, merge_state<T, D, 8>(dev), blocks));
     cudaError_t le = cudaLaunchKernelEx(&cfg, win ? pq_merge_kernel<T, D, 0, false>
                                               : m8 ? pq_merge_kernel<T, D, 8> : pq_merge_kernel<T, D>, a);
