@@ -31,6 +31,23 @@ def test_kernel_choice_per_shape(monkeypatch):
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("mma", 8)
 
 
+def test_mma_warps_auto(monkeypatch):
+    """MILLION_CUDA_MMA_WARPS=auto: 12 warps at d=64 and 16 at d=128 2-bit (fp16, from 2^15 tokens of work; at d=128
+    below the LUT's 2^17), else 8; unset: 8 everywhere."""
+    f16, bf16 = torch.float16, torch.bfloat16
+    assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 8)
+    monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", "auto")
+    assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 12)  # SmolLM2 shape, long
+    assert ca.choose_kernel(f16, 3, 64, 16, work=1 << 15) == ("mma", 12)
+    assert ca.choose_kernel(f16, 3, 64, 32, work=4096) == ("mma", 8)  # short: 8
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 15) == ("mma", 16)  # GQA 2-bit
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("lut", 12)  # the LUT from 2^17 (warps of its own)
+    assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 15) == ("mma", 8)  # GQA 4-bit stays at 8
+    assert ca.choose_kernel(bf16, 3, 64, 32, work=1 << 20) == ("mma", 8)  # bf16: not measured, 8
+    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # 2 bits on tensor cores from 2^17 too: not measured there, 8
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("mma", 8)
+
+
 def test_kernel_overrides(monkeypatch):
     f16 = torch.float16
     assert ca.choose_kernel(f16, 4, 128, 64, "ffma") == ("ffma", 0)

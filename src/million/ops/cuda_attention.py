@@ -49,9 +49,10 @@ def _lib():
     env_choice("MILLION_CUDA_SOLO", "1", ("0", "1", "2"),
                "0 (never), 1 (the default: an early-launched partial grid that fits one block per SM and covers more "
                "than 3/4 of the SMs takes a whole SM per block) or 2 (every such grid)")
-    env_choice("MILLION_CUDA_MERGE8", "0", ("0", "1", "2"),
-               "0 (the default: 128-register merge blocks), 1 (64-register merge blocks at 2 bits or with grouped query "
-               "heads, where only they all fit beside a one-wave partial grid) or 2 (always 64-register merge blocks)")
+    env_choice("MILLION_CUDA_MERGE8", "1", ("0", "1", "2"),
+               "0 (128-register merge blocks), 1 (the default: 64-register merge blocks at 2 bits or with grouped "
+               "query heads, where only they all fit beside a one-wave partial grid) or 2 (always 64-register merge "
+               "blocks)")
     env_choice("MILLION_CUDA_WINP", "0", ("0", "1", "2"),
                "0 (the default: the merge blocks attend the residual window), 1 (at 2 bits the MHA kernel's partial "
                "blocks attend it, on a one-wave partial grid beside which some merge blocks would not fit) or 2 (at 2 "
@@ -382,6 +383,26 @@ def cluster_merge(kind: str, nw: int, C: int, override: str | None = None) -> bo
     return mode == "1" and kind == "mma" and nw == 8 and C == 1
 
 
+MMA_WARPS = ("8", "12", "16", "auto")  # $MILLION_CUDA_MMA_WARPS
+
+
+def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
+    """Warps per tensor-core block: ``$MILLION_CUDA_MMA_WARPS`` (8 by default; 12 or 16), or with ``auto`` more warps
+    where fp16 blocks wait on latency that 8 warps do not hide (H100, 2026-12-07, 12 and 16 warps everywhere against 8):
+    12 at d = 64 from 2^15 tokens of ``work`` (SmolLM2 shape: B=8 128K 2-bit -10.9%, B=1 128K 4-bit -4.8%; B=1 4K +9%),
+    16 at d = 128, 2 bits, from 2^15 to 2^17 tokens (GQA B=1 32K 2-bit -4.6%, B=8 4K -4.8%; B=1 4K +34%); d = 128 at 4
+    bits stays at 8 (12 and 16 warps 14-20% slower)."""
+    v = env_choice("MILLION_CUDA_MMA_WARPS", "8", MMA_WARPS)
+    if v != "auto":
+        return int(v)
+    if q_dtype == torch.float16 and work >= 1 << 15:
+        if D == 64:
+            return 12
+        if D == 128 and D // M == 4 and work < 1 << 17:
+            return 16
+    return 8
+
+
 def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str | None = None,
                   work: int = 0) -> tuple[str, int]:
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
@@ -393,7 +414,7 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
-    mma_warps = _env_int("MILLION_CUDA_MMA_WARPS", "8", ("8", "12", "16"))
+    mma_warps = mma_warps_for(q_dtype, D, M, work)
     if kind == "mma":
         return "mma", mma_warps
     nw = lut_warps(q_dtype, GB, D, M)

@@ -2089,8 +2089,9 @@ static bool solo(long long blocks, int occ, int sms) {
 // blocks exit lie on the critical path (H100 timelines, MHA B=1 32K 2-bit: 2-3.3 us; GQA B=1 32K 4-bit, 2026-12-07:
 // 12 of 32 merge blocks entering at 23.8 us, the call ending at 29.4 instead of 27.4); at 4 bits with MHA the partial
 // blocks' ends spread over ~4 us and hide those windows, and 8 blocks per SM made the merge after the wait longer
-// (docs/kernel_notes.md, 2026-12-06)
-static int g_merge8 = 0;
+// (docs/kernel_notes.md, 2026-12-06). 1 by default since H100, 2026-12-07: GQA B=1 32K 4-bit 23.7 -> 22.55 us, 2-bit
+// 22.85 -> 22.05, MHA B=1 32K 2-bit 30.7 -> 30.0, no cell of 72 more than 0.5% slower in both rounds
+static int g_merge8 = 1;
 // MILLION_CUDA_WINP: the residual window attended by the FFMA partial blocks at 2 bits (dsub 4, GB 1, host-laid tables;
 // the kernel's WP instance, window_rows rows per split staged in shared memory) instead of by the merge blocks.
 // 0: never; 2: wherever the rows fit; 1: on a one-wave partial grid beside which some merge blocks would not fit
@@ -2428,7 +2429,7 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
   if (!init) {
     g_pdl = env_digit("MILLION_CUDA_PDL", 2, 2);
     g_solo = env_digit("MILLION_CUDA_SOLO", 2, 1);
-    g_merge8 = env_digit("MILLION_CUDA_MERGE8", 2, 0);
+    g_merge8 = env_digit("MILLION_CUDA_MERGE8", 2, 1);
     g_winp = env_digit("MILLION_CUDA_WINP", 2, 0);
     init = 1;
   }
