@@ -22,9 +22,11 @@ def test_kernel_choice_per_shape(monkeypatch):
     assert ca.choose_kernel(f16, 4, 128, 64, work=32768) == ("mma", 8)  # GQA 4-bit, small work
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("mma", 8)  # GQA 4-bit, large work (conflict-free K)
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 22) == ("mma", 8)
-    assert ca.choose_kernel(f16, 4, 128, 32, work=32768) == ("mma", 8)  # GQA 2-bit, small work
+    assert ca.choose_kernel(f16, 4, 128, 32, work=16384) == ("mma", 8)  # GQA 2-bit, small work
+    assert ca.choose_kernel(f16, 4, 128, 32, work=32768) == ("mma", 16)  # GQA 2-bit from 2^15: 16 warps
     assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("lut", 12)  # GQA 2-bit, large work: bulk-copied LUT
-    assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 8)  # SmolLM2 shape
+    assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 12)  # SmolLM2 shape, long: 12 warps
+    assert ca.choose_kernel(f16, 3, 64, 32, work=4096) == ("mma", 8)
     assert ca.choose_kernel(bf16, 4, 128, 64, work=1 << 20) == ("mma", 8)  # bf16 GQA: no LUT kernel
     monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # LUT tables loaded after the wait: 2 bits stay on tensor cores
     assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 8)
@@ -32,9 +34,10 @@ def test_kernel_choice_per_shape(monkeypatch):
 
 
 def test_mma_warps_auto(monkeypatch):
-    """MILLION_CUDA_MMA_WARPS=auto: 12 warps at d=64 and 16 at d=128 2-bit (fp16, from 2^15 tokens of work; at d=128
-    below the LUT's 2^17), else 8; unset: 8 everywhere."""
+    """MILLION_CUDA_MMA_WARPS=auto (the default): 12 warps at d=64 and 16 at d=128 2-bit (fp16, from 2^15 tokens of
+    work; at d=128 below the LUT's 2^17), else 8; =8: 8 everywhere."""
     f16, bf16 = torch.float16, torch.bfloat16
+    monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", "8")
     assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 8)
     monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", "auto")
     assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 12)  # SmolLM2 shape, long
@@ -61,7 +64,7 @@ def test_kernel_overrides(monkeypatch):
         ca.choose_kernel(f16, 4, 128, 64, "fast")
     for bad in ("10", "eight"):
         monkeypatch.setenv("MILLION_CUDA_MMA_WARPS", bad)
-        with pytest.raises(ValueError, match=f"MILLION_CUDA_MMA_WARPS='{bad}': expected one of 8, 12, 16"):
+        with pytest.raises(ValueError, match=f"MILLION_CUDA_MMA_WARPS='{bad}': expected one of auto, 8, 12, 16"):
             ca.choose_kernel(f16, 4, 128, 64)
 
 

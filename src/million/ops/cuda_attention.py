@@ -383,16 +383,19 @@ def cluster_merge(kind: str, nw: int, C: int, override: str | None = None) -> bo
     return mode == "1" and kind == "mma" and nw == 8 and C == 1
 
 
-MMA_WARPS = ("8", "12", "16", "auto")  # $MILLION_CUDA_MMA_WARPS
+MMA_WARPS = ("auto", "8", "12", "16")  # $MILLION_CUDA_MMA_WARPS
 
 
 def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
-    """Warps per tensor-core block: ``$MILLION_CUDA_MMA_WARPS`` (8 by default; 12 or 16), or with ``auto`` more warps
-    where fp16 blocks wait on latency that 8 warps do not hide (H100, 2026-12-07, 12 and 16 warps everywhere against 8):
-    12 at d = 64 from 2^15 tokens of ``work`` (SmolLM2 shape: B=8 128K 2-bit -10.9%, B=1 128K 4-bit -4.8%; B=1 4K +9%),
-    16 at d = 128, 2 bits, from 2^15 to 2^17 tokens (GQA B=1 32K 2-bit -4.6%, B=8 4K -4.8%; B=1 4K +34%); d = 128 at 4
-    bits stays at 8 (12 and 16 warps 14-20% slower)."""
-    v = env_choice("MILLION_CUDA_MMA_WARPS", "8", MMA_WARPS)
+    """Warps per tensor-core block: ``$MILLION_CUDA_MMA_WARPS`` = 8, 12 or 16, or by default (``auto``) more than 8
+    where fp16 blocks wait on latency that 8 warps do not hide: 12 at d = 64 from 2^15 tokens of ``work`` (batch x code
+    capacity), 16 at d = 128, 2 bits, from 2^15 to 2^17 tokens (where the LUT kernel takes over), else 8. H100,
+    2026-12-07 (docs/kernel_notes.md), against 8 warps everywhere, two rounds: SmolLM2 shape B=8 128K 2-bit 97.6 ->
+    86.9 us, B=8 32K 2-bit 29.1 -> 26.5, B=1 128K 4-bit 20.0 -> 19.1; GQA B=1 32K 2-bit 21.8 -> 20.5, B=8 4K 2-bit
+    23.1 -> 22.0; no cell more than 1% slower in both rounds. Below 2^15 tokens 12 or 16 warps were slower (B=1 4K:
+    +9% SmolLM2, +34% GQA), and d = 128 at 4 bits stays at 8 (12 and 16 warps 14-20% slower). bf16 is not measured
+    with more warps and keeps 8."""
+    v = env_choice("MILLION_CUDA_MMA_WARPS", "auto", MMA_WARPS)
     if v != "auto":
         return int(v)
     if q_dtype == torch.float16 and work >= 1 << 15:
