@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07 after gpu_next9.sh's call of 08:20 UTC), on the library with both K rotations
+# One device call (run 08:30 UTC on an H100, results in docs/benchmarks.md;
+# prepared 2026-12-07 after gpu_next9.sh's call of 08:20 UTC), on the library with both K rotations
 # (PQ_ROT=1, PQ_ROT4=1) and the tensor-core kernel at every 4-bit GQA cell (choose_kernel):
 # 1. Kernel tests of the library; its sweep; the MillionCache, decode and eviction GPU tests.
 # 2. merge8: the merge kernel at 64 registers (MILLION_CUDA_MERGE8=2, every launch) against the library (0). The

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07 after gpu_next10.sh's call of 08:31 UTC). Two questions, each against the
+# One device call (run 08:37 UTC on an H100, results in docs/benchmarks.md;
+# prepared 2026-12-07 after gpu_next10.sh's call of 08:31 UTC). Two questions, each against the
 # library (MILLION_CUDA_MERGE8=0, 8-warp tensor-core blocks), two rounds, interleaved:
 # 1. m8r: the merge8 rule (MILLION_CUDA_MERGE8=1) now taken for grouped query heads too: 64-register merge blocks where
 #    only they all fit beside a one-wave partial grid. 08:31 UTC, merge8 on every launch (=2): GQA B=1 32K 4-bit

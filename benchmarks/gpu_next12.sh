@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07 after gpu_next11.sh's call of 08:38 UTC): MILLION_CUDA_MMA_WARPS=auto (12 warps
+# One device call (run 08:45 UTC on an H100, results in docs/benchmarks.md;
+# prepared 2026-12-07 after gpu_next11.sh's call of 08:38 UTC): MILLION_CUDA_MMA_WARPS=auto (12 warps
 # per tensor-core block at d = 64, 16 at d = 128 2-bit, fp16, from 2^15 tokens of batch x context; at d = 128 below the
 # LUT's 2^17) against 8 warps everywhere (MILLION_CUDA_MMA_WARPS=8, the library's default), GQA and SmolLM2 cells at
 # 4K-128K, B=1 and 8, both widths, two rounds interleaved. The rule comes from gpu_next11.sh's call, where 12 and 16

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07, not yet run), two questions after the conflict-free K gathers (PQ_ROT=1) were
-# taken at dsub 2:
+# One device call (prepared 2026-12-07; run 08:20 UTC on an H100, results in docs/benchmarks.md, "The dsub-4 K
+# rotation, ..."), two questions after the conflict-free K gathers (PQ_ROT=1) were taken at dsub 2:
 # 1. rot4: the same rotation for the tensor-core kernel's K gathers at dsub 4 (2 bits; docs/logs/rot_1207/rot4.patch,
 #    -DPQ_ROT4=1): unpadded K rows, lane gid reading k-tile (u + gid) mod M/4 at step u, so that each half-warp of a 64-bit
 #    gather touches 32 distinct banks (2 wavefronts, the least a 64-bit load takes; the padded rows of now conflict in
