@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A probe, not a decision (2026-12-07, the session's last 288 s of device time): gpu_next13.sh's kernel tests and its
-# three arms (lib, cst, cst12) at GQA B=1 and 8, 32K, both widths only, two rounds. Its numbers say whether
-# gpu_next13.sh's full A/B (every GQA and SmolLM2 cell, the rule in its header) is worth a call; nothing is adopted
-# from them.
+# A probe, not a decision (2026-12-07, run 09:07 UTC with the session's last 288 s of device time; results in
+# docs/kernel_notes.md, "Probed: the next chunk's codes staged in shared memory"): the kernel tests of the staged build
+# (docs/logs/cst_1207/cst.patch, -DPQ_CSTAGE=1) with the library's warps and with 12 warps, then three arms (lib: the
+# library; cst: the staged build, the library's warps; cst12: the staged build, MILLION_CUDA_MMA_WARPS=12) at GQA B=1 and
+# 8, 32K, both widths, two rounds. It said whether a full A/B (every GQA and SmolLM2 cell) was worth a call: it was not
+# (12 staged warps 4% slower at GQA B=1 32K 4-bit); nothing was adopted from it.
 # Usage: OUT=$OUT DEADLINE=150 bash benchmarks/gpu_probe13.sh   (carry .carry/attn_lib12.so (the library),
 #        .carry/attn_cst.so (cst.patch, -DPQ_CSTAGE=1), .carry/enc_wg.so)
 set -uo pipefail
