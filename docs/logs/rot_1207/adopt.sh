@@ -4,12 +4,13 @@
 # compared. Leaves the tree patched on success; restores it on a mismatch.
 # Usage: bash docs/logs/rot_1207/adopt.sh N                  (PQ_ROT, rot2.patch; nvcc 13.0; about 3 min on 2 cores)
 #        MACRO=PQ_ROT4 PATCH=rot4.patch bash docs/logs/rot_1207/adopt.sh 1
+#        MACRO=PQ_SWP PATCH=../swp_1207/swp.patch bash docs/logs/rot_1207/adopt.sh 1   (once PQ_SWP is measured and taken)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 MACRO=${MACRO:-PQ_ROT}
 PATCH=${PATCH:-rot2.patch}
 N=${1:?$MACRO value}
-case $MACRO:$N in PQ_ROT:1|PQ_ROT:2|PQ_ROT4:1) ;; *) echo "adopt.sh: $MACRO=$N is not a measured arm (PQ_ROT 1 or 2, PQ_ROT4 1)" >&2; exit 2;; esac
+case $MACRO:$N in PQ_ROT:1|PQ_ROT:2|PQ_ROT4:1|PQ_SWP:1) ;; *) echo "adopt.sh: $MACRO=$N is not an arm it knows (PQ_ROT 1 or 2, PQ_ROT4 1, PQ_SWP 1)" >&2; exit 2;; esac
 S=src/million/ops/cuda/pq_attention.cu
 git diff --quiet -- "$S" src/million/ops/cuda_attention.py || { echo "adopt.sh: $S or cuda_attention.py has local changes" >&2; exit 2; }
 git apply "docs/logs/rot_1207/$PATCH"
