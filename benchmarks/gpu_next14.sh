@@ -30,7 +30,7 @@ env_txt
 K="-k mma or test_matches_naive or back_to_back or graph_replay"
 run t_swp 60 env MILLION_CUDA_LIB=.carry/attn_swp.so python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_cuda_attention.py "$K"
-if [ "$(grep -c ' failed\|error' "$W/t_swp.txt")" = 0 ] && grep -q ' passed' "$W/t_swp.txt"; then
+if passed t_swp; then
   B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8"
   for r in "" _b; do
     run "ab_lib$r" 40 $B --out "$W/ab_lib$r.json"

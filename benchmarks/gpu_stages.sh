@@ -62,6 +62,8 @@ sweep_all() {
   run sweep "$1" $S --out "$W/sweep.json"
   run sweep_qop "$1" $S --q-op --out "$W/sweep_qop.json"
 }
+# passed NAME: stage NAME's pytest output reports passes and no failure or error (the gate before an A/B)
+passed() { [ "$(grep -c ' failed\|error' "$W/$1.txt")" = 0 ] && grep -q ' passed' "$W/$1.txt"; }
 # cache_tests CAP: the MillionCache, decode-loop and eviction GPU tests against $MILLION_CUDA_LIB
 cache_tests() {
   run t_cache "$1" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py \
