@@ -218,8 +218,8 @@ def _remember(key, centroids: torch.Tensor, t, table: bool = True):
 def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     """The tensor-core kernel's shared-memory table, laid out once on the device: ``[Hc, 256, M + pad, dsub]``
     (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding; where the
-    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 and 4 since 2026-12-07, the rows are packed
-    at the start of the same bytes and the padding moves to the end).
+    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 and 4 since 2026-12-07, the rows are
+    packed at the start of the same bytes and the padding moves to the end).
     K slots: subspace ``m = (M/4)*tig + w`` at ``4w + tig``; V: ``m = (M/8)*gid + r`` at ``8r + gid``
     (``ops/cuda/pq_attention.cu``). Cached per centroid tensor object (alive, same version): codebooks
     held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
@@ -242,8 +242,7 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
 def _mma_kpad(centroids: torch.Tensor, role: str = "k") -> int:
     """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or for K what the loaded library reports
     (``million_pq_mma_kpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded, ``PQ_ROT=1``, and at dsub 4,
-    ``PQ_ROT4=1``; a library
-    without the export, built before, pads every row by 16); V rows and CPU tensors: 16."""
+    ``PQ_ROT4=1``; a library without the export, built before, pads every row by 16); V rows and CPU tensors: 16."""
     if role != "k" or not centroids.is_cuda:
         return 16
     return _lib_kpad(int(centroids.shape[3]))
@@ -393,7 +392,7 @@ def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
     2026-12-07 (docs/kernel_notes.md), against 8 warps everywhere, two rounds: SmolLM2 shape B=8 128K 2-bit 97.6 ->
     86.9 us, B=8 32K 2-bit 29.1 -> 26.5, B=1 128K 4-bit 20.0 -> 19.1; GQA B=1 32K 2-bit 21.8 -> 20.5, B=8 4K 2-bit
     23.1 -> 22.0; no cell more than 1% slower in both rounds. Below 2^15 tokens 12 or 16 warps were slower (B=1 4K:
-    +9% SmolLM2, +34% GQA), and d = 128 at 4 bits stays at 8 (12 and 16 warps 14-20% slower). bf16 is not measured
+    +9% SmolLM2, +34% GQA), and d = 128 at 4 bits stays at 8 (12 and 16 warps 14-42% slower). bf16 is not measured
     with more warps and keeps 8."""
     v = env_choice("MILLION_CUDA_MMA_WARPS", "auto", MMA_WARPS)
     if v != "auto":
