@@ -17,15 +17,17 @@
 #   nvcc $F -o .carry/attn_lib12.so src/million/ops/cuda/pq_attention.cu     (the library)
 #   git apply docs/logs/swp_1207/swp.patch
 #   nvcc $F -DPQ_SWP=1 -o .carry/attn_swp.so src/million/ops/cuda/pq_attention.cu
+#   nvcc $F -DPQ_SWP=1 -DPQ_TRACE -o .carry/attn_swp_trace.so src/million/ops/cuda/pq_attention.cu
 #   git checkout src/million/ops/cuda/pq_attention.cu
+#   nvcc $F -DPQ_TRACE -o .carry/attn_trace12.so src/million/ops/cuda/pq_attention.cu   (the library's trace build)
 #   enc_wg.so as in gpu_next9.sh
 #   (swp.patch at PQ_SWP=0: PTX byte-identical to the library's, nvcc 13.0, whole file)
-# Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next14.sh   (carry .carry/attn_lib12.so, attn_swp.so, enc_wg.so;
-#        about 220 s)
+# Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next14.sh   (carry .carry/attn_lib12.so, attn_swp.so,
+#        attn_swp_trace.so, attn_trace12.so, enc_wg.so; about 230 s)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 gpu_setup /tmp/next14 "${DEADLINE:-300}" .carry/attn_lib12.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|FAIL"; }
+pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|FAIL|gqa:1:"; }
 env_txt
 K="-k mma or test_matches_naive or back_to_back or graph_replay"
 run t_swp 60 env MILLION_CUDA_LIB=.carry/attn_swp.so python3 -m pytest -q -p no:cacheprovider -m gpu \
@@ -36,6 +38,12 @@ if passed t_swp; then
     run "ab_lib$r" 40 $B --out "$W/ab_lib$r.json"
     run "ab_swp$r" 40 env MILLION_CUDA_LIB=.carry/attn_swp.so $B --out "$W/ab_swp$r.json"
   done
+  # timelines of both (trace builds, graph replay), whatever the decision: the loop's median and per-chunk time
+  C="--case gqa:1:4:32768 --case gqa:1:2:32768"
+  run trace_lib 30 env MILLION_CUDA_LIB=.carry/attn_trace12.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
+    --out "$W/trace_lib.json"
+  run trace_swp 30 env MILLION_CUDA_LIB=.carry/attn_swp_trace.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
+    --out "$W/trace_swp.json"
   rm -f "$W/adopt"
   run adopt_swp 10 python3 benchmarks/ab_adopt.py "$W" lib swp --cell gqa:1:32768:4 --margin 0.01 --guard 0.01 \
     --shapes gqa,smollm2
