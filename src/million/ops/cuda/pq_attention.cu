@@ -2090,7 +2090,7 @@ static bool solo(long long blocks, int occ, int sms) {
 // 12 of 32 merge blocks entering at 23.8 us, the call ending at 29.4 instead of 27.4); at 4 bits with MHA the partial
 // blocks' ends spread over ~4 us and hide those windows, and 8 blocks per SM made the merge after the wait longer
 // (docs/kernel_notes.md, 2026-12-06). 1 by default since H100, 2026-12-07: GQA B=1 32K 4-bit 23.7 -> 22.55 us, 2-bit
-// 22.85 -> 22.05, MHA B=1 32K 2-bit 30.7 -> 30.0, no cell of 72 more than 0.5% slower in both rounds
+// 22.85 -> 22.05, MHA B=1 32K 2-bit 30.7 -> 30.0, no cell of 36 more than 0.5% slower in both rounds
 static int g_merge8 = 1;
 // MILLION_CUDA_WINP: the residual window attended by the FFMA partial blocks at 2 bits (dsub 4, GB 1, host-laid tables;
 // the kernel's WP instance, window_rows rows per split staged in shared memory) instead of by the merge blocks.
