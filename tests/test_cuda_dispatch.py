@@ -252,3 +252,27 @@ def test_merge_rounded_split_rule(monkeypatch):
         16, 32, 32, 44, 44]
     assert ca.default_splits(1, 8, 1, 32768, dev, "mma", 8, 128) == 16  # GQA: unchanged
     assert ca.default_splits(1, 2, 1, 16384, dev, "ffma", 0, 128) == ca.num_splits(1, 2, 1, 16384, dev, 0)
+
+
+def test_launch_switch_defaults_agree():
+    """The launch switches the library reads itself (env_digit in pq_attention.cu) have the same default in the
+    library, in the Python check that names bad values, and first in the README's table; so do the switches only the
+    Python side reads."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cu = (root / "src/million/ops/cuda/pq_attention.cu").read_text()
+    py = (root / "src/million/ops/cuda_attention.py").read_text()
+    readme = (root / "README.md").read_text()
+    lib = {m[0]: m[1] for m in re.findall(r'env_digit\("(MILLION_CUDA_\w+)", \d+, (\d+)\)', cu)}
+    assert set(lib) >= {"MILLION_CUDA_PDL", "MILLION_CUDA_SOLO", "MILLION_CUDA_MERGE8", "MILLION_CUDA_WINP"}
+    for name, default in lib.items():
+        m = re.search(rf'env_choice\("{name}", "(\d+)"', py)
+        assert m and m.group(1) == default, f"{name}: library default {default}, Python check {m and m.group(1)}"
+        row = re.search(rf"^\| `{name}` \| `([^`]+)`", readme, re.M)
+        assert row and row.group(1) == default, f"{name}: library default {default}, README {row and row.group(1)}"
+    # and every switch the Python side checks with a default (MILLION_CUDA_MMA_WARPS, ...) against the README
+    for name, default in re.findall(r'env_choice\(\s*"(MILLION_CUDA_\w+)", "(\w+)"', py):
+        row = re.search(rf"^\| `{name}` \| `([^`]+)`", readme, re.M)
+        assert row and row.group(1) == default, f"{name}: Python default {default}, README {row and row.group(1)}"
