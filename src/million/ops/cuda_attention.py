@@ -383,6 +383,7 @@ def cluster_merge(kind: str, nw: int, C: int, override: str | None = None) -> bo
 
 
 MMA_WARPS = ("auto", "8", "12", "16")  # $MILLION_CUDA_MMA_WARPS
+LUT_WORK = 1 << 17  # tokens of work (batch x code capacity) from which fp16 d=128 2-bit GQA takes the packed LUT
 
 
 def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
@@ -400,7 +401,7 @@ def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
     if q_dtype == torch.float16 and work >= 1 << 15:
         if D == 64:
             return 12
-        if D == 128 and D // M == 4 and work < 1 << 17:
+        if D == 128 and D // M == 4 and work < LUT_WORK:
             return 16
     return 8
 
@@ -436,7 +437,7 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     # With conflict-free K gathers (PQ_ROT, H100, 2026-12-07) the tensor-core kernel passes the LUT at 4 bits from
     # 2^17 tokens too (GQA, two rounds each): B=1 128K 66.9 vs 75.0 us, B=8 16K 67.7 vs 75.8, 32K 125.8 vs 139.6,
     # 128K 477.7 vs 528.4; at 2 bits the LUT stays ahead there (B=8 32K 112.2 vs 135.4, 128K 411.7 vs 514.3).
-    if GB >= 2 and (not nw or D // M == 2 or work < 1 << 17 or (D // M == 4 and not lut_bulk())):
+    if GB >= 2 and (not nw or D // M == 2 or work < LUT_WORK or (D // M == 4 and not lut_bulk())):
         return "mma", mma_warps
     return ("lut", nw) if nw else ("ffma", 0)
 
