@@ -111,6 +111,37 @@ def test_mma_table_layout_unpadded(M, dsub, monkeypatch):
     assert ca.mma_tables(c, "k") is tk  # cached under its own key
 
 
+def test_mma_table_layout_v_unpadded(monkeypatch):
+    """The library's V rows at d = 128, dsub 2 (PQ_VCLS=1, reported by million_pq_mma_vpad): unpadded like the K rows,
+    packed at the start of the same bytes; V slot of subspace m = (M/8)*gid + r at 8r + gid."""
+    monkeypatch.setattr(ca, "_mma_kpad", lambda c, role="k": 0)
+    M, dsub = 64, 2
+    c = torch.randn(2, M, 256, dsub, dtype=torch.float16)
+    tv = ca.mma_tables(c, "v")
+    assert tv.shape == (2, 256, M + 16 // (2 * dsub), dsub)
+    rows = tv.reshape(2, -1, dsub)[:, : 256 * M].reshape(2, 256, M, dsub)
+    VB = M // 8
+    for m in range(M):
+        assert torch.equal(rows[:, :, 8 * (m % VB) + m // VB], c[:, m])
+    assert not tv.reshape(2, -1, dsub)[:, 256 * M:].any()
+
+
+def test_mma_pad_asks_the_library_per_role(monkeypatch):
+    """_mma_kpad: CPU tensors 16; on the GPU the K padding from million_pq_mma_kpad(dsub), the V padding from
+    million_pq_mma_vpad(M, dsub), each read from the loaded library."""
+    asked = []
+    monkeypatch.setattr(ca, "_lib_kpad", lambda dsub: asked.append(("k", dsub)) or 0)
+    monkeypatch.setattr(ca, "_lib_vpad", lambda M, dsub: asked.append(("v", M, dsub)) or 0)
+
+    class FakeCuda:
+        is_cuda = True
+        shape = (8, 64, 256, 2)
+
+    assert ca._mma_kpad(torch.empty(1, 64, 256, 2), "v") == 16
+    assert ca._mma_kpad(FakeCuda(), "k") == 0 and ca._mma_kpad(FakeCuda(), "v") == 0
+    assert asked == [("k", 2), ("v", 64, 2)]
+
+
 def test_mma_tables_cache_follows_the_tensor():
     c = torch.randn(1, 64, 256, 2, dtype=torch.float16)
     t1 = ca.mma_tables(c, "k")

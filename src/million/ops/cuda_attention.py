@@ -218,8 +218,8 @@ def _remember(key, centroids: torch.Tensor, t, table: bool = True):
 def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
     """The tensor-core kernel's shared-memory table, laid out once on the device: ``[Hc, 256, M + pad, dsub]``
     (one row per code: the centroid entries of the M subspaces at their slots, then 16 bytes of padding; where the
-    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 and 4 since 2026-12-07, the rows are
-    packed at the start of the same bytes and the padding moves to the end).
+    loaded library reads unpadded rows, :func:`_mma_kpad` 0, the K rows at dsub 2 and 4 and the V rows at d = 128
+    dsub 2 since 2026-12-07, the rows are packed at the start of the same bytes and the padding moves to the end).
     K slots: subspace ``m = (M/4)*tig + w`` at ``4w + tig``; V: ``m = (M/8)*gid + r`` at ``8r + gid``
     (``ops/cuda/pq_attention.cu``). Cached per centroid tensor object (alive, same version): codebooks
     held by MillionCache are long-lived, so a decode loop or a CUDA-graph replay pays for the layout
@@ -240,11 +240,14 @@ def mma_tables(centroids: torch.Tensor, role: str) -> torch.Tensor:
 
 
 def _mma_kpad(centroids: torch.Tensor, role: str = "k") -> int:
-    """Padding bytes per K (or V) table row of the tensor-core kernel: 16, or for K what the loaded library reports
-    (``million_pq_mma_kpad``: since 2026-12-07 the library's K rows at dsub 2 are unpadded, ``PQ_ROT=1``, and at dsub 4,
-    ``PQ_ROT4=1``; a library without the export, built before, pads every row by 16); V rows and CPU tensors: 16."""
-    if role != "k" or not centroids.is_cuda:
+    """Padding bytes per K (or V) table row of the tensor-core kernel, as the loaded library reports it: K from
+    ``million_pq_mma_kpad(dsub)`` (since 2026-12-07 unpadded at dsub 2 and 4, ``PQ_ROT=1``, ``PQ_ROT4=1``), V from
+    ``million_pq_mma_vpad(M, dsub)`` (unpadded at d = 128 dsub 2, ``PQ_VCLS=1``); a library without the export, built
+    before, pads every row by 16. CPU tensors: 16."""
+    if not centroids.is_cuda:
         return 16
+    if role != "k":
+        return _lib_vpad(int(centroids.shape[1]), int(centroids.shape[3]))
     return _lib_kpad(int(centroids.shape[3]))
 
 
@@ -256,6 +259,16 @@ def _lib_kpad(dsub: int) -> int:
         return 16
     f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
     return int(f(dsub))
+
+
+@functools.lru_cache(maxsize=None)
+def _lib_vpad(M: int, dsub: int) -> int:
+    # V rows: unpadded where the loaded library reports 0 (``million_pq_mma_vpad``, PQ_VCLS); 16 for one without it
+    f = getattr(_lib(), "million_pq_mma_vpad", None)
+    if f is None:
+        return 16
+    f.argtypes, f.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return int(f(M, dsub))
 
 
 def _swz(M: int, dsub: int) -> list[int]:

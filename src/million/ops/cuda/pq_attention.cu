@@ -137,6 +137,43 @@ template <int D> __host__ __device__ constexpr unsigned talign() { return D >= P
 template <int DSUB> __host__ __device__ constexpr int mma_kpad() {
   return ((PQ_ROT && DSUB == 2) || (PQ_ROT4 && DSUB == 4)) ? 0 : 16;
 }
+#ifndef PQ_MP8
+// tensor-core kernel, unpadded 256-byte K rows (d = 128 with PQ_ROT at dsub 2 or PQ_ROT4 at dsub 4), outside a merge
+// cluster: the K table at a 64 KB-aligned shared address, so that a K gather's address is one byte permute of the
+// rotated code word and a per-lane word holding the entry offset (byte 0) and the table base (bytes 2-3), as in the
+// FFMA kernel's P8, instead of a permute and an IMAD; the allocation grows by 64 KB instead of PQ_TALIGN.
+// With PQ_KCLS and PQ_VCLS (below), H100, 2026-12-07 10:24 UTC (docs/kernel_notes.md, "Byte-permute addressing and
+// two-class gathers"): GQA B=1 32K 4-bit 22.2 -> 20.7 us, B=8 32K 124.3 -> 111.6, B=1 16K 2-bit 14.1 -> 13.0; alone
+// (10:15 UTC) -0.8% / -0.5% at GQA B=1 32K 4-bit; 0: the K table at PQ_TALIGN, a permute and an IMAD per gather
+#define PQ_MP8 1
+#endif
+#ifndef PQ_KCLS
+// tensor-core kernel, rotated K gathers with at least 8 subspace groups per lane (PQ_ROT at dsub 2, PQ_ROT4 at dsub 4
+// and d = 128): the gathered registers are rotated back by gid & 3 only (two select stages instead of three). Rows
+// gid >= 4 then hold their k-tiles shifted by 4 groups; the q columns 4..7 of the score mma (unused before, GB <= 4)
+// carry the same heads' q shifted alike, so row gid's scores are right in columns of its class (gid >> 2); the other
+// class's scores are masked to -inf before the softmax, whose reductions also cross the tig lanes (xor 2). Not in the
+// 16-warp dsub-4 instances, whose spills it doubled (32 -> 68 bytes; GQA B=8 4K 2-bit 2.7% slower, 10:15 UTC).
+// Chunk loop SASS (fp16, d = 128, GB 4, 8 warps): 1,038 -> 921 instructions at 4 bits with PQ_MP8, 811 -> 713 at 2
+#define PQ_KCLS 1
+#endif
+template <int D, int DSUB> __host__ __device__ constexpr bool mp8_on() {
+  return PQ_MP8 && mma_kpad<DSUB>() == 0 && (D / DSUB) * 2 * DSUB == 256;
+}
+#ifndef PQ_VCLS
+// tensor-core kernel at d = 128, dsub 2, with PQ_MP8 and PQ_KCLS: V rows unpadded (256 bytes) and the V table 64 KB
+// after the K table (both 64 KB-aligned: 192 KB), each V gather's address one byte permute; the tig lanes of class
+// cv = tig >> 1 read output tile (r + 2 cv) mod 8 at step r (their code words rotated by 2 cv bytes), so that the two
+// classes' gathers hit disjoint banks (2 wavefronts, was ~2.34 with padded rows); the value mma's B columns 4..7 carry
+// class 1's probabilities (class 0's in 0..3, the rest 0), whose accumulators are added two tiles on at the end.
+// Chunk loop SASS (fp16, d = 128, 4-bit, GB 4, 8 warps): 921 -> 893 instructions. H100, 2026-12-07 10:24 UTC: with
+// PQ_MP8 and PQ_KCLS, GQA B=1 32K 4-bit 22.2 -> 20.7 us (those two alone: 21.9), B=8 32K 4-bit -10.2%
+#define PQ_VCLS 1
+#endif
+// V row padding of the tensor-core kernel's tables (the host layout, million_pq_mma_vpad): 0 where PQ_VCLS applies
+template <int D, int DSUB> __host__ __device__ constexpr int mma_vpad() {
+  return (PQ_VCLS && PQ_KCLS && mp8_on<D, DSUB>() && PQ_ROT && DSUB == 2 && D == 128) ? 0 : 16;
+}
 #ifndef MERGE_PF
 #define MERGE_PF 16  // merge: partials per output element loaded per global round trip (group of the online merge)
 #endif
@@ -1671,8 +1708,13 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   static_assert(GB >= 1 && GB <= 4, "GB");
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* tabK = smem;  // PQ_TALIGN (outside a merge cluster): at an aligned address, PQ_TALIGN bytes allocated more
-  if constexpr (talign<D>() > 0 && !CM) tabK = smem + ((0u - smem_addr(smem)) & (talign<D>() - 1u));
-  unsigned char* tabV = tabK + 256 * ROWB;
+  constexpr bool MP8 = mp8_on<D, DSUB>() && !CM;
+  static_assert(!MP8 || ROWBK == 256, "PQ_MP8: 256-byte K rows");
+  constexpr int ROWBV = M * ESZ + mma_vpad<D, DSUB>();  // V table row (PQ_VCLS: unpadded)
+  constexpr bool VCLS = mma_vpad<D, DSUB>() == 0 && MP8;
+  if constexpr (MP8) tabK = smem + ((0u - smem_addr(smem)) & 0xFFFFu);
+  else if constexpr (talign<D>() > 0 && !CM) tabK = smem + ((0u - smem_addr(smem)) & (talign<D>() - 1u));
+  unsigned char* tabV = tabK + (VCLS ? 65536 : 256 * ROWB);
 
   TRACE_P(0);
   if constexpr (CM) {  // cluster merge: rank S merges the splits' partials (no second kernel)
@@ -1696,7 +1738,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(csize));
   }
   const uint32_t bar = smem_addr(&tab_bar[0]);  // bar + 8: the V table's
-  constexpr uint32_t TB = 256u * ROWB;  // bytes per table
+  constexpr uint32_t TB = VCLS ? 65536u : 256u * ROWB;  // bytes per table (PQ_VCLS: both unpadded)
   tables_init(bar, csize);
   tables_copy(reinterpret_cast<const unsigned char*>(a.kcen) + (long long)block_hkv(a) * a.kcen_h * 2,
               reinterpret_cast<const unsigned char*>(a.vcen) + (long long)block_hkv(a) * a.vcen_h * 2,
@@ -1712,28 +1754,32 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const int gid = lane >> 2, tig = lane & 3;
   // q, loaded before the lengths (split_range): the two round trips overlap
   // B fragments of q (raw; scale applied to the fp32 scores): head gid, dims (D/4)*tig + 2j, +1
+  // PQ_KCLS: lanes gid 4..7 hold the q of heads gid - 4, their registers rotated by KSH * (gid >> 2)
+  constexpr bool KCLS = PQ_KCLS && PQ_ROT && M / 4 >= 8 && (DSUB == 2 || (DSUB == 4 && PQ_ROT4 && NW <= 12));
+  constexpr int KSH = 4 * (DSUB / 2);  // bq registers per 4 subspace groups
+  const int qg = KCLS ? (gid & 3) : gid, qrot = KCLS ? KSH * (gid >> 2) : 0;
   uint32_t bq[D / 8];
   {
     const T* qb = reinterpret_cast<const T*>(a.q) + (long long)blockIdx.z * a.sq_b +
-                  (long long)(block_hq0<GB>(a) + gid) * a.sq_h;
+                  (long long)(block_hq0<GB>(a) + qg) * a.sq_h;
     // d = 128: a lane's D/8 pairs are the D/4 consecutive elements from (D/4)*tig; with contiguous, 16-byte aligned
     // rows they are D/32 vector loads instead of D/4 scalar ones. The block's scalar q loads held up the lengths' load
     // behind them: 1.8 us from the wait to the lengths at GQA 32K, 1.0 with the vector loads (FFMA kernel: 0.8).
     // H100, 2026-12-06 (docs/kernel_notes.md): GQA B=1 4K 11.7 -> 11.3 us (2-bit 10.8 -> 10.3), 32K 29.8 -> 29.6;
     // at d = 64 (SmolLM2 shape) 1-3% slower, so d = 64 keeps the scalar loads
     const bool vec = D == 128 && a.sq_d == 1 && (reinterpret_cast<uintptr_t>(qb + (D / 4) * tig) & 15u) == 0;
-    if (gid < GB && vec) {
+    if (qg < GB && vec) {
       const uint4* qv = reinterpret_cast<const uint4*>(qb + (D / 4) * tig);
 #pragma unroll
       for (int v = 0; v < D / 32; ++v) {
-        const uint4 w = qv[v];
+        const uint4 w = qv[(v + qrot / 4) % (D / 32)];
         bq[4 * v] = w.x; bq[4 * v + 1] = w.y; bq[4 * v + 2] = w.z; bq[4 * v + 3] = w.w;
       }
     } else {
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
-        if (gid < GB) {
-          const long long d0 = (long long)((D / 4) * tig + 2 * j);
+        if (qg < GB) {
+          const long long d0 = (long long)((D / 4) * tig + 2 * ((j + qrot) % (D / 8)));
           const T x0 = qb[d0 * a.sq_d], x1 = qb[(d0 + 1) * a.sq_d];
           bq[j] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&x0)) |
                   ((uint32_t)(*reinterpret_cast<const unsigned short*>(&x1)) << 16);
@@ -1809,7 +1855,14 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   const uint32_t baseK = smem_addr(tabK) + tig * ESZ;  // + 4w*ESZ + code*ROWB
   const uint32_t baseV = smem_addr(tabV) + gid * ESZ;  // + 8r*ESZ + code*ROWB
   const uint32_t psel = (gid & 1) ? 0x7632u : 0x5410u;
-  const int srcA = (2 * tig) * 4 + (gid >> 1), srcB = srcA + 4;
+  // (PQ_KCLS: token row 2tig's scores are in the lanes of its class, tig + 2 for rows 4..7)
+  const int srcA = (2 * tig) * 4 + ((VCLS ? (gid & 3) : gid) >> 1) + (KCLS ? 2 * (tig >> 1) : 0), srcB = srcA + 4;
+  // PQ_VCLS: this lane's value-mma B column gid holds head gid & 3 of class gid >> 2, its tokens are of class tig >> 1
+  const bool bval = VCLS ? ((gid & 3) < GB && (tig >> 1) == (gid >> 2)) : gid < GB;
+  const int cv = VCLS ? (tig >> 1) : 0;
+  const uint32_t baseVh = smem_addr(tabV) + gid * ESZ;  // PQ_VCLS: bytes 2-3 the table, byte 0 the lane's slot
+  // PQ_KCLS: a lane's score columns are of class tig >> 1, its rows of class gid >> 2; the other class's are masked
+  const int hi_k = (!KCLS || (tig >> 1) == (gid >> 2)) ? hi : 0;
   // outside a cluster the K side starts as soon as the K table is in; the V table is waited for at the
   // first value step (its copy overlaps the first chunk's scores)
   bool v_pending = csize == 1;
@@ -1854,11 +1907,17 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 #pragma unroll
         for (int u = 0; u < MQ; ++u) {
           const uint32_t off = (uint32_t)((4 * ESZ * (u + gid)) & (ROWBK - 1));
-          R[0][u] = lds32(baseK + off + byte_of(rk[0], u) * ROWBK);
-          R[1][u] = lds32(baseK + off + byte_of(rk[1], u) * ROWBK);
+          if constexpr (MP8) {  // baseK's low 16 bits are tig * ESZ: byte 0 offset, byte 1 the code, bytes 2-3 base
+            const uint32_t lw = baseK | off, sel = 0x7604u | ((uint32_t)(u & 3) << 4);
+            R[0][u] = lds32(__byte_perm(rk[0][u >> 2], lw, sel));
+            R[1][u] = lds32(__byte_perm(rk[1][u >> 2], lw, sel));
+          } else {
+            R[0][u] = lds32(baseK + off + byte_of(rk[0], u) * ROWBK);
+            R[1][u] = lds32(baseK + off + byte_of(rk[1], u) * ROWBK);
+          }
         }
 #pragma unroll
-        for (int b = 1; b < 8; b <<= 1) {
+        for (int b = 1; b < (KCLS ? 4 : 8); b <<= 1) {
           const bool sh = (gid & b) != 0;
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
@@ -1889,11 +1948,17 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 #pragma unroll
         for (int u = 0; u < MQ; ++u) {
           const uint32_t off = (uint32_t)((4 * ESZ * (u + gid)) & (ROWBK - 1));
-          R[0][u] = lds64(baseK + off + byte_of(rk[0], u) * ROWBK);
-          R[1][u] = lds64(baseK + off + byte_of(rk[1], u) * ROWBK);
+          if constexpr (MP8) {  // as at dsub 2
+            const uint32_t lw = baseK | off, sel = 0x7604u | ((uint32_t)(u & 3) << 4);
+            R[0][u] = lds64(__byte_perm(rk[0][u >> 2], lw, sel));
+            R[1][u] = lds64(__byte_perm(rk[1][u >> 2], lw, sel));
+          } else {
+            R[0][u] = lds64(baseK + off + byte_of(rk[0], u) * ROWBK);
+            R[1][u] = lds64(baseK + off + byte_of(rk[1], u) * ROWBK);
+          }
         }
 #pragma unroll
-        for (int b = 1; b < 8 && b < MQ; b <<= 1) {
+        for (int b = 1; b < (KCLS ? 4 : 8) && b < MQ; b <<= 1) {
           const bool sh = (gid & b) != 0;
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
@@ -1931,7 +1996,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
       }
 #pragma unroll
       for (int z = 0; z < 4; ++z) {
-        const bool ok = t0 + 16 * tt + gid + 8 * (z >> 1) < hi;
+        const bool ok = t0 + 16 * tt + gid + 8 * (z >> 1) < hi_k;
         sc[tt][z] = ok ? (acc2[0][z] + acc2[1][z]) * a.scale_log2 : -INFINITY;
       }
     }
@@ -1942,7 +2007,7 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     for (int e = 0; e < 2; ++e) {
       float cmax = fmaxf(fmaxf(sc[0][e], sc[0][e + 2]), fmaxf(sc[1][e], sc[1][e + 2]));
 #pragma unroll
-      for (int o2 = 4; o2 < 32; o2 <<= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o2));
+      for (int o2 = KCLS ? 2 : 4; o2 < 32; o2 <<= 1) cmax = fmaxf(cmax, __shfl_xor_sync(FULL, cmax, o2));
       const float mnew = fmaxf(m_run[e], cmax);  // finite: token t0 is valid
       const float alpha = exp2f(m_run[e] - mnew);
       m_run[e] = mnew;
@@ -1970,22 +2035,41 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
     for (int tt = 0; tt < 2; ++tt) {
       const uint32_t xa = __shfl_sync(FULL, pk[tt][0], srcA), xb = __shfl_sync(FULL, pk[tt][0], srcB);
       const uint32_t ya = __shfl_sync(FULL, pk[tt][1], srcA), yb = __shfl_sync(FULL, pk[tt][1], srcB);
-      const uint32_t b0 = gid < GB ? __byte_perm(xa, xb, psel) : 0u;
-      const uint32_t b1 = gid < GB ? __byte_perm(ya, yb, psel) : 0u;
+      const uint32_t b0 = bval ? __byte_perm(xa, xb, psel) : 0u;
+      const uint32_t b1 = bval ? __byte_perm(ya, yb, psel) : 0u;
+      if constexpr (VCLS) {
+        uint32_t vr[4][2];  // code words rotated by 2 cv bytes: byte r is subspace VB gid + (r + 2 cv) mod 8
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          vr[j][0] = __funnelshift_r(vw[tt][j][0], vw[tt][j][1], 16 * cv);
+          vr[j][1] = __funnelshift_r(vw[tt][j][1], vw[tt][j][0], 16 * cv);
+        }
+#pragma unroll
+        for (int r = 0; r < VR; ++r) {
+          const uint32_t lw = baseVh | ((uint32_t)(32 * (r + 2 * cv)) & 255u), sel = 0x7604u | ((uint32_t)(r & 3) << 4);
+          const uint32_t e0 = lds32(__byte_perm(vr[0][r >> 2], lw, sel));
+          const uint32_t e1 = lds32(__byte_perm(vr[1][r >> 2], lw, sel));
+          const uint32_t e2 = lds32(__byte_perm(vr[2][r >> 2], lw, sel));
+          const uint32_t e3 = lds32(__byte_perm(vr[3][r >> 2], lw, sel));
+          mma_16816<T>(o[r], __byte_perm(e0, e1, 0x5410u), __byte_perm(e0, e1, 0x7632u), __byte_perm(e2, e3, 0x5410u),
+                       __byte_perm(e2, e3, 0x7632u), b0, b1);
+        }
+        continue;
+      }
 #pragma unroll
       for (int r = 0; r < VR; ++r) {
         if constexpr (DSUB == 2) {
-          const uint32_t e0 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][0], r) * ROWB);
-          const uint32_t e1 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][1], r) * ROWB);
-          const uint32_t e2 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][2], r) * ROWB);
-          const uint32_t e3 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][3], r) * ROWB);
+          const uint32_t e0 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][0], r) * ROWBV);
+          const uint32_t e1 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][1], r) * ROWBV);
+          const uint32_t e2 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][2], r) * ROWBV);
+          const uint32_t e3 = lds32(baseV + 8 * r * ESZ + byte_of(vw[tt][3], r) * ROWBV);
           mma_16816<T>(o[r], __byte_perm(e0, e1, 0x5410u), __byte_perm(e0, e1, 0x7632u), __byte_perm(e2, e3, 0x5410u),
                        __byte_perm(e2, e3, 0x7632u), b0, b1);
         } else {
-          const uint2 e0 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][0], r) * ROWB);
-          const uint2 e1 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][1], r) * ROWB);
-          const uint2 e2 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][2], r) * ROWB);
-          const uint2 e3 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][3], r) * ROWB);
+          const uint2 e0 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][0], r) * ROWBV);
+          const uint2 e1 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][1], r) * ROWBV);
+          const uint2 e2 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][2], r) * ROWBV);
+          const uint2 e3 = lds64(baseV + 8 * r * ESZ + byte_of(vw[tt][3], r) * ROWBV);
           mma_16816<T>(o[2 * r], __byte_perm(e0.x, e1.x, 0x5410u), __byte_perm(e0.x, e1.x, 0x7632u),
                        __byte_perm(e2.x, e3.x, 0x5410u), __byte_perm(e2.x, e3.x, 0x7632u), b0, b1);
           mma_16816<T>(o[2 * r + 1], __byte_perm(e0.y, e1.y, 0x5410u), __byte_perm(e0.y, e1.y, 0x7632u),
@@ -2022,7 +2106,16 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 #pragma unroll
   for (int e = 0; e < 2; ++e)
 #pragma unroll
-    for (int o2 = 4; o2 < 32; o2 <<= 1) l_run[e] += __shfl_xor_sync(FULL, l_run[e], o2);
+    for (int o2 = KCLS ? 2 : 4; o2 < 32; o2 <<= 1) l_run[e] += __shfl_xor_sync(FULL, l_run[e], o2);
+  if constexpr (VCLS) {  // class 1's accumulator s (lane tig + 2) is output tile (s + 2) mod 8 of lane tig's heads
+#pragma unroll
+    for (int s2 = 0; s2 < NVT; ++s2)
+#pragma unroll
+      for (int z = 0; z < 4; ++z) {
+        const float v = __shfl_down_sync(FULL, o[s2][z], 2);
+        if (tig < 2) o[(s2 + 2) % NVT][z] += v;
+      }
+  }
   __syncthreads();
   TRACE_P(4);
   float* red = reinterpret_cast<float*>(smem);  // [NW][GB][D]
@@ -2279,7 +2372,8 @@ template <typename T, int D, int DSUB, int GB, int NW, bool PF>
 static int launch_mma(const PQArgs& a, cudaStream_t st) {
   static KernelState configured[MAX_DEVICES];
   constexpr int M = D / DSUB, ROWB = M * 2 * DSUB + 16;
-  constexpr int tables = 2 * 256 * ROWB + (int)talign<D>(), epi = (NW * GB * D + 2 * NW * GB) * 4;
+  constexpr int tables = mma_vpad<D, DSUB>() == 0 ? 3 * 65536 : 2 * 256 * ROWB + (mp8_on<D, DSUB>() ? 65536 : (int)talign<D>()),
+                epi = (NW * GB * D + 2 * NW * GB) * 4;
   return launch_k<T, D>(pq_partial_mma_kernel<T, D, DSUB, GB, NW, PF>, tables > epi ? tables : epi, NW * 32,
                         configured, a, st);
 }
@@ -2398,6 +2492,8 @@ int million_pq_abi_version() { return 9; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 // bytes of padding per K table row of the tensor-core kernel at dsub 2 or 4 (ops.cuda_attention.mma_tables)
 int million_pq_mma_kpad(int dsub) { return dsub == 2 ? mma_kpad<2>() : mma_kpad<4>(); }
+// V row padding of the tensor-core tables for M subspaces of dsub dims (16, or 0 where PQ_VCLS applies)
+int million_pq_mma_vpad(int M, int dsub) { return (dsub == 2 && M == 64) ? mma_vpad<128, 2>() : 16; }
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
 // region (PQ_TRACE_BLOCKS x 32 u64) then the merge blocks' (x 8). Returns the u64 count, 0 in a production build.
