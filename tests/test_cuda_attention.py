@@ -355,6 +355,28 @@ def test_mma_kernel_matches_naive(case, dtype, warps):
     _check_poisoned(ca, (CASES + LUT_CASES)[case], dtype, 300 + case, num_warps_override=warps, kernel_override="mma")
 
 
+SHORT_CASES = [
+    # code tensors shorter than a 32-token chunk (T < 32): B, Hq, Hkv, D, bits, T, R, pq_lens, res_lens, starts, Hc
+    (2, 8, 2, 128, 4, 1, 16, [1, 0], [16, 3], [0, 0], 1),
+    (2, 8, 2, 128, 2, 5, 8, [5, 3], [8, 1], [0, 2], 1),
+    (3, 6, 2, 64, 4, 31, 16, [31, 17, 0], [0, 16, 5], [0, 4, 0], 1),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(SHORT_CASES)))
+def test_mma_kernel_short_code_tensors(case, dtype):
+    """Code tensors of fewer tokens per head than a chunk, the tensor-core kernel against the naive twin: a library
+    whose kernel reads 32-token windows (million_pq_mma_window) gets them padded by the Python side."""
+    from million.ops import cuda_attention as ca
+
+    if not ca.available():
+        pytest.skip("CUDA kernel library not available")
+    _check_poisoned(ca, SHORT_CASES[case], dtype, 900 + case, splits=(None, 1, 3), kernel_override="mma")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

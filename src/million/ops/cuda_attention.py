@@ -262,6 +262,16 @@ def _lib_kpad(dsub: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def _lib_mma_window() -> int:
+    # tokens per head the loaded library's tensor-core kernel reads at once (million_pq_mma_window); 0 without it
+    f = getattr(_lib(), "million_pq_mma_window", None)
+    if f is None:
+        return 0
+    f.argtypes, f.restype = [], ctypes.c_int
+    return int(f())
+
+
+@functools.lru_cache(maxsize=None)
 def _lib_vpad(M: int, dsub: int) -> int:
     # V rows: unpadded where the loaded library reports 0 (``million_pq_mma_vpad``, PQ_VCLS); 16 for one without it
     f = getattr(_lib(), "million_pq_mma_vpad", None)
@@ -534,6 +544,11 @@ def pq_decode_attention(
             nw = w
     align = 16 if kind == "mma" else 4
     k_codes, v_codes = _codes_ok(k_codes, align), _codes_ok(v_codes, align)
+    if kind == "mma" and 0 < T < _lib_mma_window():
+        # the library's tensor-core kernel loads a chunk's codes as a window of that many tokens: shorter code
+        # tensors get zero rows after theirs (a copy of at most 31 tokens per head; T itself stays the bound)
+        pad = _lib_mma_window() - T
+        k_codes, v_codes = (torch.nn.functional.pad(c, (0, 0, 0, pad)) for c in (k_codes, v_codes))
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
     S = num_splits_override or default_splits(B, Hkv, ngroups, T, dev, kind, nw, D)

@@ -160,6 +160,15 @@ template <int DSUB> __host__ __device__ constexpr int mma_kpad() {
 template <int D, int DSUB> __host__ __device__ constexpr bool mp8_on() {
   return PQ_MP8 && mma_kpad<DSUB>() == 0 && (D / DSUB) * 2 * DSUB == 256;
 }
+#ifndef PQ_WIN
+// tensor-core kernel: a chunk's codes loaded as a window of 32 tokens from one per-lane pointer with constant offsets
+// (no per-token clamp, index and 64-bit address), the window moved back to end at the split's last token where the
+// chunk is partial, its tokens before the chunk masked; needs codes of at least 32 tokens per head (the Python side
+// pads shorter ones; million_pq_mma_window reports it). Chunk loop SASS (fp16, d = 128, GB 4, 8 warps): 893 -> 861
+// instructions at 4 bits, 713 -> 681 at 2. H100, 2026-12-07 (docs/kernel_notes.md, "Window code loads"): GQA B=1 32K
+// 4-bit 20.54 -> 20.20 us (four rounds, 10:46 UTC), SmolLM2 B=8 128K 2-bit -5.6%, no GQA or SmolLM2 cell slower
+#define PQ_WIN 1
+#endif
 #ifndef PQ_VCLS
 // tensor-core kernel at d = 128, dsub 2, with PQ_MP8 and PQ_KCLS: V rows unpadded (256 bytes) and the V table 64 KB
 // after the K table (both 64 KB-aligned: 192 KB), each V gather's address one byte permute; the tig lanes of class
@@ -1831,7 +1840,17 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
   // top of an iteration, a whole chunk of work ahead of their use)
   uint32_t kw[2][2][KWN], vw[2][4][VWN];
   uint32_t kn[2][2][KWN], vn[2][4][VWN];
+  // PQ_WIN: the window of chunk c starts at token win0(c) <= lo + 32c (0 <= win0, win0 + 32 <= max(hi, 32))
+  auto win0 = [&](int c) { return max(min(lo + c * 32, hi - 32), 0); };
   auto loadK = [&](int c, uint32_t (&d)[2][2][KWN]) {
+    if constexpr (PQ_WIN) {
+      const uint8_t* p = kbase + (long long)(win0(c) + gid) * M;
+#pragma unroll
+      for (int tt = 0; tt < 2; ++tt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) ld_codes<KB>(p + (16 * tt + 8 * e) * M, d[tt][e]);
+      return;
+    }
 #pragma unroll
     for (int tt = 0; tt < 2; ++tt)
 #pragma unroll
@@ -1841,6 +1860,14 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
       }
   };
   auto loadV = [&](int c, uint32_t (&d)[2][4][VWN]) {
+    if constexpr (PQ_WIN) {
+      const uint8_t* p = vbase + (long long)(win0(c) + 2 * tig) * M;
+#pragma unroll
+      for (int tt = 0; tt < 2; ++tt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) ld_codes<VB>(p + (16 * tt + (j & 1) + 8 * (j >> 1)) * M, d[tt][j]);
+      return;
+    }
 #pragma unroll
     for (int tt = 0; tt < 2; ++tt)
 #pragma unroll
@@ -1883,6 +1910,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
 
   for (; c < nchunks; c += NW) {
     const int t0 = lo + c * 32;
+#if PQ_WIN
+    // the window's first lb tokens are another chunk's; a token at window index x is in iff x - lb < lim
+    const int lb = t0 - win0(c);
+    const unsigned lim = (unsigned)max(hi_k - t0, 0);
+#endif
     const bool more = c + NW < nchunks;
     if (PF && more) { loadK(c + NW, kn); loadV(c + NW, vn); }
     // ---- scores (log2 units): sc[tt][z] = token 16tt + gid (+8 for z >= 2), head 2tig + (z & 1) ----
@@ -1996,7 +2028,11 @@ __global__ void __launch_bounds__(NW * 32, 1) pq_partial_mma_kernel(const PQArgs
       }
 #pragma unroll
       for (int z = 0; z < 4; ++z) {
+#if PQ_WIN
+        const bool ok = (unsigned)(16 * tt + gid + 8 * (z >> 1) - lb) < lim;
+#else
         const bool ok = t0 + 16 * tt + gid + 8 * (z >> 1) < hi_k;
+#endif
         sc[tt][z] = ok ? (acc2[0][z] + acc2[1][z]) * a.scale_log2 : -INFINITY;
       }
     }
@@ -2492,6 +2528,8 @@ int million_pq_abi_version() { return 9; }
 int million_pq_args_size() { return (int)sizeof(PQArgs); }
 // bytes of padding per K table row of the tensor-core kernel at dsub 2 or 4 (ops.cuda_attention.mma_tables)
 int million_pq_mma_kpad(int dsub) { return dsub == 2 ? mma_kpad<2>() : mma_kpad<4>(); }
+// tokens per head the tensor-core kernel's code loads need (PQ_WIN: a 32-token window; 0: any)
+int million_pq_mma_window() { return PQ_WIN ? 32 : 0; }
 // V row padding of the tensor-core tables for M subspaces of dsub dims (16, or 0 where PQ_VCLS applies)
 int million_pq_mma_vpad(int M, int dsub) { return (dsub == 2 && M == 64) ? mma_vpad<128, 2>() : 16; }
 const char* million_pq_last_error() { return g_err; }
