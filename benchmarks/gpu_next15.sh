@@ -31,35 +31,15 @@ gpu_setup /tmp/next15 "${DEADLINE:-330}" .carry/attn_lib12.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|^take|^total|FAIL|gqa:1:"; }
 env_txt
 ARMS=${ARMS:-mp8 mk}
-ok=""
-K="-k mma or test_matches_naive or back_to_back or graph_replay"
-for e in $ARMS; do
-  run "t_$e" 60 env MILLION_CUDA_LIB=.carry/attn_$e.so python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_cuda_attention.py "$K"
-  if passed "t_$e"; then ok="$ok $e"; fi
-done
-if [ -n "$ok" ]; then
-  B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8"
-  for r in "" _b; do
-    run "ab_lib$r" 40 $B --out "$W/ab_lib$r.json"
-    for e in $ok; do
-      run "ab_$e$r" 40 env MILLION_CUDA_LIB=.carry/attn_$e.so $B --out "$W/ab_$e$r.json"
-    done
-  done
-  for e in $ok; do adopt_arm "$e" gqa:1:32768:4; done
-  run take 10 python3 benchmarks/ab_take.py "$W" $ok
+gate_arms $ARMS
+if [ -n "$GATED" ]; then
+  ab_rounds $GATED
+  run take 10 python3 benchmarks/ab_take.py "$W" $GATED
   take=$(cat "$W/take" 2>/dev/null || echo none)
-  C="--case gqa:1:4:32768 --case gqa:1:2:32768"
-  run trace_lib 30 env MILLION_CUDA_LIB=.carry/attn_trace12.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
-    --out "$W/trace_lib.json"
-  for e in $ok; do
-    run "trace_$e" 30 env MILLION_CUDA_LIB=.carry/attn_${e}_trace.so python3 benchmarks/trace_decode.py --graph --reps 5 \
-      $C --out "$W/trace_$e.json"
-  done
+  trace_arms $GATED
   if [ "$take" != none ]; then
     export MILLION_CUDA_LIB=.carry/attn_$take.so
-    run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
-      --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
+    sweep_one 60
     cache_tests 100
   fi
 fi

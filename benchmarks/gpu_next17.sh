@@ -25,19 +25,12 @@ gpu_setup /tmp/next17 "${DEADLINE:-400}" .carry/attn_mkv.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|FAIL|gqa:1:"; }
 env_txt
 run t_lib 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
-run t_lazy 60 env MILLION_CUDA_LIB=.carry/attn_lazy.so python3 -m pytest -q -p no:cacheprovider -m gpu \
-  tests/test_cuda_attention.py -k "mma or test_matches_naive or back_to_back or graph_replay"
-if passed t_lazy; then
-  B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8"
-  for r in "" _b; do
-    run "ab_lib$r" 40 $B --out "$W/ab_lib$r.json"
-    run "ab_lazy$r" 40 env MILLION_CUDA_LIB=.carry/attn_lazy.so $B --out "$W/ab_lazy$r.json"
-  done
-  adopt_arm lazy gqa:1:32768:4
+gate_arms lazy
+if [ -n "$GATED" ]; then
+  ab_rounds lazy
   if [ "$(cat "$W/adopt_lazy" 2>/dev/null)" = 1 ]; then
     export MILLION_CUDA_LIB=.carry/attn_lazy.so
-    run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
-      --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
+    sweep_one 60
     cache_tests 100
   fi
 fi

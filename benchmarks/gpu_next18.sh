@@ -27,21 +27,13 @@ env_txt
 # the Python and test halves of the patch (a no-op where applied)
 git apply --include='src/million/ops/cuda_attention.py' --include='tests/test_cuda_attention.py' \
   docs/logs/mp8_1207/win.patch 2>/dev/null || true
-K="-k mma or test_matches_naive or back_to_back or graph_replay"
 run t_lib 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py -k short_code
-run t_win 60 env MILLION_CUDA_LIB=.carry/attn_win.so python3 -m pytest -q -p no:cacheprovider -m gpu \
-  tests/test_cuda_attention.py "$K"
-if passed t_win; then
-  B="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2 --contexts 4096,16384,32768,131072 --batches 1,8"
-  for r in "" _b; do
-    run "ab_lib$r" 40 $B --out "$W/ab_lib$r.json"
-    run "ab_win$r" 40 env MILLION_CUDA_LIB=.carry/attn_win.so $B --out "$W/ab_win$r.json"
-  done
-  adopt_arm win gqa:1:32768:4
+gate_arms win
+if [ -n "$GATED" ]; then
+  ab_rounds win
   if [ "$(cat "$W/adopt_win" 2>/dev/null)" = 1 ]; then
     export MILLION_CUDA_LIB=.carry/attn_win.so
-    run sweep 60 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 \
-      --contexts 4096,16384,32768,131072 --batches 1,8 --out "$W/sweep.json"
+    sweep_one 60
     cache_tests 100
   fi
 fi

@@ -56,12 +56,14 @@ pack_tgz() {
 }
 # sweep_all CAP: bench_decode_cuda.py against $MILLION_CUDA_LIB, every shape, 4K-128K, B=1 and 8, 4 and 2 bits, plain
 # and --q-op ($W/sweep.json, $W/sweep_qop.json)
+SWEEP="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2
+  --contexts 4096,16384,32768,131072 --batches 1,8"
 sweep_all() {
-  local S="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2"
-  S="$S --contexts 4096,16384,32768,131072 --batches 1,8"
-  run sweep "$1" $S --out "$W/sweep.json"
-  run sweep_qop "$1" $S --q-op --out "$W/sweep_qop.json"
+  run sweep "$1" $SWEEP --out "$W/sweep.json"
+  run sweep_qop "$1" $SWEEP --q-op --out "$W/sweep_qop.json"
 }
+# sweep_one CAP: the plain sweep only ($W/sweep.json)
+sweep_one() { run sweep "$1" $SWEEP --out "$W/sweep.json"; }
 # passed NAME: stage NAME's pytest output reports passes and no failure or error (the gate before an A/B)
 passed() { [ "$(grep -c ' failed\|error' "$W/$1.txt")" = 0 ] && grep -q ' passed' "$W/$1.txt"; }
 # cache_tests CAP: the MillionCache, decode-loop and eviction GPU tests against $MILLION_CUDA_LIB
@@ -85,6 +87,44 @@ adopt_arm() {
   rm -f "$W/adopt"
   run "adopt_$1" 10 python3 benchmarks/ab_adopt.py "$W" lib "$1" --cell "$2" --margin 0.01 --guard 0.01
   cp "$W/adopt" "$W/adopt_$1" 2>/dev/null
+}
+# gate_arms ARM...: the tensor-core kernel tests (tests/test_cuda_attention.py, -k "mma or test_matches_naive or
+# back_to_back or graph_replay") on each arm's .carry/attn_ARM.so; the arms whose tests passed into $GATED (the gate
+# before an A/B: gpu_next15.sh-gpu_next18.sh)
+gate_arms() {
+  GATED=""
+  local e
+  for e in "$@"; do
+    run "t_$e" 60 env MILLION_CUDA_LIB=".carry/attn_$e.so" python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/test_cuda_attention.py -k "mma or test_matches_naive or back_to_back or graph_replay"
+    if passed "t_$e"; then GATED="$GATED $e"; fi
+  done
+}
+# ab_rounds ARM...: two rounds of the GQA and SmolLM2 cells (4K-128K, B=1 and 8, 4 and 2 bits), in each the library
+# ($MILLION_CUDA_LIB, $W/ab_lib[_b].json) and then every arm (.carry/attn_ARM.so, $W/ab_ARM[_b].json); then each arm's
+# decision at GQA B=1 32K 4-bit (adopt_arm)
+AB="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2
+  --contexts 4096,16384,32768,131072 --batches 1,8"
+ab_rounds() {
+  local r e
+  for r in "" _b; do
+    run "ab_lib$r" 40 $AB --out "$W/ab_lib$r.json"
+    for e in "$@"; do
+      run "ab_$e$r" 40 env MILLION_CUDA_LIB=".carry/attn_$e.so" $AB --out "$W/ab_$e$r.json"
+    done
+  done
+  for e in "$@"; do adopt_arm "$e" gqa:1:32768:4; done
+}
+# trace_arms ARM...: timelines of GQA B=1 32K, 4 and 2 bits (trace_decode.py, graph replay, 5 reps) on the library's
+# trace build (.carry/attn_trace12.so, $W/trace_lib.json) and on each arm's (.carry/attn_ARM_trace.so)
+trace_arms() {
+  local C="--case gqa:1:4:32768 --case gqa:1:2:32768" e
+  run trace_lib 30 env MILLION_CUDA_LIB=.carry/attn_trace12.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
+    --out "$W/trace_lib.json"
+  for e in "$@"; do
+    run "trace_$e" 30 env MILLION_CUDA_LIB=".carry/attn_${e}_trace.so" python3 benchmarks/trace_decode.py --graph \
+      --reps 5 $C --out "$W/trace_$e.json"
+  done
 }
 # kmma_cells: gpu_kmma.sh's question (gpu_kmma.sh, gpu_next9.sh): `auto` against MILLION_CUDA_KERNEL=mma over the GQA cells
 # of both widths at 16K-128K, B=1 and 8, two rounds interleaved, against $MILLION_CUDA_LIB; the `cells` stage prints
