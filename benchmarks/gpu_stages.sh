@@ -56,14 +56,14 @@ pack_tgz() {
 }
 # sweep_all CAP: bench_decode_cuda.py against $MILLION_CUDA_LIB, every shape, 4K-128K, B=1 and 8, 4 and 2 bits, plain
 # and --q-op ($W/sweep.json, $W/sweep_qop.json)
-SWEEP="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2
+SWEEP_CMD="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2
   --contexts 4096,16384,32768,131072 --batches 1,8"
 sweep_all() {
-  run sweep "$1" $SWEEP --out "$W/sweep.json"
-  run sweep_qop "$1" $SWEEP --q-op --out "$W/sweep_qop.json"
+  run sweep "$1" $SWEEP_CMD --out "$W/sweep.json"
+  run sweep_qop "$1" $SWEEP_CMD --q-op --out "$W/sweep_qop.json"
 }
 # sweep_one CAP: the plain sweep only ($W/sweep.json)
-sweep_one() { run sweep "$1" $SWEEP --out "$W/sweep.json"; }
+sweep_one() { run sweep "$1" $SWEEP_CMD --out "$W/sweep.json"; }
 # passed NAME: stage NAME's pytest output reports passes and no failure or error (the gate before an A/B)
 passed() { [ "$(grep -c ' failed\|error' "$W/$1.txt")" = 0 ] && grep -q ' passed' "$W/$1.txt"; }
 # cache_tests CAP: the MillionCache, decode-loop and eviction GPU tests against $MILLION_CUDA_LIB
@@ -103,14 +103,14 @@ gate_arms() {
 # ab_rounds ARM...: two rounds of the GQA and SmolLM2 cells (4K-128K, B=1 and 8, 4 and 2 bits), in each the library
 # ($MILLION_CUDA_LIB, $W/ab_lib[_b].json) and then every arm (.carry/attn_ARM.so, $W/ab_ARM[_b].json); then each arm's
 # decision at GQA B=1 32K 4-bit (adopt_arm)
-AB="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2
+AB_CMD="python3 benchmarks/bench_decode_cuda.py --no-triton --bits 4,2 --skip-check --shapes gqa,smollm2
   --contexts 4096,16384,32768,131072 --batches 1,8"
 ab_rounds() {
   local r e
   for r in "" _b; do
-    run "ab_lib$r" 40 $AB --out "$W/ab_lib$r.json"
+    run "ab_lib$r" 40 $AB_CMD --out "$W/ab_lib$r.json"
     for e in "$@"; do
-      run "ab_$e$r" 40 env MILLION_CUDA_LIB=".carry/attn_$e.so" $AB --out "$W/ab_$e$r.json"
+      run "ab_$e$r" 40 env MILLION_CUDA_LIB=".carry/attn_$e.so" $AB_CMD --out "$W/ab_$e$r.json"
     done
   done
   for e in "$@"; do adopt_arm "$e" gqa:1:32768:4; done
