@@ -31,16 +31,5 @@ gpu_setup /tmp/next15 "${DEADLINE:-330}" .carry/attn_lib12.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|^take|^total|FAIL|gqa:1:"; }
 env_txt
 ARMS=${ARMS:-mp8 mk}
-gate_arms $ARMS
-if [ -n "$GATED" ]; then
-  ab_rounds $GATED
-  run take 10 python3 benchmarks/ab_take.py "$W" $GATED
-  take=$(cat "$W/take" 2>/dev/null || echo none)
-  trace_arms $GATED
-  if [ "$take" != none ]; then
-    export MILLION_CUDA_LIB=.carry/attn_$take.so
-    sweep_one 60
-    cache_tests 100
-  fi
-fi
+arms_call $ARMS
 finish_call

@@ -33,16 +33,5 @@ env_txt
 # the Python half of the patch (mma_tables: unpadded V rows where the library reports them); a no-op where applied
 git apply --include='src/million/ops/cuda_attention.py' docs/logs/mp8_1207/mkv.patch 2>/dev/null || true
 ARMS=${ARMS:-mk2 mkv}
-gate_arms $ARMS
-if [ -n "$GATED" ]; then
-  ab_rounds $GATED
-  run take 10 python3 benchmarks/ab_take.py "$W" $GATED
-  take=$(cat "$W/take" 2>/dev/null || echo none)
-  trace_arms $GATED
-  if [ "$take" != none ]; then
-    export MILLION_CUDA_LIB=.carry/attn_$take.so
-    sweep_one 60
-    cache_tests 100
-  fi
-fi
+arms_call $ARMS
 finish_call

@@ -126,6 +126,23 @@ trace_arms() {
       --reps 5 $C --out "$W/trace_$e.json"
   done
 }
+# arms_call ARM...: the multi-arm call of gpu_next15.sh and gpu_next16.sh: gate_arms; ab_rounds over the arms that
+# passed; of those taken the lowest total (ab_take.py, $W/take); the timelines of the library and of every arm that
+# passed (trace_arms); then the sweep and the MillionCache tests on the arm taken
+arms_call() {
+  gate_arms "$@"
+  [ -n "$GATED" ] || return 0
+  ab_rounds $GATED
+  run take 10 python3 benchmarks/ab_take.py "$W" $GATED
+  local take
+  take=$(cat "$W/take" 2>/dev/null || echo none)
+  trace_arms $GATED
+  if [ "$take" != none ]; then
+    export MILLION_CUDA_LIB=".carry/attn_$take.so"
+    sweep_one 60
+    cache_tests 100
+  fi
+}
 # kmma_cells: gpu_kmma.sh's question (gpu_kmma.sh, gpu_next9.sh): `auto` against MILLION_CUDA_KERNEL=mma over the GQA cells
 # of both widths at 16K-128K, B=1 and 8, two rounds interleaved, against $MILLION_CUDA_LIB; the `cells` stage prints
 # "slower: CELL" for each cell where auto is slower than mma by more than 1% in both rounds (ab_adopt.py with the
