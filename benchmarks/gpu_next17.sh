@@ -25,13 +25,5 @@ gpu_setup /tmp/next17 "${DEADLINE:-400}" .carry/attn_mkv.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|FAIL|gqa:1:"; }
 env_txt
 run t_lib 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
-gate_arms lazy
-if [ -n "$GATED" ]; then
-  ab_rounds lazy
-  if [ "$(cat "$W/adopt_lazy" 2>/dev/null)" = 1 ]; then
-    export MILLION_CUDA_LIB=.carry/attn_lazy.so
-    sweep_one 60
-    cache_tests 100
-  fi
-fi
+arm_call lazy
 finish_call

@@ -28,13 +28,5 @@ env_txt
 git apply --include='src/million/ops/cuda_attention.py' --include='tests/test_cuda_attention.py' \
   docs/logs/mp8_1207/win.patch 2>/dev/null || true
 run t_lib 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py -k short_code
-gate_arms win
-if [ -n "$GATED" ]; then
-  ab_rounds win
-  if [ "$(cat "$W/adopt_win" 2>/dev/null)" = 1 ]; then
-    export MILLION_CUDA_LIB=.carry/attn_win.so
-    sweep_one 60
-    cache_tests 100
-  fi
-fi
+arm_call win
 finish_call

@@ -29,13 +29,5 @@ set -uo pipefail
 gpu_setup /tmp/next20 "${DEADLINE:-330}" .carry/attn_lib14.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|FAIL|gqa:1:"; }
 env_txt
-gate_arms kt
-if [ -n "$GATED" ]; then
-  ab_rounds kt
-  if [ "$(cat "$W/adopt_kt" 2>/dev/null)" = 1 ]; then
-    export MILLION_CUDA_LIB=.carry/attn_kt.so
-    sweep_one 60
-    cache_tests 100
-  fi
-fi
+arm_call kt
 finish_call

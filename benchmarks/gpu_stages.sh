@@ -126,6 +126,18 @@ trace_arms() {
       --reps 5 $C --out "$W/trace_$e.json"
   done
 }
+# arm_call ARM: the one-arm call of gpu_next17.sh, gpu_next18.sh and gpu_next20.sh: gate_arms; ab_rounds; where the
+# arm is taken (adopt_arm), the sweep and the MillionCache tests on it
+arm_call() {
+  gate_arms "$1"
+  [ -n "$GATED" ] || return 0
+  ab_rounds "$1"
+  if [ "$(cat "$W/adopt_$1" 2>/dev/null)" = 1 ]; then
+    export MILLION_CUDA_LIB=".carry/attn_$1.so"
+    sweep_one 60
+    cache_tests 100
+  fi
+}
 # arms_call ARM...: the multi-arm call of gpu_next15.sh and gpu_next16.sh: gate_arms; ab_rounds over the arms that
 # passed; of those taken the lowest total (ab_take.py, $W/take); the timelines of the library and of every arm that
 # passed (trace_arms); then the sweep and the MillionCache tests on the arm taken

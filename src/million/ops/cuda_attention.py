@@ -544,11 +544,11 @@ def pq_decode_attention(
             nw = w
     align = 16 if kind == "mma" else 4
     k_codes, v_codes = _codes_ok(k_codes, align), _codes_ok(v_codes, align)
-    if kind == "mma" and 0 < T < _lib_mma_window():
+    window = _lib_mma_window() if kind == "mma" else 0
+    if 0 < T < window:
         # the library's tensor-core kernel loads a chunk's codes as a window of that many tokens: shorter code
         # tensors get zero rows after theirs (a copy of at most 31 tokens per head; T itself stays the bound)
-        pad = _lib_mma_window() - T
-        k_codes, v_codes = (torch.nn.functional.pad(c, (0, 0, 0, pad)) for c in (k_codes, v_codes))
+        k_codes, v_codes = (torch.nn.functional.pad(c, (0, 0, 0, window - T)) for c in (k_codes, v_codes))
     kcen, vcen = k_centroids.contiguous(), v_centroids.contiguous()
     k_res, v_res = _rows_ok(k_res), _rows_ok(v_res)
     S = num_splits_override or default_splits(B, Hkv, ngroups, T, dev, kind, nw, D)
