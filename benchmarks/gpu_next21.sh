@@ -25,8 +25,4 @@
 #        about 230 s)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
-gpu_setup /tmp/next21 "${DEADLINE:-280}" .carry/attn_lib14.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "passed|failed|Error|^bench (gqa|smollm2) B=1 ctx=32768|^adopt|^slower|FAIL|gqa:1:"; }
-env_txt
-arm_call kt2
-finish_call
+lib_arm_call /tmp/next21 "${DEADLINE:-280}" kt2
