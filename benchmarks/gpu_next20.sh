@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07, 11:35 UTC, not yet run): one arm against the library of ec246d3 (PQ_MP8,
+# One device call (prepared 2026-12-07, 11:35 UTC; ran 12:57 UTC on an H100: kt not taken, 20.3 -> 54.6 us, docs/logs/kt_1207/call_next20/): one arm against the library of ec246d3 (PQ_MP8,
 # PQ_KCLS, PQ_VCLS, PQ_WIN; its build .carry/attn_lib14.so is gpu_next18.sh's attn_win.so, whose PTX the source
 # reproduces byte for byte, e53a3a8339dd7b3d):
 # kt (docs/logs/kt_1207/kt.patch, -DPQ_KT=1; PTX at 0 byte-identical to the library's): the tensor-core kernel's score

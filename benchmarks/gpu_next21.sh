@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07, 13:02 UTC, after gpu_next20.sh at 12:57 UTC on an H100): there kt passed its
+# One device call (prepared 2026-12-07, 13:02 UTC; ran 13:12 UTC: kt2 not taken, 20.29 -> 25.48 us, docs/logs/kt_1207/call_next21/; after gpu_next20.sh at 12:57 UTC on an H100): there kt passed its
 # kernel tests (193 passed) but took GQA B=1 32K 4-bit from 20.3 to 54.6 us (both rounds; other cells unchanged). Its
 # q loads were `ld.volatile.global.u16`, 64 a lane, which ptxas emits as LDG.E.U16.STRONG.SYS: they bypass the L1, so
 # every warp of every block sent its 64 loads to the same few L2 lines of q.

@@ -168,7 +168,7 @@ kmma_cells() {
   done
   run cells 10 python3 benchmarks/ab_adopt.py "$W" mma auto --cell gqa:8:32768:4 --margin -0.9 --guard 0.01
 }
-# lib_arm_call W DEADLINE ARM: the whole one-arm call of gpu_next20.sh and gpu_next21.sh against the library build
+# lib_arm_call W DEADLINE ARM: the whole one-arm call of gpu_next20.sh to gpu_next22.sh against the library build
 # .carry/attn_lib14.so (with .carry/enc_wg.so): env.txt, arm_call ARM, finish_call; the summary keeps the kernel tests'
 # results, the B=1 32K GQA and SmolLM2 lines, the decision and the slower cells
 lib_arm_call() {
