@@ -85,8 +85,11 @@ __device__ __forceinline__ int trace_block() {
     TRACE_V(6, smid_); TRACE_V(7, nchunks); } } while (0)
 #define TRACE_M(slot) do { if (threadIdx.x == 0) { g_trace_merge[trace_block() * 8 + (slot)] = trace_now(); \
     g_trace_merge[trace_block() * 8 + 4 + (slot)] = (unsigned long long)clock64(); } } while (0)
-#define TRACE_M_END() do { if (threadIdx.x == 0) g_trace_prev_end[trace_block()] = g_trace_merge[trace_block() * 8 + 3]; \
-    TRACE_M(3); } while (0)
+// the end stamp is read before the previous one is copied out, so that it does not wait for that load
+#define TRACE_M_END() do { if (threadIdx.x == 0) { const unsigned long long t_ = trace_now(); \
+    const unsigned long long c_ = (unsigned long long)clock64(); \
+    g_trace_prev_end[trace_block()] = g_trace_merge[trace_block() * 8 + 3]; \
+    g_trace_merge[trace_block() * 8 + 3] = t_; g_trace_merge[trace_block() * 8 + 7] = c_; } } while (0)
 #else
 #define TRACE_P(slot) do { } while (0)
 #define TRACE_W(warp) do { } while (0)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One device call (prepared 2026-12-07, 15:40 UTC, not yet run): measurements of the library, no decision.
+# 1. Timelines of the target cells on the library's trace build (.carry/attn_trace15.so: the committed source with
+#    -DPQ_TRACE, whose merge end stamp is now read before the previous stamp is copied out: the earlier trace builds'
+#    merge "end" waited for that global load; docs/kernel_notes.md, "The merge tail in the recorded timelines"):
+#    GQA B=1 32K 4 and 2 bits, MHA B=1 32K 2 bits, in graph replay and cold. Question: how long the production merge
+#    takes after its wait, which sizes the fused last-arriver merge (worth building only if the last partial block's
+#    end to the last output is well above the 0.45-0.5 us hand-over plus one L2 round trip).
+# 2. The library's sweep in bfloat16 and float16, and split sweeps at MHA B=1 32K 2/4-bit
+#    and GQA B=1 32K 4-bit.
+# Builds (nvcc 13.0, here; not committed, in .carry):
+#   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
+#   nvcc $F -o .carry/attn_lib14.so src/million/ops/cuda/pq_attention.cu              (the library, 818b53b8f68540dd)
+#   nvcc $F -DPQ_TRACE -o .carry/attn_trace15.so src/million/ops/cuda/pq_attention.cu  (its trace build, f3ff570d2134bba0)
+#   (enc_wg.so as in gpu_next9.sh)
+# Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next24.sh   (carry .carry/attn_lib14.so, .carry/attn_trace15.so,
+#        .carry/enc_wg.so; about 160 s)
+set -uo pipefail
+. "$(dirname "$0")/gpu_stages.sh"
+gpu_setup /tmp/next24 "${DEADLINE:-300}" .carry/attn_lib14.so .carry/enc_wg.so
+pack() { pack_tgz "$1" "^bench (mha|gqa|smollm2) B=1 ctx=32768|^splits|passed|failed|Error|^(mha|gqa):1:"; }
+env_txt
+C="--case gqa:1:4:32768 --case gqa:1:2:32768 --case mha:1:2:32768"
+run trace_graph 40 env MILLION_CUDA_LIB=.carry/attn_trace15.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
+  --out "$W/trace_graph.json"
+run trace_cold 40 env MILLION_CUDA_LIB=.carry/attn_trace15.so python3 benchmarks/trace_decode.py --reps 5 $C \
+  --out "$W/trace_cold.json"
+run sweep_bf16 70 $SWEEP_CMD --dtype bfloat16 --out "$W/sweep_bf16.json"
+run sweep_fp16 70 $SWEEP_CMD --out "$W/sweep_fp16.json"
+run splits 60 python3 benchmarks/bench_decode_cuda.py --skip-check --skip-bench --sweep-splits \
+  --sweep-spec "mha:32768:2:2,3,4,5,6,8;mha:32768:4:2,3,4,5,6,8;gqa:32768:4:8,12,14,16,24,32" --out "$W/splits.json"
+finish_call
