@@ -6,25 +6,37 @@
 #    GQA B=1 32K 4 and 2 bits, MHA B=1 32K 2 bits, in graph replay and cold. Question: how long the production merge
 #    takes after its wait, which sizes the fused last-arriver merge (worth building only if the last partial block's
 #    end to the last output is well above the 0.45-0.5 us hand-over plus one L2 round trip).
-# 2. The library's sweep in bfloat16 and float16, and split sweeps at MHA B=1 32K 2/4-bit
+# 2. hm (docs/logs/hm_1207/hm.patch, -DPQ_HM=1), a diagnostic arm, never adopted: the library plus 16 HMMA per chunk
+#    in two chains of 4 (each score mma issued again against a second n-tile of q, its sum added times 0), in the 8-warp
+#    d = 128 4-bit instances. kt2 (20-26% slower) had 16 more HMMA and score chains twice as long; sch showed halving
+#    the chains changes nothing. Question: do 16 more HMMA per chunk cost by themselves? Kernel tests, then the A/B's
+#    two rounds against the library (its "adopt" line is not a decision). Reading, written before the run: within 1% at
+#    the fp16 4-bit GQA cells -> the HMMA count is free, kt2's loss came from its chain depth or lane layout, and a K
+#    un-rotation absorbed by four q classes (two n-tiles, 64 fewer SEL) is worth building; +3% or more -> it is not.
+# 3. The library's sweep in bfloat16 and float16, and split sweeps at MHA B=1 32K 2/4-bit
 #    and GQA B=1 32K 4-bit.
 # Builds (nvcc 13.0, here; not committed, in .carry):
 #   F="-O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -fPIC -shared"
 #   nvcc $F -o .carry/attn_lib14.so src/million/ops/cuda/pq_attention.cu              (the library, 818b53b8f68540dd)
+#   git apply docs/logs/hm_1207/hm.patch; nvcc $F -DPQ_HM=1 -o .carry/attn_hm.so src/million/ops/cuda/pq_attention.cu;
+#   git checkout src/million/ops/cuda/pq_attention.cu                                   (hm, 9e6a453cb41617c1)
 #   nvcc $F -DPQ_TRACE -o .carry/attn_trace15.so src/million/ops/cuda/pq_attention.cu  (its trace build, f3ff570d2134bba0)
 #   (enc_wg.so as in gpu_next9.sh)
-# Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next24.sh   (carry .carry/attn_lib14.so, .carry/attn_trace15.so,
-#        .carry/enc_wg.so; about 160 s)
+# Usage: OUT=$OUT DEADLINE=420 bash benchmarks/gpu_next24.sh   (carry .carry/attn_lib14.so, .carry/attn_trace15.so,
+#        .carry/attn_hm.so, .carry/enc_wg.so; about 270 s)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
-gpu_setup /tmp/next24 "${DEADLINE:-300}" .carry/attn_lib14.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "^bench (mha|gqa|smollm2) B=1 ctx=32768|^splits|passed|failed|Error|^(mha|gqa):1:"; }
+rm -rf /tmp/next24  # a reused host may keep an earlier call's files there (seen at 15:27 UTC in /tmp/next22)
+gpu_setup /tmp/next24 "${DEADLINE:-420}" .carry/attn_lib14.so .carry/enc_wg.so
+pack() { pack_tgz "$1" "^bench (mha|gqa|smollm2) B=1 ctx=32768|^splits|passed|failed|Error|^(mha|gqa):1:|^adopt|^slower|gqa:1:"; }
 env_txt
 C="--case gqa:1:4:32768 --case gqa:1:2:32768 --case mha:1:2:32768"
 run trace_graph 40 env MILLION_CUDA_LIB=.carry/attn_trace15.so python3 benchmarks/trace_decode.py --graph --reps 5 $C \
   --out "$W/trace_graph.json"
 run trace_cold 40 env MILLION_CUDA_LIB=.carry/attn_trace15.so python3 benchmarks/trace_decode.py --reps 5 $C \
   --out "$W/trace_cold.json"
+gate_arms hm
+[ -n "$GATED" ] && ab_rounds hm
 run sweep_bf16 70 $SWEEP_CMD --dtype bfloat16 --out "$W/sweep_bf16.json"
 run sweep_fp16 70 $SWEEP_CMD --out "$W/sweep_fp16.json"
 run splits 60 python3 benchmarks/bench_decode_cuda.py --skip-check --skip-bench --sweep-splits \
