@@ -48,12 +48,7 @@ run trace_graph 40 env MILLION_CUDA_LIB=.carry/attn_trace15.so python3 benchmark
   --out "$W/trace_graph.json"
 run trace_cold 40 env MILLION_CUDA_LIB=.carry/attn_trace15.so python3 benchmarks/trace_decode.py --reps 5 $C \
   --out "$W/trace_cold.json"
-if [ "$(cat "$W/adopt_kc4" 2>/dev/null)" = 1 ]; then  # kc4 taken: the sweep and the MillionCache tests on it
-  export MILLION_CUDA_LIB=.carry/attn_kc4.so
-  sweep_one 60
-  cache_tests 100
-  export MILLION_CUDA_LIB=.carry/attn_lib14.so
-fi
+if taken kc4; then on_arm kc4; fi  # kc4 taken: the sweep and the MillionCache tests on it
 run sweep_bf16 70 $SWEEP_CMD --dtype bfloat16 --out "$W/sweep_bf16.json"
 run sweep_fp16 70 $SWEEP_CMD --out "$W/sweep_fp16.json"
 run splits 60 python3 benchmarks/bench_decode_cuda.py --skip-check --skip-bench --sweep-splits \

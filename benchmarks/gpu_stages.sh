@@ -126,17 +126,23 @@ trace_arms() {
       --reps 5 $C --out "$W/trace_$e.json"
   done
 }
+# taken ARM: adopt_arm's decision for ARM was to take it
+taken() { [ "$(cat "$W/adopt_$1" 2>/dev/null)" = 1 ]; }
+# on_arm ARM: the sweep and the MillionCache tests on .carry/attn_ARM.so, then $MILLION_CUDA_LIB as it was
+on_arm() {
+  local lib=$MILLION_CUDA_LIB
+  export MILLION_CUDA_LIB=".carry/attn_$1.so"
+  sweep_one 60
+  cache_tests 100
+  export MILLION_CUDA_LIB=$lib
+}
 # arm_call ARM: the one-arm call of gpu_next17.sh, gpu_next18.sh and gpu_next20.sh: gate_arms; ab_rounds; where the
 # arm is taken (adopt_arm), the sweep and the MillionCache tests on it
 arm_call() {
   gate_arms "$1"
   [ -n "$GATED" ] || return 0
   ab_rounds "$1"
-  if [ "$(cat "$W/adopt_$1" 2>/dev/null)" = 1 ]; then
-    export MILLION_CUDA_LIB=".carry/attn_$1.so"
-    sweep_one 60
-    cache_tests 100
-  fi
+  if taken "$1"; then on_arm "$1"; fi
 }
 # arms_call ARM...: the multi-arm call of gpu_next15.sh and gpu_next16.sh: gate_arms; ab_rounds over the arms that
 # passed; of those taken the lowest total (ab_take.py, $W/take); the timelines of the library and of every arm that
@@ -149,11 +155,7 @@ arms_call() {
   local take
   take=$(cat "$W/take" 2>/dev/null || echo none)
   trace_arms $GATED
-  if [ "$take" != none ]; then
-    export MILLION_CUDA_LIB=".carry/attn_$take.so"
-    sweep_one 60
-    cache_tests 100
-  fi
+  if [ "$take" != none ]; then on_arm "$take"; fi
 }
 # kmma_cells: gpu_kmma.sh's question (gpu_kmma.sh, gpu_next9.sh): `auto` against MILLION_CUDA_KERNEL=mma over the GQA cells
 # of both widths at 16K-128K, B=1 and 8, two rounds interleaved, against $MILLION_CUDA_LIB; the `cells` stage prints
