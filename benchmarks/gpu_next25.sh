@@ -22,7 +22,7 @@
 #    forced (GQA 2-bit cells read). Rule, written before the run, per class (d = 64 from 2^15 tokens of work; d = 128
 #    2-bit from 2^15, no upper bound since bf16 has no packed-LUT kernel): auto takes the class's warps for bf16 too if
 #    no cell of the class is more than 1% slower than 8 warps in both rounds and at least one is more than 1% faster in
-#    both rounds (applied after the call; then the cells of the change are re-measured in a later call).
+#    both rounds (benchmarks/bf16_warps_rule.py; the source changes after the call, its cells re-measured in a later one).
 # 5. The MillionCache, decode-loop and eviction GPU tests.
 # Usage: OUT=$OUT DEADLINE=540 bash benchmarks/gpu_next25.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so;
 #        about 480 s)
@@ -30,7 +30,7 @@ set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 rm -rf /tmp/next25  # a reused host may keep an earlier call's files there
 gpu_setup /tmp/next25 "${DEADLINE:-540}" .carry/attn_lib14.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "^bench (mha|gqa) B=1 ctx=32768|passed|failed|Error|^ctx |^\| [0-9]"; }
+pack() { pack_tgz "$1" "^bench (mha|gqa) B=1 ctx=32768|passed|failed|Error|^ctx |^\| [0-9]|^take"; }
 env_txt
 run t_lib 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_attention.py
 run sweep_hc 70 $SWEEP_CMD --head-codebooks --out "$W/sweep_hc.json"
@@ -48,6 +48,7 @@ for r in "" _b; do
   run "bf12$r" 25 env MILLION_CUDA_MMA_WARPS=12 $BF --shapes smollm2 --out "$W/bf12$r.json"
   run "bf16w$r" 25 env MILLION_CUDA_MMA_WARPS=16 $BF --shapes gqa --bits 2 --out "$W/bf16w$r.json"
 done
+run bfrule 10 python3 benchmarks/bf16_warps_rule.py "$W"
 export MILLION_ENCODE_PRUNE_MIN=1000000000  # prefill encodes by the brute kernel, as in every graph run (gpu_e2e.sh)
 E2E="python3 benchmarks/bench_e2e.py --graph --steps 128"
 run e2e_l3 170 $E2E --shape llama3-8b --contexts 4096,32768,65536,131072 --json "$W/e2e_l3.json"
