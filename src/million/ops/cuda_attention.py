@@ -416,15 +416,18 @@ def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
     2026-12-07 (docs/kernel_notes.md), against 8 warps everywhere, two rounds: SmolLM2 shape B=8 128K 2-bit 97.6 ->
     86.9 us, B=8 32K 2-bit 29.1 -> 26.5, B=1 128K 4-bit 20.0 -> 19.1; GQA B=1 32K 2-bit 21.8 -> 20.5, B=8 4K 2-bit
     23.1 -> 22.0; no cell more than 1% slower in both rounds. Below 2^15 tokens 12 or 16 warps were slower (B=1 4K:
-    +9% SmolLM2, +34% GQA), and d = 128 at 4 bits stays at 8 (12 and 16 warps 14-42% slower). bf16 is not measured
-    with more warps and keeps 8."""
+    +9% SmolLM2, +34% GQA), and d = 128 at 4 bits stays at 8 (12 and 16 warps 14-42% slower). bf16 takes the same
+    classes, at d = 128 2 bits with no upper bound (it has no packed-LUT kernel): H100, 2026-12-07 16:42 UTC
+    (benchmarks/bf16_warps_rule.py, two rounds against 8 warps), SmolLM2 shape B=8 128K 2-bit 95.2 -> 82.3-82.8 us,
+    B=8 32K 4-bit 32.1 -> 30.1-30.3; GQA B=8 32K 2-bit 118.6-118.7 -> 96.3-96.4, B=1 128K 2-bit 62.6-62.7 -> 52.1-52.2;
+    no cell of either class slower."""
     v = env_choice("MILLION_CUDA_MMA_WARPS", "auto", MMA_WARPS)
     if v != "auto":
         return int(v)
-    if q_dtype == torch.float16 and work >= 1 << 15:
+    if q_dtype in (torch.float16, torch.bfloat16) and work >= 1 << 15:
         if D == 64:
             return 12
-        if D == 128 and D // M == 4 and work < LUT_WORK:
+        if D == 128 and D // M == 4 and (q_dtype == torch.bfloat16 or work < LUT_WORK):
             return 16
     return 8
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One short device call (prepared 2026-12-07, 16:55 UTC): fp16 GQA 2-bit from 2^17 tokens of work on the tensor-core
+# kernel at 16 warps instead of the packed LUT, and bf16 with the dispatch taken at 16:42 UTC.
+# Why: in the 16:42 UTC call (gpu_next25.sh) bf16 at 16 warps took GQA B=8 32K 2-bit 96.3-96.4 us and B=1 128K 2-bit
+# 52.1-52.2, where fp16 on the packed LUT (its default there since 2026-12-06) took 111.8 and 62.4 in the 16:20 UTC
+# sweep: the LUT was chosen over the tensor-core kernel at 8 warps (B=8 32K 112.2 vs 135.4 us), never against 16.
+# 1. fp16 A/B, two rounds, GQA 2-bit at B=1 and 8, 32K and 128K: the library's dispatch (lib) against
+#    MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16 (m16). Rule, written before the run (benchmarks/ab_adopt.py):
+#    taken if faster at gqa:8:32768:2 by more than 1% in both rounds and no cell more than 1% slower in both; then
+#    choose_kernel sends fp16 d = 128 2-bit GQA to the tensor-core kernel at 16 warps from 2^17 tokens too.
+# 2. bf16 with the dispatch of this commit (PYTHONPATH=src: 12 warps at d = 64 and 16 at d = 128 2-bit from 2^15),
+#    the class cells of bf16_warps_rule.py, one round: the change in effect (times of the forced runs of 16:42 UTC).
+# Usage: OUT=$OUT DEADLINE=120 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~70 s)
+set -uo pipefail
+. "$(dirname "$0")/gpu_stages.sh"
+rm -rf /tmp/next26
+gpu_setup /tmp/next26 "${DEADLINE:-120}" .carry/attn_lib14.so .carry/enc_wg.so
+pack() { pack_tgz "$1" "^bench|^adopt|^slower"; }
+env_txt
+A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
+  --batches 1,8"
+for r in "" _b; do
+  run "ab_lib$r" 20 $A --out "$W/ab_lib$r.json"
+  run "ab_m16$r" 20 env MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16 $A --out "$W/ab_m16$r.json"
+done
+run adopt_m16 10 python3 benchmarks/ab_adopt.py "$W" lib m16 --cell gqa:8:32768:2 --margin 0.01 --guard 0.01
+run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --contexts \
+  4096,32768,131072 --batches 1,8 --shapes gqa,smollm2 --out "$W/bf_auto.json"
+finish_call
