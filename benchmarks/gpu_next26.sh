@@ -10,18 +10,18 @@
 #    choose_kernel sends fp16 d = 128 2-bit GQA to the tensor-core kernel at 16 warps from 2^17 tokens too.
 # 2. bf16 with the dispatch of this commit (PYTHONPATH=src: 12 warps at d = 64 and 16 at d = 128 2-bit from 2^15),
 #    the class cells of bf16_warps_rule.py, one round: the change in effect (times of the forced runs of 16:42 UTC).
-# Usage: OUT=$OUT DEADLINE=120 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~70 s)
+# Usage: OUT=$OUT DEADLINE=150 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~80 s)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 rm -rf /tmp/next26
-gpu_setup /tmp/next26 "${DEADLINE:-120}" .carry/attn_lib14.so .carry/enc_wg.so
+gpu_setup /tmp/next26 "${DEADLINE:-150}" .carry/attn_lib14.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "^bench|^adopt|^slower"; }
 env_txt
 A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
   --batches 1,8"
 for r in "" _b; do
-  run "ab_lib$r" 20 $A --out "$W/ab_lib$r.json"
-  run "ab_m16$r" 20 env MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16 $A --out "$W/ab_m16$r.json"
+  run "ab_lib$r" 30 $A --out "$W/ab_lib$r.json"
+  run "ab_m16$r" 30 env MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16 $A --out "$W/ab_m16$r.json"
 done
 run adopt_m16 10 python3 benchmarks/ab_adopt.py "$W" lib m16 --cell gqa:8:32768:2 --margin 0.01 --guard 0.01
 run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --contexts \
