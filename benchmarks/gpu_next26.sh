@@ -7,7 +7,9 @@
 # 1. fp16 A/B, two rounds, GQA 2-bit at B=1 and 8, 32K and 128K: the library's dispatch (lib) against
 #    MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16 (m16). Rule, written before the run (benchmarks/ab_adopt.py):
 #    taken if faster at gqa:8:32768:2 by more than 1% in both rounds and no cell more than 1% slower in both; then
-#    choose_kernel sends fp16 d = 128 2-bit GQA to the tensor-core kernel at 16 warps from 2^17 tokens too.
+#    choose_kernel sends fp16 d = 128 2-bit GQA to the tensor-core kernel at 16 warps from 2^17 tokens too:
+#    git apply docs/logs/m16_1207/m16.patch (the dispatch and its CPU tests; then LUT_WORK is unused: remove it, and
+#    update the README's kernel paragraph and MILLION_CUDA_MMA_WARPS row).
 # 2. bf16 with the dispatch of this commit (PYTHONPATH=src: 12 warps at d = 64 and 16 at d = 128 2-bit from 2^15),
 #    the class cells of bf16_warps_rule.py, one round: the change in effect (times of the forced runs of 16:42 UTC).
 # Usage: OUT=$OUT DEADLINE=150 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~80 s)
