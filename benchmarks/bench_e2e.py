@@ -9,7 +9,10 @@ Eager (the default): one ``model(...)`` call per step, DynamicCache, StaticCache
 
 ``--graph``: the decode loop of :mod:`million.decode`, every step replayed from a captured CUDA graph, for
 StaticCache (fp16, the baseline) and MillionCache with plain codebooks (``pq``) and with the default recipe's
-form (``pq-tr``: key/value transforms and one fp16 sink, random). Time per step is the mean over ``--steps``
+form (``pq-tr``: key/value transforms and one fp16 sink, random). With grouped KV heads, transformers' SDPA attention
+repeats the KV heads to the query heads whenever a mask is given (every StaticCache decode step has one);
+``fp16static-gqa`` is StaticCache with SDPA's own GQA instead (``enable_gqa=True``, each KV head read once), the
+stronger fp16 baseline. Time per step is the mean over ``--steps``
 consecutive steps (a multiple of the window ``R`` covers the side-stream encodes and the commits), CUDA events
 around the whole loop.
 
@@ -19,6 +22,7 @@ around the whole loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -38,7 +42,8 @@ def main():
     ap.add_argument("--graph", action="store_true", help="million.decode loop with CUDA-graph replay (see above)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--caches", default="fp16static,pq,pq-tr",
-                    help="--graph: which caches to time (fp16static, pq, pq-tr, pq-ev: pq with million.Eviction(keep=--keep))")
+                    help="--graph: which caches to time (fp16static, fp16static-gqa: StaticCache with SDPA's enable_gqa "
+                    "instead of repeated KV heads, pq, pq-tr, pq-ev: pq with million.Eviction(keep=--keep))")
     ap.add_argument("--keep", type=float, default=0.4, help="pq-ev: share of the code tokens kept (default 0.4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -159,9 +164,10 @@ def _sdpa_decode_us(B, cfg, T, reps=50):
 
 def graph_main(args, model, cfg, cb, vocab):
     names = args.caches.split(",")
-    bad = [n for n in names if n not in ("fp16static", "pq", "pq-tr", "pq-ev")]
+    allowed = ("fp16static", "fp16static-gqa", "pq", "pq-tr", "pq-ev")
+    bad = [n for n in names if n not in allowed]
     if bad:
-        raise SystemExit(f"--caches: unknown {bad}; allowed: fp16static, pq, pq-tr, pq-ev")
+        raise SystemExit(f"--caches: unknown {bad}; allowed: {', '.join(allowed)}")
     cb_tr = _transformed(cb, cfg) if "pq-tr" in names else None
     rows = []
     B = args.batch
@@ -183,17 +189,39 @@ def graph_main(args, model, cfg, cb, vocab):
             torch.cuda.empty_cache()
             print(f"ctx {ctx:>6} B={B} SDPA decode, one layer: out of memory", flush=True)
         for name in names:
-            if name != "fp16static" and "fp16static_step_ms" in res and f"{name}_step_ms" in res:
-                res[f"{name}_speedup"] = res["fp16static_step_ms"] / res[f"{name}_step_ms"]
+            for base, key in (("fp16static", "speedup"), ("fp16static-gqa", "speedup_gqa")):
+                if name in FP16 or f"{base}_step_ms" not in res or f"{name}_step_ms" not in res:
+                    continue
+                res[f"{name}_{key}"] = res[f"{base}_step_ms"] / res[f"{name}_step_ms"]
         rows.append(res)
         _write_json(args.json, rows)  # after every row: a later failure keeps the rows done
     head = " | ".join(f"{n} ms/step" for n in names)
-    print(f"\n| context | B | {head} | " + " | ".join(f"{n} x fp16static" for n in names if n != "fp16static") + " |")
-    print("|---|---|" + "---|" * (2 * len(names) - ("fp16static" in names)))
+    ratios = [(n, base, key) for base, key in (("fp16static", "speedup"), ("fp16static-gqa", "speedup_gqa"))
+              if base in names for n in names if n not in FP16]
+    print(f"\n| context | B | {head} | " + " | ".join(f"{n} x {base}" for n, base, _ in ratios) + " |")
+    print("|---|---|" + "---|" * (len(names) + len(ratios)))
     for r in rows:
         cells = [f"{r[f'{n}_step_ms']:.3f}" if f"{n}_step_ms" in r else "OOM" for n in names]
-        cells += [f"{r[f'{n}_speedup']:.2f}x" if f"{n}_speedup" in r else "-" for n in names if n != "fp16static"]
+        cells += [f"{r[f'{n}_{key}']:.2f}x" if f"{n}_{key}" in r else "-" for n, _, key in ratios]
         print(f"| {r['context']} | {r['batch']} | " + " | ".join(cells) + " |")
+
+
+FP16 = ("fp16static", "fp16static-gqa")
+
+
+@contextlib.contextmanager
+def sdpa_gqa():
+    """transformers' SDPA attention with ``enable_gqa=True`` whatever the mask: each KV head is read once instead of
+    being repeated to the query heads (which transformers does on CUDA whenever a mask is given). Patches
+    ``transformers.integrations.sdpa_attention.use_gqa_in_sdpa``, looked up at every call, for the ``with`` block."""
+    from transformers.integrations import sdpa_attention as sa
+
+    saved = sa.use_gqa_in_sdpa
+    sa.use_gqa_in_sdpa = lambda *a, **k: True
+    try:
+        yield
+    finally:
+        sa.use_gqa_in_sdpa = saved
 
 
 def _graph_row(args, res, name, model, cfg, cb, vocab, ctx):
@@ -205,34 +233,36 @@ def _graph_row(args, res, name, model, cfg, cb, vocab, ctx):
 
     B = args.batch
     n_new = args.warmup + args.steps + 2
-    if name == "fp16static":
+    if name in FP16:
         cache = StaticCache(config=cfg, max_cache_len=ctx + n_new)
     else:
         cache = MillionCache(cb, cfg, evict=Eviction(keep=args.keep) if name == "pq-ev" else None)
     ids = torch.randint(0, vocab, (B, ctx), device="cuda")
     dec = Decoder(model, cache, graph=True)
+    gqa = sdpa_gqa() if name == "fp16static-gqa" else contextlib.nullcontext()  # prefill, capture and replays
     try:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        dec.prefill(ids, max_new_tokens=n_new)
-        torch.cuda.synchronize()
-        res[f"{name}_prefill_s"] = time.perf_counter() - t0
-        tok = torch.randint(0, vocab, (B,), device="cuda")
-        for _ in range(args.warmup):  # eager warm-up steps, then the capture
-            dec.step(tok)
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0 = time.perf_counter()
-        s.record()
-        for _ in range(args.steps):
-            dec.step(tok)
-        e.record()
-        e.synchronize()
-        res[f"{name}_step_ms"] = s.elapsed_time(e) / args.steps
-        res[f"{name}_host_ms"] = (time.perf_counter() - t0) * 1e3 / args.steps
-        res[f"{name}_graph"] = dec._graph is not None
-        if name != "fp16static":
-            res[f"{name}_kv_bytes"] = cache.kv_bytes()
+        with gqa:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            dec.prefill(ids, max_new_tokens=n_new)
+            torch.cuda.synchronize()
+            res[f"{name}_prefill_s"] = time.perf_counter() - t0
+            tok = torch.randint(0, vocab, (B,), device="cuda")
+            for _ in range(args.warmup):  # eager warm-up steps, then the capture
+                dec.step(tok)
+            torch.cuda.synchronize()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            s.record()
+            for _ in range(args.steps):
+                dec.step(tok)
+            e.record()
+            e.synchronize()
+            res[f"{name}_step_ms"] = s.elapsed_time(e) / args.steps
+            res[f"{name}_host_ms"] = (time.perf_counter() - t0) * 1e3 / args.steps
+            res[f"{name}_graph"] = dec._graph is not None
+            if name not in FP16:
+                res[f"{name}_kv_bytes"] = cache.kv_bytes()
     finally:
         del cache, dec
         torch.cuda.empty_cache()

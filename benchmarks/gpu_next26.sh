@@ -12,12 +12,17 @@
 #    update the README's kernel paragraph and MILLION_CUDA_MMA_WARPS row).
 # 2. bf16 with the dispatch of this commit (PYTHONPATH=src: 12 warps at d = 64 and 16 at d = 128 2-bit from 2^15),
 #    the class cells of bf16_warps_rule.py, one round: the change in effect (times of the forced runs of 16:42 UTC).
-# Usage: OUT=$OUT DEADLINE=150 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~80 s)
+# 3. The LLaMA-3-8B shape end to end against the stronger fp16 baseline: StaticCache with SDPA's enable_gqa
+#    (bench_e2e.py's fp16static-gqa: transformers 5.17, the GPU image, otherwise repeats the 8 KV heads to 32 whenever
+#    a mask is given, as every StaticCache step has) beside plain StaticCache and MillionCache (docs/e2e.md, "The
+#    LLaMA-3-8B shape end to end").
+# Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~80 s
+#        for 1-2, ~100 s more for 3)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 rm -rf /tmp/next26
-gpu_setup /tmp/next26 "${DEADLINE:-150}" .carry/attn_lib14.so .carry/enc_wg.so
-pack() { pack_tgz "$1" "^bench|^adopt|^slower"; }
+gpu_setup /tmp/next26 "${DEADLINE:-300}" .carry/attn_lib14.so .carry/enc_wg.so
+pack() { pack_tgz "$1" "^bench|^adopt|^slower|^ctx |^\\| [0-9]"; }
 env_txt
 A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
   --batches 1,8"
@@ -28,4 +33,6 @@ done
 run adopt_m16 10 python3 benchmarks/ab_adopt.py "$W" lib m16 --cell gqa:8:32768:2 --margin 0.01 --guard 0.01
 run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --contexts \
   4096,32768,131072 --batches 1,8 --shapes gqa,smollm2 --out "$W/bf_auto.json"
+MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \
+  --shape llama3-8b --caches fp16static,fp16static-gqa,pq --contexts 4096,32768,131072 --json "$W/e2e_gqa.json"
 finish_call
