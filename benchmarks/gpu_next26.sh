@@ -16,8 +16,12 @@
 #    (bench_e2e.py's fp16static-gqa: transformers 5.17, the GPU image, otherwise repeats the 8 KV heads to 32 whenever
 #    a mask is given, as every StaticCache step has) beside plain StaticCache and MillionCache (docs/e2e.md, "The
 #    LLaMA-3-8B shape end to end").
+# 4. Per-KV-head tables behind a kernel of another library (--q-op: an in-place op on q before each call, so the partial
+#    grid cannot start early and its table copy overlaps nothing), against the shared table, MHA and GQA B=1 32K, two
+#    rounds: is the per-head cost of the 16:41 UTC call (MHA +0.4-0.6 us) larger or smaller when the previous kernel
+#    is not an attention call? (A model's attention call follows a projection or rotary kernel.)
 # Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~80 s
-#        for 1-2, ~100 s more for 3)
+#        for 1-2, ~100 s for 3, ~35 s for 4)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 rm -rf /tmp/next26
@@ -33,6 +37,12 @@ done
 run adopt_m16 10 python3 benchmarks/ab_adopt.py "$W" lib m16 --cell gqa:8:32768:2 --margin 0.01 --guard 0.01
 run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --contexts \
   4096,32768,131072 --batches 1,8 --shapes gqa,smollm2 --out "$W/bf_auto.json"
+Q="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa --contexts 32768
+  --batches 1 --q-op"
+for r in "" _b; do
+  run "qop_sh$r" 30 $Q --out "$W/qop_sh$r.json"
+  run "qop_hc$r" 30 $Q --head-codebooks --out "$W/qop_hc$r.json"
+done
 MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \
   --shape llama3-8b --caches fp16static,fp16static-gqa,pq --contexts 4096,32768,131072 --json "$W/e2e_gqa.json"
 finish_call
