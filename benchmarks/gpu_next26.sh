@@ -20,12 +20,23 @@
 #    grid cannot start early and its table copy overlaps nothing), against the shared table, MHA and GQA B=1 32K, two
 #    rounds: is the per-head cost of the 16:41 UTC call (MHA +0.4-0.6 us) larger or smaller when the previous kernel
 #    is not an attention call? (A model's attention call follows a projection or rotary kernel.)
-# Usage: OUT=$OUT DEADLINE=300 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/enc_wg.so; ~80 s
-#        for 1-2, ~100 s for 3, ~35 s for 4)
+# 5. bfh (docs/logs/bfh_1207/bfh.patch, -DPQ_BFH=1, .carry/attn_bfh.so 1e291552679a81d6): bf16 inputs on the MHA
+#    kernel's half2 value path, the V table laid out in fp16 by the host (cuda_attention.ffma_tables_half, committed and
+#    inert until a library exports million_pq_ffma_bf16_half). The 16:20 UTC bf16 sweep: MHA B=1 32K 4-bit 51.6 us
+#    against fp16's 49.4, B=8 32K 2-bit 228.6 against 203.4. PTX at PQ_BFH=0 is the library's (e53a3a8339dd7b3d); the
+#    new bf16 instances have no spill (95-128 registers). The whole attention test file on it, then two rounds of the
+#    bf16 MHA cells (4K-128K, B=1 and 8, 4 and 2 bits), the library (bflib) against bfh. Rule, written before the run:
+#    taken if its tests pass, faster at bf16 MHA B=1 32K 4-bit by more than 1% in both rounds and no cell more than 1%
+#    slower in both (ab_adopt.py); then git apply the patch, #define PQ_BFH 1, check the PTX against nvcc -ptx
+#    -DPQ_BFH=1 of the patched source.
+# Usage: OUT=$OUT DEADLINE=420 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/attn_bfh.so,
+#        .carry/enc_wg.so; ~80 s
+#        for 1-2, ~100 s for 3, ~35 s for 4, ~120 s for 5; builds as in gpu_next24.sh's header, bfh with
+#        git apply docs/logs/bfh_1207/bfh.patch; nvcc $F -DPQ_BFH=1 -o .carry/attn_bfh.so ...; git checkout the .cu)
 set -uo pipefail
 . "$(dirname "$0")/gpu_stages.sh"
 rm -rf /tmp/next26
-gpu_setup /tmp/next26 "${DEADLINE:-300}" .carry/attn_lib14.so .carry/enc_wg.so
+gpu_setup /tmp/next26 "${DEADLINE:-420}" .carry/attn_lib14.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "^bench|^adopt|^slower|^ctx |^\\| [0-9]"; }
 env_txt
 A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
@@ -43,6 +54,17 @@ for r in "" _b; do
   run "qop_sh$r" 30 $Q --out "$W/qop_sh$r.json"
   run "qop_hc$r" 30 $Q --head-codebooks --out "$W/qop_hc$r.json"
 done
+run t_bfh 90 env MILLION_CUDA_LIB=.carry/attn_bfh.so python3 -m pytest -q -p no:cacheprovider -m gpu \
+  tests/test_cuda_attention.py
+if passed t_bfh; then
+  M="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --shapes mha
+    --contexts 4096,32768,131072 --batches 1,8"
+  for r in "" _b; do
+    run "ab_bflib$r" 30 $M --out "$W/ab_bflib$r.json"
+    run "ab_bfh$r" 30 env MILLION_CUDA_LIB=.carry/attn_bfh.so $M --out "$W/ab_bfh$r.json"
+  done
+  run adopt_bfh 10 python3 benchmarks/ab_adopt.py "$W" bflib bfh --cell mha:1:32768:4 --margin 0.01 --guard 0.01
+fi
 MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \
   --shape llama3-8b --caches fp16static,fp16static-gqa,pq --contexts 4096,32768,131072 --json "$W/e2e_gqa.json"
 finish_call

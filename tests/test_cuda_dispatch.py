@@ -204,13 +204,19 @@ def test_ffma_bulk_switch(monkeypatch):
 
 
 def test_ffma_half_values_rule(monkeypatch):
-    """The half2 value path's eligibility: fp16 V centroids, finite and within +-HALF_VALUES_MAX, the switch on;
-    cached per tensor and version (an in-place change is checked again)."""
+    """The half2 value path's eligibility: fp16 V centroids (bf16 ones where the loaded library takes them), finite
+    and within +-HALF_VALUES_MAX, the switch on; cached per tensor and version (an in-place change is checked again)."""
     monkeypatch.setenv("MILLION_CUDA_HALF_V", "1")
+    monkeypatch.setattr(ca, "_lib_bf16_half", lambda: False)  # a library without million_pq_ffma_bf16_half
     c = torch.randn(2, 16, 256, 4).half()
     assert ca.ffma_half_values(c)
     assert not ca.ffma_half_values(c.float())
     assert not ca.ffma_half_values(c.to(torch.bfloat16))
+    monkeypatch.setattr(ca, "_lib_bf16_half", lambda: True)  # one built with PQ_BFH
+    b = c.to(torch.bfloat16)
+    assert ca.ffma_half_values(b)
+    b[0, 0, 0, 0] = 4 * ca.HALF_VALUES_MAX
+    assert not ca.ffma_half_values(b)
     c[1, 3, 200, 2] = ca.HALF_VALUES_MAX
     assert ca.ffma_half_values(c)
     c[1, 3, 200, 2] = -2 * ca.HALF_VALUES_MAX
@@ -316,3 +322,17 @@ def test_launch_switch_defaults_agree():
     for name, default in re.findall(r'env_choice\(\s*"(MILLION_CUDA_\w+)", "(\w+)"', py):
         row = re.search(rf"^\| `{name}` \| `([^`]+)`", readme, re.M)
         assert row and row.group(1) == default, f"{name}: Python default {default}, README {row and row.group(1)}"
+
+
+def test_ffma_tables_half():
+    """bf16 V centroids laid out for the half2 value path: the FFMA layout of the fp16 conversion, cached per tensor
+    and version like the other tables (a layout counts as a table build)."""
+    c = (torch.randn(3, 32, 256, 4) * 100).to(torch.bfloat16)
+    t = ca.ffma_tables_half(c)
+    assert t.dtype == torch.float16 and t.shape == (3, 256, 32, 4)
+    torch.testing.assert_close(t, ca.ffma_tables(c.to(torch.float16)), rtol=0, atol=0)
+    torch.testing.assert_close(t.float(), ca.ffma_tables(c).float(), rtol=0, atol=0)  # exact within the bound
+    builds = ca._TABLE_BUILDS
+    assert ca.ffma_tables_half(c) is t and ca._TABLE_BUILDS == builds
+    c[0, 0, 0, 0] = 1.0
+    assert ca.ffma_tables_half(c) is not t and ca._TABLE_BUILDS == builds + 1

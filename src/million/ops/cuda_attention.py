@@ -310,17 +310,46 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
     return _remember(key, centroids, t)
 
 
+def ffma_tables_half(centroids: torch.Tensor) -> torch.Tensor:
+    """:func:`ffma_tables` of bf16 V centroids converted to fp16: the V table of the half2 value path for bf16 inputs
+    (kind 4, where the loaded library takes it: :func:`_lib_bf16_half`). Within the +-2048 bound of that path the
+    conversion is exact for every normal fp16 magnitude (fp16 keeps 10 mantissa bits, bf16 7). Cached per live tensor
+    and version, like the other tables."""
+    key = (id(centroids), "ffma_h")
+    hit = _cached(key, centroids)
+    if hit is not None:
+        return hit
+    Hc, M, K, dsub = centroids.shape
+    pos = torch.tensor(_swz(M, dsub), device=centroids.device)
+    t = torch.empty(Hc, K, M, dsub, dtype=torch.float16, device=centroids.device)
+    t[:, :, pos] = centroids.permute(0, 2, 1, 3).to(torch.float16)
+    return _remember(key, centroids, t)
+
+
+@functools.lru_cache(maxsize=None)
+def _lib_bf16_half() -> bool:
+    # whether the loaded library's kind 4 takes bf16 inputs with an fp16 V table (million_pq_ffma_bf16_half)
+    f = getattr(_lib(), "million_pq_ffma_bf16_half", None)
+    if f is None:
+        return False
+    f.argtypes, f.restype = [], ctypes.c_int
+    return bool(f())
+
+
 HALF_VALUES_MAX = 2048.0  # V centroid bound of the half2 value path: 16 products of p <= 1 stay within +-32768
 
 
 def ffma_half_values(v_centroids: torch.Tensor) -> bool:
     """Whether the FFMA kernel (one query head per block) may accumulate each chunk's values in half2 for these V
-    centroids (kind 4): fp16 entries, all finite and within +-``HALF_VALUES_MAX`` (a chunk sums at most 16 products of
-    a probability <= 1, so its half2 sums stay inside the fp16 range), and ``$MILLION_CUDA_HALF_V`` not ``0``. Else
+    centroids (kind 4): fp16 entries (or bf16 ones, laid out in fp16 by :func:`ffma_tables_half`, where the loaded
+    library takes them), all finite and within +-``HALF_VALUES_MAX`` (a chunk sums at most 16 products of a
+    probability <= 1, so its half2 sums stay inside the fp16 range), and ``$MILLION_CUDA_HALF_V`` not ``0``. Else
     the values accumulate in float32 (kind 2). The check reads the tensor's maximum back to the host once per live
     tensor and version (cached); during CUDA-graph capture a tensor not checked before takes the float32 path
     (:func:`prepare_tables` checks the cache's codebooks at allocation)."""
-    if v_centroids.dtype != torch.float16 or not half_values_enabled():
+    if v_centroids.dtype not in (torch.float16, torch.bfloat16) or not half_values_enabled():
+        return False
+    if v_centroids.dtype == torch.bfloat16 and not _lib_bf16_half():
         return False
     key = (id(v_centroids), "half_v")
     hit = _cached(key, v_centroids)
@@ -348,7 +377,8 @@ def prepare_tables(k_centroids: torch.Tensor, v_centroids: torch.Tensor) -> None
         for c, role in ((k_centroids, "k"), (v_centroids, "v")):
             mma_tables(c, role)
             ffma_tables(c)
-        ffma_half_values(v_centroids)
+        if ffma_half_values(v_centroids) and v_centroids.dtype == torch.bfloat16:
+            ffma_tables_half(v_centroids)
 
 
 def ffma_bulk() -> bool:
@@ -559,9 +589,11 @@ def pq_decode_attention(
     builds = _TABLE_BUILDS
     kcode = 1 if kind == "mma" else 0
     if kind == "ffma" and GB == 1 and ffma_bulk():
-        # kind 4: fp16 values accumulated in half2 per chunk where the V centroids allow it (ffma_half_values)
-        kcode = 4 if q.dtype == torch.float16 and ffma_half_values(v_centroids) else 2
-        kcen, vcen = ffma_tables(kcen), ffma_tables(vcen)
+        # kind 4: values accumulated in half2 per chunk where the V centroids allow it (ffma_half_values); bf16 inputs
+        # where the library takes them, with the V table in fp16
+        kcode = 4 if q.dtype == v_centroids.dtype and ffma_half_values(v_centroids) else 2
+        half_v = kcode == 4 and vcen.dtype == torch.bfloat16
+        kcen, vcen = ffma_tables(kcen), (ffma_tables_half(vcen) if half_v else ffma_tables(vcen))
     if kind == "lut" and lut_bulk():
         kcen, vcen, kcode = ffma_tables(kcen), ffma_tables(vcen), 3
     if kind == "mma":
