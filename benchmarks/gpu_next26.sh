@@ -41,10 +41,7 @@ pack() { pack_tgz "$1" "^bench|^adopt|^slower|^ctx |^\\| [0-9]"; }
 env_txt
 A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
   --batches 1,8"
-for r in "" _b; do
-  run "ab_lib$r" 30 $A --out "$W/ab_lib$r.json"
-  run "ab_m16$r" 30 env MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16 $A --out "$W/ab_m16$r.json"
-done
+ab_two lib m16 30 "MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16" $A
 run adopt_m16 10 python3 benchmarks/ab_adopt.py "$W" lib m16 --cell gqa:8:32768:2 --margin 0.01 --guard 0.01
 run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --contexts \
   4096,32768,131072 --batches 1,8 --shapes gqa,smollm2 --out "$W/bf_auto.json"
@@ -59,10 +56,7 @@ run t_bfh 90 env MILLION_CUDA_LIB=.carry/attn_bfh.so python3 -m pytest -q -p no:
 if passed t_bfh; then
   M="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --shapes mha
     --contexts 4096,32768,131072 --batches 1,8"
-  for r in "" _b; do
-    run "ab_bflib$r" 30 $M --out "$W/ab_bflib$r.json"
-    run "ab_bfh$r" 30 env MILLION_CUDA_LIB=.carry/attn_bfh.so $M --out "$W/ab_bfh$r.json"
-  done
+  ab_two bflib bfh 30 MILLION_CUDA_LIB=.carry/attn_bfh.so $M
   run adopt_bfh 10 python3 benchmarks/ab_adopt.py "$W" bflib bfh --cell mha:1:32768:4 --margin 0.01 --guard 0.01
 fi
 MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \

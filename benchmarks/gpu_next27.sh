@@ -38,10 +38,7 @@ run t_mwarm 90 env MILLION_CUDA_LIB=.carry/attn_mwarm.so python3 -m pytest -q -p
 if passed t_mwarm; then
   A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa,smollm2 --contexts
     4096,32768,131072 --batches 1,8"
-  for r in "" _b; do
-    run "ab_lib$r" 40 $A --out "$W/ab_lib$r.json"
-    run "ab_mwarm$r" 40 env MILLION_CUDA_LIB=.carry/attn_mwarm.so $A --out "$W/ab_mwarm$r.json"
-  done
+  ab_two lib mwarm 40 MILLION_CUDA_LIB=.carry/attn_mwarm.so $A
   adopt_arm mwarm gqa:1:32768:4
 fi
 C="--case gqa:1:4:32768 --case mha:1:2:32768"

@@ -126,6 +126,17 @@ trace_arms() {
       --reps 5 $C --out "$W/trace_$e.json"
   done
 }
+# ab_two BASE ARM CAP "ENV..." CMD...: two rounds of CMD (a bench_decode_cuda.py command line), each as BASE (the
+# environment as it is) then as ARM (with ENV, e.g. MILLION_CUDA_LIB=.carry/attn_ARM.so), into $W/ab_BASE[_b].json
+# and $W/ab_ARM[_b].json, the files ab_adopt.py reads (gpu_next26.sh, gpu_next27.sh)
+ab_two() {
+  local base=$1 arm=$2 cap=$3 envs=$4 r
+  shift 4
+  for r in "" _b; do
+    run "ab_$base$r" "$cap" "$@" --out "$W/ab_$base$r.json"
+    run "ab_$arm$r" "$cap" env $envs "$@" --out "$W/ab_$arm$r.json"
+  done
+}
 # taken ARM: adopt_arm's decision for ARM was to take it
 taken() { [ "$(cat "$W/adopt_$1" 2>/dev/null)" = 1 ]; }
 # on_arm ARM: the sweep and the MillionCache tests on .carry/attn_ARM.so, then $MILLION_CUDA_LIB as it was

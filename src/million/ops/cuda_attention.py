@@ -299,15 +299,7 @@ def ffma_tables(centroids: torch.Tensor) -> torch.Tensor:
     device: ``[Hc, 256, M, dsub]`` with subspace ``m`` of code ``k`` at row ``k``, slot ``swz(m)``, so that
     the kernel brings it in with bulk copies (K: turned into its float32 score table in place). Cached
     like :func:`mma_tables` (per live centroid tensor and version)."""
-    key = (id(centroids), "ffma")
-    hit = _cached(key, centroids)
-    if hit is not None:
-        return hit
-    Hc, M, K, dsub = centroids.shape
-    pos = torch.tensor(_swz(M, dsub), device=centroids.device)
-    t = torch.empty(Hc, K, M, dsub, dtype=centroids.dtype, device=centroids.device)
-    t[:, :, pos] = centroids.permute(0, 2, 1, 3)
-    return _remember(key, centroids, t)
+    return _ffma_layout(centroids, "ffma", centroids.dtype)
 
 
 def ffma_tables_half(centroids: torch.Tensor) -> torch.Tensor:
@@ -315,14 +307,18 @@ def ffma_tables_half(centroids: torch.Tensor) -> torch.Tensor:
     (kind 4, where the loaded library takes it: :func:`_lib_bf16_half`). Within the +-2048 bound of that path the
     conversion is exact for every normal fp16 magnitude (fp16 keeps 10 mantissa bits, bf16 7). Cached per live tensor
     and version, like the other tables."""
-    key = (id(centroids), "ffma_h")
+    return _ffma_layout(centroids, "ffma_h", torch.float16)
+
+
+def _ffma_layout(centroids: torch.Tensor, tag: str, dtype: torch.dtype) -> torch.Tensor:
+    key = (id(centroids), tag)
     hit = _cached(key, centroids)
     if hit is not None:
         return hit
     Hc, M, K, dsub = centroids.shape
     pos = torch.tensor(_swz(M, dsub), device=centroids.device)
-    t = torch.empty(Hc, K, M, dsub, dtype=torch.float16, device=centroids.device)
-    t[:, :, pos] = centroids.permute(0, 2, 1, 3).to(torch.float16)
+    t = torch.empty(Hc, K, M, dsub, dtype=dtype, device=centroids.device)
+    t[:, :, pos] = centroids.permute(0, 2, 1, 3).to(dtype)
     return _remember(key, centroids, t)
 
 
