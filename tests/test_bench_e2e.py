@@ -16,13 +16,16 @@ _spec.loader.exec_module(bench_e2e)
 def _decode(model, cfg, ids, steps=4):
     from transformers import StaticCache
 
+    from million.compat import cache_arg
+
     cache = StaticCache(config=cfg, max_cache_len=ids.shape[1] + steps + 1)
+    kw = cache_arg(model, cache)
     out = []
     with torch.no_grad():
-        logits = model(ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(ids, **kw, use_cache=True).logits[:, -1]
         for _ in range(steps):
             out.append(logits)
-            logits = model(logits.argmax(-1, keepdim=True), past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(logits.argmax(-1, keepdim=True), **kw, use_cache=True).logits[:, -1]
     return torch.stack(out)
 
 
