@@ -83,10 +83,27 @@ def us(x):
     return round(float(x) / 1000.0, 2)
 
 
+PART_STAMPS = list(range(0, 6)) + list(range(8, 24)) + [30, 31]  # slots of a partial block's row holding stamps (ns)
+MERGE_STAMPS = [0, 1, 2, 3]
+_OFFSET = 1 << 30  # ns: rebased stamps stay positive (0 keeps meaning "not stamped") and exact in a double
+
+
+def _rebase(t, cols, base):
+    """``t`` (int64) as float64 with its stamp columns ``cols`` moved to ``stamp - base + 2^30`` ns: the raw stamps
+    (~1.8e18 ns) lose 8 bits in a double, which rounded every difference to 256 ns (summaries before 2026-12-07 17:50
+    UTC have that resolution); unstamped slots (0) stay 0."""
+    t = t.clone()
+    sub = t[:, cols]
+    t[:, cols] = torch.where(sub > 0, sub - base + _OFFSET, torch.zeros_like(sub))
+    return t.double()
+
+
 def summarize(part, merge, nparts, nmerge, prev=None, first_slots=False):
     """``first_slots``: the tensor-core kernel at 8 warps (trace builds since 2026-12-07) stamps each warp's first chunk
     end in the warp-end slots of warps 8-15."""
-    p, m = part[:nparts].double(), merge[:nmerge].double()
+    p0 = part[:nparts]
+    base = int(p0[p0[:, 0] > 0, 0].min())
+    p, m = _rebase(p0, PART_STAMPS, base), _rebase(merge[:nmerge], MERGE_STAMPS, base)
     valid = p[:, 0] > 0
     p = p[valid]
     t0 = p[:, 0].min()
@@ -130,8 +147,13 @@ def summarize(part, merge, nparts, nmerge, prev=None, first_slots=False):
         s["merge_residual_done"] = us(mv[:, 1].max() - t0)
         s["merge_wait"] = us(mv[:, 2].max() - t0)
         s["end"] = us(mv[:, 3].max() - t0)
+        # each merge block from its wait's return to its output (what the merge itself takes after the partial grid)
+        tail = mv[:, 3] - mv[:, 2]
+        s["merge_tail_min"], s["merge_tail_med"], s["merge_tail_max"] = (us(tail.min()), us(tail.median()),
+                                                                         us(tail.max()))
+        s["handover"] = us(mv[:, 2].min() - p[:, 5].max())  # last partial block's end to the first wait's return
         if prev is not None:
-            pv = prev[:nmerge].double()
+            pv = _rebase(prev[:nmerge].unsqueeze(1), [0], base)[:, 0]
             pv = pv[pv > 0]
             if len(pv):  # a previous call in the same trace (graph replay): from its last output to this call's start
                 s["gap_from_prev"] = us(t0 - pv.max())
@@ -199,7 +221,8 @@ COLS = [("case", 18), ("kernel", 6), ("S", 3), ("blocks", 6), ("start_spread", 6
         ("wait_med", 6), ("wait_max", 6), ("lens_med", 6), ("wait_after_prev", 6), ("tables_med", 6),
         ("ready_med", 6), ("ready_max", 6), ("loop_med", 7), ("loop_max", 7), ("first_chunk_med", 6),
         ("per_chunk_med", 6), ("warp_spread_med", 6), ("epi_med", 5), ("first_block_end", 7), ("part_end", 7), ("merge_residual_done", 7), ("merge_wait", 7),
-        ("end", 7), ("gap_from_prev", 7), ("floor_us", 7), ("event_us", 7)]
+        ("handover", 6), ("merge_tail_med", 6), ("merge_tail_max", 6), ("end", 7), ("gap_from_prev", 7), ("floor_us", 7),
+        ("event_us", 7)]
 
 
 def main():

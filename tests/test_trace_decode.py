@@ -39,6 +39,9 @@ def test_summary_of_known_stamps():
     assert s["first_block_end"] == pytest.approx(9.5) and s["part_end"] == pytest.approx(11.6)
     assert s["merge_first_entry"] == pytest.approx(3.0) and s["merge_residual_done"] == pytest.approx(5.0)
     assert s["merge_wait"] == pytest.approx(11.7) and s["end"] == pytest.approx(12.0)
+    # the merge block's own time after its wait (12.7 -> 13.0 us) and the hand-over from the last partial's end (11.6)
+    assert s["merge_tail_min"] == s["merge_tail_med"] == s["merge_tail_max"] == pytest.approx(0.3)
+    assert s["handover"] == pytest.approx(0.1)
 
 
 def test_tensor_core_blocks_without_lut_stamp():
