@@ -160,3 +160,21 @@ def test_first_chunk_stamps_of_the_tensor_core_kernel():
     assert s["warp_spread_med"] == pytest.approx(0.8)  # the first-chunk stamps are not warp ends
     plain = trace_decode.summarize(part, merge, 2, 1)
     assert "first_chunk_med" not in plain and plain["warp_spread_max"] > 4.0
+
+
+def test_stamps_of_a_real_timer_keep_their_resolution():
+    """%globaltimer stamps are about 1.8e18 ns: the summary must not round their differences to the 256 ns a float64
+    keeps at that size (it did before 2026-12-07 17:50 UTC). Shifted by such a base, every key reads as unshifted."""
+    part, merge = _stamps()
+    base = 1796660405707777952
+    prev = torch.zeros(4, dtype=torch.int64)
+    prev[0] = 400
+    want = trace_decode.summarize(part, merge, 2, 1, prev)
+    ps, ms, pvs = part.clone(), merge.clone(), prev.clone()
+    for t, cols in ((ps, trace_decode.PART_STAMPS), (ms, trace_decode.MERGE_STAMPS)):
+        sub = t[:, cols]
+        t[:, cols] = torch.where(sub > 0, sub + base, sub)
+    pvs[0] += base
+    got = trace_decode.summarize(ps, ms, 2, 1, pvs)
+    assert got == want
+    assert got["merge_tail_med"] == pytest.approx(0.3) and got["gap_from_prev"] == pytest.approx(0.6)
