@@ -90,7 +90,7 @@ _OFFSET = 1 << 30  # ns: rebased stamps stay positive (0 keeps meaning "not stam
 
 def _rebase(t, cols, base):
     """``t`` (int64) as float64 with its stamp columns ``cols`` moved to ``stamp - base + 2^30`` ns: the raw stamps
-    (~1.8e18 ns) lose 8 bits in a double, which rounded every difference to 256 ns (summaries before 2026-12-07 17:50
+    (~1.8e18 ns) lose 8 bits in a double, which rounded every difference to 256 ns (summaries before 2026-12-07 17:40
     UTC have that resolution); unstamped slots (0) stay 0."""
     t = t.clone()
     sub = t[:, cols]

@@ -164,7 +164,7 @@ def test_first_chunk_stamps_of_the_tensor_core_kernel():
 
 def test_stamps_of_a_real_timer_keep_their_resolution():
     """%globaltimer stamps are about 1.8e18 ns: the summary must not round their differences to the 256 ns a float64
-    keeps at that size (it did before 2026-12-07 17:50 UTC). Shifted by such a base, every key reads as unshifted."""
+    keeps at that size (it did before 2026-12-07 17:40 UTC). Shifted by such a base, every key reads as unshifted."""
     part, merge = _stamps()
     base = 1796660405707777952
     prev = torch.zeros(4, dtype=torch.int64)
