@@ -189,15 +189,14 @@ def graph_main(args, model, cfg, cb, vocab):
             torch.cuda.empty_cache()
             print(f"ctx {ctx:>6} B={B} SDPA decode, one layer: out of memory", flush=True)
         for name in names:
-            for base, key in (("fp16static", "speedup"), ("fp16static-gqa", "speedup_gqa")):
+            for base, key in BASELINES:
                 if name in FP16 or f"{base}_step_ms" not in res or f"{name}_step_ms" not in res:
                     continue
                 res[f"{name}_{key}"] = res[f"{base}_step_ms"] / res[f"{name}_step_ms"]
         rows.append(res)
         _write_json(args.json, rows)  # after every row: a later failure keeps the rows done
     head = " | ".join(f"{n} ms/step" for n in names)
-    ratios = [(n, base, key) for base, key in (("fp16static", "speedup"), ("fp16static-gqa", "speedup_gqa"))
-              if base in names for n in names if n not in FP16]
+    ratios = [(n, base, key) for base, key in BASELINES if base in names for n in names if n not in FP16]
     print(f"\n| context | B | {head} | " + " | ".join(f"{n} x {base}" for n, base, _ in ratios) + " |")
     print("|---|---|" + "---|" * (len(names) + len(ratios)))
     for r in rows:
@@ -206,7 +205,8 @@ def graph_main(args, model, cfg, cb, vocab):
         print(f"| {r['context']} | {r['batch']} | " + " | ".join(cells) + " |")
 
 
-FP16 = ("fp16static", "fp16static-gqa")
+BASELINES = (("fp16static", "speedup"), ("fp16static-gqa", "speedup_gqa"))  # fp16 caches, key of the ratios to each
+FP16 = tuple(base for base, _ in BASELINES)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ab_adopt import cell_times  # noqa: E402
 
 CLASSES = {"d64_w12": ("smollm2", None, "bf12"), "d128_2bit_w16": ("gqa", 2, "bf16w")}
 WORK_MIN = 1 << 15
@@ -24,7 +29,7 @@ def times(path: Path) -> dict:
     rows = json.loads(path.read_text())["bench"]
     if rows and rows[0].get("q_op") is None:
         raise SystemExit(f"{path}: not bench_decode_cuda.py output")
-    return {(r["shape"], r["B"], r["context"], r["bits"]): float(r["cuda_us"]) for r in rows}
+    return cell_times(path)
 
 
 def decide(d: Path, rounds: list[str], margin: float = 0.01) -> dict:
