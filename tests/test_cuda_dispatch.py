@@ -24,13 +24,13 @@ def test_kernel_choice_per_shape(monkeypatch):
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 22) == ("mma", 8)
     assert ca.choose_kernel(f16, 4, 128, 32, work=16384) == ("mma", 8)  # GQA 2-bit, small work
     assert ca.choose_kernel(f16, 4, 128, 32, work=32768) == ("mma", 16)  # GQA 2-bit from 2^15: 16 warps
-    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("lut", 12)  # GQA 2-bit, large work: bulk-copied LUT
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("mma", 16)  # GQA 2-bit, large work: 16 warps
     assert ca.choose_kernel(f16, 3, 64, 32, work=1 << 20) == ("mma", 12)  # SmolLM2 shape, long: 12 warps
     assert ca.choose_kernel(f16, 3, 64, 32, work=4096) == ("mma", 8)
     assert ca.choose_kernel(bf16, 4, 128, 64, work=1 << 20) == ("mma", 8)  # bf16 GQA: no LUT kernel
     assert ca.choose_kernel(bf16, 4, 128, 32, work=1 << 20) == ("mma", 16)  # bf16 GQA 2-bit, large work
     monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # LUT tables loaded after the wait: 2 bits stay on tensor cores
-    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 8)
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 20) == ("mma", 16)
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 17) == ("mma", 8)
 
 
@@ -45,7 +45,7 @@ def test_mma_warps_auto(monkeypatch):
     assert ca.choose_kernel(f16, 3, 64, 16, work=1 << 15) == ("mma", 12)
     assert ca.choose_kernel(f16, 3, 64, 32, work=4096) == ("mma", 8)  # short: 8
     assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 15) == ("mma", 16)  # GQA 2-bit
-    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("lut", 12)  # the LUT from 2^17 (warps of its own)
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("mma", 16)  # no upper bound: the LUT is opt-in
     assert ca.choose_kernel(f16, 4, 128, 64, work=1 << 15) == ("mma", 8)  # GQA 4-bit stays at 8
     # bf16: the same classes, 16 warps at d=128 2-bit with no upper bound (no LUT kernel); short work and 4 bits: 8
     assert ca.choose_kernel(bf16, 3, 64, 32, work=1 << 20) == ("mma", 12)
@@ -56,8 +56,8 @@ def test_mma_warps_auto(monkeypatch):
     assert ca.choose_kernel(bf16, 4, 128, 32, work=16384) == ("mma", 8)
     assert ca.choose_kernel(bf16, 4, 128, 64, work=1 << 20) == ("mma", 8)
     assert ca.choose_kernel(torch.float32, 3, 64, 32, work=1 << 20) == ("mma", 8)  # (no kernel takes float32)
-    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # 2 bits on tensor cores from 2^17 too: not measured there, 8
-    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("mma", 8)
+    monkeypatch.setenv("MILLION_CUDA_LUT_BULK", "0")  # (the LUT's switch no longer changes the auto choice)
+    assert ca.choose_kernel(f16, 4, 128, 32, work=1 << 17) == ("mma", 16)
 
 
 def test_kernel_overrides(monkeypatch):

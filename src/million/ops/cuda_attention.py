@@ -432,13 +432,12 @@ def cluster_merge(kind: str, nw: int, C: int, override: str | None = None) -> bo
 
 
 MMA_WARPS = ("auto", "8", "12", "16")  # $MILLION_CUDA_MMA_WARPS
-LUT_WORK = 1 << 17  # tokens of work (batch x code capacity) from which fp16 d=128 2-bit GQA takes the packed LUT
 
 
 def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
     """Warps per tensor-core block: ``$MILLION_CUDA_MMA_WARPS`` = 8, 12 or 16, or by default (``auto``) more than 8
     where fp16 blocks wait on latency that 8 warps do not hide: 12 at d = 64 from 2^15 tokens of ``work`` (batch x code
-    capacity), 16 at d = 128, 2 bits, from 2^15 to 2^17 tokens (where the LUT kernel takes over), else 8. H100,
+    capacity), 16 at d = 128, 2 bits, from 2^15 tokens, else 8. H100,
     2026-12-07 (docs/kernel_notes.md), against 8 warps everywhere, two rounds: SmolLM2 shape B=8 128K 2-bit 97.6 ->
     86.9 us, B=8 32K 2-bit 29.1 -> 26.5, B=1 128K 4-bit 20.0 -> 19.1; GQA B=1 32K 2-bit 21.8 -> 20.5, B=8 4K 2-bit
     23.1 -> 22.0; no cell more than 1% slower in both rounds. Below 2^15 tokens 12 or 16 warps were slower (B=1 4K:
@@ -446,14 +445,16 @@ def mma_warps_for(q_dtype: torch.dtype, D: int, M: int, work: int = 0) -> int:
     classes, at d = 128 2 bits with no upper bound (it has no packed-LUT kernel): H100, 2026-12-07 16:42 UTC
     (benchmarks/bf16_warps_rule.py, two rounds against 8 warps), SmolLM2 shape B=8 128K 2-bit 95.2 -> 82.3-82.8 us,
     B=8 32K 4-bit 32.1 -> 30.1-30.3; GQA B=8 32K 2-bit 118.6-118.7 -> 96.3-96.4, B=1 128K 2-bit 62.6-62.7 -> 52.1-52.2;
-    no cell of either class slower."""
+    no cell of either class slower. fp16 at d = 128 2 bits took 16 warps from 2^17 tokens too, in place of the packed
+    LUT kernel there: H100, 2026-12-07 19:35 UTC (benchmarks/gpu_next28.sh, two rounds), GQA B=8 32K 2-bit 110.3-111.0
+    -> 96.5 us, B=1 128K 60.7-60.8 -> 52.0-52.6, B=8 128K 400.6-400.9 -> 352.9-353.3."""
     v = env_choice("MILLION_CUDA_MMA_WARPS", "auto", MMA_WARPS)
     if v != "auto":
         return int(v)
     if q_dtype in (torch.float16, torch.bfloat16) and work >= 1 << 15:
         if D == 64:
             return 12
-        if D == 128 and D // M == 4 and (q_dtype == torch.bfloat16 or work < LUT_WORK):
+        if D == 128 and D // M == 4:
             return 16
     return 8
 
@@ -463,9 +464,9 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     """(partial kernel, warps per block) for a shape. ``override`` (or ``$MILLION_CUDA_KERNEL``) picks
     one of ``ffma`` (float32 LUT / K-centroid FFMA kernel), ``lut`` (packed fp16 LUT, fp16 GQA only),
     ``mma`` (tensor-core kernel: gathered centroids as mma.sync fragments); ``auto`` the measured
-    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA except fp16 at d=128, 2 bits
-    (dsub 4), from 2^17 tokens of ``work`` (batch x code capacity), where the packed LUT is faster with its tables
-    copied before the wait (:func:`lut_bulk`)."""
+    default per shape (docs/benchmarks.md): FFMA for MHA, the tensor-core kernel for GQA (its warps by
+    :func:`mma_warps_for`). The packed-LUT kernel is opt-in since 2026-12-07: it had been the default for fp16 d=128
+    2-bit GQA from 2^17 tokens of ``work`` until 16 tensor-core warps passed it there by 12-14%."""
     kind = override or os.environ.get("MILLION_CUDA_KERNEL") or "auto"
     if kind not in KERNELS:
         raise ValueError(f"kernel {kind!r}: expected one of {KERNELS}")
@@ -489,7 +490,10 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     # With conflict-free K gathers (PQ_ROT, H100, 2026-12-07) the tensor-core kernel passes the LUT at 4 bits from
     # 2^17 tokens too (GQA, two rounds each): B=1 128K 66.9 vs 75.0 us, B=8 16K 67.7 vs 75.8, 32K 125.8 vs 139.6,
     # 128K 477.7 vs 528.4; at 2 bits the LUT stays ahead there (B=8 32K 112.2 vs 135.4, 128K 411.7 vs 514.3).
-    if GB >= 2 and (not nw or D // M == 2 or work < LUT_WORK or (D // M == 4 and not lut_bulk())):
+    # At 16 warps (H100, 2026-12-07 19:35 UTC, benchmarks/gpu_next28.sh, two rounds) the tensor-core kernel passes
+    # the LUT at 2 bits from 2^17 tokens as well (B=8 32K 96.5 vs 110.3-111.0 us, B=8 128K 352.9-353.3 vs 400.6-400.9),
+    # so auto takes the tensor-core kernel for every GQA shape; the LUT kernel is opt-in (MILLION_CUDA_KERNEL=lut).
+    if GB >= 2:
         return "mma", mma_warps
     return ("lut", nw) if nw else ("ffma", 0)
 
