@@ -29,7 +29,7 @@
 #    taken if its tests pass, faster at bf16 MHA B=1 32K 4-bit by more than 1% in both rounds and no cell more than 1%
 #    slower in both (ab_adopt.py); then git apply the patch, #define PQ_BFH 1, check the PTX against nvcc -ptx
 #    -DPQ_BFH=1 of the patched source.
-# Usage: OUT=$OUT DEADLINE=420 bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/attn_bfh.so,
+# Usage: OUT=$OUT DEADLINE=420 [STAGES="bfh e2e"] bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/attn_bfh.so,
 #        .carry/enc_wg.so; ~80 s
 #        for 1-2, ~100 s for 3, ~35 s for 4, ~120 s for 5; builds as in gpu_next24.sh's header, bfh with
 #        git apply docs/logs/bfh_1207/bfh.patch; nvcc $F -DPQ_BFH=1 -o .carry/attn_bfh.so ...; git checkout the .cu)
@@ -39,18 +39,27 @@ rm -rf /tmp/next26
 gpu_setup /tmp/next26 "${DEADLINE:-420}" .carry/attn_lib14.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "^bench|^adopt|^slower|^ctx |^\\| [0-9]"; }
 env_txt
+# STAGES: the stages to run, by name (default all). Stages 1, 2 and 4 ran in gpu_next28.sh (2026-12-07 19:34 UTC, m16
+# taken), so the next call is STAGES="bfh e2e".
+STAGES=${STAGES:-"m16 bf qop bfh e2e"}
+on() { [[ " $STAGES " == *" $1 "* ]]; }
+if on m16; then
 A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
   --batches 1,8"
 ab_two lib m16 30 "MILLION_CUDA_KERNEL=mma MILLION_CUDA_MMA_WARPS=16" $A
 run adopt_m16 10 python3 benchmarks/ab_adopt.py "$W" lib m16 --cell gqa:8:32768:2 --margin 0.01 --guard 0.01
-run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 --contexts \
-  4096,32768,131072 --batches 1,8 --shapes gqa,smollm2 --out "$W/bf_auto.json"
+fi
+on bf && run bf_auto 30 python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --dtype bfloat16 --bits 4,2 \
+  --contexts 4096,32768,131072 --batches 1,8 --shapes gqa,smollm2 --out "$W/bf_auto.json"
+if on qop; then
 Q="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 4,2 --shapes mha,gqa --contexts 32768
   --batches 1 --q-op"
 for r in "" _b; do
   run "qop_sh$r" 30 $Q --out "$W/qop_sh$r.json"
   run "qop_hc$r" 30 $Q --head-codebooks --out "$W/qop_hc$r.json"
 done
+fi
+if on bfh; then
 run t_bfh 90 env MILLION_CUDA_LIB=.carry/attn_bfh.so python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_cuda_attention.py
 if passed t_bfh; then
@@ -59,6 +68,7 @@ if passed t_bfh; then
   ab_two bflib bfh 30 MILLION_CUDA_LIB=.carry/attn_bfh.so $M
   run adopt_bfh 10 python3 benchmarks/ab_adopt.py "$W" bflib bfh --cell mha:1:32768:4 --margin 0.01 --guard 0.01
 fi
-MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \
+fi
+on e2e && MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \
   --shape llama3-8b --caches fp16static,fp16static-gqa,pq --contexts 4096,32768,131072 --json "$W/e2e_gqa.json"
 finish_call

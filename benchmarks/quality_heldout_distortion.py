@@ -12,8 +12,6 @@ A gap between the two says how much of the training error is fit to the calibrat
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import torch
 
@@ -22,6 +20,7 @@ from million.eval.calibdata import collect
 from million.eval.methods import load_pq_codebooks
 from million.models import load_model
 from million.pq_variants import distortion
+from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
 
 SPANS = (("calibration", 0), ("heldout", 65536), ("heldout2", 98304))
 
@@ -46,10 +45,7 @@ def main(argv=None) -> None:
             r = distortion(cb, cd, max_tokens=a.tokens)
             rows.append({"codebooks": d, "span": name, "start": start, **r})
             print(f"{d:<28} {name:<12} " + "  ".join(f"{k} {v:.6f}" for k, v in r.items()), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"args": vars(a), "rows": rows, "torch": torch.__version__,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+    write_rows(a.out, a, rows)
 
 
 if __name__ == "__main__":

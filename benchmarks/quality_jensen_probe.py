@@ -20,7 +20,6 @@ with the true values.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -29,6 +28,7 @@ from million.data import load_text
 from million.eval.calibdata import attention_modules, geometry, rope, rotary_module
 from million.kmeans import _assign, kmeans
 from million.models import load_model
+from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 @torch.no_grad()
@@ -146,10 +146,7 @@ def main(argv=None) -> None:
               f"({100 * (res['kl_variance'] / res['kl_plugin'] - 1):+.1f}%); output error {res['out_err_plugin']:.3e} -> "
               f"{res['out_err_variance']:.3e} ({100 * (res['out_err_variance'] / res['out_err_plugin'] - 1):+.1f}%); "
               f"score error var {res['score_err_var']:.3e}, predicted {res['pred_var_mean']:.3e}", flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"args": vars(a), "rows": rows, "torch": torch.__version__,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+    write_rows(a.out, a, rows)
 
 
 if __name__ == "__main__":

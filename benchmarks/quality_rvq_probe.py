@@ -16,7 +16,6 @@ re-estimated given the other's codes).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -26,6 +25,7 @@ from million.eval.calibdata import collect
 from million.eval.methods import load_pq_codebooks
 from million.kmeans import _assign, kmeans
 from million.models import load_model
+from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def groups(y, dsub):
@@ -126,10 +126,7 @@ def main(argv=None) -> None:
             print(f"layer {l:2d} {side}: PQ 2-dim {pq:.5f} | residual 4-dim greedy {greedy:.5f} ({100 * (greedy / pq - 1):+.1f}%), "
                   f"beam {beam:.5f} ({100 * (beam / pq - 1):+.1f}%), refined {refined:.5f} ({100 * (refined / pq - 1):+.1f}%)",
                   flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"args": vars(a), "rows": rows, "torch": torch.__version__,
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, f, indent=1)
+    write_rows(a.out, a, rows)
 
 
 if __name__ == "__main__":
