@@ -75,8 +75,11 @@ def attn(s, causal):
     return s.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_setup(doc: str, argv=None):
+    """The arguments every SmolLM2 PQ probe of this kind takes, parsed; then the model's geometry ``(L, H, Hq, D)`` and
+    the captures of the first ``--train`` SQuAD tokens (2048-token windows) and of ``--test`` held-out tokens from
+    token 65,536 (one window)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--layers", default="1,8,15,22,29")
     ap.add_argument("--train", type=int, default=8192)
     ap.add_argument("--test", type=int, default=1024)
@@ -86,14 +89,18 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     model, tok = load_model("smollm2")
-    L, H, Hq, D = geometry(model.config)
-    G, M = Hq // H, D // 2
     ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    layers = [int(x) for x in a.layers.split(",")]
     t0 = time.time()
     tr = capture(model, ids[: a.train], 2048)
     te = capture(model, ids[65536 : 65536 + a.test], a.test)
     print(f"captured in {time.time() - t0:.0f} s", flush=True)
+    return a, geometry(model.config), tr, te
+
+
+def main(argv=None) -> None:
+    a, (L, H, Hq, D), tr, te = probe_setup(__doc__, argv)
+    G, M = Hq // H, D // 2
+    layers = [int(x) for x in a.layers.split(",")]
     rows = []
     T = a.test
     causal = torch.ones(T, T, dtype=torch.bool).tril()

@@ -14,16 +14,11 @@ work.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from million.data import load_text
-from million.eval.calibdata import geometry
 from million.kmeans import _assign, kmeans
-from million.models import load_model
 from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
-from quality_jensen_probe import capture, groups  # noqa: E402
+from quality_jensen_probe import groups, probe_setup  # noqa: E402
 
 
 def int8_affine(c):
@@ -38,21 +33,8 @@ def fp8(c):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", default="1,8,15,22,29")
-    ap.add_argument("--train", type=int, default=8192)
-    ap.add_argument("--test", type=int, default=1024)
-    ap.add_argument("--iters", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    model, tok = load_model("smollm2")
-    L, H, Hq, D = geometry(model.config)
+    a, (L, H, Hq, D), tr, te = probe_setup(__doc__, argv)
     G = Hq // H
-    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    tr = capture(model, ids[: a.train], 2048)
-    te = capture(model, ids[65536 : 65536 + a.test], a.test)
     rows = []
     for l in (int(x) for x in a.layers.split(",")):
         qtr = tr["q"][l].reshape(H, G * tr["q"][l].shape[1], D)
