@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (prepared 2026-12-07, 18:55 UTC): gpu_next27.sh and gpu_next26.sh in one call, most target-relevant
+# One device call (prepared 2026-12-07, 18:40-18:50 UTC): gpu_next27.sh and gpu_next26.sh in one call, most target-relevant
 # stage first. Why one call: this session's device time fell from 1,800 to 764 s in eight refused requests before any
 # machine started, enough for one start and one call of at most 600 s. Every stage, and every decision rule, is the
 # one of those two scripts, written and committed before this session (their headers say why and how):
