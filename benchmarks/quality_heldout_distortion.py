@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from million.data import load_text
 from million.eval.calibdata import collect
 from million.eval.methods import load_pq_codebooks
-from million.models import load_model
 from million.pq_variants import distortion
-from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
+from probe_io import smollm2_squad, write_rows  # noqa: E402  (benchmarks/, the script's own folder)
 
 SPANS = (("calibration", 0), ("heldout", 65536), ("heldout2", 98304))
 
@@ -32,9 +28,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    model, tok = load_model("smollm2")
-    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    model, tok, ids = smollm2_squad(a.threads)
     cbs = {d: load_pq_codebooks(d, model.config) for d in a.codebooks}
     rows = []
     for name, start in SPANS:

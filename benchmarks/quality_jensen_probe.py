@@ -24,11 +24,9 @@ import time
 
 import torch
 
-from million.data import load_text
-from million.eval.calibdata import attention_modules, geometry, rope, rotary_module
+from million.eval.calibdata import geometry, projection_taps, rope
 from million.kmeans import _assign, kmeans
-from million.models import load_model
-from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
+from probe_io import smollm2_squad, write_rows  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 @torch.no_grad()
@@ -36,22 +34,14 @@ def capture(model, ids, window):
     """Post-RoPE queries ``[L][Hq, N, D]``, keys and values ``[L][H, N, D]`` (windows of ``window`` tokens, concatenated
     along N; each window's own positions)."""
     L, H, Hq, D = geometry(model.config)
-    taps = {}
-    mods = attention_modules(model)
-    hooks = [rotary_module(model).register_forward_hook(lambda m, i, o: taps.__setitem__("rope", o))]
-    for m in mods:
-        for name in ("q_proj", "k_proj", "v_proj"):
-            hooks.append(getattr(m, name).register_forward_hook(
-                lambda mod, i, o, key=(m.layer_idx, name): taps.__setitem__(key, o.detach())))
     out = {n: [[] for _ in range(L)] for n in "qkv"}
-    try:
+    with projection_taps(model) as taps:
         for s in range(0, ids.numel(), window):
             w = ids[s : s + window]
             T = w.numel()
             model(input_ids=w[None], use_cache=False)
             cos, sin = (t[0].float() for t in taps["rope"])
-            for m in mods:
-                li = m.layer_idx
+            for li in range(L):
                 q = taps[(li, "q_proj")][0].float().view(T, Hq, D).transpose(0, 1)
                 k = taps[(li, "k_proj")][0].float().view(T, H, D).transpose(0, 1)
                 v = taps[(li, "v_proj")][0].float().view(T, H, D).transpose(0, 1)
@@ -59,9 +49,6 @@ def capture(model, ids, window):
                 out["k"][li].append(rope(k, cos, sin))
                 out["v"][li].append(v)
             taps.clear()
-    finally:
-        for h in hooks:
-            h.remove()
     return {n: [torch.cat(x, 1) for x in xs] for n, xs in out.items()}
 
 
@@ -87,9 +74,7 @@ def probe_setup(doc: str, argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    model, tok = load_model("smollm2")
-    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    model, tok, ids = smollm2_squad(a.threads)
     t0 = time.time()
     tr = capture(model, ids[: a.train], 2048)
     te = capture(model, ids[65536 : 65536 + a.test], a.test)

@@ -20,12 +20,10 @@ import time
 
 import torch
 
-from million.data import load_text
 from million.eval.calibdata import collect
 from million.eval.methods import load_pq_codebooks
 from million.kmeans import _assign, kmeans
-from million.models import load_model
-from probe_io import write_rows  # noqa: E402  (benchmarks/, the script's own folder)
+from probe_io import smollm2_squad, write_rows  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def groups(y, dsub):
@@ -83,10 +81,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    model, tok, ids = smollm2_squad(a.threads)
     torch.manual_seed(0)
-    model, tok = load_model("smollm2")
-    ids = tok(load_text("squad"), return_tensors="pt", add_special_tokens=False).input_ids[0]
     tr = collect(model, tok, tok.decode(ids[: a.train]), tokens=a.train, window=a.train, attention=False)
     te = collect(model, tok, tok.decode(ids[65536 : 65536 + a.test]), tokens=a.test, window=a.test, attention=False)
     cb = load_pq_codebooks(a.codebooks, model.config)

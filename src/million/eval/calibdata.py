@@ -10,6 +10,7 @@ rotary embedding module; nothing is patched.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,24 @@ def rotary_module(model):
     if rot is None:
         raise ValueError(f"{type(model).__name__} has no rotary_emb module; supported: LLaMA-family models with RoPE")
     return rot
+
+
+@contextlib.contextmanager
+def projection_taps(model):
+    """Forward hooks, removed on exit, that record into the dict they yield the rotary module's ``(cos, sin)`` under
+    ``"rope"`` and every attention module's ``q_proj``/``k_proj``/``v_proj`` output (detached) under
+    ``(layer_idx, name)``, each forward overwriting the previous one's."""
+    taps: dict = {}
+    hooks = [rotary_module(model).register_forward_hook(lambda m, i, o: taps.__setitem__("rope", o))]
+    try:
+        for m in attention_modules(model):
+            for name in ("q_proj", "k_proj", "v_proj"):
+                hooks.append(getattr(m, name).register_forward_hook(
+                    lambda mod, i, o, key=(m.layer_idx, name): taps.__setitem__(key, o.detach())))
+        yield taps
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def geometry(config) -> tuple[int, int, int, int]:
@@ -100,12 +119,6 @@ def collect(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048
     if ids.numel() < 2:
         raise ValueError("calibration text is too short")
     mods = attention_modules(model)
-    taps: dict = {}
-    hooks = [rotary_module(model).register_forward_hook(lambda m, i, o: taps.__setitem__("rope", o))]
-    for m in mods:
-        for name in ("q_proj", "k_proj", "v_proj"):
-            hooks.append(getattr(m, name).register_forward_hook(
-                lambda mod, i, o, key=(m.layer_idx, name): taps.__setitem__(key, o.detach())))
     dev = next(model.parameters()).device
     kp = [[] for _ in range(L)]
     vs = [[] for _ in range(L)]
@@ -113,7 +126,7 @@ def collect(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048
     qm = [torch.zeros(H, D, D) for _ in range(L)]
     nq = 0
     pos, coss, sins = [], [], []
-    try:
+    with projection_taps(model) as taps:
         wins = [ids[i : i + window] for i in range(0, ids.numel(), window)]
         for w in tqdm(wins, desc="calibration pass", disable=not progress):
             if w.numel() < 2:
@@ -148,9 +161,6 @@ def collect(model, tokenizer, text: str, tokens: int = 16384, window: int = 2048
                 at[li].append(mass / seen_by)
             nq += T
             taps.clear()
-    finally:
-        for h in hooks:
-            h.remove()
     if not pos:
         raise ValueError("calibration text is too short")
     cat = lambda xs: [torch.cat(x, 1) for x in xs]  # noqa: E731

@@ -473,11 +473,10 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     mma_warps = mma_warps_for(q_dtype, D, M, work)
     if kind == "mma":
         return "mma", mma_warps
-    nw = lut_warps(q_dtype, GB, D, M)
     if kind == "ffma" or (kind == "lut" and (q_dtype != torch.float16 or GB < 2)):
         return "ffma", 0
     if kind == "lut":
-        return "lut", nw or (16 if D // M == 2 else 12)
+        return "lut", lut_warps(q_dtype, GB, D, M) or (16 if D // M == 2 else 12)
     # auto, from the same-run A/Bs of 2026-11-23 (docs/benchmarks.md, "Tensor-core partial kernel"): MHA
     # stays on the FFMA kernel (at 32K the tensor-core kernel's random-bank gathers make it 1.4x slower);
     # fp16 GQA takes the tensor-core kernel with tables by bulk copy (GQA B=1 32K 31.1 vs 35.3 us at 4
@@ -493,9 +492,7 @@ def choose_kernel(q_dtype: torch.dtype, GB: int, D: int, M: int, override: str |
     # At 16 warps (H100, 2026-12-07 19:35 UTC, benchmarks/gpu_next28.sh, two rounds) the tensor-core kernel passes
     # the LUT at 2 bits from 2^17 tokens as well (B=8 32K 96.5 vs 110.3-111.0 us, B=8 128K 352.9-353.3 vs 400.6-400.9),
     # so auto takes the tensor-core kernel for every GQA shape; the LUT kernel is opt-in (MILLION_CUDA_KERNEL=lut).
-    if GB >= 2:
-        return "mma", mma_warps
-    return ("lut", nw) if nw else ("ffma", 0)
+    return ("mma", mma_warps) if GB >= 2 else ("ffma", 0)
 
 
 def _rows_ok(r: torch.Tensor) -> torch.Tensor:
