@@ -205,3 +205,20 @@ def test_staged_variant_bits_without_the_staged_kernel_are_refused(opt):
     c = torch.zeros(1, 2, 256, 4)
     with pytest.raises(ValueError, match=rf"opt={opt}: bits 9-12 .* need bit 8 \(256\), e.g. opt={opt | 256}"):
         pq_encode(x, c, opt=opt)
+
+
+@pytest.mark.parametrize("g", [1, 2, 3])
+def test_coarse_grids_keep_every_nearest_centroid(g):
+    """Grids with no inner cell (G <= 2) or one: lists built (no prefilter to run) and still exact."""
+    gen = torch.Generator().manual_seed(5)
+    c = _codebooks("gauss", 2, gen)
+    kept, lo, inv_w = build_grid_lists(c, G=g)
+    assert kept.shape == (2, g * g, 256)
+    ctr = 0.5 * (c.amax(1) + c.amin(1))
+    p = ctr[:, None] + (c.amax(1) - c.amin(1))[:, None] * (torch.rand(2, 2000, 2, generator=gen) - 0.5) * 1.5
+    cell = grid_cells(p, lo, inv_w, g)
+    d = ((p.double()[:, :, None, :] - c.double()[:, None, :, :]) ** 2).sum(-1)
+    cand = torch.gather(kept, 1, cell[..., None].expand(-1, -1, 256))
+    assert not ((d <= d.min(-1, keepdim=True).values) & ~cand).any()
+    if g == 1:
+        assert kept.all()  # one cell: it must keep everything

@@ -133,6 +133,40 @@ def test_matches_naive_fp32(case, nan_buffers):
     assert rel_rms(out.cpu(), ref) < 1e-5
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "mha_basic", "len0_residual_only", "len1", "no_valid_token", "start_inside_residual", "gqa3_smollm2_like",
+    "gqa8", "nbits10_uint16", "gqa3_k6_v10")], ids=lambda c: c[0])
+def test_lse_matches_naive_fp32(case, nan_buffers):
+    """The log-sum-exp path (what the cache's eviction observer asks for): output and lse as the naive twin's, lse
+    -inf exactly where a head attends nothing."""
+    name, *shape = case
+    args, _ = make_case(*shape, dtype=torch.float32)
+    ref_out, ref_lse = naive.pq_decode_attention(*[a if a is None else a.cpu() for a in args], return_lse=True)
+    out, lse = ta.pq_decode_attention_lse(*args)
+    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape and lse.dtype == torch.float32
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert rel_rms(out.cpu(), ref_out) < 1e-5
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse.cpu()), empty) and (ref_lse[empty] < 0).all()
+    assert torch.allclose(lse.cpu()[~empty], ref_lse[~empty], rtol=0, atol=1e-4)
+
+
+def test_dispatch_with_lse_uses_the_triton_kernels(monkeypatch, nan_buffers):
+    """million.ops.pq_decode_attention(..., return_lse=True) on a device with kernels runs the Triton lse path, not the
+    naive fallback."""
+    import million.ops as ops
+
+    args, _ = make_case(2, 2, 3, 41, 64, 32, 8, 2, 4, [41, 17], [0, 2], [4, 1], torch.float32)
+    monkeypatch.setattr(ops, "use_kernels", lambda t: True)
+    monkeypatch.setattr(ops, "_cuda_kernel", lambda a: None)
+    calls = []
+    real = ta.pq_decode_attention_lse
+    monkeypatch.setattr(ta, "pq_decode_attention_lse", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(naive, "pq_decode_attention", lambda *a, **k: pytest.fail("naive fallback used"))
+    out, lse = ops.pq_decode_attention(*args, return_lse=True)
+    assert calls == [1] and lse.shape == (2, 6)
+
+
 CONFIGS = [
     ("splits3_bt16", dict(S=3, BT=16)),
     ("pipelined_no_prefetch", dict(PREFETCH=False, NUM_STAGES=2, BT=16)),
@@ -192,6 +226,23 @@ def test_custom_op_opcheck():
 
     torch.library.opcheck(torch.ops.million.pq_decode_attention.default, (*args, None),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.million.pq_decode_attention_lse.default, (*args, None),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_custom_op_fake_is_contiguous_for_a_permuted_q():
+    """The launcher returns a contiguous output whatever q's layout; the fake must say the same (torch.compile's
+    inductor checks the real strides against it)."""
+    args, _ = make_case(2, 2, 1, 16, 32, 16, 8, 2, 2, [16, 9], [0, 1], [1, 2], torch.float32)
+    args[0] = args[0].transpose(0, 1).contiguous().transpose(0, 1)  # [B, Hq, D] view of [Hq, B, D] storage
+    assert not args[0].is_contiguous()
+    from million.ops import custom_ops  # noqa: F401
+
+    for op in (torch.ops.million.pq_decode_attention.default, torch.ops.million.pq_decode_attention_lse.default):
+        torch.library.opcheck(op, (*args, None), test_utils=("test_schema", "test_faketensor"))
+    # the CUDA kernel's op (not runnable here) allocates its output as torch.empty(B, Hq, D) too
+    out, lse = custom_ops._pq_decode_attention_cuda_fake(*args, None)
+    assert out.shape == args[0].shape and out.is_contiguous() and lse.shape == args[0].shape[:2]
 
 
 def test_import_does_not_load_triton():

@@ -137,6 +137,26 @@ def test_fp16_kernels(tc, dsub, ksub, poisoned_empty):
     check_codes(x, c, te.pq_encode_launch(x, c, tc=tc))
 
 
+@pytest.mark.parametrize("scale", [1.0, 150.0, 600.0])
+def test_fp16_tensor_core_kernel_large_values(scale, poisoned_empty):
+    """Subvectors whose squared norm passes fp16's 65504 (|x| ~ 150-600 per element, as keys in a whitened space can
+    be): the tensor-core kernel adds the norms in fp32 and keeps the exact nearest centroids (near-ties aside)."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(1, 2, 70, 32, generator=g) * scale).half().to(DEV)
+    c = (torch.randn(2, 8, 16, 4, generator=g) * scale).half().to(DEV)
+    check_codes(x, c, te.pq_encode_launch(x, c, kernel="tc"))
+
+
+def test_launch_refuses_a_kernel_that_cannot_take_the_shape():
+    x = torch.randn(1, 1, 4, 16).to(DEV)
+    c = torch.randn(1, 2, 16, 8).to(DEV)  # dsub 8
+    for k in ("v2", "v3"):
+        with pytest.raises(ValueError, match="dsub <= 4, got dsub=8"):
+            te.pq_encode_launch(x, c, kernel=k)
+    with pytest.raises(ValueError, match="'v4' is not one of"):
+        te.pq_encode_launch(x, c, kernel="v4")
+
+
 # (name, B, H, T, D, M, ksub, Hc): dsub 1..4, nbits 4/8/10, odd ksub, T 0/1/non-multiple of BT
 V2_CASES = [
     ("v2_dsub2_k256", 2, 1, 9, 4, 2, 256, 1),

@@ -215,6 +215,8 @@ def build_grid_lists(c: torch.Tensor, G: int = GRID, n_dom: int = 16, margin: fl
     inner = ~(unb_lo.any(-1) | unb_hi.any(-1))
     ii, ee = inner.nonzero().squeeze(1), (~inner).nonzero().squeeze(1)
     Kc = min(int(prefilter), K) if prefilter else 0
+    if not ii.numel():  # G <= 2: every cell is a border cell, the prefilter has nothing to do
+        Kc = 0
     kept = torch.empty(S, G * G, K, dtype=torch.bool, device=dev)
     for s0 in range(0, S, chunk):
         s1 = min(S, s0 + chunk)

@@ -48,7 +48,35 @@ def pq_decode_attention(
 
 @pq_decode_attention.register_fake
 def _pq_decode_attention_fake(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # contiguous, as the launcher allocates it (not q's layout: q may be a permuted view)
+
+
+@torch.library.custom_op("million::pq_decode_attention_lse", mutates_args=())
+def pq_decode_attention_lse(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    v_codes: torch.Tensor,
+    k_centroids: torch.Tensor,
+    v_centroids: torch.Tensor,
+    pq_lens: torch.Tensor,
+    k_res: torch.Tensor,
+    v_res: torch.Tensor,
+    res_lens: torch.Tensor,
+    starts: torch.Tensor | None,
+    scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton kernels with each head's log-sum-exp: ``(out [B, H_q, D], lse [B, H_q] float32)``; see
+    :func:`million.ops.triton_attention.pq_decode_attention_lse`."""
+    from .triton_attention import pq_decode_attention_launch
+
+    return pq_decode_attention_launch(
+        q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale, return_lse=True
+    )
+
+
+@pq_decode_attention_lse.register_fake
+def _pq_decode_attention_lse_fake(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
 @torch.library.custom_op("million::pq_decode_attention_cuda", mutates_args=())
@@ -74,7 +102,7 @@ def pq_decode_attention_cuda(
 
 @pq_decode_attention_cuda.register_fake
 def _pq_decode_attention_cuda_fake(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
 @torch.library.custom_op("million::pq_encode_cuda", mutates_args=())

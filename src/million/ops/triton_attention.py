@@ -264,11 +264,12 @@ def _pq_attn_partial_kernel(
 
 @triton.jit
 def _pq_attn_combine_kernel(
-    o_part_ptr, lse_part_ptr, out_ptr, S1,
+    o_part_ptr, lse_part_ptr, out_ptr, lse_out_ptr, S1,
     stride_ob, stride_oh, stride_od,
-    D: tl.constexpr, SP: tl.constexpr,
+    D: tl.constexpr, SP: tl.constexpr, STORE_LSE: tl.constexpr,
 ):
-    # out[b, hq] = merge of the S1 partials of (b, hq); one program per (b, hq)
+    # out[b, hq] = merge of the S1 partials of (b, hq); one program per (b, hq). STORE_LSE: also the merged
+    # log-sum-exp of the scores (natural log, -inf when no token was attended) at lse_out[b, hq]
     bhq = tl.program_id(0)
     Hq = tl.num_programs(1)
     hq = tl.program_id(1)
@@ -285,6 +286,9 @@ def _pq_attn_combine_kernel(
     den = tl.sum(w, 0)
     out = tl.sum(w[:, None] * o, 0) / tl.where(den > 0, den, 1.0)
     tl.store(out_ptr + b * stride_ob + hq * stride_oh + offs_d * stride_od, out.to(out_ptr.dtype.element_ty))
+    if STORE_LSE:
+        lse_o = tl.where(den > 0, (mx + tl.log2(tl.where(den > 0, den, 1.0))) * 0.6931471805599453, float("-inf"))
+        tl.store(lse_out_ptr + row, lse_o)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,10 +375,11 @@ def _validate(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_r
 
 def pq_decode_attention_launch(
     q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts=None, scale=None,
-    config: dict | None = None,
-) -> torch.Tensor:
+    config: dict | None = None, return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Launch the two kernels (no validation; see :func:`pq_decode_attention`). ``config`` overrides
-    :func:`choose_config` (benchmarks)."""
+    :func:`choose_config` (benchmarks). ``return_lse``: ``(out, lse)``, lse ``[B, H_q]`` float32, the natural-log
+    log-sum-exp of each head's scores (-inf where nothing was attended)."""
     B, Hq, D = q.shape
     _, Hkv, T, M = k_codes.shape
     G = Hq // Hkv
@@ -395,8 +400,9 @@ def pq_decode_attention_launch(
     kcen = k_centroids.contiguous()
     vcen = v_centroids.contiguous()
     out = torch.empty(B, Hq, D, dtype=q.dtype, device=dev)
+    lse = torch.empty(B, Hq, dtype=torch.float32, device=dev) if return_lse else None
     if B == 0 or Hq == 0:
-        return out
+        return (out, lse) if return_lse else out
     o_part = torch.empty(B, Hq, S + 1, D, dtype=torch.float32, device=dev)
     lse_part = torch.empty(B, Hq, S + 1, dtype=torch.float32, device=dev)
     use_dot = cfg["USE_DOT"]
@@ -437,12 +443,12 @@ def pq_decode_attention_launch(
         num_warps=cfg["num_warps"],
     )
     _pq_attn_combine_kernel[(B, Hq)](
-        o_part, lse_part, out, S + 1,
+        o_part, lse_part, out, lse if return_lse else lse_part, S + 1,
         out.stride(0), out.stride(1), out.stride(2),
-        D=D, SP=_pow2(S + 1),
+        D=D, SP=_pow2(S + 1), STORE_LSE=return_lse,
         num_warps=4,
     )
-    return out
+    return (out, lse) if return_lse else out
 
 
 def pq_decode_attention(
@@ -471,6 +477,31 @@ def pq_decode_attention(
     from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
 
     return torch.ops.million.pq_decode_attention(
+        q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts,
+        None if scale is None else float(scale),
+    )
+
+
+def pq_decode_attention_lse(
+    q: torch.Tensor,
+    k_codes: torch.Tensor,
+    v_codes: torch.Tensor,
+    k_centroids: torch.Tensor,
+    v_centroids: torch.Tensor,
+    pq_lens: torch.Tensor,
+    k_res: torch.Tensor,
+    v_res: torch.Tensor,
+    res_lens: torch.Tensor,
+    starts: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pq_decode_attention` that also returns each head's log-sum-exp: ``(out [B, H_q, D], lse [B, H_q])``,
+    lse float32 in natural-log units (-inf where nothing was attended), as ``naive.pq_decode_attention(...,
+    return_lse=True)``. Runs as the opaque custom op ``million::pq_decode_attention_lse``."""
+    _validate(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts)
+    from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
+
+    return torch.ops.million.pq_decode_attention_lse(
         q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts,
         None if scale is None else float(scale),
     )

@@ -95,9 +95,10 @@ def _pq_encode_tc_kernel(
     DSUB: tl.constexpr, KS: tl.constexpr, KB: tl.constexpr, BT: tl.constexpr, KR: tl.constexpr,
 ):
     # Tensor-core distances: the 16 rows of the MMA's inner dimension hold MG = 16 // KR subspaces,
-    # KR rows each:  A = [x_0 .. x_{dsub-1}, 1, 1, ||x||^2, 0..]  and  B = [-2 c_0 .. -2 c_{dsub-1},
-    # hi(||c||^2), lo(||c||^2), 1, 0..] for the subspace being searched (zeros for the others), so
-    # one fp16 tl.dot gives ||x - c||^2 for a [BT, KB] block (||c||^2 split in two fp16 halves).
+    # KR rows each:  A = [x_0 .. x_{dsub-1}, 0..]  and  B = [-2 c_0 .. -2 c_{dsub-1}, 0..] for the subspace being
+    # searched (zeros for the others), so one fp16 tl.dot (fp32 accumulation) gives -2 x.c for a [BT, KB] block, and
+    # ||x||^2 + ||c||^2 are added in fp32 after it: ||x - c||^2 without fp16 norms, which overflowed (inf, wrong
+    # codes) once a subvector's squared norm passed 65504. (KR keeps its dsub + 3 rows of before: the launch grid.)
     MG: tl.constexpr = 16 // KR
     pid_t = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # offsets can pass 2**31 elements
@@ -113,11 +114,7 @@ def _pq_encode_tc_kernel(
     x_base = x_ptr + b * stride_xb + h * stride_xh + offs_t.to(tl.int64) * stride_xt  # [BT]
     xv = tl.load(x_base[:, None] + (m_r * DSUB + u)[None, :] * stride_xd,
                  mask=m_t[:, None] & ((u < DSUB) & (m_r < M))[None, :], other=0.0).to(tl.float32)  # [BT, 16]
-    x_sq = tl.sum(tl.reshape(xv * xv, [BT, MG, KR]), 2)  # [BT, MG]
-    x_sq = tl.reshape(tl.broadcast_to(x_sq[:, :, None], [BT, MG, KR]), [BT, 16])
-    a = tl.where((u < DSUB)[None, :], xv, 0.0)
-    a = tl.where(((u == DSUB) | (u == DSUB + 1))[None, :], 1.0, a)
-    a = tl.where((u == DSUB + 2)[None, :], x_sq, a).to(tl.float16)
+    a = xv.to(tl.float16)  # exact: x is fp16 (rows u >= DSUB are 0)
     offs_k = tl.arange(0, KB)
     c_base = c_ptr + h * stride_ch
     o_base = codes_ptr + b * stride_ob + h * stride_oh + offs_t.to(tl.int64) * stride_ot
@@ -127,18 +124,15 @@ def _pq_encode_tc_kernel(
             best = tl.full([BT], float("inf"), dtype=tl.float32)
             best_i = tl.zeros([BT], dtype=tl.int32)
             row_m = (sub == mi)[:, None]  # [16, 1]
+            x_sq = tl.sum(tl.where((sub == mi)[None, :], xv * xv, 0.0), 1)  # [BT] fp32
             for k0 in range(0, KS, KB):
                 kk = k0 + offs_k
                 m_k = kk < KS
                 cv = tl.load(c_base + m * stride_cm + kk[None, :] * stride_ck + u[:, None],
                              mask=(row_m & (u < DSUB)[:, None]) & m_k[None, :], other=0.0).to(tl.float32)  # [16, KB]
-                c_sq = tl.sum(cv * cv, 0)  # [KB]
-                c_hi = c_sq.to(tl.float16).to(tl.float32)
-                bm = -2.0 * cv
-                bm = tl.where(row_m & (u == DSUB)[:, None], c_hi[None, :], bm)
-                bm = tl.where(row_m & (u == DSUB + 1)[:, None], (c_sq - c_hi)[None, :], bm)
-                bm = tl.where(row_m & (u == DSUB + 2)[:, None], 1.0, bm)
-                d = tl.dot(a, bm.to(tl.float16))  # [BT, KB] = ||x - c||^2 (>= 0 up to rounding)
+                c_sq = tl.sum(cv * cv, 0)  # [KB] fp32
+                xc = tl.dot(a, (-2.0 * cv).to(tl.float16))  # [BT, KB] = -2 x.c (exact operands, fp32 sums)
+                d = tl.maximum(xc + x_sq[:, None] + c_sq[None, :], 0.0)  # ||x - c||^2, >= 0 for the key below
                 key = ((d.to(tl.int32, bitcast=True) & ~(KB - 1)) | offs_k[None, :]).to(tl.float32, bitcast=True)
                 if KS % KB != 0:
                     key = tl.where(m_k[None, :], key, float("inf"))
@@ -300,6 +294,10 @@ def pq_encode_launch(x: torch.Tensor, centroids: torch.Tensor, BT: int | None = 
         return codes
     if kernel is None and tc is not None:
         kernel = "tc" if tc else "cuda"
+    if kernel in ("v2", "v3") and dsub > 4:
+        raise ValueError(f"kernel={kernel!r} handles dsub <= 4, got dsub={dsub}; use kernel='cuda' or the default")
+    if kernel not in (None, "v2", "v3", "tc", "cuda"):
+        raise ValueError(f"kernel={kernel!r} is not one of 'v2', 'v3', 'tc', 'cuda' (or None: the default)")
     if kernel is None and dsub <= 4:
         # measured on an H100 (docs/kernel_notes.md, "Encode v2"): v2 beats the tensor-core kernel
         # at ksub 256 (dsub 2) and the fp32 block kernel everywhere; at ksub 16 (dsub 4) with fp16
