@@ -119,6 +119,28 @@ def test_sinks_are_each_sequences_first_valid_tokens(pads):
     assert_step_matches_dequantized(model, cache, tok, am)
 
 
+@pytest.mark.parametrize("pads", [(0, 17), (0, 21), (19, 0)])
+def test_padding_past_the_committed_codes_leaves_no_stale_sink(pads):
+    """A sequence whose padding reaches past the codes its prefill commits has no sink committed yet: the device's
+    sink count says 0 too (before the fix it kept the 1 of the prefill, whose copy was a pad token's K/V), so its next
+    step attends only its own tokens, all still in full precision: as DynamicCache."""
+    model = tiny_model()
+    cb = tiny_codebooks(model, residual=4, granularity="layer", sinks=1)
+    ids, am = left_padded(length=23, pad=pads)
+    cache, ref = MillionCache(cb, model.config), DynamicCache(config=model.config)
+    tok = torch.tensor([[5], [5]])
+    with torch.no_grad():
+        for c in (cache, ref):
+            model(input_ids=ids, attention_mask=am, **cache_arg(model, c), use_cache=True)
+    short = 1 if pads[1] else 0
+    for layer in cache.layers:
+        assert layer.pq_pos <= pads[short]  # nothing of the short sequence is committed
+        assert layer.sink_lens.tolist() == layer._sfill and layer._sfill[short] == 0
+    am = torch.cat([am, torch.ones(2, 1, dtype=am.dtype)], 1)
+    got, want = _step_logits(model, cache, tok, am), _step_logits(model, ref, tok, am)
+    assert torch.allclose(got[short], want[short], atol=1e-4), (got[short] - want[short]).abs().max()
+
+
 def assert_step_matches_dequantized(model, cache, tok, am):
     """One more decode step on ``cache`` equals SDPA over a DynamicCache holding exactly its dequantized contents."""
     ref_cache = DynamicCache(config=model.config)

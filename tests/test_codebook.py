@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, Qwen2Config
 
 from million import PQConfig
-from million.codebook import META_FILE, TENSORS_FILE, Codebooks, granularity_shape, model_identity
+from million.codebook import FORMAT_VERSION, META_FILE, TENSORS_FILE, Codebooks, granularity_shape, model_identity
 
 L, HKV, HQ, D = 3, 2, 4, 16
 
@@ -157,6 +157,16 @@ def test_check_model_mismatch_names_the_field(over, field):
     assert not any(f"{o}:" in msg for o in others), msg
 
 
+def test_check_model_without_identity_still_checks_head_dim():
+    """Codebooks saved without the model's identity: their head_dim is still checked when the cache is made, not at
+    the first forward."""
+    pq = PQConfig(head_dim=16, M=4, nbits=4)
+    cb = Codebooks(pq, torch.zeros(L, HKV, 4, 16, 4), torch.zeros(L, HKV, 4, 16, 4))
+    cb.check_model(llama_config())
+    with pytest.raises(ValueError, match="another model do not fit this model \\(head_dim: codebooks 16 vs model 32\\)"):
+        cb.check_model(llama_config(head_dim=32))
+
+
 def test_check_model_survives_save_and_load(tmp_path):
     cb = make_codebooks()
     Codebooks.load(cb.save(tmp_path / "cb")).check_model(llama_config())
@@ -232,6 +242,37 @@ def test_not_a_codebook_json(tmp_path):
         Codebooks.load(tmp_path)
     (tmp_path / META_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
+        Codebooks.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "no_key_centroids"])
+def test_damaged_tensor_file_raises_value_error_naming_it(tmp_path, damage):
+    """What the command line turns into a one-line error (exit 2), not a safetensors traceback."""
+    from safetensors.torch import save_file
+
+    make_codebooks().save(tmp_path)
+    f = tmp_path / TENSORS_FILE
+    raw = f.read_bytes()
+    if damage == "truncated":
+        f.write_bytes(raw[: len(raw) // 2])
+    elif damage == "random":
+        f.write_bytes(bytes(range(256)) * 8)
+    elif damage == "empty":
+        f.write_bytes(b"")
+    else:
+        save_file({"value_centroids": torch.zeros(1)}, str(f))
+    with pytest.raises(ValueError) as ei:
+        Codebooks.load(tmp_path)
+    assert TENSORS_FILE in str(ei.value) and "million calibrate" in str(ei.value)
+    if damage == "no_key_centroids":
+        assert "lacks key_centroids" in str(ei.value)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"format": "million-codebooks", "format_version": VERSION}'])
+def test_damaged_json_structure_raises_value_error(tmp_path, meta):
+    make_codebooks().save(tmp_path)
+    (tmp_path / META_FILE).write_text(meta.replace("VERSION", str(FORMAT_VERSION)))
+    with pytest.raises(ValueError, match="not a million codebook file|has no 'config' object"):
         Codebooks.load(tmp_path)
 
 

@@ -246,3 +246,39 @@ def test_cache_takes_ordinary_steps_after_generate():
                   **cache_arg(model, cache), use_cache=True)
     assert torch.isfinite(a.logits).all() and torch.isfinite(b.logits).all()
     assert layer.get_seq_length() == seen + 4 and not layer.static
+
+
+def test_a_cache_holding_an_earlier_sequence_is_refused_until_reset():
+    """A second generate on the same cache would append the prompt to the first sequence's tokens with positions from
+    0 (a silently wrong continuation): refused with what to do; after cache.reset() it equals a fresh cache."""
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4)
+    ids, am = left_padded(length=12)
+    cache = MillionCache(cb, model.config)
+    first = generate(model, cache, ids, attention_mask=am, max_new_tokens=6)
+    with pytest.raises(ValueError, match=r"already holds 1[0-9] tokens .*cache.reset\(\)"):
+        generate(model, cache, ids, attention_mask=am, max_new_tokens=6)
+    cache.reset()
+    assert torch.equal(generate(model, cache, ids, attention_mask=am, max_new_tokens=6), first)
+    model.config._attn_implementation = "sdpa"
+    static = StaticCache(config=model.config, max_cache_len=64)
+    generate(model, static, ids, attention_mask=am, max_new_tokens=4)
+    with pytest.raises(ValueError, match="already holds"):
+        generate(model, static, ids, attention_mask=am, max_new_tokens=4)
+    static.reset()
+    generate(model, static, ids, attention_mask=am, max_new_tokens=4)
+
+
+def test_a_reset_cache_takes_another_batch_size():
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4)
+    ids, am = left_padded(length=12)
+    cache = MillionCache(cb, model.config)
+    generate(model, cache, ids, attention_mask=am, max_new_tokens=6)
+    cache.reset()
+    one = ids[:1]
+    got = generate(model, cache, one, max_new_tokens=6)
+    assert torch.equal(got, generate(model, MillionCache(cb, model.config), one, max_new_tokens=6))
+    with pytest.raises(ValueError, match="holds a batch of 1 sequences; got a step of 2"):
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=am, **cache_arg(model, cache), use_cache=True)

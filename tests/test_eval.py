@@ -657,3 +657,26 @@ def test_qhitter_scope_refuses_bad_options(model, calib):
         QHitter(2, scope="layer", head_floor=1.5)
     with pytest.raises(ValueError, match="scope='layer' with a high tier"):
         _pqsparse_high(model, calib, high=0.01, scope="layer")
+
+
+def test_calibration_memo_is_keyed_by_the_text_content(model, tmp_path, monkeypatch):
+    """Two files of one name (or one file edited in place) never share memoized calibration data."""
+    from million.eval import calibdata
+
+    monkeypatch.setenv("MILLION_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a" / "t.txt", tmp_path / "b" / "t.txt"
+    for f, text in ((a, TEXT), (b, TEXT[::-1])):
+        f.parent.mkdir()
+        f.write_text(text)
+    seen = []
+    real = calibdata.collect
+    monkeypatch.setattr(calibdata, "collect", lambda m, tok, text, **kw: seen.append(text) or real(m, tok, text, **kw))
+    load = lambda f: calibdata.load_or_collect(model, CharTokenizer(), str(f), tokens=256, window=128, model_name="tiny",
+                                               progress=False)
+    ka = load(a).keys_pre[0]
+    kb = load(b).keys_pre[0]
+    assert len(seen) == 2 and not torch.equal(ka, kb)  # b was collected, not a's memo
+    assert torch.equal(load(a).keys_pre[0], ka) and len(seen) == 2  # a's memo is still used
+    a.write_text(TEXT[5:])  # edited in place
+    load(a)
+    assert len(seen) == 3

@@ -154,9 +154,14 @@ class Codebooks:
             for k in _MUST_MATCH
             if k in self.model and self.model.get(k) != have[k]
         ]
+        # the codebooks' own head_dim, even without a stored identity (else it only fails at the first forward)
+        hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if self.config.head_dim != hd and not any(b.startswith("head_dim") for b in bad):
+            bad.append(f"head_dim: codebooks {self.config.head_dim!r} vs model {hd!r}")
         if bad:
             raise ValueError(
-                f"codebooks trained for {self.model.get('name') or self.model.get('architecture')} do not fit this model ("
+                f"codebooks trained for {self.model.get('name') or self.model.get('architecture') or 'another model'} "
+                f"do not fit this model ("
                 + "; ".join(bad)
                 + ")"
             )
@@ -191,16 +196,26 @@ class Codebooks:
             raise FileNotFoundError(f"{str(directory)!r} is not a codebook directory (needs {META_FILE} and {TENSORS_FILE}); make one with `million calibrate`")
         try:
             meta = json.loads((d / META_FILE).read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{d / META_FILE} is not valid JSON: {e}") from None
-        if meta.get("format") != "million-codebooks":
+        if not isinstance(meta, dict) or meta.get("format") != "million-codebooks":
             raise ValueError(f"{d / META_FILE} is not a million codebook file")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"codebook format version {meta.get('format_version')} is not supported; this million reads {FORMAT_VERSION}")
-        t = load_file(str(d / TENSORS_FILE), device=str(device))
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{d / META_FILE} has no 'config' object (the PQ settings); remake it with `million calibrate`")
+        try:
+            t = load_file(str(d / TENSORS_FILE), device=str(device))
+        except Exception as e:  # safetensors raises its own error type for a damaged file
+            raise ValueError(f"{d / TENSORS_FILE} cannot be read ({e}); remake it with `million calibrate`") from None
+        missing = [n for n in ("key_centroids", "value_centroids") if n not in t]
+        if missing:
+            raise ValueError(f"{d / TENSORS_FILE} lacks {', '.join(missing)}; remake it with `million calibrate`")
         tr = {n[len("transform_"):]: v for n, v in t.items() if n.startswith("transform_")} or None
-        return cls(PQConfig.from_dict(meta["config"]), t["key_centroids"], t["value_centroids"], meta.get("model", {}),
-                   meta.get("calibration", {}), tr)
+        model, cal = meta.get("model") or {}, meta.get("calibration") or {}
+        if not isinstance(model, dict) or not isinstance(cal, dict):
+            raise ValueError(f"{d / META_FILE}: 'model' and 'calibration' must be objects")
+        return cls(PQConfig.from_dict(meta["config"]), t["key_centroids"], t["value_centroids"], model, cal, tr)
 
     def describe(self) -> str:
         """What ``million info`` prints: shapes, bits, transforms, calibration and tuning."""

@@ -81,6 +81,10 @@ class Decoder:
             raise RuntimeError("this Decoder was already prefilled: make a new Decoder (and cache) for a new prompt")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [batch, tokens] with at least one token, got shape {tuple(input_ids.shape)}")
+        held = self.cache.get_seq_length()
+        if held:  # a prompt appended to another sequence's tokens, its positions from 0: a silently wrong answer
+            raise ValueError(f"the cache already holds {held} tokens of an earlier sequence: pass a new cache, or call "
+                             f"cache.reset() first")
         ids = input_ids.to(self.device)
         B, T = ids.shape
         am = None

@@ -195,16 +195,25 @@ def load_or_collect(model, tokenizer, text_name: str = "squad", tokens: int = 16
     return data
 
 
+def _text_key(text_name: str, text: str) -> str:
+    """The memo files' name for a text: its name and a digest of its content, so that two files of one name, or a
+    file edited in place, never share calibration data."""
+    import hashlib
+
+    return f"{Path(text_name).name}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
 def _load_or_collect(model, tokenizer, text_name, tokens, window, model_name, cache, progress, attention=True) -> CalibData:
     from dataclasses import asdict
 
     from ..data import cache_dir, load_text
 
     suffix = "" if attention else "-noattn"
-    path = cache_dir() / "calib" / f"{model_name}-{Path(text_name).name}-{tokens}-{window}{suffix}.pt"
+    text = load_text(text_name)
+    path = cache_dir() / "calib" / f"{model_name}-{_text_key(text_name, text)}-{tokens}-{window}{suffix}.pt"
     if cache and path.is_file():
         return CalibData(**torch.load(path, weights_only=True))
-    data = collect(model, tokenizer, load_text(text_name), tokens=tokens, window=window, text_name=text_name, progress=progress,
+    data = collect(model, tokenizer, text, tokens=tokens, window=window, text_name=text_name, progress=progress,
                    attention=attention)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,10 +304,11 @@ def load_or_collect_fisher(model, tokenizer, text_name: str = "squad", tokens: i
 
     from ..data import cache_dir, load_text
 
-    path = cache_dir() / "calib" / f"{model_name}-{Path(text_name).name}-{tokens}-{window}-fisher.pt"
+    text = load_text(text_name)
+    path = cache_dir() / "calib" / f"{model_name}-{_text_key(text_name, text)}-{tokens}-{window}-fisher.pt"
     if cache and path.is_file():
         return FisherData(**torch.load(path, weights_only=True))
-    data = collect_fisher(model, tokenizer, load_text(text_name), tokens=tokens, window=window, progress=progress)
+    data = collect_fisher(model, tokenizer, text, tokens=tokens, window=window, progress=progress)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(asdict(data), path)
