@@ -197,7 +197,7 @@ def test_impossible_pq_settings_give_one_line(extra, tiny_model_dir, text_file, 
     rc, out, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--out", str(out_dir), *extra], capsys)
     assert rc == 2 and out == ""
     line = one_line(err)
-    assert line.startswith("million: error:")
+    assert line.startswith("million") and "error:" in line
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
@@ -261,7 +261,9 @@ def test_calibrate_info_generate_on_a_tiny_model(tiny_model_dir, text_file, tmp_
         capsys,
     )
     assert rc == 0, err
-    assert "--- fp16 KV cache" in out and "--- million PQ KV cache" in out and "bytes/token" in out
+    # the baseline in the model's dtype (float32 on the CPU), with what fp16 would hold
+    assert "--- float32 KV cache" in out and "fp16 would hold" in out and "--- million PQ KV cache" in out
+    assert "bytes/token" in out
     assert "PQ cache now:" in out
 
     # with eviction: half of the code positions kept, fewer bits held
@@ -407,7 +409,7 @@ def test_calibrate_choices_match_the_library():
 
 @pytest.mark.parametrize("extra,needle", [
     (["--recipe", "best"], "invalid choice: 'best'"),
-    (["--sinks", "-1"], "--sinks must be a non-negative integer, got -1"),
+    (["--sinks", "-1"], "--sinks must be a non-negative integer, got '-1'"),
     (["--rotation", "balanced", "--pre-rope"], "--rotation balanced works on post-RoPE keys; drop --pre-rope"),
     (["--transform", "hadamard", "--pre-rope"], "--transform hadamard works on post-RoPE keys"),
     (["--rotation", "balanced-keys", "--granularity", "merged"], "it needs --granularity layer_head, got merged"),
@@ -477,3 +479,73 @@ def test_calibrate_finetune_needs_a_full_window(tiny_model_dir, text_file, tmp_p
                       "--samples", "64", "--iters", "1", "--finetune-steps", "1", "--finetune-window", "200", "--device", "cpu",
                       "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and "one full 200-token window" in one_line(err), err
+
+
+# ---------------------------------------------------------------- more bad input, checked before the slow work
+
+
+def test_calibrate_out_that_is_a_file(tiny_model_dir, tmp_path, capsys):
+    f = tmp_path / "x"
+    f.write_text("")
+    for force in ([], ["--force"]):
+        rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--out", str(f), *force], capsys)
+        assert rc == 2 and "is a file, not a directory" in one_line(err)
+    assert f.is_file()
+
+
+def test_calibrate_samples_below_the_centroid_count(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import million.models
+
+    monkeypatch.setattr(million.models, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--samples", "100", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--samples 100 is fewer than the 256 centroids" in one_line(err)
+
+
+def test_calibrate_nbits_out_of_range_names_the_range(capsys, tmp_path):
+    rc, _, err = run(["calibrate", "--nbits", "13", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--nbits '13' is out of range; allowed: integers 4..12" in one_line(err)
+
+
+def test_calibrate_on_a_text_shorter_than_tokens_warns_and_records_the_window(tiny_model_dir, text_file, tmp_path, capsys):
+    out_dir = tmp_path / "cb"
+    with pytest.warns(UserWarning, match="has 2000 tokens, fewer than tokens=4096"):
+        rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", str(text_file), "--bits", "2", "--nbits", "4",
+                          "--tokens", "4096", "--window", "2048", "--samples", "256", "--iters", "1", "--residual", "4",
+                          "--recipe", "plain", "--device", "cpu", "--out", str(out_dir)], capsys)
+    assert rc == 0, err
+    cal = Codebooks.load(out_dir).calibration
+    assert cal["tokens"] == 2000 and cal["window"] == 2000
+
+
+def test_generate_sampling_flags_need_sample(tmp_path, capsys):
+    rc, _, err = run(["generate", "hi", "--model", str(tmp_path / "m"), "--codebooks", str(tmp_path), "--temperature", "0.5"],
+                     capsys)
+    assert rc == 2 and "need --sample" in one_line(err)
+    rc, _, err = run(["generate", "hi", "--model", str(tmp_path / "m"), "--codebooks", str(tmp_path), "--sample", "--top-p", "7"],
+                     capsys)
+    assert rc == 2 and "--top-p 7 is out of range" in one_line(err)
+
+
+def test_info_on_a_file(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    rc, _, err = run(["info", str(f)], capsys)
+    assert rc == 2 and "is a file, not a codebook directory" in one_line(err)
+
+
+def test_eval_bad_values_before_the_run(tmp_path, capsys):
+    rc, _, err = run(["eval", "ppl", "--json", str(tmp_path)], capsys)
+    assert rc == 2 and "--json" in one_line(err) and "is a directory" in one_line(err)
+    rc, _, err = run(["eval", "needle", "--max-new-tokens", "0"], capsys)
+    assert rc == 2 and "--max-new-tokens must be a positive integer" in one_line(err)
+    rc, _, err = run(["eval", "ppl", "--bits", "x"], capsys)
+    assert rc == 2 and "--bits 'x' is not a number" in one_line(err)
+    rc, _, err = run(["eval", "ppl", "--threads", "0"], capsys)
+    assert rc == 2 and "--threads must be a positive integer" in one_line(err)
+
+
+def test_missing_subcommand_lists_the_choices(capsys):
+    rc, _, err = run([], capsys)
+    assert rc == 2 and "{calibrate,generate,info,eval}" in one_line(err)
+    rc, _, err = run(["eval"], capsys)
+    assert rc == 2 and "{ppl,needle}" in one_line(err)

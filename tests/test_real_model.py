@@ -50,8 +50,8 @@ def test_calibrate_then_generate(calibrated):
     r = million_cmd("generate", "What is the capital of France?", "--model", "smollm2", "--codebooks", str(out), "--residual", "8", "--max-new-tokens", "16")
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout
-    assert "--- fp16 KV cache" in text and "--- million PQ KV cache" in text and "bytes/token" in text
-    fp16 = text.split("--- fp16 KV cache", 1)[1].split("--- million PQ KV cache", 1)[0].split("\n", 1)[1].strip()
+    assert "--- float32 KV cache" in text and "--- million PQ KV cache" in text and "bytes/token" in text
+    fp16 = text.split("--- float32 KV cache", 1)[1].split("--- million PQ KV cache", 1)[0].split("\n", 1)[1].strip()
     pq = text.split("--- million PQ KV cache", 1)[1].split("\n", 1)[1].split("PQ cache now:", 1)[0].strip()
     assert fp16 and pq, text  # both continuations printed
     # the prompt is longer than 2 * residual: the PQ run really attended on codes

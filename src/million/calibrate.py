@@ -266,6 +266,12 @@ def calibrate(
     if finetune_steps and pre_rope:
         raise ValueError(f"finetune_steps={finetune_steps} tunes post-RoPE codebooks; drop pre_rope or finetune_steps")
     windows = tokenize_windows(tokenizer, text, tokens, window)  # checks the text before any slow work
+    n_avail, seen = sum(w.shape[1] for w in windows), max(w.shape[1] for w in windows)
+    if n_avail < tokens:  # the codebooks then know keys at positions below `seen` only: recorded as their window
+        import warnings
+
+        warnings.warn(f"the calibration text has {n_avail} tokens, fewer than tokens={tokens}: the codebooks are trained "
+                      f"on {n_avail}, with keys at positions below {seen}; give a longer text for more", stacklevel=2)
     tune = None
     if finetune_steps:  # the tuning windows, checked before the slow work too
         wins = tuning_windows(tokenizer, text, tokens, min(finetune_window, window))
@@ -274,8 +280,11 @@ def calibrate(
                              f"text; give more tokens ({tokens}) or a shorter finetune_window")
         tune = (wins, finetune_steps, finetune_lr)
     if r["transform"] != "none" or r["rotation"] != "none" or tune:
-        return _calibrate_variant(model, tokenizer, text, config, r, tokens=tokens, window=window, samples=samples, iters=iters,
-                                  seed=seed, text_name=text_name, model_name=model_name, progress=progress, tune=tune)
+        cb = _calibrate_variant(model, tokenizer, text, config, r, tokens=tokens, window=window, samples=samples,
+                                iters=iters, seed=seed, text_name=text_name, model_name=model_name, progress=progress,
+                                tune=tune)
+        cb.calibration["window"] = seen  # the longest window the text filled (at most `window`)
+        return cb
     n_tok = sum(w.shape[1] for w in windows)
     H = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     per_layer = n_tok * (1 if config.granularity == "layer_head" else H) * (cfg.num_hidden_layers if config.granularity == "merged" else 1)
@@ -285,7 +294,7 @@ def calibrate(
     kc, vc, stats = train_codebooks(rec.keys, rec.values, config, samples=samples, iters=iters, seed=seed, device=dev, progress=progress)
     ident = model_identity(cfg)
     ident["name"] = model_name or getattr(cfg, "_name_or_path", None) or ident["architecture"]
-    cal = {"text": text_name, "tokens": n_tok, "window": window, "iters": iters, "seed": seed, "pre_rope": pre_rope,
+    cal = {"text": text_name, "tokens": n_tok, "window": seen, "iters": iters, "seed": seed, "pre_rope": pre_rope,
            "recipe": recipe, **stats}
     return Codebooks(config, kc, vc, ident, cal)
 

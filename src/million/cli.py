@@ -67,6 +67,19 @@ def _int_at_least(name, lo: int, what: str):
     return conv
 
 
+def _int_range(name, lo: int, hi: int):
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            v = None
+        if v is None or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{name} {s!r} is out of range; allowed: integers {lo}..{hi}")
+        return v
+
+    return conv
+
+
 def _positive(name):
     return _int_at_least(name, 1, "positive")
 
@@ -91,7 +104,9 @@ def cmd_calibrate(args) -> int:
 
     # validate everything cheap before the slow work (text download, model load)
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a directory; give a directory path")
+    if out.exists() and any(out.iterdir()) and not args.force:
         raise ValueError(f"--out {args.out} exists and is not empty; pass --force to overwrite")
     from .calibrate import resolve_recipe
 
@@ -105,7 +120,12 @@ def cmd_calibrate(args) -> int:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     pq = PQConfig.from_bits(head_dim, args.bits, nbits=args.nbits, granularity=r["granularity"], residual_length=args.residual,
                             sink_length=r["sinks"])
+    if args.samples < pq.ksub:
+        raise ValueError(f"--samples {args.samples} is fewer than the {pq.ksub} centroids of a {pq.nbits}-bit codebook; "
+                         f"allowed: at least {pq.ksub}")
     text = load_text(args.text)
+    if not text.strip():
+        raise ValueError(f"--text {args.text}: the text is empty")
     torch.manual_seed(args.seed)
     t0 = time.time()
     # tuning back-propagates through the model: float32 there (fp16 gradients of the small centroid steps underflow)
@@ -146,6 +166,15 @@ def cmd_generate(args) -> int:
     from .decode import generate as million_generate
     from .models import load_model, resolve_model
 
+    if not args.sample and (args.temperature is not None or args.top_p is not None):
+        raise ValueError("--temperature / --top-p set how to sample: they need --sample (greedy decoding otherwise)")
+    if args.sample:
+        args.temperature = 0.7 if args.temperature is None else args.temperature
+        args.top_p = 0.9 if args.top_p is None else args.top_p
+        if not args.temperature > 0:
+            raise ValueError(f"--temperature {args.temperature:g} must be > 0")
+        if not 0 < args.top_p <= 1:
+            raise ValueError(f"--top-p {args.top_p:g} is out of range; allowed: (0, 1]")
     evict = None
     rule, given = _eviction_options(args)
     if given and args.keep is None:
@@ -203,9 +232,14 @@ def cmd_generate(args) -> int:
     lens = inputs.attention_mask.sum(-1).tolist()
     shown = f"{n_prompt} tokens" if len(lens) == 1 else f"{len(lens)} prompts of {', '.join(map(str, lens))} tokens (left-padded)"
     print(f"prompt: {shown}; PQ {c.M}x{c.nbits}-bit codes ({c.bits_per_element:g} bits/element), "
-          f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens, {c.sink_length} sink tokens")
-    print(f"\n--- fp16 KV cache ({fp16_b} bytes/token) [{outs['fp16'][1]:.1f} s]\n{outs['fp16'][0]}")
-    print(f"\n--- million PQ KV cache ({pq_b:g} bytes/token = {pq_b / fp16_b:.3f} x fp16; "
+          f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens, {c.sink_length} sink "
+          f"token{'' if c.sink_length == 1 else 's'}")
+    full = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "float32"}[dtype]
+    held = fp16_b * torch.tensor([], dtype=dtype).element_size() // 2
+    note = "" if dtype == torch.float16 else f"; fp16 would hold {fp16_b}"
+    print(f"\n--- {full} KV cache ({held} bytes/token{note}) [{outs['fp16'][1]:.1f} s, with the first call's warm-up]"
+          f"\n{outs['fp16'][0]}")
+    print(f"\n--- million PQ KV cache ({pq_b:g} bytes/token = {pq_b / fp16_b:.3f} x fp16, window and sinks in {full}; "
           f"codebooks {cb.nbytes / 2**20:.2f} MiB once) [{outs['pq'][1]:.1f} s]\n{outs['pq'][0]}")
     lay = outs["pq"][2].layers[0]
     kept = f" (of {lay.pq_pos} code positions; eviction keeps {args.keep:g})" if evict is not None else ""
@@ -223,12 +257,12 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="million", description="Product-quantized KV cache for long-context LLM inference.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{calibrate,generate,info,eval}")
 
     c = sub.add_parser("calibrate", help="train PQ codebooks for a model from calibration text")
     c.add_argument("--model", default="smollm2", help="'smollm2' (embedded default), a HF model directory or a .gguf file")
     c.add_argument("--bits", type=float, default=4, help="bits per K/V element (default 4)")
-    c.add_argument("--nbits", type=int, default=8, help="bits per code, 4..12 (default 8: M = head_dim*bits/8 subspaces)")
+    c.add_argument("--nbits", type=_int_range("--nbits", 4, 12), default=8, help="bits per code, 4..12 (default 8: M = head_dim*bits/8 subspaces)")
     c.add_argument("--out", required=True, help="codebook directory to write")
     c.add_argument("--text", default="squad", help="'squad' (default), 'essays' or a UTF-8 text file")
     c.add_argument("--tokens", type=_positive("--tokens"), default=32768, help="calibration tokens (default 32768)")
@@ -244,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 sinks, no transform, no rotation); flags given explicitly win (default recommended)")
     c.add_argument("--granularity", choices=GRANULARITIES, default=None, help="codebook sharing (default: the recipe's)")
     c.add_argument("--residual", type=_positive("--residual"), default=128, help="full-precision window length R (default 128)")
-    c.add_argument("--sinks", type=int, default=None, help="first tokens kept in full precision (attention sinks; default: the recipe's)")
+    c.add_argument("--sinks", type=_nonnegative("--sinks"), default=None, help="first tokens kept in full precision (attention sinks; default: the recipe's)")
     c.add_argument("--pre-rope", action="store_true",
                    help="capture keys before RoPE (for comparisons; the recipe's transform and rotation are then off)")
     c.add_argument("--transform", choices=TRANSFORMS, default=None,
@@ -260,22 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--finetune-lr", type=float, default=5e-3, help="tuning step size, a fraction of each codebook's RMS (default 5e-3)")
     c.add_argument("--finetune-window", type=_positive("--finetune-window"), default=2048,
                    help="tokens per tuning step (default 2048, at most --window)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="k-means seeding and sampling (default 0)")
     c.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     c.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     c.set_defaults(func=cmd_calibrate)
 
     g = sub.add_parser("generate", help="generate with an fp16 and a PQ cache, side by side")
     g.add_argument("prompt", nargs="+", help="one or more prompts (several are generated as one left-padded batch)")
-    g.add_argument("--model", default="smollm2")
+    g.add_argument("--model", default="smollm2", help="'smollm2' (embedded default), a HF model directory or a .gguf file")
     g.add_argument("--codebooks", required=True, help="directory written by `million calibrate`")
-    g.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=64)
+    g.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=64, help="tokens to generate (default 64)")
     g.add_argument("--residual", type=_positive("--residual"), default=None, help="override the window length R")
-    g.add_argument("--sinks", type=int, default=None, help="override the number of full-precision sink tokens")
+    g.add_argument("--sinks", type=_nonnegative("--sinks"), default=None, help="override the number of full-precision sink tokens")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=float, default=None, help="with --sample: softmax temperature (default 0.7)")
+    g.add_argument("--top-p", type=float, default=None, help="with --sample: nucleus share (default 0.9)")
+    g.add_argument("--seed", type=int, default=0, help="with --sample: the sampling seed (default 0)")
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--keep", type=float, default=None,
                    help="evict code tokens, keeping this share of them: heavy hitters and recent (million.Eviction; default keep all)")
@@ -290,12 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --pool: share of the heavy-hitter budget chosen by pooled scores; the rest by the scores themselves "
                         "(default 1)")
     g.add_argument("--no-graph", action="store_true", help="on a GPU, run decode steps eagerly instead of replaying a CUDA graph")
-    g.add_argument("--device", default=None)
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default)")
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPU)")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="what a codebook directory holds")
-    i.add_argument("dir")
+    i.add_argument("dir", help="codebook directory written by `million calibrate`")
     i.set_defaults(func=cmd_info)
 
     try:

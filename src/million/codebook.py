@@ -191,7 +191,8 @@ class Codebooks:
 
         d = Path(directory)
         if not d.is_dir():
-            raise FileNotFoundError(f"codebook directory {str(directory)!r} does not exist")
+            what = "is a file, not a codebook directory" if d.exists() else "does not exist"
+            raise FileNotFoundError(f"codebook directory {str(directory)!r} {what}")
         if not (d / META_FILE).is_file() or not (d / TENSORS_FILE).is_file():
             raise FileNotFoundError(f"{str(directory)!r} is not a codebook directory (needs {META_FILE} and {TENSORS_FILE}); make one with `million calibrate`")
         try:

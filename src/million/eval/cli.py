@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import _positive
 from .methods import METHOD_BITS
 from .runners import PROTOCOLS
 
@@ -20,10 +21,15 @@ EVICTING = ("pqsparse", "qhitter")  # methods that evict in the all-quantized pr
 
 
 def _bits(s: str) -> float:
+    import argparse
+    import math
+
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"--bits {s!r} is not a number; allowed: e.g. 16, 4, 3, 2") from None
+        v = math.nan
+    if not math.isfinite(v):  # (an ArgumentTypeError keeps this message; argparse replaces a ValueError's)
+        raise argparse.ArgumentTypeError(f"--bits {s!r} is not a number; allowed: e.g. 16, 4, 3, 2")
     return int(v) if v == int(v) else v
 
 
@@ -76,6 +82,8 @@ def _validate_common(args) -> None:
                          f"--method pqsparse (got --method {args.method})")
     if not 0 <= args.high_share < 1:
         raise ValueError(f"--high-share {args.high_share:g} is out of range; allowed: [0, 1)")
+    if args.json and Path(args.json).is_dir():  # before the run, not after it
+        raise ValueError(f"--json {args.json} is a directory; give a file path (e.g. {Path(args.json) / 'result.json'})")
 
 
 def _setup(args):
@@ -163,8 +171,8 @@ def _common(p) -> None:
     p.add_argument("--codebooks", default=None, help="PQ codebook directory (million calibrate or a PQ variant) for pq/million")
     p.add_argument("--protocol", default="all-quantized", help=f"one of {PROTOCOLS} (default all-quantized)")
     p.add_argument("--calib-text", default="squad", help="text for methods that calibrate in-process (default squad)")
-    p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (first part of the text; default 16384)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--calib-tokens", type=_positive("--calib-tokens"), default=16384, help="calibration tokens (first part of the text; default 16384)")
+    p.add_argument("--threads", type=_positive("--threads"), default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="where the float32 model runs: cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", default=None, help="write the result as JSON here")
     p.add_argument("--keep", type=float, default=None,
@@ -191,13 +199,13 @@ def _common(p) -> None:
     p.add_argument("--high-by", default=HIGH_TIER["high_by"], choices=("score", "pooled"),
                    help="pqsparse with --high-share: rank the tier by discounted score (default) or by pooled score")
     p.add_argument("--chunk", type=int, default=1, help="protocol served: tokens per forward (default 1: every position a decode step)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def add_eval_parser(subparsers) -> None:
     """Register ``eval`` with subcommands ``ppl`` and ``needle`` on the main CLI's subparsers."""
     e = subparsers.add_parser("eval", help="quality: perplexity and needle-in-a-haystack per KV method")
-    es = e.add_subparsers(dest="eval_command", required=True, parser_class=type(e))
+    es = e.add_subparsers(dest="eval_command", required=True, parser_class=type(e), metavar="{ppl,needle}")
 
     p = es.add_parser("ppl", help="perplexity over non-overlapping windows")
     _common(p)
@@ -213,6 +221,7 @@ def add_eval_parser(subparsers) -> None:
     n.add_argument("--contexts", default="1024,2048,4096,8192", help="prompt lengths in tokens (default 1024,2048,4096,8192)")
     n.add_argument("--depths", default="0.1,0.5,0.9", help="needle depths in [0, 1] (default 0.1,0.5,0.9)")
     n.add_argument("--haystack", default="essays", help="haystack text (default essays)")
-    n.add_argument("--max-new-tokens", type=int, default=10)
-    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=10,
+                   help="tokens generated for each answer (default 10)")
+    n.add_argument("--seed", type=int, default=0, help="which needles (numbers and their placement; default 0)")
     n.set_defaults(func=cmd_needle)
