@@ -549,3 +549,17 @@ def test_missing_subcommand_lists_the_choices(capsys):
     assert rc == 2 and "{calibrate,generate,info,eval}" in one_line(err)
     rc, _, err = run(["eval"], capsys)
     assert rc == 2 and "{ppl,needle}" in one_line(err)
+
+
+def test_text_that_is_not_utf8_names_the_file(tiny_model_dir, tmp_path, capsys):
+    f = tmp_path / "bin.txt"
+    f.write_bytes(b"\xb5\xff\x00 abc")
+    rc, _, err = run(["calibrate", "--model", str(tiny_model_dir), "--text", str(f), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and str(f) in one_line(err) and "is not UTF-8" in one_line(err)
+
+
+def test_info_without_a_model_identity(tmp_path, capsys):
+    pq = PQConfig(head_dim=16, M=8, nbits=6)
+    Codebooks(pq, torch.zeros(2, 1, 8, 64, 2), torch.zeros(2, 1, 8, 64, 2)).save(tmp_path / "cb")
+    rc, out, _ = run(["info", str(tmp_path / "cb")], capsys)
+    assert rc == 0 and "not recorded" in out and "None" not in out.split("\n")[0]

@@ -306,3 +306,8 @@ def test_load_on_a_file_raises_file_not_found(tmp_path):
     f.write_text("x")
     with pytest.raises(FileNotFoundError, match="file.txt"):
         Codebooks.load(f)
+
+
+def test_saved_files_share_one_mode(tmp_path):
+    d = make_codebooks().save(tmp_path / "cb")
+    assert (d / TENSORS_FILE).stat().st_mode & 0o777 == (d / META_FILE).stat().st_mode & 0o777

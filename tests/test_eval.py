@@ -160,8 +160,10 @@ def test_token_windows():
     w = token_windows(ids, 30, None, 5)
     assert len(w) == 3 and w[0][0, 0] == 5 and w[-1].shape == (1, 30)
     assert len(token_windows(ids, 30, 2, 0)) == 2
-    with pytest.raises(ValueError, match="not one window"):
+    with pytest.raises(ValueError, match="not one window.*allowed: a window of at most 100 tokens"):
         token_windows(ids, 200, None, 0)
+    with pytest.raises(ValueError, match="after offset 100000; allowed: an offset of at most 70"):
+        token_windows(ids, 30, None, 100000)
     with pytest.raises(ValueError, match="--max-windows 0 must be >= 1"):
         token_windows(ids, 30, 0, 0)
 

@@ -55,6 +55,14 @@ def _transform_name(var: dict) -> str:
     return name
 
 
+def _chmod_like_umask(path: Path) -> None:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 @dataclass
 class Codebooks:
     """Trained PQ codebooks for one model.
@@ -175,6 +183,7 @@ class Codebooks:
         for n, t in (self.transforms or {}).items():
             tensors[f"transform_{n}"] = t.float().contiguous().cpu()
         save_file(tensors, str(d / TENSORS_FILE))
+        _chmod_like_umask(d / TENSORS_FILE)  # safetensors writes 0600; the JSON beside it gets the umask's mode
         meta = {
             "format": "million-codebooks",
             "format_version": FORMAT_VERSION,
@@ -222,8 +231,9 @@ class Codebooks:
         """What ``million info`` prints: shapes, bits, transforms, calibration and tuning."""
         c = self.config
         lines = [
-            f"model        : {self.model.get('name', '?')} ({self.model.get('architecture', '?')}, "
-            f"{self.model.get('num_hidden_layers')} layers, {self.model.get('num_key_value_heads')} KV heads, head_dim {c.head_dim})",
+            (f"model        : {self.model.get('name', '?')} ({self.model.get('architecture', '?')}, "
+             f"{self.model.get('num_hidden_layers')} layers, {self.model.get('num_key_value_heads')} KV heads, head_dim {c.head_dim})"
+             if self.model else f"model        : not recorded (head_dim {c.head_dim}; checked against a model at use)"),
             f"PQ           : M={c.M} subspaces x dsub={c.dsub}, nbits={c.nbits} (ksub={c.ksub}), {c.bits_per_element:g} bits/element",
             f"granularity  : {c.granularity}  centroids {list(self.key_centroids.shape)} (K and V)",
             f"residual     : {c.residual_length} tokens fp16;  sinks: {c.sink_length}",

@@ -73,4 +73,7 @@ def load_text(name_or_path: str = "squad") -> str:
     p = Path(name_or_path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"text {name_or_path!r} is neither a corpus name {list(CORPORA)} nor a readable file")
-    return p.read_text(encoding="utf-8")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"text {name_or_path!r} is not UTF-8 ({e.reason} at byte {e.start}); give a UTF-8 text file") from None

@@ -37,7 +37,9 @@ def token_windows(ids: torch.Tensor, window: int, max_windows: int | None, offse
         n = min(n, max_windows)
     if n < 1:
         raise ValueError(f"text has {ids.numel()} tokens: not one window of {window} after offset {offset}; "
-                         f"allowed: a window of at most {max(0, ids.numel() - offset)} tokens")
+                         + (f"allowed: a window of at most {ids.numel() - offset} tokens" if ids.numel() - offset >= 2
+                            else f"allowed: an offset of at most {ids.numel() - window}" if ids.numel() >= window
+                            else "give a longer text"))
     return [ids[offset + i * window : offset + (i + 1) * window][None] for i in range(n)]
 
 
