@@ -29,8 +29,13 @@
 #    taken if its tests pass, faster at bf16 MHA B=1 32K 4-bit by more than 1% in both rounds and no cell more than 1%
 #    slower in both (ab_adopt.py); then git apply the patch, #define PQ_BFH 1, check the PTX against nvcc -ptx
 #    -DPQ_BFH=1 of the patched source.
-# Usage: OUT=$OUT DEADLINE=420 [STAGES="bfh e2e"] bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so, .carry/attn_bfh.so,
-#        .carry/enc_wg.so; ~80 s
+# 6. tri (added 2026-12-07 21:15 UTC): the Triton changes of 5ecb102 on a GPU (the log-sum-exp path, the contiguous
+#    fakes, the tensor-core encode with its norms in fp32, the kernel guards): their tests, then the tc encode kernel
+#    against the version before (.carry/triton_encode_bcb5d00.py = git show bcb5d00:src/million/ops/triton_encode.py)
+#    at the shape it is the default for (fp16, dsub 4, 16 centroids; 32 heads x 32K tokens), and at x200 values (the
+#    old kernel's fp16 norms overflow there). No rule: the change fixes wrong codes; its time is recorded.
+# Usage: OUT=$OUT DEADLINE=420 [STAGES="bfh e2e tri"] bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so,
+#        .carry/attn_bfh.so, .carry/enc_wg.so, .carry/triton_encode_bcb5d00.py; ~80 s
 #        for 1-2, ~100 s for 3, ~35 s for 4, ~120 s for 5; builds as in gpu_next24.sh's header, bfh with
 #        git apply docs/logs/bfh_1207/bfh.patch; nvcc $F -DPQ_BFH=1 -o .carry/attn_bfh.so ...; git checkout the .cu)
 set -uo pipefail
@@ -40,8 +45,8 @@ gpu_setup /tmp/next26 "${DEADLINE:-420}" .carry/attn_lib14.so .carry/enc_wg.so
 pack() { pack_tgz "$1" "^bench|^adopt|^slower|^ctx |^\\| [0-9]"; }
 env_txt
 # STAGES: the stages to run, by name (default all). Stages 1, 2 and 4 ran in gpu_next28.sh (2026-12-07 19:34 UTC, m16
-# taken), so the next call is STAGES="bfh e2e".
-STAGES=${STAGES:-"m16 bf qop bfh e2e"}
+# taken), so the next call is STAGES="bfh e2e tri" (~270 s + ~120 s for tri).
+STAGES=${STAGES:-"m16 bf qop bfh e2e tri"}
 on() { [[ " $STAGES " == *" $1 "* ]]; }
 if on m16; then
 A="python3 benchmarks/bench_decode_cuda.py --skip-check --no-triton --bits 2 --shapes gqa --contexts 32768,131072
@@ -71,4 +76,11 @@ fi
 fi
 on e2e && MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks/bench_e2e.py --graph --steps 128 \
   --shape llama3-8b --caches fp16static,fp16static-gqa,pq --contexts 4096,32768,131072 --json "$W/e2e_gqa.json"
+if on tri; then  # the Triton changes of 2026-12-07 21:00 UTC (5ecb102) on a GPU: tests, then the tc encode A/B
+run t_tri 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_attention.py tests/test_triton_encode.py \
+  -k "lse or permuted or large_values or refuses or opcheck"
+run enc_tc 40 python3 benchmarks/bench_encode_tc_ab.py --old .carry/triton_encode_bcb5d00.py --out "$W/enc_tc.json"
+run enc_tc_big 40 python3 benchmarks/bench_encode_tc_ab.py --old .carry/triton_encode_bcb5d00.py --scale 200 \
+  --tokens 4096 --out "$W/enc_tc_big.json"
+fi
 finish_call
