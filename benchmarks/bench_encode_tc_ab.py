@@ -25,19 +25,10 @@ def load_module(path: str, name: str):
     return mod
 
 
-def cuda_ms(fn, warmup: int = 3, iters: int = 11) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+def cuda_ms(fn) -> float:
+    from bench_encode import cuda_time  # (benchmarks/ is the script's directory, first on sys.path)
+
+    return 1e3 * cuda_time(fn, warmup=3, iters=11)
 
 
 def main(argv=None) -> int:

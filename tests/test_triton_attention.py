@@ -142,7 +142,7 @@ def test_lse_matches_naive_fp32(case, nan_buffers):
     name, *shape = case
     args, _ = make_case(*shape, dtype=torch.float32)
     ref_out, ref_lse = naive.pq_decode_attention(*[a if a is None else a.cpu() for a in args], return_lse=True)
-    out, lse = ta.pq_decode_attention_lse(*args)
+    out, lse = ta.pq_decode_attention(*args, return_lse=True)
     assert out.shape == ref_out.shape and lse.shape == ref_lse.shape and lse.dtype == torch.float32
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert rel_rms(out.cpu(), ref_out) < 1e-5
@@ -160,11 +160,11 @@ def test_dispatch_with_lse_uses_the_triton_kernels(monkeypatch, nan_buffers):
     monkeypatch.setattr(ops, "use_kernels", lambda t: True)
     monkeypatch.setattr(ops, "_cuda_kernel", lambda a: None)
     calls = []
-    real = ta.pq_decode_attention_lse
-    monkeypatch.setattr(ta, "pq_decode_attention_lse", lambda *a: calls.append(1) or real(*a))
+    real = ta.pq_decode_attention
+    monkeypatch.setattr(ta, "pq_decode_attention", lambda *a, **k: calls.append(k) or real(*a, **k))
     monkeypatch.setattr(naive, "pq_decode_attention", lambda *a, **k: pytest.fail("naive fallback used"))
     out, lse = ops.pq_decode_attention(*args, return_lse=True)
-    assert calls == [1] and lse.shape == (2, 6)
+    assert calls == [{"return_lse": True}] and lse.shape == (2, 6)
 
 
 CONFIGS = [

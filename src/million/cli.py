@@ -54,30 +54,26 @@ def _device(name: str | None) -> str:
     return name
 
 
-def _int_at_least(name, lo: int, what: str):
+def _int_arg(ok, message):
+    """An argparse type: an integer for which ``ok(v)``, else an error ``message(s)`` naming the value given."""
     def conv(s):
         try:
             v = int(s)
         except ValueError:
             v = None
-        if v is None or v < lo:
-            raise argparse.ArgumentTypeError(f"{name} must be a {what} integer, got {s!r}")
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(message(s))
         return v
 
     return conv
+
+
+def _int_at_least(name, lo: int, what: str):
+    return _int_arg(lambda v: v >= lo, lambda s: f"{name} must be a {what} integer, got {s!r}")
 
 
 def _int_range(name, lo: int, hi: int):
-    def conv(s):
-        try:
-            v = int(s)
-        except ValueError:
-            v = None
-        if v is None or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{name} {s!r} is out of range; allowed: integers {lo}..{hi}")
-        return v
-
-    return conv
+    return _int_arg(lambda v: lo <= v <= hi, lambda s: f"{name} {s!r} is out of range; allowed: integers {lo}..{hi}")
 
 
 def _positive(name):

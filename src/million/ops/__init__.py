@@ -101,11 +101,7 @@ def pq_decode_attention(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, 
         except ImportError:
             triton_attention = None
         if triton_attention is not None:
-            if not return_lse:
-                return triton_attention.pq_decode_attention(*args)
-            lse_kernel = getattr(triton_attention, "pq_decode_attention_lse", None)
-            if lse_kernel is not None:
-                return lse_kernel(*args)
+            return triton_attention.pq_decode_attention(*args, return_lse=return_lse)
     return naive.pq_decode_attention(*args, return_lse=return_lse)
 
 

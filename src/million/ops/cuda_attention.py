@@ -507,11 +507,7 @@ def _fallback(args, return_lse):
     except ImportError:
         triton_attention = None
     if triton_attention is not None:
-        if not return_lse:
-            return triton_attention.pq_decode_attention(*args)
-        lse_kernel = getattr(triton_attention, "pq_decode_attention_lse", None)
-        if lse_kernel is not None:
-            return lse_kernel(*args)
+        return triton_attention.pq_decode_attention(*args, return_lse=return_lse)
     from . import naive
 
     return naive.pq_decode_attention(*args, return_lse=return_lse)

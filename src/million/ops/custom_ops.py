@@ -66,7 +66,7 @@ def pq_decode_attention_lse(
     scale: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton kernels with each head's log-sum-exp: ``(out [B, H_q, D], lse [B, H_q] float32)``; see
-    :func:`million.ops.triton_attention.pq_decode_attention_lse`."""
+    :func:`million.ops.triton_attention.pq_decode_attention` with ``return_lse=True``."""
     from .triton_attention import pq_decode_attention_launch
 
     return pq_decode_attention_launch(

@@ -463,45 +463,25 @@ def pq_decode_attention(
     res_lens: torch.Tensor,
     starts: torch.Tensor | None = None,
     scale: float | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decode attention over PQ codes plus the residual window, on the GPU.
 
     Same shapes and semantics as :func:`million.ops.naive.pq_decode_attention`:
 
     q ``[B, H_q, D]``; k_codes, v_codes ``[B, H_kv, T, M]`` (uint8 or uint16); k_centroids,
     v_centroids ``[Hc, M, ksub, dsub]``; pq_lens, res_lens, starts int ``[B]`` (read on the device,
-    never synchronized); k_res, v_res ``[B, H_kv, R, D]``. Returns ``[B, H_q, D]`` in ``q.dtype``.
-    Runs as the opaque custom op ``million::pq_decode_attention`` (torch.compile and CUDA graphs).
+    never synchronized); k_res, v_res ``[B, H_kv, R, D]``. Returns ``[B, H_q, D]`` in ``q.dtype``; with
+    ``return_lse`` also each head's log-sum-exp ``[B, H_q]`` (float32, natural log, -inf where nothing was attended).
+    Runs as the opaque custom op ``million::pq_decode_attention`` (``million::pq_decode_attention_lse``) for
+    torch.compile and CUDA graphs.
     """
     _validate(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts)
     from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
 
-    return torch.ops.million.pq_decode_attention(
+    op = torch.ops.million.pq_decode_attention_lse if return_lse else torch.ops.million.pq_decode_attention
+    return op(
         q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts,
         None if scale is None else float(scale),
     )
 
-
-def pq_decode_attention_lse(
-    q: torch.Tensor,
-    k_codes: torch.Tensor,
-    v_codes: torch.Tensor,
-    k_centroids: torch.Tensor,
-    v_centroids: torch.Tensor,
-    pq_lens: torch.Tensor,
-    k_res: torch.Tensor,
-    v_res: torch.Tensor,
-    res_lens: torch.Tensor,
-    starts: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pq_decode_attention` that also returns each head's log-sum-exp: ``(out [B, H_q, D], lse [B, H_q])``,
-    lse float32 in natural-log units (-inf where nothing was attended), as ``naive.pq_decode_attention(...,
-    return_lse=True)``. Runs as the opaque custom op ``million::pq_decode_attention_lse``."""
-    _validate(q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts)
-    from . import custom_ops  # noqa: F401  (registers torch.ops.million.*)
-
-    return torch.ops.million.pq_decode_attention_lse(
-        q, k_codes, v_codes, k_centroids, v_centroids, pq_lens, k_res, v_res, res_lens, starts,
-        None if scale is None else float(scale),
-    )
