@@ -1,6 +1,7 @@
 """Decision rule of the one-call A/B scripts (gpu_ab_mha.sh, gpu_pf_gqa.sh), written before a run:
 adopt the variant where its time at one cell is below (1 - margin) x the base's in every round, and (with --guard G)
-no cell that both runs timed is above (1 + G) x the base's in every round.
+no cell that both runs timed is above (1 + G) x the base's in every round, and every cell was timed by both in every
+round (a cell missing anywhere refuses).
 
     python benchmarks/ab_adopt.py DIR BASE VARIANT --cell mha:1:32768:4 [--margin 0.005] [--guard 0.02 [--guard-bits]]
         [--rounds ,_b] [--shapes gqa,smollm2]
@@ -34,11 +35,16 @@ def slower_cells(d: Path, base: str, variant: str, guard: float, rounds: list[st
     variant is above (1 + guard) x the base in every round."""
     pairs = [(cell_times(d / f"ab_{base}{r}.json"), cell_times(d / f"ab_{variant}{r}.json")) for r in rounds]
     common = set.intersection(*(set(b) & set(v) for b, v in pairs))
+    seen = set.union(*(set(b) | set(v) for b, v in pairs))
     if bits is not None:
-        common = {c for c in common if c[3] == bits}
+        common, seen = {c for c in common if c[3] == bits}, {c for c in seen if c[3] == bits}
     if shapes is not None:
-        common = {c for c in common if c[0] in shapes}
-    return sorted(c for c in common if all(v[c] > (1 + guard) * b[c] for b, v in pairs))
+        common, seen = {c for c in common if c[0] in shapes}, {c for c in seen if c[0] in shapes}
+    # a cell one round or arm did not time (a run cut short) cannot be shown not slower: it counts against adoption
+    missing = sorted(seen - common)
+    for c in missing:
+        print("missing:", ":".join(map(str, c)))
+    return missing + sorted(c for c in common if all(v[c] > (1 + guard) * b[c] for b, v in pairs))
 
 
 def decide(d: Path, base: str, variant: str, cell: tuple, margin: float, rounds: list[str],

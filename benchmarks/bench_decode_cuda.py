@@ -2,9 +2,12 @@
 
     PYTHONPATH=src MILLION_CUDA_LIB=.carry/million_pq.so python3 benchmarks/bench_decode_cuda.py --out $OUT/cuda.json
 
-Timing: median of triton.testing.do_bench over CUDA-graph replays; one replay runs 20 calls that
-rotate over enough input copies to exceed 4x the L2, so the codes come from HBM (same method as
-benchmarks/bench_decode.py). PQ inputs: random uint8 codes, ksub 256, fp16 centroids shared by all
+Timing: median of triton.testing.do_bench over CUDA-graph replays; one replay runs 20 calls back to back that rotate
+over up to 20 input copies (capped at 20: at small shapes they hold less than the L2), each used once per replay, and
+do_bench clears the L2 before every replay, so the codes come from HBM. Back to back, each PQ call's partial grid
+starts during the previous call's merge (programmatic launch); --q-op puts an op on q in front of every call (PQ and
+SDPA alike) so nothing of a previous attention call overlaps (docs/benchmarks.md, "How to read these ratios"). The
+"floor" column is the bytes read (codes, tables, window) at a fixed 3.0 TB/s, a reference rate, not a measured limit. PQ inputs: random uint8 codes, ksub 256, fp16 centroids shared by all
 heads (--head-codebooks: one table per KV head, as MillionCache serves), residual window capacity 128 with
 64 valid tokens, pq_len = context - 64, no starts (--zero-starts: a zero-filled starts tensor made in every call).
 """

@@ -36,9 +36,10 @@ def main():
     ap.add_argument("--shape", choices=["llama2-7b", "llama3-8b"], default="llama2-7b")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--bits", type=float, default=4)
-    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=128, help="timed steps (default 128; a multiple of R covers its commits)")
     ap.add_argument("--residual", type=int, default=128)
-    ap.add_argument("--warmup", type=int, default=8, help="untimed decode steps first (kernel compilation)")
+    ap.add_argument("--warmup", type=int, default=8,
+                    help="untimed decode steps first: with --graph the Decoder's 2 eager steps, the capture, then replays")
     ap.add_argument("--graph", action="store_true", help="million.decode loop with CUDA-graph replay (see above)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--caches", default="fp16static,pq,pq-tr",

@@ -75,6 +75,7 @@ cache_tests() {
 # $W/ab_BASE*.json and $W/ab_VARIANT*.json at CELL, two rounds; with $GUARD set, also no cell slower by more than that
 # fraction in both rounds); where it adopts, sweep_all and cache_tests
 adopt_then_sweep() {
+  rm -f "$W/adopt"  # (a failed run must not leave an earlier decision to read)
   run adopt 10 python3 benchmarks/ab_adopt.py "$W" "$1" "$2" --cell "$3" ${GUARD:+--guard "$GUARD"}
   [ "$(cat "$W/adopt" 2>/dev/null)" = 1 ] || return 0
   sweep_all "${4:-50}"

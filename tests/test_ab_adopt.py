@@ -118,3 +118,15 @@ def test_take_is_the_fastest_arm_that_passed(tmp_path, capsys):
     (tmp_path / "adopt_a").unlink()  # an arm without a decision is not taken
     assert ab_take.main([str(tmp_path), "a", "b", "c"]) == "none"
     assert (tmp_path / "take").read_text() == "none"
+
+
+def test_guard_refuses_a_cell_one_round_did_not_time(tmp_path, capsys):
+    _write(tmp_path, "col", 52.3)
+    _write(tmp_path, "col_b", 52.4)
+    _write(tmp_path, "pf", 51.5, other=12.0)  # the other cell 20% slower in round 1 ...
+    rows = [dict(shape="mha", B=1, context=32768, bits=4, cuda_us=51.5)]  # ... and not timed in round 2 (cut short)
+    (tmp_path / "ab_pf_b.json").write_text(json.dumps({"bench": rows}))
+    args = [str(tmp_path), "col", "pf", "--cell", "mha:1:32768:4"]
+    assert ab_adopt.main(args) is True  # no guard: only the decision cell counts
+    assert ab_adopt.main(args + ["--guard", "0.02"]) is False
+    assert "missing: mha:1:32768:2" in capsys.readouterr().out
