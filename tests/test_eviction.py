@@ -162,8 +162,10 @@ def test_attention_on_packed_codes_is_attention_on_the_kept_tokens(sinks, transf
         torch.testing.assert_close(got.float(), _dense_reference(layer, q, 0.25), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("pads,transformed", [((0, 4), False), ((0, 0), False), ((0, 0), True), ((0, 6), True)],
-                         ids=["padded", "folded-sinks", "transformed-folded", "transformed-padded"])
+@pytest.mark.parametrize("pads,transformed", [((0, 4), False), ((0, 0), False), ((0, 0), True), ((0, 6), True),
+                                               ((0, 14), False), ((14, 0), True)],
+                         ids=["padded", "folded-sinks", "transformed-folded", "transformed-padded", "short-padded",
+                              "transformed-short-padded"])
 def test_static_steps_equal_eager_steps_with_eviction(pads, transformed, monkeypatch):
     # eager steps commit layer by layer; static steps score and evict all layers at once (MillionCache._commit_all)
     model, cb = _setup(kv_heads=1, sinks=1, transformed=transformed)
@@ -334,3 +336,72 @@ def test_pool_share_keeps_the_strongest_first_then_their_neighbours(pool, side):
             # the other 6 by pooled score among the rest (pooled scores tie: neighbours share their hitter's maximum)
             assert min(pooled[i, h, j] for j in rest) >= max(pooled[i, h, j] for j in others)
     assert none.heavy(sc, 0).shape == (2, 3, 0)
+
+
+def _dense_reference_padded(layer, q, scale):
+    """:func:`_dense_reference` for a left-padded batch: a sequence's window rows before its padding ends are not its
+    tokens (its padding can reach into the window while a longer sequence has evicted)."""
+    B, Hq, D = q.shape
+    H = layer.num_heads
+    G = Hq // H
+    outs = []
+    for b in range(B):
+        kd, vd = layer._decoded(layer._cs[b], layer.pq_len)  # empty for a sequence with no code yet
+        s, w0 = layer._sfill[b], max(layer._pad[b] - layer.pq_pos, 0)
+        ks = [layer.k_sink[b : b + 1, :, :s], kd[b : b + 1], layer.k_window[b : b + 1, :, w0 : layer.res_len]]
+        vs = [layer.v_sink[b : b + 1, :, :s], vd[b : b + 1], layer.v_window[b : b + 1, :, w0 : layer.res_len]]
+        k, v = torch.cat(ks, 2).float()[0], torch.cat(vs, 2).float()[0]
+        qb = q[b].float().view(H, G, D)
+        p = (torch.einsum("hgd,hnd->hgn", qb, k) * scale).softmax(-1)
+        outs.append(torch.einsum("hgn,hnd->hgd", p, v).reshape(Hq, D))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("sinks,transformed", [(0, False), (1, False), (2, True)])
+def test_a_short_padded_sequence_does_not_defer_the_others_eviction(sinks, transformed):
+    """A batch of a long prompt and a 3-token one (left padding 37 of 40): the long one evicts from its prefill on, as
+    it does alone (same logits at every step), while the short one keeps its tokens until its first code commits;
+    attention over the packed codes is attention over exactly each sequence's kept tokens, and chunks equal steps."""
+    model, cb = _setup(kv_heads=2, sinks=sinks, transformed=transformed)
+    ids, am = left_padded(length=40, pad=(0, 37))
+    ev = Eviction(keep=0.4)
+    batch, alone, chunked = (MillionCache(cb, model.config, evict=ev) for _ in range(3))
+    more = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(8))
+    pos = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=am, position_ids=pos, **cache_arg(model, batch), use_cache=True)
+        model(input_ids=ids[:1], position_ids=pos[:1], **cache_arg(model, alone), use_cache=True)
+        model(input_ids=ids, attention_mask=am, position_ids=pos, **cache_arg(model, chunked), use_cache=True)
+        l0 = batch.layers[0]
+        assert l0._evicted and l0.pq_pos < 37 + sinks  # the long one evicted; the short one has no code yet
+        assert l0._cs[1] > l0.pq_len and l0._cs == [c for c in l0._cs]
+        assert alone.layers[0]._evicted and l0.pq_len == alone.layers[0].pq_len  # as many codes kept as alone
+        want, a, last = [], am, pos[:, -1:]
+        for t in range(24):
+            a = torch.cat([a, torch.ones_like(a[:, :1])], 1)
+            got = model(input_ids=more[:, t : t + 1], attention_mask=a, position_ids=last + 1 + t,
+                        **cache_arg(model, batch), use_cache=True).logits
+            solo = model(input_ids=more[:1, t : t + 1], position_ids=last[:1] + 1 + t,
+                         **cache_arg(model, alone), use_cache=True).logits
+            torch.testing.assert_close(got[:1], solo, rtol=1e-4, atol=1e-4)
+            want.append(got)
+            if t == 0:  # attention on the packed codes, the short sequence still without a code
+                q = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(9))
+                for layer in batch.layers:
+                    st, _ = layer._state()
+                    st.observer = None
+                    torch.testing.assert_close(_pq_attention(st, q, st.starts, 0.25).float(),
+                                               _dense_reference_padded(layer, q, 0.25), rtol=1e-4, atol=1e-4)
+        assert l0._cs[1] <= l0.pq_len  # by now the short one has codes (and evicts by its own budget)
+        q = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(10))
+        for layer in batch.layers:
+            st, _ = layer._state()
+            st.observer = None
+            torch.testing.assert_close(_pq_attention(st, q, st.starts, 0.25).float(),
+                                       _dense_reference_padded(layer, q, 0.25), rtol=1e-4, atol=1e-4)
+        got, a = [], am
+        for t in range(0, 24, 2):  # chunks of 2 (R = 4) from the same prefill: the same logits as the steps
+            a = torch.cat([a, torch.ones_like(a[:, :2])], 1)
+            got.append(model(input_ids=more[:, t : t + 2], attention_mask=a, position_ids=last + 1 + t + torch.arange(2),
+                             **cache_arg(model, chunked), use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), rtol=1e-4, atol=1e-4)

@@ -210,14 +210,15 @@ class MillionLayer(CacheLayerMixin):
         eviction its update makes first; kept is None while no token has been evicted (keys are then positions)."""
         if self.evict is None or not getattr(self, "is_initialized", False):
             return None, self.res_len
-        kept = [self.pq_len - c for c in self._cs] if self._evicted else None
+        kept = [max(0, self.pq_len - c) for c in self._cs] if self._evicted else None
         R = self.config.residual_length
-        if q > 1 and self.pending and self.res_len + q > 2 * R:  # update() commits a block and evicts
+        if q > 1 and self.pending and self.res_len + q > 2 * R:  # update() commits a block and evicts (_evict_all)
             pos = self.pq_pos + R
             first, bud = self._first_and_budgets(pos)
-            if all(f <= pos for f in first):
-                have = [(self.pq_len - c if self._evicted else self.pq_len - f) + R for c, f in zip(self._cs or first, first)]
-                if self._evicted or any(h > b for h, b in zip(have, bud)):
+            ready = [f <= pos for f in first]
+            if any(ready):
+                have = [self.pq_len + R - c if r else 0 for c, r in zip(self._cs or first, ready)]
+                if self._evicted or any(h > b for h, b, r in zip(have, bud, ready) if r):
                     kept = [min(h, b) for h, b in zip(have, bud)]
             return kept, self.res_len - R
         return kept, self.res_len
@@ -397,7 +398,8 @@ class MillionLayer(CacheLayerMixin):
         """Where attention starts reading each sequence's codes: after its padding and committed sinks, or at its first
         kept slot once its sinks are all committed (eviction); host events (commits, evictions) change it, steps don't."""
         pads = self._pad if self._pad is not None else [0] * self.batch_size
-        first = [p + f for p, f in zip(pads, self._sfill)]
+        delta = self.pq_pos - self.pq_len  # positions evicted so far: position p is at slot p - delta from pq_pos on
+        first = [p + f - delta for p, f in zip(pads, self._sfill)]
         if self._cs is not None:
             S = self.config.sink_length
             first = [c if f >= S else x for x, c, f in zip(first, self._cs, self._sfill)]
@@ -487,11 +489,11 @@ class MillionLayer(CacheLayerMixin):
             kd, vd = self._decoded(min(self._cs), self.pq_len)  # sequence b's codes: the last pq_len - cs[b] rows
             k = torch.cat([self.k_sink[:, :, :S], kd, self.k_window[:, :, : self.res_len]], 2)
             v = torch.cat([self.v_sink[:, :, :S], vd, self.v_window[:, :, : self.res_len]], 2)
-            for b, f in enumerate(self.kept_first()):
-                if f:  # fewer kept codes: its sinks move up to them, zeros in front
-                    k[b, :, f : f + S], v[b, :, f : f + S] = self.k_sink[b, :, :S], self.v_sink[b, :, :S]
-                    k[b, :, :f] = 0
-                    v[b, :, :f] = 0
+            for b, (e, s) in enumerate(zip(self._code_rows(), self._sfill)):
+                if e - s:  # fewer kept codes (or committed sinks): its sinks move up to its codes, zeros in front
+                    k[b, :, e - s : e], v[b, :, e - s : e] = self.k_sink[b, :, :s], self.v_sink[b, :, :s]
+                    k[b, :, : e - s] = 0
+                    v[b, :, : e - s] = 0
             return k, v
         kd, vd = self._decoded(0, self.pq_len)
         pads = self._pad if self._pad is not None else [0] * self.batch_size
@@ -503,11 +505,18 @@ class MillionLayer(CacheLayerMixin):
         v = torch.cat([vd, self.v_window[:, :, : self.res_len]], 2)
         return k, v
 
-    def kept_first(self) -> list[int]:
-        """After an eviction: each sequence's first row in :meth:`dequantize` (its sinks, kept codes and window are
-        right-aligned behind as many rows as it keeps fewer codes than the sequence that keeps most)."""
+    def _code_rows(self) -> list[int]:
+        """After an eviction: the row of :meth:`dequantize` where each sequence's kept codes begin (its committed sinks
+        are the rows right before; a sequence still waiting for its first code, ``cs > pq_len``, has none)."""
         c0 = min(self._cs)
-        return [c - c0 for c in self._cs]
+        return [self.sink_len + min(c, self.pq_len) - c0 for c in self._cs]
+
+    def kept_first(self) -> list[int]:
+        """After an eviction: each sequence's first valid row in :meth:`dequantize` (its committed sinks, kept codes and
+        window are right-aligned behind as many rows as it keeps fewer codes than the sequence that keeps most; a
+        sequence whose left padding still reaches into the window starts past that padding)."""
+        pads = self._pad if self._pad is not None else [0] * self.batch_size
+        return [e - s + max(p - self.pq_pos, 0) for e, s, p in zip(self._code_rows(), self._sfill, pads)]
 
     def dense_mask(self, q: int, kv: int) -> torch.Tensor | None:
         """The attention mask ``[B, 1, q, kv]`` (True = attend) of a ``q``-token step over what :meth:`update` handed
@@ -959,10 +968,13 @@ def _evict_all(ls: list) -> None:
     for l in ls:
         l._ensure_pad(None)
     first, budgets = l0._first_and_budgets(l0.pq_pos)
-    if any(f > l0.pq_pos for f in first):
+    # a sequence whose padding and sinks still reach past the committed positions (a short prompt in a left-padded
+    # batch) has no code to keep yet: the others evict, it keeps none, and its first slot moves with the packing
+    ready = [f <= l0.pq_pos for f in first]
+    if not any(ready):
         return
-    lens = [l0.pq_len - c for c in l0._cs]
-    if all(k <= b for k, b in zip(lens, budgets)):
+    lens = [l0.pq_len - c if r else 0 for c, r in zip(l0._cs, ready)]
+    if all(k <= b for k, b, r in zip(lens, budgets, ready) if r):
         return
     for l in ls:
         if l._event is not None:
@@ -971,6 +983,9 @@ def _evict_all(ls: list) -> None:
     rows = []
     for b in range(B):
         K, bud = lens[b], budgets[b]
+        if not ready[b]:
+            rows.append(torch.empty(L, H, 0, dtype=torch.long, device=dev))
+            continue
         slots = torch.arange(l0._cs[b], l0.pq_len, device=dev)
         if K <= bud:
             rows.append(slots.expand(L, H, K))
@@ -986,7 +1001,9 @@ def _evict_all(ls: list) -> None:
     new_len = max(r.shape[-1] for r in rows)
     idx = torch.stack([torch.cat([r.new_zeros(L, H, new_len - r.shape[-1]), r], -1) for r in rows], 1)  # [L, B, H, n]
     old_len = l0.pq_len
-    cs = [new_len - r.shape[-1] for r in rows]
+    # every position from pq_pos on lands at slot (position - delta): a waiting sequence's first code slot is there
+    delta = l0.pq_pos - new_len
+    cs = [new_len - r.shape[-1] if ok else f - delta for r, ok, f in zip(rows, ready, first)]
     R = l0.config.residual_length
     for i, l in enumerate(ls):
         for t in (l.k_codes, l.v_codes):
@@ -1001,7 +1018,7 @@ def _evict_all(ls: list) -> None:
             l.code_starts.fill_(cs[0])
         else:
             l.code_starts.copy_(torch.tensor(cs, dtype=torch.int32))
-        l._sync_code_from()
         l.pq_len = new_len
         l.pq_lens.fill_(new_len)
         l._evicted = True
+        l._sync_code_from()  # (after pq_len: a waiting sequence's start is its position less the slots evicted)

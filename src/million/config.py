@@ -126,10 +126,8 @@ class Eviction:
     (``score / (1 + err / mean err)``, with ``friendliness``), as Q-Hitter does. Positions keep their RoPE
     phase (keys are stored after RoPE), so evicting a token only removes it from attention.
 
-    In a left-padded batch, eviction starts once every sequence's sinks are committed: while a short sequence's
-    padding still reaches past the committed codes, the whole batch keeps every code token (its outputs are then
-    those of a cache without eviction, and its memory that of one). Batch prompts of similar lengths to evict from
-    the prompt on.
+    In a left-padded batch each sequence evicts by its own budget from its own first code on: a short prompt whose
+    padding still reaches past the committed codes keeps its tokens (in the window and sinks) while the others evict.
 
     Parameters
     ----------
