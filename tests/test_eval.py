@@ -241,7 +241,9 @@ def test_pqsparse_keeps_more_tokens_at_equal_bits_and_uses_pq_codes(model, calib
     from million.eval.calibdata import geometry
 
     D = geometry(model.config)[3]
-    assert m.keep == pytest.approx(1 / (1.5 + 16 / (2 * D)))
+    # per kept token and head: its codes, an fp16 score and the fp16 quantization error the discount reads
+    assert m.keep == pytest.approx(1 / (1.5 + 16 / (2 * D) + 16 / (2 * D)))
+    assert PQHitter(1, pq, chunk=16, friendliness=False).fit(model, lambda: calib).keep == pytest.approx(1 / (1.5 + 16 / (2 * D)))
     assert m.keep > QHitter(1, chunk=16, head_dim=D).keep  # 1.5-bit codes vs 4-bit + scales
     x = torch.randn(1, 2, 9, D)
     assert torch.equal(m.qdq_key(0, x, 0), pq.qdq_key(0, x, 0))  # kept tokens are the PQ round trip
@@ -273,8 +275,8 @@ def test_pqsparse_high_tier_pays_its_bits_with_fewer_tokens(model, calib, high_b
     m = _pqsparse_high(model, calib, high=0.05, high_bits=high_bits)
     cost = 16.0 if high_bits == 16 else 8.0 + 32.0 / min(32, D)
     assert m.high_cost(D) == cost
-    # the same bits per element: keep * (code + score + flag) + high * (high - code)
-    assert m.keep * (1.5 + 16 / (2 * D) + 1 / (2 * D)) + 0.05 * (cost - 1.5) == pytest.approx(1.0)
+    # the same bits per element: keep * (code + score + error + flag) + high * (high - code)
+    assert m.keep * (1.5 + 32 / (2 * D) + 1 / (2 * D)) + 0.05 * (cost - 1.5) == pytest.approx(1.0)
     assert m.keep < base.keep
     b, b0 = m.bits_breakdown(Shape.of(model.config), 4096), base.bits_breakdown(Shape.of(model.config), 4096)
     assert b["high_tier_extra"] == pytest.approx(m.high_budget(4096) / 4096 * (cost - 1.5))

@@ -312,9 +312,15 @@ class QHitter(KVMethod):
         """The share of tokens kept so that the whole sequence costs ``bits`` per element."""
         self.keep = min(1.0, self.bits / self.kept_bits(D))
 
+    def err_bits(self, D: int) -> float:
+        """Bits per element of the stored quantization error that the friendliness discount reads at every later
+        eviction (one fp16 number per kept token and head, as MillionCache stores it; none without the discount)."""
+        return 16.0 / (2 * D) if self.rule.friendliness else 0.0
+
     def kept_bits(self, D: int) -> float:
-        """Bits per element of a kept token: codes, fp16 scale + zero per group, fp16 score per (token, head) for K+V."""
-        return self.qbits + 32.0 / min(self.group, D) + 16.0 / (2 * D)
+        """Bits per element of a kept token: codes, fp16 scale + zero per group, fp16 score and (with the friendliness
+        discount) fp16 quantization error per (token, head) for K+V."""
+        return self.qbits + 32.0 / min(self.group, D) + 16.0 / (2 * D) + self.err_bits(D)
 
     def budget(self, t: int) -> int:
         return max(1, math.ceil(self.keep * t))
@@ -342,6 +348,7 @@ class QHitter(KVMethod):
             "codes": self.qbits * f,
             "scales_zeros_fp16": 32.0 / min(self.group, D) * f,
             "scores_fp16": 16.0 / (2 * D) * f,
+            "errors_fp16": self.err_bits(D) * f,
         }
         parts["total"] = sum(parts.values())
         return parts
@@ -400,7 +407,7 @@ class PQHitter(QHitter):
         return 16.0 if self.high_bits == 16 else 8.0 + 32.0 / min(32, D)
 
     def kept_bits(self, D: int) -> float:
-        return self.code_bits() + 16.0 / (2 * D) + (1.0 / (2 * D) if self.high > 0 else 0.0)
+        return self.code_bits() + 16.0 / (2 * D) + self.err_bits(D) + (1.0 / (2 * D) if self.high > 0 else 0.0)
 
     def _set_keep(self, D: int) -> None:
         extra = self.high * (self.high_cost(D) - self.code_bits())
@@ -442,7 +449,7 @@ class PQHitter(QHitter):
     def bits_breakdown(self, shape, context, protocol="all-quantized"):
         f = self.budget(context) / context
         pq = self.pq.bits_breakdown(shape, context, "all-quantized")
-        parts = {"codes": pq["codes"] * f, "scores_fp16": 16.0 / (2 * shape.D) * f}
+        parts = {"codes": pq["codes"] * f, "scores_fp16": 16.0 / (2 * shape.D) * f, "errors_fp16": self.err_bits(shape.D) * f}
         if self.high > 0:
             parts["tier_flags"] = 1.0 / (2 * shape.D) * f
             parts["high_tier_extra"] = self.high_budget(context) / context * (self.high_cost(shape.D) - self.code_bits())
