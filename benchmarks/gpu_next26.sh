@@ -33,7 +33,8 @@
 #    fakes, the tensor-core encode with its norms in fp32, the kernel guards): their tests, then the tc encode kernel
 #    against the version before (.carry/triton_encode_bcb5d00.py = git show bcb5d00:src/million/ops/triton_encode.py)
 #    at the shape it is the default for (fp16, dsub 4, 16 centroids; 32 heads x 32K tokens), and at x200 values (the
-#    old kernel's fp16 norms overflow there). No rule: the change fixes wrong codes; its time is recorded.
+#    old kernel's fp16 norms overflow there). No rule: the change fixes wrong codes; its time is recorded. Also the
+#    GPU eviction tests with a short left-padded prompt (0de96ad: the others evict while it waits for its first code).
 # Usage: OUT=$OUT DEADLINE=420 [STAGES="bfh e2e tri"] bash benchmarks/gpu_next26.sh   (carry .carry/attn_lib14.so,
 #        .carry/attn_bfh.so, .carry/enc_wg.so, .carry/triton_encode_bcb5d00.py; ~80 s
 #        for 1-2, ~100 s for 3, ~35 s for 4, ~120 s for 5; builds as in gpu_next24.sh's header, bfh with
@@ -79,6 +80,7 @@ on e2e && MILLION_ENCODE_PRUNE_MIN=1000000000 run e2e_gqa 150 python3 benchmarks
 if on tri; then  # the Triton changes of 2026-12-07 21:00 UTC (5ecb102) on a GPU: tests, then the tc encode A/B
 run t_tri 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_attention.py tests/test_triton_encode.py \
   -k "lse or permuted or large_values or refuses or opcheck"
+run t_evict 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_eviction.py -k "short or kept_tokens"
 run enc_tc 40 python3 benchmarks/bench_encode_tc_ab.py --old .carry/triton_encode_bcb5d00.py --out "$W/enc_tc.json"
 run enc_tc_big 40 python3 benchmarks/bench_encode_tc_ab.py --old .carry/triton_encode_bcb5d00.py --scale 200 \
   --tokens 4096 --out "$W/enc_tc_big.json"
