@@ -148,6 +148,50 @@ def test_deployed_equals_quanto_cache_token_by_token(model):
     assert (sim - real).abs().max() < 1e-4
 
 
+class _KiviReferenceLayer:
+    """KIVI token by token, as its own code: keys leave full precision in blocks of ``R`` (per-channel groups of 32 along
+    the tokens of the block), values one at a time once ``R`` of them are held (the query reads ``[t - R, t]`` exact)."""
+
+    def __init__(self, m, R):
+        self.m, self.R = m, R
+
+    def mix(self, k, v):
+        """What query ``t`` (the last of the exact ``k, v [B, H, t + 1, D]``) reads."""
+        t = k.shape[2] - 1
+        fk, fv = self.R * (t // self.R), max(t - self.R, 0)
+        return (torch.cat([self.m.qdq_key(0, k[:, :, :fk], 0), k[:, :, fk:]], 2),
+                torch.cat([self.m.qdq_value(0, v[:, :, :fv], 0), v[:, :, fv:]], 2))
+
+
+def test_deployed_kivi_values_slide_out_of_the_window(model):
+    """The deployed simulation of KIVI (three copies: the quantized key with the exact value in between) equals KIVI
+    decoded token by token, and differs from giving the values the keys' block window."""
+    from transformers.cache_utils import DynamicLayer
+
+    R = 32
+    m = KIVI(2, window=R)
+    ids = ids_(80)
+    sim = Runner(model, m, "deployed").logits(ids)
+
+    class Layer(DynamicLayer):
+        def __init__(self):
+            super().__init__()
+            self.ref = _KiviReferenceLayer(m, R)
+
+        def update(self, k, v, *a, **kw):
+            return self.ref.mix(*super().update(k, v))  # the exact K/V kept (and the length, for the positions)
+
+    from transformers.cache_utils import Cache
+
+    cache = Cache(layers=[Layer() for _ in range(model.config.num_hidden_layers)])
+    real = _token_by_token(model, cache, ids)
+    assert (real - plain_logits(model, ids)).abs().max() > 1e-3
+    assert (sim - real).abs().max() < 1e-4
+    blocky = KIVI(2, window=R)
+    blocky.fp_start_v = blocky.fp_start  # the values on the keys' schedule (the harness before this fix)
+    assert (Runner(model, blocky, "deployed").logits(ids) - real).abs().max() > 1e-3
+
+
 def test_deployed_inside_window_is_exact(model):
     ids = ids_(40)
     sim = Runner(model, KIVI(2, window=128), "deployed").logits(ids)

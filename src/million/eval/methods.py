@@ -155,6 +155,11 @@ class KIVI(KVMethod):
     def fp_start(self, t):
         return block_fp_start(t, self.window)
 
+    def fp_start_v(self, t):
+        """KIVI's values leave its fp16 residual one token at a time once it holds ``window``: query ``t`` reads the
+        values of ``[t - window, t]`` in full precision (its keys leave in blocks, :meth:`fp_start`)."""
+        return (t - self.window).clamp_min(0)
+
     def bits_breakdown(self, shape, context, protocol="all-quantized"):
         parts = {"codes": float(self.bits), "scales_zeros_fp16": 32.0 / self.group}
         return self._with_window(parts, 0, context, protocol)

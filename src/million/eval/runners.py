@@ -9,7 +9,8 @@
 ``deployed``
     What a cache with an fp16 residual window does in generation: query ``t`` reads tokens
     ``[fp_start(t), t]`` in full precision and the older ones quantized (sinks, if the method
-    keeps any, stay exact in its quantized copy). One forward pass computes this exactly:
+    keeps any, stay exact in its quantized copy; a method whose values leave the window on their own schedule, KIVI,
+    gives ``fp_start_v`` and gets a third copy, see :func:`deployed_mask`). One forward pass computes this exactly:
     :class:`DeployedSimCache` returns ``[quantized keys; fp keys]`` (``2T`` keys) and a 4D mask
     lets query ``t`` see quantized key ``s`` iff ``s < fp_start(t)`` and fp key ``s`` iff
     ``fp_start(t) <= s <= t``. The rule ``fp_start`` is the cache's own (MillionCache, quanto's
@@ -80,13 +81,16 @@ class QDQCache(Cache):
 
 
 class DeployedSimLayer(DynamicLayer):
-    """Keeps the exact and the quantized copy of every token; returns both, quantized first."""
+    """Keeps the exact and the quantized copy of every token; returns both, quantized first. ``split``: a method whose
+    values leave full precision on another schedule than its keys (KIVI): three copies, ``[kq; kq; k]`` with
+    ``[vq; v; v]``, the middle one for the tokens whose key is quantized but whose value is not yet."""
 
-    def __init__(self, layer_idx: int, qdq_key, qdq_value, pre_rope_stash: dict | None):
+    def __init__(self, layer_idx: int, qdq_key, qdq_value, pre_rope_stash: dict | None, split: bool = False):
         super().__init__()
         self.layer_idx = layer_idx
         self.qdq_key, self.qdq_value = qdq_key, qdq_value
         self.stash = pre_rope_stash
+        self.split = split
         self.kq = self.vq = None
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -99,17 +103,24 @@ class DeployedSimLayer(DynamicLayer):
         k, v = super().update(key_states, value_states)
         self.kq = kq if self.kq is None else torch.cat([self.kq, kq], 2)
         self.vq = vq if self.vq is None else torch.cat([self.vq, vq], 2)
+        if self.split:
+            return torch.cat([self.kq, self.kq, k], 2), torch.cat([self.vq, v, v], 2)
         return torch.cat([self.kq, k], 2), torch.cat([self.vq, v], 2)
 
 
-def deployed_mask(T: int, fp_start: torch.Tensor, dtype=torch.bool) -> torch.Tensor:
-    """``[1, 1, T, 2T]`` boolean mask over ``[quantized keys; exact keys]`` for positions ``0..T-1``."""
+def deployed_mask(T: int, fp_start: torch.Tensor, fp_start_v: torch.Tensor | None = None, dtype=torch.bool) -> torch.Tensor:
+    """``[1, 1, T, 2T]`` boolean mask over ``[quantized keys; exact keys]`` for positions ``0..T-1``. With
+    ``fp_start_v`` (values in full precision from there, never later than the keys): ``[1, 1, T, 3T]`` over the three
+    copies of a split :class:`DeployedSimLayer`: both quantized before ``fp_start_v(t)``, the quantized key with the
+    exact value up to ``fp_start(t)``, both exact from there."""
     t = torch.arange(T)[:, None]
     s = torch.arange(T)[None, :]
     fs = fp_start[:, None]
-    quant = s < fs
     exact = (s >= fs) & (s <= t)
-    return torch.cat([quant, exact], 1)[None, None]
+    if fp_start_v is None:
+        return torch.cat([s < fs, exact], 1)[None, None]
+    fv = torch.minimum(fp_start_v, fp_start)[:, None]
+    return torch.cat([s < fv, (s >= fv) & (s < fs), exact], 1)[None, None]
 
 
 # -- hooks --------------------------------------------------------------------------------------------
@@ -174,8 +185,12 @@ class Runner:
         # deployed
         T = ids.shape[1]
         stash = {} if pre else None
-        cache = Cache(layers=[DeployedSimLayer(i, None if pre else m.qdq_key, m.qdq_value, stash) for i in range(self.L)])
-        mask = deployed_mask(T, m.fp_start(torch.arange(T))).to(ids.device)
+        t = torch.arange(T)
+        fv = m.fp_start_v(t) if hasattr(m, "fp_start_v") else None
+        split = fv is not None and not torch.equal(fv, m.fp_start(t))
+        cache = Cache(layers=[DeployedSimLayer(i, None if pre else m.qdq_key, m.qdq_value, stash, split)
+                              for i in range(self.L)])
+        mask = deployed_mask(T, m.fp_start(t), fv if split else None).to(ids.device)
         pos = torch.arange(T, device=ids.device)[None]
         if pre:
             with pre_rope_key_hooks(self.model, m.qdq_key, stash):
