@@ -209,6 +209,8 @@ def test_bits_fp16_and_kivi():
     d = KIVI(2).bits_breakdown(S, 2048, "deployed")  # 128 fp16 tokens of 2048
     assert d["window_fp16"] == pytest.approx(16 * 128 / 2048)
     assert d["total"] == pytest.approx(3.0 * (1 - 128 / 2048) + 1.0)
+    # head_dim 16: the values' groups along the channels hold 16, not 32 (the keys' still 32 tokens)
+    assert KIVI(4).bits_breakdown(Shape(L=2, H=2, D=16), 2048)["total"] == pytest.approx(4 + 0.5 + 1.0)
 
 
 def test_bits_quanto():

@@ -161,7 +161,9 @@ class KIVI(KVMethod):
         return (t - self.window).clamp_min(0)
 
     def bits_breakdown(self, shape, context, protocol="all-quantized"):
-        parts = {"codes": float(self.bits), "scales_zeros_fp16": 32.0 / self.group}
+        # keys are grouped along the tokens (32 per group), values along the channels: min(group, D) per group
+        g_v = min(self.group, shape.D)
+        parts = {"codes": float(self.bits), "scales_zeros_fp16": 0.5 * 32.0 / self.group + 0.5 * 32.0 / g_v}
         return self._with_window(parts, 0, context, protocol)
 
 
@@ -364,6 +366,8 @@ class KVQuant(KVMethod):
             "sinks_fp16": 16.0 * s / context,
             # per-model levels: keys per (layer, head, channel), values per layer; fp16
             "levels_fp16": 16.0 * (shape.L * HD * n_lv + shape.L * n_lv) / (2 * shape.L * HD * context),
+            # the keys' per-channel outlier thresholds (lo, hi per layer, head and channel), read online; fp16
+            "thresholds_fp16": 16.0 * 2 * shape.L * HD / (2 * shape.L * HD * context),
         }
         parts["total"] = sum(parts.values())
         return parts
