@@ -224,7 +224,8 @@ def test_perplexity_result(model):
     assert r["nll_per_window"][0] == pytest.approx(nll, rel=1e-3)
     q = perplexity(model, ids, KIVI(2), "all-quantized", window=128, max_windows=2, text_name="rand")
     assert q["ppl"] != pytest.approx(r["ppl"], rel=1e-4) and math.isfinite(q["ppl"])
-    assert q["bits_per_element"] == pytest.approx(3.0)
+    # head_dim 16: keys' scales per 32 tokens (0.5 bits), values' per 16 channels (1.0 bits)
+    assert q["bits_per_element"] == pytest.approx(2 + 0.5 + 1.0)
 
 
 # -- Q-Hitter ----------------------------------------------------------------------------------------
