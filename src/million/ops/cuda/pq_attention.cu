@@ -163,6 +163,15 @@ template <int DSUB> __host__ __device__ constexpr int mma_kpad() {
 template <int D, int DSUB> __host__ __device__ constexpr bool mp8_on() {
   return PQ_MP8 && mma_kpad<DSUB>() == 0 && (D / DSUB) * 2 * DSUB == 256;
 }
+#ifndef PQ_BFH
+// bf16 inputs on the half2 value path of the FFMA kernel (kind 4): the host lays the V table out in fp16
+// (cuda_attention.ffma_tables_half, V centroids within +-2048, cuda_attention.ffma_half_values), so each chunk's values
+// accumulate in half2 as for fp16 inputs; q, the K table, the window and the output stay bf16. The library reports it
+// (million_pq_ffma_bf16_half). H100, 2026-12-07 22:52 UTC (docs/kernel_notes.md, "bf16 on the half2 value path
+// (taken)"): bf16 MHA B=1 32K 4-bit 51.0-51.1 -> 49.1-49.2 us, B=1 128K 2-bit 113.6-114.6 -> 99.2-102.5, no cell
+// slower; 0: bf16 on the float32 value path of before
+#define PQ_BFH 1
+#endif
 #ifndef PQ_WIN
 // tensor-core kernel: a chunk's codes loaded as a window of 32 tokens from one per-lane pointer with constant offsets
 // (no per-token clamp, index and 64-bit address), the window moved back to end at the split's last token where the
@@ -462,7 +471,7 @@ __device__ __forceinline__ void prefetch_first_chunks(const PQArgs& a, int M, in
 template <typename T, int D, int DSUB, int GB, int NW, bool VF = false, bool WP = false>
 __global__ void __launch_bounds__(NW * 32, 1) pq_partial_kernel(const PQArgs a) {
   constexpr int M = D / DSUB, W = M / 4, TPI = 32 / W, NS = W, NT = NW * 32;
-  constexpr bool VH2 = VF && GB == 1 && std::is_same<T, __half>::value;
+  constexpr bool VH2 = VF && GB == 1 && (std::is_same<T, __half>::value || PQ_BFH);
   using Entry = typename EntryT<DSUB>::type;
   // P8 (-DPQ_P8=1; one query head, 256-byte rows in both tables: d = 128): the K table (then the LUT) starts at a
   // 64 KB-aligned shared address and the V table 64 KB after it, so that a lookup's address is one byte permute of the
@@ -2499,8 +2508,8 @@ static int launch_g(const PQArgs& a, cudaStream_t st) {
       }
     }
   }
-  if constexpr (std::is_same<T, __half>::value) {
-    if (a.kind == 4) {  // kind 2 with the values of each chunk accumulated in half2
+  if constexpr (std::is_same<T, __half>::value || PQ_BFH) {
+    if (a.kind == 4) {  // kind 2 with the values of each chunk accumulated in half2 (PQ_BFH: bf16 too, fp16 V table)
       PQArgs b = a;
       b.kind = 2;
       return launch_t<T, D, DSUB, 1, 16, true>(b, st);
@@ -2535,6 +2544,10 @@ int million_pq_mma_kpad(int dsub) { return dsub == 2 ? mma_kpad<2>() : mma_kpad<
 int million_pq_mma_window() { return PQ_WIN ? 32 : 0; }
 // V row padding of the tensor-core tables for M subspaces of dsub dims (16, or 0 where PQ_VCLS applies)
 int million_pq_mma_vpad(int M, int dsub) { return (dsub == 2 && M == 64) ? mma_vpad<128, 2>() : 16; }
+#if PQ_BFH
+// kind 4 takes bf16 inputs too, with the V table in fp16 (PQ_BFH)
+int million_pq_ffma_bf16_half() { return 1; }
+#endif
 const char* million_pq_last_error() { return g_err; }
 // diagnostic builds (-DPQ_TRACE): copy the phase timeline of the last launches to host memory; partial blocks'
 // region (PQ_TRACE_BLOCKS x 32 u64) then the merge blocks' (x 8). Returns the u64 count, 0 in a production build.
@@ -2577,7 +2590,7 @@ int million_pq_decode_attention(const PQArgs* a, void* stream) {
              a->kind, a->GB, a->num_warps);
     return 3;
   }
-  if (a->kind == 4 && a->dtype != 0) {
+  if (a->kind == 4 && a->dtype != 0 && !PQ_BFH) {
     snprintf(g_err, sizeof g_err, "kind 4 (half2 values) needs fp16 inputs, got dtype=%d", a->dtype);
     return 3;
   }
