@@ -390,6 +390,10 @@ class MillionLayer(CacheLayerMixin):
                 srcs += list(self._mapped(*srcs))
             for d, x in zip(dsts, srcs):
                 d[sel, :, r0:r1] = x
+        self._sync_sinks()
+
+    def _sync_sinks(self) -> None:
+        """The host's sink counts (``_sfill``) to ``sink_len`` and the device's ``sink_lens``, and the code starts."""
         self.sink_len = max(self._sfill)
         self.sink_lens.copy_(torch.tensor(self._sfill, dtype=torch.int32))
         self._sync_code_from()
@@ -544,13 +548,11 @@ class MillionLayer(CacheLayerMixin):
 
     # -- the transformers entry point --------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if self.is_initialized and key_states.shape[0] != self.batch_size:
-            if self.get_seq_length():
+        if not self.is_initialized or key_states.shape[0] != self.batch_size:
+            if self.is_initialized and self.get_seq_length():
                 raise ValueError(f"this cache holds a batch of {self.batch_size} sequences; got a step of "
                                  f"{key_states.shape[0]}: use a new MillionCache (or reset() it) for another batch")
-            self.lazy_initialization(key_states, value_states)  # reset and empty: buffers for the new batch size
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+            self.lazy_initialization(key_states, value_states)  # (a reset, empty cache: buffers for the new batch size)
         q_len = key_states.shape[2]
         if self._defer:  # the last multi-token step's queries never reached observe_dense: evict without them
             self._defer = False
@@ -630,10 +632,10 @@ class MillionLayer(CacheLayerMixin):
                 self._sfill[b] = 0
             self._commit_sinks(key[:, :, : self.pq_pos], value[:, :, : self.pq_pos], 0)
             # the counts on the device too: where a sequence's padding reaches past the committed codes there is
-            # nothing to copy, and _commit_sinks returns before it writes them (its stale row 0 was a pad token)
-            self.sink_len = max(self._sfill)
-            self.sink_lens.copy_(torch.tensor(self._sfill, dtype=torch.int32))
-        self._sync_code_from()
+            # nothing to copy, and _commit_sinks returns before it syncs them (its stale row 0 was a pad token)
+            self._sync_sinks()
+        else:
+            self._sync_code_from()
 
     def observe_dense(self, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling, lse=None) -> None:
         """Add the attention of a full-precision step's queries ``[B, H_q, C, D]`` over the keys it was handed

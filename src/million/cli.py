@@ -231,7 +231,7 @@ def cmd_generate(args) -> int:
           f"full-precision window {c.residual_length}..{2 * c.residual_length} tokens, {c.sink_length} sink "
           f"token{'' if c.sink_length == 1 else 's'}")
     full = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "float32"}[dtype]
-    held = fp16_b * torch.tensor([], dtype=dtype).element_size() // 2
+    held = fp16_b * dtype.itemsize // 2
     note = "" if dtype == torch.float16 else f"; fp16 would hold {fp16_b}"
     print(f"\n--- {full} KV cache ({held} bytes/token{note}) [{outs['fp16'][1]:.1f} s, with the first call's warm-up]"
           f"\n{outs['fp16'][0]}")

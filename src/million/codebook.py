@@ -163,9 +163,8 @@ class Codebooks:
             if k in self.model and self.model.get(k) != have[k]
         ]
         # the codebooks' own head_dim, even without a stored identity (else it only fails at the first forward)
-        hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        if self.config.head_dim != hd and not any(b.startswith("head_dim") for b in bad):
-            bad.append(f"head_dim: codebooks {self.config.head_dim!r} vs model {hd!r}")
+        if self.config.head_dim != have["head_dim"] and not any(b.startswith("head_dim") for b in bad):
+            bad.append(f"head_dim: codebooks {self.config.head_dim!r} vs model {have['head_dim']!r}")
         if bad:
             raise ValueError(
                 f"codebooks trained for {self.model.get('name') or self.model.get('architecture') or 'another model'} "

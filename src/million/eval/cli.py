@@ -6,7 +6,9 @@ The main CLI calls :func:`add_eval_parser` and then ``args.func(args)``; bad inp
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,9 +23,6 @@ EVICTING = ("pqsparse", "qhitter")  # methods that evict in the all-quantized pr
 
 
 def _bits(s: str) -> float:
-    import argparse
-    import math
-
     try:
         v = float(s)
     except ValueError:

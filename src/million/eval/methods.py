@@ -102,6 +102,11 @@ class KVMethod:
         # no window: every token (the current one included) is read quantized
         return million_fp_start(t, self.window) if self.window else t + 1
 
+    def fp_start_v(self, t: torch.Tensor) -> torch.Tensor:
+        """The first full-precision value query ``t`` reads; the keys' (:meth:`fp_start`) unless a method moves its
+        values out of the window on their own schedule."""
+        return self.fp_start(t)
+
     def window_tokens(self, context: int) -> int:
         """fp16 window tokens a deployed cache holds at ``context`` tokens."""
         if not self.window:

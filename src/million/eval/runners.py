@@ -186,8 +186,8 @@ class Runner:
         T = ids.shape[1]
         stash = {} if pre else None
         t = torch.arange(T)
-        fv = m.fp_start_v(t) if hasattr(m, "fp_start_v") else None
-        split = fv is not None and not torch.equal(fv, m.fp_start(t))
+        fv = m.fp_start_v(t)
+        split = not torch.equal(fv, m.fp_start(t))
         cache = Cache(layers=[DeployedSimLayer(i, None if pre else m.qdq_key, m.qdq_value, stash, split)
                               for i in range(self.L)])
         mask = deployed_mask(T, m.fp_start(t), fv if split else None).to(ids.device)
