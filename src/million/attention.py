@@ -150,13 +150,13 @@ def _pq_attention(st, q: torch.Tensor, starts, scaling, return_lse: bool = False
             main_starts = starts if st.code_starts is None else st.code_starts
     qk = q
     if st.q_map is not None:
-        qk = torch.einsum("bhgd,hde->bhge", q.float().view(B, H, G, D), st.q_map.expand(H, D, D)).reshape(B, Hq, D).to(q.dtype)
+        qk = ops.head_map(q.view(B, H, G, D), st.q_map).reshape(B, Hq, D)
     out = ops.pq_decode_attention(qk, st.k_codes, st.v_codes, st.k_centroids, st.v_centroids, st.pq_lens, k_res, v_res, lens,
                                   main_starts, scaling, return_lse=apart or return_lse)
     if apart or return_lse:
         out, s = out
-    if st.q_map is not None:
-        out = torch.einsum("bhgd,hde->bhge", out.float().view(B, H, G, D), st.v_inverse.expand(H, D, D)).reshape(B, Hq, D)
+    if st.q_map is not None:  # float32 where it is merged with the sinks' part next, else the query's dtype
+        out = ops.head_map(out.view(B, H, G, D), st.v_inverse, torch.float32 if apart else q.dtype).reshape(B, Hq, D)
     if apart:
         valid = torch.arange(S, device=q.device)[None, :] < st.sink_lens[:, None]
         o_s, s_s = ops.dense_attention_partial(q, st.k_sink, st.v_sink, valid, scaling)

@@ -457,27 +457,29 @@ class MillionLayer(CacheLayerMixin):
     def _mapped(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``k @ A``, ``v @ B`` (the encode transforms) in float32, stored in the window's dtype."""
         kt, _, vt, _, _ = self.transforms
-        return (torch.einsum("bhtd,hde->bhte", k.float(), kt).to(self.dtype),
-                torch.einsum("bhtd,hde->bhte", v.float(), vt).to(self.dtype))
+        return ops.head_map(k, kt, self.dtype), ops.head_map(v, vt, self.dtype)
 
     def _write_window(self, at: int, k: torch.Tensor, v: torch.Tensor) -> None:
         n = k.shape[2]
+        if self.transforms is not None and n:  # the mapped rows and their untransformed copy, one launch per side
+            kt, _, vt, _, _ = self.transforms
+            sl = slice(at, at + n)
+            ops.head_map(k.to(self.dtype), kt, out=self.k_window_t[:, :, sl], raw=self.k_window[:, :, sl])
+            ops.head_map(v.to(self.dtype), vt, out=self.v_window_t[:, :, sl], raw=self.v_window[:, :, sl])
+            return
         self.k_window[:, :, at : at + n] = k
         self.v_window[:, :, at : at + n] = v
-        if self.transforms is not None and n:
-            kt, vt = self._mapped(k.to(self.dtype), v.to(self.dtype))
-            self.k_window_t[:, :, at : at + n] = kt
-            self.v_window_t[:, :, at : at + n] = vt
 
     def _append_static(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         if self.res_len + 1 > 2 * self.config.residual_length:
             raise RuntimeError("static step into a full window: call before_static_step() first")
-        self.k_window.index_copy_(2, self._wpos, key_states.to(self.dtype))
-        self.v_window.index_copy_(2, self._wpos, value_states.to(self.dtype))
-        if self.transforms is not None:
-            kt, vt = self._mapped(key_states, value_states)
-            self.k_window_t.index_copy_(2, self._wpos, kt)
-            self.v_window_t.index_copy_(2, self._wpos, vt)
+        if self.transforms is not None:  # row _wpos of the window, mapped and untransformed, one launch per side
+            kt, _, vt, _, _ = self.transforms
+            ops.head_map(key_states, kt, out=self.k_window_t, index=self._wpos, raw=self.k_window)
+            ops.head_map(value_states, vt, out=self.v_window_t, index=self._wpos, raw=self.v_window)
+        else:
+            self.k_window.index_copy_(2, self._wpos, key_states.to(self.dtype))
+            self.v_window.index_copy_(2, self._wpos, value_states.to(self.dtype))
         self._wpos += 1
         self.res_lens += 1
         if self._fold:

@@ -21,6 +21,7 @@ __all__ = [
     "inner_prod_table",
     "merge_state",
     "dense_attention_partial",
+    "head_map",
     "use_kernels",
 ]
 
@@ -134,3 +135,21 @@ def attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad=None, sca
         if triton_scores is not None:
             return triton_scores.attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad, scale, lse)
     return naive.attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad, scale, lse)
+
+
+def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
+    """Per-head linear map of rows in float32, optionally written in place at a device row index; see
+    :func:`million.ops.naive.head_map`. On CUDA one Triton launch per call (``MILLION_HEAD_MAP=torch`` keeps the
+    reference's casts and batched matmul, for comparison); on the CPU, and while ``torch.compile`` traces, the
+    reference."""
+    if use_kernels(x) and mats.is_cuda and not torch.compiler.is_compiling():
+        from ._env import env_choice
+
+        if env_choice("MILLION_HEAD_MAP", "triton", ("triton", "torch")) == "triton":
+            try:
+                from . import triton_transform
+            except ImportError:
+                triton_transform = None
+            if triton_transform is not None:
+                return triton_transform.head_map(x, mats, dtype, out, index, raw)
+    return naive.head_map(x, mats, dtype, out, index, raw)

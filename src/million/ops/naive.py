@@ -308,3 +308,49 @@ def attention_column_sums_coded(q: torch.Tensor, k_codes: torch.Tensor, k_centro
     queries are scored (with their own ``lse``)."""
     k = torch.cat([pq_decode(k_codes, k_centroids, torch.float32), k_window.float()], 2)
     return attention_column_sums(q, k, pad, scale, lse)
+
+
+def _check_head_map(x: torch.Tensor, mats: torch.Tensor, out, index, raw) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"head_map takes x [B, H, R, D], got shape {tuple(x.shape)}")
+    B, H, R, D = x.shape
+    if mats.dim() != 3 or mats.shape[1:] != (D, D) or mats.shape[0] not in (1, H):
+        raise ValueError(f"head_map takes mats [1 or H={H}, D={D}, D={D}], got shape {tuple(mats.shape)}")
+    if mats.dtype != torch.float32:
+        raise ValueError(f"head_map takes float32 mats, got {mats.dtype}")
+    if out is None:
+        if index is not None or raw is not None:
+            raise ValueError("head_map: index and raw need out (the buffer written in place)")
+        return
+    if out.dim() != 4 or out.shape[:2] != (B, H) or out.shape[3] != D:
+        raise ValueError(f"head_map: out must be [B={B}, H={H}, T, D={D}], got shape {tuple(out.shape)}")
+    if raw is not None and raw.shape != out.shape:
+        raise ValueError(f"head_map: raw must have out's shape {tuple(out.shape)}, got {tuple(raw.shape)}")
+    if index is not None and (index.numel() != 1 or index.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"head_map: index must be a one-element integer tensor, got {index.dtype} x {index.numel()}")
+    if index is None and R > out.shape[2]:
+        raise ValueError(f"head_map: {R} rows do not fit out's {out.shape[2]}")
+
+
+def head_map(x: torch.Tensor, mats: torch.Tensor, dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
+             index: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head linear map of rows, ``y[b, h, r] = x[b, h, r] @ mats[h]``, in float32.
+
+    ``x [B, H, R, D]``; ``mats [Hm, D, D]`` float32, ``Hm`` 1 (one matrix for every head) or ``H``. Without ``out``:
+    returns ``y [B, H, R, D]`` in ``dtype`` (default ``x.dtype``). With ``out [B, H, T, D]``: writes ``y`` into rows
+    ``index .. index + R - 1`` of ``out`` in its dtype (``index``: a one-element integer tensor read on the device, so
+    the call can be captured in a CUDA graph; None for row 0), and ``x`` itself into the same rows of ``raw`` (same
+    shape as ``out``) when given; returns ``out``. The cache's transforms: the query to the codes' space, the new
+    window rows to it (with their untransformed copy), the attention output back."""
+    _check_head_map(x, mats, out, index, raw)
+    B, H, R, D = x.shape
+    y = torch.einsum("bhrd,hde->bhre", x.float(), mats.expand(H, D, D))
+    if out is None:
+        return y.to(x.dtype if dtype is None else dtype)
+    rows = torch.arange(R, device=out.device)
+    if index is not None:
+        rows = rows + index.to(out.device, torch.long)
+    out.index_copy_(2, rows, y.to(out.dtype))
+    if raw is not None:
+        raw.index_copy_(2, rows, x.to(raw.dtype))
+    return out

@@ -1,0 +1,111 @@
+"""Per-head linear maps (the transforms of a decode step with a transformed recipe): the Triton kernel against the
+naive specification, and the specification against a loop of plain matmuls, at odd shapes (no rows, one row, rows off
+the block, head dims off a power of two, one matrix for every head, batch 2, strided inputs), written fresh or in
+place at a device row index with the untransformed copy. Without a GPU the kernel runs in Triton's interpreter."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import million.ops as ops  # noqa: E402
+from million.ops import naive  # noqa: E402
+from million.ops import triton_transform as tt  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(1, 1, 0, 8, 1), (1, 3, 1, 64, 3), (2, 2, 5, 48, 1), (2, 3, 9, 128, 3), (1, 4, 4, 16, 4), (2, 1, 33, 32, 1)]
+
+
+def _loop(x, mats):
+    B, H, R, D = x.shape
+    y = torch.empty(B, H, R, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            y[b, h] = x[b, h].double() @ mats[h if mats.shape[0] > 1 else 0].double()
+    return y
+
+
+@pytest.mark.parametrize("B,H,R,D,Hm", SHAPES)
+def test_naive_is_a_matmul_per_head(B, H, R, D, Hm):
+    g = torch.Generator().manual_seed(R * 7 + D)
+    x, mats = torch.randn(B, H, R, D, generator=g), torch.randn(Hm, D, D, generator=g)
+    torch.testing.assert_close(naive.head_map(x, mats).double(), _loop(x, mats), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("B,H,R,D,Hm", SHAPES)
+def test_kernel_equals_the_specification_fresh(B, H, R, D, Hm):
+    g = torch.Generator().manual_seed(R * 5 + D + Hm)
+    x = torch.randn(B, R, H, D, generator=g).to(DEV).transpose(1, 2)  # strided rows, as a query from transformers
+    mats = torch.randn(Hm, D, D, generator=g).to(DEV)
+    for dtype in (None, torch.float32, torch.float16):
+        want, got = naive.head_map(x, mats, dtype), tt.head_map(x, mats, dtype)
+        assert got.dtype == want.dtype and got.shape == (B, H, R, D)
+        torch.testing.assert_close(got, want, rtol=1e-5 if got.dtype == torch.float32 else 1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("B,H,R,D,Hm", SHAPES)
+@pytest.mark.parametrize("at", [None, 0, 3])
+def test_kernel_writes_in_place_at_the_device_index(B, H, R, D, Hm, at):
+    g = torch.Generator().manual_seed(R + D * 3 + Hm)
+    T = R + 5
+    x = torch.randn(B, H, R, D, generator=g).to(DEV, torch.float16)
+    mats = torch.randn(Hm, D, D, generator=g).to(DEV)
+    index = None if at is None else torch.tensor([at], device=DEV)
+    if at is not None and at + R > T:
+        pytest.skip("rows past the buffer")
+    bufs = {}
+    for name, fn in (("naive", naive.head_map), ("kernel", tt.head_map)):
+        out = torch.full((B, H, T, D), 7.0, dtype=torch.float16, device=DEV)
+        raw = torch.full((B, H, T, D), -7.0, dtype=torch.float16, device=DEV)
+        assert fn(x, mats, out=out, index=index, raw=raw) is out
+        bufs[name] = (out, raw)
+    torch.testing.assert_close(bufs["kernel"][0], bufs["naive"][0], rtol=1e-3, atol=2e-3)
+    assert torch.equal(bufs["kernel"][1], bufs["naive"][1])
+    a = 0 if at is None else at
+    assert torch.equal(bufs["kernel"][1][:, :, a : a + R], x)  # the untransformed rows, exactly
+    rest = torch.ones(T, dtype=torch.bool)
+    rest[a : a + R] = False
+    assert (bufs["kernel"][0][:, :, rest] == 7.0).all() and (bufs["kernel"][1][:, :, rest] == -7.0).all()
+
+
+def test_kernel_into_a_window_slice_without_raw():
+    x, mats = torch.randn(2, 3, 2, 16).to(DEV), torch.randn(3, 16, 16).to(DEV)
+    buf = torch.zeros(2, 3, 10, 16, device=DEV)
+    tt.head_map(x, mats, out=buf[:, :, 4:6])
+    torch.testing.assert_close(buf[:, :, 4:6], naive.head_map(x, mats), rtol=1e-5, atol=1e-5)
+    assert (buf[:, :, :4] == 0).all() and (buf[:, :, 6:] == 0).all()
+
+
+@pytest.mark.parametrize("fn", [naive.head_map, tt.head_map])
+def test_bad_inputs_are_refused_with_their_values(fn):
+    x, mats = torch.randn(1, 2, 3, 8), torch.randn(2, 8, 8)
+    with pytest.raises(ValueError, match=r"x \[B, H, R, D\]"):
+        fn(x[0], mats)
+    with pytest.raises(ValueError, match=r"mats \[1 or H=2"):
+        fn(x, torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="float32 mats"):
+        fn(x, mats.half())
+    with pytest.raises(ValueError, match="need out"):
+        fn(x, mats, index=torch.tensor([0]))
+    with pytest.raises(ValueError, match="out must be"):
+        fn(x, mats, out=torch.zeros(1, 2, 5, 4))
+    with pytest.raises(ValueError, match="raw must have"):
+        fn(x, mats, out=torch.zeros(1, 2, 5, 8), raw=torch.zeros(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="one-element integer"):
+        fn(x, mats, out=torch.zeros(1, 2, 5, 8), index=torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="3 rows do not fit"):
+        fn(x, mats, out=torch.zeros(1, 2, 2, 8))
+
+
+def test_dispatch_setting_is_checked(monkeypatch):
+    if DEV != "cuda":
+        pytest.skip("the setting is read on the CUDA path only")
+    monkeypatch.setenv("MILLION_HEAD_MAP", "fast")
+    with pytest.raises(ValueError, match="MILLION_HEAD_MAP='fast'"):
+        ops.head_map(torch.randn(1, 1, 1, 8, device=DEV), torch.randn(1, 8, 8, device=DEV))
