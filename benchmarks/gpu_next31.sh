@@ -22,7 +22,7 @@ mkdir -p /tmp/new31 && cp -r src /tmp/new31/ && cp docs/logs/headmap_1207/v2/tri
   /tmp/new31/src/million/ops/triton_transform.py
 export MILLION_ENCODE_PRUNE_MIN=1000000000
 run t_map 120 env PYTHONPATH=/tmp/new31/src python3 -m pytest -q -p no:cacheprovider tests/test_triton_transform.py tests/test_transforms.py
-run t_cache 150 env PYTHONPATH=/tmp/new31/src python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py
+run t_cache 100 env PYTHONPATH=/tmp/new31/src python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_cache.py tests/test_gpu_decode.py -k transformed
 E="python3 benchmarks/bench_e2e.py --graph --steps 128 --caches pq-tr"
 cells() {  # cells ARM PYTHONPATH
   run "$1_mha1" 40 env PYTHONPATH="$2" $E --contexts 32768 --json "$W/$1_mha1.json"
