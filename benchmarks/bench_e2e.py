@@ -3,7 +3,8 @@ the CUDA decode kernels) against transformers' fp16 caches, at long context.
 
 Speed does not depend on weight or centroid values, so both are random; the numbers are speed only.
 
-Eager (the default): one ``model(...)`` call per step, DynamicCache, StaticCache and MillionCache.
+Eager (the default): one ``model(...)`` call per step, DynamicCache, StaticCache and MillionCache (``--caches``:
+``fp16``, ``fp16static``, ``pq``, ``pq-tr``; the median step over ``--steps``).
 
     PYTHONPATH=src python benchmarks/bench_e2e.py --contexts 4096,16384,32768 --json out.json
 
@@ -42,9 +43,10 @@ def main():
                     help="untimed decode steps first: with --graph the Decoder's 2 eager steps, the capture, then replays")
     ap.add_argument("--graph", action="store_true", help="million.decode loop with CUDA-graph replay (see above)")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--caches", default="fp16static,pq,pq-tr",
-                    help="--graph: which caches to time (fp16static, fp16static-gqa: StaticCache with SDPA's enable_gqa "
-                    "instead of repeated KV heads, pq, pq-tr, pq-ev: pq with million.Eviction(keep=--keep))")
+    ap.add_argument("--caches", default=None,
+                    help="which caches to time. --graph: fp16static, fp16static-gqa (StaticCache with SDPA's enable_gqa "
+                    "instead of repeated KV heads), pq, pq-tr, pq-ev (pq with million.Eviction(keep=--keep)); default "
+                    "fp16static,pq,pq-tr. Eager: fp16 (DynamicCache), fp16static, pq, pq-tr; default fp16,fp16static,pq")
     ap.add_argument("--keep", type=float, default=0.4, help="pq-ev: share of the code tokens kept (default 0.4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -73,16 +75,22 @@ def main():
 
     if args.graph:
         return graph_main(args, model, cfg, cb, vocab)
+    names = (args.caches or "fp16,fp16static,pq").split(",")
+    allowed = ("fp16", "fp16static", "pq", "pq-tr")
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise SystemExit(f"--caches (eager): unknown {bad}; allowed: {', '.join(allowed)}")
+    cb_tr = _transformed(cb, cfg) if "pq-tr" in names else None
     rows = []
     for ctx in [int(c) for c in args.contexts.split(",")]:
-        res = {"context": ctx, "shape": args.shape, "layers": args.layers, "bits": args.bits}
-        for name in ("fp16", "fp16static", "pq"):
+        res = {"context": ctx, "shape": args.shape, "layers": args.layers, "bits": args.bits, "mode": "eager"}
+        for name in names:
             if name == "fp16":
                 cache = DynamicCache(config=cfg)
             elif name == "fp16static":
                 cache = StaticCache(config=cfg, max_cache_len=ctx + args.steps + args.warmup + 1)
             else:
-                cache = MillionCache(cb, cfg)
+                cache = MillionCache(cb_tr if name == "pq-tr" else cb, cfg)
             ids = torch.randint(0, vocab, (1, ctx), device="cuda")
             with torch.no_grad():
                 torch.cuda.synchronize()
@@ -105,17 +113,17 @@ def main():
             res[f"{name}_step_mean_ms"] = statistics.mean(times)
             del cache
             torch.cuda.empty_cache()
-        res["speedup"] = res["fp16_step_ms"] / res["pq_step_ms"]
-        res["speedup_vs_static"] = res["fp16static_step_ms"] / res["pq_step_ms"]
+        for name in names:  # ratios of each PQ cache to the fp16 caches timed beside it
+            for base, key in (("fp16", "speedup"), ("fp16static", "speedup_vs_static")):
+                if name.startswith("pq") and base in names:
+                    res[key if name == "pq" else f"{name}_{key}"] = res[f"{base}_step_ms"] / res[f"{name}_step_ms"]
         rows.append(res)
-        print(f"ctx {ctx:>6}: DynamicCache {res['fp16_step_ms']:.2f} ms/step, StaticCache {res['fp16static_step_ms']:.2f}, "
-              f"PQ {res['pq_step_ms']:.2f} (mean {res['pq_step_mean_ms']:.2f}); prefill fp16 {res['fp16_prefill_s']:.2f} s, "
-              f"PQ {res['pq_prefill_s']:.2f} s", flush=True)
-    print("\n| context | DynamicCache fp16 ms/step | StaticCache fp16 ms/step | PQ ms/step (median) | PQ mean | x Dynamic | x Static |")
-    print("|---|---|---|---|---|---|---|")
+        print(f"ctx {ctx:>6}: " + ", ".join(f"{n} {res[f'{n}_step_ms']:.2f} ms/step (mean {res[f'{n}_step_mean_ms']:.2f}, "
+                                          f"prefill {res[f'{n}_prefill_s']:.2f} s)" for n in names), flush=True)
+    print("\n| context | " + " | ".join(f"{n} ms/step (median)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
     for r in rows:
-        print(f"| {r['context']} | {r['fp16_step_ms']:.2f} | {r['fp16static_step_ms']:.2f} | {r['pq_step_ms']:.2f} | "
-              f"{r['pq_step_mean_ms']:.2f} | {r['speedup']:.2f}x | {r['speedup_vs_static']:.2f}x |")
+        print(f"| {r['context']} | " + " | ".join(f"{r[f'{n}_step_ms']:.2f}" for n in names) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=2)
@@ -164,7 +172,7 @@ def _sdpa_decode_us(B, cfg, T, reps=50):
 
 
 def graph_main(args, model, cfg, cb, vocab):
-    names = args.caches.split(",")
+    names = (args.caches or "fp16static,pq,pq-tr").split(",")
     allowed = ("fp16static", "fp16static-gqa", "pq", "pq-tr", "pq-ev")
     bad = [n for n in names if n not in allowed]
     if bad:
