@@ -101,6 +101,35 @@ def test_bad_inputs_are_refused_with_their_values(fn):
         fn(x, mats, out=torch.zeros(1, 2, 5, 8), index=torch.tensor([0.5]))
     with pytest.raises(ValueError, match="3 rows do not fit"):
         fn(x, mats, out=torch.zeros(1, 2, 2, 8))
+    with pytest.raises(ValueError, match="3 rows do not fit"):  # with a device index too: they cannot fit anywhere
+        fn(x, mats, out=torch.zeros(1, 2, 2, 8), index=torch.tensor([0]))
+
+
+def test_a_device_index_past_the_buffer_writes_nothing_outside_it():
+    # the host cannot check a device index: the reference raises, the kernel drops the rows past the end. The buffer
+    # is a view into a larger one (as the cache's window is), so a stray write would land in the guard rows
+    x, mats = torch.randn(1, 2, 3, 16).to(DEV), torch.randn(2, 16, 16).to(DEV)
+    big = torch.zeros(1, 3, 8, 16, device=DEV)
+    big_raw = torch.zeros(1, 3, 8, 16, device=DEV)
+    out, raw = big[:, :2, 2:], big_raw[:, :2, 2:]  # rows 2..7 of heads 0-1; head 2 and rows 0-1 are guards
+    index = torch.tensor([4], device=DEV)  # rows 4, 5, 6 of a 6-row buffer: the last is past the end
+    tt.head_map(x, mats, out=out, index=index, raw=raw)
+    want = naive.head_map(x, mats)
+    torch.testing.assert_close(out[:, :, 4:6], want[:, :, :2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(raw[:, :, 4:6], x[:, :, :2])
+    assert (big[:, 2] == 0).all() and (big[:, :, :6] == 0).all()
+    assert (big_raw[:, 2] == 0).all() and (big_raw[:, :, :6] == 0).all()
+    with pytest.raises((IndexError, RuntimeError)):
+        naive.head_map(x, mats, out=torch.zeros(1, 2, 6, 16, device=DEV), index=index)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="Triton's interpreter truncates float32 to bfloat16; the GPU rounds to nearest")
+def test_kernel_in_bfloat16():
+    x, mats = torch.randn(2, 3, 4, 64, device=DEV, dtype=torch.bfloat16), torch.randn(3, 64, 64, device=DEV)
+    torch.testing.assert_close(tt.head_map(x, mats), naive.head_map(x, mats), rtol=1e-2, atol=1e-2)
+    out, raw = torch.zeros(2, 3, 9, 64, device=DEV, dtype=torch.bfloat16), torch.zeros(2, 3, 9, 64, device=DEV, dtype=torch.bfloat16)
+    tt.head_map(x, mats, out=out, index=torch.tensor([2], device=DEV), raw=raw)
+    assert torch.equal(raw[:, :, 2:6], x)
 
 
 def test_dispatch_setting_is_checked(monkeypatch):

@@ -142,7 +142,7 @@ def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
     :func:`million.ops.naive.head_map`. On CUDA one Triton launch per call (``MILLION_HEAD_MAP=torch`` keeps the
     reference's casts and batched matmul, for comparison); on the CPU, and while ``torch.compile`` traces, the
     reference."""
-    if use_kernels(x) and mats.is_cuda and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and use_kernels(x) and mats.is_cuda:
         from ._env import env_choice
 
         if env_choice("MILLION_HEAD_MAP", "triton", ("triton", "torch")) == "triton":
@@ -150,6 +150,6 @@ def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
                 from . import triton_transform
             except ImportError:
                 triton_transform = None
-            if triton_transform is not None:
+            if triton_transform is not None and x.shape[0] * x.shape[1] <= triton_transform.MAX_BH:
                 return triton_transform.head_map(x, mats, dtype, out, index, raw)
     return naive.head_map(x, mats, dtype, out, index, raw)

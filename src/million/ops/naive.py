@@ -328,7 +328,7 @@ def _check_head_map(x: torch.Tensor, mats: torch.Tensor, out, index, raw) -> Non
         raise ValueError(f"head_map: raw must have out's shape {tuple(out.shape)}, got {tuple(raw.shape)}")
     if index is not None and (index.numel() != 1 or index.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"head_map: index must be a one-element integer tensor, got {index.dtype} x {index.numel()}")
-    if index is None and R > out.shape[2]:
+    if R > out.shape[2]:
         raise ValueError(f"head_map: {R} rows do not fit out's {out.shape[2]}")
 
 
@@ -341,15 +341,23 @@ def head_map(x: torch.Tensor, mats: torch.Tensor, dtype: torch.dtype | None = No
     ``index .. index + R - 1`` of ``out`` in its dtype (``index``: a one-element integer tensor read on the device, so
     the call can be captured in a CUDA graph; None for row 0), and ``x`` itself into the same rows of ``raw`` (same
     shape as ``out``) when given; returns ``out``. The cache's transforms: the query to the codes' space, the new
-    window rows to it (with their untransformed copy), the attention output back."""
+    window rows to it (with their untransformed copy), the attention output back.
+
+    Rows past ``out``'s end (``index + R > T``) are the caller's error. The host cannot see a device index without a
+    synchronization, so it is not checked there: this reference raises (``index_copy_``), the Triton kernel leaves
+    those rows unwritten and writes nothing outside ``out`` and ``raw``."""
     _check_head_map(x, mats, out, index, raw)
     B, H, R, D = x.shape
     y = torch.einsum("bhrd,hde->bhre", x.float(), mats.expand(H, D, D))
     if out is None:
         return y.to(x.dtype if dtype is None else dtype)
-    rows = torch.arange(R, device=out.device)
-    if index is not None:
-        rows = rows + index.to(out.device, torch.long)
+    if index is None:
+        out[:, :, :R] = y
+        if raw is not None:
+            raw[:, :, :R] = x
+        return out
+    # one row (a decode step): the index itself, as the cache's own index copies (no extra launch)
+    rows = index.reshape(1).long() if R == 1 else torch.arange(R, device=out.device) + index.to(out.device, torch.long)
     out.index_copy_(2, rows, y.to(out.dtype))
     if raw is not None:
         raw.index_copy_(2, rows, x.to(raw.dtype))

@@ -4,10 +4,11 @@ Same contract as :func:`million.ops.naive.head_map` (the specification). With tr
 step maps its query to the codes' space, its new key and value rows to it (the window the kernel reads, beside their
 untransformed copy), and the attention output back. In plain torch each of these is a cast to float32, a batched
 matmul and a cast back, and the window writes are index copies: about fourteen small launches per layer. Here each
-map is one launch: grid ``(ceil(R / BR), ceil(D / BN), B * H)``, one program multiplies ``BR`` rows by a ``[D, BN]``
-column block of its head's matrix in float32 FMAs (no ``tl.dot``: the rows are few, and the products are exact as
-in the reference) and stores them in the output's dtype, at a row offset read on the device when ``index`` is given
-(capturable in a CUDA graph). The program of the first column block also stores the untransformed rows to ``raw``.
+map is one launch: grid ``(ceil(R / BR), ceil(D / BN), B * H)`` (``B * H`` up to 65,535), one program multiplies
+``BR`` rows by a ``[D, BN]`` column block of its head's matrix in float32 FMAs (no ``tl.dot``: the rows are few, and
+the products are exact as in the reference) and stores them in the output's dtype, at a row offset read on the device when ``index`` is given
+(capturable in a CUDA graph; rows that would land past the buffer are not written). The program of the first column
+block also stores the untransformed rows to ``raw``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import triton.language as tl
 
 from .naive import _check_head_map
 
+MAX_BH = 65535  # the grid's third axis
+
 
 @triton.jit
-def _head_map_kernel(x_ptr, m_ptr, o_ptr, raw_ptr, idx_ptr, H, R, D,
+def _head_map_kernel(x_ptr, m_ptr, o_ptr, raw_ptr, idx_ptr, H, R, T, D,
                      sxb, sxh, sxr, sxd, smh, sob, soh, sor, sod, srb, srh, srr, srd,
                      BD: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr, INDEXED: tl.constexpr, RAW: tl.constexpr):
     pid_r = tl.program_id(0)
@@ -40,12 +43,13 @@ def _head_map_kernel(x_ptr, m_ptr, o_ptr, raw_ptr, idx_ptr, H, R, D,
     orow = rows
     if INDEXED:
         orow = rows + tl.load(idx_ptr).to(tl.int64)
+    wmask = rmask & (orow >= 0) & (orow < T)  # a device index past the buffer writes nothing (see the reference)
     tl.store(o_ptr + b * sob + h * soh + orow[:, None] * sor + offs_n[None, :] * sod, y.to(o_ptr.dtype.element_ty),
-             mask=rmask[:, None] & (offs_n < D)[None, :])
+             mask=wmask[:, None] & (offs_n < D)[None, :])
     if RAW:
         if pid_n == 0:
             tl.store(raw_ptr + b * srb + h * srh + orow[:, None] * srr + offs_d[None, :] * srd,
-                     x.to(raw_ptr.dtype.element_ty), mask=rmask[:, None] & (offs_d < D)[None, :])
+                     x.to(raw_ptr.dtype.element_ty), mask=wmask[:, None] & (offs_d < D)[None, :])
 
 
 def head_map(x: torch.Tensor, mats: torch.Tensor, dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
@@ -63,8 +67,10 @@ def head_map(x: torch.Tensor, mats: torch.Tensor, dtype: torch.dtype | None = No
     BR = min(triton.next_power_of_2(R), 4 if BD >= 128 else 8)
     r = raw if raw is not None else out
     grid = (triton.cdiv(R, BR), triton.cdiv(D, BN), B * H)
+    if B * H > MAX_BH:
+        raise ValueError(f"head_map: batch x heads = {B * H} is more than this kernel's grid takes ({MAX_BH})")
     _head_map_kernel[grid](
-        x, mats, out, r, index if index is not None else out, H, R, D,
+        x, mats, out, r, index if index is not None else out, H, R, out.shape[2], D,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), 0 if mats.shape[0] == 1 else D * D,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), r.stride(0), r.stride(1), r.stride(2), r.stride(3),
         BD=BD, BN=BN, BR=BR, INDEXED=index is not None, RAW=raw is not None, num_warps=4)
