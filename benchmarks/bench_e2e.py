@@ -120,10 +120,14 @@ def main():
         rows.append(res)
         print(f"ctx {ctx:>6}: " + ", ".join(f"{n} {res[f'{n}_step_ms']:.2f} ms/step (mean {res[f'{n}_step_mean_ms']:.2f}, "
                                           f"prefill {res[f'{n}_prefill_s']:.2f} s)" for n in names), flush=True)
-    print("\n| context | " + " | ".join(f"{n} ms/step (median)" for n in names) + " |")
-    print("|---|" + "---|" * len(names))
+    ratios = [(n, base, key if n == "pq" else f"{n}_{key}") for n in names if n.startswith("pq")
+              for base, key in (("fp16", "speedup"), ("fp16static", "speedup_vs_static")) if base in names]
+    head = [f"{n} ms/step (median)" for n in names] + [f"{n} x {base}" for n, base, _ in ratios]
+    print("\n| context | " + " | ".join(head) + " |")
+    print("|---|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r['context']} | " + " | ".join(f"{r[f'{n}_step_ms']:.2f}" for n in names) + " |")
+        cells = [f"{r[f'{n}_step_ms']:.2f}" for n in names] + [f"{r[k]:.2f}x" for _, _, k in ratios]
+        print(f"| {r['context']} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=2)
