@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--keep", type=float, default=0.4, help="pq-ev: share of the code tokens kept (default 0.4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.batch != 1 and not args.graph:
+        raise SystemExit(f"--batch {args.batch}: the eager loop runs one sequence; use --graph for batches")
 
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
 
