@@ -7,9 +7,10 @@ over up to 20 input copies (capped at 20: at small shapes they hold less than th
 do_bench clears the L2 before every replay, so the codes come from HBM. Back to back, each PQ call's partial grid
 starts during the previous call's merge (programmatic launch); --q-op puts an op on q in front of every call (PQ and
 SDPA alike) so nothing of a previous attention call overlaps (docs/benchmarks.md, "How to read these ratios"). The
-"floor" column is the bytes read (codes, tables, window) at a fixed 3.0 TB/s, a reference rate, not a measured limit. PQ inputs: random uint8 codes, ksub 256, fp16 centroids shared by all
-heads (--head-codebooks: one table per KV head, as MillionCache serves), residual window capacity 128 with
-64 valid tokens, pq_len = context - 64, no starts (--zero-starts: a zero-filled starts tensor made in every call).
+"floor" column is the bytes read (codes, tables, window) at a fixed 3.0 TB/s, a reference rate, not a measured limit.
+PQ inputs: random uint8 codes, ksub 256, fp16 centroids shared by all heads (--head-codebooks: one table per KV
+head, as MillionCache serves), residual window capacity 128 with 64 valid tokens, pq_len = context - 64, no starts
+(--zero-starts: a zero-filled starts tensor made in every call).
 """
 
 from __future__ import annotations

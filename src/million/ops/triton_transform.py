@@ -6,9 +6,9 @@ untransformed copy), and the attention output back. In plain torch each of these
 matmul and a cast back, and the window writes are index copies: about fourteen small launches per layer. Here each
 map is one launch: grid ``(ceil(R / BR), ceil(D / BN), B * H)`` (``B * H`` up to 65,535), one program multiplies
 ``BR`` rows by a ``[D, BN]`` column block of its head's matrix in float32 FMAs (no ``tl.dot``: the rows are few, and
-the products are exact as in the reference) and stores them in the output's dtype, at a row offset read on the device when ``index`` is given
-(capturable in a CUDA graph; rows that would land past the buffer are not written). The program of the first column
-block also stores the untransformed rows to ``raw``.
+the products are exact as in the reference) and stores them in the output's dtype, at a row offset read on the device
+when ``index`` is given (capturable in a CUDA graph; rows that would land past the buffer are not written). The
+program of the first column block also stores the untransformed rows to ``raw``.
 """
 
 from __future__ import annotations
