@@ -18,10 +18,10 @@ FAMILIES = {
 }
 
 
-def tiny_model(family="llama", kv_heads=2):
+def tiny_model(family="llama", kv_heads=2, layers=2):
     cfg_cls, model_cls = FAMILIES[family]
     cfg = cfg_cls(
-        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=kv_heads, head_dim=16, max_position_embeddings=512,
     )
     million.register()

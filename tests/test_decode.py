@@ -81,8 +81,34 @@ def test_static_steps_match_eager_logits_and_state(pads, transformed):
             assert (a.k_codes[:, :, : a.pq_len] == b.k_codes[:, :, : b.pq_len]).float().mean() > 0.99
             torch.testing.assert_close(a.k_window[:, :, : a.res_len], b.k_window[:, :, : b.res_len], rtol=1e-5, atol=1e-5)
         assert torch.equal(a.res_lens, b.res_lens) and torch.equal(a.pq_lens, b.pq_lens)
-        assert int(b._wpos) == b.res_len
+        assert int(b._wpos) == b.res_len - 1  # the window row of the last step
         assert b._fold == (pads == (0, 0))
+    # the layers' step counters are rows of one tensor each, advanced by the first layer only
+    l0, l1 = static.layers[:2]
+    assert l1.res_lens._base is l0.res_lens._base and l1._wpos._base is l0._wpos._base
+    assert len(l0._bump) == 2 + l0._fold and l1._bump == []
+
+
+@pytest.mark.parametrize("sinks", [0, 1], ids=["window", "folded-sinks"])
+def test_a_static_step_advances_its_counters_once_for_all_layers(sinks):
+    # the window row and lengths of every layer are advanced by one in-place add each per step, whatever the depth
+    from torch.profiler import ProfilerActivity, profile
+
+    adds = []
+    for layers in (2, 5):
+        model = tiny_model(kv_heads=2, layers=layers)
+        cache = MillionCache(tiny_codebooks(model, residual=4, sinks=sinks), model.config)
+        dec = Decoder(model, cache, graph=False)
+        ids = torch.randint(0, 96, (1, 13), generator=torch.Generator().manual_seed(3))
+        dec.prefill(ids, torch.ones_like(ids), max_new_tokens=8)
+        tok = torch.tensor([5])
+        dec.step(tok)  # the first static step (begin_static)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            dec.step(tok)
+        adds.append(sum(1 for e in prof.events() if e.name == "aten::add_" and e.cpu_parent is None))
+        assert [int(l._wpos) for l in cache.layers] == [cache.layers[0].res_len - 1] * layers
+        assert len({int(l.res_lens[0]) for l in cache.layers}) == 1
+    assert adds[0] == adds[1] == 4 + sinks, adds  # the row, the lengths (and sinks-and-window lengths); pos, col
 
 
 def test_static_cache_baseline_equals_dynamic_cache():

@@ -74,6 +74,50 @@ def test_kernel_writes_in_place_at_the_device_index(B, H, R, D, Hm, at):
     assert (bufs["kernel"][0][:, :, rest] == 7.0).all() and (bufs["kernel"][1][:, :, rest] == -7.0).all()
 
 
+@pytest.mark.parametrize("B,H,R,D,Hm", SHAPES)
+@pytest.mark.parametrize("at,with_raw", [(None, True), (2, True), (1, False)])
+def test_kv_pair_in_one_launch_equals_two_specified_maps(B, H, R, D, Hm, at, with_raw):
+    # keys and values of one step: their own matrices (one for every head on one side, per head on the other), their
+    # own strides (the keys transposed as transformers hands them), one row index; nothing else in the buffers moves
+    g = torch.Generator().manual_seed(R * 11 + D + Hm)
+    T = R + 4
+    k = torch.randn(B, R, H, D, generator=g).to(DEV, torch.float16).transpose(1, 2)
+    v = torch.randn(B, H, R, D, generator=g).to(DEV, torch.float16)
+    kmats, vmats = torch.randn(Hm, D, D, generator=g).to(DEV), torch.randn(H, D, D, generator=g).to(DEV)
+    index = None if at is None else torch.tensor([at], device=DEV)
+    got = {}
+    for name, fn in (("naive", naive.head_map_kv), ("kernel", tt.head_map_kv)):
+        bufs = [torch.full((B, H, T, D), float(i + 1), dtype=torch.float16, device=DEV) for i in range(4)]
+        raws = (bufs[2], bufs[3]) if with_raw else (None, None)
+        res = fn(k, v, kmats, vmats, bufs[0], bufs[1], index, *raws)
+        assert res[0] is bufs[0] and res[1] is bufs[1]
+        got[name] = bufs
+    for a, b in zip(got["kernel"], got["naive"]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-3)
+    r0 = 0 if at is None else at
+    if with_raw:  # the untransformed rows, exactly
+        assert torch.equal(got["kernel"][2][:, :, r0 : r0 + R], k) and torch.equal(got["kernel"][3][:, :, r0 : r0 + R], v)
+    rest = torch.ones(T, dtype=torch.bool)
+    rest[r0 : r0 + R] = False
+    for i, buf in enumerate(got["kernel"]):
+        assert (buf[:, :, rest] == i + 1).all()
+    torch.testing.assert_close(got["kernel"][1][:, :, r0 : r0 + R], naive.head_map(v, vmats), rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("fn", [naive.head_map_kv, tt.head_map_kv])
+def test_kv_pair_bad_inputs_are_refused_with_their_values(fn):
+    k, m = torch.randn(1, 2, 1, 8), torch.randn(2, 8, 8)
+    out = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(ValueError, match=r"v must match k, got \(1, 2, 2, 8\)"):
+        fn(k, torch.randn(1, 2, 2, 8), m, m, out, out.clone())
+    with pytest.raises(ValueError, match="vout must match kout"):
+        fn(k, k.clone(), m, m, out, torch.zeros(1, 2, 5, 8))
+    with pytest.raises(ValueError, match="both raw buffers"):
+        fn(k, k.clone(), m, m, out, out.clone(), None, out.clone(), None)
+    with pytest.raises(ValueError, match=r"mats \[1 or H=2"):
+        fn(k, k.clone(), m, torch.randn(3, 8, 8), out, out.clone())
+
+
 def test_kernel_into_a_window_slice_without_raw():
     x, mats = torch.randn(2, 3, 2, 16).to(DEV), torch.randn(3, 16, 16).to(DEV)
     buf = torch.zeros(2, 3, 10, 16, device=DEV)

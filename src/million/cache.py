@@ -421,11 +421,16 @@ class MillionLayer(CacheLayerMixin):
         if fold and min(self._sfill) < S:
             raise RuntimeError(f"static decoding without padding starts needs the {S} sink(s) committed; "
                                f"{min(self._sfill)} are (pass the sequences' starts, or take eager steps first)")
-        self._wpos = torch.full((1,), self.res_len, dtype=torch.long, device=self.device)
+        # the window row of the current step: each step first advances it (and the lengths), then writes there
+        self._wpos = torch.full((1,), self.res_len - 1, dtype=torch.long, device=self.device)
         self.static = True
         self._fold = fold
         if self._fold:
             self._res_lens_s = self.res_lens + S
+        # the device counters a static step advances before it writes; MillionCache.begin_static stacks those of
+        # its layers so that the first layer advances every layer's at once (one launch each per step, not per layer)
+        self._bump = [self._wpos, self.res_lens] + ([self._res_lens_s] if fold else [])
+        self.layout_version += 1
 
     def end_static(self) -> None:
         self.static = self._fold = False
@@ -461,11 +466,11 @@ class MillionLayer(CacheLayerMixin):
 
     def _write_window(self, at: int, k: torch.Tensor, v: torch.Tensor) -> None:
         n = k.shape[2]
-        if self.transforms is not None and n:  # the mapped rows and their untransformed copy, one launch per side
+        if self.transforms is not None and n:  # the mapped rows and their untransformed copy, one launch for both
             kt, _, vt, _, _ = self.transforms
             sl = slice(at, at + n)
-            ops.head_map(k.to(self.dtype), kt, out=self.k_window_t[:, :, sl], raw=self.k_window[:, :, sl])
-            ops.head_map(v.to(self.dtype), vt, out=self.v_window_t[:, :, sl], raw=self.v_window[:, :, sl])
+            ops.head_map_kv(k.to(self.dtype), v.to(self.dtype), kt, vt, self.k_window_t[:, :, sl],
+                            self.v_window_t[:, :, sl], None, self.k_window[:, :, sl], self.v_window[:, :, sl])
             return
         self.k_window[:, :, at : at + n] = k
         self.v_window[:, :, at : at + n] = v
@@ -473,17 +478,15 @@ class MillionLayer(CacheLayerMixin):
     def _append_static(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         if self.res_len + 1 > 2 * self.config.residual_length:
             raise RuntimeError("static step into a full window: call before_static_step() first")
-        if self.transforms is not None:  # row _wpos of the window, mapped and untransformed, one launch per side
+        for t in self._bump:  # the step's row and lengths (every layer's, where the cache stacked them)
+            t += 1
+        if self.transforms is not None:  # row _wpos of the window, mapped and untransformed, one launch for both
             kt, _, vt, _, _ = self.transforms
-            ops.head_map(key_states, kt, out=self.k_window_t, index=self._wpos, raw=self.k_window)
-            ops.head_map(value_states, vt, out=self.v_window_t, index=self._wpos, raw=self.v_window)
+            ops.head_map_kv(key_states, value_states, kt, vt, self.k_window_t, self.v_window_t, self._wpos,
+                            self.k_window, self.v_window)
         else:
             self.k_window.index_copy_(2, self._wpos, key_states.to(self.dtype))
             self.v_window.index_copy_(2, self._wpos, value_states.to(self.dtype))
-        self._wpos += 1
-        self.res_lens += 1
-        if self._fold:
-            self._res_lens_s += 1
 
     def dequantize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-precision ``[B, H_kv, seq_len, D]`` reconstruction (for prefill chunks and inspection). After an
@@ -575,8 +578,8 @@ class MillionLayer(CacheLayerMixin):
                 k_out = torch.cat([k_past, key_states.to(self.dtype)], 2)
                 v_out = torch.cat([v_past, value_states.to(self.dtype)], 2)
             self.append(key_states, value_states)
-            if self.static:  # keep the device write position in step with the host's window length
-                self._wpos.fill_(self.res_len)
+            if self.static:  # keep the device step row in step with the host's window length
+                self._wpos.fill_(self.res_len - 1)
             return k_out, v_out
         if self.static:
             self._append_static(key_states, value_states)
@@ -679,10 +682,9 @@ class MillionLayer(CacheLayerMixin):
             W = self._wscore.shape[2]
             self._qbuf = torch.zeros(B, Hq, W, D, dtype=q.dtype, device=q.device)
             self._lbuf = torch.zeros(B, Hq, W, dtype=torch.float32, device=q.device)
-        if self.static:
-            idx = self._wpos - 1
-            self._qbuf.index_copy_(2, idx, q.unsqueeze(2).to(self._qbuf.dtype))
-            self._lbuf.index_copy_(2, idx, lse.unsqueeze(2).float())
+        if self.static:  # the step's window row
+            self._qbuf.index_copy_(2, self._wpos, q.unsqueeze(2).to(self._qbuf.dtype))
+            self._lbuf.index_copy_(2, self._wpos, lse.unsqueeze(2).float())
         else:
             j = self.res_len - 1
             self._qbuf[:, :, j] = q
@@ -875,6 +877,21 @@ class MillionCache(Cache):
         for l in self.layers:
             l.starts = None if starts is None else starts.to(device=l.device, dtype=torch.int32).contiguous()
             l.begin_static()
+        self._stack_step_counters()
+
+    def _stack_step_counters(self) -> None:
+        """Each layer's step counters (window row, window lengths, sinks-and-window lengths) become rows of one
+        tensor per counter, advanced by the first layer for all: a static step then launches 2-3 tiny adds instead
+        of 2-3 per layer. Only where the layers move in lockstep (equal window lengths, one device and batch)."""
+        ls = self.layers
+        if len(ls) < 2 or len({(l.res_len, l._fold, l.device, l.batch_size) for l in ls}) != 1:
+            return
+        stacks = [torch.stack([l._bump[j] for l in ls]) for j in range(len(ls[0]._bump))]
+        for i, l in enumerate(ls):
+            l._wpos, l.res_lens = stacks[0][i], stacks[1][i]
+            if l._fold:
+                l._res_lens_s = stacks[2][i]
+            l._bump = stacks if i == 0 else []
 
     def end_static(self) -> None:
         for l in self.layers:

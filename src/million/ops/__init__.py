@@ -22,6 +22,7 @@ __all__ = [
     "merge_state",
     "dense_attention_partial",
     "head_map",
+    "head_map_kv",
     "use_kernels",
 ]
 
@@ -153,3 +154,20 @@ def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
             if triton_transform is not None and x.shape[0] * x.shape[1] <= triton_transform.MAX_BH:
                 return triton_transform.head_map(x, mats, dtype, out, index, raw)
     return naive.head_map(x, mats, dtype, out, index, raw)
+
+
+def head_map_kv(k, v, kmats, vmats, kout, vout, index=None, kraw=None, vraw=None):
+    """A step's key and value rows mapped into their windows (two :func:`head_map` calls with one row index); see
+    :func:`million.ops.naive.head_map_kv`. On CUDA one Triton launch for both (``MILLION_HEAD_MAP=torch``: the
+    reference); on the CPU, and while ``torch.compile`` traces, the reference."""
+    if not torch.compiler.is_compiling() and use_kernels(k) and kmats.is_cuda:
+        from ._env import env_choice
+
+        if env_choice("MILLION_HEAD_MAP", "triton", ("triton", "torch")) == "triton":
+            try:
+                from . import triton_transform
+            except ImportError:
+                triton_transform = None
+            if triton_transform is not None and 2 * k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
+                return triton_transform.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)
+    return naive.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)

@@ -332,6 +332,31 @@ def _check_head_map(x: torch.Tensor, mats: torch.Tensor, out, index, raw) -> Non
         raise ValueError(f"head_map: {R} rows do not fit out's {out.shape[2]}")
 
 
+def _check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw) -> None:
+    if (kraw is None) != (vraw is None):
+        raise ValueError("head_map_kv: give both raw buffers (kraw and vraw) or neither")
+    _check_head_map(k, kmats, kout, index, kraw)
+    _check_head_map(v, vmats, vout, index, vraw)
+    if v.shape != k.shape or v.dtype != k.dtype:
+        raise ValueError(f"head_map_kv: v must match k, got {tuple(v.shape)} {v.dtype} against {tuple(k.shape)} {k.dtype}")
+    if vout.shape != kout.shape or vout.dtype != kout.dtype:
+        raise ValueError(f"head_map_kv: vout must match kout, got {tuple(vout.shape)} {vout.dtype} against "
+                         f"{tuple(kout.shape)} {kout.dtype}")
+    if kraw is not None and (kraw.dtype != vraw.dtype):
+        raise ValueError(f"head_map_kv: vraw must have kraw's dtype {kraw.dtype}, got {vraw.dtype}")
+
+
+def head_map_kv(k: torch.Tensor, v: torch.Tensor, kmats: torch.Tensor, vmats: torch.Tensor, kout: torch.Tensor,
+                vout: torch.Tensor, index: torch.Tensor | None = None, kraw: torch.Tensor | None = None,
+                vraw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's key and value rows into their windows: :func:`head_map` of ``k`` by ``kmats`` into ``kout`` (and
+    ``kraw``) and of ``v`` by ``vmats`` into ``vout`` (and ``vraw``), at the same rows. ``k`` and ``v`` have one
+    shape and dtype, so do ``kout`` and ``vout``; both raw buffers or neither. Returns ``(kout, vout)``; the Triton
+    kernel does both in one launch."""
+    _check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)
+    return head_map(k, kmats, out=kout, index=index, raw=kraw), head_map(v, vmats, out=vout, index=index, raw=vraw)
+
+
 def head_map(x: torch.Tensor, mats: torch.Tensor, dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
              index: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
     """Per-head linear map of rows, ``y[b, h, r] = x[b, h, r] @ mats[h]``, in float32.
