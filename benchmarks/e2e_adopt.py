@@ -5,22 +5,24 @@ the base's in every round, and every cell was timed by both in every round (a ce
     python benchmarks/e2e_adopt.py DIR BASE VARIANT --cell llama3-8b:1:4096:pq-tr [--margin 0.005] [--guard 0.01]
         [--rounds ,_b]
 
-reads DIR/e2e_ARM{round}_*.json (bench_e2e.py --json output: one file per command line of the arm's round), prints a
-line per cell with the ratio base / variant in each round and "adopt True" or "adopt False", and writes 1 or 0 to
-DIR/adopt.
+reads DIR/e2e_ARM{round}_PART.json (bench_e2e.py --json output: one file per command line of the arm's round, PART
+without '_'), prints a line per cell with the ratio base / variant in each round and "adopt True" or "adopt False",
+and writes 1 or 0 to DIR/adopt.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 
 def step_times(d: Path, arm: str, rnd: str) -> dict:
     """``{(shape, batch, context, cache): ms per decode step}`` over the arm's files of one round."""
     out = {}
-    for p in sorted(d.glob(f"e2e_{arm}{rnd}_*.json")):
+    name = re.compile(rf"e2e_{re.escape(arm + rnd)}_[^_]+\.json")  # this round's files only: e2e_new_l1, not e2e_new_b_l1
+    for p in sorted(q for q in d.glob(f"e2e_{arm}{rnd}_*.json") if name.fullmatch(q.name)):
         for r in json.loads(p.read_text())["rows"]:
             for k, v in r.items():
                 if k.endswith("_step_ms"):

@@ -89,6 +89,37 @@ def test_static_steps_match_eager_logits_and_state(pads, transformed):
     assert len(l0._bump) == 2 + l0._fold and l1._bump == []
 
 
+@pytest.mark.parametrize("transformed", [False, True], ids=["plain", "transformed"])
+@torch.no_grad()
+def test_a_chunk_between_static_steps_keeps_the_device_lengths(transformed):
+    # static steps, then a 3-token chunk on the same cache, then static steps again, against an eager cache: the
+    # chunk moves the window on the host, and the device's step row and sinks-and-window lengths must follow it
+    model = tiny_model(kv_heads=2)
+    cb = tiny_codebooks(model, residual=4, sinks=1)
+    if transformed:
+        cb = _with_transforms(cb, model)
+    eager, static = MillionCache(cb, model.config), MillionCache(cb, model.config)
+    ids = torch.randint(0, 96, (2, 17), generator=torch.Generator().manual_seed(2))
+    for c in (eager, static):
+        model(input_ids=ids, **cache_arg(model, c), use_cache=True)
+    static.begin_static()
+    assert static.layers[0]._fold
+    g, nxt = torch.Generator().manual_seed(7), 17
+    for n, kind in [(1, "s")] * 3 + [(3, "chunk")] + [(1, "s")] * 6:
+        tok = torch.randint(0, 96, (2, n), generator=g)
+        pos = torch.arange(nxt, nxt + n)[None].expand(2, n)
+        nxt += n
+        want = model(input_ids=tok, position_ids=pos, **cache_arg(model, eager), use_cache=True).logits[:, -1]
+        if kind == "s":
+            static.before_static_step()
+        got = model(input_ids=tok, position_ids=pos, **cache_arg(model, static), use_cache=True).logits[:, -1]
+        if kind == "s":
+            static.after_static_step()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for l in static.layers:
+        assert torch.equal(l._res_lens_s, l.res_lens + 1) and int(l._wpos) == l.res_len - 1
+
+
 @pytest.mark.parametrize("sinks", [0, 1], ids=["window", "folded-sinks"])
 def test_a_static_step_advances_its_counters_once_for_all_layers(sinks):
     # the window row and lengths of every layer are advanced by one in-place add each per step, whatever the depth

@@ -42,3 +42,11 @@ def test_guard_and_missing_cells_refuse(tmp_path, capsys):
     _write(tmp_path, "new_b", "b8", 11.0, batch=8)  # timed by one arm in one round only
     assert e2e_adopt.main([str(tmp_path), "old", "new", *CELL]) is False
     assert "missing: llama3-8b:8:4096" in capsys.readouterr().out
+
+
+def test_a_round_missing_its_file_is_not_filled_by_another_round(tmp_path, capsys):
+    # e2e_new_l1.json absent: round '' of the variant must not read e2e_new_b_l1.json
+    _arms(tmp_path, (9.20, 9.21), (9.10, 9.12))
+    (tmp_path / "e2e_new_l1.json").unlink()
+    assert e2e_adopt.main([str(tmp_path), "old", "new", *CELL]) is False
+    assert "missing: llama3-8b:1:4096:pq-tr" in capsys.readouterr().out

@@ -112,6 +112,8 @@ def test_kv_pair_bad_inputs_are_refused_with_their_values(fn):
         fn(k, torch.randn(1, 2, 2, 8), m, m, out, out.clone())
     with pytest.raises(ValueError, match="vout must match kout"):
         fn(k, k.clone(), m, m, out, torch.zeros(1, 2, 5, 8))
+    with pytest.raises(ValueError, match="give both kout and vout"):
+        fn(k, k.clone(), m, m, out, None)
     with pytest.raises(ValueError, match="both raw buffers"):
         fn(k, k.clone(), m, m, out, out.clone(), None, out.clone(), None)
     with pytest.raises(ValueError, match=r"mats \[1 or H=2"):

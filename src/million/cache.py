@@ -578,8 +578,10 @@ class MillionLayer(CacheLayerMixin):
                 k_out = torch.cat([k_past, key_states.to(self.dtype)], 2)
                 v_out = torch.cat([v_past, value_states.to(self.dtype)], 2)
             self.append(key_states, value_states)
-            if self.static:  # keep the device step row in step with the host's window length
+            if self.static:  # keep the device step row (and the sinks-and-window lengths) in step with the host's
                 self._wpos.fill_(self.res_len - 1)
+                if self._fold:
+                    self._res_lens_s.copy_(self.res_lens + self.config.sink_length)
             return k_out, v_out
         if self.static:
             self._append_static(key_states, value_states)

@@ -170,4 +170,8 @@ def head_map_kv(k, v, kmats, vmats, kout, vout, index=None, kraw=None, vraw=None
                 triton_transform = None
             if triton_transform is not None and 2 * k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
                 return triton_transform.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)
+            if triton_transform is not None and k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
+                naive._check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)  # one launch per side
+                return (triton_transform.head_map(k, kmats, out=kout, index=index, raw=kraw),
+                        triton_transform.head_map(v, vmats, out=vout, index=index, raw=vraw))
     return naive.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)

@@ -333,6 +333,8 @@ def _check_head_map(x: torch.Tensor, mats: torch.Tensor, out, index, raw) -> Non
 
 
 def _check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw) -> None:
+    if kout is None or vout is None:
+        raise ValueError("head_map_kv writes in place: give both kout and vout (use head_map for a fresh result)")
     if (kraw is None) != (vraw is None):
         raise ValueError("head_map_kv: give both raw buffers (kraw and vraw) or neither")
     _check_head_map(k, kmats, kout, index, kraw)

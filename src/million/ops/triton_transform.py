@@ -86,9 +86,9 @@ def _launch(first, second, index, R, D, BH, H, T, raw: bool) -> None:
     BN = min(BD, 32)
     BR = min(triton.next_power_of_2(R), 4 if BD >= 128 else 8)
     pair = second is not None
-    if pair and 2 * BH > MAX_BH or BH > MAX_BH:
-        raise ValueError(f"head_map: {'2 x ' if pair else ''}batch x heads = {(1 + pair) * BH} is more than this "
-                         f"kernel's grid takes ({MAX_BH})")
+    if (1 + pair) * BH > MAX_BH:
+        raise ValueError(f"head_map{'_kv' if pair else ''}: {'2 x ' if pair else ''}batch x heads = {(1 + pair) * BH} "
+                         f"is more than this kernel's grid takes ({MAX_BH})")
     (ptrs, strides), (ptrs2, strides2) = first, second if pair else first
     grid = (triton.cdiv(R, BR), triton.cdiv(D, BN), (1 + pair) * BH)
     _head_map_kernel[grid](
