@@ -138,6 +138,9 @@ def attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad=None, sca
     return naive.attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad, scale, lse)
 
 
+HEAD_MAP_CHOICES = ("triton", "pair", "torch")  # MILLION_HEAD_MAP (see head_map and head_map_kv)
+
+
 def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
     """Per-head linear map of rows in float32, optionally written in place at a device row index; see
     :func:`million.ops.naive.head_map`. On CUDA one Triton launch per call (``MILLION_HEAD_MAP=torch`` keeps the
@@ -146,7 +149,7 @@ def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
     if not torch.compiler.is_compiling() and use_kernels(x) and mats.is_cuda:
         from ._env import env_choice
 
-        if env_choice("MILLION_HEAD_MAP", "triton", ("triton", "torch")) == "triton":
+        if env_choice("MILLION_HEAD_MAP", "triton", HEAD_MAP_CHOICES) != "torch":
             try:
                 from . import triton_transform
             except ImportError:
@@ -158,17 +161,19 @@ def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
 
 def head_map_kv(k, v, kmats, vmats, kout, vout, index=None, kraw=None, vraw=None):
     """A step's key and value rows mapped into their windows (two :func:`head_map` calls with one row index); see
-    :func:`million.ops.naive.head_map_kv`. On CUDA one Triton launch for both (``MILLION_HEAD_MAP=torch``: the
-    reference); on the CPU, and while ``torch.compile`` traces, the reference."""
+    :func:`million.ops.naive.head_map_kv`. On CUDA one Triton launch per side by default; ``MILLION_HEAD_MAP=pair``
+    maps both sides in one launch (not yet timed on a GPU, so opt-in); ``MILLION_HEAD_MAP=torch``: the reference. On
+    the CPU, and while ``torch.compile`` traces, the reference."""
     if not torch.compiler.is_compiling() and use_kernels(k) and kmats.is_cuda:
         from ._env import env_choice
 
-        if env_choice("MILLION_HEAD_MAP", "triton", ("triton", "torch")) == "triton":
+        choice = env_choice("MILLION_HEAD_MAP", "triton", HEAD_MAP_CHOICES)
+        if choice != "torch":
             try:
                 from . import triton_transform
             except ImportError:
                 triton_transform = None
-            if triton_transform is not None and 2 * k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
+            if triton_transform is not None and choice == "pair" and 2 * k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
                 return triton_transform.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)
             if triton_transform is not None and k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
                 naive._check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)  # one launch per side
