@@ -309,10 +309,7 @@ class MillionLayer(CacheLayerMixin):
                 w[:, :, :rest] = w[:, :, R : R + rest].clone()
         self.res_len = rest
         self.res_lens -= R
-        if self.static:
-            self._wpos -= R
-            if self._fold:
-                self._res_lens_s -= R
+        self._sync_step_counters()
         self.pending = False
         if evict and not self._defer:
             self._evict()
@@ -361,8 +358,17 @@ class MillionLayer(CacheLayerMixin):
             self._write_window(keep, ks[:, :, enc + keep :], vs[:, :, enc + keep :])
             self.res_lens += r - self.res_len
             self.res_len = r
+        self._sync_step_counters()
         if not self.pending and self.res_len >= R:
             self._launch_pending()
+
+    def _sync_step_counters(self) -> None:
+        """Static mode: the device's step row and sinks-and-window lengths from the host's window, after the host
+        moved it (a commit, a multi-token chunk)."""
+        if self.static:
+            self._wpos.fill_(self.res_len - 1)
+            if self._fold:
+                self._res_lens_s.copy_(self.res_lens + self.config.sink_length)
 
     def _commit_sinks(self, k: torch.Tensor, v: torch.Tensor, p0: int) -> None:
         """Copy the attention sinks among positions ``[p0, p0 + n)`` (full precision ``[B, H_kv, n, D]``, being
@@ -578,10 +584,6 @@ class MillionLayer(CacheLayerMixin):
                 k_out = torch.cat([k_past, key_states.to(self.dtype)], 2)
                 v_out = torch.cat([v_past, value_states.to(self.dtype)], 2)
             self.append(key_states, value_states)
-            if self.static:  # keep the device step row (and the sinks-and-window lengths) in step with the host's
-                self._wpos.fill_(self.res_len - 1)
-                if self._fold:
-                    self._res_lens_s.copy_(self.res_lens + self.config.sink_length)
             return k_out, v_out
         if self.static:
             self._append_static(key_states, value_states)

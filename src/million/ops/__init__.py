@@ -141,21 +141,31 @@ def attention_column_sums_coded(q, k_codes, k_centroids, k_window, pad=None, sca
 HEAD_MAP_CHOICES = ("triton", "pair", "torch")  # MILLION_HEAD_MAP (see head_map and head_map_kv)
 
 
+def _head_map_kernels(x, mats):
+    """The Triton head-map module and the ``MILLION_HEAD_MAP`` choice where the kernels serve ``x`` and ``mats``
+    (CUDA, triton importable, not the reference chosen, not tracing); else ``(None, None)``."""
+    if torch.compiler.is_compiling() or not (use_kernels(x) and mats.is_cuda):
+        return None, None
+    from ._env import env_choice
+
+    choice = env_choice("MILLION_HEAD_MAP", "triton", HEAD_MAP_CHOICES)
+    if choice == "torch":
+        return None, None
+    try:
+        from . import triton_transform
+    except ImportError:
+        return None, None
+    return triton_transform, choice
+
+
 def head_map(x, mats, dtype=None, out=None, index=None, raw=None):
     """Per-head linear map of rows in float32, optionally written in place at a device row index; see
     :func:`million.ops.naive.head_map`. On CUDA one Triton launch per call (``MILLION_HEAD_MAP=torch`` keeps the
     reference's casts and batched matmul, for comparison); on the CPU, and while ``torch.compile`` traces, the
     reference."""
-    if not torch.compiler.is_compiling() and use_kernels(x) and mats.is_cuda:
-        from ._env import env_choice
-
-        if env_choice("MILLION_HEAD_MAP", "triton", HEAD_MAP_CHOICES) != "torch":
-            try:
-                from . import triton_transform
-            except ImportError:
-                triton_transform = None
-            if triton_transform is not None and x.shape[0] * x.shape[1] <= triton_transform.MAX_BH:
-                return triton_transform.head_map(x, mats, dtype, out, index, raw)
+    tt, _ = _head_map_kernels(x, mats)
+    if tt is not None and x.shape[0] * x.shape[1] <= tt.MAX_BH:
+        return tt.head_map(x, mats, dtype, out, index, raw)
     return naive.head_map(x, mats, dtype, out, index, raw)
 
 
@@ -164,19 +174,9 @@ def head_map_kv(k, v, kmats, vmats, kout, vout, index=None, kraw=None, vraw=None
     :func:`million.ops.naive.head_map_kv`. On CUDA one Triton launch per side by default; ``MILLION_HEAD_MAP=pair``
     maps both sides in one launch (not yet timed on a GPU, so opt-in); ``MILLION_HEAD_MAP=torch``: the reference. On
     the CPU, and while ``torch.compile`` traces, the reference."""
-    if not torch.compiler.is_compiling() and use_kernels(k) and kmats.is_cuda:
-        from ._env import env_choice
-
-        choice = env_choice("MILLION_HEAD_MAP", "triton", HEAD_MAP_CHOICES)
-        if choice != "torch":
-            try:
-                from . import triton_transform
-            except ImportError:
-                triton_transform = None
-            if triton_transform is not None and choice == "pair" and 2 * k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
-                return triton_transform.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)
-            if triton_transform is not None and k.shape[0] * k.shape[1] <= triton_transform.MAX_BH:
-                naive._check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)  # one launch per side
-                return (triton_transform.head_map(k, kmats, out=kout, index=index, raw=kraw),
-                        triton_transform.head_map(v, vmats, out=vout, index=index, raw=vraw))
+    tt, choice = _head_map_kernels(k, kmats)
+    BH = k.shape[0] * k.shape[1]
+    if tt is not None and BH <= tt.MAX_BH:
+        return tt.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw,
+                              pair=choice == "pair" and 2 * BH <= tt.MAX_BH)
     return naive.head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)

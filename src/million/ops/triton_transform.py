@@ -6,11 +6,11 @@ untransformed copy), and the attention output back. In plain torch each of these
 matmul and a cast back, and the window writes are index copies: about fourteen small launches per layer. Here each
 map is one launch, and :func:`head_map_kv` maps a step's key and value rows in one launch for both (the values on
 the second half of the third axis): grid ``(ceil(R / BR), ceil(D / BN), B * H)`` (``B * H`` up to 65,535; twice that
-for the pair), one program multiplies
-``BR`` rows by a ``[D, BN]`` column block of its head's matrix in float32 FMAs (no ``tl.dot``: the rows are few, and
-the products are exact as in the reference) and stores them in the output's dtype, at a row offset read on the device
-when ``index`` is given (capturable in a CUDA graph; rows that would land past the buffer are not written). The
-program of the first column block also stores the untransformed rows to ``raw``.
+for the pair), one program multiplies ``BR`` rows by a ``[D, BN]`` column block of its head's matrix in float32 FMAs
+(no ``tl.dot``: the rows are few, and the products are exact as in the reference) and stores them in the output's
+dtype, at a row offset read on the device when ``index`` is given (capturable in a CUDA graph; rows that would land
+past the buffer are not written). The program of the first column block also stores the untransformed rows to
+``raw``.
 """
 
 from __future__ import annotations
@@ -112,13 +112,14 @@ def head_map(x: torch.Tensor, mats: torch.Tensor, dtype: torch.dtype | None = No
 
 def head_map_kv(k: torch.Tensor, v: torch.Tensor, kmats: torch.Tensor, vmats: torch.Tensor, kout: torch.Tensor,
                 vout: torch.Tensor, index: torch.Tensor | None = None, kraw: torch.Tensor | None = None,
-                vraw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both maps in one launch (the values on the second half of the grid's third axis); see
-    :func:`million.ops.naive.head_map_kv`."""
+                vraw: torch.Tensor | None = None, pair: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps in one launch (the values on the second half of the grid's third axis), or one launch per side
+    (``pair=False``); see :func:`million.ops.naive.head_map_kv`."""
     _check_head_map_kv(k, v, kmats, vmats, kout, vout, index, kraw, vraw)
     B, H, R, D = k.shape
     if R == 0 or B * H == 0:
         return kout, vout
-    _launch(_operands(k, kmats.contiguous(), kout, kraw), _operands(v, vmats.contiguous(), vout, vraw), index, R, D,
-            B * H, H, kout.shape[2], kraw is not None)
+    ko, vo = _operands(k, kmats.contiguous(), kout, kraw), _operands(v, vmats.contiguous(), vout, vraw)
+    for first, second in [(ko, vo)] if pair else [(ko, None), (vo, None)]:
+        _launch(first, second, index, R, D, B * H, H, kout.shape[2], kraw is not None)
     return kout, vout
